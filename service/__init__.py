@@ -1,0 +1,1 @@
+"""mmsearch services: Embedder, Reranker and Search (BentoML) and what they share."""

@@ -1,0 +1,206 @@
+"""Backend-neutral vector index interface: data types, errors, the ``VectorIndex`` contract and ``open_index``.
+
+Scores are cosine similarities (callers pass unit-normalised vectors). Filters are applied inside the index query
+(pre-filtering), never to an already truncated top-k; see :mod:`service.index.filters` for the filter language.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+Filter = dict[str, Any]
+"""Metadata filter: ``{key: scalar | {"$in": [...]} | {"$gt"|"$gte"|"$lt"|"$lte"|"$eq"|"$ne": value}}``."""
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+"""Collection names: what every backend accepts (Milvus is the strictest)."""
+MAX_ID_CHARS = 512
+DEFAULT_ANN_THRESHOLD = 50_000
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    dimension: int
+    model: str
+    count: int
+
+
+@dataclass
+class StoredDocument:
+    id: str
+    text: str | None
+    image: str | None
+    metadata: dict[str, Any]
+    embedding: list[float] | None = None
+
+
+@dataclass
+class IndexHit:
+    id: str
+    score: float
+    text: str | None
+    image: str | None
+    metadata: dict[str, Any]
+
+
+class CollectionNotFound(Exception):
+    """The named collection does not exist."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"collection {name!r} does not exist")
+        self.name = name
+
+
+class CollectionMismatch(Exception):
+    """The collection exists with a different embedding dimension or model."""
+
+
+class InvalidFilter(ValueError):
+    """A filter is malformed; the message names the offending key or operator."""
+
+
+class InvalidCollectionName(ValueError):
+    """A collection name does not match ``NAME_RE``."""
+
+
+def check_collection_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidCollectionName(
+            f"invalid collection name {name!r}: use letters, digits and '_', starting with a letter or '_' "
+            "(at most 255 characters)"
+        )
+    return name
+
+
+def check_ids(ids: Sequence[str]) -> list[str]:
+    """Validate document ids (non-empty strings of at most ``MAX_ID_CHARS`` characters)."""
+    if isinstance(ids, str):
+        raise TypeError("ids must be a sequence of strings, not a single string")
+    out = list(ids)
+    for i in out:
+        if not isinstance(i, str) or not i or len(i) > MAX_ID_CHARS:
+            raise ValueError(
+                f"invalid document id {i!r}: must be a non-empty string of at most {MAX_ID_CHARS} chars"
+            )
+    return out
+
+
+def prepare_docs(docs: Sequence[StoredDocument], dimension: int) -> list[StoredDocument]:
+    """Validate documents for upsert and drop earlier duplicates of an id (the last one wins)."""
+    latest: dict[str, StoredDocument] = {}
+    for doc in docs:
+        check_ids([doc.id])
+        if doc.embedding is None:
+            raise ValueError(f"document {doc.id!r} has no embedding")
+        if len(doc.embedding) != dimension:
+            raise ValueError(
+                f"document {doc.id!r} embedding has dimension {len(doc.embedding)}, collection expects {dimension}"
+            )
+        if not all(math.isfinite(x) for x in doc.embedding):
+            raise ValueError(f"document {doc.id!r} embedding contains NaN or infinite values")
+        if not isinstance(doc.metadata, dict):
+            raise ValueError(f"document {doc.id!r} metadata must be an object")
+        latest.pop(doc.id, None)  # keep the position of the last occurrence
+        latest[doc.id] = doc
+    return list(latest.values())
+
+
+def order_by_ids(ids: Sequence[str], found: dict[str, StoredDocument]) -> list[StoredDocument]:
+    """Documents in the order of ``ids``; missing ids are skipped, repeated ids repeat the document."""
+    return [found[i] for i in ids if i in found]
+
+
+class VectorIndex(ABC):
+    """A set of named collections of documents with one embedding each, searchable by cosine similarity."""
+
+    @abstractmethod
+    def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+        """Create the collection on first use; raise ``CollectionMismatch`` if it exists with another dim/model."""
+
+    @abstractmethod
+    def get_collection(self, name: str) -> CollectionInfo:
+        """Describe a collection (with its current document count); raise ``CollectionNotFound``."""
+
+    @abstractmethod
+    def list_collections(self) -> list[CollectionInfo]:
+        """All collections created through this layer, sorted by name."""
+
+    @abstractmethod
+    def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
+        """Insert or replace documents by id (embedding required); durable once it returns."""
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> int:
+        """Delete documents by id; return how many existed and were deleted."""
+
+    @abstractmethod
+    def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
+        """Fetch documents (with embeddings) in the order of ``ids``, skipping missing ones."""
+
+    @abstractmethod
+    def search(
+        self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None
+    ) -> list[IndexHit]:
+        """Top-``k`` documents by cosine similarity (descending), restricted to those matching ``filter``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release resources; the object must not be used afterwards."""
+
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def check_search_args(vector: Sequence[float], k: int, dimension: int) -> list[float]:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    vec = [float(x) for x in vector]
+    if len(vec) != dimension:
+        raise ValueError(f"query vector has dimension {len(vec)}, collection expects {dimension}")
+    if not all(math.isfinite(x) for x in vec):
+        raise ValueError("query vector contains NaN or infinite values")
+    return vec
+
+
+def open_index(uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> VectorIndex:
+    """Open the index named by ``uri``.
+
+    * ``milvus:<path>`` or a path ending in ``.db``: Milvus Lite (embedded, single process per file);
+    * ``http://host:19530`` / ``https://...``: a Milvus server;
+    * any other string: a directory holding an embedded LanceDB database (created if missing).
+
+    ``ann_threshold``: collections with more rows than this get an approximate (ANN) index; below it search is
+    exact.
+    """
+    if ann_threshold < 1:
+        raise ValueError("ann_threshold must be >= 1")
+    if uri.startswith(("http://", "https://")):
+        from service.index.milvus import MilvusIndex
+
+        return MilvusIndex(uri, ann_threshold=ann_threshold)
+    if uri.startswith("milvus:") or uri.endswith(".db"):
+        from service.index.milvus import MilvusIndex
+
+        path = uri.removeprefix("milvus:")
+        if not path.endswith(".db"):
+            raise ValueError(
+                f"Milvus Lite needs a file path ending in '.db', e.g. milvus:./data/index.db; got {uri!r}"
+            )
+        return MilvusIndex(os.path.abspath(os.path.expanduser(path)), ann_threshold=ann_threshold)
+    if "://" in uri:
+        raise ValueError(f"unsupported index URI scheme: {uri!r}")
+    from service.index.lance import LanceIndex
+
+    return LanceIndex(os.path.abspath(os.path.expanduser(uri)), ann_threshold=ann_threshold)

@@ -1,0 +1,213 @@
+"""Metadata filters: validation and compilation to LanceDB SQL and Milvus boolean expressions.
+
+Semantics, identical on every backend:
+
+* ``{"k": v}`` / ``{"k": {"$eq": v}}``: ``metadata["k"]`` equals ``v``, or is a list that contains ``v``.
+  Numbers compare by value (``3 == 3.0``), booleans are not numbers, strings compare exactly.
+* ``{"k": {"$in": [v1, v2]}}``: equality with any of the values.
+* ``{"k": {"$ne": v}}``: ``metadata["k"]`` is present (not null) and neither equals nor contains ``v``.
+* ``{"k": {"$gt"|"$gte"|"$lt"|"$lte": n}}``: ``metadata["k"]`` is a number (not a bool, not a list) in range.
+* Several operators under one key, and several keys, are ANDed.
+
+How: every stored document carries *filter terms*: ``"<key>"`` for each present key and ``"<key>=<digest>"`` for
+each scalar value or list element, where the digest is a BLAKE2b-128 hash of a typed canonical form of the
+value. Equality, ``$in`` and ``$ne`` test membership of those terms (LanceDB: ``array_has`` on a ``list<string>``
+column; Milvus: ``array_contains`` on an ``ARRAY<VARCHAR>`` field). Ranges read the JSON metadata column. The
+only literals that ever reach an expression are hex digests, regex-validated keys and Python-formatted finite
+numbers, so user text is never interpolated into SQL or Milvus expressions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from service.index.base import Filter, InvalidFilter
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_SAFE_TERM_RE = re.compile(r"^[A-Za-z0-9_=]+$")
+RANGE_OPS: dict[str, str] = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+OPERATORS = ("$eq", "$ne", "$in", *RANGE_OPS)
+MAX_FILTER_KEYS = 64
+MAX_IN_VALUES = 1024
+MAX_TERMS_PER_DOCUMENT = 4096
+MAX_TERM_CHARS = 128  # key (<= 64) + "=" + 32 hex digits
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One condition on one metadata key."""
+
+    key: str
+    op: Literal["eq", "in", "ne", "range"]
+    terms: tuple[str, ...] = ()
+    cmp: str = ""
+    number: int | float = 0
+
+
+def _canonical(value: Any) -> str | None:
+    """Typed canonical form of a scalar, or None for values that are not filterable scalars."""
+    if isinstance(value, bool):
+        return "b:true" if value else "b:false"
+    if isinstance(value, int):
+        return f"n:{value}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return f"n:{int(value)}" if value.is_integer() else f"n:{value!r}"
+    if isinstance(value, str):
+        return f"s:{value}"
+    return None
+
+
+def value_term(key: str, value: Any) -> str:
+    canonical = _canonical(value)
+    if canonical is None:
+        raise ValueError(f"not a filterable scalar: {value!r}")
+    digest = hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{key}={digest}"
+
+
+def document_terms(metadata: Mapping[str, Any]) -> list[str]:
+    """Filter terms stored with a document (keys that are not valid filter keys are not filterable)."""
+    terms: list[str] = []
+    for key, value in metadata.items():
+        if value is None or not isinstance(key, str) or not KEY_RE.match(key):
+            continue
+        terms.append(key)
+        seen: set[str] = set()
+        for item in value if isinstance(value, list | tuple) else (value,):
+            if _canonical(item) is None:
+                continue
+            term = value_term(key, item)
+            if term not in seen:
+                seen.add(term)
+                terms.append(term)
+    if len(terms) > MAX_TERMS_PER_DOCUMENT:
+        raise ValueError(f"metadata has too many filterable values ({len(terms)} > {MAX_TERMS_PER_DOCUMENT})")
+    return terms
+
+
+def _scalar(key: str, op: str, value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilter(f"filter key {key!r}: {op} value must be finite")
+    if not isinstance(value, str | int | float | bool):
+        raise InvalidFilter(
+            f"filter key {key!r}: {op} value must be a string, number or boolean, got {value!r}"
+        )
+    return value
+
+
+def _number(key: str, op: str, value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidFilter(f"filter key {key!r}: {op} needs a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilter(f"filter key {key!r}: {op} value must be finite")
+    return value
+
+
+def parse_filter(filter: Filter | None) -> list[Clause]:
+    """Validate a filter and turn it into clauses (all of which must hold); raise ``InvalidFilter``."""
+    if filter is None:
+        return []
+    if not isinstance(filter, Mapping):
+        raise InvalidFilter(f"filter must be an object mapping metadata keys to conditions, got {filter!r}")
+    if len(filter) > MAX_FILTER_KEYS:
+        raise InvalidFilter(f"filter has too many keys ({len(filter)} > {MAX_FILTER_KEYS})")
+    clauses: list[Clause] = []
+    for key, cond in filter.items():
+        if not isinstance(key, str) or not KEY_RE.match(key):
+            raise InvalidFilter(
+                f"invalid filter key {key!r}: keys must match {KEY_RE.pattern} (letters, digits, '_')"
+            )
+        if not isinstance(cond, Mapping):
+            if isinstance(cond, list | tuple):
+                raise InvalidFilter(f"filter key {key!r}: a list is not a value; use {{'$in': [...]}}")
+            if cond is None:
+                raise InvalidFilter(f"filter key {key!r}: null is not a filterable value")
+            clauses.append(Clause(key, "eq", (value_term(key, _scalar(key, "equality", cond)),)))
+            continue
+        if not cond:
+            raise InvalidFilter(f"filter key {key!r}: empty condition object")
+        for op, arg in cond.items():
+            if op == "$eq":
+                clauses.append(Clause(key, "eq", (value_term(key, _scalar(key, op, arg)),)))
+            elif op == "$ne":
+                clauses.append(Clause(key, "ne", (value_term(key, _scalar(key, op, arg)),)))
+            elif op == "$in":
+                if not isinstance(arg, list | tuple) or not arg:
+                    raise InvalidFilter(f"filter key {key!r}: $in needs a non-empty list of scalars")
+                if len(arg) > MAX_IN_VALUES:
+                    raise InvalidFilter(f"filter key {key!r}: $in has more than {MAX_IN_VALUES} values")
+                terms = dict.fromkeys(value_term(key, _scalar(key, op, v)) for v in arg)
+                clauses.append(Clause(key, "in", tuple(terms)))
+            elif op in RANGE_OPS:
+                clauses.append(Clause(key, "range", cmp=RANGE_OPS[op], number=_number(key, op, arg)))
+            else:
+                raise InvalidFilter(
+                    f"filter key {key!r}: unknown operator {op!r} (supported: {', '.join(OPERATORS)})"
+                )
+    return clauses
+
+
+def _number_literal(value: int | float) -> str:
+    if isinstance(value, int) and abs(value) < 2**63:
+        return str(value)
+    return repr(float(value))
+
+
+def _terms_literal(terms: tuple[str, ...], quote: str) -> str:
+    for term in terms:  # defence in depth: terms are generated, never user text
+        if not _SAFE_TERM_RE.match(term):
+            raise AssertionError(f"unsafe filter term {term!r}")
+    return ", ".join(f"{quote}{t}{quote}" for t in terms)
+
+
+def to_lance_sql(clauses: list[Clause], *, terms_column: str, json_column: str) -> str | None:
+    """A LanceDB ``where`` predicate for the clauses (None when there are none)."""
+    parts: list[str] = []
+    for c in clauses:
+        if c.op == "eq":
+            parts.append(f"array_has({terms_column}, {_terms_literal(c.terms, chr(39))})")
+        elif c.op == "in":
+            parts.append(f"array_has_any({terms_column}, [{_terms_literal(c.terms, chr(39))}])")
+        elif c.op == "ne":
+            present = _terms_literal((c.key,), chr(39))
+            parts.append(
+                f"(array_has({terms_column}, {present}) AND NOT array_has({terms_column}, "
+                f"{_terms_literal(c.terms, chr(39))}))"
+            )
+        else:
+            value = f"TRY_CAST(json_extract(json_get({json_column}, {_terms_literal((c.key,), chr(39))}), '$') AS DOUBLE)"
+            parts.append(f"({value} {c.cmp} {_number_literal(c.number)})")
+    return " AND ".join(parts) if parts else None
+
+
+def to_milvus_expr(clauses: list[Clause], *, terms_field: str, json_field: str) -> str | None:
+    """A Milvus boolean expression for the clauses (None when there are none)."""
+    parts: list[str] = []
+    for c in clauses:
+        if c.op == "eq":
+            parts.append(f"array_contains({terms_field}, {_terms_literal(c.terms, chr(34))})")
+        elif c.op == "in":
+            parts.append(f"array_contains_any({terms_field}, [{_terms_literal(c.terms, chr(34))}])")
+        elif c.op == "ne":
+            present = _terms_literal((c.key,), chr(34))
+            parts.append(
+                f"(array_contains({terms_field}, {present}) and not array_contains({terms_field}, "
+                f"{_terms_literal(c.terms, chr(34))}))"
+            )
+        else:
+            # Booleans are excluded explicitly: Milvus Lite evaluates JSON comparisons with Python semantics,
+            # where True >= 0 holds.
+            bools = _terms_literal((value_term(c.key, True), value_term(c.key, False)), chr(34))
+            key = _terms_literal((c.key,), chr(34))
+            parts.append(
+                f"({json_field}[{key}] {c.cmp} {_number_literal(c.number)} and not "
+                f"array_contains_any({terms_field}, [{bools}]))"
+            )
+    return " and ".join(parts) if parts else None

@@ -1,0 +1,298 @@
+"""LanceDB (embedded) backend: one Lance table per collection in a local directory.
+
+* Model and dimension live in the table's schema metadata, so any process opening the directory sees them.
+* Filters: a ``list<string>`` column of filter terms (``array_has``) plus the metadata as a ``lance.json`` column
+  (``json_get`` + ``TRY_CAST`` for numeric ranges); see :mod:`service.index.filters`. They are passed to
+  ``where(..., prefilter=True)``, so they restrict the candidate set before the top-k is taken.
+* Search is exact (flat scan) until a collection holds more than ``ann_threshold`` rows; the upsert that crosses
+  it builds an IVF_HNSW_SQ cosine index (plus a LABEL_LIST index on the filter terms). Rows written later are
+  searched exactly until ``optimize()`` folds them into the index, which upsert triggers as they accumulate.
+* Reads use ``read_consistency_interval=0``: every query sees the latest committed version, including writes by
+  other processes. A ``merge_insert`` commit is on disk when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.expr import col
+from lancedb.index import HnswSq, LabelList
+
+from service.index import filters
+from service.index.base import (
+    CollectionInfo,
+    CollectionMismatch,
+    CollectionNotFound,
+    Filter,
+    IndexHit,
+    StoredDocument,
+    VectorIndex,
+    check_collection_name,
+    check_ids,
+    check_search_args,
+    order_by_ids,
+    prepare_docs,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_KEY = b"mmsearch.model"
+DIMENSION_KEY = b"mmsearch.dimension"
+FORMAT_KEY = b"mmsearch.format"
+FORMAT_VERSION = b"1"
+VECTOR = "vector"
+TERMS = "_terms"
+METADATA = "metadata"
+VECTOR_INDEX = "vector_idx"
+TERMS_INDEX = "terms_idx"
+ID_CHUNK = 1000
+REFINE_FACTOR = 4
+MIN_EF = 200
+MAX_SMALL_FRAGMENTS = 32
+CLEANUP_OLDER_THAN = timedelta(hours=1)
+
+
+def _schema(dimension: int, model: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.utf8(), nullable=False),
+            pa.field(VECTOR, pa.list_(pa.float32(), dimension), nullable=False),
+            pa.field("text", pa.utf8()),
+            pa.field("image", pa.utf8()),
+            pa.field(METADATA, pa.json_(pa.utf8())),
+            pa.field(TERMS, pa.list_(pa.utf8())),
+        ],
+        metadata={
+            MODEL_KEY: model.encode(),
+            DIMENSION_KEY: str(dimension).encode(),
+            FORMAT_KEY: FORMAT_VERSION,
+        },
+    )
+
+
+def _dump_metadata(doc: StoredDocument) -> str:
+    try:
+        return json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"document {doc.id!r} metadata is not JSON-serialisable: {e}") from e
+
+
+def _load_metadata(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    value = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    return value if isinstance(value, dict) else {}
+
+
+class LanceIndex(VectorIndex):
+    def __init__(self, path: str, *, ann_threshold: int) -> None:
+        os.makedirs(path, exist_ok=True)
+        self._path = path
+        self._ann_threshold = ann_threshold
+        self._db = lancedb.connect(path, read_consistency_interval=timedelta(0))
+        self._tables: dict[str, Any] = {}
+        self._lock = threading.RLock()
+
+    # --- collections ------------------------------------------------------------------------------------------
+
+    def _info(self, name: str, table: Any, *, count: bool = True) -> CollectionInfo | None:
+        meta = table.schema.metadata or {}
+        if MODEL_KEY not in meta or DIMENSION_KEY not in meta:
+            return None
+        return CollectionInfo(
+            name=name,
+            dimension=int(meta[DIMENSION_KEY]),
+            model=meta[MODEL_KEY].decode(),
+            count=table.count_rows() if count else 0,
+        )
+
+    def _table(self, name: str) -> Any:
+        check_collection_name(name)
+        table = self._tables.get(name)
+        if table is not None:
+            return table
+        try:
+            table = self._db.open_table(name)
+        except (ValueError, FileNotFoundError) as e:
+            raise CollectionNotFound(name) from e
+        if self._info(name, table, count=False) is None:
+            raise CollectionNotFound(name)
+        self._tables[name] = table
+        return table
+
+    def _dimension(self, name: str, table: Any) -> int:
+        return int(table.schema.metadata[DIMENSION_KEY])
+
+    def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+        check_collection_name(name)
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+            raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
+        if not model:
+            raise ValueError("model must be a non-empty string")
+        with self._lock:
+            try:
+                table = self._table(name)
+            except CollectionNotFound:
+                try:
+                    table = self._db.create_table(name, schema=_schema(dimension, model))
+                except ValueError:  # created concurrently by another process, or a foreign table
+                    table = self._db.open_table(name)
+            info = self._info(name, table)
+            if info is None:
+                raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+            if info.dimension != dimension or info.model != model:
+                raise CollectionMismatch(
+                    f"collection {name!r} holds dimension {info.dimension} from model {info.model!r}; "
+                    f"requested dimension {dimension} from model {model!r}"
+                )
+            self._tables[name] = table
+            return info
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        info = self._info(name, self._table(name))
+        assert info is not None
+        return info
+
+    def list_collections(self) -> list[CollectionInfo]:
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._db.list_tables(page_token=token)
+            names.extend(page.tables)
+            token = page.page_token
+            if not token:
+                break
+        infos = []
+        for name in sorted(set(names)):
+            try:
+                infos.append(self.get_collection(name))
+            except (CollectionNotFound, ValueError):
+                continue  # not ours
+        return infos
+
+    # --- documents --------------------------------------------------------------------------------------------
+
+    def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
+        table = self._table(name)
+        batch = prepare_docs(docs, self._dimension(name, table))
+        if not batch:
+            return
+        dimension = self._dimension(name, table)
+        vectors = np.asarray([d.embedding for d in batch], dtype=np.float32).reshape(-1)
+        data = pa.table(
+            {
+                "id": pa.array([d.id for d in batch], pa.utf8()),
+                VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors, pa.float32()), dimension),
+                "text": pa.array([d.text for d in batch], pa.utf8()),
+                "image": pa.array([d.image for d in batch], pa.utf8()),
+                METADATA: pa.array([_dump_metadata(d) for d in batch], pa.json_(pa.utf8())),
+                TERMS: pa.array([filters.document_terms(d.metadata) for d in batch], pa.list_(pa.utf8())),
+            }
+        )
+        with self._lock:
+            table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+            self._maintain(name, table)
+
+    def _vector_index(self, table: Any) -> Any | None:
+        for index in table.list_indices():
+            if list(index.columns) == [VECTOR]:
+                return index
+        return None
+
+    def _maintain(self, name: str, table: Any) -> None:
+        """Build the ANN index past the threshold; fold new rows into it and compact small fragments."""
+        index = self._vector_index(table)
+        if index is None:
+            if table.count_rows() > self._ann_threshold:
+                log.info("building IVF_HNSW_SQ index on collection %r", name)
+                table.create_index(VECTOR, config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
+                try:
+                    table.create_index(TERMS, config=LabelList(), name=TERMS_INDEX)
+                except Exception:  # an optimisation only; filters work without it
+                    log.exception("could not build the filter-term index on collection %r", name)
+            return
+        stats = table.index_stats(index.name)
+        unindexed = stats.num_unindexed_rows if stats is not None else 0
+        small = table.stats()["fragment_stats"]["num_small_fragments"]
+        if (
+            unindexed > max(1_000, (stats.num_indexed_rows if stats else 0) // 10)
+            or small > MAX_SMALL_FRAGMENTS
+        ):
+            table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
+
+    def _rows_by_id(self, table: Any, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), ID_CHUNK):
+            chunk = unique[start : start + ID_CHUNK]
+            query = table.search().where(col("id").isin(chunk)).select(columns).limit(len(chunk))
+            rows.extend(query.to_arrow().to_pylist())
+        return rows
+
+    def delete(self, name: str, ids: Sequence[str]) -> int:
+        table = self._table(name)
+        wanted = list(dict.fromkeys(check_ids(ids)))
+        deleted = 0
+        with self._lock:
+            for start in range(0, len(wanted), ID_CHUNK):
+                chunk = wanted[start : start + ID_CHUNK]
+                result = table.delete(col("id").isin(chunk))
+                deleted += int(getattr(result, "num_deleted_rows", 0))
+        return deleted
+
+    def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
+        table = self._table(name)
+        wanted = check_ids(ids)
+        found = {
+            row["id"]: StoredDocument(
+                id=row["id"],
+                text=row["text"],
+                image=row["image"],
+                metadata=_load_metadata(row[METADATA]),
+                embedding=[float(x) for x in row[VECTOR]],
+            )
+            for row in self._rows_by_id(table, wanted, ["id", "text", "image", METADATA, VECTOR])
+        }
+        return order_by_ids(wanted, found)
+
+    def search(
+        self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None
+    ) -> list[IndexHit]:
+        table = self._table(name)
+        query_vector = check_search_args(vector, k, self._dimension(name, table))
+        where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)
+        query = (
+            table.search(np.asarray(query_vector, dtype=np.float32), vector_column_name=VECTOR)
+            .distance_type("cosine")
+            .limit(k)
+            .select(["id", "text", "image", METADATA, "_distance"])
+        )
+        if where is not None:
+            query = query.where(where, prefilter=True)
+        # Only used when an ANN index exists: oversample from the quantised index, then re-rank exactly.
+        query = query.ef(max(MIN_EF, 2 * k * REFINE_FACTOR)).refine_factor(REFINE_FACTOR)
+        hits = [
+            IndexHit(
+                id=row["id"],
+                score=1.0 - float(row["_distance"]),
+                text=row["text"],
+                image=row["image"],
+                metadata=_load_metadata(row[METADATA]),
+            )
+            for row in query.to_arrow().to_pylist()
+        ]
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return hits
+
+    def close(self) -> None:
+        with self._lock:
+            self._tables.clear()

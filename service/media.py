@@ -1,0 +1,444 @@
+"""Turn user-supplied image references (http(s) URLs, ``data:image/...;base64,`` URIs, uploads) into images.
+
+The only module that fetches or decodes user media: the embedder, reranker and search services call it and
+hand the models nothing but decoded RGB ``PIL.Image`` objects. Every hostile input becomes a ``MediaError``
+with a short reason code, the HTTP status to answer and the request field it came from.
+
+Defences, in order: scheme allowlist (never a local path); DNS resolution with every address vetted
+(loopback, private, link-local, multicast, reserved, unspecified, and IPv4 inside mapped/6to4/teredo IPv6 are
+refused unless ``fetch_allow`` admits the host or address); the connection pinned to the vetted address;
+redirects followed by hand with the same checks at every hop; connect/read timeouts plus a whole-fetch
+deadline; a byte cap on Content-Length and on the streamed body; strict base64 with the decoded size checked
+before decoding; format and pixel caps checked from the image header before any pixel is decoded, in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextvars
+import hashlib
+import io
+import ipaddress
+import re
+import socket
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpcore
+import httpx
+from PIL import Image, ImageOps
+
+from service.config import Settings
+
+__all__ = ["MediaError", "MediaLoader", "content_hash"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+USER_AGENT = "mmsearch/0.1"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DATA_URI = re.compile(r"data:image/[a-z0-9.+-]+(?:;[a-z0-9.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
+_FORMAT_ALIASES = {"MPO": "JPEG"}  # Pillow reports multi-picture JPEGs (most phone photos) as MPO
+
+_STATUS: dict[str, int] = {
+    "bad_scheme": 400,
+    "bad_url": 400,
+    "bad_base64": 400,
+    "blocked_address": 400,
+    "too_many_redirects": 400,
+    "too_large": 413,
+    "too_many_pixels": 413,
+    "not_an_image": 422,
+    "format_not_allowed": 422,
+    "timeout": 408,
+    "http_error": 422,
+    "connect_error": 422,
+    "dns_error": 422,
+}
+
+
+class MediaError(Exception):
+    """A refused image reference.
+
+    ``reason`` is a machine code, ``message`` is safe to show, ``status`` is the HTTP status to answer and
+    ``field`` the request field (e.g. ``inputs[3].image``).
+    """
+
+    def __init__(self, reason: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = _STATUS.get(reason, 400)
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+def content_hash(img_bytes: bytes) -> str:
+    """SHA-256 hex digest of raw image bytes (cache key)."""
+    return hashlib.sha256(img_bytes).hexdigest()
+
+
+# --- address policy --------------------------------------------------------------------------------
+
+
+def _is_blocked(ip: IPAddress) -> bool:
+    """True if ``ip`` is not a plain public unicast address, including IPv4 hidden inside IPv6 forms."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _is_blocked(ip.ipv4_mapped)
+        if ip.is_site_local:
+            return True
+        if any(v4 is not None and _is_blocked(v4) for v4 in (ip.sixtofour, *(ip.teredo or ()))):
+            return True
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    """Addresses ``host`` resolves to; numeric forms like ``2130706433`` or ``0x7f.1`` come out normalised."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    out: list[IPAddress] = []
+    for family, *_, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if ip not in out:
+            out.append(ip)
+    return out
+
+
+# Addresses vetted for (host, port) during the current fetch. A ContextVar because httpcore opens the
+# connection in the task that sends the request, so the backend below sees the pins made by that ``_fetch``.
+_PINS: contextvars.ContextVar[dict[tuple[str, int], list[IPAddress]] | None] = contextvars.ContextVar(
+    "mmsearch_media_pins", default=None
+)
+
+
+class _PinnedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend that connects only to vetted IPs.
+
+    IP pinning: httpcore hands ``connect_tcp`` the URL's host name. We do not ask DNS again: we connect to
+    the addresses ``MediaLoader._vet`` approved moments earlier for this fetch (or, with no pin, resolve and
+    vet here), passing the IP literal to the real backend, so an answer that changes between check and
+    connect (DNS rebinding) cannot steer us elsewhere. Everything above the socket keeps the host name: the
+    ``Host`` header comes from the URL, and for https httpcore then calls
+    ``start_tls(server_hostname=<host>)`` on the returned stream, so SNI and certificate verification are
+    against the name, not the IP.
+    """
+
+    def __init__(self, loader: MediaLoader) -> None:
+        self._loader = loader
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        pins = _PINS.get() or {}
+        addrs = pins.get((host.lower(), port)) or await self._loader._vet(host, port)
+        last: Exception | None = None
+        for ip in addrs:
+            try:
+                return await self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+                last = e
+        raise last or httpcore.ConnectError("no address")
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+# --- the loader ------------------------------------------------------------------------------------
+
+
+class MediaLoader:
+    """Fetches and decodes user images under the limits in ``Settings``; one per process, shared by services.
+
+    ``stats`` counts refusals by reason, plus ``ok`` (images returned) and ``fetched_bytes`` (bodies read).
+    """
+
+    def __init__(self, settings: Settings, *, client: httpx.AsyncClient | None = None) -> None:
+        """``client``: an injected client is used as is (and not closed here). It gets the pre-connect address
+        checks but not IP pinning, which only the client built here has; leave it ``None`` outside tests."""
+        self.settings = settings
+        self.stats: dict[str, int] = {"ok": 0, "fetched_bytes": 0}
+        self._client = client
+        self._own_client = client is None
+        self._sem: asyncio.Semaphore | None = None
+        self._lock = threading.Lock()
+        self._allow_hosts: set[str] = set()
+        self._allow_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in settings.fetch_allow:
+            try:
+                self._allow_nets.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self._allow_hosts.add(entry.lower().rstrip("."))
+
+    # public API ---------------------------------------------------------------------------------------------
+
+    async def load(self, ref: str, field: str) -> Image.Image:
+        """Fetch (http/https) or decode (data URI) one image; refusals raise ``MediaError`` for ``field``."""
+        try:
+            if not isinstance(ref, str):
+                raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
+            head = ref[:8].lower()
+            if head.startswith("data:"):
+                img = await asyncio.to_thread(self._decode_data_uri, ref)
+            elif head.startswith(("http://", "https://")):
+                data = await self._fetch(ref)
+                img = await asyncio.to_thread(self._decode, data)
+            else:
+                raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
+        except MediaError as e:
+            raise self._refused(e, field) from None
+        self._bump("ok")
+        return img
+
+    async def load_many(self, refs: Sequence[tuple[str, str]]) -> list[Image.Image]:
+        """Load ``(ref, field)`` pairs concurrently (at most ``fetch_concurrency`` fetches at once), in order.
+
+        On failure raises the error of the first failing input by position: later inputs are cancelled at
+        once, earlier ones are awaited only to learn whether they fail first.
+        """
+        tasks = [asyncio.create_task(self.load(ref, field)) for ref, field in refs]
+        position = {t: i for i, t in enumerate(tasks)}
+        first_bad: int | None = None
+        pending: set[asyncio.Task[Image.Image]] = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        first_bad = position[t] if first_bad is None else min(first_bad, position[t])
+                if first_bad is not None:
+                    for t in pending:
+                        if position[t] > first_bad:
+                            t.cancel()
+        finally:
+            leftover = [t for t in tasks if not t.done()]
+            for t in leftover:
+                t.cancel()
+            if leftover:
+                await asyncio.wait(leftover)
+        if first_bad is not None:
+            exc = tasks[first_bad].exception()
+            assert exc is not None
+            raise exc
+        return [t.result() for t in tasks]
+
+    def decode_bytes(self, data: bytes, field: str) -> Image.Image:
+        """Decode uploaded bytes under the same caps. Blocking: async callers use ``asyncio.to_thread``."""
+        try:
+            img = self._decode(data)
+        except MediaError as e:
+            raise self._refused(e, field) from None
+        self._bump("ok")
+        return img
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this loader created it."""
+        if self._client is not None and self._own_client:
+            await self._client.aclose()
+            self._client = None
+
+    # fetching -----------------------------------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            s = self.settings
+            limits = httpx.Limits(
+                max_connections=s.fetch_concurrency, max_keepalive_connections=s.fetch_concurrency
+            )
+            transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+            # Same pool httpx would build, plus our pinning network backend (httpx has no public hook for it).
+            transport._pool = httpcore.AsyncConnectionPool(
+                ssl_context=httpx.create_ssl_context(trust_env=False),
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                network_backend=_PinnedBackend(self),
+            )
+            timeout = httpx.Timeout(
+                connect=s.fetch_connect_timeout_s,
+                read=s.fetch_read_timeout_s,
+                write=s.fetch_read_timeout_s,
+                pool=s.fetch_deadline_s,
+            )
+            self._client = httpx.AsyncClient(
+                transport=transport,
+                timeout=timeout,
+                follow_redirects=False,
+                trust_env=False,
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._client
+
+    def _parse_url(self, ref: str) -> httpx.URL:
+        try:
+            url = httpx.URL(ref)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            raise MediaError("bad_url", "image URL is malformed") from None
+        if url.scheme not in _DEFAULT_PORTS:
+            raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
+        if not url.host:
+            raise MediaError("bad_url", "image URL has no host")
+        return url
+
+    async def _vet(self, host: str, port: int) -> list[IPAddress]:
+        """Resolve ``host`` and return its addresses, or refuse if any of them is not admitted."""
+        name = host.lower().rstrip(".")
+        try:
+            addrs = await _resolve(host, port)
+        except (OSError, UnicodeError):
+            raise MediaError("dns_error", f"could not resolve image host {name!r}") from None
+        if not addrs:
+            raise MediaError("dns_error", f"could not resolve image host {name!r}")
+        if name in self._allow_hosts:
+            return addrs
+        for ip in addrs:
+            if _is_blocked(ip) and not any(ip in net for net in self._allow_nets):
+                raise MediaError("blocked_address", f"image host {name!r} is not a public address")
+        return addrs
+
+    async def _fetch(self, ref: str) -> bytes:
+        s = self.settings
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(s.fetch_concurrency)
+        pins: dict[tuple[str, int], list[IPAddress]] = {}
+        token = _PINS.set(pins)
+        try:
+            async with self._sem, asyncio.timeout(s.fetch_deadline_s):
+                return await self._fetch_hops(self._parse_url(ref), pins)
+        except TimeoutError:
+            raise MediaError("timeout", f"image fetch exceeded {s.fetch_deadline_s:g} s") from None
+        except httpx.TimeoutException:
+            raise MediaError("timeout", "image server timed out") from None
+        except httpx.ConnectError:
+            raise MediaError("connect_error", "could not connect to the image server") from None
+        except httpx.HTTPError:
+            raise MediaError("http_error", "image server sent an invalid response") from None
+        finally:
+            _PINS.reset(token)
+
+    async def _fetch_hops(self, url: httpx.URL, pins: dict[tuple[str, int], list[IPAddress]]) -> bytes:
+        s = self.settings
+        client = self._http()
+        headers = {"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"}
+        for _hop in range(s.fetch_max_redirects + 1):
+            host = url.raw_host.decode("ascii").lower()
+            port = url.port or _DEFAULT_PORTS[url.scheme]
+            pins[(host, port)] = await self._vet(host, port)  # refused here, before any connection
+            resp = await client.send(client.build_request("GET", url, headers=headers), stream=True)
+            try:
+                if resp.status_code in _REDIRECTS and "location" in resp.headers:
+                    try:
+                        url = self._parse_url(str(url.join(resp.headers["location"])))
+                    except httpx.InvalidURL:
+                        raise MediaError("bad_url", "image redirect location is malformed") from None
+                    continue
+                if resp.status_code != 200:
+                    raise MediaError("http_error", f"image server answered HTTP {resp.status_code}")
+                return await self._read_capped(resp)
+            finally:
+                await resp.aclose()
+        raise MediaError(
+            "too_many_redirects", f"image URL redirected more than {s.fetch_max_redirects} times"
+        )
+
+    async def _read_capped(self, resp: httpx.Response) -> bytes:
+        cap = self.settings.max_image_bytes
+        declared = resp.headers.get("content-length", "")
+        if declared.strip().isdigit() and int(declared) > cap:
+            raise MediaError("too_large", f"image is larger than {cap} bytes")
+        buf = bytearray()
+        # aiter_raw: no content-decoding, so a gzip bomb cannot expand past the cap inside one chunk.
+        async for chunk in resp.aiter_raw():
+            buf += chunk
+            if len(buf) > cap:
+                raise MediaError("too_large", f"image is larger than {cap} bytes")
+        self._bump("fetched_bytes", len(buf))
+        return bytes(buf)
+
+    # decoding (worker threads) ------------------------------------------------------------------------------
+
+    def _decode_data_uri(self, ref: str) -> Image.Image:
+        m = _DATA_URI.match(ref)
+        if m is None:
+            raise MediaError("bad_scheme", "data URIs must be data:image/<format>;base64,<payload>")
+        payload = ref[m.end() :]
+        size = len(payload) // 4 * 3 - (len(payload) - len(payload.rstrip("=")))
+        if size > self.settings.max_image_bytes:
+            raise MediaError("too_large", f"image is larger than {self.settings.max_image_bytes} bytes")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MediaError("bad_base64", "data URI payload is not valid base64") from None
+        return self._decode(data)
+
+    def _decode(self, data: bytes) -> Image.Image:
+        s = self.settings
+        if len(data) > s.max_image_bytes:
+            raise MediaError("too_large", f"image is larger than {s.max_image_bytes} bytes")
+        try:
+            # Pillow's own bomb check (global Image.MAX_IMAGE_PIXELS) may raise here; ours follows, per call.
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "")
+                if fmt not in s.image_formats:
+                    raise MediaError("format_not_allowed", f"image format {fmt or 'unknown'} is not accepted")
+                width, height = img.size
+                if width * height > s.max_image_pixels:
+                    raise MediaError("too_many_pixels", f"image has more than {s.max_image_pixels} pixels")
+                img.seek(0)  # first frame of animations
+                img.load()
+                return _to_rgb(ImageOps.exif_transpose(img))
+        except MediaError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise MediaError("too_many_pixels", f"image has more than {s.max_image_pixels} pixels") from None
+        except Exception:
+            # Decoders raise OSError/SyntaxError/ValueError/struct.error/... on hostile or truncated data.
+            raise MediaError("not_an_image", "data is not a decodable image") from None
+
+    # bookkeeping --------------------------------------------------------------------------------------------
+
+    def _bump(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] = self.stats.get(key, 0) + n
+
+    def _refused(self, e: MediaError, field: str) -> MediaError:
+        e.field = field
+        self._bump(e.reason)
+        return e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB copy of ``img``; transparent pixels are composited onto white instead of turning black."""
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return img.convert("RGB")

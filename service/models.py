@@ -1,0 +1,92 @@
+"""Loading the embedding and reranking models (hub id or local path, or the offline tiny profile)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from service.config import Settings
+
+log = logging.getLogger("mmsearch.models")
+
+TINY_WARNING = "RANDOM-WEIGHT TINY MODEL (MMSEARCH_PROFILE=tiny): smoke tests only, results are meaningless"
+
+
+class SimulatedOOM(MemoryError):
+    """Raised by the test-only ``MMSEARCH_OOM_SIMULATE_BATCH_OVER`` setting."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors and the simulated one."""
+    if isinstance(exc, SimulatedOOM):
+        return True
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return True
+    return False
+
+
+def check_simulated_oom(settings: Settings, batch_size: int) -> None:
+    if settings.oom_simulate_batch_over and batch_size > settings.oom_simulate_batch_over:
+        raise SimulatedOOM(f"simulated out of memory at batch size {batch_size}")
+
+
+def _model_kwargs(settings: Settings) -> dict[str, Any]:
+    if settings.dtype == "auto":
+        return {}
+    import torch
+
+    return {"dtype": getattr(torch, settings.dtype)}
+
+
+def _tiny_paths(settings: Settings) -> Any:
+    from service.tiny import ensure_tiny_models
+
+    log.warning(TINY_WARNING)
+    return ensure_tiny_models(settings.tiny_dir)
+
+
+def configure_torch(settings: Settings) -> None:
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+
+
+def load_embedder(settings: Settings) -> tuple[Any, str]:
+    """Load the SentenceTransformer; returns ``(model, name)``. The name says ``tiny-random`` for the tiny profile."""
+    from sentence_transformers import SentenceTransformer
+
+    configure_torch(settings)
+    if settings.profile == "tiny" and not settings.embedder_model:
+        path, name = str(_tiny_paths(settings).clip), "mmsearch/tiny-random-clip"
+    else:
+        path = name = settings.embedder_model_id()
+    model = SentenceTransformer(
+        path,
+        device=settings.resolved_device(),
+        trust_remote_code=settings.trust_remote_code,
+        model_kwargs=_model_kwargs(settings),
+    )
+    model.eval()
+    return model, name
+
+
+def load_reranker(settings: Settings) -> tuple[Any, str]:
+    """Load the CrossEncoder (VLM any-to-any with a yes/no head, or a classic text cross-encoder)."""
+    from sentence_transformers import CrossEncoder
+
+    configure_torch(settings)
+    if settings.profile == "tiny" and not settings.reranker_model:
+        path, name = str(_tiny_paths(settings).vlm_reranker), "mmsearch/tiny-random-qwen2vl-reranker"
+    else:
+        path = name = settings.reranker_model_id()
+    model = CrossEncoder(
+        path,
+        device=settings.resolved_device(),
+        trust_remote_code=settings.trust_remote_code,
+        model_kwargs=_model_kwargs(settings),
+    )
+    model.eval()
+    return model, name

@@ -1,0 +1,27 @@
+"""BentoML ``@bentoml.service`` settings shared by the mmsearch services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Pitfall (BentoML 1.4.40, upstream #5544): the dependency client recreates its HTTP session every 100 requests
+# and closes calls still in flight. A very high max_requests keeps one session per dependency.
+RUNNER_CONNECTION = {"max_requests": 10**9, "max_age": 86_400}
+
+
+def model_service_config() -> dict[str, Any]:
+    """Embedder/Reranker: one worker holding the model; concurrency is bounded by the micro-batcher's queue."""
+    return {
+        "workers": 1,
+        "traffic": {"timeout": 300, "max_concurrency": 4096},
+        "resources": {"cpu": "1"},
+    }
+
+
+def search_service_config() -> dict[str, Any]:
+    """Search: no model; talks to its dependencies over long-lived connections."""
+    return {
+        "workers": 1,
+        "traffic": {"timeout": 300, "max_concurrency": 4096},
+        "runner_connection": RUNNER_CONNECTION,
+    }

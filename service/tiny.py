@@ -1,0 +1,317 @@
+"""Tiny offline model fixtures.
+
+!!! RANDOM WEIGHTS - FOR SMOKE TESTS AND BENCHMARK SHAPES ONLY - SCORES AND EMBEDDINGS MEAN NOTHING !!!
+
+Every model here is built locally from a config (no hub, no network) with seeded random weights, so
+building twice gives bit-identical files. Use them to exercise code paths (loading, batching, modalities,
+serialisation), never to judge retrieval quality.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TinyModels",
+    "build_clip_vit_b32",
+    "build_tiny_clip",
+    "build_tiny_text_reranker",
+    "build_tiny_vlm_reranker",
+    "ensure_tiny_models",
+]
+
+SEED = 0
+_WARNING = "RANDOM WEIGHTS: built by mmsearch service/tiny.py for smoke tests only; outputs are meaningless."
+_DONE_MARKER = ".tiny-complete"
+
+# Chat template of the tiny VLM reranker: renders a sentence-transformers (query, document) pair; each side
+# is a message whose content is a string or a list of {"type": "text"|"image", ...} parts.
+_RERANK_TEMPLATE = (
+    "{%- macro render(m) -%}"
+    "{%- if m.content is string -%}{{ m.content }}"
+    "{%- else -%}{%- for part in m.content -%}"
+    "{%- if part.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query. "
+    'Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    "{%- for m in messages -%}"
+    "{{- '\\n' -}}"
+    "{%- if m.role == 'query' -%}{{ '<Query>: ' }}"
+    "{%- elif m.role == 'document' -%}{{ '<Document>: ' }}{%- endif -%}"
+    "{{- render(m) -}}"
+    "{%- endfor -%}"
+    "<|im_end|>\n<|im_start|>assistant\n"
+)
+_QWEN_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Paths of the tiny random-weight models built by :func:`ensure_tiny_models`."""
+
+    clip: Path
+    vlm_reranker: Path
+    text_reranker: Path
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 GPT-2 byte-level unicode symbols, in byte order."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    symbols, extra = [], 0
+    for b in range(256):
+        symbols.append(chr(b) if b in printable else chr(256 + extra))
+        extra += b not in printable
+    return symbols
+
+
+def _clip_tokenizer() -> Any:
+    """Byte-level CLIP tokenizer without merges (each byte is one token, end-of-word variants included)."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate([*symbols, *(s + "</w>" for s in symbols)])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def _save_clip(out: Path, text: dict[str, int], vision: dict[str, int], projection_dim: int) -> Path:
+    """Build a seeded random CLIP from the sub-configs and save it as a SentenceTransformer at ``out``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = _clip_tokenizer()
+    image_size = vision["image_size"]
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    config = CLIPConfig(
+        text_config={
+            **text,
+            "vocab_size": max(len(tokenizer), text.get("vocab_size", 0)),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config=vision,
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(SEED)
+    model = CLIPModel(config).eval()
+    with tempfile.TemporaryDirectory() as raw:
+        model.save_pretrained(raw)
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(raw)
+        SentenceTransformer(raw, device="cpu").save(str(out))
+    _warn_in_card(out)
+    return out
+
+
+def build_tiny_clip(out: Path) -> Path:
+    """Build a tiny random CLIP SentenceTransformer (16-d, text or image inputs, 32 px images) at ``out``."""
+    layer = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return _save_clip(
+        Path(out),
+        text={**layer, "max_position_embeddings": 77},
+        vision={**layer, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+
+
+def build_clip_vit_b32(out: Path) -> Path:
+    """Build a random CLIP with the ViT-B/32 shape (about 600 MB) at ``out``: for benchmarks only."""
+    return _save_clip(
+        Path(out),
+        text={
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+            "max_position_embeddings": 77,
+            "vocab_size": 49408,  # the real BPE vocab size (rows past the byte tokenizer are never looked up)
+        },
+        vision={
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        projection_dim=512,
+    )
+
+
+def build_tiny_vlm_reranker(out: Path) -> Path:
+    """Build a tiny random Qwen2-VL yes/no CrossEncoder (text, image or text+image per side) at ``out``."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
+    from tokenizers import AddedToken
+    from transformers import (
+        Qwen2Tokenizer,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out = Path(out)
+    vocab = {s: i for i, s in enumerate([*_byte_symbols(), "yes", "no"])}
+    for token in _QWEN_SPECIALS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], errors="replace")
+    tokenizer.add_tokens([AddedToken(t, special=True) for t in _QWEN_SPECIALS])
+    tokenizer.chat_template = _RERANK_TEMPLATE
+    pixels = {"shortest_edge": 16 * 16, "longest_edge": 1024}  # at most 1024 px: 16 merged image tokens
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=4, merge_size=2, temporal_patch_size=2),
+        video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=4, merge_size=2, temporal_patch_size=2),
+        tokenizer=tokenizer,
+        chat_template=_RERANK_TEMPLATE,
+    )
+    ids = vocab  # the specials were added with the ids they already had in ``vocab``
+    assert all(tokenizer.convert_tokens_to_ids(t) == vocab[t] for t in [*_QWEN_SPECIALS, "yes", "no"])
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(SEED)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    with tempfile.TemporaryDirectory() as raw:
+        model.save_pretrained(raw)
+        processor.save_pretrained(raw)
+        modules = [
+            Transformer(raw, transformer_task="any-to-any"),
+            LogitScore(true_token_id=ids["yes"], false_token_id=ids["no"]),
+        ]
+        CrossEncoder(modules=modules, device="cpu").save(str(out))
+    _warn_in_card(out)
+    return out
+
+
+def build_tiny_text_reranker(out: Path) -> Path:
+    """Build a tiny random BERT text-pair CrossEncoder (one logit, sigmoid) at ``out``."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    out = Path(out)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    words = ["a", "the", "is", "of", "and", "in", "on", "to", "cat", "dog", "car", "red", "blue", "photo"]
+    tokens = list(dict.fromkeys([*specials, *chars, *("##" + c for c in chars), *words]))
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
+    config.num_labels = 1
+    torch.manual_seed(SEED)
+    model = BertForSequenceClassification(config).eval()
+    with tempfile.TemporaryDirectory() as raw:
+        model.save_pretrained(raw)
+        tokenizer.save_pretrained(raw)
+        CrossEncoder(raw, device="cpu").save(str(out))
+    _warn_in_card(out)
+    return out
+
+
+def _warn_in_card(out: Path) -> None:
+    """Prepend a random-weights warning to the saved model card."""
+    card = out / "README.md"
+    old = card.read_text() if card.is_file() else ""
+    card.write_text(f"# {_WARNING}\n\n{old}")
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the duration of the block."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _ensure(root: Path, name: str, build: Callable[[Path], Path]) -> Path:
+    """Return ``root/name``, building it first (into a temp dir, then an atomic rename) if not complete."""
+    target = root / name
+    if (target / _DONE_MARKER).is_file():
+        return target
+    with _locked(root / f".{name}.lock"):
+        if (target / _DONE_MARKER).is_file():
+            return target
+        # Holding the lock, any partial build left here was abandoned by a killed process: never reuse it.
+        for stale in [target, *root.glob(f".building-{name}-*")]:
+            if stale.exists():
+                shutil.rmtree(stale)
+        tmp = Path(tempfile.mkdtemp(prefix=f".building-{name}-", dir=root))
+        try:
+            build(tmp / name)
+            (tmp / name / _DONE_MARKER).write_text("ok\n")
+            os.replace(tmp / name, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ensure_tiny_models(root: Path) -> TinyModels:
+    """Build the tiny random models under ``root`` once (process-safe) and return their paths."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return TinyModels(
+        clip=_ensure(root, "clip", build_tiny_clip),
+        vlm_reranker=_ensure(root, "vlm_reranker", build_tiny_vlm_reranker),
+        text_reranker=_ensure(root, "text_reranker", build_tiny_text_reranker),
+    )

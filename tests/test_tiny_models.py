@@ -1,0 +1,210 @@
+"""Tests of the tiny random-weight model fixtures (service/tiny.py): build, size, determinism, caching."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.tiny import (
+    TinyModels,
+    build_tiny_clip,
+    build_tiny_text_reranker,
+    build_tiny_vlm_reranker,
+    ensure_tiny_models,
+)
+
+torch.set_num_threads(1)
+
+NAMES = ("clip", "vlm_reranker", "text_reranker")
+BUILDERS = {
+    "clip": build_tiny_clip,
+    "vlm_reranker": build_tiny_vlm_reranker,
+    "text_reranker": build_tiny_text_reranker,
+}
+
+
+def _image(seed: int, size: tuple[int, int] = (40, 56)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(path.rglob("*.safetensors")):
+        for key, value in load_file(str(file)).items():
+            tensors[f"{file.relative_to(path)}:{key}"] = value
+    return tensors
+
+
+def _mtimes(models: TinyModels) -> dict[str, int]:
+    out = {}
+    for name in NAMES:
+        model_dir: Path = getattr(models, name)
+        for f in [model_dir, *model_dir.rglob("*")]:
+            out[str(f)] = f.stat().st_mtime_ns
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    return ensure_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def clip(models: TinyModels) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(models.clip), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def vlm(models: TinyModels) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(models.vlm_reranker), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def text_reranker(models: TinyModels) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(models.text_reranker), device="cpu")
+
+
+def test_layout_and_sizes(models: TinyModels, tmp_path: Path) -> None:
+    root = models.clip.parent
+    assert {models.clip.name, models.vlm_reranker.name, models.text_reranker.name} == set(NAMES)
+    for name in NAMES:
+        model_dir = getattr(models, name)
+        assert model_dir == root / name
+        assert 0 < _dir_bytes(model_dir) < 1_000_000, name
+        assert "RANDOM WEIGHTS" in (model_dir / "README.md").read_text()
+    assert not list(root.glob(".building-*")), "temporary build dirs left behind"
+
+
+def test_builders_are_bit_reproducible(models: TinyModels, clip: Any, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    for name, build in BUILDERS.items():
+        again = build(tmp_path / name)
+        first, second = _tensors(getattr(models, name)), _tensors(again)
+        assert first and first.keys() == second.keys(), name
+        for key in first:
+            assert first[key].dtype == second[key].dtype and torch.equal(first[key], second[key]), (name, key)
+
+    clip2 = SentenceTransformer(str(tmp_path / "clip"), device="cpu")
+    texts = [{"text": "a red cat"}, {"text": "a blue car"}]
+    images = [_image(1), _image(2)]
+    np.testing.assert_array_equal(clip.encode_query(texts), clip2.encode_query(texts))
+    np.testing.assert_array_equal(clip.encode_document(images), clip2.encode_document(images))
+
+
+def test_clip_encodes_text_and_images(clip: Any) -> None:
+    assert clip.get_embedding_dimension() == 16
+    assert clip.supports("text") and clip.supports("image")
+    assert not clip.supports(("image", "text")), "CLIP cannot embed a combined text+image input"
+
+    texts = [{"text": "a photo of a cat"}, {"text": "a dog"}, {"text": "ünïcödé ✓ 漢字"}]
+    images = [_image(3), _image(4, (20, 90)), _image(5, (64, 64)).convert("L").convert("RGB")]
+    for encode in (clip.encode_query, clip.encode_document):
+        t = encode(texts)
+        i = encode(images)
+        assert t.shape == (3, 16) and i.shape == (3, 16)
+        assert np.isfinite(t).all() and np.isfinite(i).all()
+        assert not np.allclose(t[0], t[1]) and not np.allclose(i[0], i[1])
+    # No prompts: query and document embeddings of the same input coincide.
+    np.testing.assert_allclose(clip.encode_query(texts), clip.encode_document(texts), rtol=1e-6, atol=1e-6)
+    # Batching does not change a text's embedding (padding is masked).
+    np.testing.assert_allclose(
+        clip.encode_query(texts[:1])[0], clip.encode_query(texts)[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_vlm_reranker_scores_every_modality_pairing(vlm: Any) -> None:
+    assert vlm.supports("text") and vlm.supports("image") and vlm.supports(("image", "text"))
+    img_a, img_b = _image(6), _image(7, (100, 30))
+    pairs = [
+        ({"text": "a cat"}, {"text": "a cat sitting on a mat"}),
+        ({"text": "a cat"}, img_a),
+        (img_b, {"text": "a caption"}),
+        ({"text": "a cat"}, {"text": "a caption", "image": img_a}),
+        ({"text": "query", "image": img_b}, img_a),
+    ]
+    scores = vlm.predict(pairs)
+    assert len(scores) == len(pairs)
+    for score in scores:
+        assert math.isfinite(float(score)) and 0.0 < float(score) < 1.0
+    assert len({float(s) for s in scores}) > 1
+    # One pair alone scores like it does inside the mixed batch.
+    assert float(vlm.predict([pairs[1]])[0]) == pytest.approx(float(scores[1]), abs=1e-4)
+
+
+def test_text_reranker_scores_text_pairs(text_reranker: Any) -> None:
+    assert text_reranker.supports("text") and not text_reranker.supports("image")
+    scores = text_reranker.predict([("a red cat", "a photo of a cat"), ("a car", "the blue dog"), ("x", "")])
+    assert len(scores) == 3
+    assert all(math.isfinite(float(s)) and 0.0 < float(s) < 1.0 for s in scores)
+    assert len({float(s) for s in scores}) > 1
+
+
+def _ensure_in_child(root: str, barrier: Any) -> dict[str, str]:
+    torch.set_num_threads(1)
+    barrier.wait(timeout=60)
+    models = ensure_tiny_models(Path(root))
+    return {name: str(getattr(models, name)) for name in NAMES}
+
+
+def test_ensure_is_process_safe_and_cached(models: TinyModels, tmp_path: Path) -> None:
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    root = tmp_path / "shared"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(3)
+    with ctx.Pool(3) as pool:
+        results = pool.starmap(_ensure_in_child, [(str(root), barrier)] * 3)
+    assert all(r == {name: str(root / name) for name in NAMES} for r in results)
+    assert not list(root.glob(".building-*"))
+
+    cached = ensure_tiny_models(root)
+    before = _mtimes(cached)
+    start = time.perf_counter()
+    again = ensure_tiny_models(root)
+    assert time.perf_counter() - start < 0.5
+    assert again == cached
+    assert _mtimes(again) == before, "second call rebuilt a model"
+
+    for name in NAMES:  # the racing builds produced the same bits as the single-process build
+        first, raced = _tensors(getattr(models, name)), _tensors(root / name)
+        assert first.keys() == raced.keys() and all(torch.equal(first[k], raced[k]) for k in first), name
+
+    assert SentenceTransformer(str(again.clip), device="cpu").encode_query([{"text": "hi"}]).shape == (1, 16)
+    vlm = CrossEncoder(str(again.vlm_reranker), device="cpu")
+    assert 0.0 < float(vlm.predict([({"text": "q"}, _image(8))])[0]) < 1.0
+    text = CrossEncoder(str(again.text_reranker), device="cpu")
+    assert 0.0 < float(text.predict([("q", "d")])[0]) < 1.0
+
+
+def test_abandoned_partial_build_is_never_used(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "clip").mkdir(parents=True)
+    (root / "clip" / "config.json").write_text("{half-written")  # no completion marker
+    (root / ".building-clip-dead").mkdir()
+    models = ensure_tiny_models(root)
+    assert (models.clip / "model.safetensors").is_file()
+    assert json.loads((models.clip / "config.json").read_text())["projection_dim"] == 16
+    assert not list(root.glob(".building-*"))
