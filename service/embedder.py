@@ -67,6 +67,7 @@ class Embedder:
         self.settings = get_settings()
         self.model, self.model_name = load_embedder(self.settings)
         self.modalities = model_modalities(self.model)
+        self.text_only = self.modalities == ["text"]
         self.dimension = int(self.model.get_sentence_embedding_dimension() or 0)
         self.runtime: ModelRuntime[Any, np.ndarray] = ModelRuntime("embedder", self.settings, self._run_batch)
 
@@ -101,7 +102,7 @@ class Embedder:
         lanes = list(by_lane.items())
         results = await asyncio.gather(
             *(
-                self.runtime.run(lane, [inputs[i].to_st() for i in idx], priority=priority, timeout=timeout)
+                self.runtime.run(lane, [inputs[i].to_st(self.text_only) for i in idx], priority=priority, timeout=timeout)
                 for lane, idx in lanes
             )
         )

@@ -32,9 +32,16 @@ class ModelInput:
             return "text+image"
         return "image" if self.image is not None else "text"
 
-    def to_st(self) -> dict[str, Any] | Image.Image:
-        """The sentence-transformers input: never a bare string."""
+    def to_st(self, text_only: bool = False) -> str | dict[str, Any] | Image.Image:
+        """The sentence-transformers input.
+
+        Multimodal models get text as ``{"text": s}`` so that a URL- or path-like string is never fetched or
+        opened. Text-only models take plain strings (their modules reject dicts); they are safe because
+        sentence-transformers classifies every string as text when the model has no image modality.
+        """
         if self.image is None:
+            if text_only:
+                return self.text or ""
             return {"text": self.text}
         if self.text is None:
             return self.image

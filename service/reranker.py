@@ -40,6 +40,7 @@ class Reranker:
         self.settings = get_settings()
         self.model, self.model_name = load_reranker(self.settings)
         self.modalities = model_modalities(self.model)
+        self.text_only = self.modalities == ["text"]
         self.runtime: ModelRuntime[Any, float] = ModelRuntime("reranker", self.settings, self._run_batch)
 
     def _run_batch(self, lane: Hashable, pairs: list[Any]) -> Sequence[float]:
@@ -61,12 +62,12 @@ class Reranker:
         for i, d in enumerate(documents):
             by_lane.setdefault((query.modality, d.modality), []).append(i)
             metrics.inputs.labels("reranker", f"{query.modality}->{d.modality}", "pair").inc()
-        q = query.to_st()
+        q = query.to_st(self.text_only)
         lanes = list(by_lane.items())
         results = await asyncio.gather(
             *(
                 self.runtime.run(
-                    lane, [(q, documents[i].to_st()) for i in idx], priority=QUERY_PRIORITY, timeout=timeout
+                    lane, [(q, documents[i].to_st(self.text_only)) for i in idx], priority=QUERY_PRIORITY, timeout=timeout
                 )
                 for lane, idx in lanes
             )

@@ -24,6 +24,7 @@ __all__ = [
     "build_clip_vit_b32",
     "build_tiny_clip",
     "build_tiny_text_reranker",
+    "build_tiny_vlm_embedder",
     "build_tiny_vlm_reranker",
     "ensure_tiny_models",
 ]
@@ -32,9 +33,9 @@ SEED = 0
 _WARNING = "RANDOM WEIGHTS: built by mmsearch service/tiny.py for smoke tests only; outputs are meaningless."
 _DONE_MARKER = ".tiny-complete"
 
-# Chat template of the tiny VLM reranker: renders a sentence-transformers (query, document) pair; each side
-# is a message whose content is a string or a list of {"type": "text"|"image", ...} parts.
-_RERANK_TEMPLATE = (
+# Jinja macro shared by the tiny Qwen2-VL chat templates: renders one message whose content is a string or a
+# list of {"type": "text"|"image", ...} parts.
+_RENDER_MACRO = (
     "{%- macro render(m) -%}"
     "{%- if m.content is string -%}{{ m.content }}"
     "{%- else -%}{%- for part in m.content -%}"
@@ -42,7 +43,10 @@ _RERANK_TEMPLATE = (
     "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query. "
+)
+# Chat template of the tiny VLM reranker: renders a sentence-transformers (query, document) pair, one message a side.
+_RERANK_TEMPLATE = (
+    _RENDER_MACRO + "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query. "
     'Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
     "{%- for m in messages -%}"
     "{{- '\\n' -}}"
@@ -52,6 +56,24 @@ _RERANK_TEMPLATE = (
     "{%- endfor -%}"
     "<|im_end|>\n<|im_start|>assistant\n"
 )
+# Qwen3-VL-Embedding-style chat template of the tiny VLM embedder: an optional system message carries the
+# sentence-transformers prompt (the instruction), a default instruction stands in when there is none, and the
+# sequence ends with the generation prompt, whose last token is pooled.
+_EMBED_DEFAULT_INSTRUCTION = "Represent the user's input."
+_EMBED_TEMPLATE = (
+    _RENDER_MACRO
+    + "{%- if messages[0].role != 'system' -%}"
+    "<|im_start|>system\n" + _EMBED_DEFAULT_INSTRUCTION + "<|im_end|>{{ '\\n' }}"
+    "{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m.role + '\\n' -}}{{- render(m) -}}{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+)
+_EMBED_PROMPTS = {
+    "query": "Retrieve images or text relevant to the user's query.",
+    "document": _EMBED_DEFAULT_INSTRUCTION,
+}
 _QWEN_SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|image_pad|>", "<|video_pad|>",
@@ -65,6 +87,7 @@ class TinyModels:
     clip: Path
     vlm_reranker: Path
     text_reranker: Path
+    vlm_embedder: Path
 
 
 def _byte_symbols() -> list[str]:
@@ -155,41 +178,39 @@ def build_clip_vit_b32(out: Path) -> Path:
     )
 
 
-def build_tiny_vlm_reranker(out: Path) -> Path:
-    """Build a tiny random Qwen2-VL yes/no CrossEncoder (text, image or text+image per side) at ``out``."""
-    import torch
-    from sentence_transformers import CrossEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.cross_encoder.modules import LogitScore
-    from tokenizers import AddedToken
-    from transformers import (
-        Qwen2Tokenizer,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def _qwen_vl_processor(extra_tokens: list[str], chat_template: str) -> tuple[Any, dict[str, int]]:
+    """A byte-level Qwen2 tokenizer (plus ``extra_tokens`` and the Qwen-VL specials) in a tiny Qwen2VLProcessor.
 
-    out = Path(out)
-    vocab = {s: i for i, s in enumerate([*_byte_symbols(), "yes", "no"])}
+    Returns the processor and the vocabulary (token -> id). Images: patch 4, merge 2, at most 1024 pixels.
+    """
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    vocab = {s: i for i, s in enumerate([*_byte_symbols(), *extra_tokens])}
     for token in _QWEN_SPECIALS:
         vocab[token] = len(vocab)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], errors="replace")
     tokenizer.add_tokens([AddedToken(t, special=True) for t in _QWEN_SPECIALS])
-    tokenizer.chat_template = _RERANK_TEMPLATE
+    tokenizer.chat_template = chat_template
+    # the specials were added with the ids they already had in ``vocab``
+    assert all(tokenizer.convert_tokens_to_ids(t) == vocab[t] for t in [*_QWEN_SPECIALS, *extra_tokens])
     pixels = {"shortest_edge": 16 * 16, "longest_edge": 1024}  # at most 1024 px: 16 merged image tokens
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=4, merge_size=2, temporal_patch_size=2),
         video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=4, merge_size=2, temporal_patch_size=2),
         tokenizer=tokenizer,
-        chat_template=_RERANK_TEMPLATE,
+        chat_template=chat_template,
     )
-    ids = vocab  # the specials were added with the ids they already had in ``vocab``
-    assert all(tokenizer.convert_tokens_to_ids(t) == vocab[t] for t in [*_QWEN_SPECIALS, "yes", "no"])
-    config = Qwen2VLConfig(
+    return processor, vocab
+
+
+def _qwen_vl_config(ids: dict[str, int], *, tie_word_embeddings: bool) -> Any:
+    """A tiny Qwen2VLConfig (hidden 32, 2 text + 2 vision layers, mrope [2, 3, 3]) over the vocabulary ``ids``."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
         text_config={
-            "vocab_size": len(vocab),
+            "vocab_size": len(ids),
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_hidden_layers": 2,
@@ -200,7 +221,7 @@ def build_tiny_vlm_reranker(out: Path) -> Path:
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": tie_word_embeddings,
         },
         vision_config={
             "depth": 2,
@@ -217,18 +238,65 @@ def build_tiny_vlm_reranker(out: Path) -> Path:
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
-    torch.manual_seed(SEED)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+
+
+@contextlib.contextmanager
+def _raw_checkpoint(model: Any, processor: Any) -> Iterator[str]:
+    """Save ``model`` and ``processor`` into a temporary directory and yield its path."""
     with tempfile.TemporaryDirectory() as raw:
         model.save_pretrained(raw)
         processor.save_pretrained(raw)
+        yield raw
+
+
+def build_tiny_vlm_reranker(out: Path) -> Path:
+    """Build a tiny random Qwen2-VL yes/no CrossEncoder (text, image or text+image per side) at ``out``."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
+    from transformers import Qwen2VLForConditionalGeneration
+
+    out = Path(out)
+    processor, ids = _qwen_vl_processor(["yes", "no"], _RERANK_TEMPLATE)
+    config = _qwen_vl_config(ids, tie_word_embeddings=True)
+    torch.manual_seed(SEED)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    with _raw_checkpoint(model, processor) as raw:
         modules = [
             Transformer(raw, transformer_task="any-to-any"),
             LogitScore(true_token_id=ids["yes"], false_token_id=ids["no"]),
         ]
         CrossEncoder(modules=modules, device="cpu").save(str(out))
+    _warn_in_card(out)
+    return out
+
+
+def build_tiny_vlm_embedder(out: Path) -> Path:
+    """Build a tiny random Qwen2-VL SentenceTransformer embedder (32-d) at ``out``.
+
+    Modules as in Qwen3-VL-Embedding-style embedders: a feature-extraction Transformer over the Qwen2-VL backbone,
+    last-token pooling and Normalize. Inputs: text, image or text+image, all rendered through the chat template;
+    sentence-transformers injects the ``query``/``document`` prompt as the system message, so ``encode_query``
+    and ``encode_document`` differ.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from transformers import Qwen2VLModel
+
+    out = Path(out)
+    processor, ids = _qwen_vl_processor([], _EMBED_TEMPLATE)
+    config = _qwen_vl_config(ids, tie_word_embeddings=False)  # no LM head to tie
+    torch.manual_seed(SEED)
+    model = Qwen2VLModel(config).eval()
+    with _raw_checkpoint(model, processor) as raw:
+        transformer = Transformer(raw)  # right padding: last-token pooling reads the attention mask
+        modules = [transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken"), Normalize()]
+        SentenceTransformer(modules=modules, prompts=dict(_EMBED_PROMPTS), device="cpu").save(str(out))
     _warn_in_card(out)
     return out
 
@@ -314,4 +382,5 @@ def ensure_tiny_models(root: Path) -> TinyModels:
         clip=_ensure(root, "clip", build_tiny_clip),
         vlm_reranker=_ensure(root, "vlm_reranker", build_tiny_vlm_reranker),
         text_reranker=_ensure(root, "text_reranker", build_tiny_text_reranker),
+        vlm_embedder=_ensure(root, "vlm_embedder", build_tiny_vlm_embedder),
     )

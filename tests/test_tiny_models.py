@@ -18,17 +18,19 @@ from service.tiny import (
     TinyModels,
     build_tiny_clip,
     build_tiny_text_reranker,
+    build_tiny_vlm_embedder,
     build_tiny_vlm_reranker,
     ensure_tiny_models,
 )
 
 torch.set_num_threads(1)
 
-NAMES = ("clip", "vlm_reranker", "text_reranker")
+NAMES = ("clip", "vlm_reranker", "text_reranker", "vlm_embedder")
 BUILDERS = {
     "clip": build_tiny_clip,
     "vlm_reranker": build_tiny_vlm_reranker,
     "text_reranker": build_tiny_text_reranker,
+    "vlm_embedder": build_tiny_vlm_embedder,
 }
 
 
@@ -86,9 +88,16 @@ def text_reranker(models: TinyModels) -> Any:
     return CrossEncoder(str(models.text_reranker), device="cpu")
 
 
+@pytest.fixture(scope="module")
+def embedder(models: TinyModels) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(models.vlm_embedder), device="cpu")
+
+
 def test_layout_and_sizes(models: TinyModels, tmp_path: Path) -> None:
     root = models.clip.parent
-    assert {models.clip.name, models.vlm_reranker.name, models.text_reranker.name} == set(NAMES)
+    assert {getattr(models, name).name for name in NAMES} == set(NAMES)
     for name in NAMES:
         model_dir = getattr(models, name)
         assert model_dir == root / name
@@ -97,7 +106,7 @@ def test_layout_and_sizes(models: TinyModels, tmp_path: Path) -> None:
     assert not list(root.glob(".building-*")), "temporary build dirs left behind"
 
 
-def test_builders_are_bit_reproducible(models: TinyModels, clip: Any, tmp_path: Path) -> None:
+def test_builders_are_bit_reproducible(models: TinyModels, clip: Any, embedder: Any, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     for name, build in BUILDERS.items():
@@ -112,6 +121,11 @@ def test_builders_are_bit_reproducible(models: TinyModels, clip: Any, tmp_path: 
     images = [_image(1), _image(2)]
     np.testing.assert_array_equal(clip.encode_query(texts), clip2.encode_query(texts))
     np.testing.assert_array_equal(clip.encode_document(images), clip2.encode_document(images))
+
+    embedder2 = SentenceTransformer(str(tmp_path / "vlm_embedder"), device="cpu")
+    mixed = [texts[0], images[0], {"text": "a caption", "image": images[1]}]
+    np.testing.assert_array_equal(embedder.encode_query(mixed), embedder2.encode_query(mixed))
+    np.testing.assert_array_equal(embedder.encode_document(mixed), embedder2.encode_document(mixed))
 
 
 def test_clip_encodes_text_and_images(clip: Any) -> None:
@@ -154,6 +168,47 @@ def test_vlm_reranker_scores_every_modality_pairing(vlm: Any) -> None:
     assert float(vlm.predict([pairs[1]])[0]) == pytest.approx(float(scores[1]), abs=1e-4)
 
 
+def test_vlm_embedder_encodes_text_images_and_combined(embedder: Any) -> None:
+    assert embedder.get_embedding_dimension() == 32
+    assert embedder.supports("text") and embedder.supports("image") and embedder.supports(("image", "text"))
+
+    texts = [{"text": "a photo of a cat"}, {"text": "a dog"}, {"text": "ünïcödé ✓ 漢字"}]
+    images = [_image(3), _image(4, (20, 90)), _image(5, (64, 64)).convert("L").convert("RGB")]
+    combined = [{"text": "a cat", "image": images[0]}, {"text": "a cat", "image": images[1]}]
+    for encode in (embedder.encode_query, embedder.encode_document):
+        for inputs in (texts, images, combined):
+            emb = encode(inputs)
+            assert emb.shape == (len(inputs), 32) and np.isfinite(emb).all()
+            np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+            assert not np.allclose(emb[0], emb[1])
+    # The combined input is neither its text nor its image alone.
+    text_only, image_only, both = embedder.encode_document([{"text": "a cat"}, images[0], combined[0]])
+    assert not np.allclose(both, text_only) and not np.allclose(both, image_only)
+
+
+def test_vlm_embedder_mixed_batch_matches_separate_encodes(embedder: Any) -> None:
+    inputs = [
+        {"text": "a red cat"},
+        _image(10),
+        {"text": "a much longer caption, to make this row the longest in the batch", "image": _image(11, (100, 30))},
+        {"text": "x"},
+        _image(12, (64, 64)),
+        {"text": "dog", "image": _image(13, (24, 24))},
+    ]
+    for encode in (embedder.encode_query, embedder.encode_document):
+        batch = encode(inputs)
+        alone = np.stack([encode([item])[0] for item in inputs])
+        diff = float(np.abs(batch - alone).max())
+        assert diff <= 1e-5, f"{encode.__name__}: mixed batch differs from separate encodes by {diff}"
+
+
+def test_vlm_embedder_query_and_document_prompts_differ(embedder: Any) -> None:
+    assert set(embedder.prompts) >= {"query", "document"}
+    for item in ({"text": "a red cat"}, _image(14), {"text": "a red cat", "image": _image(14)}):
+        query, document = embedder.encode_query([item])[0], embedder.encode_document([item])[0]
+        assert float(np.abs(query - document).max()) > 1e-3, item
+
+
 def test_text_reranker_scores_text_pairs(text_reranker: Any) -> None:
     assert text_reranker.supports("text") and not text_reranker.supports("image")
     scores = text_reranker.predict([("a red cat", "a photo of a cat"), ("a car", "the blue dog"), ("x", "")])
@@ -193,6 +248,8 @@ def test_ensure_is_process_safe_and_cached(models: TinyModels, tmp_path: Path) -
         assert first.keys() == raced.keys() and all(torch.equal(first[k], raced[k]) for k in first), name
 
     assert SentenceTransformer(str(again.clip), device="cpu").encode_query([{"text": "hi"}]).shape == (1, 16)
+    embedder = SentenceTransformer(str(again.vlm_embedder), device="cpu")
+    assert embedder.encode_document([{"text": "hi", "image": _image(8)}]).shape == (1, 32)
     vlm = CrossEncoder(str(again.vlm_reranker), device="cpu")
     assert 0.0 < float(vlm.predict([({"text": "q"}, _image(8))])[0]) < 1.0
     text = CrossEncoder(str(again.text_reranker), device="cpu")

@@ -182,7 +182,8 @@ def to_lance_sql(clauses: list[Clause], *, terms_column: str, json_column: str) 
                 f"{_terms_literal(c.terms, chr(39))}))"
             )
         else:
-            value = f"TRY_CAST(json_extract(json_get({json_column}, {_terms_literal((c.key,), chr(39))}), '$') AS DOUBLE)"
+            key = _terms_literal((c.key,), chr(39))
+            value = f"TRY_CAST(json_extract(json_get({json_column}, {key}), '$') AS DOUBLE)"
             parts.append(f"({value} {c.cmp} {_number_literal(c.number)})")
     return " AND ".join(parts) if parts else None
 

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from mmsearch_client.schemas import Document as WireDocument
 from mmsearch_client.schemas import Item, MetadataValue
@@ -204,10 +204,10 @@ def _is_single_input(value: object) -> bool:
 def to_items(inputs: InputLike | Sequence[InputLike]) -> list[str | Item]:
     """Convert one input or a sequence of inputs to their wire form (always a list)."""
     if _is_single_input(inputs):
-        return [to_item(inputs)]  # type: ignore[arg-type]
+        return [to_item(cast("InputLike", inputs))]
     if isinstance(inputs, (bytes, bytearray, memoryview)):
         raise TypeError("raw bytes are ambiguous: wrap them with Image.from_bytes(...)")
-    return [to_item(v) for v in inputs]  # type: ignore[union-attr]
+    return [to_item(v) for v in cast("Sequence[InputLike]", inputs)]
 
 
 def item_to_json(item: str | Item) -> str | dict[str, str]:

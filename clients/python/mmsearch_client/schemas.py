@@ -186,9 +186,7 @@ class Document(BaseModel):
     def _keys(cls, v: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
         for k in v:
             if not _FIELD_RE.match(k):
-                raise ValueError(
-                    f"metadata key {k!r}: use 1-64 letters, digits or '_' (not starting with a digit)"
-                )
+                raise ValueError(f"metadata key {k!r}: use 1-64 letters, digits or '_' (not starting with a digit)")
         return v
 
     @model_validator(mode="after")

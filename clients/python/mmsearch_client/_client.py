@@ -1,0 +1,493 @@
+"""The sync :class:`Client` and the async :class:`AsyncClient`: same methods, different transport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence, Sized
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from mmsearch_client._base import (
+    DEFAULT_MAX_RETRIES,
+    NOT_GIVEN,
+    BaseClient,
+    BatchOutcome,
+    RequestSpec,
+    TimeoutLike,
+    _NotGiven,
+    achunked,
+    chunked,
+    classify_transport_error,
+    convert_documents,
+    merge_outcome,
+    upsert_batch_plan,
+)
+from mmsearch_client._progress import ProgressBar, make_progress
+from mmsearch_client.errors import MMSearchError
+from mmsearch_client.inputs import DocumentLike, InputLike
+from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, UpsertSummary
+from mmsearch_client.schemas import (
+    CollectionsResponse,
+    DeleteResponse,
+    GetResponse,
+    InputType,
+    RerankResponse,
+    SearchResponse,
+    UpsertResponse,
+)
+
+__all__ = ["AsyncClient", "Client"]
+
+T = TypeVar("T")
+Rerank = bool | Literal["auto"]
+
+
+def _check_batching(batch_size: int, concurrency: int) -> None:
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+
+
+class Client(BaseClient[httpx.Client]):
+    """Synchronous client.
+
+        with Client("http://127.0.0.1:3000") as client:
+            hits = client.search("red bicycle", top_k=5).hits
+
+    ``base_url`` defaults to ``$MMSEARCH_URL`` (else ``http://127.0.0.1:3000``), ``api_key`` to
+    ``$MMSEARCH_API_KEY`` (sent as ``Authorization: Bearer``). Connection errors, 429 and 503 are retried
+    ``max_retries`` times with exponential backoff and jitter, honouring ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: TimeoutLike | _NotGiven = NOT_GIVEN,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            headers=headers,
+            http_client=http_client,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.Client(timeout=self.timeout)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the connection pool (not a caller-supplied ``http_client``)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------- transport
+    def _sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _run(self, spec: RequestSpec[T]) -> T:
+        retries = self._retries_for(spec)
+        attempt = 0
+        while True:
+            request = self._build_request(spec)
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                err, retryable = classify_transport_error(exc, request)
+                if retryable and attempt < retries:
+                    self._sleep(self._retry_delay(attempt))
+                    attempt += 1
+                    continue
+                raise err from exc
+            if attempt < retries and self._should_retry(response):
+                delay = self._retry_delay(attempt, response)
+                response.close()
+                self._sleep(delay)
+                attempt += 1
+                continue
+            return self._process(spec, response)
+
+    # ------------------------------------------------------------------------------------------ embeddings
+    def encode(
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        input_type: InputType = "document",
+        normalize: bool = True,
+        dimensions: int | None = None,
+    ) -> EncodeResult:
+        """Embed texts, images and text+image pairs (``str`` is always text). Vectors come back in order."""
+        return self._run(self._encode_spec(inputs, input_type, normalize, dimensions))
+
+    def encode_query(
+        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+    ) -> EncodeResult:
+        """``encode`` with the query prompt (for search queries)."""
+        return self.encode(inputs, input_type="query", normalize=normalize, dimensions=dimensions)
+
+    def encode_document(
+        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+    ) -> EncodeResult:
+        """``encode`` with the document prompt (for indexed content)."""
+        return self.encode(inputs, input_type="document", normalize=normalize, dimensions=dimensions)
+
+    def rerank(
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        *,
+        top_n: int | None = None,
+        return_documents: bool = False,
+    ) -> RerankResponse:
+        """Score ``documents`` against ``query``; results are sorted by ``relevance_score``, best first."""
+        return self._run(self._rerank_spec(query, documents, top_n, return_documents))
+
+    # ----------------------------------------------------------------------------------------------- index
+    def upsert(
+        self, documents: DocumentLike | Sequence[DocumentLike], *, collection: str = "default"
+    ) -> UpsertResponse:
+        """Embed and store documents in one request; an existing id is replaced."""
+        return self._run(self._upsert_spec(documents, collection))
+
+    def _upsert_batch(self, collection: str, batch: list[DocumentLike]) -> tuple[BatchOutcome, list[BatchFailure]]:
+        docs, failures = convert_documents(batch)
+        plan = upsert_batch_plan(docs)
+        try:
+            sub = next(plan)
+            while True:
+                result: UpsertResponse | MMSearchError
+                try:
+                    result = self._run(self._upsert_wire_spec(sub, collection))
+                except MMSearchError as e:
+                    result = e
+                sub = plan.send(result)
+        except StopIteration as stop:
+            outcome: BatchOutcome = stop.value
+            return outcome, failures
+
+    def upsert_many(
+        self,
+        documents: Iterable[DocumentLike],
+        *,
+        collection: str = "default",
+        batch_size: int = 32,
+        concurrency: int = 4,
+        progress: bool = True,
+    ) -> UpsertSummary:
+        """Upsert any number of documents in batches, ``concurrency`` requests at a time (threads).
+
+        A failing batch does not stop the others: a document the server blames is dropped and the rest of
+        its batch resent. Failures are listed in the returned summary.
+        """
+        _check_batching(batch_size, concurrency)
+        summary = UpsertSummary(collection=collection)
+        total = len(documents) if isinstance(documents, Sized) else None
+        bar: ProgressBar
+        with (
+            make_progress(progress, total, f"upsert → {collection}") as bar,
+            ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="mmsearch-upsert") as pool,
+        ):
+            inflight: set[Future[tuple[BatchOutcome, list[BatchFailure]]]] = set()
+
+            def drain(block_until: int) -> None:
+                nonlocal inflight
+                while len(inflight) > block_until:
+                    done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        bar.advance(merge_outcome(summary, *fut.result()))
+
+            try:
+                for batch in chunked(documents, batch_size):
+                    drain(concurrency - 1)
+                    inflight.add(pool.submit(self._upsert_batch, collection, batch))
+                drain(0)
+            except BaseException:
+                for fut in inflight:
+                    fut.cancel()
+                raise
+        return summary
+
+    def delete(self, ids: str | Sequence[str], *, collection: str) -> DeleteResponse:
+        """Delete documents by id; ``deleted`` counts those that existed."""
+        return self._run(self._delete_spec(ids, collection))
+
+    def get(self, ids: str | Sequence[str], *, collection: str, include_embedding: bool = False) -> GetResponse:
+        """Fetch stored documents by id, in the order asked; missing ids are skipped."""
+        return self._run(self._get_spec(ids, collection, include_embedding))
+
+    def collections(self) -> CollectionsResponse:
+        """Every collection with its document count, dimension and embedding model."""
+        return self._run(self._collections_spec())
+
+    # ---------------------------------------------------------------------------------------------- search
+    def search(
+        self,
+        query: InputLike,
+        *,
+        collection: str = "default",
+        top_k: int = 10,
+        candidates: int = 50,
+        rerank: Rerank = True,
+        filter: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> SearchResponse:
+        """Retrieve ``candidates`` by embedding similarity, rerank them, return the best ``top_k``.
+
+        ``rerank``: ``True`` reranks or fails (503), ``False`` skips it, ``"auto"`` reranks when the
+        reranker answers. ``timeout`` is a server-side deadline in seconds (504 when exceeded).
+        """
+        return self._run(self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout))
+
+    # ---------------------------------------------------------------------------------------------- status
+    def health(self) -> HealthStatus:
+        """Probe ``GET /livez`` and ``GET /readyz`` (no retries, never raises); truthy when ready."""
+        probes: list[tuple[bool, str | None] | MMSearchError] = []
+        for path in ("/livez", "/readyz"):
+            try:
+                probes.append(self._run(self._probe_spec(path)))
+            except MMSearchError as e:
+                probes.append(e)
+                break
+        return self._health(probes[0], probes[-1])
+
+    def info(self) -> dict[str, Any]:
+        """Models, dimension and index backend of the service (``POST /info``)."""
+        return self._run(self._info_spec())
+
+
+class AsyncClient(BaseClient[httpx.AsyncClient]):
+    """Asynchronous client, with the same methods as :class:`Client` (awaitable).
+
+    async with AsyncClient() as client:
+        result = await client.encode(["a red bicycle", Image.url("https://example.com/bike.png")])
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: TimeoutLike | _NotGiven = NOT_GIVEN,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            headers=headers,
+            http_client=http_client,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=self.timeout)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    async def aclose(self) -> None:
+        """Close the connection pool (not a caller-supplied ``http_client``)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose`."""
+        await self.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------------------------------- transport
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _run(self, spec: RequestSpec[T]) -> T:
+        retries = self._retries_for(spec)
+        attempt = 0
+        while True:
+            request = self._build_request(spec)
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                err, retryable = classify_transport_error(exc, request)
+                if retryable and attempt < retries:
+                    await self._sleep(self._retry_delay(attempt))
+                    attempt += 1
+                    continue
+                raise err from exc
+            if attempt < retries and self._should_retry(response):
+                delay = self._retry_delay(attempt, response)
+                await response.aclose()
+                await self._sleep(delay)
+                attempt += 1
+                continue
+            return self._process(spec, response)
+
+    # ------------------------------------------------------------------------------------------ embeddings
+    async def encode(
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        input_type: InputType = "document",
+        normalize: bool = True,
+        dimensions: int | None = None,
+    ) -> EncodeResult:
+        """Embed texts, images and text+image pairs (``str`` is always text). Vectors come back in order."""
+        return await self._run(self._encode_spec(inputs, input_type, normalize, dimensions))
+
+    async def encode_query(
+        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+    ) -> EncodeResult:
+        """``encode`` with the query prompt (for search queries)."""
+        return await self.encode(inputs, input_type="query", normalize=normalize, dimensions=dimensions)
+
+    async def encode_document(
+        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+    ) -> EncodeResult:
+        """``encode`` with the document prompt (for indexed content)."""
+        return await self.encode(inputs, input_type="document", normalize=normalize, dimensions=dimensions)
+
+    async def rerank(
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        *,
+        top_n: int | None = None,
+        return_documents: bool = False,
+    ) -> RerankResponse:
+        """Score ``documents`` against ``query``; results are sorted by ``relevance_score``, best first."""
+        return await self._run(self._rerank_spec(query, documents, top_n, return_documents))
+
+    # ----------------------------------------------------------------------------------------------- index
+    async def upsert(
+        self, documents: DocumentLike | Sequence[DocumentLike], *, collection: str = "default"
+    ) -> UpsertResponse:
+        """Embed and store documents in one request; an existing id is replaced."""
+        spec = await asyncio.to_thread(self._upsert_spec, documents, collection)  # reads image files
+        return await self._run(spec)
+
+    async def _upsert_batch(
+        self, collection: str, batch: list[DocumentLike]
+    ) -> tuple[BatchOutcome, list[BatchFailure]]:
+        docs, failures = await asyncio.to_thread(convert_documents, batch)
+        plan = upsert_batch_plan(docs)
+        try:
+            sub = next(plan)
+            while True:
+                result: UpsertResponse | MMSearchError
+                try:
+                    result = await self._run(self._upsert_wire_spec(sub, collection))
+                except MMSearchError as e:
+                    result = e
+                sub = plan.send(result)
+        except StopIteration as stop:
+            outcome: BatchOutcome = stop.value
+            return outcome, failures
+
+    async def upsert_many(
+        self,
+        documents: Iterable[DocumentLike] | AsyncIterable[DocumentLike],
+        *,
+        collection: str = "default",
+        batch_size: int = 32,
+        concurrency: int = 4,
+        progress: bool = True,
+    ) -> UpsertSummary:
+        """Upsert any number of documents in batches, at most ``concurrency`` requests in flight.
+
+        Accepts an iterable or an async iterable. Failures are listed in the returned summary.
+        """
+        _check_batching(batch_size, concurrency)
+        summary = UpsertSummary(collection=collection)
+        total = len(documents) if isinstance(documents, Sized) else None
+        semaphore = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        with make_progress(progress, total, f"upsert → {collection}") as bar:
+
+            async def one(batch: list[DocumentLike]) -> None:
+                try:
+                    outcome, failures = await self._upsert_batch(collection, batch)
+                    bar.advance(merge_outcome(summary, outcome, failures))
+                finally:
+                    semaphore.release()
+
+            try:
+                async for batch in achunked(documents, batch_size):
+                    await semaphore.acquire()
+                    task = asyncio.create_task(one(batch))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                raise
+        return summary
+
+    async def delete(self, ids: str | Sequence[str], *, collection: str) -> DeleteResponse:
+        """Delete documents by id; ``deleted`` counts those that existed."""
+        return await self._run(self._delete_spec(ids, collection))
+
+    async def get(self, ids: str | Sequence[str], *, collection: str, include_embedding: bool = False) -> GetResponse:
+        """Fetch stored documents by id, in the order asked; missing ids are skipped."""
+        return await self._run(self._get_spec(ids, collection, include_embedding))
+
+    async def collections(self) -> CollectionsResponse:
+        """Every collection with its document count, dimension and embedding model."""
+        return await self._run(self._collections_spec())
+
+    # ---------------------------------------------------------------------------------------------- search
+    async def search(
+        self,
+        query: InputLike,
+        *,
+        collection: str = "default",
+        top_k: int = 10,
+        candidates: int = 50,
+        rerank: Rerank = True,
+        filter: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> SearchResponse:
+        """Retrieve ``candidates`` by embedding similarity, rerank them, return the best ``top_k``."""
+        return await self._run(self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout))
+
+    # ---------------------------------------------------------------------------------------------- status
+    async def health(self) -> HealthStatus:
+        """Probe ``GET /livez`` and ``GET /readyz`` (no retries, never raises); truthy when ready."""
+        probes: list[tuple[bool, str | None] | MMSearchError] = []
+        for path in ("/livez", "/readyz"):
+            try:
+                probe = await self._run(self._probe_spec(path))
+                probes.append(probe)
+            except MMSearchError as e:
+                probes.append(e)
+                break
+        return self._health(probes[0], probes[-1])
+
+    async def info(self) -> dict[str, Any]:
+        """Models, dimension and index backend of the service (``POST /info``)."""
+        return await self._run(self._info_spec())

@@ -1,0 +1,364 @@
+"""``mmsearch``: index folders, search, embed, rerank and check health from the command line.
+
+    mmsearch index ./photos ./notes --collection docs      # rerun-safe: already indexed files are skipped
+    mmsearch search "red bicycle" --collection docs --top-k 5
+    mmsearch search --image query.jpg --no-rerank
+    mmsearch embed "a red bicycle" --query --json
+    mmsearch rerank "red bike" "a red bicycle" "a blue car"
+    mmsearch health
+
+The server and key come from ``--url`` / ``--api-key`` or ``$MMSEARCH_URL`` / ``$MMSEARCH_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmsearch_client._base import DEFAULT_BASE_URL, __version__
+from mmsearch_client._client import Client
+from mmsearch_client._progress import rich_available
+from mmsearch_client.errors import MMSearchError, NotFoundError
+from mmsearch_client.inputs import Document, Image, InputLike, content_id, pair
+from mmsearch_client.schemas import Item
+
+__all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "build_parser", "main", "scan"]
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+TEXT_EXTENSIONS = frozenset({".txt", ".md"})
+
+
+class CLIError(Exception):
+    """A usage or local problem, reported as one line with exit code 1."""
+
+
+# --------------------------------------------------------------------------------------------------- output
+def _print_table(title: str | None, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    if rich_available() and sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for h in headers:
+            table.add_column(h, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    if title:
+        print(title)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _snippet(text: str, width: int = 70) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _image_ref(image: str, metadata: dict[str, Any] | None = None) -> str:
+    path = (metadata or {}).get("path")
+    if isinstance(path, str):
+        return path
+    if image.startswith("data:"):
+        return f"<{image[5 : image.find(';')] or 'image'} data URI, {len(image) * 3 // 4 // 1024} KiB>"
+    return _snippet(image, 70)
+
+
+def _describe(text: str | None, image: str | None, metadata: dict[str, Any] | None = None) -> str:
+    parts = []
+    if image is not None:
+        parts.append(f"[image] {_image_ref(image, metadata)}")
+    if text is not None:
+        parts.append(_snippet(text, 70 if image is None else 40))
+    return " | ".join(parts) or "-"
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# -------------------------------------------------------------------------------------------------- index
+def scan(paths: Sequence[str]) -> Iterator[Path]:
+    """Files under ``paths`` (recursively, sorted, hidden entries skipped) with a supported extension."""
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists():
+            raise CLIError(f"{raw}: no such file or directory")
+        if root.is_file():
+            candidates: Iterator[Path] = iter([root])
+        else:
+            candidates = (
+                p
+                for p in sorted(root.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            )
+        for p in candidates:
+            if p.suffix.lower() in IMAGE_EXTENSIONS | TEXT_EXTENSIONS:
+                yield p
+
+
+class _Pending:
+    """The documents to upload, built lazily (images are read when their batch is sent)."""
+
+    def __init__(self, entries: list[tuple[str, Path]]) -> None:
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Document]:
+        for doc_id, path in self.entries:
+            meta: dict[str, Any] = {"path": str(path), "filename": path.name}
+            if path.suffix.lower() in TEXT_EXTENSIONS:
+                text = path.read_bytes().decode("utf-8", errors="replace")
+                yield Document(doc_id, text=text, metadata=meta)
+            else:
+                yield Document(doc_id, image=path, metadata=meta)
+
+
+def _existing_ids(client: Client, ids: list[str], collection: str, batch_size: int) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), batch_size):
+        try:
+            resp = client.get(ids[start : start + batch_size], collection=collection)
+        except NotFoundError as e:
+            if e.code == "collection_not_found":
+                return found  # nothing indexed yet
+            raise
+        found.update(d.id for d in resp.documents)
+    return found
+
+
+def cmd_index(client: Client, args: argparse.Namespace) -> int:
+    entries: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    skipped = 0
+    for path in scan(args.paths):
+        data = path.read_bytes()
+        if path.suffix.lower() in TEXT_EXTENSIONS and not data.decode("utf-8", errors="replace").strip():
+            skipped += 1  # empty text file: nothing to index
+            continue
+        doc_id = content_id(data)
+        if doc_id in seen:
+            skipped += 1  # same content as another file in this run
+            continue
+        seen.add(doc_id)
+        entries.append((doc_id, path))
+    existing = _existing_ids(client, [e[0] for e in entries], args.collection, args.batch_size)
+    todo = [e for e in entries if e[0] not in existing]
+    skipped += len(entries) - len(todo)
+    indexed = failed = 0
+    if todo:
+        summary = client.upsert_many(
+            _Pending(todo),
+            collection=args.collection,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+        )
+        indexed, failed = summary.upserted, summary.failed
+        by_id = dict(todo)
+        for failure in summary.failures[:20]:
+            names = ", ".join(str(by_id.get(i, i)) for i in failure.ids[:3])
+            more = f" (+{len(failure.ids) - 3} more)" if len(failure.ids) > 3 else ""
+            print(f"mmsearch: failed: {names}{more}: {failure.message}", file=sys.stderr)
+    print(f"indexed {indexed}, skipped {skipped}, failed {failed}")
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------------- search
+def _query(text: str | None, image: str | None) -> InputLike:
+    if image is not None:
+        img = Image.url(image) if image.startswith(("http://", "https://")) else Image.from_path(image)
+        return pair(text, img) if text else Item(image=img.uri)
+    if not text:
+        raise CLIError("give a query text, --image, or both")
+    return text
+
+
+def cmd_search(client: Client, args: argparse.Namespace) -> int:
+    filt = None
+    if args.filter:
+        try:
+            filt = json.loads(args.filter)
+        except ValueError as e:
+            raise CLIError(f"--filter is not valid JSON: {e}") from None
+    res = client.search(
+        _query(args.text, args.image),
+        collection=args.collection,
+        top_k=args.top_k,
+        candidates=max(args.candidates, args.top_k),
+        rerank=False if args.no_rerank else ("auto" if args.rerank_auto else True),
+        filter=filt,
+        timeout=args.deadline,
+    )
+    if args.json:
+        print(res.model_dump_json(indent=2))
+        return 0
+    rows = [
+        [
+            str(rank),
+            hit.id,
+            _score(hit.score),
+            _score(hit.retrieval_score),
+            _score(hit.rerank_score),
+            _describe(hit.text, hit.image, hit.metadata),
+        ]
+        for rank, hit in enumerate(res.hits, 1)
+    ]
+    t = res.timings_ms
+    title = (
+        f"{len(res.hits)} hits from {args.collection!r} ({'reranked' if res.reranked else 'not reranked'}, "
+        f"{t.total:.0f} ms)"
+    )
+    _print_table(title, ["#", "id", "score", "retrieval", "rerank", "content"], rows)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ embed / rerank
+def cmd_embed(client: Client, args: argparse.Namespace) -> int:
+    res = client.encode(
+        [_query(args.text, args.image)],
+        input_type="query" if args.query else "document",
+        dimensions=args.dimensions,
+    )
+    if args.json:
+        print(res.model_dump_json())
+        return 0
+    vec = res.embeddings[0]
+    head = ", ".join(f"{v:.4f}" for v in vec[:8])
+    print(f"model: {res.model}\ndims: {res.dimensions}\n[{head}{', ...' if len(vec) > 8 else ''}]")
+    return 0
+
+
+def cmd_rerank(client: Client, args: argparse.Namespace) -> int:
+    res = client.rerank(args.query, list(args.documents), top_n=args.top_n)
+    if args.json:
+        print(res.model_dump_json(indent=2))
+        return 0
+    rows = [
+        [str(rank), str(r.index), _score(r.relevance_score), _snippet(args.documents[r.index])]
+        for rank, r in enumerate(res.results, 1)
+    ]
+    _print_table(f"reranked by {res.model}", ["#", "doc", "score", "text"], rows)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- status
+def cmd_health(client: Client, args: argparse.Namespace) -> int:
+    status = client.health()
+    if args.json:
+        print(json.dumps({"live": status.live, "ready": status.ready, "detail": status.detail}))
+    else:
+        line = f"{client.base_url}: live={'yes' if status.live else 'no'} ready={'yes' if status.ready else 'no'}"
+        print(line + (f" ({status.detail})" if status.detail else ""))
+    return 0 if status else 1
+
+
+def cmd_collections(client: Client, args: argparse.Namespace) -> int:
+    res = client.collections()
+    if args.json:
+        print(res.model_dump_json(indent=2))
+        return 0
+    rows = [[c.name, str(c.count), str(c.dimension), c.model] for c in res.collections]
+    _print_table(None, ["collection", "documents", "dimension", "model"], rows)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- parser
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help=f"server URL ($MMSEARCH_URL, {DEFAULT_BASE_URL})")
+    common.add_argument("--api-key", default=argparse.SUPPRESS, help="API key ($MMSEARCH_API_KEY)")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="HTTP timeout in seconds")
+
+    parser = argparse.ArgumentParser(
+        prog="mmsearch", description="Index, search, embed and rerank with an mmsearch server."
+    )
+    parser.add_argument("--url", default=None, help=f"server URL ($MMSEARCH_URL, {DEFAULT_BASE_URL})")
+    parser.add_argument("--api-key", default=None, help="API key ($MMSEARCH_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=None, help="HTTP timeout in seconds")
+    parser.add_argument("--version", action="version", version=f"mmsearch-client {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", parents=[common], help="index files and folders (images, .txt, .md)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--collection", "-c", default="default")
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--concurrency", type=_positive, default=4)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[common], help="search a collection")
+    p.add_argument("text", nargs="?", help="query text")
+    p.add_argument("--image", help="query image: a local path or an http(s) URL")
+    p.add_argument("--collection", "-c", default="default")
+    p.add_argument("--top-k", "-k", type=_positive, default=10)
+    p.add_argument("--candidates", type=_positive, default=50)
+    p.add_argument("--no-rerank", action="store_true", help="retrieval only")
+    p.add_argument("--rerank-auto", action="store_true", help="rerank if the reranker answers, else don't")
+    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"lang": "en"}\'')
+    p.add_argument("--deadline", type=float, help="server-side deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("embed", parents=[common], help="embed a text and/or an image")
+    p.add_argument("text", nargs="?")
+    p.add_argument("--image", help="a local path or an http(s) URL")
+    p.add_argument("--query", action="store_true", help="use the query prompt (default: document)")
+    p.add_argument("--dimensions", type=_positive)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("rerank", parents=[common], help="rerank texts against a query")
+    p.add_argument("query")
+    p.add_argument("documents", nargs="+", metavar="DOC")
+    p.add_argument("--top-n", type=_positive)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rerank)
+
+    p = sub.add_parser("health", parents=[common], help="check liveness and readiness (exit 1 if not ready)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("collections", parents=[common], help="list collections")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_collections)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 failure, 2 usage, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        kwargs: dict[str, Any] = {"api_key": args.api_key or os.environ.get("MMSEARCH_API_KEY") or None}
+        if args.timeout is not None:
+            kwargs["timeout"] = args.timeout
+        with Client(args.url or os.environ.get("MMSEARCH_URL") or None, **kwargs) as client:
+            status: int = args.func(client, args)
+            return status
+    except (MMSearchError, CLIError, OSError, ValueError) as e:
+        print(f"mmsearch: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mmsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
