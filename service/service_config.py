@@ -6,7 +6,7 @@ from typing import Any
 
 # Pitfall (BentoML 1.4.40, upstream #5544): the dependency client recreates its HTTP session every 100 requests
 # and closes calls still in flight. A very high max_requests keeps one session per dependency.
-RUNNER_CONNECTION = {"max_requests": 10**9, "max_age": 86_400}
+RUNNER_CONNECTION = {"max_requests": 10**9, "max_age": 86_400.0}
 
 
 def model_service_config() -> dict[str, Any]:

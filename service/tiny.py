@@ -61,8 +61,7 @@ _RERANK_TEMPLATE = (
 # sequence ends with the generation prompt, whose last token is pooled.
 _EMBED_DEFAULT_INSTRUCTION = "Represent the user's input."
 _EMBED_TEMPLATE = (
-    _RENDER_MACRO
-    + "{%- if messages[0].role != 'system' -%}"
+    _RENDER_MACRO + "{%- if messages[0].role != 'system' -%}"
     "<|im_start|>system\n" + _EMBED_DEFAULT_INSTRUCTION + "<|im_end|>{{ '\\n' }}"
     "{%- endif -%}"
     "{%- for m in messages -%}"

@@ -147,7 +147,7 @@ def test_upsert_requires_embedding_of_right_dimension(index: VectorIndex, coll: 
 
 
 def test_get_preserves_order_and_skips_missing(index: VectorIndex, coll: str) -> None:
-    meta = {"lang": "en", "n": 2, "x": 0.5, "ok": True, "tags": ["a", "b"], "nothing": None}
+    meta: dict[str, Any] = {"lang": "en", "n": 2, "x": 0.5, "ok": True, "tags": ["a", "b"], "nothing": None}
     docs = [doc("a", [1, 0, 0, 0], text="A"), doc("b", [0, 1, 0, 0], image="b.jpg", **meta), doc("c", [0, 0, 1, 0])]
     index.upsert(coll, docs)
     got = index.get(coll, ["c", "missing", "a", "b"])

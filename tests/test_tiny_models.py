@@ -144,9 +144,7 @@ def test_clip_encodes_text_and_images(clip: Any) -> None:
     # No prompts: query and document embeddings of the same input coincide.
     np.testing.assert_allclose(clip.encode_query(texts), clip.encode_document(texts), rtol=1e-6, atol=1e-6)
     # Batching does not change a text's embedding (padding is masked).
-    np.testing.assert_allclose(
-        clip.encode_query(texts[:1])[0], clip.encode_query(texts)[0], rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(clip.encode_query(texts[:1])[0], clip.encode_query(texts)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_vlm_reranker_scores_every_modality_pairing(vlm: Any) -> None:

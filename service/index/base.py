@@ -86,9 +86,7 @@ def check_ids(ids: Sequence[str]) -> list[str]:
     out = list(ids)
     for i in out:
         if not isinstance(i, str) or not i or len(i) > MAX_ID_CHARS:
-            raise ValueError(
-                f"invalid document id {i!r}: must be a non-empty string of at most {MAX_ID_CHARS} chars"
-            )
+            raise ValueError(f"invalid document id {i!r}: must be a non-empty string of at most {MAX_ID_CHARS} chars")
     return out
 
 
@@ -145,9 +143,7 @@ class VectorIndex(ABC):
         """Fetch documents (with embeddings) in the order of ``ids``, skipping missing ones."""
 
     @abstractmethod
-    def search(
-        self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None
-    ) -> list[IndexHit]:
+    def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         """Top-``k`` documents by cosine similarity (descending), restricted to those matching ``filter``."""
 
     @abstractmethod
@@ -195,9 +191,7 @@ def open_index(uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> Vecto
 
         path = uri.removeprefix("milvus:")
         if not path.endswith(".db"):
-            raise ValueError(
-                f"Milvus Lite needs a file path ending in '.db', e.g. milvus:./data/index.db; got {uri!r}"
-            )
+            raise ValueError(f"Milvus Lite needs a file path ending in '.db', e.g. milvus:./data/index.db; got {uri!r}")
         return MilvusIndex(os.path.abspath(os.path.expanduser(path)), ann_threshold=ann_threshold)
     if "://" in uri:
         raise ValueError(f"unsupported index URI scheme: {uri!r}")

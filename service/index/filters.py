@@ -96,9 +96,7 @@ def _scalar(key: str, op: str, value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidFilter(f"filter key {key!r}: {op} value must be finite")
     if not isinstance(value, str | int | float | bool):
-        raise InvalidFilter(
-            f"filter key {key!r}: {op} value must be a string, number or boolean, got {value!r}"
-        )
+        raise InvalidFilter(f"filter key {key!r}: {op} value must be a string, number or boolean, got {value!r}")
     return value
 
 
@@ -121,9 +119,7 @@ def parse_filter(filter: Filter | None) -> list[Clause]:
     clauses: list[Clause] = []
     for key, cond in filter.items():
         if not isinstance(key, str) or not KEY_RE.match(key):
-            raise InvalidFilter(
-                f"invalid filter key {key!r}: keys must match {KEY_RE.pattern} (letters, digits, '_')"
-            )
+            raise InvalidFilter(f"invalid filter key {key!r}: keys must match {KEY_RE.pattern} (letters, digits, '_')")
         if not isinstance(cond, Mapping):
             if isinstance(cond, list | tuple):
                 raise InvalidFilter(f"filter key {key!r}: a list is not a value; use {{'$in': [...]}}")
@@ -148,9 +144,7 @@ def parse_filter(filter: Filter | None) -> list[Clause]:
             elif op in RANGE_OPS:
                 clauses.append(Clause(key, "range", cmp=RANGE_OPS[op], number=_number(key, op, arg)))
             else:
-                raise InvalidFilter(
-                    f"filter key {key!r}: unknown operator {op!r} (supported: {', '.join(OPERATORS)})"
-                )
+                raise InvalidFilter(f"filter key {key!r}: unknown operator {op!r} (supported: {', '.join(OPERATORS)})")
     return clauses
 
 

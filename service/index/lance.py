@@ -223,10 +223,7 @@ class LanceIndex(VectorIndex):
         stats = table.index_stats(index.name)
         unindexed = stats.num_unindexed_rows if stats is not None else 0
         small = table.stats()["fragment_stats"]["num_small_fragments"]
-        if (
-            unindexed > max(1_000, (stats.num_indexed_rows if stats else 0) // 10)
-            or small > MAX_SMALL_FRAGMENTS
-        ):
+        if unindexed > max(1_000, (stats.num_indexed_rows if stats else 0) // 10) or small > MAX_SMALL_FRAGMENTS:
             table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
 
     def _rows_by_id(self, table: Any, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
@@ -264,9 +261,7 @@ class LanceIndex(VectorIndex):
         }
         return order_by_ids(wanted, found)
 
-    def search(
-        self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None
-    ) -> list[IndexHit]:
+    def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         table = self._table(name)
         query_vector = check_search_args(vector, k, self._dimension(name, table))
         where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)

@@ -12,6 +12,7 @@ subclass chosen by status code; a transport failure becomes :class:`APIConnectio
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import time
@@ -97,7 +98,7 @@ class APIStatusError(MMSearchError):
         self.retry_after = retry_after
 
     def __str__(self) -> str:
-        where = f" at {self.field}" if self.field else ""
+        where = f" at {self.field}" if self.field and not self.message.startswith(self.field) else ""
         return f"{self.status_code} {self.code}{where}: {self.message}"
 
     def __repr__(self) -> str:
@@ -267,13 +268,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
             return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=datetime.timezone.utc)  # noqa: UP017 (py3.10)
         seconds = parsed.timestamp() - (time.time() if now is None else now)
-    except OverflowError:
-        return None
-    if seconds != seconds:  # NaN
+    if seconds != seconds or seconds == float("inf"):  # NaN, inf
         return None
     return max(0.0, seconds)
 
@@ -308,10 +310,7 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
     message, code, field = parse_error_body(body)
     if not message:
         message = response.reason_phrase or f"HTTP {status}"
-    try:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-    except (TypeError, ValueError):
-        retry_after = None
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
     cls = _status_class(status)
     return cls(
         status,
