@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 # Pitfall (BentoML 1.4.40, upstream #5544): the dependency client recreates its HTTP session every 100 requests
-# and closes calls still in flight. A very high max_requests keeps one session per dependency.
+# and closes calls still in flight. A very high max_requests keeps one session per dependency. BentoML reads this
+# from the config of the service being CALLED (Embedder, Reranker), not of the caller.
 RUNNER_CONNECTION = {"max_requests": 10**9, "max_age": 86_400.0}
 
 
@@ -15,6 +16,7 @@ def model_service_config() -> dict[str, Any]:
         "workers": 1,
         "traffic": {"timeout": 300, "max_concurrency": 4096},
         "resources": {"cpu": "1"},
+        "runner_connection": RUNNER_CONNECTION,
     }
 
 
@@ -23,5 +25,4 @@ def search_service_config() -> dict[str, Any]:
     return {
         "workers": 1,
         "traffic": {"timeout": 300, "max_concurrency": 4096},
-        "runner_connection": RUNNER_CONNECTION,
     }

@@ -36,6 +36,8 @@ MAX_FILTER_KEYS = 64
 MAX_IN_VALUES = 1024
 MAX_TERMS_PER_DOCUMENT = 4096
 MAX_TERM_CHARS = 128  # key (<= 64) + "=" + 32 hex digits
+_SQL_QUOTE = "'"
+_EXPR_QUOTE = '"'
 
 
 @dataclass(frozen=True)
@@ -166,17 +168,17 @@ def to_lance_sql(clauses: list[Clause], *, terms_column: str, json_column: str) 
     parts: list[str] = []
     for c in clauses:
         if c.op == "eq":
-            parts.append(f"array_has({terms_column}, {_terms_literal(c.terms, chr(39))})")
+            parts.append(f"array_has({terms_column}, {_terms_literal(c.terms, _SQL_QUOTE)})")
         elif c.op == "in":
-            parts.append(f"array_has_any({terms_column}, [{_terms_literal(c.terms, chr(39))}])")
+            parts.append(f"array_has_any({terms_column}, [{_terms_literal(c.terms, _SQL_QUOTE)}])")
         elif c.op == "ne":
-            present = _terms_literal((c.key,), chr(39))
+            present = _terms_literal((c.key,), _SQL_QUOTE)
             parts.append(
                 f"(array_has({terms_column}, {present}) AND NOT array_has({terms_column}, "
-                f"{_terms_literal(c.terms, chr(39))}))"
+                f"{_terms_literal(c.terms, _SQL_QUOTE)}))"
             )
         else:
-            key = _terms_literal((c.key,), chr(39))
+            key = _terms_literal((c.key,), _SQL_QUOTE)
             value = f"TRY_CAST(json_extract(json_get({json_column}, {key}), '$') AS DOUBLE)"
             parts.append(f"({value} {c.cmp} {_number_literal(c.number)})")
     return " AND ".join(parts) if parts else None
@@ -187,20 +189,20 @@ def to_milvus_expr(clauses: list[Clause], *, terms_field: str, json_field: str) 
     parts: list[str] = []
     for c in clauses:
         if c.op == "eq":
-            parts.append(f"array_contains({terms_field}, {_terms_literal(c.terms, chr(34))})")
+            parts.append(f"array_contains({terms_field}, {_terms_literal(c.terms, _EXPR_QUOTE)})")
         elif c.op == "in":
-            parts.append(f"array_contains_any({terms_field}, [{_terms_literal(c.terms, chr(34))}])")
+            parts.append(f"array_contains_any({terms_field}, [{_terms_literal(c.terms, _EXPR_QUOTE)}])")
         elif c.op == "ne":
-            present = _terms_literal((c.key,), chr(34))
+            present = _terms_literal((c.key,), _EXPR_QUOTE)
             parts.append(
                 f"(array_contains({terms_field}, {present}) and not array_contains({terms_field}, "
-                f"{_terms_literal(c.terms, chr(34))}))"
+                f"{_terms_literal(c.terms, _EXPR_QUOTE)}))"
             )
         else:
             # Booleans are excluded explicitly: Milvus Lite evaluates JSON comparisons with Python semantics,
             # where True >= 0 holds.
-            bools = _terms_literal((value_term(c.key, True), value_term(c.key, False)), chr(34))
-            key = _terms_literal((c.key,), chr(34))
+            bools = _terms_literal((value_term(c.key, True), value_term(c.key, False)), _EXPR_QUOTE)
+            key = _terms_literal((c.key,), _EXPR_QUOTE)
             parts.append(
                 f"({json_field}[{key}] {c.cmp} {_number_literal(c.number)} and not "
                 f"array_contains_any({terms_field}, [{bools}]))"

@@ -129,7 +129,7 @@ class LanceIndex(VectorIndex):
         self._tables[name] = table
         return table
 
-    def _dimension(self, name: str, table: Any) -> int:
+    def _dimension(self, table: Any) -> int:
         return int(table.schema.metadata[DIMENSION_KEY])
 
     def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
@@ -183,10 +183,10 @@ class LanceIndex(VectorIndex):
 
     def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
         table = self._table(name)
-        batch = prepare_docs(docs, self._dimension(name, table))
+        dimension = self._dimension(table)
+        batch = prepare_docs(docs, dimension)
         if not batch:
             return
-        dimension = self._dimension(name, table)
         vectors = np.asarray([d.embedding for d in batch], dtype=np.float32).reshape(-1)
         data = pa.table(
             {
@@ -263,7 +263,7 @@ class LanceIndex(VectorIndex):
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         table = self._table(name)
-        query_vector = check_search_args(vector, k, self._dimension(name, table))
+        query_vector = check_search_args(vector, k, self._dimension(table))
         where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)
         query = (
             table.search(np.asarray(query_vector, dtype=np.float32), vector_column_name=VECTOR)
