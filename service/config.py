@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     oom_simulate_batch_over: int = Field(default=0, ge=0)
     """Test-only: raise a simulated out-of-memory error for model batches larger than this (0 = off)."""
+    oom_simulate_text_chars: int = Field(default=0, ge=0)
+    """Test-only: an input with at least this many text characters raises a simulated OOM even alone (0 = off)."""
+    query_priority: bool = True
+    """Serve queued query inputs before queued document inputs (bulk ingest)."""
 
     # --- media fetching -----------------------------------------------------------------------------------
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
@@ -65,6 +69,14 @@ class Settings(BaseSettings):
     """Hosts or CIDRs admitted even when private/loopback (e.g. ``127.0.0.1/32``). Comma separated."""
     image_formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
+    # --- security -----------------------------------------------------------------------------------------
+    api_keys: str | None = Field(default=None, repr=False)
+    """Comma-separated API keys; when set (or ``api_keys_file``), every API route needs one. Rotate by listing two."""
+    api_keys_file: Path | None = None
+    """A file with one API key per line (e.g. a mounted Kubernetes Secret)."""
+    protect_metrics: bool = False
+    """Put ``/metrics`` behind the API key too."""
+
     # --- search / index -----------------------------------------------------------------------------------
     index_uri: str = "./data/index"
     """A directory (LanceDB), ``milvus:<path>.db`` or a ``*.db`` path (Milvus Lite), or ``http(s)://host:19530``."""
@@ -73,6 +85,8 @@ class Settings(BaseSettings):
     embedder_url: str | None = None
     reranker_url: str | None = None
     max_candidates: int = Field(default=1000, ge=1)
+    rerank_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest Search waits for the reranker; past it ``rerank: "auto"`` degrades to retrieval-only hits."""
 
     @field_validator("fetch_allow", "image_formats", mode="before")
     @classmethod
@@ -96,6 +110,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(f.upper() for f in v)
+
+    def api_keys_list(self) -> list[str]:
+        """Every configured API key (from ``api_keys`` and ``api_keys_file``), blanks dropped."""
+        keys = [k.strip() for k in (self.api_keys or "").split(",")]
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines()]
+        return [k for k in keys if k and not k.startswith("#")]
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from service.config import get_settings
 from service.errors import ApiError, bad_request, handle_api_errors
 from service.inputs import ModelInput, check_count, model_modalities, resolve_items
+from service.middleware import install as install_middleware
 from service.models import check_simulated_oom, load_embedder
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY, ModelRuntime
 from service.service_config import model_service_config
@@ -76,7 +77,7 @@ class Embedder:
         import torch
 
         input_type, _modality = lane  # type: ignore[misc]
-        check_simulated_oom(self.settings, len(inputs))
+        check_simulated_oom(self.settings, inputs)
         fn = self.model.encode_query if input_type == "query" else self.model.encode_document
         with torch.inference_mode():
             emb = fn(
@@ -261,3 +262,6 @@ class Embedder:
             dimensions=emb.shape[1],
         )
         return JSONResponse(body.model_dump())
+
+
+install_middleware(Embedder, get_settings())

@@ -28,9 +28,23 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-def check_simulated_oom(settings: Settings, batch_size: int) -> None:
-    if settings.oom_simulate_batch_over and batch_size > settings.oom_simulate_batch_over:
-        raise SimulatedOOM(f"simulated out of memory at batch size {batch_size}")
+def _text_chars(payload: Any) -> int:
+    if isinstance(payload, str):
+        return len(payload)
+    if isinstance(payload, dict):
+        return len(payload.get("text") or "")
+    if isinstance(payload, tuple | list):
+        return sum(_text_chars(p) for p in payload)
+    return 0
+
+
+def check_simulated_oom(settings: Settings, payloads: list[Any]) -> None:
+    """Test-only fault injection (``MMSEARCH_OOM_SIMULATE_*``): behave like a GPU that is out of memory."""
+    if settings.oom_simulate_batch_over and len(payloads) > settings.oom_simulate_batch_over:
+        raise SimulatedOOM(f"simulated out of memory at batch size {len(payloads)}")
+    limit = settings.oom_simulate_text_chars
+    if limit and any(_text_chars(p) >= limit for p in payloads):
+        raise SimulatedOOM(f"simulated out of memory: an input has >= {limit} text characters")
 
 
 def _model_kwargs(settings: Settings) -> dict[str, Any]:

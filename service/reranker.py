@@ -27,6 +27,7 @@ from mmsearch_client.schemas import (
 from service.config import get_settings
 from service.errors import handle_api_errors
 from service.inputs import ModelInput, check_count, model_modalities, resolve_items
+from service.middleware import install as install_middleware
 from service.models import check_simulated_oom, load_reranker
 from service.runtime import QUERY_PRIORITY, ModelRuntime
 from service.service_config import model_service_config
@@ -46,7 +47,7 @@ class Reranker:
     def _run_batch(self, lane: Hashable, pairs: list[Any]) -> Sequence[float]:
         import torch
 
-        check_simulated_oom(self.settings, len(pairs))
+        check_simulated_oom(self.settings, pairs)
         with torch.inference_mode():
             scores = self.model.predict(
                 pairs, batch_size=len(pairs), convert_to_numpy=True, show_progress_bar=False
@@ -138,3 +139,6 @@ class Reranker:
             "max_documents_per_request": self.settings.max_documents_per_request,
             "tiny_random_weights": self.settings.profile == "tiny",
         }
+
+
+install_middleware(Reranker, get_settings())

@@ -71,6 +71,8 @@ class ModelRuntime(Generic[T, R]):
     ) -> list[R]:
         """Run payloads through the batcher; refusals become ``ApiError``s."""
         deadline = time.monotonic() + timeout if timeout else None
+        if not self.settings.query_priority:
+            priority = DOCUMENT_PRIORITY
         self.metrics.queue_depth.labels(self.service).set(self.batcher.queued)
         try:
             return await self.batcher.submit(lane, payloads, priority=priority, deadline=deadline)

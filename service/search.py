@@ -49,6 +49,7 @@ from service.index import open_index
 from service.mediastore import SCHEME as MEDIA_SCHEME
 from service.mediastore import MediaStore
 from service.metrics import get_metrics
+from service.middleware import install as install_middleware
 from service.reranker import Reranker
 from service.service_config import search_service_config
 
@@ -294,8 +295,16 @@ class Search:
         reranked = False
         if req.rerank is not False and out:
             try:
-                out = await self._rerank(query, out)
+                out = await asyncio.wait_for(self._rerank(query, out), self.settings.rerank_timeout_s)
                 reranked = True
+            except TimeoutError:
+                if req.rerank is True:
+                    raise ApiError(
+                        503,
+                        "reranker_timeout",
+                        f"reranker did not answer within {self.settings.rerank_timeout_s}s",
+                        retry_after=1,
+                    ) from None
             except ApiError as e:
                 if req.rerank is True or e.status < 500:
                     raise
@@ -350,6 +359,9 @@ class Search:
             "index_uri_kind": type(self.index).__name__,
             "max_candidates": self.settings.max_candidates,
         }
+
+
+install_middleware(Search, settings)
 
 
 def _remap_inputs(e: ApiError, positions: Sequence[int], field: str, single: bool = False) -> ApiError:
