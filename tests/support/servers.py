@@ -98,9 +98,10 @@ class BentoServer:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` (composed BentoML servers sometimes take ~60 s to exit)."""
         if self.proc is not None:
-            stop_process_tree(self.proc)
+            stop_process_tree(self.proc, timeout=timeout)
 
     def kill(self) -> None:
         if self.proc is not None:

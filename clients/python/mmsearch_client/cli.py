@@ -24,6 +24,7 @@ from mmsearch_client._base import DEFAULT_BASE_URL, __version__
 from mmsearch_client._client import Client
 from mmsearch_client._progress import rich_available
 from mmsearch_client.errors import MMSearchError, NotFoundError
+from mmsearch_client.eval.command import add_eval_parser
 from mmsearch_client.inputs import Document, Image, InputLike, content_id, pair
 from mmsearch_client.schemas import Item
 
@@ -339,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collections", parents=[common], help="list collections")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_collections)
+
+    add_eval_parser(sub, common)  # mmsearch eval: see mmsearch_client/eval/README.md
     return parser
 
 

@@ -1,0 +1,231 @@
+"""Render an evaluation report (the ``dict`` from :func:`~mmsearch_client.eval.runner.run_eval`) as tables.
+
+Tables use rich when it is installed and the output is a terminal, else plain aligned text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from mmsearch_client._progress import rich_available
+
+__all__ = ["load_report", "print_comparison", "print_report"]
+
+_MODE_LABEL = {"rerank_off": "off", "rerank_on": "on"}
+_METRIC_LABEL = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "ndcg@10": "nDCG@10", "mrr@10": "MRR@10"}
+
+
+class Printer:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.rich = rich_available() and self.stream.isatty()
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.stream)
+
+    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        if self.rich:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title=title, title_justify="left")
+            for i, h in enumerate(headers):
+                table.add_column(h, justify="left" if i < 2 else "right")
+            for row in rows:
+                table.add_row(*row)
+            Console(file=self.stream).print(table)
+            return
+        self.line(title)
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+        def fmt(cells: Sequence[str]) -> str:
+            return "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+
+        self.line("  " + fmt(headers))
+        self.line("  " + "  ".join("-" * w for w in widths))
+        for row in rows:
+            self.line("  " + fmt(row))
+        self.line()
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _scopes(run: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "overall", run["overall"]
+    for pair, agg in run.get("by_pair", {}).items():
+        yield pair, agg
+    for group, agg in run.get("by_group", {}).items():
+        yield f"group:{group}", agg
+
+
+def _header(p: Printer, report: dict[str, Any]) -> None:
+    ds, server, params = report["dataset"], report["server"], report["params"]
+    model = server.get("embedder", {}).get("model", "?")
+    p.line(
+        f"mmsearch eval: {ds['name']} ({ds['corpus']} documents, {ds['queries']} queries, "
+        f"{ds['judged_queries']} judged)"
+    )
+    p.line(f"server: {server['url']}  embedder: {model}  index: {server.get('index') or '?'}")
+    kept = "kept" if report.get("collection_kept") else "documents deleted after the run"
+    p.line(f"collection: {params['collection']} ({kept})  top_k={params['top_k']}  candidates={params['candidates']}")
+    if report.get("warning"):
+        bar = "!" * (len(report["warning"]) + 8)
+        p.line(bar)
+        p.line(f"!!! {report['warning']} !!!")
+        p.line(bar)
+    p.line()
+
+
+def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
+    """The header (with the tiny-model warning), quality, latency and score-distribution tables."""
+    p = Printer(stream)
+    _header(p, report)
+    metrics: list[str] = report["metrics"]
+    runs: dict[str, dict[str, Any]] = report["runs"]
+    rows = []
+    for mode, run in runs.items():
+        for scope, agg in _scopes(run):
+            values = [_num(agg["metrics"].get(m)) for m in metrics]
+            rows.append([scope, _MODE_LABEL.get(mode, mode), str(agg["queries"]), *values])
+    p.table(
+        "Retrieval quality by query -> relevant-document modality (and query group)",
+        ["scope", "rerank", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
+        rows,
+    )
+    rows = []
+    for mode, run in runs.items():
+        for stage, lat in run["latency_ms"].items():
+            rows.append(
+                [
+                    stage,
+                    _MODE_LABEL.get(mode, mode),
+                    str(lat["n"]),
+                    *(_num(lat.get(k), 1) for k in ("p50", "p95", "p99", "mean")),
+                ]
+            )
+    p.table(
+        "Latency per stage (ms; server timings_ms, 'client' = round trip)",
+        ["stage", "rerank", "n", "p50", "p95", "p99", "mean"],
+        rows,
+    )
+    rows = []
+    for mode, run in runs.items():
+        for kind, per_pair in run["scores"].items():
+            if kind == "rerank" and mode == "rerank_off":
+                continue
+            if kind == "retrieval" and mode == "rerank_on" and "rerank_off" in runs:
+                continue  # same retrieval scores as the rerank-off run
+            for pair, sides in per_pair.items():
+                rel, non = sides["relevant"], sides["non_relevant"]
+                rows.append(
+                    [
+                        pair,
+                        kind,
+                        *(
+                            str(s["n"]) if k == "n" else _num(s[k])
+                            for s in (rel, non)
+                            for k in ("n", "min", "median", "max")
+                        ),
+                    ]
+                )
+    p.table(
+        "Score distribution of retrieved documents by query -> document modality (relevant | non-relevant)",
+        ["pair", "score", "rel n", "rel min", "rel med", "rel max", "non n", "non min", "non med", "non max"],
+        rows,
+    )
+    notes = []
+    for mode, run in runs.items():
+        o = run["overall"]
+        if o["missing_judgements"] or run.get("unjudged_queries"):
+            notes.append(
+                f"{mode}: {run.get('unjudged_queries', 0)} queries without a relevant judgement "
+                "were not run (excluded from the averages)"
+            )
+        if run["errors"]:
+            notes.append(f"{mode}: {run['errors']} queries failed and are excluded: {run['error_samples'][0]}")
+        if mode == "rerank_on" and run.get("reranked", 0) < o["queries"]:
+            notes.append(f"{mode}: only {run.get('reranked', 0)} answers came back reranked")
+    ingest = report.get("ingest", {})
+    if ingest.get("failed"):
+        notes.append(f"ingest: {ingest['failed']} documents failed: {ingest['failures'][:1]}")
+    for note in notes:
+        p.line(f"note: {note}")
+    if report.get("warning"):
+        p.line(f"!!! {report['warning']} !!!")
+
+
+def _delta(a: float | None, b: float | None, digits: int = 3) -> str:
+    if a is None or b is None:
+        return f"{_num(a, digits)} | {_num(b, digits)}"
+    return f"{a:.{digits}f} | {b:.{digits}f} ({a - b:+.{digits}f})"
+
+
+def print_comparison(
+    a: dict[str, Any], b: dict[str, Any], labels: tuple[str, str] = ("A", "B"), stream: TextIO | None = None
+) -> None:
+    """Two reports side by side: each cell is ``A | B (A - B)``."""
+    p = Printer(stream)
+    p.line(f"comparing A = {labels[0]}  with  B = {labels[1]}  (cells: A | B (A - B))")
+    for name, r in zip("AB", (a, b), strict=True):
+        model = r["server"].get("embedder", {}).get("model", "?")
+        p.line(f"  {name}: {r['dataset']['name']} on {r['server']['url']}, embedder {model}, {r.get('created', '?')}")
+        if r.get("warning"):
+            p.line(f"  !!! {name}: {r['warning']} !!!")
+    p.line()
+    metrics = [m for m in a["metrics"] if m in b["metrics"]]
+    rows = []
+    for mode, run_a in a["runs"].items():
+        run_b = b["runs"].get(mode)
+        if run_b is None:
+            continue
+        scopes_b = dict(_scopes(run_b))
+        for scope, agg_a in _scopes(run_a):
+            agg_b = scopes_b.get(scope, {"metrics": {}, "queries": 0})
+            rows.append(
+                [
+                    scope,
+                    _MODE_LABEL.get(mode, mode),
+                    f"{agg_a['queries']} | {agg_b['queries']}",
+                    *(_delta(agg_a["metrics"].get(m), agg_b["metrics"].get(m)) for m in metrics),
+                ]
+            )
+    p.table(
+        "Retrieval quality, A | B (A - B)",
+        ["scope", "rerank", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
+        rows,
+    )
+    rows = []
+    for mode, run_a in a["runs"].items():
+        run_b = b["runs"].get(mode)
+        if run_b is None:
+            continue
+        for stage, lat_a in run_a["latency_ms"].items():
+            lat_b = run_b["latency_ms"].get(stage, {})
+            rows.append(
+                [
+                    stage,
+                    _MODE_LABEL.get(mode, mode),
+                    *(_delta(lat_a.get(k), lat_b.get(k), 1) for k in ("p50", "p95", "p99")),
+                ]
+            )
+    p.table("Latency (ms), A | B (A - B)", ["stage", "rerank", "p50", "p95", "p99"], rows)
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report written with ``--json`` (checks that it is one)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not a JSON report: {e}") from None
+    if not isinstance(data, dict) or "runs" not in data or "version" not in data:
+        raise ValueError(f"{p}: not an mmsearch eval report (written by `mmsearch eval --json`)")
+    return data

@@ -1,0 +1,274 @@
+"""Run an evaluation against a server: ingest the corpus, run every query with rerank off and on, measure.
+
+The result is a plain JSON-able ``dict`` (the report), rendered by :mod:`mmsearch_client.eval.report`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mmsearch_client._client import Client
+from mmsearch_client._progress import make_progress
+from mmsearch_client.errors import MMSearchError
+from mmsearch_client.eval.dataset import Dataset, EvalItem, modality_of
+from mmsearch_client.eval.metrics import DEFAULT_METRICS, aggregate, first_relevant_rank, percentile, summarize
+from mmsearch_client.inputs import Document, Image
+from mmsearch_client.schemas import Item, SearchResponse
+
+__all__ = ["MODES", "REPORT_VERSION", "TINY_WARNING", "EvalOptions", "fresh_collection", "run_eval"]
+
+REPORT_VERSION = 1
+TINY_WARNING = "RANDOM-WEIGHT TINY MODEL: these numbers measure the plumbing, not retrieval quality"
+MODES: dict[str, bool] = {"rerank_off": False, "rerank_on": True}
+STAGES = ("embed", "retrieve", "rerank", "total")
+PERCENTILES = (50, 95, 99)
+
+
+def fresh_collection() -> str:
+    return f"eval_{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(slots=True)
+class EvalOptions:
+    collection: str = field(default_factory=fresh_collection)
+    top_k: int = 10
+    candidates: int = 50
+    keep: bool = False
+    concurrency: int = 1
+    batch_size: int = 32
+    progress: bool = True
+    modes: Sequence[str] = tuple(MODES)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    response: SearchResponse | None
+    client_ms: float
+    error: str | None = None
+
+
+def _wire_image(item: EvalItem) -> str:
+    assert item.image is not None
+    if item.image_is_remote:
+        return item.image
+    return Image.from_path(item.image).uri
+
+
+def _document(item: EvalItem) -> Document:
+    image: Path | Image | None = None
+    if item.image is not None:
+        image = Image(item.image) if item.image_is_remote else Path(item.image)
+    return Document(item.id, text=item.text, image=image, metadata=dict(item.metadata))
+
+
+class _LazyDocs:
+    """The corpus as documents, images read only when their batch is sent."""
+
+    def __init__(self, items: Sequence[EvalItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Document]:
+        return (_document(i) for i in self.items)
+
+
+def _query_input(item: EvalItem) -> str | Item:
+    if item.image is None:
+        assert item.text is not None
+        return item.text
+    return Item(text=item.text, image=_wire_image(item))
+
+
+def _latency(outcomes: Sequence[_Outcome]) -> dict[str, dict[str, float | int | None]]:
+    out: dict[str, dict[str, float | int | None]] = {}
+    ok = [o for o in outcomes if o.response is not None]
+    series: dict[str, list[float]] = {s: [getattr(o.response.timings_ms, s) for o in ok if o.response] for s in STAGES}
+    series["client"] = [o.client_ms for o in ok]
+    for stage, values in series.items():
+        row: dict[str, float | int | None] = {"n": len(values)}
+        for p in PERCENTILES:
+            row[f"p{p}"] = percentile(values, p)
+        row["mean"] = sum(values) / len(values) if values else None
+        out[stage] = row
+    return out
+
+
+def _evaluate_mode(
+    ds: Dataset, qids: Sequence[str], outcomes: dict[str, _Outcome], doc_modality: Callable[[str], str]
+) -> dict[str, Any]:
+    rankings = {q: [h.id for h in o.response.hits] for q, o in outcomes.items() if o.response is not None}
+    qrels = {q: ds.qrels.get(q, {}) for q in qids}
+    overall = aggregate(rankings, qrels)
+
+    # per (query modality -> modality of the relevant document): judgements restricted to that modality
+    by_pair_qrels: dict[str, dict[str, dict[str, float]]] = {}
+    for q in qids:
+        qmod = ds.queries[q].modality
+        for did, grade in ds.relevant(q).items():
+            pair = f"{qmod}->{ds.corpus[did].modality}"
+            by_pair_qrels.setdefault(pair, {}).setdefault(q, {})[did] = grade
+    by_pair = {
+        pair: aggregate({q: rankings[q] for q in pq if q in rankings}, pq).to_dict()
+        for pair, pq in sorted(by_pair_qrels.items())
+    }
+    groups: dict[str, list[str]] = {}
+    for q in qids:
+        g = ds.queries[q].group
+        if g is not None:
+            groups.setdefault(g, []).append(q)
+    by_group = {
+        g: aggregate({q: rankings[q] for q in members if q in rankings}, {q: qrels[q] for q in members}).to_dict()
+        for g, members in sorted(groups.items())
+    }
+
+    # score distributions: every returned hit, by (query modality -> hit modality), relevant or not
+    scores: dict[str, dict[str, dict[str, list[float]]]] = {"retrieval": {}, "rerank": {}}
+    for q, o in outcomes.items():
+        if o.response is None:
+            continue
+        relevant = ds.relevant(q)
+        qmod = ds.queries[q].modality
+        for h in o.response.hits:
+            pair = f"{qmod}->{doc_modality(h.id) or modality_of(h.text, h.image)}"
+            side = "relevant" if h.id in relevant else "non_relevant"
+            scores["retrieval"].setdefault(pair, {"relevant": [], "non_relevant": []})[side].append(h.retrieval_score)
+            if h.rerank_score is not None:
+                scores["rerank"].setdefault(pair, {"relevant": [], "non_relevant": []})[side].append(h.rerank_score)
+    distributions = {
+        kind: {pair: {side: summarize(v) for side, v in sides.items()} for pair, sides in sorted(per.items())}
+        for kind, per in scores.items()
+    }
+    errors = [f"{q}: {o.error}" for q, o in outcomes.items() if o.error]
+    return {
+        "overall": overall.to_dict(),
+        "by_pair": by_pair,
+        "by_group": by_group,
+        "latency_ms": _latency(list(outcomes.values())),
+        "scores": distributions,
+        "reranked": sum(1 for o in outcomes.values() if o.response is not None and o.response.reranked),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "per_query": {
+            q: {
+                "first_relevant_rank": first_relevant_rank(rankings[q], ds.relevant(q)) if q in rankings else None,
+                "top1": rankings[q][0] if rankings.get(q) else None,
+            }
+            for q in qids
+        },
+    }
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Ingest ``ds.corpus`` into ``opts.collection``, run every judged query in each mode, return the report."""
+    info = client.info()
+    raw_embedder = info.get("embedder")
+    embedder: dict[str, Any] = raw_embedder if isinstance(raw_embedder, dict) else {}
+    tiny = bool(embedder.get("tiny_random_weights"))
+    max_candidates = info.get("max_candidates")
+    candidates = max(opts.candidates, opts.top_k)
+    if isinstance(max_candidates, int) and candidates > max_candidates:
+        raise ValueError(f"--candidates {candidates} is over the server's limit ({max_candidates})")
+    if tiny:
+        log(f"!!! {TINY_WARNING} !!!")
+
+    qids = ds.judged_queries
+    unjudged = len(ds.queries) - len(qids)
+    report: dict[str, Any] = {
+        "version": REPORT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - py3.10 client
+        "dataset": {
+            "path": str(ds.root),
+            "name": ds.name,
+            "corpus": len(ds.corpus),
+            "queries": len(ds.queries),
+            "judged_queries": len(qids),
+            "unjudged_queries": unjudged,
+        },
+        "server": {
+            "url": client.base_url,
+            "embedder": embedder,
+            "index": info.get("index_uri_kind"),
+            "tiny_random_weights": tiny,
+        },
+        "warning": TINY_WARNING if tiny else None,
+        "params": {"collection": opts.collection, "top_k": opts.top_k, "candidates": candidates},
+        "metrics": list(DEFAULT_METRICS),
+        "runs": {},
+    }
+    items = list(ds.corpus.values())
+    t0 = time.perf_counter()
+    try:
+        summary = client.upsert_many(
+            _LazyDocs(items), collection=opts.collection, batch_size=opts.batch_size, progress=opts.progress
+        )
+        report["ingest"] = {
+            "upserted": summary.upserted,
+            "failed": summary.failed,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "failures": [f"{', '.join(f.ids[:3])}: {f.message}" for f in summary.failures[:5]],
+        }
+        if summary.upserted == 0:
+            raise ValueError(f"no document could be ingested: {report['ingest']['failures'][:1]}")
+        log(f"ingested {summary.upserted} documents into {opts.collection!r} ({summary.failed} failed)")
+
+        inputs = {q: _query_input(ds.queries[q]) for q in qids}
+        for mode in opts.modes:
+            outcomes = _run_queries(client, inputs, opts, candidates, MODES[mode], mode)
+            report["runs"][mode] = _evaluate_mode(ds, qids, outcomes, lambda d: _modality(ds, d))
+            report["runs"][mode]["unjudged_queries"] = unjudged
+    finally:
+        report["collection_kept"] = opts.keep
+        if not opts.keep:
+            _cleanup(client, opts.collection, [i.id for i in items], log)
+    return report
+
+
+def _modality(ds: Dataset, doc_id: str) -> str:
+    item = ds.corpus.get(doc_id)
+    return item.modality if item is not None else ""
+
+
+def _run_queries(
+    client: Client, inputs: dict[str, str | Item], opts: EvalOptions, candidates: int, rerank: bool, label: str
+) -> dict[str, _Outcome]:
+    def one(qid: str) -> tuple[str, _Outcome]:
+        t = time.perf_counter()
+        try:
+            res = client.search(
+                inputs[qid], collection=opts.collection, top_k=opts.top_k, candidates=candidates, rerank=rerank
+            )
+        except MMSearchError as e:
+            return qid, _Outcome(None, (time.perf_counter() - t) * 1000, " ".join(str(e).split()))
+        return qid, _Outcome(res, (time.perf_counter() - t) * 1000)
+
+    results: dict[str, _Outcome] = {}
+    with (
+        make_progress(opts.progress, len(inputs), f"queries, {label}") as bar,
+        ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="mmsearch-eval") as pool,
+    ):
+        for qid, outcome in pool.map(one, inputs):
+            results[qid] = outcome
+            bar.advance()
+    return results
+
+
+def _cleanup(client: Client, collection: str, ids: list[str], log: Callable[[str], None]) -> None:
+    try:
+        for start in range(0, len(ids), 256):
+            client.delete(ids[start : start + 256], collection=collection)
+    except MMSearchError as e:
+        log(f"warning: could not delete the evaluation documents from {collection!r}: {e}")

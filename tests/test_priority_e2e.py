@@ -1,0 +1,85 @@
+"""Query inputs are served before queued bulk document inputs (real Embedder bento, tiny profile)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import BENTOML
+from tests.support.images import data_uri, make_image
+from tests.support.servers import BentoServer, bento_env
+
+pytestmark = pytest.mark.e2e
+
+
+def _server(tmp_path_factory: pytest.TempPathFactory, name: str, priority: bool) -> Iterator[BentoServer]:
+    tmp = tmp_path_factory.mktemp(name)
+    env = bento_env(tmp, MMSEARCH_MAX_BATCH_SIZE="8", MMSEARCH_QUERY_PRIORITY=str(priority).lower())
+    server = BentoServer([*BENTOML, "service.embedder:Embedder"], env, tmp / "server.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def prio_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
+    yield from _server(tmp_path_factory, "prio", True)
+
+
+@pytest.fixture(scope="module")
+def fifo_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
+    yield from _server(tmp_path_factory, "fifo", False)
+
+
+async def _query_latencies(c: httpx.AsyncClient, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        r = await c.post("/encode", json={"inputs": [f"where is the revenue chart {i}"], "input_type": "query"})
+        out.append(time.perf_counter() - t0)
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(0.005)
+    return out
+
+
+async def _measure(url: str) -> tuple[float, float, int]:
+    """(idle p95, p95 during bulk ingest, documents embedded during it)."""
+    images = [data_uri(make_image(i, size=(64, 64))) for i in range(64)]
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=64)) as c:
+        await _query_latencies(c, 10)  # warm-up
+        idle = await _query_latencies(c, 60)
+        stop = asyncio.Event()
+        done = 0
+
+        async def bulk() -> None:
+            nonlocal done
+            while not stop.is_set():
+                r = await c.post("/encode", json={"inputs": [{"image": u} for u in images], "input_type": "document"})
+                assert r.status_code == 200, r.text
+                done += len(images)
+
+        workers = [asyncio.create_task(bulk()) for _ in range(2)]
+        await asyncio.sleep(0.5)  # let the document queue fill
+        busy = await _query_latencies(c, 60)
+        stop.set()
+        await asyncio.gather(*workers)
+    return float(np.percentile(idle, 95)), float(np.percentile(busy, 95)), done
+
+
+def test_queries_keep_latency_during_bulk_ingest(prio_server: BentoServer, fifo_server: BentoServer) -> None:
+    idle, busy, docs = asyncio.run(_measure(prio_server.url))
+    f_idle, f_busy, f_docs = asyncio.run(_measure(fifo_server.url))
+    print(
+        f"\npriority: query p95 idle {idle * 1000:.1f} ms, during ingest {busy * 1000:.1f} ms "
+        f"({busy / idle:.2f}x, {docs} docs embedded meanwhile)\n"
+        f"fifo:     query p95 idle {f_idle * 1000:.1f} ms, during ingest {f_busy * 1000:.1f} ms "
+        f"({f_busy / f_idle:.2f}x, {f_docs} docs)"
+    )
+    assert docs > 0
+    assert busy <= 2 * idle
