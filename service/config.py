@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     fetch_concurrency: int = Field(default=16, ge=1)
     fetch_allow: Annotated[tuple[str, ...], NoDecode] = ()
     """Hosts or CIDRs admitted even when private/loopback (e.g. ``127.0.0.1/32``). Comma separated."""
+    fetch_allow_only: bool = False
+    """Fetch only from hosts admitted by ``fetch_allow`` (closed networks; public addresses refused too)."""
     image_formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
     # --- security -----------------------------------------------------------------------------------------

@@ -191,6 +191,7 @@ class MediaLoader:
         self._lock = threading.Lock()
         self._allow_hosts: set[str] = set()
         self._allow_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._allow_only = settings.fetch_allow_only
         for entry in settings.fetch_allow:
             try:
                 self._allow_nets.append(ipaddress.ip_network(entry, strict=False))
@@ -319,8 +320,11 @@ class MediaLoader:
         if name in self._allow_hosts:
             return addrs
         for ip in addrs:
-            if _is_blocked(ip) and not any(ip in net for net in self._allow_nets):
+            admitted = any(ip in net for net in self._allow_nets)
+            if _is_blocked(ip) and not admitted:
                 raise MediaError("blocked_address", f"image host {name!r} is not a public address")
+            if self._allow_only and not admitted:
+                raise MediaError("blocked_address", f"image host {name!r} is not in MMSEARCH_FETCH_ALLOW")
         return addrs
 
     async def _fetch(self, ref: str) -> bytes:

@@ -87,7 +87,8 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 for bodies over ``MMSEARCH_MAX_REQUEST_BYTES`` before the service parses them."""
+    """Answer 413 for bodies over ``MMSEARCH_MAX_REQUEST_BYTES`` (and 415/400 for a wrong Content-Type) before the
+    service parses them."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -96,6 +97,10 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _is_internal(scope):
             await self.app(scope, receive, send)
+            return
+        refusal = _check_content_type(scope)
+        if refusal is not None:
+            await _reply(send, *refusal, [])
             return
         message = f"request body larger than {self.limit} bytes (MMSEARCH_MAX_REQUEST_BYTES)"
         length = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
@@ -136,6 +141,30 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+JSON_TYPES = frozenset({"application/json", "application/vnd.bentoml+pickle", ""})
+
+
+def _check_content_type(scope: Scope) -> tuple[int, str, str] | None:
+    """JSON everywhere, multipart (with a boundary) only on ``/upload/*``: anything else is a clear 4xx.
+
+    Without this, BentoML tries to parse e.g. a boundary-less multipart body for a JSON API and answers 500.
+    """
+    if scope.get("method") not in ("POST", "PUT", "PATCH"):
+        return None
+    raw = next((v for k, v in scope.get("headers", []) if k == b"content-type"), b"").decode("latin-1")
+    media_type = raw.split(";")[0].strip().lower()
+    path = scope.get("path", "")
+    if path.startswith("/upload/"):
+        if media_type != "multipart/form-data":
+            return 415, "unsupported_media_type", "Content-Type must be multipart/form-data for uploads"
+        if "boundary=" not in raw.lower():
+            return 400, "bad_content_type", "multipart/form-data needs a boundary parameter"
+        return None
+    if media_type not in JSON_TYPES:
+        return 415, "unsupported_media_type", f"Content-Type must be application/json (got {media_type!r})"
+    return None
 
 
 def install(service: Any, settings: Settings) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import os
 import subprocess
 import sys
@@ -75,7 +76,7 @@ class AsyncBridge:
         attr = getattr(self.client, name)
         if not callable(attr):
             return attr
-        assert asyncio.iscoroutinefunction(attr), name
+        assert inspect.iscoroutinefunction(attr), name
 
         def call(*args: Any, **kwargs: Any) -> Any:
             return self.loop.run_until_complete(attr(*args, **kwargs))
@@ -460,25 +461,25 @@ def test_connection_error_on_a_closed_port(kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def overloaded_embedder(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    """An Embedder alone with a queue of 8 inputs, batches of 1 and a 1 ms queue wait: easy to overload."""
+    """An Embedder alone with a queue of 32 inputs, batches of 1 and a 1 ms queue wait: easy to overload."""
     tmp = tmp_path_factory.mktemp("overloaded")
-    env = bento_env(tmp, MMSEARCH_MAX_QUEUE_SIZE="8", MMSEARCH_MAX_BATCH_SIZE="1", MMSEARCH_MAX_LATENCY_MS="1")
+    env = bento_env(tmp, MMSEARCH_MAX_QUEUE_SIZE="32", MMSEARCH_MAX_BATCH_SIZE="1", MMSEARCH_MAX_LATENCY_MS="1")
     server = BentoServer([BENTOML, "serve", "service.embedder:Embedder"], env, tmp / "server.log")
     server.start()
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()  # a throwaway server: no need to wait for a graceful shutdown
 
 
 def test_rate_limit_and_unavailable(kind: str, overloaded_embedder: BentoServer, image_dir: Path) -> None:
     c = open_client(kind, overloaded_embedder.url, max_retries=0)
     try:
-        with pytest.raises(RateLimitError) as e:  # 9 inputs never fit a queue of 8
-            c.encode([f"text {i}" for i in range(9)])
+        with pytest.raises(RateLimitError) as e:  # 33 inputs never fit a queue of 32
+            c.encode([f"text {i}" for i in range(33)])
         assert e.value.status_code == 429 and e.value.retry_after is not None and e.value.retry_after >= 1
-        with pytest.raises(ServiceUnavailableError) as e2:  # 8 images, one at a time: the last waits > 1 ms
-            c.encode([image_dir / f"img{i}.png" for i in range(8)])
+        with pytest.raises(ServiceUnavailableError) as e2:  # 32 images run one at a time: the last wait > 1 ms
+            c.encode([image_dir / f"img{i}.png" for i in range(32)])
         assert e2.value.status_code == 503 and e2.value.retry_after is not None
     finally:
         c.close()
@@ -487,7 +488,7 @@ def test_rate_limit_and_unavailable(kind: str, overloaded_embedder: BentoServer,
     try:
         t0 = time.monotonic()
         with pytest.raises(RateLimitError):
-            retrying.encode([f"text {i}" for i in range(9)])
+            retrying.encode([f"text {i}" for i in range(33)])
         assert time.monotonic() - t0 >= 0.9
     finally:
         retrying.close()
@@ -599,3 +600,18 @@ def test_cli_errors_are_one_line(search_server: BentoServer, cli_corpus: Path) -
 
     usage = run_cli(search_server.url, "search", "x", "--top-k", "0")
     assert usage.returncode == 2
+
+
+def test_cli_index_reports_failed_files(search_server: BentoServer, tmp_path: Path) -> None:
+    (tmp_path / "good.txt").write_text("a good text file")
+    (tmp_path / "corrupt.png").write_bytes(CORRUPT_PNG)  # PNG magic, undecodable: refused by the server
+    (tmp_path / "text.png").write_text("not an image at all")  # refused by the client before sending
+    (tmp_path / "empty.md").write_text("  \n")  # nothing to index: skipped
+    (tmp_path / "ignored.csv").write_text("a,b")  # unsupported extension: not scanned
+    res = run_cli(search_server.url, "index", str(tmp_path), "-c", fresh("cli"), "--no-progress")
+    assert res.returncode == 1
+    assert res.stdout.strip() == "indexed 1, skipped 1, failed 2"
+    failed = sorted(line for line in res.stderr.splitlines() if line.startswith("mmsearch: failed: "))
+    assert len(failed) == 2
+    assert str(tmp_path / "corrupt.png") in failed[0] and "not_an_image" in failed[0]
+    assert str(tmp_path / "text.png") in failed[1] and "not a recognised image format" in failed[1]

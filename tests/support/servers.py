@@ -118,6 +118,7 @@ def bento_env(tmp: Path, **extra: str) -> dict[str, str]:
             "MMSEARCH_INDEX_URI": str(tmp / "index"),
             "MMSEARCH_MEDIA_DIR": str(tmp / "media"),
             "MMSEARCH_FETCH_ALLOW": "127.0.0.1/32",
+            "MMSEARCH_FETCH_ALLOW_ONLY": "true",  # tests never fetch beyond loopback
             "MMSEARCH_TORCH_THREADS": "1",
             "MMSEARCH_MAX_IMAGE_BYTES": "1000000",
             "MMSEARCH_FETCH_DEADLINE_S": "3",

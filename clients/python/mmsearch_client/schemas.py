@@ -269,7 +269,7 @@ class SearchRequest(BaseModel):
     rerank: bool | Literal["auto"] = True
     """``true``: rerank or fail (503); ``false``: retrieval only; ``"auto"``: rerank if the reranker answers."""
     filter: dict[str, Any] | None = None
-    timeout: float | None = Field(default=None, gt=0, le=600, description="Deadline in seconds.")
+    timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds.")
 
     _v_collection = field_validator("collection")(_check_collection)
     # top_k <= candidates is checked by the server (422), so a client can't skip it.

@@ -153,6 +153,12 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
             notes.append(f"{mode}: {run['errors']} queries failed and are excluded: {run['error_samples'][0]}")
         if mode == "rerank_on" and run.get("reranked", 0) < o["queries"]:
             notes.append(f"{mode}: only {run.get('reranked', 0)} answers came back reranked")
+    skipped = report.get("skipped") or {}
+    for kind in ("documents", "queries"):
+        for modality, n in (skipped.get(kind) or {}).items():
+            notes.append(f"skipped {n} {modality} {kind}: the embedder supports {', '.join(skipped['supported'])}")
+    if skipped.get("queries_left_unjudged"):
+        notes.append(f"{skipped['queries_left_unjudged']} queries lost every relevant document to the skip (not run)")
     ingest = report.get("ingest", {})
     if ingest.get("failed"):
         notes.append(f"ingest: {ingest['failed']} documents failed: {ingest['failures'][:1]}")

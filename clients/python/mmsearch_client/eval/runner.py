@@ -23,7 +23,15 @@ from mmsearch_client.eval.metrics import DEFAULT_METRICS, aggregate, first_relev
 from mmsearch_client.inputs import Document, Image
 from mmsearch_client.schemas import Item, SearchResponse
 
-__all__ = ["MODES", "REPORT_VERSION", "TINY_WARNING", "EvalOptions", "fresh_collection", "run_eval"]
+__all__ = [
+    "MODES",
+    "REPORT_VERSION",
+    "TINY_WARNING",
+    "EvalOptions",
+    "fresh_collection",
+    "restrict_modalities",
+    "run_eval",
+]
 
 REPORT_VERSION = 1
 TINY_WARNING = "RANDOM-WEIGHT TINY MODEL: these numbers measure the plumbing, not retrieval quality"
@@ -184,6 +192,12 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         raise ValueError(f"--candidates {candidates} is over the server's limit ({max_candidates})")
     if tiny:
         log(f"!!! {TINY_WARNING} !!!")
+    modalities = embedder.get("modalities")
+    skipped: dict[str, Any] = {}
+    if isinstance(modalities, list) and modalities:
+        ds, skipped = restrict_modalities(ds, [str(m) for m in modalities])
+        if skipped:
+            log(f"skipping what {embedder.get('model', 'the embedder')} cannot embed: {skipped}")
 
     qids = ds.judged_queries
     unjudged = len(ds.queries) - len(qids)
@@ -205,6 +219,7 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
             "tiny_random_weights": tiny,
         },
         "warning": TINY_WARNING if tiny else None,
+        "skipped": skipped,
         "params": {"collection": opts.collection, "top_k": opts.top_k, "candidates": candidates},
         "metrics": list(DEFAULT_METRICS),
         "runs": {},
@@ -235,6 +250,28 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         if not opts.keep:
             _cleanup(client, opts.collection, [i.id for i in items], log)
     return report
+
+
+def restrict_modalities(ds: Dataset, supported: Sequence[str]) -> tuple[Dataset, dict[str, Any]]:
+    """The dataset without the documents and queries whose modality the embedder does not support.
+
+    Judgements of removed documents are dropped too, so a query keeps only what can be found; a query left with
+    no relevant document becomes unjudged (not run, counted). Returns ``(dataset, what was skipped)``.
+    """
+    ok = set(supported)
+    corpus = {d: item for d, item in ds.corpus.items() if item.modality in ok}
+    queries = {q: item for q, item in ds.queries.items() if item.modality in ok}
+    if len(corpus) == len(ds.corpus) and len(queries) == len(ds.queries):
+        return ds, {}
+    qrels = {q: {d: g for d, g in judged.items() if d in corpus} for q, judged in ds.qrels.items() if q in queries}
+    out = Dataset(root=ds.root, corpus=corpus, queries=queries, qrels={q: j for q, j in qrels.items() if j})
+    skipped: dict[str, Any] = {"supported": sorted(ok), "documents": {}, "queries": {}}
+    for kind, before, after in (("documents", ds.corpus, corpus), ("queries", ds.queries, queries)):
+        for key, item in before.items():
+            if key not in after:
+                skipped[kind][item.modality] = skipped[kind].get(item.modality, 0) + 1
+    skipped["queries_left_unjudged"] = sum(1 for q in queries if ds.relevant(q) and not out.relevant(q))
+    return out, skipped
 
 
 def _modality(ds: Dataset, doc_id: str) -> str:

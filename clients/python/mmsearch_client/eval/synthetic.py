@@ -167,8 +167,11 @@ def _fit(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     """``text`` cut at a word boundary to at most ``limit`` characters."""
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:.")
-    return cut + "…"
+    head = text[: limit + 1]
+    cut = max(head.rfind(", "), head.rfind("; "))  # whole list entries
+    if cut <= text.find(": "):
+        cut = head.rfind(" ")
+    return text[:cut].rstrip(",;:.")
 
 
 def _describe(kind: str, title: str, content: dict[str, Any]) -> str:

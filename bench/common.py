@@ -1,0 +1,515 @@
+"""Shared benchmark plumbing: machine info, host-load accounting, result files, tables, servers, load generation.
+
+Every benchmark writes one JSON file under ``bench/results/`` (or ``--out``) holding the machine, the versions,
+the settings and every figure it printed. Nothing here is imported by the services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+PYTHON = sys.executable
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+VERSIONED = (
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "bentoml",
+    "numpy",
+    "pillow",
+    "lancedb",
+    "pylance",
+    "pyarrow",
+    "pymilvus",
+    "milvus-lite",
+    "aiohttp",
+    "httpx",
+    "locust",
+)
+
+
+# ----------------------------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, GPU (if torch sees one), OS, Python and package versions, git commit."""
+    versions: dict[str, str] = {}
+    for name in VERSIONED:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    gpu = None
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
+    vm = psutil.virtual_memory()
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "mem_total_gib": round(vm.total / 2**30, 1),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git": git_state(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- host load
+
+
+def _busy_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    vals = [int(x) for x in fields]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (vals + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def _tree_cpu_seconds(root: psutil.Process) -> dict[int, float]:
+    out: dict[int, float] = {}
+    with contextlib.suppress(psutil.Error):
+        procs = [root, *root.children(recursive=True)]
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+    return out
+
+
+class HostLoad:
+    """CPU used by the whole machine vs by this benchmark's process tree during a phase.
+
+    ``foreign_cpu_frac`` is the share of all cores used by processes that are not ours (other jobs on a shared
+    machine): figures taken while it is high are noisy, and the JSON records it next to every phase.
+    """
+
+    def __init__(self) -> None:
+        self._me = psutil.Process()
+        self._t0 = 0.0
+        self._busy0 = self._steal0 = 0.0
+        self._own0: dict[int, float] = {}
+
+    def start(self) -> HostLoad:
+        self._t0 = time.monotonic()
+        self._busy0, self._steal0 = _busy_seconds()
+        self._own0 = _tree_cpu_seconds(self._me)
+        return self
+
+    def stop(self) -> dict[str, float]:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        busy, steal = _busy_seconds()
+        own1 = _tree_cpu_seconds(self._me)
+        own = sum(v - self._own0.get(pid, 0.0) for pid, v in own1.items())
+        ncpu = os.cpu_count() or 1
+        total = (busy - self._busy0) / (elapsed * ncpu)
+        own_frac = own / (elapsed * ncpu)
+        return {
+            "elapsed_s": round(elapsed, 2),
+            "cpu_busy_frac": round(total, 3),
+            "own_cpu_frac": round(own_frac, 3),
+            "foreign_cpu_frac": round(max(total - own_frac, 0.0), 3),
+            "steal_frac": round((steal - self._steal0) / (elapsed * ncpu), 3),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+
+
+def foreign_processes(min_cpu: float = 5.0) -> list[str]:
+    """Busy processes outside this benchmark's tree (a note for the JSON when the machine is shared)."""
+    me = psutil.Process()
+    ours = {me.pid, *(p.pid for p in me.children(recursive=True))}
+    procs = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in ours]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.cpu_percent(None)
+    time.sleep(0.5)
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            pct = p.cpu_percent(None)
+            if pct >= min_cpu:
+                cmd = " ".join(p.info["cmdline"] or [])[:120]
+                out.append(f"{pct:.0f}% {cmd}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def latency_summary(ms: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2) if ms else float("nan"),
+        "mean_ms": round(sum(ms) / len(ms), 2) if ms else float("nan"),
+    }
+
+
+def write_results(out_dir: Path, name: str, payload: Mapping[str, Any]) -> Path:
+    """Write ``<out_dir>/<name>.json`` (latest) and print its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    body = {"benchmark": name, "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **payload}
+    path.write_text(json.dumps(body, indent=2, default=_json_default, allow_nan=True) + "\n")
+    print(f"\nresults: {path}")
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:  # NaN
+                return "-"
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--tiny", "--quick", dest="tiny", action="store_true", help="smoke-test size (seconds)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON result (bench/results)")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_dir() -> Path:
+    """Where the tiny random models live (shared with the tests when MMSEARCH_TINY_DIR says so)."""
+    return Path(os.environ.get("MMSEARCH_TINY_DIR") or Path.home() / ".cache" / "mmsearch" / "tiny")
+
+
+def bench_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a bento started by a benchmark: tiny-profile defaults, loopback fetches, offline hub.
+
+    Built on the test suite's ``bento_env``; ``extra`` overrides any variable.
+    """
+    from tests.support.servers import bento_env
+
+    env = bento_env(workdir, MMSEARCH_TINY_DIR=str(tiny_dir()), PYTHONPATH=str(REPO))
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def bento(target: str, env: Mapping[str, str], workdir: Path, ready_timeout: float = 240.0) -> Iterator[Any]:
+    """``bentoml serve <target>`` on a free loopback port; stopped (whole process tree, by PID) on exit."""
+    from tests.support.servers import BentoServer
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = BentoServer([BENTOML, "serve", target], env, workdir / f"{target.split(':')[-1]}.log")
+    started = time.monotonic()
+    server.start(ready_timeout=ready_timeout)
+    server.ready_s = round(time.monotonic() - started, 1)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class StaticProcess:
+    """``python -m bench.static_server`` in its own process (so it never competes for this process's GIL)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> StaticProcess:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "bench.static_server", str(self.root), str(self.port)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"static server exited with {self.proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/", timeout=1).status_code < 500:
+                    return self
+            time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError("static server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            from tests.support.servers import stop_process_tree
+
+            stop_process_tree(self.proc, timeout=5)  # type: ignore[arg-type]
+            self.proc = None
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+_BUCKET = re.compile(r'^mmsearch_model_batch_size_bucket\{([^}]*)\}\s+([0-9.eE+-]+)$')
+_SUMCOUNT = re.compile(r'^mmsearch_model_batch_size_(sum|count)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def scrape_batch_histogram(base_url: str) -> dict[str, dict[str, Any]]:
+    """``mmsearch_model_batch_size`` from ``/metrics``: per ``service/lane``, cumulative buckets, sum and count."""
+    import httpx
+
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        m = _BUCKET.match(line)
+        if m:
+            labels = dict(_LABEL.findall(m.group(1)))
+            key = f"{labels.get('service')}/{labels.get('lane')}"
+            h = out.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
+            h["buckets"][labels["le"]] = h["buckets"].get(labels["le"], 0.0) + float(m.group(2))
+            continue
+        m = _SUMCOUNT.match(line)
+        if m:
+            labels = dict(_LABEL.findall(m.group(2)))
+            key = f"{labels.get('service')}/{labels.get('lane')}"
+            h = out.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
+            h[m.group(1)] += float(m.group(3))
+    return out
+
+
+def histogram_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Batches run between two scrapes: per lane, batches per size bucket (non-cumulative) and the mean size."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, h in after.items():
+        b0 = before.get(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        count = h["count"] - b0["count"]
+        if count <= 0:
+            continue
+        les = sorted(h["buckets"], key=lambda s: float("inf") if s == "+Inf" else float(s))
+        cum = [h["buckets"][le] - b0["buckets"].get(le, 0.0) for le in les]
+        per = {}
+        prev = 0.0
+        for le, c in zip(les, cum, strict=True):
+            if c - prev > 0:
+                label = "+Inf" if le == "+Inf" else str(int(float(le)))
+                per[f"<={label}"] = int(round(c - prev))
+            prev = c
+        out[key] = {
+            "batches": int(round(count)),
+            "items": int(round(h["sum"] - b0["sum"])),
+            "mean_batch_size": round((h["sum"] - b0["sum"]) / count, 2),
+            "histogram": per,
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- load generator
+
+
+@dataclass
+class LoadResult:
+    """A closed-loop run: ``concurrency`` clients, each sending its next request when the last one returned."""
+
+    concurrency: int
+    window_s: float
+    items_per_request: int
+    ok: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    warmup_s: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.window_s if self.window_s else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.rps * self.items_per_request
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "window_s": round(self.window_s, 2),
+            "warmup_s": round(self.warmup_s, 2),
+            "requests_ok": self.ok,
+            "errors": self.errors,
+            "error_samples": self.error_samples[:5],
+            "rps": round(self.rps, 3),
+            "items_per_s": round(self.items_per_s, 3),
+            **latency_summary(self.latencies_ms),
+        }
+
+
+async def _closed_loop(
+    url: str,
+    bodies: Sequence[bytes],
+    concurrency: int,
+    duration_s: float,
+    min_warmup_s: float,
+    items_per_request: int,
+    timeout_s: float,
+    check: Callable[[bytes], None] | None,
+) -> LoadResult:
+    import aiohttp
+
+    records: list[tuple[float, float, bool, str]] = []  # (start, end, ok, error)
+    done_count = 0
+    stop_at: float | None = None
+    window: list[float] = []
+    warm = asyncio.Event()
+    t0 = time.perf_counter()
+
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker(i: int) -> None:
+            nonlocal done_count
+            k = i
+            while stop_at is None or time.perf_counter() < stop_at:
+                body = bodies[k % len(bodies)]
+                k += concurrency
+                start = time.perf_counter()
+                ok, err = False, ""
+                try:
+                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                        payload = await r.read()
+                        if r.status == 200:
+                            if check is not None:
+                                check(payload)
+                            ok = True
+                        else:
+                            err = f"HTTP {r.status}: {payload[:200]!r}"
+                except Exception as e:
+                    err = f"{type(e).__name__}: {e}"[:200]
+                records.append((start, time.perf_counter(), ok, err))
+                done_count += 1
+                # warm once the clients have completed a round of requests and the minimum time has passed
+                if not warm.is_set() and done_count >= concurrency and time.perf_counter() - t0 >= min_warmup_s:
+                    warm.set()
+                if not ok:
+                    await asyncio.sleep(0.05)
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        await warm.wait()
+        w0 = time.perf_counter()
+        stop_at = w0 + duration_s
+        await asyncio.sleep(duration_s)
+        window = [w0, time.perf_counter()]
+        await asyncio.gather(*tasks)  # drain: each client finishes the request it has in flight
+
+    res = LoadResult(concurrency, window[1] - window[0], items_per_request, warmup_s=w0 - t0)
+    for start, end, ok, err in records:
+        if not window[0] <= end <= window[1]:
+            continue
+        if ok:
+            res.ok += 1
+            res.latencies_ms.append((end - start) * 1000)
+        else:
+            res.errors += 1
+            if len(res.error_samples) < 5:
+                res.error_samples.append(err)
+    return res
+
+
+def closed_loop(
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    concurrency: int,
+    duration_s: float,
+    min_warmup_s: float = 2.0,
+    items_per_request: int = 1,
+    timeout_s: float = 600.0,
+    check: Callable[[bytes], None] | None = None,
+) -> LoadResult:
+    """Run ``concurrency`` closed-loop clients POSTing pre-encoded JSON ``bodies`` (round robin) to ``url``.
+
+    Warm-up lasts until the clients have completed ``concurrency`` requests (and at least ``min_warmup_s``); then requests
+    that complete within the next ``duration_s`` seconds are counted. In-flight requests are drained (not
+    counted) so that the next phase starts on an idle server.
+    """
+    return asyncio.run(
+        _closed_loop(url, bodies, concurrency, duration_s, min_warmup_s, items_per_request, timeout_s, check)
+    )
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
