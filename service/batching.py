@@ -116,9 +116,7 @@ class MicroBatcher(Generic[T, R]):
         if not payloads:
             return []
         if self._queued + len(payloads) > self._max_queue_size:
-            raise Overloaded(
-                f"queue full: {self._queued} inputs waiting, limit {self._max_queue_size}; retry later"
-            )
+            raise Overloaded(f"queue full: {self._queued} inputs waiting, limit {self._max_queue_size}; retry later")
         self._ensure_worker()
         loop = asyncio.get_running_loop()
         now = time.monotonic()

@@ -147,9 +147,7 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        lines = [
-            f"  MMSEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()
-        ]
+        lines = [f"  MMSEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()]
         raise ConfigError("invalid mmsearch configuration:\n" + "\n".join(lines)) from None
 
 

@@ -76,7 +76,7 @@ class Embedder:
         """One model call: all inputs share an input type and a modality (CLIP cannot mix them)."""
         import torch
 
-        input_type, _modality = lane  # type: ignore[misc]
+        input_type = lane[0]  # type: ignore[index]
         check_simulated_oom(self.settings, inputs)
         fn = self.model.encode_query if input_type == "query" else self.model.encode_document
         with torch.inference_mode():
@@ -103,7 +103,9 @@ class Embedder:
         lanes = list(by_lane.items())
         results = await asyncio.gather(
             *(
-                self.runtime.run(lane, [inputs[i].to_st(self.text_only) for i in idx], priority=priority, timeout=timeout)
+                self.runtime.run(
+                    lane, [inputs[i].to_st(self.text_only) for i in idx], priority=priority, timeout=timeout
+                )
                 for lane, idx in lanes
             )
         )
@@ -245,13 +247,11 @@ class Embedder:
                     field=f"image[{i}]",
                 )
             uploads[i] = await asyncio.to_thread(self.runtime.loader.decode_bytes, data, f"image[{i}]")
-        items: list[str | Item] = [
-            Item(text=texts[i] if texts else None, image="upload:") for i in range(len(files))
-        ]
+        items: list[str | Item] = [Item(text=texts[i] if texts else None, image="upload:") for i in range(len(files))]
         emb = await self._encode(
             items,
             field="image",
-            input_type=input_type,  # type: ignore[arg-type]
+            input_type=input_type,
             normalize=normalize,
             dimensions=dimensions,
             uploads=uploads,

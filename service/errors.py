@@ -56,9 +56,7 @@ def unprocessable(message: str, field: str | None = None, code: str = "unprocess
 
 
 def too_many(field: str, limit: int, got: int, what: str = "inputs") -> ApiError:
-    return ApiError(
-        413, "too_many_inputs", f"{field}: at most {limit} {what} per request (got {got})", field=field
-    )
+    return ApiError(413, "too_many_inputs", f"{field}: at most {limit} {what} per request (got {got})", field=field)
 
 
 def handle_api_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | JSONResponse]]:

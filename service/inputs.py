@@ -59,8 +59,7 @@ def check_supported(field: str, modality: Modality, supported: Sequence[str], mo
         raise ApiError(
             422,
             "unsupported_modality",
-            f"{field}: {modality} inputs are not supported by model {model!r} "
-            f"(supported: {', '.join(supported)})",
+            f"{field}: {modality} inputs are not supported by model {model!r} (supported: {', '.join(supported)})",
             field=field,
         )
 

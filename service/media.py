@@ -270,9 +270,7 @@ class MediaLoader:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             s = self.settings
-            limits = httpx.Limits(
-                max_connections=s.fetch_concurrency, max_keepalive_connections=s.fetch_concurrency
-            )
+            limits = httpx.Limits(max_connections=s.fetch_concurrency, max_keepalive_connections=s.fetch_concurrency)
             transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
             # Same pool httpx would build, plus our pinning network backend (httpx has no public hook for it).
             transport._pool = httpcore.AsyncConnectionPool(
@@ -368,9 +366,7 @@ class MediaLoader:
                 return await self._read_capped(resp)
             finally:
                 await resp.aclose()
-        raise MediaError(
-            "too_many_redirects", f"image URL redirected more than {s.fetch_max_redirects} times"
-        )
+        raise MediaError("too_many_redirects", f"image URL redirected more than {s.fetch_max_redirects} times")
 
     async def _read_capped(self, resp: httpx.Response) -> bytes:
         cap = self.settings.max_image_bytes

@@ -63,6 +63,4 @@ class MediaStore:
         if path is None:
             return None
         ext = path.suffix[1:]
-        return (
-            f"data:image/{_MIME.get(ext, ext)};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-        )
+        return f"data:image/{_MIME.get(ext, ext)};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"

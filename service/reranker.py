@@ -9,6 +9,7 @@ modality gap: text-text pairs score differently from text-image pairs), so mmsea
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -49,9 +50,7 @@ class Reranker:
 
         check_simulated_oom(self.settings, pairs)
         with torch.inference_mode():
-            scores = self.model.predict(
-                pairs, batch_size=len(pairs), convert_to_numpy=True, show_progress_bar=False
-            )
+            scores = self.model.predict(pairs, batch_size=len(pairs), convert_to_numpy=True, show_progress_bar=False)
         return [float(s) for s in scores]
 
     async def score(
@@ -68,7 +67,10 @@ class Reranker:
         results = await asyncio.gather(
             *(
                 self.runtime.run(
-                    lane, [(q, documents[i].to_st(self.text_only)) for i in idx], priority=QUERY_PRIORITY, timeout=timeout
+                    lane,
+                    [(q, documents[i].to_st(self.text_only)) for i in idx],
+                    priority=QUERY_PRIORITY,
+                    timeout=timeout,
                 )
                 for lane, idx in lanes
             )
@@ -85,15 +87,15 @@ class Reranker:
         check_count("documents", len(documents), self.settings.max_documents_per_request, "documents")
         if not documents:
             return []
-        common = {
-            "loader": self.runtime.loader,
-            "settings": self.settings,
-            "supported": self.modalities,
-            "model": self.model_name,
-        }
+        common = functools.partial(
+            resolve_items,
+            loader=self.runtime.loader,
+            settings=self.settings,
+            supported=self.modalities,
+            model=self.model_name,
+        )
         resolved_q, resolved_docs = await asyncio.gather(
-            resolve_items([query], field="query", single=True, **common),
-            resolve_items(documents, field="documents", **common),
+            common([query], field="query", single=True), common(documents, field="documents")
         )
         scores = await self.score(resolved_q[0], resolved_docs)
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[: top_n or None]

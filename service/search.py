@@ -96,9 +96,7 @@ class Search:
             err = api_error_from_remote(e)
             if err is not None:
                 raise err from None
-            raise ApiError(
-                503, f"{stage}_unavailable", f"{stage} service unavailable: {e}", retry_after=1
-            ) from e
+            raise ApiError(503, f"{stage}_unavailable", f"{stage} service unavailable: {e}", retry_after=1) from e
         if isinstance(result, Response):  # dependency served in-process: its error response comes back as is
             body = json.loads(bytes(result.body))
             raise ApiError(
@@ -108,7 +106,9 @@ class Search:
 
     async def _embedder_meta(self) -> dict[str, Any]:
         if self._embedder_info is None:
-            self._embedder_info = await self._dep(self.embedder.to_async.info(), stage="embedder")
+            info: dict[str, Any] = await self._dep(self.embedder.to_async.info(), stage="embedder")
+            self._embedder_info = info
+            return info
         return self._embedder_info
 
     async def _embed(self, items: Sequence[Item], input_type: str) -> np.ndarray:
@@ -147,9 +147,7 @@ class Search:
             )
         ids = [d.id for d in docs]
         if len(set(ids)) != len(ids):
-            raise ApiError(
-                400, "duplicate_id", "documents: ids must be unique within a request", field="documents"
-            )
+            raise ApiError(400, "duplicate_id", "documents: ids must be unique within a request", field="documents")
         meta = await self._embedder_meta()
         dim, model = int(meta["dimension"]), str(meta["model"])
         vectors = np.zeros((len(docs), dim), dtype=np.float32)
@@ -236,8 +234,7 @@ class Search:
         infos = await self._in_thread(self.index.list_collections)
         return CollectionsResponse(
             collections=[
-                CollectionInfo(name=c.name, count=c.count, dimension=c.dimension, model=c.model)
-                for c in infos
+                CollectionInfo(name=c.name, count=c.count, dimension=c.dimension, model=c.model) for c in infos
             ]
         )
 
@@ -257,9 +254,7 @@ class Search:
             async with asyncio.timeout(req.timeout):
                 return await self._search(req)
         except TimeoutError:
-            raise ApiError(
-                504, "deadline_exceeded", f"search did not finish within timeout={req.timeout}s"
-            ) from None
+            raise ApiError(504, "deadline_exceeded", f"search did not finish within timeout={req.timeout}s") from None
 
     async def _search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
@@ -277,9 +272,7 @@ class Search:
                 f"collection {req.collection!r} has dimension {info.dimension}, the embedder gives {qvec.shape[0]}",
                 field="collection",
             )
-        hits = await self._in_thread(
-            self.index.search, req.collection, qvec.tolist(), req.candidates, req.filter
-        )
+        hits = await self._in_thread(self.index.search, req.collection, qvec.tolist(), req.candidates, req.filter)
         t2 = time.perf_counter()
         out = [
             SearchHit(

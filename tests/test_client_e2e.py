@@ -16,6 +16,7 @@ import inspect
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -459,17 +460,57 @@ def test_connection_error_on_a_closed_port(kind: str) -> None:
         c.close()
 
 
-@pytest.fixture(scope="module")
-def overloaded_embedder(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    """An Embedder alone with a queue of 32 inputs, batches of 1 and a 1 ms queue wait: easy to overload."""
+class BackgroundStart:
+    """Start a ``BentoServer`` in a thread, so that its startup overlaps the rest of the module."""
+
+    def __init__(self, server: BentoServer) -> None:
+        self.server = server
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, name="overloaded-embedder-start", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.server.start()
+        except BaseException as e:  # re-raised in the test that needs the server
+            self.error = e
+
+    def wait(self) -> BentoServer:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _overloaded_embedder_start(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_models: object
+) -> Iterator[BackgroundStart | None]:
+    """An Embedder alone with a queue of 32 inputs, batches of 1 and a 1 ms queue wait: easy to overload.
+
+    Started at the beginning of the module (only if a selected test needs it), in the background.
+    """
+    wanted = any(
+        "overloaded_embedder" in getattr(item, "fixturenames", ()) and item.module is request.module
+        for item in request.session.items
+    )
+    if not wanted:
+        yield None
+        return
     tmp = tmp_path_factory.mktemp("overloaded")
     env = bento_env(tmp, MMSEARCH_MAX_QUEUE_SIZE="32", MMSEARCH_MAX_BATCH_SIZE="1", MMSEARCH_MAX_LATENCY_MS="1")
-    server = BentoServer([BENTOML, "serve", "service.embedder:Embedder"], env, tmp / "server.log")
-    server.start()
+    bg = BackgroundStart(BentoServer([BENTOML, "serve", "service.embedder:Embedder"], env, tmp / "server.log"))
     try:
-        yield server
+        yield bg
     finally:
-        server.kill()  # a throwaway server: no need to wait for a graceful shutdown
+        bg.thread.join()
+        bg.server.kill()  # a throwaway server: no need to wait for a graceful shutdown
+
+
+@pytest.fixture(scope="module")
+def overloaded_embedder(_overloaded_embedder_start: BackgroundStart | None) -> BentoServer:
+    assert _overloaded_embedder_start is not None
+    return _overloaded_embedder_start.wait()
 
 
 def test_rate_limit_and_unavailable(kind: str, overloaded_embedder: BentoServer, image_dir: Path) -> None:

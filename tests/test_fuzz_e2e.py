@@ -44,7 +44,9 @@ def _check(case: schemathesis.Case, service: str) -> None:
     if response.status_code == 504 and case.path == "/search":
         assert response.json()["code"] == "deadline_exceeded"
         return
-    assert response.status_code < 500, f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
+    )
 
 
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)

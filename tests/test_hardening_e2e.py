@@ -80,11 +80,15 @@ def test_body_limit_413(guarded_embedder: BentoServer) -> None:
             yield b"y" * 1000
         yield b'"]}'
 
-    chunked = httpx.post(f"{guarded_embedder.url}/encode", content=chunks(), headers={**AUTH,
-                         "content-type": "application/json"})
+    chunked = httpx.post(
+        f"{guarded_embedder.url}/encode", content=chunks(), headers={**AUTH, "content-type": "application/json"}
+    )
     assert chunked.status_code == 413
-    small_chunked = httpx.post(f"{guarded_embedder.url}/encode", content=iter([b'{"inputs": ["ok"]}']),
-                               headers={**AUTH, "content-type": "application/json"})
+    small_chunked = httpx.post(
+        f"{guarded_embedder.url}/encode",
+        content=iter([b'{"inputs": ["ok"]}']),
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert small_chunked.status_code == 200, small_chunked.text
 
 
@@ -116,10 +120,10 @@ def test_overload_429_with_retry_after(guarded_embedder: BentoServer) -> None:
     img = data_uri(make_image(5, size=(96, 96)))  # 4 per request stay under the body limit
 
     async def go() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=guarded_embedder.url, headers=AUTH, timeout=120,
-                                     limits=httpx.Limits(max_connections=100)) as c:
-            return await asyncio.gather(*(c.post("/encode", json={"inputs": [{"image": img}] * 4})
-                                          for _ in range(64)))
+        async with httpx.AsyncClient(
+            base_url=guarded_embedder.url, headers=AUTH, timeout=120, limits=httpx.Limits(max_connections=100)
+        ) as c:
+            return await asyncio.gather(*(c.post("/encode", json={"inputs": [{"image": img}] * 4}) for _ in range(64)))
 
     responses = asyncio.run(go())
     codes = Counter(r.status_code for r in responses)

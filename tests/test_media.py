@@ -460,9 +460,7 @@ def test_bad_base64(ref: str) -> None:
 def test_format_not_allowed() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, "BMP")
-    err = _refused(
-        _settings(image_formats=("PNG", "JPEG")), _data_uri(buf.getvalue(), "bmp"), "format_not_allowed"
-    )
+    err = _refused(_settings(image_formats=("PNG", "JPEG")), _data_uri(buf.getvalue(), "bmp"), "format_not_allowed")
     assert err.status == 422
 
 
@@ -504,9 +502,7 @@ def test_gif_first_frame_and_alpha(server: str) -> None:
     assert rgba.mode == "RGB" and rgba.getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_host_header_kept_and_ip_pinned(
-    server: str, monkeypatch: pytest.MonkeyPatch, connects: list[str]
-) -> None:
+def test_host_header_kept_and_ip_pinned(server: str, monkeypatch: pytest.MonkeyPatch, connects: list[str]) -> None:
     """DNS rebinding: the name first resolves to the admitted address, then to a private one."""
     import ipaddress
 
@@ -539,9 +535,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     cert, key = d / "cert.pem", d / "key.pem"
     args = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=rebind.test"
     args += " -addext subjectAltName=DNS:rebind.test"
-    subprocess.run(
-        ["openssl", *args.split(), "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
-    )
+    subprocess.run(["openssl", *args.split(), "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)

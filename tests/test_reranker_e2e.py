@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder
 
+from tests.conftest import BENTOML
 from tests.support.images import data_uri, decode, make_image, png_bytes
 from tests.support.servers import BentoServer, StaticServer, bento_env
 from tests.test_embedder_e2e import run_hostile_battery
-from tests.conftest import BENTOML
 
 pytestmark = pytest.mark.e2e
 TOL = 1e-5
@@ -50,10 +50,18 @@ def test_parity_across_modality_pairs(
     other = make_image(11)
     cases = [
         # (wire query, wire documents, in-process query, in-process documents)
-        ("a bar chart", ["sales by month", "a cat photo"], {"text": "a bar chart"},
-         [{"text": "sales by month"}, {"text": "a cat photo"}]),
-        ("a bar chart", [{"image": url}, {"image": data_uri(other)}], {"text": "a bar chart"},
-         [img, decode(png_bytes(other))]),
+        (
+            "a bar chart",
+            ["sales by month", "a cat photo"],
+            {"text": "a bar chart"},
+            [{"text": "sales by month"}, {"text": "a cat photo"}],
+        ),
+        (
+            "a bar chart",
+            [{"image": url}, {"image": data_uri(other)}],
+            {"text": "a bar chart"},
+            [img, decode(png_bytes(other))],
+        ),
         ({"image": url}, ["dashboard", "slide"], img, [{"text": "dashboard"}, {"text": "slide"}]),
         ("revenue", [{"text": "Q3 slide", "image": url}], {"text": "revenue"}, [{"text": "Q3 slide", "image": img}]),
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -36,14 +35,25 @@ def corpus(search_server: BentoServer, image_server: StaticServer) -> tuple[str,
     coll = fresh()
     docs: list[dict] = []
     for i in range(20):
-        docs.append({"id": f"img{i}", "image": f"{image_server.url}/img{i}.png",
-                     "metadata": {"kind": "image", "n": i, "tag": "even" if i % 2 == 0 else "odd"}})
+        docs.append(
+            {
+                "id": f"img{i}",
+                "image": f"{image_server.url}/img{i}.png",
+                "metadata": {"kind": "image", "n": i, "tag": "even" if i % 2 == 0 else "odd"},
+            }
+        )
     for i in range(5):
-        docs.append({"id": f"inline{i}", "image": data_uri(make_image(100 + i)),
-                     "metadata": {"kind": "inline", "n": 100 + i}})
+        docs.append(
+            {"id": f"inline{i}", "image": data_uri(make_image(100 + i)), "metadata": {"kind": "inline", "n": 100 + i}}
+        )
     for i in range(10):
-        docs.append({"id": f"txt{i}", "text": f"document number {i} about topic {'abcdefghij'[i]}",
-                     "metadata": {"kind": "text", "n": 200 + i}})
+        docs.append(
+            {
+                "id": f"txt{i}",
+                "text": f"document number {i} about topic {'abcdefghij'[i]}",
+                "metadata": {"kind": "text", "n": 200 + i},
+            }
+        )
     body = ok(post(search_server, "/upsert", {"collection": coll, "documents": docs}))
     assert body["upserted"] == len(docs)
     return coll, docs
@@ -82,8 +92,13 @@ def _reranker_pairs(server: BentoServer) -> float:
 def test_rerank_on_and_off(search_server: BentoServer, corpus: tuple[str, list[dict]]) -> None:
     coll, _ = corpus
     before = _reranker_pairs(search_server)
-    on = ok(post(search_server, "/search",
-                 {"collection": coll, "query": "topic c", "top_k": 5, "candidates": 12, "rerank": True}))
+    on = ok(
+        post(
+            search_server,
+            "/search",
+            {"collection": coll, "query": "topic c", "top_k": 5, "candidates": 12, "rerank": True},
+        )
+    )
     after = _reranker_pairs(search_server)
     assert after - before == 12  # the reranker saw exactly the shortlist, no more
     assert on["reranked"] is True and len(on["hits"]) == 5
@@ -93,26 +108,43 @@ def test_rerank_on_and_off(search_server: BentoServer, corpus: tuple[str, list[d
     t = on["timings_ms"]
     assert t["embed"] > 0 and t["retrieve"] > 0 and t["rerank"] > 0
     assert t["total"] >= t["embed"] + t["retrieve"] + t["rerank"] - 0.01
-    off = ok(post(search_server, "/search",
-                  {"collection": coll, "query": "topic c", "top_k": 5, "candidates": 12, "rerank": False}))
+    off = ok(
+        post(
+            search_server,
+            "/search",
+            {"collection": coll, "query": "topic c", "top_k": 5, "candidates": 12, "rerank": False},
+        )
+    )
     assert off["reranked"] is False and off["timings_ms"]["rerank"] < 1.0
     retrieval = [h["retrieval_score"] for h in off["hits"]]
     assert retrieval == sorted(retrieval, reverse=True)
     # the reranked top 5 come from the same 12-candidate shortlist
-    shortlist = ok(post(search_server, "/search",
-                        {"collection": coll, "query": "topic c", "top_k": 12, "candidates": 12, "rerank": False}))
+    shortlist = ok(
+        post(
+            search_server,
+            "/search",
+            {"collection": coll, "query": "topic c", "top_k": 12, "candidates": 12, "rerank": False},
+        )
+    )
     assert {h["id"] for h in on["hits"]} <= {h["id"] for h in shortlist["hits"]}
 
 
-def test_image_and_pair_queries(search_server: BentoServer, corpus: tuple[str, list[dict]],
-                                image_server: StaticServer) -> None:
+def test_image_and_pair_queries(
+    search_server: BentoServer, corpus: tuple[str, list[dict]], image_server: StaticServer
+) -> None:
     coll, _ = corpus
-    by_image = ok(post(search_server, "/search",
-                       {"collection": coll, "query": {"image": f"{image_server.url}/img3.png"}, "top_k": 3}))
+    by_image = ok(
+        post(
+            search_server,
+            "/search",
+            {"collection": coll, "query": {"image": f"{image_server.url}/img3.png"}, "top_k": 3},
+        )
+    )
     assert by_image["reranked"] is True and len(by_image["hits"]) == 3
     # CLIP cannot embed text+image together: a clear 422 naming the field, not a 500
-    pair = post(search_server, "/search",
-                {"collection": coll, "query": {"text": "x", "image": f"{image_server.url}/img3.png"}})
+    pair = post(
+        search_server, "/search", {"collection": coll, "query": {"text": "x", "image": f"{image_server.url}/img3.png"}}
+    )
     assert pair.status_code == 422 and pair.json()["field"] == "query"
 
 
@@ -120,15 +152,21 @@ def test_filters_applied_inside_the_index(search_server: BentoServer, corpus: tu
     coll, _ = corpus
 
     def ids(flt: dict, k: int = 10) -> set[str]:
-        res = ok(post(search_server, "/search", {"collection": coll, "query": "document", "top_k": k,
-                                                 "candidates": k, "rerank": False, "filter": flt}))
+        res = ok(
+            post(
+                search_server,
+                "/search",
+                {"collection": coll, "query": "document", "top_k": k, "candidates": k, "rerank": False, "filter": flt},
+            )
+        )
         return {h["id"] for h in res["hits"]}
 
     # only 5 inline docs exist; with k=1 a post-filter over the global top-1 would usually find none
     assert len(ids({"kind": "inline"}, k=1)) == 1
     assert ids({"kind": "inline"}) == {f"inline{i}" for i in range(5)}
     assert ids({"kind": {"$in": ["inline", "text"]}}, k=20) == {f"inline{i}" for i in range(5)} | {
-        f"txt{i}" for i in range(10)}
+        f"txt{i}" for i in range(10)
+    }
     assert ids({"n": {"$gte": 3, "$lt": 6}}) == {"img3", "img4", "img5"}
     assert ids({"kind": "image", "tag": "odd", "n": {"$lte": 5}}) == {"img1", "img3", "img5"}
     bad = post(search_server, "/search", {"collection": coll, "query": "x", "filter": {"n": {"$regex": "x"}}})
@@ -139,12 +177,26 @@ def test_filters_applied_inside_the_index(search_server: BentoServer, corpus: tu
 
 def test_upsert_replace_get_delete(search_server: BentoServer) -> None:
     coll = fresh()
-    ok(post(search_server, "/upsert", {"collection": coll, "documents": [
-        {"id": "a", "text": "first version", "metadata": {"v": 1}}, {"id": "b", "text": "other"}]}))
-    ok(post(search_server, "/upsert", {"collection": coll, "documents": [
-        {"id": "a", "text": "second version", "metadata": {"v": 2}}]}))
-    got = ok(post(search_server, "/get", {"collection": coll, "ids": ["a", "missing", "b"],
-                                          "include_embedding": True}))["documents"]
+    ok(
+        post(
+            search_server,
+            "/upsert",
+            {
+                "collection": coll,
+                "documents": [{"id": "a", "text": "first version", "metadata": {"v": 1}}, {"id": "b", "text": "other"}],
+            },
+        )
+    )
+    ok(
+        post(
+            search_server,
+            "/upsert",
+            {"collection": coll, "documents": [{"id": "a", "text": "second version", "metadata": {"v": 2}}]},
+        )
+    )
+    got = ok(
+        post(search_server, "/get", {"collection": coll, "ids": ["a", "missing", "b"], "include_embedding": True})
+    )["documents"]
     assert [d["id"] for d in got] == ["a", "b"]
     assert got[0]["text"] == "second version" and got[0]["metadata"] == {"v": 2}
     assert len(got[0]["embedding"]) == 16 and np.linalg.norm(got[0]["embedding"]) == pytest.approx(1, abs=1e-5)
@@ -172,11 +224,20 @@ def test_supplied_embeddings_and_errors(search_server: BentoServer) -> None:
     assert k_gt.status_code == 422 and k_gt.json()["field"] == "top_k"
     bad_name = post(search_server, "/upsert", {"collection": "no spaces!", "documents": [{"id": "x", "text": "y"}]})
     assert bad_name.status_code == 400 and "collection" in bad_name.text
-    dup = post(search_server, "/upsert", {"collection": coll, "documents": [{"id": "d", "text": "1"},
-                                                                            {"id": "d", "text": "2"}]})
+    dup = post(
+        search_server,
+        "/upsert",
+        {"collection": coll, "documents": [{"id": "d", "text": "1"}, {"id": "d", "text": "2"}]},
+    )
     assert dup.status_code == 400
-    bad_img = post(search_server, "/upsert", {"collection": coll, "documents": [
-        {"id": "ok", "text": "fine"}, {"id": "evil", "image": "http://169.254.169.254/latest"}]})
+    bad_img = post(
+        search_server,
+        "/upsert",
+        {
+            "collection": coll,
+            "documents": [{"id": "ok", "text": "fine"}, {"id": "evil", "image": "http://169.254.169.254/latest"}],
+        },
+    )
     assert bad_img.status_code == 400 and bad_img.json()["field"] == "documents[1].image"
     assert ok(post(search_server, "/get", {"collection": coll, "ids": ["ok", "evil"]}))["documents"] == []
     # embedding-only documents can't be reranked: they keep their retrieval order after reranked hits
@@ -199,11 +260,14 @@ def test_burst_of_200_concurrent_searches(search_server: BentoServer, corpus: tu
     async def go() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(base_url=search_server.url, timeout=120, limits=limits) as c:
-            return await asyncio.gather(*(
-                c.post("/search", json={"collection": coll, "query": f"topic {i % 10}", "top_k": 3,
-                                        "candidates": 8})
-                for i in range(200)
-            ))
+            return await asyncio.gather(
+                *(
+                    c.post(
+                        "/search", json={"collection": coll, "query": f"topic {i % 10}", "top_k": 3, "candidates": 8}
+                    )
+                    for i in range(200)
+                )
+            )
 
     responses = asyncio.run(go())
     codes = [r.status_code for r in responses]

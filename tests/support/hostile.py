@@ -30,7 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
     bomb: bytes = b""
     ok_png: bytes = b""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _send(self, status: int, body: bytes, ctype: str = "image/png", length: bool = True) -> None:
@@ -48,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         port = self.server.server_address[1]
         p = self.path
         if p == "/ok.png":

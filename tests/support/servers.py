@@ -65,9 +65,7 @@ def kill_process_tree(proc: subprocess.Popen[bytes]) -> None:
 class BentoServer:
     """A real ``bentoml serve`` (or per-service start) process on 127.0.0.1."""
 
-    def __init__(
-        self, args: list[str], env: Mapping[str, str], log_path: Path, port: int | None = None
-    ) -> None:
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = args
