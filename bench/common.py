@@ -271,19 +271,61 @@ def bench_env(workdir: Path, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def bento(target: str, env: Mapping[str, str], workdir: Path, ready_timeout: float = 240.0) -> Iterator[Any]:
-    """``bentoml serve <target>`` on a free loopback port; stopped (whole process tree, by PID) on exit."""
+def bentos(
+    specs: Sequence[tuple[str, Mapping[str, str]]], workdir: Path, ready_timeout: float = 240.0
+) -> Iterator[list[Any]]:
+    """Start ``bentoml serve <target>`` for each ``(target, env)`` at once, each on a free loopback port.
+
+    On exit every process tree is stopped by PID (SIGTERM, then SIGKILL after 5 s: a benchmark needs no
+    graceful drain, and composed bentos sometimes take ~50 s to stop).
+    """
+    import threading
+
     from tests.support.servers import BentoServer
 
     workdir.mkdir(parents=True, exist_ok=True)
-    server = BentoServer([BENTOML, "serve", target], env, workdir / f"{target.split(':')[-1]}.log")
-    started = time.monotonic()
-    server.start(ready_timeout=ready_timeout)
-    server.ready_s = round(time.monotonic() - started, 1)
+    servers = [
+        BentoServer([BENTOML, "serve", target], env, workdir / f"{target.split(':')[-1]}-{i}.log")
+        for i, (target, env) in enumerate(specs)
+    ]
+    errors: list[BaseException] = []
+
+    def start(server: Any) -> None:
+        t0 = time.monotonic()
+        try:
+            server.start(ready_timeout=ready_timeout)
+            server.ready_s = round(time.monotonic() - t0, 1)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     try:
-        yield server
+        if errors:
+            raise errors[0]
+        yield servers
     finally:
-        server.stop()
+        for s in servers:
+            stop_quickly(s.proc)
+
+
+@contextlib.contextmanager
+def bento(target: str, env: Mapping[str, str], workdir: Path, ready_timeout: float = 240.0) -> Iterator[Any]:
+    """One ``bentoml serve <target>`` (see :func:`bentos`)."""
+    with bentos([(target, env)], workdir, ready_timeout) as servers:
+        yield servers[0]
+
+
+def stop_quickly(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a process and all its descendants by PID: SIGTERM, SIGKILL after 5 s."""
+    if proc is None:
+        return
+    from tests.support.servers import stop_process_tree
+
+    stop_process_tree(proc, timeout=5)
 
 
 class StaticProcess:
@@ -316,17 +358,14 @@ class StaticProcess:
         raise RuntimeError("static server did not start")
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            from tests.support.servers import stop_process_tree
-
-            stop_process_tree(self.proc, timeout=5)  # type: ignore[arg-type]
-            self.proc = None
+        stop_quickly(self.proc)
+        self.proc = None
 
 
 # ----------------------------------------------------------------------------------------------- metrics
 
-_BUCKET = re.compile(r'^mmsearch_model_batch_size_bucket\{([^}]*)\}\s+([0-9.eE+-]+)$')
-_SUMCOUNT = re.compile(r'^mmsearch_model_batch_size_(sum|count)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+_BUCKET = re.compile(r"^mmsearch_model_batch_size_bucket\{([^}]*)\}\s+([0-9.eE+-]+)$")
+_SUMCOUNT = re.compile(r"^mmsearch_model_batch_size_(sum|count)\{([^}]*)\}\s+([0-9.eE+-]+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -368,11 +407,11 @@ def histogram_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict
         for le, c in zip(les, cum, strict=True):
             if c - prev > 0:
                 label = "+Inf" if le == "+Inf" else str(int(float(le)))
-                per[f"<={label}"] = int(round(c - prev))
+                per[f"<={label}"] = round(c - prev)
             prev = c
         out[key] = {
-            "batches": int(round(count)),
-            "items": int(round(h["sum"] - b0["sum"])),
+            "batches": round(count),
+            "items": round(h["sum"] - b0["sum"]),
             "mean_batch_size": round((h["sum"] - b0["sum"]) / count, 2),
             "histogram": per,
         }

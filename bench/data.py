@@ -9,11 +9,58 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-_WORDS = (
-    "red blue green small large old new wooden metal glass cat dog bird horse car bicycle boat house tree river "
-    "mountain street city beach forest kitchen table chair window door lamp book phone camera person child "
-    "running sitting standing near under beside behind photo picture drawing night morning winter summer"
-).split()
+_WORDS = [
+    "red",
+    "blue",
+    "green",
+    "small",
+    "large",
+    "old",
+    "new",
+    "wooden",
+    "metal",
+    "glass",
+    "cat",
+    "dog",
+    "bird",
+    "horse",
+    "car",
+    "bicycle",
+    "boat",
+    "house",
+    "tree",
+    "river",
+    "mountain",
+    "street",
+    "city",
+    "beach",
+    "forest",
+    "kitchen",
+    "table",
+    "chair",
+    "window",
+    "door",
+    "lamp",
+    "book",
+    "phone",
+    "camera",
+    "person",
+    "child",
+    "running",
+    "sitting",
+    "standing",
+    "near",
+    "under",
+    "beside",
+    "behind",
+    "photo",
+    "picture",
+    "drawing",
+    "night",
+    "morning",
+    "winter",
+    "summer",
+]
 
 
 def texts(n: int, *, words: tuple[int, int] = (6, 10), seed: int = 0) -> list[str]:

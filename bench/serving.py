@@ -1,0 +1,476 @@
+"""Serving efficiency: the Embedder and Reranker services vs the same model called in-process.
+
+    .venv/bin/python -m bench.serving                 # ViT-B/32-shaped CLIP + small VLM reranker, CPU (~9 min)
+    .venv/bin/python -m bench.serving --tiny          # smoke size (tiny models, seconds)
+    .venv/bin/python -m bench.serving --model qwen3vl-2b --device cuda --dtype bfloat16   # see bench/gpu.sh
+
+For each modality (text, image; reranker: text->text and text->image pairs):
+
+1. raw: the model in this process (loaded by ``service.models`` with the same settings and thread count as the
+   service), ``encode_query`` / ``predict`` exactly as the service's batch function calls it, at batch 1/8/32;
+2. service: a real ``bentoml serve service.embedder:Embedder`` (``service.reranker:Reranker``) on loopback, with
+   1/8/32/64 closed-loop clients each sending ONE input per request (images inline as data URIs, or
+   ``--image-source url`` from a local static server); the batch sizes the model saw are scraped from /metrics;
+3. raw at batch 32 again (the machine may be shared: the lower of the two raw runs is not used as the baseline).
+
+Ratio = service inputs/s / raw inputs/s at batch 32 (the better of the two raw runs). Goal on CPU: >= 0.95.
+``MMSEARCH_TORCH_THREADS`` (``--threads``) x 1 worker must stay <= the cores; the client runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import data, models
+from bench.common import (
+    HostLoad,
+    StaticProcess,
+    base_parser,
+    bench_env,
+    bentos,
+    closed_loop,
+    foreign_processes,
+    histogram_delta,
+    json_bytes,
+    latency_summary,
+    machine_info,
+    print_table,
+    scrape_batch_histogram,
+    write_results,
+)
+
+POOL = 64  # distinct inputs per workload
+
+
+@dataclass
+class Workload:
+    """One measured stream: what the model gets in-process, and the request bodies the service gets."""
+
+    service: str  # "embedder" | "reranker"
+    name: str  # e.g. "text", "image", "text->image"
+    route: str
+    model_inputs: list[Any]
+    bodies: list[bytes]
+
+
+def _check_ok(payload: bytes) -> None:
+    if not payload.startswith(b"{"):
+        raise ValueError(f"unexpected body {payload[:80]!r}")
+
+
+def embed_workloads(modalities: Sequence[str], image_source: str, static_url: str | None) -> list[Workload]:
+    out = []
+    if "text" in modalities:
+        ts = data.texts(POOL)
+        out.append(
+            Workload(
+                "embedder",
+                "text",
+                "/encode",
+                [{"text": t} for t in ts],
+                [json_bytes({"inputs": [t], "input_type": "query"}) for t in ts],
+            )
+        )
+    if "image" in modalities:
+        pngs = [data.encode(data.photo_like(i)) for i in range(POOL)]
+        refs = (
+            [f"{static_url}/img{i}.png" for i in range(POOL)]
+            if image_source == "url"
+            else [data.data_uri(p) for p in pngs]
+        )
+        out.append(
+            Workload(
+                "embedder",
+                "image",
+                "/encode",
+                [_decode(p) for p in pngs],
+                [json_bytes({"inputs": [{"image": r}], "input_type": "query"}) for r in refs],
+            )
+        )
+    return out
+
+
+def rerank_workloads(modalities: Sequence[str], image_source: str, static_url: str | None) -> list[Workload]:
+    query = "a red car parked near the river at night"
+    out = []
+    if "text" in modalities:
+        docs = [f"{a}. {b}" for a, b in zip(data.texts(POOL, seed=1), data.texts(POOL, seed=2), strict=True)]
+        out.append(
+            Workload(
+                "reranker",
+                "text->text",
+                "/rerank",
+                [({"text": query}, {"text": d}) for d in docs],
+                [json_bytes({"query": query, "documents": [d]}) for d in docs],
+            )
+        )
+    if "image" in modalities:
+        pngs = [data.encode(data.photo_like(i)) for i in range(POOL)]
+        refs = (
+            [f"{static_url}/img{i}.png" for i in range(POOL)]
+            if image_source == "url"
+            else [data.data_uri(p) for p in pngs]
+        )
+        out.append(
+            Workload(
+                "reranker",
+                "text->image",
+                "/rerank",
+                [({"text": query}, _decode(p)) for p in pngs],
+                [json_bytes({"query": query, "documents": [{"image": r}]}) for r in refs],
+            )
+        )
+    return out
+
+
+def _decode(png: bytes) -> Any:
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------- raw
+
+
+def _settings(kind: str, model_path: Path, args: Any) -> Any:
+    from service.config import Settings
+
+    key = "embedder_model" if kind == "embedder" else "reranker_model"
+    return Settings(
+        profile="default",
+        device=args.device,
+        dtype=args.dtype,
+        torch_threads=args.threads,
+        **{key: str(model_path)},
+    )
+
+
+def load_raw(kind: str, model_path: Path, args: Any) -> Callable[[list[Any]], Any]:
+    """The model loaded as the service loads it; returns the service's batch function body."""
+    import torch
+
+    from service.models import load_embedder, load_reranker
+
+    if kind == "embedder":
+        model, _ = load_embedder(_settings(kind, model_path, args))
+
+        def run(batch: list[Any]) -> Any:
+            with torch.inference_mode():
+                return model.encode_query(
+                    batch,
+                    batch_size=len(batch),
+                    convert_to_numpy=True,
+                    normalize_embeddings=False,
+                    show_progress_bar=False,
+                )
+
+    else:
+        model, _ = load_reranker(_settings(kind, model_path, args))
+
+        def run(batch: list[Any]) -> Any:
+            with torch.inference_mode():
+                return model.predict(batch, batch_size=len(batch), convert_to_numpy=True, show_progress_bar=False)
+
+    run.model = model  # type: ignore[attr-defined]
+    return run
+
+
+def measure_raw(run: Callable[[list[Any]], Any], inputs: list[Any], batch: int, duration: float) -> dict[str, Any]:
+    """Call ``run`` on consecutive batches of ``inputs`` for ``duration`` s (at least 3 calls after 1 warm-up)."""
+    k = 0
+
+    def next_batch() -> list[Any]:
+        nonlocal k
+        out = [inputs[(k + i) % len(inputs)] for i in range(batch)]
+        k += batch
+        return out
+
+    run(next_batch())  # warm-up
+    lat: list[float] = []
+    load = HostLoad().start()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration or len(lat) < 3:
+        b = next_batch()
+        s = time.perf_counter()
+        run(b)
+        lat.append((time.perf_counter() - s) * 1000)
+    elapsed = time.perf_counter() - t0
+    return {
+        "batch": batch,
+        "calls": len(lat),
+        "items_per_s": round(len(lat) * batch / elapsed, 3),
+        "call_latency": latency_summary(lat),
+        "host": load.stop(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- service
+
+
+def measure_service(
+    base_url: str, w: Workload, concurrencies: Sequence[int], duration: float, min_warmup: float
+) -> list[dict[str, Any]]:
+    points = []
+    for c in concurrencies:
+        before = scrape_batch_histogram(base_url)
+        load = HostLoad().start()
+        res = closed_loop(
+            base_url + w.route, w.bodies, concurrency=c, duration_s=duration, min_warmup_s=min_warmup, check=_check_ok
+        )
+        host = load.stop()
+        batches = histogram_delta(before, scrape_batch_histogram(base_url))
+        point = {**res.summary(), "host": host, "model_batches": batches}
+        points.append(point)
+        mean_batch = "/".join(str(b["mean_batch_size"]) for b in batches.values()) or "-"
+        print(
+            f"  {w.service} {w.name:12s} c={c:3d}: {res.items_per_s:8.2f} inputs/s  p50 {point['p50_ms']:8.1f} ms"
+            f"  p99 {point['p99_ms']:8.1f} ms  errors {res.errors}  mean batch {mean_batch}"
+            f"  foreign cpu {host['foreign_cpu_frac']:.2f}",
+            flush=True,
+        )
+    return points
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def service_env(workdir: Path, kind: str, model_path: Path, args: Any, tiny: bool) -> dict[str, str]:
+    key = "MMSEARCH_EMBEDDER_MODEL" if kind == "embedder" else "MMSEARCH_RERANKER_MODEL"
+    return bench_env(
+        workdir,
+        **{
+            key: str(model_path),
+            "MMSEARCH_PROFILE": "tiny" if tiny else "default",
+            "MMSEARCH_TORCH_THREADS": str(args.threads),
+            "OMP_NUM_THREADS": str(args.threads),
+            "MMSEARCH_DEVICE": args.device,
+            "MMSEARCH_DTYPE": args.dtype,
+            "MMSEARCH_MAX_BATCH_SIZE": str(args.max_batch_size),
+            "MMSEARCH_MAX_IMAGE_BYTES": str(20 * 1024 * 1024),
+        },
+    )
+
+
+def raw_phase(
+    kind: str, model_path: Path, workloads: list[Workload], args: Any, batches: Sequence[int]
+) -> dict[str, Any]:
+    """Load the model in this process and measure each workload at each batch size; free it again."""
+    run = load_raw(kind, model_path, args)
+    out: dict[str, Any] = {}
+    try:
+        for w in workloads:
+            rows = [measure_raw(run, w.model_inputs, b, args.raw_duration) for b in batches]
+            out[w.name] = rows
+            for r in rows:
+                print(
+                    f"  {kind} {w.name:12s} raw b={r['batch']:3d}: {r['items_per_s']:8.2f} inputs/s"
+                    f"  call p50 {r['call_latency']['p50_ms']:8.1f} ms"
+                    f"  foreign cpu {r['host']['foreign_cpu_frac']:.2f}",
+                    flush=True,
+                )
+    finally:
+        del run
+        gc.collect()
+        _empty_cuda()
+    return out
+
+
+def finish(res: dict[str, Any], big: int) -> None:
+    """Baseline (better of the raw runs at the largest batch), ratios and batching gain for one workload."""
+    before = next(r for r in res["raw"] if r["batch"] == big)
+    after = res["raw_after"]
+    baseline = max(before["items_per_s"], after["items_per_s"])
+    res["raw_baseline_items_per_s"] = baseline
+    res["raw_baseline_batch"] = big
+    res["raw_drift"] = round(after["items_per_s"] / before["items_per_s"], 3)
+    for p in res["service"]:
+        p["ratio_vs_raw"] = round(p["items_per_s"] / baseline, 3)
+    best = max(res["service"], key=lambda p: p["ratio_vs_raw"])
+    res["best_ratio"], res["best_ratio_concurrency"] = best["ratio_vs_raw"], best["concurrency"]
+    c1 = next((p for p in res["service"] if p["concurrency"] == 1), None)
+    c32 = next((p for p in res["service"] if p["concurrency"] == 32), None)
+    if c1 and c32 and c1["items_per_s"]:
+        res["batching_gain_32_vs_1"] = round(c32["items_per_s"] / c1["items_per_s"], 3)
+
+
+def run_all(kinds: dict[str, tuple[Path, list[Workload]]], args: Any, workdir: Path) -> dict[str, Any]:
+    """Raw (every service's model, one at a time), then all services started together and measured one after
+    the other, then raw at the largest batch again."""
+    big = max(args.batches)
+    out: dict[str, Any] = {}
+    for kind, (path, workloads) in kinds.items():
+        raw = raw_phase(kind, path, workloads, args, args.batches)
+        out[kind] = {"model_path": str(path), "workloads": {name: {"raw": rows} for name, rows in raw.items()}}
+    targets = {"embedder": "service.embedder:Embedder", "reranker": "service.reranker:Reranker"}
+    specs = [(targets[k], service_env(workdir / k, k, p, args, args.tiny)) for k, (p, _) in kinds.items()]
+    with bentos(specs, workdir) as servers:
+        for (kind, (_, workloads)), server in zip(kinds.items(), servers, strict=True):
+            out[kind]["server_ready_s"] = server.ready_s
+            for w in workloads:
+                out[kind]["workloads"][w.name]["service"] = measure_service(
+                    server.url, w, args.concurrency, args.duration, args.min_warmup
+                )
+    for kind, (path, workloads) in kinds.items():
+        after = raw_phase(kind, path, workloads, args, [big])
+        for name, rows in after.items():
+            res = out[kind]["workloads"][name]
+            res["raw_after"] = rows[0]
+            finish(res, big)
+    return out
+
+
+def _empty_cuda() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for kind in ("embedder", "reranker"):
+        for name, res in results.get(kind, {}).get("workloads", {}).items():
+            for r in res["raw"]:
+                rows.append(
+                    [
+                        kind,
+                        name,
+                        f"raw b={r['batch']}",
+                        r["items_per_s"],
+                        r["call_latency"]["p50_ms"],
+                        r["call_latency"]["p99_ms"],
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+            a = res["raw_after"]
+            rows.append(
+                [
+                    kind,
+                    name,
+                    f"raw b={a['batch']} after",
+                    a["items_per_s"],
+                    a["call_latency"]["p50_ms"],
+                    a["call_latency"]["p99_ms"],
+                    "",
+                    "",
+                    "",
+                ]
+            )
+            for p in res["service"]:
+                mean = "/".join(str(b["mean_batch_size"]) for b in p["model_batches"].values())
+                rows.append(
+                    [
+                        kind,
+                        name,
+                        f"service c={p['concurrency']}",
+                        p["items_per_s"],
+                        p["p50_ms"],
+                        p["p99_ms"],
+                        p["ratio_vs_raw"],
+                        mean,
+                        p["errors"],
+                    ]
+                )
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None) -> Any:
+    p = base_parser("Serving efficiency: Embedder/Reranker services vs raw in-process encode.")
+    p.add_argument("--model", default=None, choices=["vitb32", "tiny", "qwen3vl-2b", "qwen3vl-tiny"])
+    p.add_argument("--reranker", default=None, choices=["small", "tiny", "none"])
+    p.add_argument("--modalities", default="text,image")
+    p.add_argument("--threads", type=int, default=1, help="MMSEARCH_TORCH_THREADS (x 1 worker <= cores)")
+    p.add_argument("--batches", default=None, help="raw batch sizes (default 1,8,32)")
+    p.add_argument("--concurrency", default=None, help="service clients (default 1,8,32,64)")
+    p.add_argument("--duration", type=float, default=None, help="measured window per service point, s")
+    p.add_argument("--raw-duration", type=float, default=None, help="measured time per raw batch size, s")
+    p.add_argument("--min-warmup", type=float, default=None)
+    p.add_argument("--image-source", choices=["inline", "url"], default="inline")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--max-batch-size", type=int, default=32, help="MMSEARCH_MAX_BATCH_SIZE")
+    p.add_argument("--name", default=None, help="result file name (default serving-<model>)")
+    args = p.parse_args(argv)
+    t = args.tiny
+    args.model = args.model or ("tiny" if t else "vitb32")
+    args.reranker = args.reranker or ("tiny" if t else "small")
+    args.batches = [int(x) for x in (args.batches or ("1,8" if t else "1,8,32")).split(",")]
+    args.concurrency = [int(x) for x in (args.concurrency or ("1,8" if t else "1,8,32,64")).split(",")]
+    args.duration = args.duration or (1.0 if t else 15.0)
+    args.raw_duration = args.raw_duration or (0.5 if t else 10.0)
+    args.min_warmup = args.min_warmup if args.min_warmup is not None else (0.2 if t else 3.0)
+    args.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    args.name = args.name or f"serving-{args.model}" + ("-tiny" if t and args.model != "tiny" else "")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    busy = foreign_processes()
+    started = time.monotonic()
+    emb_path = models.embedder_path(args.model)
+    rr_path = None if args.reranker == "none" else models.reranker_path(args.reranker)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results: dict[str, Any] = {"machine": info, "settings": settings, "foreign_processes_at_start": busy}
+    with tempfile.TemporaryDirectory(prefix="mmsearch-bench-") as tmp:
+        workdir = Path(tmp)
+        static = None
+        if args.image_source == "url":
+            data.write_images(workdir / "images", POOL)
+            static = StaticProcess(workdir / "images").__enter__()
+        try:
+            url = static.url if static else None
+            kinds: dict[str, tuple[Path, list[Workload]]] = {
+                "embedder": (emb_path, embed_workloads(args.modalities, args.image_source, url))
+            }
+            if rr_path is not None:
+                kinds["reranker"] = (rr_path, rerank_workloads(args.modalities, args.image_source, url))
+            print(f"embedder {args.model}, reranker {args.reranker}, threads={args.threads}, device={args.device}")
+            results.update(run_all(kinds, args, workdir))
+        finally:
+            if static is not None:
+                static.__exit__()
+    results["goal"] = {"ratio_min": 0.95, **_goal(results)}
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    print_table(
+        f"Serving efficiency ({args.model} / {args.reranker}, threads={args.threads}, device={args.device})",
+        ["service", "workload", "mode", "inputs/s", "p50 ms", "p99 ms", "ratio", "mean batch", "errors"],
+        summary_rows(results),
+    )
+    print(json.dumps(results["goal"], indent=1))
+    write_results(args.out, args.name, results)
+    return results
+
+
+def _goal(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("embedder", "reranker"):
+        for name, res in results.get(kind, {}).get("workloads", {}).items():
+            out[f"{kind}/{name}"] = {
+                "best_ratio": res["best_ratio"],
+                "at_concurrency": res["best_ratio_concurrency"],
+                "ratio_c32": next((p["ratio_vs_raw"] for p in res["service"] if p["concurrency"] == 32), None),
+                "ratio_c64": next((p["ratio_vs_raw"] for p in res["service"] if p["concurrency"] == 64), None),
+                "met": res["best_ratio"] >= 0.95,
+            }
+    return out
+
+
+if __name__ == "__main__":
+    main()
