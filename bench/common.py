@@ -541,8 +541,8 @@ def closed_loop(
 ) -> LoadResult:
     """Run ``concurrency`` closed-loop clients POSTing pre-encoded JSON ``bodies`` (round robin) to ``url``.
 
-    Warm-up lasts until the clients have completed ``concurrency`` requests (and at least ``min_warmup_s``); then requests
-    that complete within the next ``duration_s`` seconds are counted. In-flight requests are drained (not
+    Warm-up lasts until the clients have completed ``concurrency`` requests (and at least ``min_warmup_s``);
+    then requests that complete within the next ``duration_s`` seconds are counted. In-flight requests are drained (not
     counted) so that the next phase starts on an idle server.
     """
     return asyncio.run(
