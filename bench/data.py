@@ -133,12 +133,16 @@ def write_images(root: Path, n: int, size: tuple[int, int] = (224, 224), prefix:
     return out
 
 
-def unit_vectors(n: int, dim: int, *, seed: int = 0, clusters: int = 0, spread: float = 0.35) -> np.ndarray:
+def unit_vectors(
+    n: int, dim: int, *, seed: int = 0, clusters: int = 0, spread: float = 0.35, centre_seed: int | None = None
+) -> np.ndarray:
     """``n`` unit vectors (float32). ``clusters > 0``: a mixture around that many random centres (like real
-    embeddings, which are far from uniform); 0: isotropic Gaussian (the hardest case for ANN indexes)."""
+    embeddings, which are far from uniform), drawn from ``centre_seed`` (default ``seed``: pass the documents'
+    seed to draw queries around the same centres); 0: isotropic Gaussian (the hardest case for ANN indexes)."""
     rng = np.random.default_rng(seed)
     if clusters:
-        centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+        crng = np.random.default_rng(seed if centre_seed is None else centre_seed)
+        centres = crng.standard_normal((clusters, dim), dtype=np.float32)
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
         x = centres[rng.integers(0, clusters, n)]
         x += rng.standard_normal((n, dim), dtype=np.float32) * (spread / np.sqrt(dim))

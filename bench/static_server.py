@@ -1,6 +1,6 @@
 """A static file server for benchmark images: ``python -m bench.static_server ROOT PORT`` (127.0.0.1 only).
 
-HTTP/1.1 with keep-alive and one thread per connection, so the media loader's connection pool is exercised the
+HTTP/1.1 with keep-alive, TCP_NODELAY and one thread per connection, so the media loader's connection pool is exercised the
 way a real image host would be.
 """
 
@@ -13,6 +13,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 class _Handler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, the body waits for the client's delayed ACK
+    # (~40 ms per response on loopback). Real image hosts (nginx, CDNs) set TCP_NODELAY.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -25,7 +25,7 @@ import ipaddress
 import re
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import httpcore
@@ -185,6 +185,8 @@ class MediaLoader:
         checks but not IP pinning, which only the client built here has; leave it ``None`` outside tests."""
         self.settings = settings
         self.stats: dict[str, int] = {"ok": 0, "fetched_bytes": 0}
+        self.on_refusal: Callable[[str], None] | None = None
+        """Called with the reason of every refusal (the services count them as a Prometheus metric)."""
         self._client = client
         self._own_client = client is None
         self._sem: asyncio.Semaphore | None = None
@@ -431,6 +433,8 @@ class MediaLoader:
     def _refused(self, e: MediaError, field: str) -> MediaError:
         e.field = field
         self._bump(e.reason)
+        if self.on_refusal is not None:
+            self.on_refusal(e.reason)
         return e
 
 

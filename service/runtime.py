@@ -48,6 +48,7 @@ class ModelRuntime(Generic[T, R]):
         self.settings = settings
         self.loader = MediaLoader(settings)
         self.metrics = get_metrics()
+        self.loader.on_refusal = self.refused  # fetch/decode failures by reason
         self.batcher: MicroBatcher[T, R] = MicroBatcher(
             run,
             max_batch_size=settings.max_batch_size,

@@ -7,7 +7,6 @@ Composes the Embedder and Reranker with ``bentoml.depends``: started together by
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Awaitable, Sequence
@@ -97,11 +96,6 @@ class Search:
             if err is not None:
                 raise err from None
             raise ApiError(503, f"{stage}_unavailable", f"{stage} service unavailable: {e}", retry_after=1) from e
-        if isinstance(result, Response):  # dependency served in-process: its error response comes back as is
-            body = json.loads(bytes(result.body))
-            raise ApiError(
-                result.status_code, body.get("code", "error"), body.get("error", ""), field=body.get("field")
-            )
         return result
 
     async def _embedder_meta(self) -> dict[str, Any]:

@@ -155,3 +155,27 @@ def test_search_auth_internal_calls_and_rerank_degradation(guarded_search: Bento
     assert off.status_code == 200 and off.json()["hits"][0]["id"] == "d1"
     deadline = httpx.post(f"{url}/search", json={**q, "timeout": 0.0001}, headers=AUTH, timeout=60)
     assert deadline.status_code == 504 and deadline.json()["code"] == "deadline_exceeded"
+
+
+def test_client_and_cli_pass_the_key(guarded_search: BentoServer) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mmsearch_client import AuthenticationError, Client
+
+    with Client(guarded_search.url, api_key=None, max_retries=0) as anonymous, pytest.raises(AuthenticationError):
+        anonymous.collections()
+    with Client(guarded_search.url, api_key=KEYS[0]) as client:
+        client.upsert([{"id": "via-client", "text": "sent with a key"}], collection="keyed")
+        assert [d.id for d in client.get(["via-client"], collection="keyed").documents] == ["via-client"]
+    cli = str(Path(sys.executable).with_name("mmsearch"))
+    env = {**os.environ, "MMSEARCH_URL": guarded_search.url}
+    env.pop("MMSEARCH_API_KEY", None)
+    denied = subprocess.run([cli, "collections"], env=env, capture_output=True, text=True, timeout=60)
+    assert denied.returncode == 1 and "401" in denied.stderr
+    allowed = subprocess.run(
+        [cli, "collections"], env={**env, "MMSEARCH_API_KEY": KEYS[0]}, capture_output=True, text=True, timeout=60
+    )
+    assert allowed.returncode == 0, allowed.stderr

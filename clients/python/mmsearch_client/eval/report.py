@@ -69,10 +69,12 @@ def _scopes(run: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 def _header(p: Printer, report: dict[str, Any]) -> None:
     ds, server, params = report["dataset"], report["server"], report["params"]
     model = server.get("embedder", {}).get("model", "?")
-    p.line(
-        f"mmsearch eval: {ds['name']} ({ds['corpus']} documents, {ds['queries']} queries, "
-        f"{ds['judged_queries']} judged)"
+    line = (
+        f"mmsearch eval: {ds['name']} ({ds['corpus']} documents, {ds['queries']} queries, {ds['judged_queries']} judged"
     )
+    if (ds.get("evaluated_documents"), ds.get("evaluated_queries")) != (ds["corpus"], ds["judged_queries"]):
+        line += f"; evaluated {ds.get('evaluated_documents')} documents, {ds.get('evaluated_queries')} queries"
+    p.line(line + ")")
     p.line(f"server: {server['url']}  embedder: {model}  index: {server.get('index') or '?'}")
     kept = "kept" if report.get("collection_kept") else "documents deleted after the run"
     p.line(f"collection: {params['collection']} ({kept})  top_k={params['top_k']}  candidates={params['candidates']}")
@@ -144,21 +146,20 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
     notes = []
     for mode, run in runs.items():
         o = run["overall"]
-        if o["missing_judgements"] or run.get("unjudged_queries"):
-            notes.append(
-                f"{mode}: {run.get('unjudged_queries', 0)} queries without a relevant judgement "
-                "were not run (excluded from the averages)"
-            )
         if run["errors"]:
             notes.append(f"{mode}: {run['errors']} queries failed and are excluded: {run['error_samples'][0]}")
         if mode == "rerank_on" and run.get("reranked", 0) < o["queries"]:
             notes.append(f"{mode}: only {run.get('reranked', 0)} answers came back reranked")
+    if report["dataset"].get("unjudged_queries"):
+        n = report["dataset"]["unjudged_queries"]
+        notes.append(f"{n} queries have no relevant judgement: not run, excluded from the averages")
     skipped = report.get("skipped") or {}
     for kind in ("documents", "queries"):
         for modality, n in (skipped.get(kind) or {}).items():
             notes.append(f"skipped {n} {modality} {kind}: the embedder supports {', '.join(skipped['supported'])}")
     if skipped.get("queries_left_unjudged"):
-        notes.append(f"{skipped['queries_left_unjudged']} queries lost every relevant document to the skip (not run)")
+        n = skipped["queries_left_unjudged"]
+        notes.append(f"{n} queries not run: every relevant document of theirs was skipped")
     ingest = report.get("ingest", {})
     if ingest.get("failed"):
         notes.append(f"ingest: {ingest['failed']} documents failed: {ingest['failures'][:1]}")

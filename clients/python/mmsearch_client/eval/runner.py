@@ -170,10 +170,17 @@ def _evaluate_mode(
             q: {
                 "first_relevant_rank": first_relevant_rank(rankings[q], ds.relevant(q)) if q in rankings else None,
                 "top1": rankings[q][0] if rankings.get(q) else None,
+                "top1_retrieval_score": _top_score(outcomes[q]),
             }
             for q in qids
         },
     }
+
+
+def _top_score(outcome: _Outcome) -> float | None:
+    if outcome.response is None or not outcome.response.hits:
+        return None
+    return outcome.response.hits[0].retrieval_score
 
 
 def _log(message: str) -> None:
@@ -192,6 +199,7 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         raise ValueError(f"--candidates {candidates} is over the server's limit ({max_candidates})")
     if tiny:
         log(f"!!! {TINY_WARNING} !!!")
+    original = ds
     modalities = embedder.get("modalities")
     skipped: dict[str, Any] = {}
     if isinstance(modalities, list) and modalities:
@@ -200,17 +208,18 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
             log(f"skipping what {embedder.get('model', 'the embedder')} cannot embed: {skipped}")
 
     qids = ds.judged_queries
-    unjudged = len(ds.queries) - len(qids)
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - py3.10 client
         "dataset": {
             "path": str(ds.root),
             "name": ds.name,
-            "corpus": len(ds.corpus),
-            "queries": len(ds.queries),
-            "judged_queries": len(qids),
-            "unjudged_queries": unjudged,
+            "corpus": len(original.corpus),
+            "queries": len(original.queries),
+            "judged_queries": len(original.judged_queries),
+            "unjudged_queries": len(original.queries) - len(original.judged_queries),
+            "evaluated_documents": len(ds.corpus),
+            "evaluated_queries": len(qids),
         },
         "server": {
             "url": client.base_url,
@@ -244,7 +253,6 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         for mode in opts.modes:
             outcomes = _run_queries(client, inputs, opts, candidates, MODES[mode], mode)
             report["runs"][mode] = _evaluate_mode(ds, qids, outcomes, lambda d: _modality(ds, d))
-            report["runs"][mode]["unjudged_queries"] = unjudged
     finally:
         report["collection_kept"] = opts.keep
         if not opts.keep:
