@@ -1,7 +1,7 @@
 """A static file server for benchmark images: ``python -m bench.static_server ROOT PORT`` (127.0.0.1 only).
 
-HTTP/1.1 with keep-alive, TCP_NODELAY and one thread per connection, so the media loader's connection pool is exercised the
-way a real image host would be.
+HTTP/1.1 with keep-alive, TCP_NODELAY and one thread per connection, so the media loader's connection pool
+is exercised the way a real image host would be.
 """
 
 from __future__ import annotations

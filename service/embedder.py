@@ -129,6 +129,7 @@ class Embedder:
         normalize: bool,
         dimensions: int | None,
         uploads: dict[int, Image.Image] | None = None,
+        timeout: float | None = None,
     ) -> np.ndarray:
         check_count(field, len(items), self.settings.max_inputs_per_request)
         self._check_dimensions(dimensions)
@@ -141,7 +142,7 @@ class Embedder:
             model=self.model_name,
             uploads=uploads,
         )
-        emb = await self.embed(resolved, input_type)
+        emb = await self.embed(resolved, input_type, timeout)
         return postprocess(emb, dimensions, normalize)
 
     @bentoml.api(route="/encode", input_spec=EncodeRequest)
@@ -155,6 +156,7 @@ class Embedder:
             input_type=req.input_type,
             normalize=req.normalize,
             dimensions=req.dimensions,
+            timeout=req.timeout,
         )
         return EncodeResponse(
             embeddings=encode_vectors(emb, req.encoding_format),

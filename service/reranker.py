@@ -82,7 +82,12 @@ class Reranker:
         return scores
 
     async def _rank(
-        self, query: str | Item, documents: Sequence[str | Item], top_n: int | None, return_documents: bool
+        self,
+        query: str | Item,
+        documents: Sequence[str | Item],
+        top_n: int | None,
+        return_documents: bool,
+        timeout: float | None = None,
     ) -> list[RerankResult]:
         check_count("documents", len(documents), self.settings.max_documents_per_request, "documents")
         if not documents:
@@ -97,7 +102,7 @@ class Reranker:
         resolved_q, resolved_docs = await asyncio.gather(
             common([query], field="query", single=True), common(documents, field="documents")
         )
-        scores = await self.score(resolved_q[0], resolved_docs)
+        scores = await self.score(resolved_q[0], resolved_docs, timeout)
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[: top_n or None]
         return [
             RerankResult(
@@ -113,7 +118,7 @@ class Reranker:
     async def rerank(self, **kw: Any) -> RerankResponse:
         """Score every document against the query; results sorted by ``relevance_score`` (highest first)."""
         req = RerankRequest.model_validate(kw)
-        results = await self._rank(req.query, req.documents, req.top_n, req.return_documents)
+        results = await self._rank(req.query, req.documents, req.top_n, req.return_documents, req.timeout)
         return RerankResponse(results=results, model=self.model_name)
 
     @bentoml.api(route="/v1/rerank", input_spec=CohereRerankRequest)

@@ -105,9 +105,11 @@ class Search:
             return info
         return self._embedder_info
 
-    async def _embed(self, items: Sequence[Item], input_type: str) -> np.ndarray:
+    async def _embed(self, items: Sequence[Item], input_type: str, deadline: float | None = None) -> np.ndarray:
         resp: EncodeResponse = await self._dep(
-            self.embedder.to_async.encode(inputs=list(items), input_type=input_type, normalize=True),
+            self.embedder.to_async.encode(
+                inputs=list(items), input_type=input_type, normalize=True, timeout=_remaining(deadline)
+            ),
             stage="embedder",
         )
         return np.asarray(resp.embeddings, dtype=np.float32)
@@ -244,18 +246,20 @@ class Search:
             raise unprocessable(
                 f"candidates: at most {self.settings.max_candidates} (got {req.candidates})", "candidates"
             )
+        deadline = time.monotonic() + req.timeout if req.timeout else None
         try:
             async with asyncio.timeout(req.timeout):
-                return await self._search(req)
+                return await self._search(req, deadline)
         except TimeoutError:
             raise ApiError(504, "deadline_exceeded", f"search did not finish within timeout={req.timeout}s") from None
 
-    async def _search(self, req: SearchRequest) -> SearchResponse:
+    async def _search(self, req: SearchRequest, deadline: float | None) -> SearchResponse:
+        """The search itself; ``deadline`` (monotonic) travels to the model services so their queues honour it."""
         t0 = time.perf_counter()
         info = await self._in_thread(self.index.get_collection, req.collection)
         query = as_item(req.query)
         try:
-            qvec = (await self._embed([query], "query"))[0]
+            qvec = (await self._embed([query], "query", deadline))[0]
         except ApiError as e:
             raise _remap_inputs(e, [0], "query", single=True) from None
         t1 = time.perf_counter()
@@ -282,7 +286,7 @@ class Search:
         reranked = False
         if req.rerank is not False and out:
             try:
-                out = await asyncio.wait_for(self._rerank(query, out), self.settings.rerank_timeout_s)
+                out = await asyncio.wait_for(self._rerank(query, out, deadline), self.settings.rerank_timeout_s)
                 reranked = True
             except TimeoutError:
                 if req.rerank is True:
@@ -303,12 +307,13 @@ class Search:
             self.metrics.search_stage_seconds.labels(stage).observe(getattr(timings, stage) / 1000)
         return SearchResponse(hits=out[: req.top_k], reranked=reranked, timings_ms=timings)
 
-    async def _rerank(self, query: Item, hits: list[SearchHit]) -> list[SearchHit]:
+    async def _rerank(self, query: Item, hits: list[SearchHit], deadline: float | None = None) -> list[SearchHit]:
         """Score candidates with content; those without (embedding-only documents) keep their order after them."""
         scorable = [i for i, h in enumerate(hits) if h.text is not None or h.image is not None]
         docs = [Item(text=hits[i].text, image=self._image_for_model(hits[i].image)) for i in scorable]
         resp: RerankResponse = await self._dep(
-            self.reranker.to_async.rerank(query=query, documents=docs), stage="reranker"
+            self.reranker.to_async.rerank(query=query, documents=docs, timeout=_remaining(deadline)),
+            stage="reranker",
         )
         for r in resp.results:
             h = hits[scorable[r.index]]
@@ -349,6 +354,11 @@ class Search:
 
 
 install_middleware(Search, settings)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (at least 1 ms), for the next stage's own deadline."""
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
 
 
 def _remap_inputs(e: ApiError, positions: Sequence[int], field: str, single: bool = False) -> ApiError:

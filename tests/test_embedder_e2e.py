@@ -152,6 +152,9 @@ def test_concurrent_requests_are_batched(embedder_server: BentoServer, clip: Sen
 
 def test_hostile_inputs_are_refused(embedder_server: BentoServer) -> None:
     run_hostile_battery(embedder_server.url, "/encode", lambda img: {"inputs": ["ok", {"image": img}]})
+    metrics = httpx.get(f"{embedder_server.url}/metrics", timeout=10).text
+    for reason in ("blocked_address", "bad_scheme", "too_large", "too_many_pixels", "timeout", "not_an_image"):
+        assert re.search(rf'mmsearch_refusals_total\{{[^}}]*reason="{reason}"[^}}]*\}} [1-9]', metrics), reason
 
 
 def run_hostile_battery(url: str, route: str, body_for) -> None:  # type: ignore[no-untyped-def]

@@ -83,3 +83,19 @@ def test_queries_keep_latency_during_bulk_ingest(prio_server: BentoServer, fifo_
     )
     assert docs > 0
     assert busy <= 2 * idle
+
+
+def test_request_deadline_is_honoured_in_the_queue(prio_server: BentoServer) -> None:
+    """An input still queued when its request's ``timeout`` passes is dropped with 504, not run late."""
+    images = [{"image": data_uri(make_image(i, size=(64, 64)))} for i in range(64)]
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=prio_server.url, timeout=120) as c:
+            bulk = asyncio.create_task(c.post("/encode", json={"inputs": images}))
+            await asyncio.sleep(0.05)  # the bulk request is being batched now
+            late = await c.post("/encode", json={"inputs": images[:8], "timeout": 0.001})
+            return await bulk, late
+
+    bulk, late = asyncio.run(go())
+    assert bulk.status_code == 200
+    assert late.status_code == 504 and late.json()["code"] == "deadline_exceeded", late.text

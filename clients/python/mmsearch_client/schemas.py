@@ -73,6 +73,7 @@ class EncodeRequest(BaseModel):
     normalize: bool = True
     dimensions: int | None = Field(default=None, ge=1, description="Truncate (Matryoshka) to this many dims.")
     encoding_format: EncodingFormat = "float"
+    timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds (504 after).")
 
 
 class EncodeResponse(BaseModel):
@@ -128,6 +129,7 @@ class RerankRequest(BaseModel):
     documents: list[ItemLike] = Field(description="Candidates to score against the query (may be empty).")
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
+    timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds (504 after).")
 
 
 class RerankResult(BaseModel):
