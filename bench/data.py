@@ -63,13 +63,21 @@ _WORDS = [
 ]
 
 
-def texts(n: int, *, words: tuple[int, int] = (6, 10), seed: int = 0) -> list[str]:
-    """``n`` distinct short sentences (queries: 6-10 words, about 40-70 characters)."""
+def texts(n: int, *, words: tuple[int, int] = (6, 10), seed: int = 0, max_chars: int | None = 70) -> list[str]:
+    """``n`` distinct sentences of ``words`` words, cut at a word boundary to at most ``max_chars`` characters.
+
+    The default cap (70) keeps texts inside CLIP's 77 positions with the byte-level tokenizers of the random
+    benchmark models (one token per byte): they do not truncate, and longer texts fail in the embedder.
+    """
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         k = int(rng.integers(words[0], words[1] + 1))
-        out.append(f"{' '.join(rng.choice(_WORDS, size=k))} {i}")
+        body = " ".join(rng.choice(_WORDS, size=k))
+        suffix = f" {i}"
+        if max_chars is not None and len(body) + len(suffix) > max_chars:
+            body = body[: max_chars - len(suffix)].rsplit(" ", 1)[0]
+        out.append(body + suffix)
     return out
 
 

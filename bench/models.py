@@ -266,3 +266,36 @@ def build_qwen3vl_embedder(out: Path, sizes: dict[str, Any], dtype: str = "bfloa
         SentenceTransformer(modules=modules, prompts=dict(_EMBED_PROMPTS), device="cpu").save(str(out))
     _warn_in_card(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.models NAME [--meta]``: build (or, with ``--meta``, only instantiate on the meta device and
+    count the parameters of) a benchmark model."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("name", choices=["vitb32", "reranker-small", "qwen3vl-2b", "qwen3vl-tiny"])
+    p.add_argument("--meta", action="store_true", help="Qwen3-VL only: config + meta-device model, no weights")
+    args = p.parse_args(argv)
+    if args.meta:
+        import torch
+        from transformers import Qwen3VLModel
+
+        sizes = QWEN3VL_2B if args.name == "qwen3vl-2b" else QWEN3VL_TINY
+        _, ids = qwen3vl_processor(sizes)
+        config = qwen3vl_config(sizes, ids)
+        with torch.device("meta"):
+            model = Qwen3VLModel(config)
+        n = sum(p.numel() for p in model.parameters())
+        print(
+            f"{args.name}: {type(config).__name__} text {config.text_config.num_hidden_layers}x"
+            f"{config.text_config.hidden_size}, vision {config.vision_config.depth}x"
+            f"{config.vision_config.hidden_size}, {n / 1e9:.3f} B parameters (meta device, no weights)"
+        )
+        return
+    path = reranker_path("small") if args.name == "reranker-small" else embedder_path(args.name)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,7 +41,8 @@ SEED_DOCS = int(os.environ.get("MMSEARCH_LT_SEED_DOCS", "1000"))
 URL_IMAGES = 64
 
 QUERIES = data.texts(500, seed=11)
-DOC_TEXTS = data.texts(400, words=(12, 24), seed=12)
+DOC_TEXTS = data.texts(400, words=(12, 24), seed=12, max_chars=None)  # reranker documents
+INGEST_TEXTS = data.texts(400, words=(6, 12), seed=14)  # embedded by CLIP: <= 70 characters
 _INLINE: dict[str, list[str]] = {}
 
 
@@ -83,7 +84,7 @@ def _seed(environment: Any, **_: Any) -> None:
         return
     if COLLECTION in names:
         return
-    texts = data.texts(SEED_DOCS, words=(12, 24), seed=13)
+    texts = data.texts(SEED_DOCS, words=(6, 12), seed=13)
     for start in range(0, SEED_DOCS, 200):
         docs = [
             {"id": f"seed{i}", "text": texts[i], "metadata": {"n": i}}
@@ -206,7 +207,11 @@ class MixedUser(_Base):
     def ingest(self) -> None:
         tag_ = uuid.uuid4().hex[:8]
         docs = [
-            {"id": f"mixed-{tag_}-{next(_ids)}", "text": random.choice(DOC_TEXTS), "metadata": {"source": "loadtest"}}
+            {
+                "id": f"mixed-{tag_}-{next(_ids)}",
+                "text": random.choice(INGEST_TEXTS),
+                "metadata": {"source": "loadtest"},
+            }
             for _ in range(4)
         ]
         body = {"collection": COLLECTION, "documents": docs}

@@ -54,7 +54,7 @@ P99_GOAL_MS = 1000.0
 
 def seed(base: str, n_text: int, image_base: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    texts = data.texts(n_text, words=(12, 24), seed=13)
+    texts = data.texts(n_text, words=(6, 12), seed=13)
     with httpx.Client(timeout=300) as client:
         for start in range(0, n_text, 250):
             docs = [
@@ -120,6 +120,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--tiny", "--quick", dest="tiny", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--name", default=None)
+    p.add_argument("--workdir", type=Path, default=None, help="keep server logs and data here (default: temp)")
     args = p.parse_args(argv)
     args.profile = args.profile or "MixedUser"
     args.users = args.users or (2 if args.tiny else 8)
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "foreign_processes_at_start": foreign_processes(),
     }
     with tempfile.TemporaryDirectory(prefix="mmsearch-loadtest-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.workdir or Path(tmp)
         data.write_images(workdir / "images", 64)
         env = bench_env(
             workdir,

@@ -60,7 +60,11 @@ def cmd_eval(client: Client, args: argparse.Namespace) -> int:
     if args.make_synthetic:
         from mmsearch_client.eval.synthetic import write_synthetic
 
-        out = write_synthetic(args.make_synthetic, seed=args.seed)
+        try:
+            out = write_synthetic(args.make_synthetic, seed=args.seed)
+        except RuntimeError as e:  # Pillow missing
+            print(f"mmsearch eval: {e}", file=sys.stderr)
+            return 1
         groups = ", ".join(f"{n} {g}" for g, n in out.groups.items())
         print(f"wrote {out.corpus} corpus items and {out.queries} queries ({groups}) to {out.root}")
         return 0

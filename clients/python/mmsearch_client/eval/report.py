@@ -27,14 +27,15 @@ class Printer:
     def line(self, text: str = "") -> None:
         print(text, file=self.stream)
 
-    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> None:
+        """``left``: how many leading columns are labels (left-aligned); the rest are numbers."""
         if self.rich:
             from rich.console import Console
             from rich.table import Table
 
             table = Table(title=title, title_justify="left")
             for i, h in enumerate(headers):
-                table.add_column(h, justify="left" if i < 2 else "right")
+                table.add_column(h, justify="left" if i < left else "right", no_wrap=i < left)
             for row in rows:
                 table.add_row(*row)
             Console(file=self.stream).print(table)
@@ -44,7 +45,7 @@ class Printer:
 
         def fmt(cells: Sequence[str]) -> str:
             return "  ".join(
-                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+                c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
             ).rstrip()
 
         self.line("  " + fmt(headers))
@@ -132,7 +133,7 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
                         pair,
                         kind,
                         *(
-                            str(s["n"]) if k == "n" else _num(s[k])
+                            str(s["n"]) if k == "n" else _num(s[k], 4)
                             for s in (rel, non)
                             for k in ("n", "min", "median", "max")
                         ),
@@ -169,18 +170,31 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
         p.line(f"!!! {report['warning']} !!!")
 
 
-def _delta(a: float | None, b: float | None, digits: int = 3) -> str:
-    if a is None or b is None:
-        return f"{_num(a, digits)} | {_num(b, digits)}"
-    return f"{a:.{digits}f} | {b:.{digits}f} ({a - b:+.{digits}f})"
+def _diff(a: Any, b: Any, digits: int = 3) -> str:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return "-"
+    return f"{a - b:+.{digits}f}"
+
+
+def _triple(
+    key: list[str], a: dict[str, Any], b: dict[str, Any], fields: Sequence[str], digits: int, count: str | None = None
+) -> list[list[str]]:
+    """Rows A, B and A-B for one scope: ``fields`` of ``a`` and ``b`` (missing values show as '-')."""
+    rows = []
+    for run, src in (("A", a), ("B", b)):
+        head = [str(src.get(count, "-"))] if count else []
+        rows.append([*key, run, *head, *(_num(src.get(f), digits) for f in fields)])
+    head = [_diff(a.get(count), b.get(count), 0)] if count else []
+    rows.append([*key, "A-B", *head, *(_diff(a.get(f), b.get(f), digits) for f in fields)])
+    return rows
 
 
 def print_comparison(
     a: dict[str, Any], b: dict[str, Any], labels: tuple[str, str] = ("A", "B"), stream: TextIO | None = None
 ) -> None:
-    """Two reports side by side: each cell is ``A | B (A - B)``."""
+    """Two reports side by side: for every scope a row for A, one for B and one for the difference A - B."""
     p = Printer(stream)
-    p.line(f"comparing A = {labels[0]}  with  B = {labels[1]}  (cells: A | B (A - B))")
+    p.line(f"comparing A = {labels[0]}  with  B = {labels[1]}")
     for name, r in zip("AB", (a, b), strict=True):
         model = r["server"].get("embedder", {}).get("model", "?")
         p.line(f"  {name}: {r['dataset']['name']} on {r['server']['url']}, embedder {model}, {r.get('created', '?')}")
@@ -188,26 +202,27 @@ def print_comparison(
             p.line(f"  !!! {name}: {r['warning']} !!!")
     p.line()
     metrics = [m for m in a["metrics"] if m in b["metrics"]]
-    rows = []
+    rows: list[list[str]] = []
     for mode, run_a in a["runs"].items():
         run_b = b["runs"].get(mode)
         if run_b is None:
             continue
         scopes_b = dict(_scopes(run_b))
         for scope, agg_a in _scopes(run_a):
-            agg_b = scopes_b.get(scope, {"metrics": {}, "queries": 0})
-            rows.append(
-                [
-                    scope,
-                    _MODE_LABEL.get(mode, mode),
-                    f"{agg_a['queries']} | {agg_b['queries']}",
-                    *(_delta(agg_a["metrics"].get(m), agg_b["metrics"].get(m)) for m in metrics),
-                ]
+            agg_b = scopes_b.get(scope, {"metrics": {}})
+            rows += _triple(
+                [scope, _MODE_LABEL.get(mode, mode)],
+                {**agg_a["metrics"], "queries": agg_a["queries"]},
+                {**agg_b["metrics"], "queries": agg_b.get("queries")},
+                metrics,
+                3,
+                count="queries",
             )
     p.table(
-        "Retrieval quality, A | B (A - B)",
-        ["scope", "rerank", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
+        "Retrieval quality, A vs B",
+        ["scope", "rerank", "run", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
         rows,
+        left=3,
     )
     rows = []
     for mode, run_a in a["runs"].items():
@@ -216,14 +231,8 @@ def print_comparison(
             continue
         for stage, lat_a in run_a["latency_ms"].items():
             lat_b = run_b["latency_ms"].get(stage, {})
-            rows.append(
-                [
-                    stage,
-                    _MODE_LABEL.get(mode, mode),
-                    *(_delta(lat_a.get(k), lat_b.get(k), 1) for k in ("p50", "p95", "p99")),
-                ]
-            )
-    p.table("Latency (ms), A | B (A - B)", ["stage", "rerank", "p50", "p95", "p99"], rows)
+            rows += _triple([stage, _MODE_LABEL.get(mode, mode)], lat_a, lat_b, ("p50", "p95", "p99"), 1)
+    p.table("Latency (ms), A vs B", ["stage", "rerank", "run", "p50", "p95", "p99"], rows, left=3)
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

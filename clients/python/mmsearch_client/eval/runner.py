@@ -205,7 +205,8 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
     if isinstance(modalities, list) and modalities:
         ds, skipped = restrict_modalities(ds, [str(m) for m in modalities])
         if skipped:
-            log(f"skipping what {embedder.get('model', 'the embedder')} cannot embed: {skipped}")
+            what = ", ".join(f"{n} {m} {kind}" for kind in ("documents", "queries") for m, n in skipped[kind].items())
+            log(f"skipping {what}: {embedder.get('model', 'the embedder')} embeds {', '.join(skipped['supported'])}")
 
     qids = ds.judged_queries
     report: dict[str, Any] = {
@@ -248,6 +249,13 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         if summary.upserted == 0:
             raise ValueError(f"no document could be ingested: {report['ingest']['failures'][:1]}")
         log(f"ingested {summary.upserted} documents into {opts.collection!r} ({summary.failed} failed)")
+        count = _collection_count(client, opts.collection)
+        report["ingest"]["collection_count"] = count
+        if count is not None and count > summary.upserted:
+            log(
+                f"warning: {opts.collection!r} holds {count - summary.upserted} documents that are not from this "
+                "dataset: they take part in every ranking"
+            )
 
         inputs = {q: _query_input(ds.queries[q]) for q in qids}
         for mode in opts.modes:
@@ -280,6 +288,13 @@ def restrict_modalities(ds: Dataset, supported: Sequence[str]) -> tuple[Dataset,
                 skipped[kind][item.modality] = skipped[kind].get(item.modality, 0) + 1
     skipped["queries_left_unjudged"] = sum(1 for q in queries if ds.relevant(q) and not out.relevant(q))
     return out, skipped
+
+
+def _collection_count(client: Client, collection: str) -> int | None:
+    try:
+        return next((c.count for c in client.collections().collections if c.name == collection), None)
+    except MMSearchError:
+        return None
 
 
 def _modality(ds: Dataset, doc_id: str) -> str:
