@@ -407,9 +407,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     args.model = args.model or ("tiny" if t else "vitb32")
     args.reranker = args.reranker or ("tiny" if t else "small")
     args.batches = [int(x) for x in (args.batches or ("1,8" if t else "1,8,32")).split(",")]
-    args.concurrency = [int(x) for x in (args.concurrency or ("1,8" if t else "1,8,32,64")).split(",")]
-    args.duration = args.duration or (1.0 if t else 15.0)
-    args.raw_duration = args.raw_duration or (0.5 if t else 10.0)
+    args.concurrency = [int(x) for x in (args.concurrency or ("1,32" if t else "1,8,32,64")).split(",")]
+    args.duration = args.duration or (0.5 if t else 15.0)
+    args.raw_duration = args.raw_duration or (0.3 if t else 10.0)
     args.min_warmup = args.min_warmup if args.min_warmup is not None else (0.2 if t else 3.0)
     args.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     args.name = args.name or f"serving-{args.model}" + ("-tiny" if t and args.model != "tiny" else "")

@@ -99,15 +99,19 @@ def _byte_symbols() -> list[str]:
     return symbols
 
 
-def _clip_tokenizer() -> Any:
-    """Byte-level CLIP tokenizer without merges (each byte is one token, end-of-word variants included)."""
+def _clip_tokenizer(max_length: int = 77) -> Any:
+    """Byte-level CLIP tokenizer without merges (each byte is one token, end-of-word variants included).
+
+    ``max_length`` matches the text model's positions, so sentence-transformers truncates long texts instead of
+    overflowing the position table (as real CLIP tokenizers do at 77).
+    """
     from transformers import CLIPTokenizer
 
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate([*symbols, *(s + "</w>" for s in symbols)])}
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
 def _save_clip(out: Path, text: dict[str, int], vision: dict[str, int], projection_dim: int) -> Path:
@@ -116,7 +120,7 @@ def _save_clip(out: Path, text: dict[str, int], vision: dict[str, int], projecti
     from sentence_transformers import SentenceTransformer
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    tokenizer = _clip_tokenizer()
+    tokenizer = _clip_tokenizer(text.get("max_position_embeddings", 77))
     image_size = vision["image_size"]
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
@@ -373,9 +377,16 @@ def _ensure(root: Path, name: str, build: Callable[[Path], Path]) -> Path:
     return target
 
 
+TINY_FORMAT = 2
+"""Version of the builders' output; 2: the tiny CLIP tokenizer truncates at 77 tokens."""
+
+
 def ensure_tiny_models(root: Path) -> TinyModels:
-    """Build the tiny random models under ``root`` once (process-safe) and return their paths."""
-    root = Path(root)
+    """Build the tiny random models under ``root`` once (process-safe) and return their paths.
+
+    Models live in ``root/v<TINY_FORMAT>/``: bumping ``TINY_FORMAT`` when a builder changes rebuilds stale caches.
+    """
+    root = Path(root) / f"v{TINY_FORMAT}"
     root.mkdir(parents=True, exist_ok=True)
     return TinyModels(
         clip=_ensure(root, "clip", build_tiny_clip),

@@ -174,3 +174,10 @@ def run_hostile_battery(url: str, route: str, body_for) -> None:  # type: ignore
             assert c.get("/readyz").status_code == 200
             ok = c.post(route, json=body_for(f"{hs.url}/ok.png"))
             assert ok.status_code == 200, ok.text
+
+
+def test_long_text_is_truncated_not_an_error(embedder_server: BentoServer, clip: SentenceTransformer) -> None:
+    text = "a very long slide description " * 40  # ~1200 characters, far past CLIP's 77 tokens
+    r = post(embedder_server, "/encode", {"inputs": [text]})
+    assert r.status_code == 200, r.text
+    assert np.abs(np.asarray(r.json()["embeddings"][0]) - local(clip, [{"text": text}], "document")[0]).max() <= TOL

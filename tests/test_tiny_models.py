@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from service.tiny import (
+    TINY_FORMAT,
     TinyModels,
     build_tiny_clip,
     build_tiny_text_reranker,
@@ -230,8 +231,9 @@ def test_ensure_is_process_safe_and_cached(models: TinyModels, tmp_path: Path) -
     barrier = ctx.Manager().Barrier(3)
     with ctx.Pool(3) as pool:
         results = pool.starmap(_ensure_in_child, [(str(root), barrier)] * 3)
-    assert all(r == {name: str(root / name) for name in NAMES} for r in results)
-    assert not list(root.glob(".building-*"))
+    built = root / f"v{TINY_FORMAT}"
+    assert all(r == {name: str(built / name) for name in NAMES} for r in results)
+    assert not list(built.glob(".building-*"))
 
     cached = ensure_tiny_models(root)
     before = _mtimes(cached)
@@ -242,7 +244,7 @@ def test_ensure_is_process_safe_and_cached(models: TinyModels, tmp_path: Path) -
     assert _mtimes(again) == before, "second call rebuilt a model"
 
     for name in NAMES:  # the racing builds produced the same bits as the single-process build
-        first, raced = _tensors(getattr(models, name)), _tensors(root / name)
+        first, raced = _tensors(getattr(models, name)), _tensors(built / name)
         assert first.keys() == raced.keys() and all(torch.equal(first[k], raced[k]) for k in first), name
 
     assert SentenceTransformer(str(again.clip), device="cpu").encode_query([{"text": "hi"}]).shape == (1, 16)
@@ -256,10 +258,12 @@ def test_ensure_is_process_safe_and_cached(models: TinyModels, tmp_path: Path) -
 
 def test_abandoned_partial_build_is_never_used(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    (root / "clip").mkdir(parents=True)
-    (root / "clip" / "config.json").write_text("{half-written")  # no completion marker
-    (root / ".building-clip-dead").mkdir()
+    built = root / f"v{TINY_FORMAT}"
+    (built / "clip").mkdir(parents=True)
+    (built / "clip" / "config.json").write_text("{half-written")  # no completion marker
+    (built / ".building-clip-dead").mkdir()
     models = ensure_tiny_models(root)
+    assert models.clip == built / "clip"
     assert (models.clip / "model.safetensors").is_file()
     assert json.loads((models.clip / "config.json").read_text())["projection_dim"] == 16
-    assert not list(root.glob(".building-*"))
+    assert not list(built.glob(".building-*"))
