@@ -68,16 +68,14 @@ def configure_torch(settings: Settings) -> None:
     torch.set_num_threads(settings.torch_threads)
 
 
-def load_embedder(settings: Settings) -> tuple[Any, str]:
-    """Load the SentenceTransformer; returns ``(model, name)``. The name says ``tiny-random`` for the tiny profile."""
-    from sentence_transformers import SentenceTransformer
-
+def _load(cls: Any, settings: Settings, configured: str | None, tiny: str, tiny_name: str, model_id: str) -> Any:
+    """Load ``cls`` (SentenceTransformer / CrossEncoder) from ``model_id``, or the tiny model when unconfigured."""
     configure_torch(settings)
-    if settings.profile == "tiny" and not settings.embedder_model:
-        path, name = str(_tiny_paths(settings).clip), "mmsearch/tiny-random-clip"
+    if settings.profile == "tiny" and not configured:
+        path, name = str(getattr(_tiny_paths(settings), tiny)), tiny_name
     else:
-        path = name = settings.embedder_model_id()
-    model = SentenceTransformer(
+        path = name = model_id
+    model = cls(
         path,
         device=settings.resolved_device(),
         trust_remote_code=settings.trust_remote_code,
@@ -85,22 +83,25 @@ def load_embedder(settings: Settings) -> tuple[Any, str]:
     )
     model.eval()
     return model, name
+
+
+def load_embedder(settings: Settings) -> tuple[Any, str]:
+    """Load the SentenceTransformer; returns ``(model, name)``. The name says ``tiny-random`` for the tiny profile."""
+    from sentence_transformers import SentenceTransformer
+
+    model_id = settings.embedder_model or (settings.embedder_model_id() if settings.profile != "tiny" else "")
+    return _load(SentenceTransformer, settings, settings.embedder_model, "clip", "mmsearch/tiny-random-clip", model_id)
 
 
 def load_reranker(settings: Settings) -> tuple[Any, str]:
     """Load the CrossEncoder (VLM any-to-any with a yes/no head, or a classic text cross-encoder)."""
     from sentence_transformers import CrossEncoder
 
-    configure_torch(settings)
-    if settings.profile == "tiny" and not settings.reranker_model:
-        path, name = str(_tiny_paths(settings).vlm_reranker), "mmsearch/tiny-random-qwen2vl-reranker"
-    else:
-        path = name = settings.reranker_model_id()
-    model = CrossEncoder(
-        path,
-        device=settings.resolved_device(),
-        trust_remote_code=settings.trust_remote_code,
-        model_kwargs=_model_kwargs(settings),
+    return _load(
+        CrossEncoder,
+        settings,
+        settings.reranker_model,
+        "vlm_reranker",
+        "mmsearch/tiny-random-qwen2vl-reranker",
+        settings.reranker_model_id(),
     )
-    model.eval()
-    return model, name

@@ -40,7 +40,8 @@ def image_server(image_dir: Path) -> Iterator[StaticServer]:
         yield srv
 
 
-def _serve(tmp: Path, target: str, tiny_models: object, **env: str) -> Iterator[BentoServer]:
+def serve_bento(tmp: Path, target: str, **env: str) -> Iterator[BentoServer]:
+    """Run ``bentoml serve <target>`` (tiny profile, extra ``MMSEARCH_*`` env) in ``tmp`` for a fixture's life."""
     tmp.mkdir(parents=True, exist_ok=True)
     server = BentoServer([*BENTOML, target], bento_env(tmp, **env), tmp / "server.log")
     server.start()
@@ -52,14 +53,14 @@ def _serve(tmp: Path, target: str, tiny_models: object, **env: str) -> Iterator[
 
 @pytest.fixture(scope="session")
 def embedder_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    yield from _serve(tmp_path_factory.mktemp("embedder"), "service.embedder:Embedder", tiny_models)
+    yield from serve_bento(tmp_path_factory.mktemp("embedder"), "service.embedder:Embedder")
 
 
 @pytest.fixture(scope="session")
 def reranker_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    yield from _serve(tmp_path_factory.mktemp("reranker"), "service.reranker:Reranker", tiny_models)
+    yield from serve_bento(tmp_path_factory.mktemp("reranker"), "service.reranker:Reranker")
 
 
 @pytest.fixture(scope="session")
 def search_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    yield from _serve(tmp_path_factory.mktemp("search"), "service.search:Search", tiny_models)
+    yield from serve_bento(tmp_path_factory.mktemp("search"), "service.search:Search")

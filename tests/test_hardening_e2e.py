@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import BENTOML
+from tests.conftest import serve_bento
 from tests.support.images import data_uri, make_image
-from tests.support.servers import BentoServer, bento_env
+from tests.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 KEYS = ("key-one-0123456789", "key-two-9876543210")
@@ -23,9 +23,9 @@ AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
 
 @pytest.fixture(scope="module")
 def guarded_embedder(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("guarded-embedder")
-    env = bento_env(
-        tmp,
+    yield from serve_bento(
+        tmp_path_factory.mktemp("guarded-embedder"),
+        "service.embedder:Embedder",
         MMSEARCH_API_KEYS=",".join(KEYS),
         MMSEARCH_MAX_QUEUE_SIZE="16",
         MMSEARCH_MAX_BATCH_SIZE="16",
@@ -33,22 +33,16 @@ def guarded_embedder(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> I
         MMSEARCH_OOM_SIMULATE_TEXT_CHARS="5000",
         MMSEARCH_MAX_REQUEST_BYTES="200000",
     )
-    server = BentoServer([*BENTOML, "service.embedder:Embedder"], env, tmp / "server.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def guarded_search(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("guarded-search")
-    env = bento_env(tmp, MMSEARCH_API_KEYS=KEYS[0], MMSEARCH_RERANK_TIMEOUT_S="0.001")
-    server = BentoServer([*BENTOML, "service.search:Search"], env, tmp / "server.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve_bento(
+        tmp_path_factory.mktemp("guarded-search"),
+        "service.search:Search",
+        MMSEARCH_API_KEYS=KEYS[0],
+        MMSEARCH_RERANK_TIMEOUT_S="0.001",
+    )
 
 
 def test_api_keys(guarded_embedder: BentoServer) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder
 
-from tests.conftest import BENTOML
+from tests.conftest import serve_bento
 from tests.support.images import data_uri, decode, make_image, png_bytes
-from tests.support.servers import BentoServer, StaticServer, bento_env
+from tests.support.servers import BentoServer, StaticServer
 from tests.test_embedder_e2e import run_hostile_battery
 
 pytestmark = pytest.mark.e2e
@@ -28,13 +28,11 @@ def vlm_ce(tiny_models) -> CrossEncoder:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def text_reranker_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("text-reranker")
-    env = bento_env(tmp, MMSEARCH_RERANKER_MODEL=str(tiny_models.text_reranker))
-    server = BentoServer([*BENTOML, "service.reranker:Reranker"], env, tmp / "server.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve_bento(
+        tmp_path_factory.mktemp("text-reranker"),
+        "service.reranker:Reranker",
+        MMSEARCH_RERANKER_MODEL=str(tiny_models.text_reranker),
+    )
 
 
 def rerank(server: BentoServer, body: dict, route: str = "/rerank") -> httpx.Response:

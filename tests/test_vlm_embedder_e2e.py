@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import BENTOML
+from tests.conftest import serve_bento
 from tests.support.images import data_uri, decode, make_image, png_bytes
-from tests.support.servers import BentoServer, StaticServer, bento_env
+from tests.support.servers import BentoServer, StaticServer
 
 pytestmark = pytest.mark.e2e
 TOL = 1e-5
@@ -19,13 +19,11 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def vlm_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("vlm-embedder")
-    env = bento_env(tmp, MMSEARCH_EMBEDDER_MODEL=str(tiny_models.vlm_embedder))
-    server = BentoServer([*BENTOML, "service.embedder:Embedder"], env, tmp / "server.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve_bento(
+        tmp_path_factory.mktemp("vlm-embedder"),
+        "service.embedder:Embedder",
+        MMSEARCH_EMBEDDER_MODEL=str(tiny_models.vlm_embedder),
+    )
 
 
 @pytest.mark.parametrize("input_type", ["query", "document"])
