@@ -237,7 +237,19 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so that ``finally`` blocks stop every server this benchmark started."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
+    """The shared options (``--tiny``/``--quick``, ``--out``); also makes SIGTERM stop the servers cleanly."""
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--tiny", "--quick", dest="tiny", action="store_true", help="smoke-test size (seconds)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON result (bench/results)")

@@ -67,7 +67,7 @@ def texts(n: int, *, words: tuple[int, int] = (6, 10), seed: int = 0, max_chars:
     """``n`` distinct sentences of ``words`` words, cut at a word boundary to at most ``max_chars`` characters.
 
     The default cap (70) keeps texts inside CLIP's 77 positions with the byte-level tokenizers of the random
-    benchmark models (one token per byte): they do not truncate, and longer texts fail in the embedder.
+    benchmark models (one token per byte), so that no text is truncated and all cost what they say.
     """
     rng = np.random.default_rng(seed)
     out = []

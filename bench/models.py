@@ -93,9 +93,11 @@ def cache_root() -> Path:
 
 
 def _ensure(name: str, build: Any) -> Path:
+    """Build once under ``cache_root()/v<service.tiny.TINY_FORMAT>`` (a builder change there rebuilds)."""
+    import service.tiny
     from service.tiny import _ensure as ensure
 
-    root = cache_root()
+    root = cache_root() / f"v{getattr(service.tiny, 'TINY_FORMAT', 1)}"
     root.mkdir(parents=True, exist_ok=True)
     return ensure(root, name, build)
 

@@ -107,6 +107,9 @@ def read_failures(prefix: Path) -> list[dict[str, str]]:
 def parse_args(argv: Sequence[str] | None) -> Any:
     import argparse
 
+    from bench.common import exit_on_sigterm
+
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description="Start the composed bento and run one locust profile headless.")
     p.add_argument("profile", nargs="?", default=None, choices=PROFILES)
     p.add_argument("-u", "--users", type=int, default=None)

@@ -7,6 +7,7 @@ Composes the Embedder and Reranker with ``bentoml.depends``: started together by
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Sequence
@@ -53,6 +54,7 @@ from service.reranker import Reranker
 from service.service_config import search_service_config
 
 settings = get_settings()
+log = logging.getLogger("mmsearch.search")
 T = TypeVar("T")
 _INPUT_PATH = re.compile(r"inputs\[(\d+)\]")
 
@@ -83,6 +85,20 @@ class Search:
         self.metrics = get_metrics()
         self._write_locks: dict[str, asyncio.Lock] = {}
         self._embedder_info: dict[str, Any] | None = None
+        self._deps_seen_ready = False
+
+    async def __is_ready__(self) -> bool:
+        """Ready once both dependencies have answered /readyz; afterwards their outages are answered per request
+        (fast 503 ``*_unavailable``, or ``rerank: "auto"`` falling back to retrieval), not by leaving the pool."""
+        if self._deps_seen_ready:
+            return True
+        probes = [p for p in (getattr(d, "is_ready", None) for d in (self.embedder, self.reranker)) if p]
+        try:
+            async with asyncio.timeout(3):
+                self._deps_seen_ready = all([await probe(2) for probe in probes])
+        except Exception:  # refused, unresolvable, timed out: not yet
+            return False
+        return self._deps_seen_ready
 
     # ------------------------------------------------------------------------------------------- helpers
     async def _dep(self, call: Awaitable[T], *, stage: str) -> T:
@@ -95,7 +111,8 @@ class Search:
             err = api_error_from_remote(e)
             if err is not None:
                 raise err from None
-            raise ApiError(503, f"{stage}_unavailable", f"{stage} service unavailable: {e}", retry_after=1) from e
+            log.warning("%s call failed: %r", stage, e)  # the detail (internal addresses) stays in the log
+            raise ApiError(503, f"{stage}_unavailable", f"{stage} service unavailable", retry_after=1) from e
         return result
 
     async def _embedder_meta(self) -> dict[str, Any]:
@@ -286,7 +303,10 @@ class Search:
         reranked = False
         if req.rerank is not False and out:
             try:
-                out = await asyncio.wait_for(self._rerank(query, out, deadline), self.settings.rerank_timeout_s)
+                budget = self.settings.rerank_timeout_s
+                if deadline is not None:  # leave the request's own deadline room for a retrieval-only answer
+                    budget = min(budget, max(0.0, deadline - time.monotonic() - 0.005))
+                out = await asyncio.wait_for(self._rerank(query, out, deadline), budget)
                 reranked = True
             except TimeoutError:
                 if req.rerank is True:

@@ -25,4 +25,7 @@ def search_service_config() -> dict[str, Any]:
     return {
         "workers": 1,
         "traffic": {"timeout": 300, "max_concurrency": 4096},
+        # BentoML 1.4.40's dependency probe raises on a refused connection and its TimeoutMiddleware then holds
+        # /readyz for traffic.timeout (300 s), which also stalls SIGTERM: Search.__is_ready__ probes instead.
+        "runner_probe": {"enabled": False},
     }
