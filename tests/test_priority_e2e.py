@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 
@@ -48,11 +49,15 @@ async def _query_latencies(c: httpx.AsyncClient, n: int) -> list[float]:
 
 
 async def _measure(url: str) -> tuple[float, float, int]:
-    """(idle p95, p95 during bulk ingest, documents embedded during it)."""
+    """(idle p95, p95 during bulk ingest, documents embedded during it).
+
+    One client streams requests of 64 images back to back (like ``upsert_many``), so the document queue stays
+    deep: in FIFO order a query waits behind it, with priority only behind the batch already running.
+    """
     images = [data_uri(make_image(i, size=(64, 64))) for i in range(64)]
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=64)) as c:
         await _query_latencies(c, 10)  # warm-up
-        idle = await _query_latencies(c, 100)
+        idle = await _query_latencies(c, 150)
         stop = asyncio.Event()
         done = 0
 
@@ -63,9 +68,9 @@ async def _measure(url: str) -> tuple[float, float, int]:
                 assert r.status_code == 200, r.text
                 done += len(images)
 
-        workers = [asyncio.create_task(bulk())]  # one bulk client streaming 64-image requests back to back
+        workers = [asyncio.create_task(bulk())]
         await asyncio.sleep(0.5)  # let the document queue fill
-        busy = await _query_latencies(c, 100)
+        busy = await _query_latencies(c, 150)
         stop.set()
         await asyncio.gather(*workers)
     return float(np.percentile(idle, 95)), float(np.percentile(busy, 95)), done
@@ -84,17 +89,24 @@ def test_queries_keep_latency_during_bulk_ingest(prio_server: BentoServer, fifo_
     assert busy <= 2 * idle
 
 
+def _queue_depth(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    m = re.search(r'mmsearch_queue_depth\{[^}]*service="embedder"[^}]*\} ([0-9.e+]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_request_deadline_is_honoured_in_the_queue(prio_server: BentoServer) -> None:
     """An input still queued when its request's ``timeout`` passes is dropped with 504, not run late."""
-    images = [{"image": data_uri(make_image(i, size=(64, 64)))} for i in range(64)]
+    images = [{"image": data_uri(make_image(i, size=(64, 64)))} for i in range(256)]
 
-    async def go() -> tuple[httpx.Response, httpx.Response]:
+    async def go() -> tuple[list[httpx.Response], httpx.Response]:
         async with httpx.AsyncClient(base_url=prio_server.url, timeout=120) as c:
-            bulk = asyncio.create_task(c.post("/encode", json={"inputs": images}))
-            await asyncio.sleep(0.05)  # the bulk request is being batched now
+            bulk = [asyncio.create_task(c.post("/encode", json={"inputs": images})) for _ in range(4)]
+            while _queue_depth(prio_server.url) < 64:  # hundreds of document inputs are waiting now
+                await asyncio.sleep(0.005)
             late = await c.post("/encode", json={"inputs": images[:8], "timeout": 0.001})
-            return await bulk, late
+            return list(await asyncio.gather(*bulk)), late
 
     bulk, late = asyncio.run(go())
-    assert bulk.status_code == 200
-    assert late.status_code == 504 and late.json()["code"] == "deadline_exceeded", late.text
+    assert all(r.status_code == 200 for r in bulk)
+    assert late.status_code == 504 and late.json()["code"] == "deadline_exceeded", late.text[:200]
