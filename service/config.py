@@ -54,8 +54,6 @@ class Settings(BaseSettings):
     """Test-only: raise a simulated out-of-memory error for model batches larger than this (0 = off)."""
     oom_simulate_text_chars: int = Field(default=0, ge=0)
     """Test-only: an input with at least this many text characters raises a simulated OOM even alone (0 = off)."""
-    gil_switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
-    """Python's thread switch interval in the model services (default 5 ms in CPython; lower = snappier HTTP)."""
     query_priority: bool = True
     """Serve queued query inputs before queued document inputs (bulk ingest)."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
@@ -47,9 +46,6 @@ class ModelRuntime(Generic[T, R]):
     def __init__(self, service: str, settings: Settings, run: Callable[[Hashable, list[T]], Sequence[R]]):
         self.service = service
         self.settings = settings
-        # The model thread holds the GIL through Python preprocessing; a short switch interval lets the event loop
-        # (HTTP, media fetching) in between, which keeps query latency low while bulk batches run.
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         self.loader = MediaLoader(settings)
         self.metrics = get_metrics()
         self.loader.on_refusal = self.refused  # fetch/decode failures by reason
