@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import re
 import tempfile
 from pathlib import Path
+
+from PIL import Image
 
 SCHEME = "media://"
 _NAME_RE = re.compile(r"^[0-9a-f]{64}\.(png|jpeg|jpg|webp|gif|bmp|tiff)$")
@@ -32,12 +35,13 @@ class MediaStore:
         m = _DATA_RE.match(uri)
         if not m:
             raise ValueError("not a base64 image data URI")
-        ext = m.group(1).lower().replace("x-", "")
-        ext = "jpeg" if ext == "jpg" else ext
         data = base64.b64decode(uri[m.end() :], validate=True)
+        # The extension comes from the bytes (header only), not from the declared MIME type.
+        with Image.open(io.BytesIO(data)) as img:
+            ext = {"MPO": "jpeg"}.get(img.format or "", (img.format or "").lower())
         name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
         if not _NAME_RE.match(name):
-            raise ValueError(f"unsupported image type: {ext}")
+            raise ValueError(f"unsupported image type: {img.format}")
         path = self.root / name
         if not path.exists():
             self.root.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ from service.embedder import Embedder
 from service.errors import ApiError, api_error_from_remote, handle_api_errors, unprocessable
 from service.index import base as index_base
 from service.index import open_index
+from service.media import MediaLoader
 from service.mediastore import SCHEME as MEDIA_SCHEME
 from service.mediastore import MediaStore
 from service.metrics import get_metrics
@@ -82,6 +83,7 @@ class Search:
         self.settings = get_settings()
         self.index = open_index(self.settings.index_uri, ann_threshold=self.settings.ann_threshold)
         self.media = MediaStore(self.settings.media_dir)
+        self.loader = MediaLoader(self.settings)  # validates inline images that skip the embedder
         self.metrics = get_metrics()
         self._write_locks: dict[str, asyncio.Lock] = {}
         self._embedder_info: dict[str, Any] | None = None
@@ -184,6 +186,8 @@ class Search:
                         field=f"documents[{i}].embedding",
                     )
                 vectors[i] = v / np.linalg.norm(v)
+                if d.image is not None:  # not seen by the embedder: check it is a real, allowed image here
+                    await self.loader.load(d.image, f"documents[{i}].image")
         if to_embed:
             try:
                 vectors[to_embed] = await self._embed(

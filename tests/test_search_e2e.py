@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import uuid
 
@@ -273,3 +274,31 @@ def test_burst_of_200_concurrent_searches(search_server: BentoServer, corpus: tu
     codes = [r.status_code for r in responses]
     assert codes.count(200) == 200, {c: codes.count(c) for c in set(codes)}
     assert all(r.json()["reranked"] for r in responses)
+
+
+def test_supplied_embedding_with_inline_image_is_still_validated(search_server: BentoServer) -> None:
+    coll = fresh()
+    vec = [1.0] + [0.0] * 15
+    svg = "data:image/svg+xml;base64," + base64.b64encode(b"<svg onload='alert(1)'/>").decode()
+    bad = post(
+        search_server, "/upsert", {"collection": coll, "documents": [{"id": "s", "embedding": vec, "image": svg}]}
+    )
+    assert bad.status_code == 422 and bad.json()["field"] == "documents[0].image", bad.text
+    jpeg_as_png = "data:image/png;base64," + base64.b64encode(_jpeg_bytes()).decode()
+    ok(
+        post(
+            search_server,
+            "/upsert",
+            {"collection": coll, "documents": [{"id": "j", "embedding": vec, "image": jpeg_as_png}]},
+        )
+    )
+    stored = ok(post(search_server, "/get", {"collection": coll, "ids": ["j"]}))["documents"][0]["image"]
+    assert stored.endswith(".jpeg")  # named by what the bytes are, not by the declared type
+
+
+def _jpeg_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    make_image(3).save(buf, format="JPEG")
+    return buf.getvalue()
