@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -93,14 +94,32 @@ def _load_metadata(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+EXACT_CACHE_BYTES = 1 << 30
+"""Default RAM for in-memory exact search matrices, all collections of one index together."""
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    version: int
+    ids: np.ndarray
+    row_ids: np.ndarray
+    vectors: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.vectors.nbytes)
+
+
 class LanceIndex(VectorIndex):
-    def __init__(self, path: str, *, ann_threshold: int) -> None:
+    def __init__(self, path: str, *, ann_threshold: int, exact_cache_bytes: int = EXACT_CACHE_BYTES) -> None:
         os.makedirs(path, exist_ok=True)
         self._path = path
         self._ann_threshold = ann_threshold
         self._db = lancedb.connect(path, read_consistency_interval=timedelta(0))
         self._tables: dict[str, Any] = {}
         self._lock = threading.RLock()
+        self._exact_cache_bytes = exact_cache_bytes
+        self._matrices: dict[str, _Matrix] = {}
 
     # --- collections ------------------------------------------------------------------------------------------
 
@@ -261,10 +280,63 @@ class LanceIndex(VectorIndex):
         }
         return order_by_ids(wanted, found)
 
+    def _exact_matrix(self, name: str, table: Any) -> _Matrix | None:
+        """The collection's unit vectors in RAM for exact search, refreshed when the table version changes.
+
+        Lance's flat KNN decodes the whole vector column on every query (~12x numpy at 100k x 512, see
+        bench/RESULTS.md); a matrix kept in memory makes exact search numpy brute force. Only while the
+        collection has no ANN index and fits in ``exact_cache_bytes`` (all collections together).
+        """
+        version = table.version
+        cached = self._matrices.get(name)
+        if cached is not None and cached.version == version:
+            return cached
+        self._matrices.pop(name, None)
+        if self._vector_index(table) is not None:
+            return None
+        rows = table.count_rows()
+        need = rows * self._dimension(table) * 4
+        if rows == 0 or need + sum(m.nbytes for m in self._matrices.values()) > self._exact_cache_bytes:
+            return None
+        data = table.search().with_row_id(True).select(["id", VECTOR]).limit(rows).to_arrow()
+        vectors = data[VECTOR].combine_chunks().flatten().to_numpy().reshape(len(data), -1).astype(np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        row_ids = np.asarray(data["_rowid"].to_numpy(), dtype=np.uint64)
+        matrix = _Matrix(version, np.asarray(data["id"].to_pylist(), dtype=object), row_ids, vectors)
+        self._matrices[name] = matrix
+        return matrix
+
+    def _search_in_memory(self, table: Any, matrix: _Matrix, query: np.ndarray, k: int) -> list[IndexHit]:
+        q = query / max(float(np.linalg.norm(query)), 1e-12)
+        scores = matrix.vectors @ q
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        ids = [str(i) for i in matrix.ids[top]]
+        # By row id (valid for the table version the matrix was read at): no scan of the id column.
+        taken = table.take_row_ids([int(r) for r in matrix.row_ids[top]]).select(["id", "text", "image", METADATA])
+        rows = {r["id"]: r for r in taken.to_arrow().to_pylist()}
+        return [
+            IndexHit(
+                id=i,
+                score=float(scores[t]),
+                text=rows[i]["text"],
+                image=rows[i]["image"],
+                metadata=_load_metadata(rows[i][METADATA]),
+            )
+            for i, t in zip(ids, top, strict=True)
+            if i in rows  # deleted since the matrix was loaded (another process): skip
+        ]
+
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         table = self._table(name)
         query_vector = check_search_args(vector, k, self._dimension(table))
         where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)
+        if where is None:
+            with self._lock:
+                matrix = self._exact_matrix(name, table)
+            if matrix is not None:
+                return self._search_in_memory(table, matrix, np.asarray(query_vector, dtype=np.float32), k)
         query = (
             table.search(np.asarray(query_vector, dtype=np.float32), vector_column_name=VECTOR)
             .distance_type("cosine")
