@@ -1,7 +1,8 @@
 """Index scale: ingest rate, query latency and recall@10 per backend, through ``service.index.open_index``.
 
     .venv/bin/python -m bench.index_scale                          # 100k x 512-d, LanceDB + Milvus Lite
-    .venv/bin/python -m bench.index_scale --sizes 100000,1000000   # adds 1M (see bench/RESULTS.md for its time)
+    .venv/bin/python -m bench.index_scale --sizes 1000000 --backends lancedb --no-ann --queries 30 --name index_scale-1m
+                                                                   # 1M: LanceDB exact only (~3 min; see RESULTS.md)
     .venv/bin/python -m bench.index_scale --tiny                   # 2k vectors (seconds)
 
 For each backend and size: upsert N unit vectors (512-d; ``--data clustered``: a mixture around 1000 centres,
@@ -148,6 +149,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--data", choices=["clustered", "gaussian"], default="clustered")
     p.add_argument("--no-ann", action="store_true", help="skip the LanceDB ANN build")
     p.add_argument("--workdir", default=None, help="where the indexes are written (default: system temp)")
+    p.add_argument("--name", default=None, help="result file name (default index_scale)")
     args = p.parse_args(argv)
     args.sizes = [int(x) for x in (args.sizes or ("2000" if args.tiny else "100000")).split(",")]
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows,
     )
     print(f"goals: {results['goal']}")
-    write_results(args.out, "index_scale" + ("-tiny" if args.tiny else ""), results)
+    write_results(args.out, args.name or ("index_scale" + ("-tiny" if args.tiny else "")), results)
     return results
 
 

@@ -27,6 +27,7 @@ def _pixel_bomb() -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # see servers._QuietHandler
     bomb: bytes = b""
     ok_png: bytes = b""
 
