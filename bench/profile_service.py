@@ -6,7 +6,7 @@
 
 Starts the bento (as ``bench.serving`` / ``bench.search_latency`` do), drives it with closed-loop clients, records
 the worker with ``py-spy record`` and writes ``bench/results/profile-<service>-<workload>.txt``: the share of
-samples per frame (self and inclusive) and per thread, plus the raw collapsed stacks next to it. pyinstrument
+samples per frame (self and inclusive) and per thread (``--keep-stacks``: the raw collapsed stacks too). pyinstrument
 only samples the thread that starts it, so it cannot see the model thread, the event loop and the decode
 threads of a worker at once; py-spy can.
 """
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--docs", type=int, default=10_000, help="search: documents ingested first")
+    p.add_argument("--keep-stacks", action="store_true", help="also write the raw collapsed stacks (large)")
     args = p.parse_args(argv)
     if not Path(PY_SPY).exists():
         raise SystemExit("py-spy not found: .venv/bin/pip install py-spy==0.4.3")
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             )  # fmt: skip
             t.join()
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / f"{name}.stacks").write_text(raw.read_text())
+            if args.keep_stacks:
+                (args.out / f"{name}.stacks").write_text(raw.read_text())
             load_s = result["load"]
             header = (
                 f"{name}: {args.clients} clients, {args.seconds:.0f} s, py-spy 100 Hz --threads --native\n"

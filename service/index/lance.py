@@ -100,14 +100,15 @@ EXACT_CACHE_BYTES = 1 << 30
 
 @dataclass(frozen=True)
 class _Matrix:
+    """One collection at one table version: unit vectors plus the columns a hit returns, row-aligned."""
+
     version: int
-    ids: np.ndarray
-    row_ids: np.ndarray
     vectors: np.ndarray
+    payload: pa.Table
 
     @property
     def nbytes(self) -> int:
-        return int(self.vectors.nbytes)
+        return int(self.vectors.nbytes + self.payload.nbytes)
 
 
 class LanceIndex(VectorIndex):
@@ -281,7 +282,7 @@ class LanceIndex(VectorIndex):
         return order_by_ids(wanted, found)
 
     def _exact_matrix(self, name: str, table: Any) -> _Matrix | None:
-        """The collection's unit vectors in RAM for exact search, refreshed when the table version changes.
+        """The collection's unit vectors (and hit columns) in RAM for exact search, refreshed per table version.
 
         Lance's flat KNN decodes the whole vector column on every query (~12x numpy at 100k x 512, see
         bench/RESULTS.md); a matrix kept in memory makes exact search numpy brute force. Only while the
@@ -298,34 +299,32 @@ class LanceIndex(VectorIndex):
         need = rows * self._dimension(table) * 4
         if rows == 0 or need + sum(m.nbytes for m in self._matrices.values()) > self._exact_cache_bytes:
             return None
-        data = table.search().with_row_id(True).select(["id", VECTOR]).limit(rows).to_arrow()
+        data = table.search().select(["id", VECTOR, "text", "image", METADATA]).limit(rows).to_arrow()
+        if need + data.nbytes + sum(m.nbytes for m in self._matrices.values()) > self._exact_cache_bytes:
+            return None
         vectors = data[VECTOR].combine_chunks().flatten().to_numpy().reshape(len(data), -1).astype(np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        row_ids = np.asarray(data["_rowid"].to_numpy(), dtype=np.uint64)
-        matrix = _Matrix(version, np.asarray(data["id"].to_pylist(), dtype=object), row_ids, vectors)
+        payload = data.drop_columns([VECTOR]).combine_chunks()
+        matrix = _Matrix(version, vectors, payload)
         self._matrices[name] = matrix
         return matrix
 
-    def _search_in_memory(self, table: Any, matrix: _Matrix, query: np.ndarray, k: int) -> list[IndexHit]:
+    def _search_in_memory(self, matrix: _Matrix, query: np.ndarray, k: int) -> list[IndexHit]:
         q = query / max(float(np.linalg.norm(query)), 1e-12)
         scores = matrix.vectors @ q
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        ids = [str(i) for i in matrix.ids[top]]
-        # By row id (valid for the table version the matrix was read at): no scan of the id column.
-        taken = table.take_row_ids([int(r) for r in matrix.row_ids[top]]).select(["id", "text", "image", METADATA])
-        rows = {r["id"]: r for r in taken.to_arrow().to_pylist()}
+        rows = matrix.payload.take(pa.array(top)).to_pylist()
         return [
             IndexHit(
-                id=i,
+                id=row["id"],
                 score=float(scores[t]),
-                text=rows[i]["text"],
-                image=rows[i]["image"],
-                metadata=_load_metadata(rows[i][METADATA]),
+                text=row["text"],
+                image=row["image"],
+                metadata=_load_metadata(row[METADATA]),
             )
-            for i, t in zip(ids, top, strict=True)
-            if i in rows  # deleted since the matrix was loaded (another process): skip
+            for row, t in zip(rows, top, strict=True)
         ]
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
@@ -336,7 +335,7 @@ class LanceIndex(VectorIndex):
             with self._lock:
                 matrix = self._exact_matrix(name, table)
             if matrix is not None:
-                return self._search_in_memory(table, matrix, np.asarray(query_vector, dtype=np.float32), k)
+                return self._search_in_memory(matrix, np.asarray(query_vector, dtype=np.float32), k)
         query = (
             table.search(np.asarray(query_vector, dtype=np.float32), vector_column_name=VECTOR)
             .distance_type("cosine")
