@@ -1,7 +1,7 @@
 """Schema fuzzing (schemathesis) of every service's OpenAPI against the real bentos: no 5xx, ever.
 
-One exception is a *requested* outcome, not a server error: a 504 ``deadline_exceeded`` for a search whose own
-``timeout`` (chosen by the fuzzer, down to 0.1 ms) ran out.
+One exception is a *requested* outcome, not a server error: a 504 ``deadline_exceeded`` for a request whose own
+``timeout`` (chosen by the fuzzer, down to 0.1 ms; /search, /encode, /rerank) ran out.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def search_schema(search_server: BentoServer) -> schemathesis.BaseSchema:
 def _check(case: schemathesis.Case, service: str) -> None:
     response = case.call(timeout=60)
     CALLS[service] += 1
-    if response.status_code == 504 and case.path == "/search":
-        assert response.json()["code"] == "deadline_exceeded"
+    if response.status_code == 504 and isinstance(case.body, dict) and case.body.get("timeout") is not None:
+        assert response.json()["code"] == "deadline_exceeded"  # the fuzzer asked for that deadline
         return
     assert response.status_code < 500, (
         f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text}"
