@@ -202,6 +202,15 @@ def latency_summary(ms: Sequence[float]) -> dict[str, float]:
     }
 
 
+def run_header(args: argparse.Namespace) -> dict[str, Any]:
+    """What every result JSON starts with: the machine, the settings and who else was using the CPU."""
+    return {
+        "machine": machine_info(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "foreign_processes_at_start": foreign_processes(),
+    }
+
+
 def write_results(out_dir: Path, name: str, payload: Mapping[str, Any]) -> Path:
     """Write ``<out_dir>/<name>.json`` (latest) and print its path."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,9 @@ from bench.common import (
     HostLoad,
     StaticProcess,
     base_parser,
-    foreign_processes,
     latency_summary,
-    machine_info,
     print_table,
+    run_header,
     write_results,
 )
 
@@ -113,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     started = time.monotonic()
     results: dict[str, Any] = {
-        "machine": machine_info(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "foreign_processes_at_start": foreign_processes(),
+        **run_header(args),
         "images": {},
         "points": [],
     }

@@ -33,10 +33,9 @@ from bench import data
 from bench.common import (
     HostLoad,
     base_parser,
-    foreign_processes,
     latency_summary,
-    machine_info,
     print_table,
+    run_header,
     write_results,
 )
 
@@ -161,9 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.monotonic()
     results: dict[str, Any] = {
-        "machine": machine_info(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "foreign_processes_at_start": foreign_processes(),
+        **run_header(args),
         "sizes": {},
     }
     clusters = 0 if args.data == "gaussian" else 1000

@@ -34,11 +34,10 @@ from bench.common import (
     base_parser,
     bench_env,
     bento,
-    foreign_processes,
     latency_summary,
-    machine_info,
     percentile,
     print_table,
+    run_header,
     write_results,
 )
 
@@ -158,9 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tiny_models()  # build once, before the servers start
     started = time.monotonic()
     results: dict[str, Any] = {
-        "machine": machine_info(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "foreign_processes_at_start": foreign_processes(),
+        **run_header(args),
         "collections": {},
     }
     queries = data.texts(args.queries + 20, seed=7)

@@ -82,12 +82,7 @@ def embed_workloads(modalities: Sequence[str], image_source: str, static_url: st
             )
         )
     if "image" in modalities:
-        pngs = [data.encode(data.photo_like(i)) for i in range(POOL)]
-        refs = (
-            [f"{static_url}/img{i}.png" for i in range(POOL)]
-            if image_source == "url"
-            else [data.data_uri(p) for p in pngs]
-        )
+        pngs, refs = _image_pool(image_source, static_url)
         out.append(
             Workload(
                 "embedder",
@@ -98,6 +93,14 @@ def embed_workloads(modalities: Sequence[str], image_source: str, static_url: st
             )
         )
     return out
+
+
+def _image_pool(image_source: str, static_url: str | None) -> tuple[list[bytes], list[str]]:
+    """The benchmark PNGs and how requests refer to them (static-server URLs or inline data URIs)."""
+    pngs = [data.encode(data.photo_like(i)) for i in range(POOL)]
+    if image_source == "url":
+        return pngs, [f"{static_url}/img{i}.png" for i in range(POOL)]
+    return pngs, [data.data_uri(p) for p in pngs]
 
 
 def rerank_workloads(modalities: Sequence[str], image_source: str, static_url: str | None) -> list[Workload]:
@@ -115,12 +118,7 @@ def rerank_workloads(modalities: Sequence[str], image_source: str, static_url: s
             )
         )
     if "image" in modalities:
-        pngs = [data.encode(data.photo_like(i)) for i in range(POOL)]
-        refs = (
-            [f"{static_url}/img{i}.png" for i in range(POOL)]
-            if image_source == "url"
-            else [data.data_uri(p) for p in pngs]
-        )
+        pngs, refs = _image_pool(image_source, static_url)
         out.append(
             Workload(
                 "reranker",

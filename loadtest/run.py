@@ -37,10 +37,9 @@ from bench.common import (  # noqa: E402
     StaticProcess,
     bench_env,
     bento,
-    foreign_processes,
     histogram_delta,
-    machine_info,
     print_table,
+    run_header,
     scrape_batch_histogram,
     stop_quickly,
     write_results,
@@ -140,9 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     tiny_models()
     results: dict[str, Any] = {
-        "machine": machine_info(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "foreign_processes_at_start": foreign_processes(),
+        **run_header(args),
     }
     with tempfile.TemporaryDirectory(prefix="mmsearch-loadtest-") as tmp:
         workdir = args.workdir or Path(tmp)
