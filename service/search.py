@@ -87,6 +87,7 @@ class Search:
         self.metrics = get_metrics()
         self._write_locks: dict[str, asyncio.Lock] = {}
         self._embedder_info: dict[str, Any] | None = None
+        self._dimensions: dict[str, int] = {}  # fixed at creation; collections are never dropped
         self._deps_seen_ready = False
 
     async def __is_ready__(self) -> bool:
@@ -142,6 +143,14 @@ class Search:
             raise ApiError(409, "collection_mismatch", str(e), field="collection") from None
         except index_base.InvalidFilter as e:
             raise ApiError(400, "invalid_filter", f"filter: {e}", field="filter") from None
+
+    async def _collection_dimension(self, name: str) -> int:
+        """A collection's dimension (404 if unknown), looked up once: a search must not count rows every time."""
+        dimension = self._dimensions.get(name)
+        if dimension is None:
+            info = await self._in_thread(self.index.get_collection, name)
+            dimension = self._dimensions[name] = info.dimension
+        return dimension
 
     def _lock(self, collection: str) -> asyncio.Lock:
         return self._write_locks.setdefault(collection, asyncio.Lock())
@@ -277,18 +286,18 @@ class Search:
     async def _search(self, req: SearchRequest, deadline: float | None) -> SearchResponse:
         """The search itself; ``deadline`` (monotonic) travels to the model services so their queues honour it."""
         t0 = time.perf_counter()
-        info = await self._in_thread(self.index.get_collection, req.collection)
+        dimension = await self._collection_dimension(req.collection)
         query = as_item(req.query)
         try:
             qvec = (await self._embed([query], "query", deadline))[0]
         except ApiError as e:
             raise _remap_inputs(e, [0], "query", single=True) from None
         t1 = time.perf_counter()
-        if qvec.shape[0] != info.dimension:
+        if qvec.shape[0] != dimension:
             raise ApiError(
                 409,
                 "collection_mismatch",
-                f"collection {req.collection!r} has dimension {info.dimension}, the embedder gives {qvec.shape[0]}",
+                f"collection {req.collection!r} has dimension {dimension}, the embedder gives {qvec.shape[0]}",
                 field="collection",
             )
         hits = await self._in_thread(self.index.search, req.collection, qvec.tolist(), req.candidates, req.filter)
