@@ -6,7 +6,9 @@ memory. This batcher does all four (the design Infinity uses):
 
 * Requests are split into items; items wait in *lanes* (e.g. ``("query", "image")``). A model batch only ever
   holds items of one lane, so CLIP never sees mixed text/image batches and each batch has one prompt.
-* Lanes have a priority (lower runs first): interactive queries overtake queued bulk documents.
+* Lanes have a priority (lower runs first): interactive queries overtake queued bulk documents. With a
+  ``PriorityGate`` (``service.priority``) document batches also wait for a query request that is still being
+  parsed, and are kept short while queries keep arriving.
 * One worker runs the model in a dedicated thread. While a batch runs, new items queue up; the next batch takes
   up to ``max_batch_size`` of them at once. Batches therefore grow with load and stay at 1 when idle (no
   artificial wait), and the event loop stays free to fetch and decode media in parallel.
@@ -19,6 +21,7 @@ memory. This batcher does all four (the design Infinity uses):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -26,6 +29,8 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from service.priority import PriorityGate
 
 log = logging.getLogger("mmsearch.batching")
 
@@ -85,6 +90,8 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         is_oom: Callable[[BaseException], bool] = lambda e: False,
         on_batch: Callable[[Hashable, int, float], None] | None = None,
+        gate: PriorityGate | None = None,
+        background_budget: float = 1.0,
         name: str = "model",
     ) -> None:
         self._run = run
@@ -94,6 +101,12 @@ class MicroBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_s
         self._is_oom = is_oom
         self._on_batch = on_batch
+        self._gate = gate
+        self._background_budget = background_budget
+        if gate is not None:
+            gate.add_clear_listener(self._poke)
+        self._query_batch_s: float | None = None  # moving averages of model time, for sizing document batches
+        self._item_s: dict[Hashable, float] = {}
         self._queues: dict[tuple[int, Hashable], deque[_Pending[T, R]]] = {}
         self._queued = 0
         self._wakeup: asyncio.Event | None = None
@@ -133,13 +146,17 @@ class MicroBatcher(Generic[T, R]):
                 if not p.future.done():
                     p.future.cancel()
 
+    def _poke(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="micro-batcher")
 
-    def _next_batch(self) -> tuple[Hashable, list[_Pending[T, R]]] | None:
-        """Pick the highest-priority lane (oldest head first) and take up to the effective batch size."""
+    def _best_lane(self) -> tuple[int, Hashable] | None:
+        """The highest-priority non-empty lane (oldest head first), dropping cancelled and expired heads."""
         now = time.monotonic()
         best: tuple[int, float, tuple[int, Hashable]] | None = None
         for key, queue in self._queues.items():
@@ -149,17 +166,42 @@ class MicroBatcher(Generic[T, R]):
                 rank = (key[0], queue[0].enqueued, key)
                 if best is None or rank[:2] < best[:2]:
                     best = rank
-        if best is None:
-            return None
-        key = best[2]
+        return None if best is None else best[2]
+
+    def _take(self, key: tuple[int, Hashable], cap: int | None = None) -> list[_Pending[T, R]]:
+        """Up to the effective batch size (and ``cap``) of live items from the head of lane ``key``."""
+        now = time.monotonic()
         queue = self._queues[key]
         batch: list[_Pending[T, R]] = []
-        while queue and len(batch) < self.effective_max_batch_size:
+        limit = min(self.effective_max_batch_size, cap or self.effective_max_batch_size)
+        while queue and len(batch) < limit:
             p = queue.popleft()
             if not self._drop_if_done(p, now):
                 self._queued -= 1
                 batch.append(p)
-        return key[1], batch
+        return batch
+
+    def _background_cap(self, key: tuple[int, Hashable]) -> int | None:
+        """While queries keep arriving, size a background batch to take ``background_budget`` query batches.
+
+        A batch cannot be interrupted, so this bounds how long a query that arrives mid-batch waits behind it.
+        ``None`` (no cap) when the lane is a query lane, no query was seen lately, or nothing is measured yet.
+        """
+        if key[0] == 0 or self._gate is None or not self._gate.recently_active():
+            return None
+        per_item = self._item_s.get(key[1])
+        if per_item is None or self._query_batch_s is None:
+            return None
+        return max(1, int(self._background_budget * self._query_batch_s / per_item))
+
+    def _learn(self, key: tuple[int, Hashable], size: int, seconds: float, alpha: float = 0.2) -> None:
+        """Update the moving averages: seconds per query batch, and seconds per item in each lane."""
+        if key[0] == 0:
+            q = self._query_batch_s
+            self._query_batch_s = seconds if q is None else (1 - alpha) * q + alpha * seconds
+        per_item = seconds / size
+        prev = self._item_s.get(key[1])
+        self._item_s[key[1]] = per_item if prev is None else (1 - alpha) * prev + alpha * per_item
 
     def _drop_if_done(self, p: _Pending[T, R], now: float) -> bool:
         """Remove a cancelled or expired item from the queue accounting; True if it must not run."""
@@ -181,13 +223,28 @@ class MicroBatcher(Generic[T, R]):
     async def _work(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
+        hold_until: float | None = None
         while True:
-            picked = self._next_batch()
-            if picked is None:
+            key = self._best_lane()
+            if key is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            lane, batch = picked
+            gate = self._gate
+            if key[0] > 0 and gate is not None and gate.busy:
+                # A query request is in flight but not queued yet (still parsing or fetching): hold background
+                # batches until it is queued or done, at most ``max_hold_s`` in all.
+                if hold_until is None:
+                    hold_until = time.monotonic() + gate.max_hold_s
+                    gate.note_hold("batch")
+                remaining = hold_until - time.monotonic()
+                if remaining > 0:
+                    self._wakeup.clear()  # set again by a new submission or by the gate clearing
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    continue
+            hold_until = None
+            lane, batch = key[1], self._take(key, self._background_cap(key))
             if not batch:
                 continue
             started = time.perf_counter()
@@ -198,8 +255,10 @@ class MicroBatcher(Generic[T, R]):
             except Exception as e:  # a bug in run(): fail this batch, keep serving
                 log.exception("model batch failed")
                 outcomes = [e] * len(batch)
+            elapsed = time.perf_counter() - started
+            self._learn(key, len(batch), elapsed)
             if self._on_batch is not None:
-                self._on_batch(lane, len(batch), time.perf_counter() - started)
+                self._on_batch(lane, len(batch), elapsed)
             for p, out in zip(batch, outcomes, strict=True):
                 if p.future.done():
                     continue

@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     """Test-only: an input with at least this many text characters raises a simulated OOM even alone (0 = off)."""
     query_priority: bool = True
     """Serve queued query inputs before queued document inputs (bulk ingest)."""
+    query_priority_max_hold_ms: int = Field(default=50, ge=0, le=10_000)
+    """While a query request is in flight, document decoding and document batches wait for it, at most this long
+    each time (0: only the model queue is ordered)."""
+    query_priority_batch_budget: float = Field(default=1.0, gt=0, le=1000)
+    """While queries keep arriving (one in the last second), a document batch is sized to take about this many
+    query batches' time, since a query that arrives mid-batch must wait for it. Higher: more ingest throughput
+    while querying, slower queries under ingest (see bench/RESULTS.md)."""
+    document_decode_threads: int = Field(default=0, ge=0, le=256)
+    """Threads decoding document (bulk) images; 0 = a quarter of the CPUs, at least 1. Query images decode on
+    their own pool, so a bulk ingest cannot take every core from interactive requests."""
 
     # --- media fetching -----------------------------------------------------------------------------------
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)

@@ -133,6 +133,21 @@ class Embedder:
     ) -> np.ndarray:
         check_count(field, len(items), self.settings.max_inputs_per_request)
         self._check_dimensions(dimensions)
+        if input_type == "query":  # document work yields to this request at every stage until it answers
+            async with self.runtime.gate.interactive():
+                return await self._encode_resolved(items, field, input_type, normalize, dimensions, uploads, timeout)
+        return await self._encode_resolved(items, field, input_type, normalize, dimensions, uploads, timeout)
+
+    async def _encode_resolved(
+        self,
+        items: Sequence[str | Item],
+        field: str,
+        input_type: InputType,
+        normalize: bool,
+        dimensions: int | None,
+        uploads: dict[int, Image.Image] | None,
+        timeout: float | None,
+    ) -> np.ndarray:
         resolved = await resolve_items(
             items,
             field=field,
@@ -141,6 +156,7 @@ class Embedder:
             supported=self.modalities,
             model=self.model_name,
             uploads=uploads,
+            background=input_type == "document",
         )
         emb = await self.embed(resolved, input_type, timeout)
         return postprocess(emb, dimensions, normalize)
@@ -248,7 +264,9 @@ class Embedder:
                     f"image[{i}]: file exceeds {self.settings.max_image_bytes} bytes",
                     field=f"image[{i}]",
                 )
-            uploads[i] = await asyncio.to_thread(self.runtime.loader.decode_bytes, data, f"image[{i}]")
+            uploads[i] = await self.runtime.loader.decode_upload(
+                data, f"image[{i}]", background=input_type == "document"
+            )
         items: list[str | Item] = [Item(text=texts[i] if texts else None, image="upload:") for i in range(len(files))]
         emb = await self._encode(
             items,

@@ -74,12 +74,14 @@ async def resolve_items(
     model: str,
     uploads: dict[int, Image.Image] | None = None,
     single: bool = False,
+    background: bool = False,
 ) -> list[ModelInput]:
     """Validate items (modality, text size), fetch/decode their images concurrently, and build model inputs.
 
     ``field`` is the request field holding the list (``inputs``) for error paths like ``inputs[3].image``.
     ``uploads`` maps an index to an already decoded uploaded image. ``single``: ``field`` names one item
-    (e.g. ``query``), so paths read ``query.image`` rather than ``query[0].image``.
+    (e.g. ``query``), so paths read ``query.image`` rather than ``query[0].image``. ``background``: bulk
+    (document) work, whose image decoding yields to in-flight queries.
     """
     normalized = [as_item(x) for x in items]
     refs: list[tuple[str, str]] = []
@@ -105,7 +107,7 @@ async def resolve_items(
             ref_index.append(i)
     images: dict[int, Image.Image] = dict(uploads or {})
     if refs:
-        for i, img in zip(ref_index, await loader.load_many(refs), strict=True):
+        for i, img in zip(ref_index, await loader.load_many(refs, background=background), strict=True):
             images[i] = img
     return [ModelInput(text=item.text, image=images.get(i)) for i, item in enumerate(normalized)]
 

@@ -22,10 +22,12 @@ import contextvars
 import hashlib
 import io
 import ipaddress
+import os
 import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpcore
@@ -33,6 +35,7 @@ import httpx
 from PIL import Image, ImageOps
 
 from service.config import Settings
+from service.priority import PriorityGate
 
 __all__ = ["MediaError", "MediaLoader", "content_hash"]
 
@@ -187,6 +190,10 @@ class MediaLoader:
         self.stats: dict[str, int] = {"ok": 0, "fetched_bytes": 0}
         self.on_refusal: Callable[[str], None] | None = None
         """Called with the reason of every refusal (the services count them as a Prometheus metric)."""
+        self.gate: PriorityGate | None = None
+        """Background (document) decodes wait for in-flight query requests at this gate."""
+        self._background_pool: ThreadPoolExecutor | None = None
+        self._background_slots: asyncio.Semaphore | None = None
         self._client = client
         self._own_client = client is None
         self._sem: asyncio.Semaphore | None = None
@@ -202,17 +209,20 @@ class MediaLoader:
 
     # public API ---------------------------------------------------------------------------------------------
 
-    async def load(self, ref: str, field: str) -> Image.Image:
-        """Fetch (http/https) or decode (data URI) one image; refusals raise ``MediaError`` for ``field``."""
+    async def load(self, ref: str, field: str, *, background: bool = False) -> Image.Image:
+        """Fetch (http/https) or decode (data URI) one image; refusals raise ``MediaError`` for ``field``.
+
+        ``background``: bulk work; its decode waits for in-flight query requests at ``gate``.
+        """
         try:
             if not isinstance(ref, str):
                 raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
             head = ref[:8].lower()
             if head.startswith("data:"):
-                img = await asyncio.to_thread(self._decode_data_uri, ref)
+                img = await self._in_thread(background, self._decode_data_uri, ref)
             elif head.startswith(("http://", "https://")):
                 data = await self._fetch(ref)
-                img = await asyncio.to_thread(self._decode, data)
+                img = await self._in_thread(background, self._decode, data)
             else:
                 raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
         except MediaError as e:
@@ -220,13 +230,28 @@ class MediaLoader:
         self._bump("ok")
         return img
 
-    async def load_many(self, refs: Sequence[tuple[str, str]]) -> list[Image.Image]:
+    async def _in_thread(self, background: bool, fn: Callable[[Any], Image.Image], arg: Any) -> Image.Image:
+        """Decode in a worker thread. Bulk (document) work runs on its own small pool, and each decode first
+        waits at ``gate`` for in-flight queries; interactive work uses the default pool and never waits."""
+        if not background:
+            return await asyncio.to_thread(fn, arg)
+        if self._background_pool is None:
+            n = self.settings.document_decode_threads or max(1, (os.cpu_count() or 1) // 4)
+            self._background_pool = ThreadPoolExecutor(n, thread_name_prefix="decode-documents")
+            self._background_slots = asyncio.Semaphore(n)
+        assert self._background_slots is not None
+        async with self._background_slots:  # only as many as run at once pass the gate: none sit queued past it
+            if self.gate is not None:
+                await self.gate.background_turn()
+            return await asyncio.get_running_loop().run_in_executor(self._background_pool, fn, arg)
+
+    async def load_many(self, refs: Sequence[tuple[str, str]], *, background: bool = False) -> list[Image.Image]:
         """Load ``(ref, field)`` pairs concurrently (at most ``fetch_concurrency`` fetches at once), in order.
 
         On failure raises the error of the first failing input by position: later inputs are cancelled at
         once, earlier ones are awaited only to learn whether they fail first.
         """
-        tasks = [asyncio.create_task(self.load(ref, field)) for ref, field in refs]
+        tasks = [asyncio.create_task(self.load(ref, field, background=background)) for ref, field in refs]
         position = {t: i for i, t in enumerate(tasks)}
         first_bad: int | None = None
         pending: set[asyncio.Task[Image.Image]] = set(tasks)
@@ -261,11 +286,18 @@ class MediaLoader:
         self._bump("ok")
         return img
 
+    async def decode_upload(self, data: bytes, field: str, *, background: bool = False) -> Image.Image:
+        """``decode_bytes`` in a worker thread (bulk work on the document pool, after in-flight queries)."""
+        return await self._in_thread(background, lambda d: self.decode_bytes(d, field), data)
+
     async def aclose(self) -> None:
-        """Close the HTTP client if this loader created it."""
+        """Close the HTTP client if this loader created it, and the document decode pool."""
         if self._client is not None and self._own_client:
             await self._client.aclose()
             self._client = None
+        if self._background_pool is not None:
+            self._background_pool.shutdown(wait=False, cancel_futures=True)
+            self._background_pool = None
 
     # fetching -----------------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ class Metrics:
     refusals: Any
     queue_depth: Any
     search_stage_seconds: Any
+    priority_holds: Any
 
 
 @lru_cache(maxsize=1)
@@ -58,5 +59,10 @@ def get_metrics() -> Metrics:
             "mmsearch_search_stage_seconds",
             "Search latency per stage",
             ["stage"],
+        ),
+        priority_holds=prom.Counter(
+            "mmsearch_priority_holds_total",
+            "Times document work (an image decode, a model batch) waited for an in-flight query request",
+            ["service", "stage"],
         ),
     )

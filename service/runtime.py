@@ -19,6 +19,7 @@ from service.errors import ApiError
 from service.media import MediaLoader
 from service.metrics import get_metrics
 from service.models import is_oom
+from service.priority import PriorityGate
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,6 +50,9 @@ class ModelRuntime(Generic[T, R]):
         self.loader = MediaLoader(settings)
         self.metrics = get_metrics()
         self.loader.on_refusal = self.refused  # fetch/decode failures by reason
+        self.gate = PriorityGate(settings.query_priority_max_hold_ms / 1000 if settings.query_priority else 0)
+        self.gate.on_hold = lambda stage: self.metrics.priority_holds.labels(service, stage).inc()
+        self.loader.gate = self.gate  # document images decode after in-flight queries
         self.batcher: MicroBatcher[T, R] = MicroBatcher(
             run,
             max_batch_size=settings.max_batch_size,
@@ -56,6 +60,8 @@ class ModelRuntime(Generic[T, R]):
             max_wait_s=settings.max_latency_ms / 1000,
             is_oom=is_oom,
             on_batch=self._observe,
+            gate=self.gate,
+            background_budget=settings.query_priority_batch_budget,
             name=service,
         )
 
