@@ -111,6 +111,19 @@ def test_image_path(out: Path) -> None:
     assert all(positive(p["images_per_s"]) and positive(p["p50_ms"]) for p in body["points"])
 
 
+def test_priority(out: Path) -> None:
+    from bench import priority
+
+    priority.main(["--tiny", "--out", str(out), "--configs", "query-first,fifo", "--queries", "20"])
+    body = load(out / "priority-tiny.json")
+    assert set(body["configs"]) == {"query-first", "fifo"}
+    for c in body["configs"].values():
+        assert positive(c["idle_p95_ms"]) and positive(c["busy_p95_ms"]) and positive(c["ratio"])
+        assert positive(c["docs_per_s_while_querying"]) and positive(c["docs_per_s_ingest_alone"])
+        assert c["ingest_errors"] == 0 and len(c["rounds"]) == 1
+    assert set(body["goal"]) == {"ratio_max", "met"}
+
+
 def test_loadtest_run(out: Path) -> None:
     from loadtest import run
 
