@@ -123,3 +123,52 @@ def test_milvus_lite_stays_exact_past_threshold(tmp_path: Path, data: tuple[np.n
         _assert_rare_doc_found(index, subset)
     finally:
         index.close()
+
+
+def test_lance_exact_cache_follows_writes_without_rereading(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upserts (new and replaced rows) and deletes made by this process patch the in-memory exact matrix: results
+    stay equal to brute force over the current rows, and the table is not re-read after each write."""
+    from service.index.lance import LanceIndex
+
+    vectors, queries = data
+    index = LanceIndex(str(tmp_path / "lance"), ann_threshold=50_000)
+    index.ensure_collection("bench", DIM, "random")
+    index.upsert("bench", _docs(vectors[:2_000]))
+    index.search("bench", queries[0].tolist(), K)  # builds the cache once
+    rebuilds = 0
+    original = LanceIndex._exact_matrix
+
+    def counting(self: LanceIndex, name: str, table: object) -> object:
+        nonlocal rebuilds
+        cached = self._matrices.get(name)
+        if cached is None or cached.version != table.version:  # type: ignore[attr-defined]
+            rebuilds += 1
+        return original(self, name, table)
+
+    monkeypatch.setattr(LanceIndex, "_exact_matrix", counting)
+    current = {i: vectors[i] for i in range(2_000)}
+    rng = np.random.default_rng(7)
+    for step in range(6):
+        new_ids = range(2_000 + step * 100, 2_100 + step * 100)  # 100 new rows
+        replaced = rng.choice(2_000, 50, replace=False)  # 50 existing rows get another vector
+        docs = [StoredDocument(f"d{i}", None, None, {}, vectors[i].tolist()) for i in new_ids]
+        docs += [StoredDocument(f"d{i}", None, None, {}, vectors[(i + 5_000) % N].tolist()) for i in replaced]
+        index.upsert("bench", docs)
+        current.update({i: vectors[i] for i in new_ids})
+        current.update({int(i): vectors[(int(i) + 5_000) % N] for i in replaced})
+        gone = [int(i) for i in rng.choice(sorted(current), 20, replace=False)]
+        assert index.delete("bench", [f"d{i}" for i in gone]) == 20
+        for i in gone:
+            del current[i]
+        ids = sorted(current)
+        matrix = np.stack([current[i] for i in ids])
+        for q in queries[:5]:
+            sims = matrix @ q
+            want = [f"d{ids[j]}" for j in np.argsort(-sims, kind="stable")[:K]]
+            got = index.search("bench", q.tolist(), K)
+            assert [h.id for h in got] == want
+            assert [h.score for h in got] == pytest.approx(sorted(sims, reverse=True)[:K], abs=1e-5)
+    assert rebuilds == 0
+    assert index.get_collection("bench").count == len(current)

@@ -7,6 +7,9 @@
 * Search is exact (flat scan) until a collection holds more than ``ann_threshold`` rows; the upsert that crosses
   it builds an IVF_HNSW_SQ cosine index (plus a LABEL_LIST index on the filter terms). Rows written later are
   searched exactly until ``optimize()`` folds them into the index, which upsert triggers as they accumulate.
+* Exact search runs on an in-memory copy of the vectors and hit columns, per table version. Writers hold their own
+  lock (a query never waits for a commit) and patch that copy with the rows they wrote, so queries during an
+  ingest do not re-read the table after every write.
 * Reads use ``read_consistency_interval=0``: every query sees the latest committed version, including writes by
   other processes. A ``merge_insert`` commit is on disk when it returns.
 """
@@ -25,6 +28,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from lancedb.expr import col
 from lancedb.index import HnswSq, LabelList
 
@@ -118,7 +122,8 @@ class LanceIndex(VectorIndex):
         self._ann_threshold = ann_threshold
         self._db = lancedb.connect(path, read_consistency_interval=timedelta(0))
         self._tables: dict[str, Any] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # table handles and the exact-search cache (held briefly by queries)
+        self._write_lock = threading.Lock()  # writers only: a query never waits for a commit
         self._exact_cache_bytes = exact_cache_bytes
         self._matrices: dict[str, _Matrix] = {}
 
@@ -218,9 +223,52 @@ class LanceIndex(VectorIndex):
                 TERMS: pa.array([filters.document_terms(d.metadata) for d in batch], pa.list_(pa.utf8())),
             }
         )
-        with self._lock:
+        with self._write_lock:
+            before = table.version
             table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+            self._patch_matrix(name, before, table.version, data)
+            before = table.version
             self._maintain(name, table)
+            if table.version != before:  # an index build or compaction: rebuilt lazily by the next query
+                with self._lock:
+                    self._matrices.pop(name, None)
+
+    def _patch_matrix(
+        self, name: str, before: int, after: int, upserted: pa.Table | None, deleted: Sequence[str] = ()
+    ) -> None:
+        """Bring the in-memory exact matrix from version ``before`` to ``after`` with the rows this process just
+        wrote, so that queries during an ingest do not re-read the table after every write.
+
+        Copy-on-write (queries may be scoring the old arrays). Dropped instead (rebuilt by the next query) when the
+        cache is not at ``before``, another writer committed in between, or anything does not line up.
+        """
+        with self._lock:
+            m = self._matrices.get(name)
+            if m is None or m.version == after:
+                return
+            self._matrices.pop(name, None)
+            if m.version != before or after != before + 1:
+                return
+            try:
+                gone = list(deleted) + (upserted["id"].to_pylist() if upserted is not None else [])
+                keep = pc.invert(pc.is_in(m.payload["id"], value_set=pa.array(gone, pa.utf8())))
+                keep_np = keep.to_numpy(zero_copy_only=False)
+                vectors = m.vectors[keep_np]
+                payload = m.payload.filter(keep)
+                if upserted is not None and upserted.num_rows:
+                    new = upserted[VECTOR].combine_chunks().flatten().to_numpy().reshape(upserted.num_rows, -1)
+                    new = new.astype(np.float32)
+                    new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+                    vectors = np.concatenate([vectors, new])
+                    rows = upserted.select(list(payload.column_names)).cast(payload.schema)
+                    payload = pa.concat_tables([payload, rows]).combine_chunks()
+                matrix = _Matrix(after, vectors, payload)
+            except (pa.ArrowException, ValueError, KeyError):
+                log.debug("exact-search cache of %r dropped: could not patch it", name, exc_info=True)
+                return
+            others = sum(x.nbytes for k, x in self._matrices.items() if k != name)
+            if matrix.nbytes + others <= self._exact_cache_bytes:
+                self._matrices[name] = matrix
 
     def _vector_index(self, table: Any) -> Any | None:
         for index in table.list_indices():
@@ -259,11 +307,13 @@ class LanceIndex(VectorIndex):
         table = self._table(name)
         wanted = list(dict.fromkeys(check_ids(ids)))
         deleted = 0
-        with self._lock:
+        with self._write_lock:
             for start in range(0, len(wanted), ID_CHUNK):
                 chunk = wanted[start : start + ID_CHUNK]
+                before = table.version
                 result = table.delete(col("id").isin(chunk))
                 deleted += int(getattr(result, "num_deleted_rows", 0))
+                self._patch_matrix(name, before, table.version, None, chunk)
         return deleted
 
     def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
