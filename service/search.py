@@ -51,6 +51,7 @@ from service.mediastore import SCHEME as MEDIA_SCHEME
 from service.mediastore import MediaStore
 from service.metrics import get_metrics
 from service.middleware import install as install_middleware
+from service.priority import PriorityGate
 from service.reranker import Reranker
 from service.service_config import search_service_config
 
@@ -85,6 +86,9 @@ class Search:
         self.media = MediaStore(self.settings.media_dir)
         self.loader = MediaLoader(self.settings)  # validates inline images that skip the embedder
         self.metrics = get_metrics()
+        # Ingest work done here (storing inline images, index writes) yields to in-flight searches, as in the models.
+        self.gate = PriorityGate(self.settings.query_priority_max_hold_ms / 1000 if self.settings.query_priority else 0)
+        self.gate.on_hold = lambda stage: self.metrics.priority_holds.labels("search", stage).inc()
         self._write_locks: dict[str, asyncio.Lock] = {}
         self._embedder_info: dict[str, Any] | None = None
         self._dimensions: dict[str, int] = {}  # fixed at creation; collections are never dropped
@@ -204,18 +208,17 @@ class Search:
                 )
             except ApiError as e:
                 raise _remap_inputs(e, to_embed, "documents") from None
+        await self.gate.background_turn("store")
+        images = await asyncio.to_thread(lambda: [self._store_image(d.image) for d in docs])
         stored = [
             index_base.StoredDocument(
-                id=d.id,
-                text=d.text,
-                image=self._store_image(d.image),
-                metadata=dict(d.metadata),
-                embedding=vectors[i].tolist(),
+                id=d.id, text=d.text, image=images[i], metadata=dict(d.metadata), embedding=vectors[i].tolist()
             )
             for i, d in enumerate(docs)
         ]
         async with self._lock(req.collection):
             await self._in_thread(self.index.ensure_collection, req.collection, dim, model)
+            await self.gate.background_turn("index")
             await self._in_thread(self.index.upsert, req.collection, stored)
         return UpsertResponse(collection=req.collection, upserted=len(stored), ids=ids)
 
@@ -278,7 +281,7 @@ class Search:
             )
         deadline = time.monotonic() + req.timeout if req.timeout else None
         try:
-            async with asyncio.timeout(req.timeout):
+            async with asyncio.timeout(req.timeout), self.gate.interactive():
                 return await self._search(req, deadline)
         except TimeoutError:
             raise ApiError(504, "deadline_exceeded", f"search did not finish within timeout={req.timeout}s") from None
