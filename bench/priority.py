@@ -3,7 +3,10 @@
     .venv/bin/python -m bench.priority            # tiny CLIP, 5 configurations x 3 rounds (~3 min)
     .venv/bin/python -m bench.priority --tiny     # smoke size (seconds)
 
-Each configuration is a real ``bentoml serve service.embedder:Embedder``. A round measures, against one of them:
+    .venv/bin/python -m bench.priority --service search   # through Search: /search vs /upsert (~4 min)
+
+Each configuration is a real ``bentoml serve service.embedder:Embedder`` (``--service search``: the composed
+``service.search:Search`` bento, queries ``/search`` without rerank, ingest ``/upsert``). A round measures:
 
 1. idle: ``--queries`` sequential one-text ``input_type=query`` requests (5 ms apart), nothing else running;
 2. busy: the same while ``--clients`` bulk clients, each in its own process, post requests of ``--images`` inline
@@ -45,8 +48,20 @@ CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
-def bulk_body(images: int, size: int = 64) -> bytes:
-    """One ``/encode`` document request of ``images`` distinct inline PNGs."""
+QUERY_ROUTE = {"embedder": "/encode", "search": "/search"}
+BULK_ROUTE = {"embedder": "/encode", "search": "/upsert"}
+
+
+def _query_body(service: str, i: int) -> dict[str, Any]:
+    text = f"where is the revenue chart {i}"
+    if service == "search":  # the Search query path: embed (query prompt) + retrieve; no reranker in the way
+        return {"query": text, "rerank": False, "top_k": 10}
+    return {"inputs": [text], "input_type": "query"}
+
+
+def bulk_body(images: int, size: int = 64, service: str = "embedder") -> bytes:
+    """One bulk request of ``images`` distinct inline PNGs: Embedder ``/encode`` (document prompt) or Search
+    ``/upsert`` (the same ids every time, so the collection does not grow while it is measured)."""
     import numpy as np
     from PIL import Image
 
@@ -56,14 +71,18 @@ def bulk_body(images: int, size: int = 64) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG")
         refs.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
+    if service == "search":
+        return json.dumps({"documents": [{"id": f"bulk-{i}", "image": r} for i, r in enumerate(refs)]}).encode()
     return json.dumps({"inputs": [{"image": r} for r in refs], "input_type": "document"}).encode()
 
 
-def _bulk_client(url: str, body: bytes, n_inputs: int, stop: Any, done: Any, errors: Any) -> None:
+def _bulk_client(
+    url: str, body: bytes, n_inputs: int, stop: Any, done: Any, errors: Any, route: str = "/encode"
+) -> None:
     """One ingest client (own process): post ``body`` back to back until ``stop``; count embedded inputs."""
     with httpx.Client(base_url=url, timeout=120, headers={"content-type": "application/json"}) as c:
         while not stop.is_set():
-            r = c.post("/encode", content=body)
+            r = c.post(route, content=body)
             with (done if r.status_code == 200 else errors).get_lock():
                 if r.status_code == 200:
                     done.value += n_inputs
@@ -78,11 +97,13 @@ class Ingest:
 
 
 @contextlib.contextmanager
-def bulk_ingest(url: str, body: bytes, n_inputs: int, clients: int) -> Iterator[Ingest]:
+def bulk_ingest(url: str, body: bytes, n_inputs: int, clients: int, route: str = "/encode") -> Iterator[Ingest]:
     """Run ``clients`` bulk ingest processes against ``url``; yields once the first request was answered."""
     ctx = mp.get_context("spawn")  # no fork of a process holding torch and an event loop
     stop, done, errors = ctx.Event(), ctx.Value("q", 0), ctx.Value("q", 0)
-    procs = [ctx.Process(target=_bulk_client, args=(url, body, n_inputs, stop, done, errors)) for _ in range(clients)]
+    procs = [
+        ctx.Process(target=_bulk_client, args=(url, body, n_inputs, stop, done, errors, route)) for _ in range(clients)
+    ]
     for p in procs:
         p.start()
     try:
@@ -99,12 +120,12 @@ def bulk_ingest(url: str, body: bytes, n_inputs: int, clients: int) -> Iterator[
                 p.kill()
 
 
-async def _query_latencies(url: str, n: int) -> list[float]:
+async def _query_latencies(url: str, n: int, service: str) -> list[float]:
     out = []
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
         for i in range(n + 5):  # 5 warm-up requests (connection set-up) are not counted
             t0 = time.perf_counter()
-            r = await c.post("/encode", json={"inputs": [f"where is the revenue chart {i}"], "input_type": "query"})
+            r = await c.post(QUERY_ROUTE[service], json=_query_body(service, i))
             if r.status_code != 200:
                 raise RuntimeError(f"query failed: {r.status_code} {r.text[:200]}")
             if i >= 5:
@@ -113,9 +134,9 @@ async def _query_latencies(url: str, n: int) -> list[float]:
     return out
 
 
-def query_latencies(url: str, n: int) -> list[float]:
+def query_latencies(url: str, n: int, service: str = "embedder") -> list[float]:
     """``n`` sequential query requests, 5 ms apart; client-side latencies in ms."""
-    return asyncio.run(_query_latencies(url, n))
+    return asyncio.run(_query_latencies(url, n, service))
 
 
 @dataclass
@@ -132,12 +153,14 @@ class Round:
         return self.busy_p95_ms / self.idle_p95_ms
 
 
-def measure_round(url: str, body: bytes, *, images: int, clients: int, queries: int) -> Round:
-    """Query p95 idle, then during a bulk ingest (see the module docstring)."""
-    idle = query_latencies(url, queries)
-    with bulk_ingest(url, body, images, clients) as ingest:
+def measure_round(
+    url: str, body: bytes, *, images: int, clients: int, queries: int, service: str = "embedder"
+) -> Round:
+    """Query p95 idle, then during a bulk ingest (see the module docstring). ``body``: from ``bulk_body``."""
+    idle = query_latencies(url, queries, service)
+    with bulk_ingest(url, body, images, clients, BULK_ROUTE[service]) as ingest:
         d0, t0 = ingest.done.value, time.monotonic()
-        busy = query_latencies(url, queries)
+        busy = query_latencies(url, queries, service)
         rate = (ingest.done.value - d0) / (time.monotonic() - t0)
         errors = ingest.errors.value
     return Round(
@@ -150,9 +173,9 @@ def measure_round(url: str, body: bytes, *, images: int, clients: int, queries: 
     )
 
 
-def ingest_rate(url: str, body: bytes, *, images: int, clients: int, seconds: float) -> float:
+def ingest_rate(url: str, body: bytes, *, images: int, clients: int, seconds: float, service: str) -> float:
     """Documents/s of the bulk clients alone."""
-    with bulk_ingest(url, body, images, clients) as ingest:
+    with bulk_ingest(url, body, images, clients, BULK_ROUTE[service]) as ingest:
         d0, t0 = ingest.done.value, time.monotonic()
         time.sleep(seconds)
         return float((ingest.done.value - d0) / (time.monotonic() - t0))
@@ -167,6 +190,12 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--ingest-s", type=float, default=None, help="seconds of ingest alone (4; --tiny 1)")
     p.add_argument("--max-batch-size", type=int, default=32, help="MMSEARCH_MAX_BATCH_SIZE")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
+    p.add_argument(
+        "--service",
+        choices=("embedder", "search"),
+        default="embedder",
+        help="embedder: /encode queries vs /encode documents; search: /search (no rerank) vs /upsert, composed bento",
+    )
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     t = args.tiny
@@ -177,7 +206,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     unknown = set(args.configs) - set(CONFIGS)
     if unknown:
         p.error(f"--configs: unknown {sorted(unknown)}; choose from {list(CONFIGS)}")
-    args.name = args.name or ("priority-tiny" if t else "priority")
+    args.name = args.name or "priority" + ("-search" if args.service == "search" else "") + ("-tiny" if t else "")
     return args
 
 
@@ -185,28 +214,44 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     results: dict[str, Any] = run_header(args)
     started = time.monotonic()
-    body = bulk_body(args.images)
+    body = bulk_body(args.images, service=args.service)
+    target = "service.search:Search" if args.service == "search" else "service.embedder:Embedder"
     rounds: dict[str, list[Round]] = {c: [] for c in args.configs}
     ingest_alone: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mmsearch-bench-") as tmp:
         specs = [
             (
-                "service.embedder:Embedder",
+                target,
                 bench_env(Path(tmp) / f"c{i}", MMSEARCH_MAX_BATCH_SIZE=str(args.max_batch_size), **CONFIGS[c]),
             )
             for i, c in enumerate(args.configs)
         ]
         with bentos(specs, Path(tmp)) as servers:
+            if args.service == "search":  # a collection to search (the bulk ids, replaced by every upsert)
+                for server in servers:
+                    httpx.post(
+                        f"{server.url}/upsert", content=body, headers={"content-type": "application/json"}, timeout=120
+                    ).raise_for_status()
             for r in range(args.rounds):
                 for config, server in zip(args.configs, servers, strict=True):
                     rnd = measure_round(
-                        server.url, body, images=args.images, clients=args.clients, queries=args.queries
+                        server.url,
+                        body,
+                        images=args.images,
+                        clients=args.clients,
+                        queries=args.queries,
+                        service=args.service,
                     )
                     rounds[config].append(rnd)
                     print(f"round {r + 1} {config}: p95 {rnd.idle_p95_ms:.1f} -> {rnd.busy_p95_ms:.1f} ms", flush=True)
             for config, server in zip(args.configs, servers, strict=True):
                 ingest_alone[config] = ingest_rate(
-                    server.url, body, images=args.images, clients=args.clients, seconds=args.ingest_s
+                    server.url,
+                    body,
+                    images=args.images,
+                    clients=args.clients,
+                    seconds=args.ingest_s,
+                    service=args.service,
                 )
     summary: dict[str, Any] = {}
     for config in args.configs:
@@ -225,8 +270,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["goal"] = {"ratio_max": 2.0, "met": summary.get("query-first", {}).get("ratio", 99) <= 2.0}
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     print_table(
-        f"Query latency under bulk ingest (tiny CLIP, max batch {args.max_batch_size}, {args.clients} ingest clients "
-        f"x {args.images} images, {args.queries} queries/phase, median of {args.rounds} rounds)",
+        f"Query latency under bulk ingest ({args.service}, tiny CLIP, max batch {args.max_batch_size}, "
+        f"{args.clients} ingest clients x {args.images} images, {args.queries} queries/phase, "
+        f"median of {args.rounds} rounds)",
         ["config", "idle p95 ms", "busy p95 ms", "ratio", "ratios", "docs/s querying", "docs/s alone"],
         [
             [

@@ -33,12 +33,15 @@ def fifo_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterat
     yield from _server(tmp_path_factory, "fifo", False)
 
 
-def _holds(url: str) -> dict[str, float]:
+@pytest.fixture(scope="module")
+def search_prio_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
+    yield from serve_bento(tmp_path_factory.mktemp("search-prio"), "service.search:Search")
+
+
+def _holds(url: str, service: str = "embedder") -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(r'mmsearch_priority_holds_total\{[^}]*stage="(\w+)"[^}]*\} ([0-9.e+]+)', text)
-    }
+    pattern = r'mmsearch_priority_holds_total\{[^}]*service="' + service + r'"[^}]*stage="(\w+)"[^}]*\} ([0-9.e+]+)'
+    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text)}
 
 
 def test_queries_keep_latency_during_bulk_ingest(prio_server: BentoServer, fifo_server: BentoServer) -> None:
@@ -66,6 +69,27 @@ def test_queries_keep_latency_during_bulk_ingest(prio_server: BentoServer, fifo_
     holds = _holds(prio_server.url)  # document work did wait for queries, at both stages
     assert holds.get("decode", 0) > 0 and holds.get("batch", 0) > 0, holds
     assert _holds(fifo_server.url) == {}  # and never with query priority off
+
+
+def test_search_queries_keep_latency_during_bulk_upserts(search_prio_server: BentoServer) -> None:
+    """The same bound through Search's query path: ``/search`` (query embedding + retrieval) while three clients
+    ``/upsert`` 64 inline images per request back to back (embedding, image storage, index writes)."""
+    url = search_prio_server.url
+    body = bulk_body(64, service="search")
+    seed = httpx.post(f"{url}/upsert", content=body, headers={"content-type": "application/json"}, timeout=120)
+    assert seed.status_code == 200, seed.text[:200]
+    rounds = [measure_round(url, body, images=64, clients=3, queries=200, service="search") for _ in range(3)]
+    ratio = statistics.median(r.ratio for r in rounds)
+    for r in rounds:
+        print(
+            f"\nsearch: query p95 idle {r.idle_p95_ms:.1f} ms, during ingest {r.busy_p95_ms:.1f} ms "
+            f"({r.ratio:.2f}x; {r.docs_per_s_while_querying:.0f} docs/s upserted meanwhile)"
+        )
+    print(f"median search ratio {ratio:.2f}")
+    assert all(r.ingest_errors == 0 and r.docs_per_s_while_querying > 0 for r in rounds)
+    assert ratio <= 2.0
+    holds = _holds(url, "search")  # the upserts' own work in Search waited for searches too
+    assert holds.get("store", 0) + holds.get("index", 0) > 0, holds
 
 
 def _queue_depth(url: str) -> float:
