@@ -78,7 +78,8 @@ def test_search_queries_keep_latency_during_bulk_upserts(search_prio_server: Ben
     body = bulk_body(64, service="search")
     seed = httpx.post(f"{url}/upsert", content=body, headers={"content-type": "application/json"}, timeout=120)
     assert seed.status_code == 200, seed.text[:200]
-    rounds = [measure_round(url, body, images=64, clients=3, queries=200, service="search") for _ in range(3)]
+    # median of 5: single rounds through the composed bento spread 1.35-2.1x on this shared 2-vCPU box
+    rounds = [measure_round(url, body, images=64, clients=3, queries=200, service="search") for _ in range(5)]
     ratio = statistics.median(r.ratio for r in rounds)
     for r in rounds:
         print(
