@@ -76,6 +76,14 @@ def bulk_body(images: int, size: int = 64, service: str = "embedder") -> bytes:
     return json.dumps({"inputs": [{"image": r} for r in refs], "input_type": "document"}).encode()
 
 
+def seed_collection(url: str, body: bytes) -> None:
+    """Search only: one ``/upsert`` of the bulk body first, so that queries have a collection to search (every
+    later upsert replaces the same ids)."""
+    r = httpx.post(f"{url}/upsert", content=body, headers={"content-type": "application/json"}, timeout=120)
+    if r.status_code != 200:
+        raise RuntimeError(f"seeding the collection failed: {r.status_code} {r.text[:200]}")
+
+
 def _bulk_client(
     url: str, body: bytes, n_inputs: int, stop: Any, done: Any, errors: Any, route: str = "/encode"
 ) -> None:
@@ -226,33 +234,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             for i, c in enumerate(args.configs)
         ]
+        load = {"images": args.images, "clients": args.clients, "service": args.service}
         with bentos(specs, Path(tmp)) as servers:
-            if args.service == "search":  # a collection to search (the bulk ids, replaced by every upsert)
+            if args.service == "search":
                 for server in servers:
-                    httpx.post(
-                        f"{server.url}/upsert", content=body, headers={"content-type": "application/json"}, timeout=120
-                    ).raise_for_status()
+                    seed_collection(server.url, body)
             for r in range(args.rounds):
                 for config, server in zip(args.configs, servers, strict=True):
-                    rnd = measure_round(
-                        server.url,
-                        body,
-                        images=args.images,
-                        clients=args.clients,
-                        queries=args.queries,
-                        service=args.service,
-                    )
+                    rnd = measure_round(server.url, body, queries=args.queries, **load)
                     rounds[config].append(rnd)
                     print(f"round {r + 1} {config}: p95 {rnd.idle_p95_ms:.1f} -> {rnd.busy_p95_ms:.1f} ms", flush=True)
             for config, server in zip(args.configs, servers, strict=True):
-                ingest_alone[config] = ingest_rate(
-                    server.url,
-                    body,
-                    images=args.images,
-                    clients=args.clients,
-                    seconds=args.ingest_s,
-                    service=args.service,
-                )
+                ingest_alone[config] = ingest_rate(server.url, body, seconds=args.ingest_s, **load)
     summary: dict[str, Any] = {}
     for config in args.configs:
         rs = rounds[config]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -133,33 +134,20 @@ class Embedder:
     ) -> np.ndarray:
         check_count(field, len(items), self.settings.max_inputs_per_request)
         self._check_dimensions(dimensions)
-        if input_type == "query":  # document work yields to this request at every stage until it answers
-            async with self.runtime.gate.interactive():
-                return await self._encode_resolved(items, field, input_type, normalize, dimensions, uploads, timeout)
-        return await self._encode_resolved(items, field, input_type, normalize, dimensions, uploads, timeout)
-
-    async def _encode_resolved(
-        self,
-        items: Sequence[str | Item],
-        field: str,
-        input_type: InputType,
-        normalize: bool,
-        dimensions: int | None,
-        uploads: dict[int, Image.Image] | None,
-        timeout: float | None,
-    ) -> np.ndarray:
-        resolved = await resolve_items(
-            items,
-            field=field,
-            loader=self.runtime.loader,
-            settings=self.settings,
-            supported=self.modalities,
-            model=self.model_name,
-            uploads=uploads,
-            background=input_type == "document",
-        )
-        emb = await self.embed(resolved, input_type, timeout)
-        return postprocess(emb, dimensions, normalize)
+        # a query: document work yields to this request at every stage until it answers
+        async with self.runtime.gate.interactive() if input_type == "query" else contextlib.nullcontext():
+            resolved = await resolve_items(
+                items,
+                field=field,
+                loader=self.runtime.loader,
+                settings=self.settings,
+                supported=self.modalities,
+                model=self.model_name,
+                uploads=uploads,
+                background=input_type == "document",
+            )
+            emb = await self.embed(resolved, input_type, timeout)
+            return postprocess(emb, dimensions, normalize)
 
     @bentoml.api(route="/encode", input_spec=EncodeRequest)
     @handle_api_errors

@@ -19,6 +19,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+from service.config import Settings
+
 
 class PriorityGate:
     """Counts interactive requests in flight; background work yields to them (bounded)."""
@@ -33,6 +35,17 @@ class PriorityGate:
         self._on_clear: list[Callable[[], None]] = []
         self.on_hold: Callable[[str], None] | None = None
         """Called with the stage (``decode``, ``batch``) each time background work waits (a metric)."""
+
+    @classmethod
+    def for_service(cls, settings: Settings, service: str) -> PriorityGate:
+        """The gate ``settings`` ask for (disabled with ``query_priority`` off), counting its holds as
+        ``mmsearch_priority_holds_total{service=...}``."""
+        from service.metrics import get_metrics
+
+        gate = cls(settings.query_priority_max_hold_ms / 1000 if settings.query_priority else 0)
+        holds = get_metrics().priority_holds
+        gate.on_hold = lambda stage: holds.labels(service, stage).inc()
+        return gate
 
     @property
     def enabled(self) -> bool:

@@ -50,8 +50,7 @@ class ModelRuntime(Generic[T, R]):
         self.loader = MediaLoader(settings)
         self.metrics = get_metrics()
         self.loader.on_refusal = self.refused  # fetch/decode failures by reason
-        self.gate = PriorityGate(settings.query_priority_max_hold_ms / 1000 if settings.query_priority else 0)
-        self.gate.on_hold = lambda stage: self.metrics.priority_holds.labels(service, stage).inc()
+        self.gate = PriorityGate.for_service(settings, service)
         self.loader.gate = self.gate  # document images decode after in-flight queries
         self.batcher: MicroBatcher[T, R] = MicroBatcher(
             run,

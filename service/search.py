@@ -87,8 +87,7 @@ class Search:
         self.loader = MediaLoader(self.settings)  # validates inline images that skip the embedder
         self.metrics = get_metrics()
         # Ingest work done here (storing inline images, index writes) yields to in-flight searches, as in the models.
-        self.gate = PriorityGate(self.settings.query_priority_max_hold_ms / 1000 if self.settings.query_priority else 0)
-        self.gate.on_hold = lambda stage: self.metrics.priority_holds.labels("search", stage).inc()
+        self.gate = PriorityGate.for_service(self.settings, "search")
         self._write_locks: dict[str, asyncio.Lock] = {}
         self._embedder_info: dict[str, Any] | None = None
         self._dimensions: dict[str, int] = {}  # fixed at creation; collections are never dropped

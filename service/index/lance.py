@@ -226,10 +226,10 @@ class LanceIndex(VectorIndex):
         with self._write_lock:
             before = table.version
             table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
-            self._patch_matrix(name, before, table.version, data)
-            before = table.version
+            after = table.version
+            self._patch_matrix(name, before, after, data)
             self._maintain(name, table)
-            if table.version != before:  # an index build or compaction: rebuilt lazily by the next query
+            if table.version != after:  # an index build or compaction: rebuilt lazily by the next query
                 with self._lock:
                     self._matrices.pop(name, None)
 
@@ -308,12 +308,13 @@ class LanceIndex(VectorIndex):
         wanted = list(dict.fromkeys(check_ids(ids)))
         deleted = 0
         with self._write_lock:
+            version = table.version
             for start in range(0, len(wanted), ID_CHUNK):
                 chunk = wanted[start : start + ID_CHUNK]
-                before = table.version
                 result = table.delete(col("id").isin(chunk))
                 deleted += int(getattr(result, "num_deleted_rows", 0))
-                self._patch_matrix(name, before, table.version, None, chunk)
+                before, version = version, table.version
+                self._patch_matrix(name, before, version, None, chunk)
         return deleted
 
     def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
