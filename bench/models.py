@@ -136,62 +136,20 @@ def reranker_path(name: str) -> Path:
 
 def build_small_vlm_reranker(out: Path) -> Path:
     """A random Qwen2-VL yes/no CrossEncoder, text 4 layers x 256, vision 2 x 128 (tiny processor, <=1024 px)."""
-    import torch
-    from sentence_transformers import CrossEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.cross_encoder.modules import LogitScore
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from service.tiny import QwenVLSizes, build_tiny_vlm_reranker
 
-    from service.tiny import _RERANK_TEMPLATE, SEED, _qwen_vl_processor, _warn_in_card
-
-    out = Path(out)
-    processor, ids = _qwen_vl_processor(["yes", "no"], _RERANK_TEMPLATE)
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(ids),
-            "hidden_size": 256,
-            "intermediate_size": 768,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": True,
-        },
-        vision_config={
-            "depth": 2,
-            "embed_dim": 128,
-            "hidden_size": 256,
-            "num_heads": 4,
-            "mlp_ratio": 2,
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "in_channels": 3,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+    sizes = QwenVLSizes(
+        hidden=256,
+        intermediate=768,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        mrope_section=(8, 12, 12),
+        vision_embed=128,
+        vision_hidden=256,
+        vision_heads=4,
     )
-    torch.manual_seed(SEED)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as raw:
-        model.save_pretrained(raw)
-        processor.save_pretrained(raw)
-        modules = [
-            Transformer(raw, transformer_task="any-to-any"),
-            LogitScore(true_token_id=ids["yes"], false_token_id=ids["no"]),
-        ]
-        CrossEncoder(modules=modules, device="cpu").save(str(out))
-    _warn_in_card(out)
-    return out
+    return build_tiny_vlm_reranker(out, sizes)
 
 
 def qwen3vl_config(sizes: dict[str, Any], ids: dict[str, int]) -> Any:

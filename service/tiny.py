@@ -207,20 +207,42 @@ def _qwen_vl_processor(extra_tokens: list[str], chat_template: str) -> tuple[Any
     return processor, vocab
 
 
-def _qwen_vl_config(ids: dict[str, int], *, tie_word_embeddings: bool) -> Any:
-    """A tiny Qwen2VLConfig (hidden 32, 2 text + 2 vision layers, mrope [2, 3, 3]) over the vocabulary ``ids``."""
+@dataclass(frozen=True)
+class QwenVLSizes:
+    """Sizes of a random Qwen2-VL (text decoder + vision tower)."""
+
+    hidden: int = 32
+    intermediate: int = 64
+    layers: int = 2
+    heads: int = 2
+    kv_heads: int = 1
+    mrope_section: tuple[int, int, int] = (2, 3, 3)
+    vision_embed: int = 32
+    vision_hidden: int = 32
+    vision_heads: int = 2
+
+
+TINY_QWEN_VL = QwenVLSizes()
+
+
+def _qwen_vl_config(ids: dict[str, int], *, tie_word_embeddings: bool, sizes: QwenVLSizes = TINY_QWEN_VL) -> Any:
+    """A Qwen2VLConfig of ``sizes`` (default tiny: hidden 32, 2 text + 2 vision layers) over the vocabulary ``ids``."""
     from transformers import Qwen2VLConfig
 
     return Qwen2VLConfig(
         text_config={
             "vocab_size": len(ids),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
+            "hidden_size": sizes.hidden,
+            "intermediate_size": sizes.intermediate,
+            "num_hidden_layers": sizes.layers,
+            "num_attention_heads": sizes.heads,
+            "num_key_value_heads": sizes.kv_heads,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": list(sizes.mrope_section),
+            },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -228,9 +250,9 @@ def _qwen_vl_config(ids: dict[str, int], *, tie_word_embeddings: bool) -> Any:
         },
         vision_config={
             "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 32,
-            "num_heads": 2,
+            "embed_dim": sizes.vision_embed,
+            "hidden_size": sizes.vision_hidden,
+            "num_heads": sizes.vision_heads,
             "mlp_ratio": 2,
             "patch_size": 4,
             "spatial_merge_size": 2,
@@ -254,8 +276,9 @@ def _raw_checkpoint(model: Any, processor: Any) -> Iterator[str]:
         yield raw
 
 
-def build_tiny_vlm_reranker(out: Path) -> Path:
-    """Build a tiny random Qwen2-VL yes/no CrossEncoder (text, image or text+image per side) at ``out``."""
+def build_tiny_vlm_reranker(out: Path, sizes: QwenVLSizes = TINY_QWEN_VL) -> Path:
+    """Build a random Qwen2-VL yes/no CrossEncoder (text, image or text+image per side) of ``sizes`` (default
+    tiny) at ``out``."""
     import torch
     from sentence_transformers import CrossEncoder
     from sentence_transformers.base.modules import Transformer
@@ -264,7 +287,7 @@ def build_tiny_vlm_reranker(out: Path) -> Path:
 
     out = Path(out)
     processor, ids = _qwen_vl_processor(["yes", "no"], _RERANK_TEMPLATE)
-    config = _qwen_vl_config(ids, tie_word_embeddings=True)
+    config = _qwen_vl_config(ids, tie_word_embeddings=True, sizes=sizes)
     torch.manual_seed(SEED)
     model = Qwen2VLForConditionalGeneration(config).eval()
     with _raw_checkpoint(model, processor) as raw:
