@@ -304,6 +304,12 @@ class BaseClient(Generic[HttpT]):
             self.timeout = _as_timeout(timeout)
         self.max_retries = max_retries
         self._extra_headers = dict(headers or {})
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else self._default_http()
+
+    def _default_http(self) -> HttpT:
+        """The connection pool this client opens (and closes) when the caller passes no ``http_client``."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"

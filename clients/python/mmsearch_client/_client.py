@@ -12,13 +12,9 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from mmsearch_client._base import (
-    DEFAULT_MAX_RETRIES,
-    NOT_GIVEN,
     BaseClient,
     BatchOutcome,
     RequestSpec,
-    TimeoutLike,
-    _NotGiven,
     achunked,
     chunked,
     classify_transport_error,
@@ -64,26 +60,8 @@ class Client(BaseClient[httpx.Client]):
     ``max_retries`` times with exponential backoff and jitter, honouring ``Retry-After``.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: TimeoutLike | _NotGiven = NOT_GIVEN,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            headers=headers,
-            http_client=http_client,
-        )
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client(timeout=self.timeout)
+    def _default_http(self) -> httpx.Client:
+        return httpx.Client(timeout=self.timeout)
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -280,26 +258,8 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         result = await client.encode(["a red bicycle", Image.url("https://example.com/bike.png")])
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: TimeoutLike | _NotGiven = NOT_GIVEN,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            headers=headers,
-            http_client=http_client,
-        )
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=self.timeout)
+    def _default_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.timeout)
 
     # ------------------------------------------------------------------------------------------- lifecycle
     async def aclose(self) -> None:
