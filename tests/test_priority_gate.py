@@ -8,17 +8,14 @@ with the tiny CLIP runs the same code in ``tests/test_priority_e2e.py``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import time
 from collections.abc import Hashable
-
-from PIL import Image
 
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.media import MediaLoader
 from service.priority import PriorityGate
+from tests.support.images import data_uri, make_image, png_bytes
 
 
 class Timed:
@@ -138,12 +135,6 @@ def test_budget_scales_document_batches() -> None:
     asyncio.run(go())
 
 
-def _data_uri() -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def test_document_decodes_wait_for_in_flight_queries_query_decodes_do_not() -> None:
     async def go() -> None:
         loader = MediaLoader(Settings(document_decode_threads=1))
@@ -151,20 +142,20 @@ def test_document_decodes_wait_for_in_flight_queries_query_decodes_do_not() -> N
         holds: list[str] = []
         gate.on_hold = holds.append
         loader.gate = gate
-        uri = _data_uri()
+        img = make_image(0, size=(32, 32))
+        uri, png = data_uri(img), png_bytes(img)
         async with gate.interactive():
             bulk = asyncio.create_task(
                 loader.load_many([(uri, f"inputs[{i}].image") for i in range(3)], background=True)
             )
-            png = base64.b64decode(uri.split(",", 1)[1])
             upload = asyncio.create_task(loader.decode_upload(png, "image[0]", background=True))
             query = await asyncio.wait_for(loader.load(uri, "query.image"), 5)  # not held
-            assert query.size == (8, 8)
-            assert (await asyncio.wait_for(loader.decode_upload(png, "image[0]"), 5)).size == (8, 8)
+            assert query.size == (32, 32)
+            assert (await asyncio.wait_for(loader.decode_upload(png, "image[0]"), 5)).size == (32, 32)
             await asyncio.sleep(0.1)
             assert not bulk.done() and not upload.done()
         images = await asyncio.wait_for(bulk, 5)
-        assert [im.size for im in images] == [(8, 8)] * 3 and (await upload).size == (8, 8)
+        assert [im.size for im in images] == [(32, 32)] * 3 and (await upload).size == (32, 32)
         assert holds == ["decode"]
         await loader.aclose()
 
