@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ import pytest
 
 from bench.priority import bulk_body, measure_round, seed_collection
 from tests.conftest import serve_bento
+from tests.support.metrics import metric_sum, samples
 from tests.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
@@ -39,9 +39,7 @@ def search_prio_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) ->
 
 
 def _holds(url: str, service: str = "embedder") -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    pattern = r'mmsearch_priority_holds_total\{[^}]*service="' + service + r'"[^}]*stage="(\w+)"[^}]*\} ([0-9.e+]+)'
-    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text)}
+    return {labels["stage"]: v for labels, v in samples(url, "mmsearch_priority_holds_total", service=service)}
 
 
 def test_queries_keep_latency_during_bulk_ingest(prio_server: BentoServer, fifo_server: BentoServer) -> None:
@@ -93,9 +91,7 @@ def test_search_queries_keep_latency_during_bulk_upserts(search_prio_server: Ben
 
 
 def _queue_depth(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    m = re.search(r'mmsearch_queue_depth\{[^}]*service="embedder"[^}]*\} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
+    return metric_sum(url, "mmsearch_queue_depth", service="embedder")
 
 
 def test_request_deadline_is_honoured_in_the_queue(prio_server: BentoServer) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.support.images import data_uri, make_image
+from tests.support.metrics import metric_sum
 from tests.support.servers import BentoServer, StaticServer
 
 pytestmark = pytest.mark.e2e
@@ -83,11 +84,7 @@ def test_inline_image_stored_and_served(search_server: BentoServer, corpus: tupl
 
 
 def _reranker_pairs(server: BentoServer) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(r'mmsearch_inputs_total\{[^}]*service="reranker"[^}]*\} ([0-9.e+]+)', text)
-    )
+    return metric_sum(server.url, "mmsearch_inputs_total", service="reranker")
 
 
 def test_rerank_on_and_off(search_server: BentoServer, corpus: tuple[str, list[dict]]) -> None:

@@ -30,6 +30,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.metrics import metric_sum
 from tests.support.servers import BentoServer, bento_env
 from tests.test_bento_build import build_bento
 
@@ -146,11 +147,7 @@ def access_types(server: BentoServer, path: str) -> set[str]:
 
 def in_progress(server: BentoServer, endpoint: str) -> int:
     """Requests the server has accepted and not yet answered (BentoML's request_in_progress gauge)."""
-    n = 0
-    for line in httpx.get(f"{server.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith("bentoml_service_request_in_progress{") and f'endpoint="{endpoint}"' in line:
-            n += int(float(line.rsplit(" ", 1)[1]))
-    return n
+    return int(metric_sum(server.url, "bentoml_service_request_in_progress", endpoint=endpoint))
 
 
 def test_search_wired_by_url_to_separate_processes(stack: Stack) -> None:
