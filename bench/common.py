@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -385,31 +384,22 @@ class StaticProcess:
 
 # ----------------------------------------------------------------------------------------------- metrics
 
-_BUCKET = re.compile(r"^mmsearch_model_batch_size_bucket\{([^}]*)\}\s+([0-9.eE+-]+)$")
-_SUMCOUNT = re.compile(r"^mmsearch_model_batch_size_(sum|count)\{([^}]*)\}\s+([0-9.eE+-]+)$")
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-
 
 def scrape_batch_histogram(base_url: str) -> dict[str, dict[str, Any]]:
     """``mmsearch_model_batch_size`` from ``/metrics``: per ``service/lane``, cumulative buckets, sum and count."""
-    import httpx
+    from tests.support.metrics import scrape
 
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
     out: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        m = _BUCKET.match(line)
-        if m:
-            labels = dict(_LABEL.findall(m.group(1)))
-            key = f"{labels.get('service')}/{labels.get('lane')}"
-            h = out.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
-            h["buckets"][labels["le"]] = h["buckets"].get(labels["le"], 0.0) + float(m.group(2))
+    for s in scrape(base_url, timeout=30):
+        part = s.name.removeprefix("mmsearch_model_batch_size_")
+        if part == s.name or part not in ("bucket", "sum", "count"):
             continue
-        m = _SUMCOUNT.match(line)
-        if m:
-            labels = dict(_LABEL.findall(m.group(2)))
-            key = f"{labels.get('service')}/{labels.get('lane')}"
-            h = out.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
-            h[m.group(1)] += float(m.group(3))
+        key = f"{s.labels.get('service')}/{s.labels.get('lane')}"
+        h = out.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        if part == "bucket":
+            h["buckets"][s.labels["le"]] = h["buckets"].get(s.labels["le"], 0.0) + s.value
+        else:
+            h[part] += s.value
     return out
 
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+
+def scrape(url: str, timeout: float = 10) -> list[Sample]:
+    """Every sample ``url``'s ``/metrics`` reports."""
+    text = httpx.get(f"{url}/metrics", timeout=timeout).text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def samples(url: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
     """``(labels, value)`` of every sample called ``name`` (e.g. ``mmsearch_inputs_total``, or a histogram's
     ``..._count``) whose labels include ``labels``."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and labels.items() <= s.labels.items()
-    ]
+    return [(s.labels, s.value) for s in scrape(url) if s.name == name and labels.items() <= s.labels.items()]
 
 
 def metric_sum(url: str, name: str, **labels: str) -> float:
