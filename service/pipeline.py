@@ -1,0 +1,660 @@
+"""Search's ingest and search flows as plain code: what ``service.search.Search`` (a thin BentoML class) runs.
+
+The pipeline talks to the models through ports (``service.ports``), to the vector index through ``VectorIndex``
+and to stored media through ``MediaStore``, so unit tests reach every rule here without a server.
+
+Ingest (``upsert``): validate -> media (check / store images) -> read (the text in images, when OCR is on) ->
+embed (documents without an ``embedding``; a text-only embedder gets an image's text) -> write (index).
+Search (``search``): read the query image's text (when needed) -> choose the mode -> embed the query (unless
+keyword) -> retrieve candidates (vector, keyword or hybrid, with evidence; ``service.retrieval``) -> rerank the
+shortlist (a text reranker scores image documents by their text and OCR text) -> respond.
+Each step is one method, so later stages slot in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from mmsearch_client.schemas import (
+    CollectionInfo,
+    CollectionsResponse,
+    DeleteRequest,
+    DeleteResponse,
+    Document,
+    DropRequest,
+    DropResponse,
+    Evidence,
+    GetRequest,
+    GetResponse,
+    Item,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    SearchTimings,
+    SearchWarning,
+    StoredDocument,
+    UpsertRequest,
+    UpsertResponse,
+    as_item,
+)
+
+from service.config import Settings
+from service.errors import ApiError, unprocessable
+from service.index import base as index_base
+from service.inputs import check_count, check_text_length, unit_vector
+from service.media import MediaLoader, content_hash
+from service.mediastore import SCHEME as MEDIA_SCHEME
+from service.mediastore import MediaStore
+from service.ocr import OcrPage
+from service.ports import EmbedderPort, Embeddings, ReaderPort, RerankerPort
+from service.priority import PriorityGate
+from service.reading import TextReader, modality_paths
+from service.retrieval import Candidate, Mode, ModeError, Query, choose_mode, retrieve
+from service.storage import StorageHealth, is_storage_fault
+
+T = TypeVar("T")
+_INPUT_PATH = re.compile(r"inputs\[(\d+)\]")
+STAGES = ("read", "embed", "retrieve", "rerank", "total")
+
+
+@dataclass
+class IngestDoc:
+    """One document on its way into the index."""
+
+    position: int
+    """Index in the request's ``documents`` (for error paths)."""
+    doc: Document
+    image: str | None = None
+    """What the index stores as ``image``."""
+    vector: np.ndarray | None = None
+    ocr: OcrPage | None = None
+    """The text read from the image (OCR on)."""
+
+
+@dataclass
+class SearchRun:
+    """One search on its way through the stages: the request, its deadline and the stage clock."""
+
+    req: SearchRequest
+    query: Item
+    deadline: float | None
+    clock: Callable[[], float] = time.perf_counter
+    started: float = 0.0
+    marks: dict[str, float] = field(default_factory=dict)
+    text: str | None = None
+    """The query's text for keyword retrieval and evidence: its own and the text read from its image."""
+    ocr_text: dict[str, str | None] = field(default_factory=dict)
+    """OCR text of the candidates, by id (a text reranker scores image documents by it)."""
+    warnings: list[SearchWarning] = field(default_factory=list)
+
+    def warn(self, doc_id: str | None, code: str, message: str) -> None:
+        self.warnings.append(SearchWarning(id=doc_id, code=code, message=message))
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    def mark(self, stage: str) -> None:
+        """Close ``stage`` now: its time is from the previous mark (or the start) to here."""
+        self.marks[stage] = self.clock()
+
+    def timings(self) -> SearchTimings:
+        out: dict[str, float] = {}
+        last = self.started
+        for stage in STAGES[:-1]:
+            end = self.marks.get(stage, last)
+            out[stage] = (end - last) * 1000
+            last = end
+        out["total"] = (last - self.started) * 1000
+        return SearchTimings(**out)
+
+    def remaining(self) -> float | None:
+        return remaining(self.deadline)
+
+
+class SearchPipeline:
+    """Ingest and search over one vector index, with the Embedder and Reranker behind ports."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: EmbedderPort,
+        reranker: RerankerPort,
+        reader: ReaderPort | None = None,
+        index: index_base.VectorIndex,
+        media: MediaStore,
+        loader: MediaLoader,
+        gate: PriorityGate,
+        observe_stage: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        storage: StorageHealth | None = None,
+    ) -> None:
+        """``reader``: reads the text in images (None: OCR off). ``observe_stage(stage, seconds)`` records stage
+        latencies (a metric); ``clock`` times the stages; ``storage`` is told of storage faults (``/readyz`` reads
+        it)."""
+        self.settings = settings
+        self.embedder = embedder
+        self.reranker = reranker
+        self.reader = TextReader(reader)
+        self.index = index
+        self.media = media
+        self.loader = loader  # validates inline images that skip the embedder
+        self.gate = gate  # ingest work (storing images, index writes) yields to in-flight searches
+        self.observe_stage = observe_stage
+        self.clock = clock
+        self.storage = storage if storage is not None else StorageHealth([])
+        self._write_locks: dict[str, asyncio.Lock] = {}
+        self._embedder_info: dict[str, Any] | None = None
+        self._reranker_info: dict[str, Any] | None = None
+        # Looked up once per collection; forgotten when the index says the collection is gone or of another
+        # dimension (dropped or re-created, possibly through another replica).
+        self._dimensions: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------------- plumbing
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking index (or media store) call in a worker thread; its errors become their API answers."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except ApiError:
+            raise
+        except index_base.InvalidCollectionName as e:
+            raise ApiError(400, "invalid_collection", str(e), field="collection") from None
+        except index_base.CollectionNotFound as e:
+            raise ApiError(404, "collection_not_found", str(e), field="collection") from None
+        except index_base.CollectionMismatch as e:
+            raise ApiError(409, "collection_mismatch", str(e), field="collection") from None
+        except index_base.InvalidFilter as e:
+            raise ApiError(400, "invalid_filter", f"filter: {e}", field="filter") from None
+        except index_base.UnsupportedMode as e:
+            raise ApiError(422, "unsupported_mode", str(e), field="mode") from None
+        except ModeError as e:
+            raise ApiError(422, "unsupported_mode", str(e), field="mode") from None
+        except Exception as e:
+            if not is_storage_fault(e):
+                raise
+            self.storage.fault(e)
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                "the index or media storage cannot be written (disk full or read-only); retry later",
+                retry_after=5,
+            ) from None
+
+    async def embedder_info(self, *, refresh: bool = False) -> dict[str, Any]:
+        """The embedder's model and dimension, cached; ``refresh`` when an answer shows another model."""
+        if self._embedder_info is None or refresh:
+            self._embedder_info = await self.embedder.info()
+        return self._embedder_info
+
+    async def reranker_info(self) -> dict[str, Any] | None:
+        """The Reranker's ``/info`` (``model`` None: none configured), cached; None while it cannot be asked."""
+        if self._reranker_info is None:
+            try:
+                self._reranker_info = await self.reranker.info()
+            except ApiError:
+                return None
+        return self._reranker_info
+
+    def describe(self, embedder_modalities: Sequence[str]) -> dict[str, Any]:
+        """What ``/info`` adds about retrieval: OCR, keyword search, the fusion, and which path each modality
+        takes."""
+        return {
+            "ocr": self.reader.enabled,
+            "modality_paths": modality_paths(embedder_modalities, self.reader.enabled),
+            "index_backend": self.index.backend,
+            "keyword_search": self.index.keyword_capable,
+            "hybrid_fusion": self.settings.hybrid_fusion,
+        }
+
+    def text_only_embedder(self, info: dict[str, Any]) -> bool:
+        return list(info.get("modalities") or []) == ["text"]
+
+    async def collection_dimension(self, name: str) -> int:
+        """A collection's dimension (404 if unknown), looked up once: a search must not count rows every time."""
+        dimension = self._dimensions.get(name)
+        if dimension is None:
+            info = await self.in_thread(self.index.get_collection, name)
+            dimension = self._dimensions[name] = info.dimension
+        return dimension
+
+    def _lock(self, collection: str) -> asyncio.Lock:
+        return self._write_locks.setdefault(collection, asyncio.Lock())
+
+    # ------------------------------------------------------------------------------------------- ingest
+    async def upsert(self, req: UpsertRequest) -> UpsertResponse:
+        """Embed (document prompt) and store documents; an existing id is replaced."""
+        self._check_upsert(req)
+        info = await self.embedder_info()
+        dim, model = int(info["dimension"]), str(info["model"])
+        batch = [IngestDoc(i, d) for i, d in enumerate(req.documents)]
+        self._take_supplied_embeddings(batch, dim, model)
+        await self._check_media(batch)
+        await self._read_text(batch)
+        embedded = await self._embed_documents(batch, self.text_only_embedder(info), model)
+        if embedded is not None and (embedded.model, embedded.vectors.shape[1]) != (model, dim):
+            info = await self.embedder_info(refresh=True)  # the Embedder was replaced by another model
+            dim, model = int(info["dimension"]), str(info["model"])
+            if (embedded.model, embedded.vectors.shape[1]) != (model, dim):
+                raise ApiError(503, "embedder_changed", "the embedder changed model during the request", retry_after=1)
+            self._take_supplied_embeddings(batch, dim, model)
+        await self._store_media(batch)
+        await self._write(req.collection, batch, dim, model)
+        read = [d.ocr for d in batch if d.ocr is not None]
+        return UpsertResponse(
+            collection=req.collection,
+            upserted=len(batch),
+            ids=[d.doc.id for d in batch],
+            ocr_images=len(read),
+            ocr_lines=sum(len(p.lines) for p in read),
+        )
+
+    def _check_upsert(self, req: UpsertRequest) -> None:
+        """Every document, embedded here or not, is checked by the same rules (a document that brings its own
+        embedding must not store a text the embedder would have refused)."""
+        docs = req.documents
+        check_count("documents", len(docs), self.settings.max_documents_per_request, "documents")
+        ids = [d.id for d in docs]
+        if len(set(ids)) != len(ids):
+            raise ApiError(400, "duplicate_id", "documents: ids must be unique within a request", field="documents")
+        for i, d in enumerate(docs):
+            check_text_length(f"documents[{i}]", d.text, self.settings)
+
+    def _take_supplied_embeddings(self, batch: Sequence[IngestDoc], dim: int, model: str) -> None:
+        """Check and normalise the embeddings callers supplied (they skip the embedder)."""
+        for d in batch:
+            emb = d.doc.embedding
+            if emb is None:
+                continue
+            path = f"documents[{d.position}].embedding"
+            if len(emb) != dim:
+                raise ApiError(
+                    422,
+                    "dimension_mismatch",
+                    f"{path}: expected {dim} dimensions (model {model!r}), got {len(emb)}",
+                    field=path,
+                )
+            try:
+                d.vector = unit_vector(emb)
+            except ValueError as e:
+                raise ApiError(422, "invalid_embedding", f"{path}: {e}", field=path) from None
+
+    async def _check_media(self, batch: Sequence[IngestDoc]) -> None:
+        """Images of documents that skip the embedder are not seen by it: check they are real, allowed images."""
+        for d in batch:
+            if d.vector is not None and d.doc.image is not None:
+                await self.loader.load(d.doc.image, f"documents[{d.position}].image")
+
+    async def _read_text(self, batch: Sequence[IngestDoc]) -> None:
+        """Read the text in every document image (OCR on), document priority; cached by image content."""
+        todo = [d for d in batch if d.doc.image is not None]
+        if not todo or not self.reader.enabled:
+            return
+        images = [(_image_key(str(d.doc.image)), str(d.doc.image)) for d in todo]
+        try:
+            pages = await self.reader.read(images, "document", None)
+        except ApiError as e:
+            raise remap_inputs(e, [d.position for d in todo], "documents") from None
+        for d, page in zip(todo, pages, strict=True):
+            d.ocr = page
+
+    def _embedding_item(self, d: IngestDoc, text_only: bool, model: str) -> Item:
+        """What the embedder gets: the document, or for a text-only embedder an image's text (with its own)."""
+        if not text_only or d.doc.image is None or not self.reader.enabled:
+            return Item(text=d.doc.text, image=d.doc.image)
+        text = index_base.keyword_text(d.doc.text, d.ocr.text if d.ocr else None)
+        if text is None:
+            path = f"documents[{d.position}].image"
+            raise ApiError(
+                422,
+                "no_text_in_image",
+                f"{path}: no text was read from the image and the document has none; the embedder ({model}) reads "
+                "text only, so images are represented by their text",
+                field=path,
+            )
+        return Item(text=text)
+
+    async def _embed_documents(self, batch: Sequence[IngestDoc], text_only: bool, model: str) -> Embeddings | None:
+        todo = [d for d in batch if d.vector is None]
+        if not todo:
+            return None
+        items = [self._embedding_item(d, text_only, model) for d in todo]
+        try:
+            out = await self.embedder.encode(items, "document", None)
+        except ApiError as e:
+            raise remap_inputs(e, [d.position for d in todo], "documents") from None
+        for d, v in zip(todo, out.vectors, strict=True):
+            d.vector = v
+        return out
+
+    async def _store_media(self, batch: Sequence[IngestDoc]) -> None:
+        await self.gate.background_turn("store")
+        images = await self.in_thread(lambda: [self._store_image(d.doc.image) for d in batch])
+        for d, image in zip(batch, images, strict=True):
+            d.image = image
+
+    def _store_image(self, image: str | None) -> str | None:
+        if image is None or not image.startswith("data:"):
+            return image
+        return self.media.put_data_uri(image)
+
+    async def _write(self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str) -> None:
+        stored = [
+            index_base.StoredDocument(
+                id=d.doc.id,
+                text=d.doc.text,
+                image=d.image,
+                metadata=dict(d.doc.metadata),
+                embedding=np.asarray(d.vector).tolist(),
+                ocr_text=d.ocr.text if d.ocr is not None else None,
+                ocr_lines=list(d.ocr.lines) if d.ocr is not None else [],
+            )
+            for d in batch
+        ]
+        async with self._lock(collection):
+            await self.in_thread(self.index.ensure_collection, collection, dim, model)
+            await self.gate.background_turn("index")
+            await self.in_thread(self.index.upsert, collection, stored)
+
+    # ------------------------------------------------------------------------------------------- documents
+    async def delete(self, req: DeleteRequest) -> DeleteResponse:
+        """Delete documents by id; ``deleted`` counts those that existed."""
+        check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
+        async with self._lock(req.collection):
+            n = await self.in_thread(self.index.delete, req.collection, req.ids)
+        return DeleteResponse(collection=req.collection, deleted=n)
+
+    async def drop(self, req: DropRequest) -> DropResponse:
+        """Drop a collection (404 if it does not exist)."""
+        async with self._lock(req.collection):
+            self._dimensions.pop(req.collection, None)
+            dropped = await self.in_thread(self.index.drop_collection, req.collection)
+        if not dropped:
+            raise ApiError(
+                404, "collection_not_found", f"collection {req.collection!r} does not exist", field="collection"
+            )
+        return DropResponse(collection=req.collection, dropped=True)
+
+    async def get(self, req: GetRequest) -> GetResponse:
+        """Documents by id, in the order asked (missing ids are skipped)."""
+        check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
+        found = await self.in_thread(self.index.get, req.collection, req.ids)
+        return GetResponse(
+            collection=req.collection,
+            documents=[
+                StoredDocument(
+                    id=d.id,
+                    text=d.text,
+                    image=d.image,
+                    ocr_text=d.ocr_text,
+                    metadata=d.metadata,
+                    embedding=d.embedding if req.include_embedding else None,
+                )
+                for d in found
+            ],
+        )
+
+    async def collections(self) -> CollectionsResponse:
+        """Every collection with its document count, dimension and embedding model."""
+        infos = await self.in_thread(self.index.list_collections)
+        return CollectionsResponse(
+            collections=[
+                CollectionInfo(name=c.name, count=c.count, dimension=c.dimension, model=c.model) for c in infos
+            ]
+        )
+
+    # ------------------------------------------------------------------------------------------- search
+    def check_search(self, req: SearchRequest) -> None:
+        """Refuse shortlist sizes the service does not serve (before any work). A shortlist smaller than ``top_k``
+        is raised to it (``search``), as every client and the CLI expect."""
+        if req.top_k > self.settings.max_candidates:
+            raise unprocessable(
+                f"top_k: at most {self.settings.max_candidates} (MMSEARCH_MAX_CANDIDATES; got {req.top_k})", "top_k"
+            )
+        if req.candidates > self.settings.max_candidates:
+            raise unprocessable(
+                f"candidates: at most {self.settings.max_candidates} (got {req.candidates})", "candidates"
+            )
+
+    async def search(self, req: SearchRequest) -> SearchResponse:
+        """Embed the query, retrieve ``candidates``, rerank them and return the best ``top_k``.
+
+        ``req.timeout`` bounds the whole search (504); its deadline also travels to the model services.
+        """
+        self.check_search(req)
+        if req.top_k > req.candidates:  # the shortlist is never smaller than the answer
+            req = req.model_copy(update={"candidates": req.top_k})
+        deadline = time.monotonic() + req.timeout if req.timeout else None
+        try:
+            async with asyncio.timeout(req.timeout), self.gate.interactive():
+                return await self._search(SearchRun(req, as_item(req.query), deadline, self.clock))
+        except TimeoutError:
+            raise ApiError(504, "deadline_exceeded", f"search did not finish within timeout={req.timeout}s") from None
+
+    async def _search(self, run: SearchRun) -> SearchResponse:
+        req = run.req
+        dimension = await self.collection_dimension(req.collection)  # 404 before any model work
+        text_only = self.text_only_embedder(await self.embedder_info())
+        await self._read_query(run, text_only)
+        run.mark("read")
+        mode = await self.in_thread(choose_mode, req.mode, self.index, req.collection, run.text)
+        qvec = None if mode == "keyword" else await self._embed_query(run, text_only, dimension)
+        run.mark("embed")
+        hits = await self._retrieve(run, mode, qvec)
+        run.mark("retrieve")
+        hits, reranked = await self._rerank_stage(run, hits)
+        run.mark("rerank")
+        timings = run.timings()
+        if self.observe_stage is not None:
+            for stage in STAGES:
+                self.observe_stage(stage, getattr(timings, stage) / 1000)
+        return SearchResponse(
+            hits=hits[: req.top_k], mode=mode, reranked=reranked, timings_ms=timings, warnings=run.warnings
+        )
+
+    async def _read_query(self, run: SearchRun, text_only: bool) -> None:
+        """The query's text: its own, plus the text in its image when the embedder reads text only or keyword
+        retrieval was asked for (read at query priority)."""
+        query = run.query
+        run.text = query.text
+        if query.image is None or not self.reader.enabled:
+            return
+        if not text_only and run.req.mode not in ("keyword", "hybrid"):
+            return
+        try:
+            pages = await self.reader.read([(_image_key(query.image), query.image)], "query", run.remaining())
+        except ApiError as e:
+            raise remap_inputs(e, [0], "query", single=True) from None
+        run.text = index_base.keyword_text(query.text, pages[0].text)
+
+    async def _embed_query(self, run: SearchRun, text_only: bool, dimension: int) -> np.ndarray:
+        item = run.query
+        if text_only and item.image is not None and self.reader.enabled:
+            if not run.text:
+                raise ApiError(
+                    422,
+                    "no_text_in_image",
+                    "query.image: no text was read from the image; the embedder reads text only, so an image query "
+                    "is represented by its text",
+                    field="query.image",
+                )
+            item = Item(text=run.text)
+        try:
+            out = await self.embedder.encode([item], "query", run.remaining())
+        except ApiError as e:
+            raise remap_inputs(e, [0], "query", single=True) from None
+        qvec: np.ndarray = out.vectors[0]
+        if self._embedder_info is not None and self._embedder_info.get("model") != out.model:
+            self._embedder_info = None  # replaced by another model: /info and the next upsert ask again
+        if qvec.shape[0] != dimension:
+            self._dimensions.pop(run.req.collection, None)  # re-created elsewhere? look again, once
+            dimension = await self.collection_dimension(run.req.collection)
+        if qvec.shape[0] != dimension:
+            raise ApiError(
+                409,
+                "collection_mismatch",
+                f"collection {run.req.collection!r} has dimension {dimension}, the embedder gives {qvec.shape[0]}",
+                field="collection",
+            )
+        return qvec
+
+    async def _retrieve(self, run: SearchRun, mode: Mode, qvec: np.ndarray | None) -> list[SearchHit]:
+        req = run.req
+        options = req.hybrid
+        fusion = options.fusion if options and options.fusion else self.settings.hybrid_fusion
+        weight = options.keyword_weight if options and options.keyword_weight is not None else None
+        query = Query(run.text, qvec.tolist() if qvec is not None else None)
+        fn = functools.partial(
+            retrieve,
+            fusion=fusion,
+            keyword_weight=weight if weight is not None else self.settings.hybrid_keyword_weight,
+        )
+        try:
+            found = await self.in_thread(fn, self.index, req.collection, mode, query, req.candidates, req.filter)
+        except ApiError as e:
+            if e.code in ("collection_not_found", "collection_mismatch"):
+                self._dimensions.pop(req.collection, None)  # dropped or re-created, possibly by another replica
+            raise
+        run.ocr_text = {c.hit.id: c.hit.ocr_text for c in found}
+        return [_search_hit(c) for c in found]
+
+    async def _rerank_stage(self, run: SearchRun, hits: list[SearchHit]) -> tuple[list[SearchHit], bool]:
+        """Rerank if asked (by default: when a reranker is configured); ``"auto"`` falls back to retrieval order
+        when the reranker is down or too slow. Every fallback is named in ``warnings``."""
+        req = run.req
+        if req.rerank is False or not hits:
+            return hits, False
+        info = await self.reranker_info()
+        if info is not None and info.get("model") is None:
+            if req.rerank is True:
+                raise ApiError(
+                    501,
+                    "no_reranker",
+                    "no reranker is configured: set MMSEARCH_RERANKER_MODEL, or search with rerank false or auto",
+                    field="rerank",
+                )
+            run.warn(None, "not_reranked", "no reranker is configured: hits are in retrieval order")
+            return hits, False
+        strict = req.rerank != "auto"  # None (the default) behaves like True once a reranker is configured
+        budget = self.settings.rerank_timeout_s
+        if run.deadline is not None:  # leave the request's own deadline room for a retrieval-only answer
+            budget = min(budget, max(0.0, run.deadline - time.monotonic() - 0.005))
+        try:
+            return await self._rerank(run, hits, info, budget), True
+        except TimeoutError:
+            if strict:
+                raise ApiError(
+                    503,
+                    "reranker_timeout",
+                    f"reranker did not answer within {self.settings.rerank_timeout_s}s",
+                    retry_after=1,
+                ) from None
+            run.warn(None, "reranker_timeout", "the reranker did not answer in time: hits are in retrieval order")
+        except ApiError as e:
+            if strict or e.status < 500:
+                raise
+            run.warn(None, e.code, f"{e.message}: hits are in retrieval order")
+        return hits, False
+
+    def _rerank_doc(self, run: SearchRun, hit: SearchHit, text_only: bool) -> Item | None:
+        """What the reranker scores for a candidate, or None when it cannot be scored: no content (an
+        embedding-only document), an image for a text-only reranker with no text at all, or content the
+        reranker's request checks would refuse (a document stored before those checks covered every path must not
+        fail the whole search). A text-only reranker scores an image document by its text and OCR text."""
+        if text_only and hit.image is not None:
+            text = index_base.keyword_text(hit.text, run.ocr_text.get(hit.id))
+            return Item(text=text[: self.settings.max_text_chars]) if text is not None else None
+        if hit.text is None and hit.image is None:
+            return None
+        if hit.text is not None and len(hit.text) > self.settings.max_text_chars:
+            return None
+        return Item(text=hit.text, image=self._image_for_model(hit.image))
+
+    async def _rerank(
+        self, run: SearchRun, hits: list[SearchHit], info: dict[str, Any] | None, budget: float
+    ) -> list[SearchHit]:
+        """Score the candidates that can be scored (``_rerank_doc``); the others keep their order after them. An
+        image query goes to a text-only reranker as its text. Candidates go to the reranker in requests of at most
+        ``max_documents_per_request`` each, so every ``candidates`` up to ``max_candidates`` can be reranked.
+
+        The reranker port waits at most ``budget`` seconds itself (``TimeoutError``): it counts the timeout as a
+        failure of the dependency (circuit breaker), which a cancellation from here could not tell apart."""
+        text_only = info is not None and list(info.get("modalities") or []) == ["text"]
+        query = Item(text=run.text) if text_only and run.query.image is not None and run.text else run.query
+        scorable: list[int] = []
+        docs: list[Item] = []
+        for i, h in enumerate(hits):
+            doc = self._rerank_doc(run, h, text_only)
+            if doc is not None:
+                scorable.append(i)
+                docs.append(doc)
+        chunk = self.settings.max_documents_per_request
+        parts = await asyncio.gather(
+            *(
+                self.reranker.rerank(query, docs[k : k + chunk], run.remaining(), wait=budget)
+                for k in range(0, len(docs), chunk)
+            )
+        )
+        for k, results in zip(range(0, len(docs), chunk), parts, strict=True):
+            for r in results:
+                h = hits[scorable[k + r.index]]
+                h.rerank_score = r.relevance_score
+                h.score = r.relevance_score
+        ranked = sorted((hits[i] for i in scorable), key=lambda h: h.score, reverse=True)
+        rest = [h for h in hits if h.rerank_score is None]
+        return ranked + rest
+
+    def _image_for_model(self, image: str | None) -> str | None:
+        if image is not None and image.startswith(MEDIA_SCHEME):
+            return self.media.to_data_uri(image)
+        return image
+
+
+def _image_key(image: str) -> str | None:
+    """A content key for an inline image (data URI) or a stored one; None for a URL (its bytes are not known)."""
+    if image.startswith("data:") or image.startswith(MEDIA_SCHEME):
+        return content_hash(image.encode())
+    return None
+
+
+def _search_hit(c: Candidate) -> SearchHit:
+    h = c.hit
+    return SearchHit(
+        id=h.id,
+        score=c.score,
+        retrieval_score=c.score,
+        vector_score=c.vector_score,
+        keyword_score=c.keyword_score,
+        text=h.text,
+        image=h.image,
+        metadata=h.metadata,
+        evidence=[Evidence(source=e.source, text=e.text, box=list(e.box) if e.box else None) for e in c.evidence],
+    )
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (at least 1 ms), for the next stage's own deadline."""
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
+
+
+def remap_inputs(e: ApiError, positions: Sequence[int], field: str, single: bool = False) -> ApiError:
+    """Rewrite the embedder's ``inputs[k]`` paths to the caller's field (``documents[j]`` or ``query``)."""
+
+    def sub(text: str) -> str:
+        def one(m: re.Match[str]) -> str:
+            k = int(m.group(1))
+            if single:
+                return field
+            return f"{field}[{positions[k]}]" if k < len(positions) else m.group(0)
+
+        return _INPUT_PATH.sub(one, text)
+
+    e.message = sub(e.message)
+    e.field = sub(e.field) if e.field else e.field
+    return e
