@@ -1,0 +1,70 @@
+"""Hybrid retrieval: fuse the vector and keyword candidate lists into one ranking.
+
+Two fusions, chosen by measurement (``bench/hybrid_fusion.py``, numbers in ``bench/RESULTS.md``):
+
+* ``coverage`` (default): ``score = norm_cos + keyword_weight * coverage ** 2``. ``norm_cos`` is the cosine
+  min-max scaled over the vector candidates (0 for a document only keyword search found); ``coverage`` is the
+  share of the query's terms (stemmed, stop words dropped) the document's text and OCR text contain. A query that
+  quotes a page finds every term on it and keyword evidence decides; a paraphrase shares few terms with anything,
+  partial matches are squared down, and the dense ranking stands. Plain reciprocal rank fusion lets the best BM25
+  hit of a paraphrase (a distractor matching one generic word) outvote the dense ranking.
+* ``rrf``: reciprocal rank fusion, ``sum(weight / (rrf_k + rank))`` over both lists (vector weight 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Fusion = Literal["coverage", "rrf"]
+DEFAULT_FUSION: Fusion = "coverage"
+DEFAULT_KEYWORD_WEIGHT = {"coverage": 2.0, "rrf": 1.0}
+COVERAGE_POWER = 2
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Fused:
+    id: str
+    score: float
+    vector_score: float | None
+    keyword_score: float | None
+
+
+def _order(scores: dict[str, float], first_seen: dict[str, int]) -> list[str]:
+    return sorted(scores, key=lambda d: (-scores[d], first_seen[d]))
+
+
+def fuse(
+    vector: Sequence[tuple[str, float]],
+    keyword: Sequence[tuple[str, float]],
+    *,
+    fusion: Fusion = DEFAULT_FUSION,
+    keyword_weight: float | None = None,
+    coverage: Callable[[str], float] | None = None,
+) -> list[Fused]:
+    """One ranking of every candidate of both lists (each ``(id, score)``, best first), best first.
+
+    ``coverage(id)`` is the share of query terms the document contains (needed by the ``coverage`` fusion).
+    Ties keep the order in which candidates were first seen (vector list first).
+    """
+    weight = DEFAULT_KEYWORD_WEIGHT[fusion] if keyword_weight is None else keyword_weight
+    cos = dict(vector)
+    bm25 = dict(keyword)
+    first_seen: dict[str, int] = {}
+    for d, _ in [*vector, *keyword]:
+        first_seen.setdefault(d, len(first_seen))
+    scores: dict[str, float] = {}
+    if fusion == "rrf":
+        for weight_of_list, ranked in ((1.0, vector), (weight, keyword)):
+            for rank, (d, _) in enumerate(ranked):
+                scores[d] = scores.get(d, 0.0) + weight_of_list / (RRF_K + rank + 1)
+    else:
+        if coverage is None:
+            raise ValueError("the coverage fusion needs a coverage function")
+        lo, hi = (min(cos.values()), max(cos.values())) if cos else (0.0, 0.0)
+        for d in first_seen:
+            norm = (cos[d] - lo) / (hi - lo) if d in cos and hi > lo else (1.0 if d in cos else 0.0)
+            scores[d] = norm + weight * coverage(d) ** COVERAGE_POWER
+    return [Fused(d, scores[d], cos.get(d), bm25.get(d)) for d in _order(scores, first_seen)]
