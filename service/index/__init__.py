@@ -1,9 +1,10 @@
-"""Vector index layer: LanceDB (embedded directory) or Milvus (Lite file or server) behind one interface."""
+"""Vector index layer: LanceDB (directory or S3) or Milvus (Lite file or server) behind one interface."""
 
 from service.index.base import (
     CollectionInfo,
     CollectionMismatch,
     CollectionNotFound,
+    DimensionMismatch,
     Filter,
     IndexHit,
     InvalidCollectionName,
@@ -17,6 +18,7 @@ __all__ = [
     "CollectionInfo",
     "CollectionMismatch",
     "CollectionNotFound",
+    "DimensionMismatch",
     "Filter",
     "IndexHit",
     "InvalidCollectionName",

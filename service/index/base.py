@@ -2,25 +2,27 @@
 
 Scores are cosine similarities (callers pass unit-normalised vectors). Filters are applied inside the index query
 (pre-filtering), never to an already truncated top-k; see :mod:`service.index.filters` for the filter language.
+Backends that can (``keyword_capable``) also answer keyword queries: BM25 over a document's ``text`` and
+``ocr_text`` (the text read from its image), with the same filters.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
+
+from mmsearch_client import fields
+
+from service.ocr import OcrLine
 
 Filter = dict[str, Any]
 """Metadata filter: ``{key: scalar | {"$in": [...]} | {"$gt"|"$gte"|"$lt"|"$lte"|"$eq"|"$ne": value}}``."""
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-"""Collection names: what every backend accepts (Milvus is the strictest)."""
-MAX_ID_CHARS = 512
 DEFAULT_ANN_THRESHOLD = 50_000
 
 
@@ -39,15 +41,27 @@ class StoredDocument:
     image: str | None
     metadata: dict[str, Any]
     embedding: list[float] | None = None
+    ocr_text: str | None = None
+    """The text read from the document's image (``None``: not read, or no image)."""
+    ocr_lines: list[OcrLine] = field(default_factory=list)
 
 
 @dataclass
 class IndexHit:
     id: str
     score: float
+    """Cosine similarity for a vector search, BM25 for a keyword search."""
     text: str | None
     image: str | None
     metadata: dict[str, Any]
+    ocr_text: str | None = None
+    ocr_lines: list[OcrLine] = field(default_factory=list)
+
+
+def keyword_text(text: str | None, ocr_text: str | None) -> str | None:
+    """What keyword search indexes for a document: its text and the text read from its image."""
+    parts = [t for t in (text, ocr_text) if t and t.strip()]
+    return "\n".join(parts) or None
 
 
 class CollectionNotFound(Exception):
@@ -62,39 +76,60 @@ class CollectionMismatch(Exception):
     """The collection exists with a different embedding dimension or model."""
 
 
+class DimensionMismatch(CollectionMismatch, ValueError):
+    """A query vector's dimension differs from the collection's."""
+
+
 class InvalidFilter(ValueError):
     """A filter is malformed; the message names the offending key or operator."""
 
 
+class UnsupportedMode(Exception):
+    """The backend cannot answer this kind of query (e.g. keyword search on a Milvus 2.3 server)."""
+
+    def __init__(self, backend: str, mode: str) -> None:
+        super().__init__(f"the {backend} index backend cannot do {mode} retrieval; use mode 'vector' (or LanceDB)")
+        self.backend = backend
+        self.mode = mode
+
+
 class InvalidCollectionName(ValueError):
-    """A collection name does not match ``NAME_RE``."""
+    """A collection name breaks ``mmsearch_client.fields.check_collection_name``."""
 
 
 def check_collection_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidCollectionName(
-            f"invalid collection name {name!r}: use letters, digits and '_', starting with a letter or '_' "
-            "(at most 255 characters)"
-        )
-    return name
+    """The wire schema's rule (``mmsearch_client.fields``), so that every backend agrees with the API."""
+    try:
+        return fields.check_collection_name(name)
+    except ValueError as e:
+        raise InvalidCollectionName(str(e)) from None
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:
-    """Validate document ids (non-empty strings of at most ``MAX_ID_CHARS`` characters)."""
+    """Validate document ids (``mmsearch_client.fields.check_id``: 1-512 characters, no control characters)."""
     if isinstance(ids, str):
         raise TypeError("ids must be a sequence of strings, not a single string")
     out = list(ids)
     for i in out:
-        if not isinstance(i, str) or not i or len(i) > MAX_ID_CHARS:
-            raise ValueError(f"invalid document id {i!r}: must be a non-empty string of at most {MAX_ID_CHARS} chars")
+        try:
+            fields.check_id(i)
+        except ValueError as e:
+            raise ValueError(f"invalid document id {i!r}: {e}") from None
     return out
 
 
 def prepare_docs(docs: Sequence[StoredDocument], dimension: int) -> list[StoredDocument]:
-    """Validate documents for upsert and drop earlier duplicates of an id (the last one wins)."""
+    """Validate documents for upsert (every stored field by the API's rules) and drop earlier duplicates of an
+    id (the last one wins)."""
     latest: dict[str, StoredDocument] = {}
     for doc in docs:
         check_ids([doc.id])
+        try:
+            fields.check_stored_text(doc.text, "text")
+            fields.check_stored_text(doc.image, "image")
+            fields.check_metadata(doc.metadata)
+        except ValueError as e:
+            raise ValueError(f"document {doc.id!r}: {e}") from None
         if doc.embedding is None:
             raise ValueError(f"document {doc.id!r} has no embedding")
         if len(doc.embedding) != dimension:
@@ -103,8 +138,6 @@ def prepare_docs(docs: Sequence[StoredDocument], dimension: int) -> list[StoredD
             )
         if not all(math.isfinite(x) for x in doc.embedding):
             raise ValueError(f"document {doc.id!r} embedding contains NaN or infinite values")
-        if not isinstance(doc.metadata, dict):
-            raise ValueError(f"document {doc.id!r} metadata must be an object")
         latest.pop(doc.id, None)  # keep the position of the last occurrence
         latest[doc.id] = doc
     return list(latest.values())
@@ -117,6 +150,20 @@ def order_by_ids(ids: Sequence[str], found: dict[str, StoredDocument]) -> list[S
 
 class VectorIndex(ABC):
     """A set of named collections of documents with one embedding each, searchable by cosine similarity."""
+
+    backend: ClassVar[str] = "index"
+    """The backend's name, as error messages and ``/info`` give it."""
+    keyword_capable: ClassVar[bool] = False
+    """Whether :meth:`keyword_search` works on this backend."""
+
+    def has_keyword_data(self, name: str) -> bool:
+        """Whether keyword search can find anything in the collection (some document has text or OCR text)."""
+        return False
+
+    def keyword_search(self, name: str, query: str, k: int, filter: Filter | None = None) -> list[IndexHit]:
+        """Top-``k`` documents by BM25 of ``query`` over their text and OCR text (descending), among those matching
+        ``filter``; documents matching no query term are not returned."""
+        raise UnsupportedMode(self.backend, "keyword")
 
     @abstractmethod
     def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
@@ -147,6 +194,11 @@ class VectorIndex(ABC):
         """Top-``k`` documents by cosine similarity (descending), restricted to those matching ``filter``."""
 
     @abstractmethod
+    def drop_collection(self, name: str) -> bool:
+        """Delete a collection and its documents; return whether it existed. Every process sharing the storage
+        sees it gone (and a re-created collection of that name as new) on its next call."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release resources; the object must not be used afterwards."""
 
@@ -164,7 +216,7 @@ def check_search_args(vector: Sequence[float], k: int, dimension: int) -> list[f
         raise ValueError(f"k must be a positive integer, got {k!r}")
     vec = [float(x) for x in vector]
     if len(vec) != dimension:
-        raise ValueError(f"query vector has dimension {len(vec)}, collection expects {dimension}")
+        raise DimensionMismatch(f"query vector has dimension {len(vec)}, collection expects {dimension}")
     if not all(math.isfinite(x) for x in vec):
         raise ValueError("query vector contains NaN or infinite values")
     return vec
@@ -175,6 +227,8 @@ def open_index(uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> Vecto
 
     * ``milvus:<path>`` or a path ending in ``.db``: Milvus Lite (embedded, single process per file);
     * ``http://host:19530`` / ``https://...``: a Milvus server;
+    * ``s3://bucket/prefix``: a LanceDB database on S3-compatible object storage (endpoint and credentials from the
+      standard AWS environment variables, see :mod:`service.objectstore`);
     * any other string: a directory holding an embedded LanceDB database (created if missing).
 
     ``ann_threshold``: collections with more rows than this get an approximate (ANN) index; below it search is
@@ -193,6 +247,10 @@ def open_index(uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> Vecto
         if not path.endswith(".db"):
             raise ValueError(f"Milvus Lite needs a file path ending in '.db', e.g. milvus:./data/index.db; got {uri!r}")
         return MilvusIndex(os.path.abspath(os.path.expanduser(path)), ann_threshold=ann_threshold)
+    if uri.startswith("s3://"):
+        from service.index.lance import LanceIndex
+
+        return LanceIndex(uri, ann_threshold=ann_threshold)
     if "://" in uri:
         raise ValueError(f"unsupported index URI scheme: {uri!r}")
     from service.index.lance import LanceIndex

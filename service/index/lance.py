@@ -1,4 +1,4 @@
-"""LanceDB (embedded) backend: one Lance table per collection in a local directory.
+"""LanceDB (embedded) backend: one Lance table per collection, in a local directory or on S3-compatible storage.
 
 * Model and dimension live in the table's schema metadata, so any process opening the directory sees them.
 * Filters: a ``list<string>`` column of filter terms (``array_has``) plus the metadata as a ``lance.json`` column
@@ -11,7 +11,20 @@
   lock (a query never waits for a commit) and patch that copy with the rows they wrote, so queries during an
   ingest do not re-read the table after every write.
 * Reads use ``read_consistency_interval=0``: every query sees the latest committed version, including writes by
-  other processes. A ``merge_insert`` commit is on disk when it returns.
+  other processes. A ``merge_insert`` commit is on disk (or in the bucket) when it returns.
+* ``s3://bucket/prefix`` (endpoint and credentials from the standard AWS variables, :mod:`service.objectstore`):
+  several processes may write at once. Lance commits are conditional writes; a commit that loses a race is
+  retried by Lance and, past its own retries ("too many concurrent writers"), here with backoff (upserts and
+  deletes by id are idempotent), so no acknowledged write is lost.
+* Several processes may drop and re-create a collection: a handle to a dropped table answers "not found" (the
+  collection is forgotten here), and each table carries a creation id in its schema metadata, part of the
+  exact-search cache key, so a re-created table never meets the matrix of its predecessor.
+* Keyword search: an ``fts`` column (``text`` and ``ocr_text`` joined) with Lance's native inverted index (BM25,
+  English stemming and stop words), created with the table. Rows written since the index was last optimised are
+  searched too (flat), so an acknowledged upsert is found by keyword at once; upsert folds them into the index as
+  they accumulate. Filters apply as prefilters, as for vector search.
+* Format 2 (OCR and keyword columns). A collection written by format 1 is migrated when opened: the new columns
+  are added (``fts`` from ``text``), the index built, and the ``fts`` column's metadata records format 2.
 """
 
 from __future__ import annotations
@@ -20,18 +33,23 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col
-from lancedb.index import HnswSq, LabelList
+from lancedb.index import FTS, HnswSq, LabelList
+from lancedb.query import MatchQuery
 
+from service import objectstore
 from service.index import filters
 from service.index.base import (
     CollectionInfo,
@@ -44,21 +62,35 @@ from service.index.base import (
     check_collection_name,
     check_ids,
     check_search_args,
+    keyword_text,
     order_by_ids,
     prepare_docs,
 )
+from service.ocr import lines_from_json, lines_to_json
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MODEL_KEY = b"mmsearch.model"
 DIMENSION_KEY = b"mmsearch.dimension"
 FORMAT_KEY = b"mmsearch.format"
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"
+CREATED_KEY = b"mmsearch.created"
+PRIMARY_KEY = b"lance-schema:unenforced-primary-key"
+COMMIT_RETRY_S = 120.0
 VECTOR = "vector"
 TERMS = "_terms"
 METADATA = "metadata"
+OCR_TEXT = "ocr_text"
+OCR_LINES = "ocr_lines"
+FTS_COLUMN = "fts"
 VECTOR_INDEX = "vector_idx"
 TERMS_INDEX = "terms_idx"
+FTS_INDEX = "fts_idx"
+HIT_COLUMNS = ["id", "text", "image", METADATA, OCR_TEXT, OCR_LINES]
+"""What a hit carries (the exact-search cache keeps these in memory too)."""
+FORMAT_2_COLUMNS = {OCR_TEXT: "CAST(NULL AS STRING)", OCR_LINES: "CAST(NULL AS STRING)", FTS_COLUMN: "text"}
+"""Columns format 2 added, and how a format-1 table's rows get them."""
 ID_CHUNK = 1000
 REFINE_FACTOR = 4
 MIN_EF = 200
@@ -69,19 +101,40 @@ CLEANUP_OLDER_THAN = timedelta(hours=1)
 def _schema(dimension: int, model: str) -> pa.Schema:
     return pa.schema(
         [
-            pa.field("id", pa.utf8(), nullable=False),
+            # The primary key lets merge_insert detect two writers inserting the same new id at once (a commit
+            # conflict, retried) instead of committing both rows.
+            pa.field("id", pa.utf8(), nullable=False, metadata={PRIMARY_KEY: b"true"}),
             pa.field(VECTOR, pa.list_(pa.float32(), dimension), nullable=False),
             pa.field("text", pa.utf8()),
             pa.field("image", pa.utf8()),
             pa.field(METADATA, pa.json_(pa.utf8())),
             pa.field(TERMS, pa.list_(pa.utf8())),
+            pa.field(OCR_TEXT, pa.utf8()),
+            pa.field(OCR_LINES, pa.utf8()),
+            pa.field(FTS_COLUMN, pa.utf8()),
         ],
         metadata={
             MODEL_KEY: model.encode(),
             DIMENSION_KEY: str(dimension).encode(),
             FORMAT_KEY: FORMAT_VERSION,
+            CREATED_KEY: uuid.uuid4().hex.encode(),
         },
     )
+
+
+def _conflict(e: Exception) -> bool:
+    """A commit that lost a race with another writer (safe to retry: our writes are idempotent)."""
+    text = str(e).lower()
+    return any(m in text for m in ("concurrent writer", "commit conflict", "retryable", "conflicting", "precondition"))
+
+
+def _missing(e: Exception) -> bool:
+    """The table behind a handle is gone (dropped, possibly by another process)."""
+    return isinstance(e, FileNotFoundError) or "not found" in str(e).lower()
+
+
+def _creation_id(table: Any) -> bytes:
+    return (table.schema.metadata or {}).get(CREATED_KEY, b"")
 
 
 def _dump_metadata(doc: StoredDocument) -> str:
@@ -98,6 +151,18 @@ def _load_metadata(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _hit(row: dict[str, Any], score: float) -> IndexHit:
+    return IndexHit(
+        id=row["id"],
+        score=score,
+        text=row["text"],
+        image=row["image"],
+        metadata=_load_metadata(row[METADATA]),
+        ocr_text=row.get(OCR_TEXT),
+        ocr_lines=lines_from_json(row.get(OCR_LINES)),
+    )
+
+
 EXACT_CACHE_BYTES = 1 << 30
 """Default RAM for in-memory exact search matrices, all collections of one index together."""
 
@@ -107,6 +172,7 @@ class _Matrix:
     """One collection at one table version: unit vectors plus the columns a hit returns, row-aligned."""
 
     version: int
+    created: bytes
     vectors: np.ndarray
     payload: pa.Table
 
@@ -116,16 +182,25 @@ class _Matrix:
 
 
 class LanceIndex(VectorIndex):
+    backend = "lancedb"
+    keyword_capable = True
+
     def __init__(self, path: str, *, ann_threshold: int, exact_cache_bytes: int = EXACT_CACHE_BYTES) -> None:
-        os.makedirs(path, exist_ok=True)
+        options: dict[str, str] = {}
+        if objectstore.is_s3(path):
+            objectstore.split_s3(path)  # validates the form
+            options = objectstore.S3Settings.from_env().lance_storage_options()
+        else:
+            os.makedirs(path, exist_ok=True)
         self._path = path
         self._ann_threshold = ann_threshold
-        self._db = lancedb.connect(path, read_consistency_interval=timedelta(0))
+        self._db = lancedb.connect(path, read_consistency_interval=timedelta(0), storage_options=options or None)
         self._tables: dict[str, Any] = {}
         self._lock = threading.RLock()  # table handles and the exact-search cache (held briefly by queries)
         self._write_lock = threading.Lock()  # writers only: a query never waits for a commit
         self._exact_cache_bytes = exact_cache_bytes
         self._matrices: dict[str, _Matrix] = {}
+        self._keyword_data: dict[str, tuple[bytes, int, bool]] = {}  # name -> (creation id, version, any text)
 
     # --- collections ------------------------------------------------------------------------------------------
 
@@ -151,8 +226,80 @@ class LanceIndex(VectorIndex):
             raise CollectionNotFound(name) from e
         if self._info(name, table, count=False) is None:
             raise CollectionNotFound(name)
+        if PRIMARY_KEY not in (table.schema.field("id").metadata or {}):
+            try:  # a table written before the key was recorded: record it (see _schema)
+                table.set_unenforced_primary_key("id")  # type: ignore[attr-defined]
+            except Exception:
+                log.warning("could not record the primary key of collection %r", name, exc_info=True)
+        if FTS_COLUMN not in table.schema.names:
+            table = self._upgrade(name, table)
         self._tables[name] = table
         return table
+
+    def _upgrade(self, name: str, table: Any) -> Any:
+        """Migrate a format-1 table: add the OCR and keyword columns and the full-text index.
+
+        Several processes may open it at once: a writer that loses the race finds the columns there on reopening.
+        """
+        with self._write_lock:
+            try:
+                missing = {c: sql for c, sql in FORMAT_2_COLUMNS.items() if c not in table.schema.names}
+                if missing:
+                    table.add_columns(missing)
+                    log.info("collection %r migrated to format %s: added %s", name, FORMAT_VERSION.decode(), missing)
+                self._ensure_fts_index(table)
+                table.update_field_metadata({"path": FTS_COLUMN, "metadata": {FORMAT_KEY.decode(): "2"}})
+            except Exception:
+                log.warning("migrating collection %r raced another writer; reopening", name, exc_info=True)
+                table = self._db.open_table(name)
+                if FTS_COLUMN not in table.schema.names:
+                    raise
+        return table
+
+    def _ensure_fts_index(self, table: Any) -> None:
+        if not any(list(index.columns) == [FTS_COLUMN] for index in table.list_indices()):
+            table.create_index(FTS_COLUMN, config=FTS(with_position=False), name=FTS_INDEX)
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._tables.pop(name, None)
+            self._matrices.pop(name, None)
+            self._keyword_data.pop(name, None)
+
+    def _guard(self, name: str, op: Callable[[Any], T]) -> T:
+        """Run ``op`` on the collection's table; a handle whose table was dropped (by any process) is forgotten,
+        and the call made once more on a table of that name created since, else ``CollectionNotFound``."""
+        try:
+            return op(self._table(name))
+        except CollectionNotFound:
+            raise
+        except Exception as e:
+            if not _missing(e):
+                raise
+            self._forget(name)
+        try:
+            return op(self._table(name))
+        except CollectionNotFound:
+            raise
+        except Exception as e:
+            if _missing(e):
+                self._forget(name)
+                raise CollectionNotFound(name) from None
+            raise
+
+    def _commit(self, what: str, fn: Callable[[], T]) -> T:
+        """Run a write, retrying commits that lost a race with another writer (Lance's own retries exhausted)."""
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except Exception as e:
+                if not _conflict(e) or time.monotonic() > deadline:
+                    raise
+                log.info("%s: commit conflict with another writer, retrying in %.2f s: %s", what, delay, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _dimension(self, table: Any) -> int:
         return int(table.schema.metadata[DIMENSION_KEY])
@@ -166,12 +313,16 @@ class LanceIndex(VectorIndex):
         with self._lock:
             try:
                 table = self._table(name)
+                info = self._info(name, table)
             except CollectionNotFound:
-                try:
-                    table = self._db.create_table(name, schema=_schema(dimension, model))
-                except ValueError:  # created concurrently by another process, or a foreign table
-                    table = self._db.open_table(name)
-            info = self._info(name, table)
+                table = self._create(name, dimension, model)
+                info = self._info(name, table)
+            except Exception as e:
+                if not _missing(e):
+                    raise
+                self._forget(name)  # dropped by another process since we opened it
+                table = self._create(name, dimension, model)
+                info = self._info(name, table)
             if info is None:
                 raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
             if info.dimension != dimension or info.model != model:
@@ -182,10 +333,45 @@ class LanceIndex(VectorIndex):
             self._tables[name] = table
             return info
 
+    def _create(self, name: str, dimension: int, model: str) -> Any:
+        def create() -> Any:
+            try:
+                table = self._db.create_table(name, schema=_schema(dimension, model))
+            except ValueError:  # created concurrently by another process, or a foreign table
+                table = self._db.open_table(name)
+                if self._info(name, table, count=False) is None or FTS_COLUMN in table.schema.names:
+                    return table
+                return self._upgrade(name, table)
+            self._ensure_fts_index(table)
+            return table
+
+        return self._commit(f"create {name!r}", create)
+
     def get_collection(self, name: str) -> CollectionInfo:
-        info = self._info(name, self._table(name))
+        info = self._guard(name, lambda table: self._info(name, table))
         assert info is not None
         return info
+
+    def drop_collection(self, name: str) -> bool:
+        check_collection_name(name)
+        with self._write_lock:
+            try:
+                self._table(name)
+            except CollectionNotFound:
+                self._forget(name)
+                try:
+                    self._db.open_table(name)
+                except Exception:
+                    return False
+                raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch") from None
+            self._forget(name)
+            try:
+                self._db.drop_table(name)
+            except Exception as e:
+                if _missing(e):
+                    return False
+                raise
+            return True
 
     def list_collections(self) -> list[CollectionInfo]:
         names: list[str] = []
@@ -207,7 +393,9 @@ class LanceIndex(VectorIndex):
     # --- documents --------------------------------------------------------------------------------------------
 
     def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
-        table = self._table(name)
+        self._guard(name, lambda table: self._upsert(name, table, docs))
+
+    def _upsert(self, name: str, table: Any, docs: Sequence[StoredDocument]) -> None:
         dimension = self._dimension(table)
         batch = prepare_docs(docs, dimension)
         if not batch:
@@ -221,20 +409,33 @@ class LanceIndex(VectorIndex):
                 "image": pa.array([d.image for d in batch], pa.utf8()),
                 METADATA: pa.array([_dump_metadata(d) for d in batch], pa.json_(pa.utf8())),
                 TERMS: pa.array([filters.document_terms(d.metadata) for d in batch], pa.list_(pa.utf8())),
-            }
+                OCR_TEXT: pa.array([d.ocr_text for d in batch], pa.utf8()),
+                OCR_LINES: pa.array([lines_to_json(d.ocr_lines) for d in batch], pa.utf8()),
+                FTS_COLUMN: pa.array([keyword_text(d.text, d.ocr_text) for d in batch], pa.utf8()),
+            },
+            # The table's field flags (non-nullable primary key) but the *logical* JSON type: the table reports its
+            # metadata column in storage form (large_binary), and rows cast to that are not JSONB (range filters fail).
+            schema=_schema(dimension, "").remove_metadata(),
         )
         with self._write_lock:
             before = table.version
-            table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+            merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+            self._commit(f"upsert into {name!r}", lambda: merge.execute(data))
             after = table.version
-            self._patch_matrix(name, before, after, data)
+            self._patch_matrix(name, _creation_id(table), before, after, data)
             self._maintain(name, table)
             if table.version != after:  # an index build or compaction: rebuilt lazily by the next query
                 with self._lock:
                     self._matrices.pop(name, None)
 
     def _patch_matrix(
-        self, name: str, before: int, after: int, upserted: pa.Table | None, deleted: Sequence[str] = ()
+        self,
+        name: str,
+        created: bytes,
+        before: int,
+        after: int,
+        upserted: pa.Table | None,
+        deleted: Sequence[str] = (),
     ) -> None:
         """Bring the in-memory exact matrix from version ``before`` to ``after`` with the rows this process just
         wrote, so that queries during an ingest do not re-read the table after every write.
@@ -247,7 +448,7 @@ class LanceIndex(VectorIndex):
             if m is None or m.version == after:
                 return
             self._matrices.pop(name, None)
-            if m.version != before or after != before + 1:
+            if m.version != before or after != before + 1 or m.created != created:
                 return
             try:
                 gone = list(deleted) + (upserted["id"].to_pylist() if upserted is not None else [])
@@ -262,7 +463,7 @@ class LanceIndex(VectorIndex):
                     vectors = np.concatenate([vectors, new])
                     rows = upserted.select(list(payload.column_names)).cast(payload.schema)
                     payload = pa.concat_tables([payload, rows]).combine_chunks()
-                matrix = _Matrix(after, vectors, payload)
+                matrix = _Matrix(after, m.created, vectors, payload)
             except (pa.ArrowException, ValueError, KeyError):
                 log.debug("exact-search cache of %r dropped: could not patch it", name, exc_info=True)
                 return
@@ -276,10 +477,21 @@ class LanceIndex(VectorIndex):
                 return index
         return None
 
+    def _fts_backlog(self, table: Any) -> bool:
+        """Whether enough rows are outside the full-text index (searched flat) to fold them in."""
+        for index in table.list_indices():
+            if list(index.columns) == [FTS_COLUMN]:
+                stats = table.index_stats(index.name)
+                if stats is not None:
+                    return bool(stats.num_unindexed_rows > max(1_000, stats.num_indexed_rows // 10))
+        return False
+
     def _maintain(self, name: str, table: Any) -> None:
-        """Build the ANN index past the threshold; fold new rows into it and compact small fragments."""
+        """Build the ANN index past the threshold; fold new rows into the indexes and compact small fragments."""
         index = self._vector_index(table)
         if index is None:
+            if self._fts_backlog(table):
+                table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
             if table.count_rows() > self._ann_threshold:
                 log.info("building IVF_HNSW_SQ index on collection %r", name)
                 table.create_index(VECTOR, config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
@@ -304,22 +516,26 @@ class LanceIndex(VectorIndex):
         return rows
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
-        table = self._table(name)
         wanted = list(dict.fromkeys(check_ids(ids)))
+        return self._guard(name, lambda table: self._delete(name, table, wanted))
+
+    def _delete(self, name: str, table: Any, wanted: list[str]) -> int:
         deleted = 0
         with self._write_lock:
             version = table.version
             for start in range(0, len(wanted), ID_CHUNK):
                 chunk = wanted[start : start + ID_CHUNK]
-                result = table.delete(col("id").isin(chunk))
+                result = self._commit(f"delete from {name!r}", partial(table.delete, col("id").isin(chunk)))
                 deleted += int(getattr(result, "num_deleted_rows", 0))
                 before, version = version, table.version
-                self._patch_matrix(name, before, version, None, chunk)
+                self._patch_matrix(name, _creation_id(table), before, version, None, chunk)
         return deleted
 
     def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
-        table = self._table(name)
         wanted = check_ids(ids)
+        return self._guard(name, lambda table: self._get(table, wanted))
+
+    def _get(self, table: Any, wanted: list[str]) -> list[StoredDocument]:
         found = {
             row["id"]: StoredDocument(
                 id=row["id"],
@@ -327,8 +543,10 @@ class LanceIndex(VectorIndex):
                 image=row["image"],
                 metadata=_load_metadata(row[METADATA]),
                 embedding=[float(x) for x in row[VECTOR]],
+                ocr_text=row[OCR_TEXT],
+                ocr_lines=lines_from_json(row[OCR_LINES]),
             )
-            for row in self._rows_by_id(table, wanted, ["id", "text", "image", METADATA, VECTOR])
+            for row in self._rows_by_id(table, wanted, [*HIT_COLUMNS, VECTOR])
         }
         return order_by_ids(wanted, found)
 
@@ -340,8 +558,9 @@ class LanceIndex(VectorIndex):
         collection has no ANN index and fits in ``exact_cache_bytes`` (all collections together).
         """
         version = table.version
+        created = _creation_id(table)
         cached = self._matrices.get(name)
-        if cached is not None and cached.version == version:
+        if cached is not None and (cached.version, cached.created) == (version, created):
             return cached
         self._matrices.pop(name, None)
         if self._vector_index(table) is not None:
@@ -350,13 +569,13 @@ class LanceIndex(VectorIndex):
         need = rows * self._dimension(table) * 4
         if rows == 0 or need + sum(m.nbytes for m in self._matrices.values()) > self._exact_cache_bytes:
             return None
-        data = table.search().select(["id", VECTOR, "text", "image", METADATA]).limit(rows).to_arrow()
+        data = table.search().select([*HIT_COLUMNS, VECTOR]).limit(rows).to_arrow()
         if need + data.nbytes + sum(m.nbytes for m in self._matrices.values()) > self._exact_cache_bytes:
             return None
         vectors = data[VECTOR].combine_chunks().flatten().to_numpy().reshape(len(data), -1).astype(np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         payload = data.drop_columns([VECTOR]).combine_chunks()
-        matrix = _Matrix(version, vectors, payload)
+        matrix = _Matrix(version, created, vectors, payload)
         self._matrices[name] = matrix
         return matrix
 
@@ -367,21 +586,14 @@ class LanceIndex(VectorIndex):
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         rows = matrix.payload.take(pa.array(top)).to_pylist()
-        return [
-            IndexHit(
-                id=row["id"],
-                score=float(scores[t]),
-                text=row["text"],
-                image=row["image"],
-                metadata=_load_metadata(row[METADATA]),
-            )
-            for row, t in zip(rows, top, strict=True)
-        ]
+        return [_hit(row, float(scores[t])) for row, t in zip(rows, top, strict=True)]
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
-        table = self._table(name)
-        query_vector = check_search_args(vector, k, self._dimension(table))
         where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)
+        return self._guard(name, lambda table: self._search(name, table, vector, k, where))
+
+    def _search(self, name: str, table: Any, vector: Sequence[float], k: int, where: str | None) -> list[IndexHit]:
+        query_vector = check_search_args(vector, k, self._dimension(table))
         if where is None:
             with self._lock:
                 matrix = self._exact_matrix(name, table)
@@ -391,22 +603,44 @@ class LanceIndex(VectorIndex):
             table.search(np.asarray(query_vector, dtype=np.float32), vector_column_name=VECTOR)
             .distance_type("cosine")
             .limit(k)
-            .select(["id", "text", "image", METADATA, "_distance"])
+            .select([*HIT_COLUMNS, "_distance"])
         )
         if where is not None:
             query = query.where(where, prefilter=True)
         # Only used when an ANN index exists: oversample from the quantised index, then re-rank exactly.
         query = query.ef(max(MIN_EF, 2 * k * REFINE_FACTOR)).refine_factor(REFINE_FACTOR)
-        hits = [
-            IndexHit(
-                id=row["id"],
-                score=1.0 - float(row["_distance"]),
-                text=row["text"],
-                image=row["image"],
-                metadata=_load_metadata(row[METADATA]),
-            )
-            for row in query.to_arrow().to_pylist()
-        ]
+        hits = [_hit(row, 1.0 - float(row["_distance"])) for row in query.to_arrow().to_pylist()]
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return hits
+
+    def has_keyword_data(self, name: str) -> bool:
+        return self._guard(name, lambda table: self._has_keyword_data(name, table))
+
+    def _has_keyword_data(self, name: str, table: Any) -> bool:
+        key = (_creation_id(table), table.version)
+        cached = self._keyword_data.get(name)
+        if cached is not None and cached[:2] == key:
+            return cached[2]
+        found = bool(table.count_rows(f"{FTS_COLUMN} IS NOT NULL") > 0)
+        self._keyword_data[name] = (*key, found)
+        return found
+
+    def keyword_search(self, name: str, query: str, k: int, filter: Filter | None = None) -> list[IndexHit]:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)
+        if not query.strip():
+            self._table(name)  # still 404 for an unknown collection
+            return []
+        return self._guard(name, lambda table: self._keyword_search(table, query, k, where))
+
+    def _keyword_search(self, table: Any, query: str, k: int, where: str | None) -> list[IndexHit]:
+        # MatchQuery: the text is analysed (tokenised, stemmed, stop words dropped), never parsed as query syntax
+        match = MatchQuery(query, FTS_COLUMN)  # type: ignore[call-arg]  # pydantic defaults mypy does not see
+        search = table.search(match).select([*HIT_COLUMNS, "_score"]).limit(k)
+        if where is not None:
+            search = search.where(where, prefilter=True)
+        hits = [_hit(row, float(row["_score"])) for row in search.to_arrow().to_pylist()]
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
 

@@ -1,18 +1,33 @@
 """Milvus backend: Milvus Lite (``*.db`` path, embedded, one process per file) or a Milvus server (http/https).
 
-* One Milvus collection per collection: ``id`` VARCHAR(512) primary key, ``vector`` FLOAT_VECTOR, nullable
-  ``text``/``image`` VARCHAR(65535 bytes), ``metadata`` JSON and ``terms`` ARRAY<VARCHAR> of filter terms.
-  Model and dimension are collection properties (Milvus Lite does not persist the description).
+* One Milvus collection per collection: ``id`` VARCHAR(512) primary key, ``vector`` FLOAT_VECTOR, ``text``/``image``
+  VARCHAR(65535 bytes), ``metadata`` JSON and ``terms`` ARRAY<VARCHAR> of filter terms. Model, dimension and format
+  are collection properties (Milvus Lite does not persist the description).
+* Format 2 (current): ``text``/``image`` are not nullable (nullable fields arrived in Milvus 2.5; the 2.3 server
+  refuses a batch mixing null and non-null values) and ``has_text``/``has_image`` BOOL fields say which are
+  present. Format 1 collections (nullable ``text``/``image``, written by Milvus Lite before) are read and written
+  as they are.
 * Filters compile to ``array_contains``/``array_contains_any`` on ``terms`` and ``metadata["key"]`` comparisons
   (see :mod:`service.index.filters`) and are passed as the search ``filter``: Milvus evaluates them before the
   top-k (Milvus Lite builds a row mask and hands it to the brute-force/FAISS search).
 * Index: FLAT (exact) cosine. On a Milvus server the upsert that takes a collection past ``ann_threshold`` rows
-  releases it, swaps the index for HNSW (M=16, efConstruction=200) and reloads it (searched with ``ef >= 200``;
-  the server falls back to brute force for selective filters). Milvus Lite stays FLAT at any size: its FAISS
-  HNSW misses the matches of selective filters, and its per-row Python overhead dominates search time anyway.
-* Consistency level Strong: a search sees every write that returned before it. Milvus Lite appends each write to
-  its WAL and flushes it to the OS before answering, so it survives the process being killed; a server
-  acknowledges a write once it is in its WAL.
+  releases it, seals its segments (flush), swaps the index for HNSW (M=16, efConstruction=200) and reloads it
+  (searched with ``ef >= 200``; the server falls back to brute force for selective filters); other processes'
+  searches meanwhile wait for the reload. Rows written later sit in growing segments until Milvus seals them:
+  those are searched exactly only with ``queryNode.segcore.interimIndex.enableIndex=false`` on the server (its
+  default interim IVF index measured recall@10 0.47; see deploy/kubernetes/README.md). Milvus Lite stays FLAT at
+  any size: its FAISS HNSW misses the matches of selective filters, and its per-row Python overhead dominates
+  search time anyway.
+* Read-your-writes across processes without Strong searches: a write (upsert, delete) is acknowledged only after
+  one Strong read of the ids it wrote, which returns once the query node has applied it (about one time tick,
+  ~200 ms); every other read uses Bounded consistency, which then sees it, at ~3 ms instead of ~200-400 ms per
+  Strong search. Measured on 2.3.5: with a Session-consistency wait instead, 20 of 20 deletes were still visible
+  to the next Bounded read (inserts and replacements were not); with the Strong wait, 0 of 20. A server
+  acknowledges a write once it is in its WAL. Milvus Lite appends each write to its WAL and flushes it to the OS
+  before answering.
+* No stale per-process state: dimension, format, load state and index type are cached per collection name, and
+  dropped and re-learnt when the server says the collection is gone, not loaded or of another dimension (another
+  process dropped or re-created it).
 * Document ids reach expressions as string literals escaped here, never through pymilvus' ``ids=`` helpers
   (which do not escape quotes or newlines).
 """
@@ -25,8 +40,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pymilvus import DataType, MilvusClient, MilvusException
 
@@ -35,6 +51,7 @@ from service.index.base import (
     CollectionInfo,
     CollectionMismatch,
     CollectionNotFound,
+    DimensionMismatch,
     Filter,
     IndexHit,
     StoredDocument,
@@ -47,11 +64,14 @@ from service.index.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MODEL_PROP = "mmsearch.model"
 DIMENSION_PROP = "mmsearch.dimension"
 FORMAT_PROP = "mmsearch.format"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+HAS_TEXT = "has_text"
+HAS_IMAGE = "has_image"
 VECTOR = "vector"
 TERMS = "terms"
 METADATA = "metadata"
@@ -130,7 +150,36 @@ def _release_lite(path: str) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class _Meta:
+    """What this process knows about one collection."""
+
+    dimension: int
+    model: str
+    format: str
+
+
+_GONE = ("collection not found", "can't find collection", "does not exist")
+
+
+class _StaleView(Exception):
+    """This process's description of a collection no longer matches the server's."""
+
+
+def _stale(e: MilvusException) -> bool:
+    """The server's answer when this process's view of a collection is out of date."""
+    text = str(e).lower()
+    return any(marker in text for marker in (*_GONE, "not loaded", "dimension", "dim (", "schema"))
+
+
+def _gone(e: MilvusException) -> bool:
+    text = str(e).lower()
+    return any(marker in text for marker in _GONE)
+
+
 class MilvusIndex(VectorIndex):
+    backend = "milvus"
+
     def __init__(self, uri: str, *, ann_threshold: int) -> None:
         self._ann_threshold = ann_threshold
         self._lite_path = None if uri.startswith(("http://", "https://")) else uri
@@ -142,55 +191,105 @@ class MilvusIndex(VectorIndex):
                 _release_lite(self._lite_path)
             raise
         self._closed = False
-        self._known: dict[str, tuple[int, str]] = {}  # name -> (dimension, model)
+        # Reads: Bounded on a server (every acknowledged write is already served, see the module docstring);
+        # Milvus Lite answers every read from its own state.
+        self._read: dict[str, Any] = {} if self._lite_path else {"consistency_level": "Bounded"}
+        self._known: dict[str, _Meta] = {}
         self._loaded: set[str] = set()
         self._ann: set[str] = set()
         self._unflushed: dict[str, int] = {}
 
     # --- collections ------------------------------------------------------------------------------------------
 
-    def _describe(self, name: str) -> tuple[int, str] | None:
-        """(dimension, model) from the collection properties; None if it is not an mmsearch collection."""
+    def _describe(self, name: str) -> _Meta | None:
+        """The collection's mmsearch properties; None if it is not an mmsearch collection."""
         props = self._client.describe_collection(name).get("properties") or {}
         if MODEL_PROP not in props or DIMENSION_PROP not in props:
             return None
-        return int(props[DIMENSION_PROP]), str(props[MODEL_PROP])
+        return _Meta(int(props[DIMENSION_PROP]), str(props[MODEL_PROP]), str(props.get(FORMAT_PROP, "1")))
 
-    def _meta(self, name: str) -> tuple[int, str]:
+    def _forget(self, name: str) -> None:
+        self._known.pop(name, None)
+        self._loaded.discard(name)
+        self._ann.discard(name)
+
+    def _meta(self, name: str) -> _Meta:
         check_collection_name(name)
         known = self._known.get(name)
         if known is not None:
             return known
         if not self._client.has_collection(name):
             raise CollectionNotFound(name)
-        described = self._describe(name)
+        try:
+            described = self._describe(name)
+        except MilvusException as e:
+            if _gone(e):
+                raise CollectionNotFound(name) from None
+            raise
         if described is None:
             raise CollectionNotFound(name)
         self._known[name] = described
         return described
 
+    def _fresh(self, name: str, op: Callable[[_Meta], T]) -> T:
+        """Run ``op`` with the cached description; if the server (or the dimension check) says the cache is stale,
+        forget it and run once more with a fresh one."""
+        try:
+            return op(self._meta(name))
+        except (MilvusException, DimensionMismatch, _StaleView) as e:
+            if isinstance(e, MilvusException) and not _stale(e):
+                raise
+            self._forget(name)
+        try:
+            return op(self._meta(name))
+        except MilvusException as e:
+            if _gone(e):
+                self._forget(name)
+                raise CollectionNotFound(name) from None
+            raise
+
     def _ensure_loaded(self, name: str) -> None:
         if name in self._loaded:
             return
-        state = self._client.get_load_state(name).get("state")
-        if str(getattr(state, "name", state)) != "Loaded":
-            self._client.load_collection(name)
+        deadline = time.monotonic() + INDEX_BUILD_TIMEOUT_S
+        while True:
+            index = self._client.describe_index(name, VECTOR)
+            state = str(index.get("state", "Finished"))
+            if index and not state.endswith("Finished"):
+                # Another process is swapping the index (release, rebuild, load): wait for it to reload.
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"index of collection {name!r} not built in time ({state})")
+                time.sleep(0.2)
+                if self._load_state(name) == "Loaded":
+                    break
+                continue
+            if self._load_state(name) != "Loaded":
+                self._client.load_collection(name)
+            break
         index_type = str(self._client.describe_index(name, VECTOR).get("index_type", "")).upper()
         if index_type not in ("FLAT", ""):
             self._ann.add(name)
         self._loaded.add(name)
 
+    def _load_state(self, name: str) -> str:
+        state = self._client.get_load_state(name).get("state")
+        return str(getattr(state, "name", state))
+
     def _count(self, name: str) -> int:
         self._ensure_loaded(name)
-        rows = self._client.query(name, filter="", output_fields=["count(*)"])
+        rows = self._client.query(name, filter="", output_fields=["count(*)"], **self._read)
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def _create(self, name: str, dimension: int, model: str) -> None:
+    def _create(self, name: str, dimension: int, model: str, fmt: str = FORMAT_VERSION) -> None:
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
         schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dimension)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES, nullable=True)
-        schema.add_field("image", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES, nullable=True)
+        nullable = fmt == "1"
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES, nullable=nullable)
+        schema.add_field("image", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES, nullable=nullable)
+        if not nullable:
+            schema.add_field(HAS_TEXT, DataType.BOOL)
+            schema.add_field(HAS_IMAGE, DataType.BOOL)
         schema.add_field(METADATA, DataType.JSON)
         schema.add_field(
             TERMS,
@@ -202,8 +301,8 @@ class MilvusIndex(VectorIndex):
         self._client.create_collection(
             name,
             schema=schema,
-            consistency_level="Strong",
-            properties={MODEL_PROP: model, DIMENSION_PROP: str(dimension), FORMAT_PROP: FORMAT_VERSION},
+            consistency_level="Strong" if self._lite_path else "Bounded",
+            properties={MODEL_PROP: model, DIMENSION_PROP: str(dimension), FORMAT_PROP: fmt},
         )
         self._build_index(name, "FLAT", {})
         self._ensure_loaded(name)
@@ -232,6 +331,7 @@ class MilvusIndex(VectorIndex):
             raise ValueError("model must be a non-empty string")
         with self._write_lock:
             if not self._client.has_collection(name):
+                self._forget(name)
                 try:
                     self._create(name, dimension, model)
                 except MilvusException:
@@ -240,17 +340,25 @@ class MilvusIndex(VectorIndex):
             described = self._describe(name)
             if described is None:
                 raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
-            if described != (dimension, model):
+            if (described.dimension, described.model) != (dimension, model):
+                self._forget(name)
                 raise CollectionMismatch(
-                    f"collection {name!r} holds dimension {described[0]} from model {described[1]!r}; "
+                    f"collection {name!r} holds dimension {described.dimension} from model {described.model!r}; "
                     f"requested dimension {dimension} from model {model!r}"
                 )
+            if self._known.get(name) != described:
+                self._forget(name)  # re-created elsewhere since we last looked
             self._known[name] = described
-            return CollectionInfo(name=name, dimension=dimension, model=model, count=self._count(name))
+            return CollectionInfo(name=name, dimension=dimension, model=model, count=self._fresh_count(name))
+
+    def _fresh_count(self, name: str) -> int:
+        return self._fresh(name, lambda _: self._count(name))
 
     def get_collection(self, name: str) -> CollectionInfo:
-        dimension, model = self._meta(name)
-        return CollectionInfo(name=name, dimension=dimension, model=model, count=self._count(name))
+        meta = self._meta(name)
+        count = self._fresh_count(name)
+        meta = self._known.get(name, meta)
+        return CollectionInfo(name=name, dimension=meta.dimension, model=meta.model, count=count)
 
     def list_collections(self) -> list[CollectionInfo]:
         infos = []
@@ -258,12 +366,29 @@ class MilvusIndex(VectorIndex):
             try:
                 infos.append(self.get_collection(name))
             except (CollectionNotFound, ValueError):
-                continue  # not ours
+                continue  # not ours, or dropped meanwhile
         return infos
+
+    def drop_collection(self, name: str) -> bool:
+        check_collection_name(name)
+        with self._write_lock:
+            self._forget(name)
+            self._unflushed.pop(name, None)
+            if not self._client.has_collection(name):
+                return False
+            if self._describe(name) is None:
+                raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+            try:
+                self._client.drop_collection(name)
+            except MilvusException as e:
+                if _gone(e):
+                    return False
+                raise
+            return True
 
     # --- documents --------------------------------------------------------------------------------------------
 
-    def _row(self, doc: StoredDocument) -> dict[str, Any]:
+    def _row(self, doc: StoredDocument, meta: _Meta) -> dict[str, Any]:
         for field_name, value in (("text", doc.text), ("image", doc.image)):
             if value is not None and len(value.encode("utf-8", "surrogatepass")) > MAX_VARCHAR_BYTES:
                 raise ValueError(f"document {doc.id!r} {field_name} exceeds {MAX_VARCHAR_BYTES} bytes (Milvus limit)")
@@ -272,7 +397,7 @@ class MilvusIndex(VectorIndex):
         except (TypeError, ValueError) as e:
             raise ValueError(f"document {doc.id!r} metadata is not JSON-serialisable: {e}") from e
         assert doc.embedding is not None
-        return {
+        row: dict[str, Any] = {
             "id": doc.id,
             VECTOR: [float(x) for x in doc.embedding],
             "text": doc.text,
@@ -280,33 +405,60 @@ class MilvusIndex(VectorIndex):
             METADATA: doc.metadata,
             TERMS: filters.document_terms(doc.metadata),
         }
+        if meta.format != "1":
+            row.update(text=doc.text or "", image=doc.image or "")
+            row.update({HAS_TEXT: doc.text is not None, HAS_IMAGE: doc.image is not None})
+        return row
+
+    def _content_fields(self, meta: _Meta) -> list[str]:
+        return ["text", "image", METADATA] + ([] if meta.format == "1" else [HAS_TEXT, HAS_IMAGE])
+
+    @staticmethod
+    def _content(entity: dict[str, Any], meta: _Meta) -> tuple[str | None, str | None]:
+        if meta.format == "1":
+            return entity.get("text"), entity.get("image")
+        return (
+            entity.get("text") if entity.get(HAS_TEXT) else None,
+            entity.get("image") if entity.get(HAS_IMAGE) else None,
+        )
+
+    def _await_visible(self, name: str, probe_id: str) -> None:
+        """Return once the query node has applied every write acknowledged so far (a Strong read waits for it), so
+        that Bounded reads by any process include them."""
+        if not self._lite_path:
+            self._client.query(
+                name, filter=_ids_expr([probe_id]), output_fields=["id"], limit=1, consistency_level="Strong"
+            )
 
     def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
-        dimension, _ = self._meta(name)
-        rows = [self._row(d) for d in prepare_docs(docs, dimension)]
+        with self._write_lock:
+            self._fresh(name, lambda meta: self._upsert(name, docs, meta))
+
+    def _upsert(self, name: str, docs: Sequence[StoredDocument], meta: _Meta) -> None:
+        rows = [self._row(d, meta) for d in prepare_docs(docs, meta.dimension)]
         if not rows:
             return
-        with self._write_lock:
-            self._ensure_loaded(name)
-            batch: list[dict[str, Any]] = []
-            size = 0
-            for row in rows:
-                row_size = 4 * dimension + len(row["text"] or "") + len(row["image"] or "") + 64 * len(row[TERMS])
-                if batch and size + row_size > MAX_BATCH_BYTES:
-                    self._client.upsert(name, batch)
-                    batch, size = [], 0
-                batch.append(row)
-                size += row_size
-            self._client.upsert(name, batch)
-            if self._lite_path:
-                # Milvus Lite searches its in-memory table row by row in Python (~20 ms per 1k rows); sealing it
-                # into a segment keeps searches fast. It would otherwise only flush at 128 MiB.
-                pending = self._unflushed.get(name, 0) + len(rows)
-                if pending >= LITE_FLUSH_ROWS:
-                    self._client.flush(name)
-                    pending = 0
-                self._unflushed[name] = pending
-            self._maybe_build_ann(name)
+        self._ensure_loaded(name)
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for row in rows:
+            row_size = 4 * meta.dimension + len(row["text"] or "") + len(row["image"] or "") + 64 * len(row[TERMS])
+            if batch and size + row_size > MAX_BATCH_BYTES:
+                self._client.upsert(name, batch)
+                batch, size = [], 0
+            batch.append(row)
+            size += row_size
+        self._client.upsert(name, batch)
+        self._await_visible(name, rows[-1]["id"])
+        if self._lite_path:
+            # Milvus Lite searches its in-memory table row by row in Python (~20 ms per 1k rows); sealing it
+            # into a segment keeps searches fast. It would otherwise only flush at 128 MiB.
+            pending = self._unflushed.get(name, 0) + len(rows)
+            if pending >= LITE_FLUSH_ROWS:
+                self._client.flush(name)
+                pending = 0
+            self._unflushed[name] = pending
+        self._maybe_build_ann(name)
 
     def _maybe_build_ann(self, name: str) -> None:
         if self._lite_path:
@@ -316,9 +468,13 @@ class MilvusIndex(VectorIndex):
             return
         if name in self._ann or self._count(name) <= self._ann_threshold:
             return
+        if str(self._client.describe_index(name, VECTOR).get("index_type", "")).upper() not in ("FLAT", ""):
+            self._ann.add(name)  # swapped by another process
+            return
         log.info("switching collection %r to an HNSW index", name)
         self._client.release_collection(name)
         self._loaded.discard(name)
+        self._client.flush(name)  # seal the rows written so far, so that the HNSW index covers them
         self._client.drop_index(name, VECTOR)
         self._build_index(name, "HNSW", HNSW_BUILD)
         self._ensure_loaded(name)
@@ -330,61 +486,75 @@ class MilvusIndex(VectorIndex):
         rows: list[dict[str, Any]] = []
         for start in range(0, len(unique), ID_CHUNK):
             chunk = unique[start : start + ID_CHUNK]
-            rows.extend(self._client.query(name, filter=_ids_expr(chunk), output_fields=fields, limit=len(chunk)))
+            rows.extend(
+                self._client.query(name, filter=_ids_expr(chunk), output_fields=fields, limit=len(chunk), **self._read)
+            )
         return rows
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
-        self._meta(name)
         wanted = check_ids(ids)
         with self._write_lock:
-            existing = [row["id"] for row in self._query_ids(name, wanted, ["id"])]
-            for start in range(0, len(existing), ID_CHUNK):
-                self._client.delete(name, filter=_ids_expr(existing[start : start + ID_CHUNK]))
+            return self._fresh(name, lambda _: self._delete(name, wanted))
+
+    def _delete(self, name: str, wanted: list[str]) -> int:
+        existing = [row["id"] for row in self._query_ids(name, wanted, ["id"])]
+        for start in range(0, len(existing), ID_CHUNK):
+            self._client.delete(name, filter=_ids_expr(existing[start : start + ID_CHUNK]))
+        if existing:
+            self._await_visible(name, existing[-1])
         return len(existing)
 
     def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
-        self._meta(name)
         wanted = check_ids(ids)
-        rows = self._query_ids(name, wanted, ["id", VECTOR, "text", "image", METADATA])
-        found = {
-            row["id"]: StoredDocument(
+        return self._fresh(name, lambda meta: self._get(name, wanted, meta))
+
+    def _get(self, name: str, wanted: list[str], meta: _Meta) -> list[StoredDocument]:
+        rows = self._query_ids(name, wanted, ["id", VECTOR, *self._content_fields(meta)])
+        found = {}
+        for row in rows:
+            text, image = self._content(row, meta)
+            found[row["id"]] = StoredDocument(
                 id=row["id"],
-                text=row.get("text"),
-                image=row.get("image"),
+                text=text,
+                image=image,
                 metadata=dict(row.get(METADATA) or {}),
                 embedding=[float(x) for x in row[VECTOR]],
             )
-            for row in rows
-        }
         return order_by_ids(wanted, found)
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
-        dimension, _ = self._meta(name)
-        query_vector = check_search_args(vector, k, dimension)
         expr = filters.to_milvus_expr(filters.parse_filter(filter), terms_field=TERMS, json_field=METADATA)
+        return self._fresh(name, lambda meta: self._search(name, vector, k, expr, meta))
+
+    def _search(self, name: str, vector: Sequence[float], k: int, expr: str | None, meta: _Meta) -> list[IndexHit]:
+        query_vector = check_search_args(vector, k, meta.dimension)
         self._ensure_loaded(name)
         limit = min(k, MAX_TOPK)
-        params: dict[str, Any] = {"metric_type": "COSINE"}
-        if name in self._ann:
-            params["params"] = {"ef": max(MIN_EF, limit)}
+        # ef is ignored by FLAT; always sent, so a collection another process switched to HNSW is searched right.
+        params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": max(MIN_EF, limit)}}
         result = self._client.search(
             name,
             data=[query_vector],
             anns_field=VECTOR,
             limit=limit,
             filter=expr or "",
-            output_fields=["text", "image", METADATA],
+            output_fields=self._content_fields(meta),
             search_params=params,
+            **self._read,
         )
+        if not (result and result[0]) and self._describe(name) != meta:
+            # An empty collection is searched without a dimension check: make sure it is still the one we know.
+            raise _StaleView(name)
         hits = []
         for hit in result[0] if result else []:
             entity = hit.get("entity") or {}
+            text, image = self._content(entity, meta)
             hits.append(
                 IndexHit(
                     id=hit["id"],
                     score=float(hit["distance"]),
-                    text=entity.get("text"),
-                    image=entity.get("image"),
+                    text=text,
+                    image=image,
                     metadata=dict(entity.get(METADATA) or {}),
                 )
             )
