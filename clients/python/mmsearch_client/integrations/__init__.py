@@ -1,0 +1,2 @@
+"""RAG framework retrievers over mmsearch ``/search``: :mod:`.langchain` (``pip install
+'mmsearch-client[langchain]'``) and :mod:`.llamaindex` (``pip install 'mmsearch-client[llamaindex]'``)."""

@@ -1,0 +1,126 @@
+"""Model adapters: what the batcher calls, in two steps, for each kind of model.
+
+``prepare(lane, inputs)`` turns a batch of model inputs into model features (tokenisation, image preprocessing:
+CPU work) and runs in the batcher's preprocessing thread; ``run(lane, features)`` is the forward pass and runs
+in the model thread. Split like this, the next batch is tokenised while the model computes the current one.
+The two steps are exactly what ``SentenceTransformer.encode_query`` / ``encode_document`` and
+``CrossEncoder.predict`` do for one batch (``tests/test_adapters.py`` compares them).
+
+Benchmarks and tests plug other adapters in through ``MMSEARCH_MODEL_FACTORY`` (``service.models``): anything
+with these attributes and methods serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.cpus import ThreadPlan
+from service.inputs import model_modalities
+
+
+class ModelAdapter(Protocol):
+    """What a model service needs from its model."""
+
+    name: str
+    """Shown in responses (``model``) and ``/info``."""
+    modalities: list[str]
+    """Wire modalities accepted: ``text``, ``image``, ``text+image``."""
+    accelerated: bool
+    """True when a batch of a few inputs costs nearly what a full batch does (a GPU): batches are worth
+    waiting for (``MMSEARCH_BATCH_COALESCE_MS=auto``)."""
+    threads: ThreadPlan | None
+
+    def prepare(self, lane: Hashable, inputs: list[Any]) -> Any: ...
+
+    def run(self, lane: Hashable, features: Any) -> Sequence[Any]: ...
+
+
+class NoModel:
+    """The adapter of a service that has no model configured (the lite profile's Reranker): nothing to run."""
+
+    name = "none"
+    modalities: list[str] = []
+    accelerated = False
+    threads: ThreadPlan | None = None
+
+    def prepare(self, lane: Hashable, inputs: list[Any]) -> Any:
+        raise RuntimeError("no model is configured")
+
+    def run(self, lane: Hashable, features: Any) -> Sequence[Any]:
+        raise RuntimeError("no model is configured")
+
+
+class EmbedderAdapter(ModelAdapter, Protocol):
+    dimension: int
+
+
+class _SentenceTransformersBase:
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.modalities = model_modalities(model)
+        self.device = model.device
+        self.accelerated = self.device.type != "cpu"
+        self.threads: ThreadPlan | None = None
+
+    def _forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        with torch.inference_mode():
+            return dict(self.model(batch_to_device(features, self.device), **kwargs))
+
+
+class SentenceTransformerEmbedder(_SentenceTransformersBase):
+    """A ``SentenceTransformer``; lanes are ``(input_type, modality)`` with ``input_type`` query or document."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        super().__init__(model, name)
+        self.dimension = int(model.get_embedding_dimension() or 0)
+        prompts = model.prompts or {}
+        doc_prompt = next((p for p in ("document", "passage", "corpus") if p in prompts), None)
+        # what encode_query / encode_document resolve: (prompt, task)
+        self._prompts = {
+            "query": (model._resolve_prompt(None, "query" if "query" in prompts else None), "query"),
+            "document": (model._resolve_prompt(None, doc_prompt), "document"),
+        }
+
+    def prepare(self, lane: Hashable, inputs: list[Any]) -> Any:
+        prompt, task = self._prompts[lane[0]]  # type: ignore[index]
+        return self.model.preprocess(inputs, prompt=prompt, task=task)
+
+    def run(self, lane: Hashable, features: Any) -> Sequence[np.ndarray]:
+        from sentence_transformers.util.tensor import _tensor_to_numpy
+
+        _, task = self._prompts[lane[0]]  # type: ignore[index]
+        out = self._forward(features, task=task)
+        emb = out["sentence_embedding"]
+        if self.model.truncate_dim is not None:
+            emb = emb[:, : self.model.truncate_dim]
+        return list(_tensor_to_numpy(emb.detach()).astype(np.float32, copy=False))
+
+
+class CrossEncoderScorer(_SentenceTransformersBase):
+    """A ``CrossEncoder``; inputs are ``(query, document)`` pairs, results their activated scores."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        super().__init__(model, name)
+        self._prompt = model._resolve_prompt(None, None)
+
+    def prepare(self, lane: Hashable, pairs: list[Any]) -> Any:
+        return self.model.preprocess(pairs, prompt=self._prompt)
+
+    def run(self, lane: Hashable, features: Any) -> Sequence[float]:
+        import torch
+
+        scores = self._forward(features)["scores"]
+        if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
+            scores = scores.float()
+        if self.model.activation_fn is not None:
+            scores = self.model.activation_fn(scores)
+        if self.model.num_labels == 1 and scores.ndim > 1:
+            scores = scores.squeeze(-1)
+        return [float(s) for s in scores.detach().cpu().tolist()]
