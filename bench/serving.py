@@ -16,8 +16,11 @@ For each modality (text, image; reranker: text->text and text->image pairs):
 
 Ratio = service inputs/s / raw inputs/s at batch 32, from the paired rounds (the sweep's ratios are reported too).
 Service throughput is ``clients / mean cycle time`` (Little's law; see ``bench.common.LoadResult``). Goal on CPU:
-ratio >= 0.95.
-``MMSEARCH_TORCH_THREADS`` (``--threads``) x 1 worker must stay <= the cores; the client runs on the same machine.
+ratio >= 0.95 at 32 clients (``--paired-concurrency``).
+
+Threads: by default (``--threads auto``) both sides run at their own defaults: the service with
+``MMSEARCH_TORCH_THREADS=auto`` (``service.cpus``), the raw model with torch's own thread count, untouched.
+``--threads N`` gives both N threads. The load client runs on the same machine.
 """
 
 from __future__ import annotations
@@ -156,13 +159,15 @@ def _settings(kind: str, model_path: Path, args: Any) -> Any:
 
 
 def load_raw(kind: str, model_path: Path, args: Any) -> Callable[[list[Any]], Any]:
-    """The model loaded as the service loads it; returns the service's batch function body."""
+    """The model loaded as the service loads it, called like sentence-transformers is called in-process
+    (``encode_query`` / ``predict`` on the whole batch). ``--threads auto``: torch keeps its own thread count."""
     import torch
 
     from service.models import load_embedder, load_reranker
 
+    own_threads = torch.get_num_threads()
     if kind == "embedder":
-        model, _ = load_embedder(_settings(kind, model_path, args))
+        model = load_embedder(_settings(kind, model_path, args)).model  # type: ignore[attr-defined]
 
         def run(batch: list[Any]) -> Any:
             with torch.inference_mode():
@@ -175,12 +180,14 @@ def load_raw(kind: str, model_path: Path, args: Any) -> Callable[[list[Any]], An
                 )
 
     else:
-        model, _ = load_reranker(_settings(kind, model_path, args))
+        model = load_reranker(_settings(kind, model_path, args)).model  # type: ignore[attr-defined]
 
         def run(batch: list[Any]) -> Any:
             with torch.inference_mode():
                 return model.predict(batch, batch_size=len(batch), convert_to_numpy=True, show_progress_bar=False)
 
+    if args.threads == "auto":
+        torch.set_num_threads(own_threads)  # the raw side at torch's defaults, not the service's plan
     run.model = model  # type: ignore[attr-defined]
     return run
 
@@ -246,7 +253,7 @@ def measure_service(
 
 def service_env(workdir: Path, kind: str, model_path: Path, args: Any, tiny: bool) -> dict[str, str]:
     key = "MMSEARCH_EMBEDDER_MODEL" if kind == "embedder" else "MMSEARCH_RERANKER_MODEL"
-    return bench_env(
+    env = bench_env(
         workdir,
         **{
             key: str(model_path),
@@ -259,6 +266,9 @@ def service_env(workdir: Path, kind: str, model_path: Path, args: Any, tiny: boo
             "MMSEARCH_MAX_IMAGE_BYTES": str(20 * 1024 * 1024),
         },
     )
+    if args.threads == "auto":
+        env.pop("OMP_NUM_THREADS")  # the service's defaults: MMSEARCH_TORCH_THREADS=auto sets torch's threads
+    return env
 
 
 def _print_raw(kind: str, name: str, r: dict[str, Any], label: str = "raw") -> None:
@@ -413,7 +423,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--model", default=None, choices=["vitb32", "tiny", "qwen3vl-2b", "qwen3vl-tiny"])
     p.add_argument("--reranker", default=None, choices=["small", "tiny", "none"])
     p.add_argument("--modalities", default="text,image")
-    p.add_argument("--threads", type=int, default=1, help="MMSEARCH_TORCH_THREADS (x 1 worker <= cores)")
+    p.add_argument("--threads", default="auto", help="torch threads: auto (both sides at their defaults) or N (both)")
     p.add_argument("--batches", default=None, help="raw batch sizes (default 1,8,32)")
     p.add_argument("--concurrency", default=None, help="service clients (default 1,8,32,64)")
     p.add_argument("--duration", type=float, default=None, help="measured window per service point, s")
@@ -425,6 +435,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--max-batch-size", type=int, default=32, help="MMSEARCH_MAX_BATCH_SIZE")
     p.add_argument("--rounds", type=int, default=None, help="paired raw/service rounds (default 2; 0: none)")
     p.add_argument("--paired-duration", type=float, default=None, help="seconds per paired window (default 8)")
+    p.add_argument("--paired-concurrency", type=int, default=None, help="service clients in the paired rounds (32)")
     p.add_argument("--name", default=None, help="result file name (default serving-<model>)")
     args = p.parse_args(argv)
     t = args.tiny
@@ -436,7 +447,8 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     args.raw_duration = args.raw_duration or (0.3 if t else 8.0)
     args.rounds = args.rounds if args.rounds is not None else (1 if t else 2)
     args.paired_duration = args.paired_duration or (0.3 if t else 8.0)
-    args.paired_concurrency = max(args.concurrency)
+    args.paired_concurrency = args.paired_concurrency or (max(args.concurrency) if t else 32)
+    args.threads = args.threads if args.threads == "auto" else int(args.threads)
     args.min_warmup = args.min_warmup if args.min_warmup is not None else (0.2 if t else 3.0)
     args.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     args.name = args.name or f"serving-{args.model}" + ("-tiny" if t and args.model != "tiny" else "")
@@ -447,8 +459,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads != "auto":
+        torch.set_num_threads(args.threads)
     info = machine_info()
+    info["torch_threads_raw"] = torch.get_num_threads()
     busy = foreign_processes()
     started = time.monotonic()
     emb_path = models.embedder_path(args.model)
