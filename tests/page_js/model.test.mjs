@@ -1,0 +1,209 @@
+// Unit tests of the page's pure logic (service/static/model.mjs), run by node's test runner:
+//   node --test tests/page_js/          (tests/test_page_unit.py runs it under pytest)
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  buildFilter,
+  buildSearchRequest,
+  cardImage,
+  contentId,
+  describeError,
+  evidenceBoxes,
+  fileKind,
+  formatScore,
+  hasBoxes,
+  InputError,
+  isHidden,
+  mediaPath,
+  parseValue,
+  runPool,
+  snippet,
+  warningsById,
+} from "../../service/static/model.mjs";
+
+test("parseValue: booleans, numbers, quoted strings, text", () => {
+  assert.equal(parseValue("true"), true);
+  assert.equal(parseValue(" false "), false);
+  assert.equal(parseValue("2026"), 2026);
+  assert.equal(parseValue("-1.5e3"), -1500);
+  assert.equal(parseValue(".5"), 0.5);
+  assert.equal(parseValue('"2026"'), "2026");
+  assert.equal(parseValue("finance"), "finance");
+  assert.equal(parseValue("12abc"), "12abc");
+});
+
+test("buildFilter: equality, operators, ranges on one key, empty rows ignored", () => {
+  const rows = [
+    { key: "team", op: "eq", value: "finance" },
+    { key: "year", op: "$gte", value: "2025" },
+    { key: "year", op: "$lt", value: "2027" },
+    { key: "lang", op: "$in", value: "en, de" },
+    { key: "draft", op: "$ne", value: "true" },
+    { key: "", op: "eq", value: "" },
+  ];
+  assert.deepEqual(buildFilter(rows), {
+    team: "finance",
+    year: { $gte: 2025, $lt: 2027 },
+    lang: { $in: ["en", "de"] },
+    draft: { $ne: true },
+  });
+  assert.equal(buildFilter([{ key: "", op: "eq", value: "" }]), null);
+  assert.equal(buildFilter([]), null);
+});
+
+test("buildFilter: refuses bad keys, missing values, non-numeric ranges and contradictions, naming the row", () => {
+  const refuse = (rows, field, re) =>
+    assert.throws(() => buildFilter(rows), (e) => e instanceof InputError && e.field === field && re.test(e.message));
+  refuse([{ key: "1year", op: "eq", value: "1" }], "filter-key-0", /row 1: the key/);
+  refuse([{ key: "a b", op: "eq", value: "1" }], "filter-key-0", /letters, digits/);
+  refuse([{ key: "year", op: "eq", value: " " }], "filter-value-0", /enter a value/);
+  refuse([{ key: "year", op: "$gt", value: "recent" }], "filter-value-0", /'>' needs a number/);
+  refuse([{ key: "x", op: "$in", value: " , " }], "filter-value-0", /'in' needs values/);
+  refuse(
+    [
+      { key: "year", op: "$gt", value: "1" },
+      { key: "year", op: "eq", value: "2" },
+    ],
+    "filter-key-1",
+    /row 2: 'year' already has a condition/,
+  );
+  refuse(
+    [
+      { key: "year", op: "eq", value: "2" },
+      { key: "year", op: "$gt", value: "1" },
+    ],
+    "filter-key-1",
+    /already has an '=' condition/,
+  );
+  refuse(
+    [
+      { key: "year", op: "$gt", value: "1" },
+      { key: "year", op: "$gt", value: "2" },
+    ],
+    "filter-op-1",
+    /already has a '>' condition/,
+  );
+});
+
+test("buildSearchRequest: text, image, both; mode only when picked; rerank auto/false; candidates >= top_k", () => {
+  const base = { collection: "shots", text: " revenue ", image: null, mode: "", rerank: true, topK: 12, filterRows: [] };
+  assert.deepEqual(buildSearchRequest(base), {
+    collection: "shots",
+    query: { text: "revenue" },
+    top_k: 12,
+    candidates: 50,
+    rerank: "auto",
+  });
+  const img = "data:image/png;base64,AAAA";
+  assert.deepEqual(buildSearchRequest({ ...base, text: "", image: img }).query, { image: img });
+  assert.deepEqual(buildSearchRequest({ ...base, image: img }).query, { text: "revenue", image: img });
+  assert.equal(buildSearchRequest({ ...base, mode: "keyword" }).mode, "keyword");
+  assert.equal("mode" in buildSearchRequest({ ...base, mode: "bogus" }), false);
+  assert.equal(buildSearchRequest({ ...base, rerank: false }).rerank, false);
+  assert.equal(buildSearchRequest({ ...base, topK: 200 }).candidates, 200);
+  assert.deepEqual(buildSearchRequest({ ...base, filterRows: [{ key: "y", op: "$gt", value: "1" }] }).filter, { y: { $gt: 1 } });
+  assert.equal(buildSearchRequest({ ...base, collection: "" }).collection, "default");
+});
+
+test("buildSearchRequest: refuses an empty query and a bad top_k, naming the field", () => {
+  const base = { collection: "c", text: "x", image: null, mode: "", rerank: true, topK: 10, filterRows: [] };
+  assert.throws(() => buildSearchRequest({ ...base, text: "  " }), (e) => e.field === "q");
+  for (const topK of [0, 1001, 2.5, NaN]) {
+    assert.throws(() => buildSearchRequest({ ...base, topK }), (e) => e.field === "top-k" && /1 to 1000/.test(e.message));
+  }
+});
+
+test("mediaPath / cardImage: media refs and same-origin paths load; other origins do not", () => {
+  assert.equal(mediaPath("media://ab12.png"), "/media/ab12.png");
+  assert.equal(mediaPath("/media/ab12.thumb.webp"), "/media/ab12.thumb.webp");
+  assert.equal(mediaPath("//evil.example/x.png"), null);
+  assert.equal(mediaPath("https://example.com/x.png"), null);
+  assert.equal(mediaPath("data:image/png;base64,AA"), null);
+  assert.equal(mediaPath(null), null);
+  assert.equal(mediaPath("media://../../etc/passwd"), "/media/..%2F..%2Fetc%2Fpasswd");
+  assert.equal(cardImage({ image: "media://a.png", thumbnail: "/media/a.thumb.webp" }), "/media/a.thumb.webp");
+  assert.equal(cardImage({ image: "media://a.png" }), "/media/a.png");
+  assert.equal(cardImage({ image: "https://x/a.png" }), null);
+});
+
+test("describeError: the service's error body, BentoML validation errors, plain text", () => {
+  assert.deepEqual(describeError(422, '{"error": "top_k (100) must be <= candidates (50)", "code": "unprocessable", "field": "top_k"}'), {
+    status: 422,
+    title: "422 Unprocessable",
+    code: "unprocessable",
+    field: "top_k",
+    message: "top_k (100) must be <= candidates (50)",
+  });
+  const v = describeError(400, { detail: [{ loc: ["body", "query"], msg: "Field required" }, { loc: ["body", "top_k"], msg: "too big" }] });
+  assert.equal(v.field, "query");
+  assert.equal(v.message, "query: Field required; top_k: too big");
+  const nested = describeError(400, { error: JSON.stringify([{ loc: ["mode"], msg: "Extra inputs are not permitted" }]) });
+  assert.equal(nested.field, "mode");
+  assert.match(nested.message, /mode: Extra inputs/);
+  const plain = describeError(502, "<html>Bad gateway</html>");
+  assert.equal(plain.title, "502 Error");
+  assert.equal(plain.message, "<html>Bad gateway</html>");
+  assert.equal(describeError(500, "").message, "500 Server error");
+});
+
+test("evidenceBoxes: pixel boxes to percentages, clipped, malformed ones dropped", () => {
+  const boxes = evidenceBoxes(
+    [
+      { source: "ocr", text: "Revenue", box: [100, 50, 300, 90] },
+      { source: "ocr", text: "flipped", box: [300, 90, 100, 50] },
+      { source: "ocr", text: "outside", box: [900, 700, 1200, 900] },
+      { source: "ocr", text: "empty", box: [10, 10, 10, 40] },
+      { source: "text", text: "no box" },
+      { source: "ocr", text: "bad", box: [1, 2, "3", 4] },
+    ],
+    1000,
+    800,
+  );
+  assert.deepEqual(boxes[0], { text: "Revenue", left: 10, top: 6.25, width: 20, height: 5 });
+  assert.deepEqual(boxes[1], { ...boxes[0], text: "flipped" });
+  assert.deepEqual(boxes[2], { text: "outside", left: 90, top: 87.5, width: 10, height: 12.5 });
+  assert.equal(boxes.length, 3);
+  assert.deepEqual(evidenceBoxes([{ box: [0, 0, 1, 1] }], 0, 10), []);
+  assert.equal(hasBoxes({ evidence: [{ text: "a" }, { text: "b", box: [0, 0, 1, 1] }] }), true);
+  assert.equal(hasBoxes({ evidence: [{ text: "a" }] }), false);
+  assert.equal(hasBoxes({}), false);
+});
+
+test("formatting: scores, snippets, warnings by id", () => {
+  assert.equal(formatScore(0.87654), "0.877");
+  assert.equal(formatScore(null), "–");
+  assert.equal(snippet("a  b\n c"), "a b c");
+  assert.equal(snippet("x".repeat(300), 10), "xxxxxxxxx…");
+  assert.deepEqual(warningsById([{ id: "d1", code: "media_missing", message: "m" }, { code: "c", message: "n" }]), {
+    d1: [{ code: "media_missing", message: "m" }],
+    "": [{ code: "c", message: "n" }],
+  });
+});
+
+test("ingest helpers: file kinds like `mmsearch index`, hidden paths, content ids", () => {
+  assert.equal(fileKind("shots/Login.PNG"), "image");
+  assert.equal(fileKind("notes.md"), "text");
+  assert.equal(fileKind("report.pdf"), null);
+  assert.equal(fileKind("README"), null);
+  assert.equal(isHidden("shots/.DS_Store"), true);
+  assert.equal(isHidden(".git/config"), true);
+  assert.equal(isHidden("shots/a.png"), false);
+  const digest = new Uint8Array(32).map((_, i) => i * 7).buffer;
+  assert.equal(contentId(digest), "00070e151c232a31383f464d545b6269");
+});
+
+test("runPool: every item once, at most `limit` at a time", async () => {
+  let active = 0;
+  let peak = 0;
+  const seen = [];
+  await runPool([1, 2, 3, 4, 5, 6, 7], 3, async (item) => {
+    active += 1;
+    peak = Math.max(peak, active);
+    await new Promise((r) => setTimeout(r, 5));
+    seen.push(item);
+    active -= 1;
+  });
+  assert.deepEqual(seen.sort(), [1, 2, 3, 4, 5, 6, 7]);
+  assert.equal(peak, 3);
+});
