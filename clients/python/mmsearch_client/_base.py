@@ -19,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from mmsearch_client._progress import ProgressBar
 from mmsearch_client.errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -41,10 +42,12 @@ from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, Up
 from mmsearch_client.schemas import (
     CollectionsResponse,
     DeleteResponse,
+    DropResponse,
     EncodeResponse,
     GetResponse,
     InputType,
     RerankResponse,
+    SearchMode,
     SearchResponse,
     UpsertResponse,
 )
@@ -173,6 +176,8 @@ class BatchOutcome:
     ids: list[str]
     failures: list[BatchFailure]
     requests: int = 0
+    ocr_images: int = 0
+    ocr_lines: int = 0
 
 
 UpsertPlan = Generator[list[dict[str, Any]], "UpsertResponse | MMSearchError", BatchOutcome]
@@ -193,6 +198,8 @@ def upsert_batch_plan(docs: list[dict[str, Any]]) -> UpsertPlan:
         result = yield batch
         if isinstance(result, UpsertResponse):
             outcome.ids.extend(result.ids)
+            outcome.ocr_images += result.ocr_images
+            outcome.ocr_lines += result.ocr_lines
             continue
         idx = _bad_document_index(result, len(batch))
         if idx is not None:
@@ -251,11 +258,22 @@ def merge_outcome(summary: UpsertSummary, outcome: BatchOutcome, initial_failure
     failures = initial_failures + outcome.failures
     summary.batches += 1
     summary.upserted += len(outcome.ids)
+    summary.ocr_images += outcome.ocr_images
+    summary.ocr_lines += outcome.ocr_lines
     summary.ids.extend(outcome.ids)
     summary.failures.extend(failures)
     failed = sum(len(f.ids) for f in failures)
     summary.failed += failed
     return len(outcome.ids) + failed
+
+
+def track_batch(
+    bar: ProgressBar, summary: UpsertSummary, outcome: BatchOutcome, initial_failures: list[BatchFailure]
+) -> None:
+    """Fold one batch into the summary and the progress bar (which says how many images' text was read)."""
+    bar.advance(merge_outcome(summary, outcome, initial_failures))
+    if summary.ocr_images:
+        bar.set_description(f"upsert → {summary.collection} (text read from {summary.ocr_images} images)")
 
 
 def classify_transport_error(exc: httpx.TransportError, request: httpx.Request) -> tuple[MMSearchError, bool]:
@@ -405,6 +423,18 @@ class BaseClient(Generic[HttpT]):
         body = {"collection": collection, "ids": _id_list(ids)}
         return RequestSpec("POST", "/delete", body, _model(DeleteResponse))
 
+    def _drop_spec(self, collection: str, missing_ok: bool) -> RequestSpec[DropResponse]:
+        def parse(response: httpx.Response) -> DropResponse:
+            if response.status_code == 404 and missing_ok:
+                body = _json(response)
+                if isinstance(body, dict) and body.get("code") == "collection_not_found":
+                    return DropResponse(collection=collection, dropped=False)
+            if not response.is_success:
+                raise error_from_response(response)
+            return _model(DropResponse)(response)
+
+        return RequestSpec("POST", "/drop", {"collection": collection}, parse, check_status=False)
+
     def _get_spec(self, ids: str | Sequence[str], collection: str, include_embedding: bool) -> RequestSpec[GetResponse]:
         body = {"collection": collection, "ids": _id_list(ids), "include_embedding": include_embedding}
         return RequestSpec("POST", "/get", body, _model(GetResponse))
@@ -415,17 +445,21 @@ class BaseClient(Generic[HttpT]):
         collection: str,
         top_k: int,
         candidates: int,
-        rerank: bool | Literal["auto"],
+        rerank: bool | Literal["auto"] | None,
         filter: Mapping[str, Any] | None,
         timeout: float | None,
+        mode: SearchMode | None = None,
+        hybrid: Mapping[str, Any] | None = None,
     ) -> RequestSpec[SearchResponse]:
         body: dict[str, Any] = {
             "collection": collection,
             "query": item_to_json(to_item(query)),
             "top_k": top_k,
             "candidates": candidates,
-            "rerank": rerank,
         }
+        for key, value in (("rerank", rerank), ("mode", mode), ("hybrid", dict(hybrid) if hybrid else None)):
+            if value is not None:
+                body[key] = value
         if filter is not None:
             body["filter"] = dict(filter)
         http_timeout: httpx.Timeout | None = None

@@ -19,7 +19,7 @@ from mmsearch_client._base import (
     chunked,
     classify_transport_error,
     convert_documents,
-    merge_outcome,
+    track_batch,
     upsert_batch_plan,
 )
 from mmsearch_client._progress import ProgressBar, make_progress
@@ -29,9 +29,11 @@ from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, Up
 from mmsearch_client.schemas import (
     CollectionsResponse,
     DeleteResponse,
+    DropResponse,
     GetResponse,
     InputType,
     RerankResponse,
+    SearchMode,
     SearchResponse,
     UpsertResponse,
 )
@@ -39,7 +41,7 @@ from mmsearch_client.schemas import (
 __all__ = ["AsyncClient", "Client"]
 
 T = TypeVar("T")
-Rerank = bool | Literal["auto"]
+Rerank = bool | Literal["auto"] | None
 
 
 def _check_batching(batch_size: int, concurrency: int) -> None:
@@ -190,7 +192,7 @@ class Client(BaseClient[httpx.Client]):
                 while len(inflight) > block_until:
                     done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        bar.advance(merge_outcome(summary, *fut.result()))
+                        track_batch(bar, summary, *fut.result())
 
             try:
                 for batch in chunked(documents, batch_size):
@@ -206,6 +208,11 @@ class Client(BaseClient[httpx.Client]):
     def delete(self, ids: str | Sequence[str], *, collection: str) -> DeleteResponse:
         """Delete documents by id; ``deleted`` counts those that existed."""
         return self._run(self._delete_spec(ids, collection))
+
+    def drop_collection(self, collection: str, *, missing_ok: bool = False) -> DropResponse:
+        """Drop a collection with all its documents (not undoable). A missing collection raises
+        ``NotFoundError`` (``code="collection_not_found"``), or returns ``dropped=False`` with ``missing_ok``."""
+        return self._run(self._drop_spec(collection, missing_ok))
 
     def get(self, ids: str | Sequence[str], *, collection: str, include_embedding: bool = False) -> GetResponse:
         """Fetch stored documents by id, in the order asked; missing ids are skipped."""
@@ -223,16 +230,23 @@ class Client(BaseClient[httpx.Client]):
         collection: str = "default",
         top_k: int = 10,
         candidates: int = 50,
-        rerank: Rerank = True,
+        rerank: Rerank = None,
         filter: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        mode: SearchMode | None = None,
+        hybrid: Mapping[str, Any] | None = None,
     ) -> SearchResponse:
-        """Retrieve ``candidates`` by embedding similarity, rerank them, return the best ``top_k``.
+        """Retrieve ``candidates`` (at least ``top_k``: the server raises a smaller shortlist; ``mode``:
+        ``vector``, ``keyword`` or ``hybrid``, default the server's choice), rerank them, return the best
+        ``top_k``; every hit carries the ``evidence`` lines that matched.
 
         ``rerank``: ``True`` reranks or fails (503), ``False`` skips it, ``"auto"`` reranks when the
-        reranker answers. ``timeout`` is a server-side deadline in seconds (504 when exceeded).
+        reranker answers; ``None``: rerank when the server has a reranker. ``hybrid``: fusion options
+        (``{"fusion": "coverage" | "rrf", "keyword_weight": w}``). ``timeout`` is a server-side deadline in
+        seconds (504 when exceeded).
         """
-        return self._run(self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout))
+        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid)
+        return self._run(spec)
 
     # ---------------------------------------------------------------------------------------------- status
     def health(self) -> HealthStatus:
@@ -390,7 +404,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
             async def one(batch: list[DocumentLike]) -> None:
                 try:
                     outcome, failures = await self._upsert_batch(collection, batch)
-                    bar.advance(merge_outcome(summary, outcome, failures))
+                    track_batch(bar, summary, outcome, failures)
                 finally:
                     semaphore.release()
 
@@ -416,6 +430,11 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         """Fetch stored documents by id, in the order asked; missing ids are skipped."""
         return await self._run(self._get_spec(ids, collection, include_embedding))
 
+    async def drop_collection(self, collection: str, *, missing_ok: bool = False) -> DropResponse:
+        """Drop a collection with all its documents (not undoable). A missing collection raises
+        ``NotFoundError`` (``code="collection_not_found"``), or returns ``dropped=False`` with ``missing_ok``."""
+        return await self._run(self._drop_spec(collection, missing_ok))
+
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""
         return await self._run(self._collections_spec())
@@ -428,12 +447,15 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         collection: str = "default",
         top_k: int = 10,
         candidates: int = 50,
-        rerank: Rerank = True,
+        rerank: Rerank = None,
         filter: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        mode: SearchMode | None = None,
+        hybrid: Mapping[str, Any] | None = None,
     ) -> SearchResponse:
-        """Retrieve ``candidates`` by embedding similarity, rerank them, return the best ``top_k``."""
-        return await self._run(self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout))
+        """Retrieve ``candidates`` (``mode``), rerank them, return the best ``top_k`` (see :meth:`Client.search`)."""
+        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid)
+        return await self._run(spec)
 
     # ---------------------------------------------------------------------------------------------- status
     async def health(self) -> HealthStatus:

@@ -2,6 +2,7 @@
 
     mmsearch index ./photos ./notes --collection docs      # rerun-safe: already indexed files are skipped
     mmsearch search "red bicycle" --collection docs --top-k 5
+    mmsearch search "refund rate" --mode keyword              # vector | keyword | hybrid (default: the server's)
     mmsearch search --image query.jpg --no-rerank
     mmsearch embed "a red bicycle" --query --json
     mmsearch rerank "red bike" "a red bicycle" "a blue car"
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,19 +25,26 @@ from typing import Any
 from mmsearch_client._base import DEFAULT_BASE_URL, __version__
 from mmsearch_client._client import Client
 from mmsearch_client._progress import rich_available
-from mmsearch_client.errors import MMSearchError, NotFoundError
+from mmsearch_client.errors import APIStatusError, MMSearchError, NotFoundError
 from mmsearch_client.eval.command import add_eval_parser
 from mmsearch_client.inputs import Document, Image, InputLike, content_id, pair
 from mmsearch_client.schemas import Item
 
 __all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "build_parser", "main", "scan"]
 
+INGEST_COMMANDS = frozenset({"index", "eval"})
+INGEST_TIMEOUT_S = 600.0
+"""HTTP timeout of commands that upload images: with OCR on, a batch of images takes about 2 s each to read."""
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 TEXT_EXTENSIONS = frozenset({".txt", ".md"})
 
 
 class CLIError(Exception):
-    """A usage or local problem, reported as one line with exit code 1."""
+    """A local problem (a missing file, ...), reported as one line with exit status 1."""
+
+
+class UsageError(CLIError):
+    """The command line itself is wrong (as argparse's own errors): one line, exit status 2."""
 
 
 # --------------------------------------------------------------------------------------------------- output
@@ -87,8 +96,9 @@ def _score(value: float | None) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- index
-def scan(paths: Sequence[str]) -> Iterator[Path]:
-    """Files under ``paths`` (recursively, sorted, hidden entries skipped) with a supported extension."""
+def scan(paths: Sequence[str], unsupported: list[Path] | None = None) -> Iterator[Path]:
+    """Files under ``paths`` (recursively, sorted, hidden entries skipped) with a supported extension; the others
+    are appended to ``unsupported`` when given."""
     for raw in paths:
         root = Path(raw)
         if not root.exists():
@@ -104,6 +114,8 @@ def scan(paths: Sequence[str]) -> Iterator[Path]:
         for p in candidates:
             if p.suffix.lower() in IMAGE_EXTENSIONS | TEXT_EXTENSIONS:
                 yield p
+            elif unsupported is not None:
+                unsupported.append(p)
 
 
 class _Pending:
@@ -141,8 +153,9 @@ def _existing_ids(client: Client, ids: list[str], collection: str, batch_size: i
 def cmd_index(client: Client, args: argparse.Namespace) -> int:
     entries: list[tuple[str, Path]] = []
     seen: set[str] = set()
+    unsupported: list[Path] = []
     skipped = 0
-    for path in scan(args.paths):
+    for path in scan(args.paths, unsupported):
         data = path.read_bytes()
         if path.suffix.lower() in TEXT_EXTENSIONS and not data.decode("utf-8", errors="replace").strip():
             skipped += 1  # empty text file: nothing to index
@@ -156,7 +169,7 @@ def cmd_index(client: Client, args: argparse.Namespace) -> int:
     existing = _existing_ids(client, [e[0] for e in entries], args.collection, args.batch_size)
     todo = [e for e in entries if e[0] not in existing]
     skipped += len(entries) - len(todo)
-    indexed = failed = 0
+    indexed = failed = ocr_images = ocr_lines = 0
     if todo:
         summary = client.upsert_many(
             _Pending(todo),
@@ -166,13 +179,33 @@ def cmd_index(client: Client, args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         indexed, failed = summary.upserted, summary.failed
+        ocr_images, ocr_lines = summary.ocr_images, summary.ocr_lines
         by_id = dict(todo)
         for failure in summary.failures[:20]:
-            names = ", ".join(str(by_id.get(i, i)) for i in failure.ids[:3])
+            paths = [by_id[i] for i in failure.ids if i in by_id]
+            names = ", ".join(str(p) for p in paths[:3])
             more = f" (+{len(failure.ids) - 3} more)" if len(failure.ids) > 3 else ""
-            print(f"mmsearch: failed: {names}{more}: {failure.message}", file=sys.stderr)
-    print(f"indexed {indexed}, skipped {skipped}, failed {failed}")
+            reason = _failure_reason(failure.error, failure.ids, paths)
+            print(f"mmsearch: failed: {names}{more}: {reason}", file=sys.stderr)
+    if unsupported:
+        kinds = ", ".join(sorted({p.suffix.lower() or "(no extension)" for p in unsupported}))
+        print(f"mmsearch: skipped {len(unsupported)} file(s) of an unsupported type ({kinds})", file=sys.stderr)
+    read = f" (text read from {ocr_images} images, {ocr_lines} lines)" if ocr_images else ""
+    print(f"indexed {indexed}, skipped {skipped + len(unsupported)}, failed {failed}{read}")
     return 1 if failed else 0
+
+
+_WIRE_FIELD = re.compile(r"^documents\[\d+\](\.\w+)?: ")
+
+
+def _failure_reason(error: MMSearchError, ids: Sequence[str], paths: Sequence[Path]) -> str:
+    """Why documents failed, without repeating what the line already names (their paths, ids, batch positions)."""
+    if isinstance(error, APIStatusError):
+        return f"{error.code}: {_WIRE_FIELD.sub('', error.message)}"
+    reason = error.message
+    for prefix in [*ids, *(str(p) for p in paths)]:
+        reason = reason.removeprefix(f"{prefix}: ")
+    return reason
 
 
 # ------------------------------------------------------------------------------------------------- search
@@ -181,7 +214,7 @@ def _query(text: str | None, image: str | None) -> InputLike:
         img = Image.url(image) if image.startswith(("http://", "https://")) else Image.from_path(image)
         return pair(text, img) if text else Item(image=img.uri)
     if not text:
-        raise CLIError("give a query text, --image, or both")
+        raise UsageError("give a query text, --image, or both")
     return text
 
 
@@ -191,15 +224,16 @@ def cmd_search(client: Client, args: argparse.Namespace) -> int:
         try:
             filt = json.loads(args.filter)
         except ValueError as e:
-            raise CLIError(f"--filter is not valid JSON: {e}") from None
+            raise UsageError(f"--filter is not valid JSON: {e}") from None
     res = client.search(
         _query(args.text, args.image),
         collection=args.collection,
         top_k=args.top_k,
-        candidates=max(args.candidates, args.top_k),
-        rerank=False if args.no_rerank else ("auto" if args.rerank_auto else True),
+        candidates=args.candidates,  # the server raises the shortlist to top_k, as for every client
+        rerank=False if args.no_rerank else ("auto" if args.rerank_auto else None),
         filter=filt,
         timeout=args.deadline,
+        mode=args.mode,
     )
     if args.json:
         print(res.model_dump_json(indent=2))
@@ -218,9 +252,15 @@ def cmd_search(client: Client, args: argparse.Namespace) -> int:
     t = res.timings_ms
     title = (
         f"{len(res.hits)} hits from {args.collection!r} ({'reranked' if res.reranked else 'not reranked'}, "
-        f"{t.total:.0f} ms)"
+        f"{res.mode}, {t.total:.0f} ms)"
     )
     _print_table(title, ["#", "id", "score", "retrieval", "rerank", "content"], rows)
+    for rank, hit in enumerate(res.hits if args.evidence else [], 1):
+        for ev in hit.evidence[:2]:
+            where = f" at {', '.join(f'{v:.0f}' for v in ev.box)}" if ev.box else ""
+            print(f"  #{rank} {ev.source}{where}: {_snippet(ev.text, 90)}")
+    for w in res.warnings:
+        print(f"note: {w.message}" + (f" ({w.id})" if w.id else ""), file=sys.stderr)
     return 0
 
 
@@ -274,6 +314,22 @@ def cmd_collections(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drop(client: Client, args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CLIError(f"refusing to drop {args.collection!r} without --yes (standard input is not a terminal)")
+        answer = input(f"Drop collection {args.collection!r} and all its documents? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not dropped", file=sys.stderr)
+            return 1
+    res = client.drop_collection(args.collection, missing_ok=args.missing_ok)
+    if args.json:
+        print(res.model_dump_json())
+    else:
+        print(f"dropped {res.collection}" if res.dropped else f"{res.collection}: no such collection")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------- parser
 def _positive(value: str) -> int:
     n = int(value)
@@ -311,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", "-c", default="default")
     p.add_argument("--top-k", "-k", type=_positive, default=10)
     p.add_argument("--candidates", type=_positive, default=50)
+    p.add_argument(
+        "--mode", choices=["vector", "keyword", "hybrid"], help="retrieval mode (default: the server's choice)"
+    )
+    p.add_argument("--evidence", action="store_true", help="print the lines that matched (with image boxes)")
     p.add_argument("--no-rerank", action="store_true", help="retrieval only")
     p.add_argument("--rerank-auto", action="store_true", help="rerank if the reranker answers, else don't")
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"lang": "en"}\'')
@@ -341,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_collections)
 
+    p = sub.add_parser("drop", parents=[common], help="drop a collection and all its documents")
+    p.add_argument("collection")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--missing-ok", action="store_true", help="succeed (exit 0) if the collection does not exist")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drop)
+
     add_eval_parser(sub, common)  # mmsearch eval: see mmsearch_client/eval/README.md
     return parser
 
@@ -352,9 +419,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs: dict[str, Any] = {"api_key": args.api_key or os.environ.get("MMSEARCH_API_KEY") or None}
         if args.timeout is not None:
             kwargs["timeout"] = args.timeout
+        elif args.command in INGEST_COMMANDS:
+            kwargs["timeout"] = INGEST_TIMEOUT_S  # reading the text in images takes seconds per image
         with Client(args.url or os.environ.get("MMSEARCH_URL") or None, **kwargs) as client:
             status: int = args.func(client, args)
             return status
+    except UsageError as e:
+        print(f"mmsearch: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     except (MMSearchError, CLIError, OSError, ValueError) as e:
         print(f"mmsearch: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

@@ -200,7 +200,7 @@ def loc_to_field(loc: Any) -> str | None:
 def _from_mapping(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     message: str | None = None
     code = body.get("code") if isinstance(body.get("code"), str) else None
-    field = body.get("field") if isinstance(body.get("field"), str) else None
+    field = next((v for v in (body.get("field"), body.get("param")) if isinstance(v, str)), None)  # OpenAI: param
     err = body.get("error", body.get("message"))
     detail = body.get("detail")
     if isinstance(err, str):
@@ -240,9 +240,10 @@ def _json_or_none(text: str) -> Any:
 def parse_error_body(body: Any) -> tuple[str | None, str | None, str | None]:
     """Extract ``(message, code, field)`` from any error body shape the services answer.
 
-    Handles the mmsearch ``{"error", "code", "field"}`` body, BentoML validation errors
-    (``{"error", "detail": [{"loc", "msg"}]}``), BentoML's ``[{"error": ...}]`` list, a bare JSON string,
-    and ``{"detail": "..."}``. Unknown shapes give ``(None, None, None)``.
+    Handles the mmsearch ``{"error", "code", "field"}`` body, OpenAI's ``{"error": {"message", "param",
+    "code"}}``, Cohere's ``{"message"}``, BentoML validation errors (``{"error", "detail": [{"loc", "msg"}]}``),
+    BentoML's ``[{"error": ...}]`` list, a bare JSON string, and ``{"detail": "..."}``. Unknown shapes give
+    ``(None, None, None)``.
     """
     if isinstance(body, dict):
         return _from_mapping(body)

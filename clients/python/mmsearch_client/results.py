@@ -78,6 +78,9 @@ class UpsertSummary:
     batches: int = 0
     ids: list[str] = field(default_factory=list)
     failures: list[BatchFailure] = field(default_factory=list)
+    ocr_images: int = 0
+    """Images whose text the server read (OCR) while ingesting them."""
+    ocr_lines: int = 0
 
     @property
     def ok(self) -> bool:

@@ -1,22 +1,24 @@
 """The mmsearch wire schema: request and response models shared by the services and the client.
 
-This module is the single definition of the HTTP contract. The services import it; nothing else keeps a copy.
+This module is the single definition of the native HTTP contract. The services import it; nothing else keeps a
+copy. The OpenAI/Cohere compatibility models are the services' own (``service/compat.py``): this client never
+speaks those dialects.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mmsearch_client import fields
 
 InputType = Literal["query", "document"]
+SearchMode = Literal["vector", "keyword", "hybrid"]
 EncodingFormat = Literal["float", "base64"]
 Modality = Literal["text", "image", "text+image"]
 
-_COLLECTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_ID_MAX = 512
+DocumentId = Annotated[str, AfterValidator(fields.check_id)]
 
 
 class Item(BaseModel):
@@ -83,44 +85,6 @@ class EncodeResponse(BaseModel):
     dimensions: int
 
 
-class OpenAIEmbeddingsRequest(BaseModel):
-    """OpenAI ``/v1/embeddings`` request, plus the ``input_type`` extension (default ``document``)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    input: str | list[ItemLike] = Field(description="A string, a list of strings, or a list of items.")
-    model: str | None = None
-    dimensions: int | None = Field(default=None, ge=1)
-    encoding_format: EncodingFormat = "float"
-    input_type: InputType = "document"
-    user: str | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _non_empty(cls, v: str | list[Any]) -> str | list[Any]:
-        if isinstance(v, list) and not v:
-            raise ValueError("input must not be empty")
-        return v
-
-
-class OpenAIEmbedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class OpenAIUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class OpenAIEmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[OpenAIEmbedding]
-    model: str
-    usage: OpenAIUsage
-
-
 # --------------------------------------------------------------------------------------------------- reranker
 class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -143,23 +107,37 @@ class RerankResponse(BaseModel):
     model: str
 
 
-class CohereRerankRequest(BaseModel):
-    """Cohere/Jina ``/v1/rerank`` request: documents are strings or objects (``{"text": ...}``, or items)."""
+# --------------------------------------------------------------------------------------------------- reader
+class OcrRequest(BaseModel):
+    """Read the text in images (``POST /ocr``): every input needs an ``image``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    query: ItemLike
-    documents: list[ItemLike]
-    top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
-    model: str | None = None
+    inputs: list[ItemLike] = Field(min_length=1, description="Items with an image (URL or data URI).")
+    input_type: InputType = "document"
+    """``query`` inputs are read before queued ``document`` inputs (bulk ingest)."""
+    timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds (504 after).")
 
 
-class CohereRerankResponse(BaseModel):
-    id: str
-    results: list[RerankResult]
+class OcrLine(BaseModel):
+    """One recognised line of text and where it is: ``box`` is ``[x0, y0, x1, y1]`` in image pixels."""
+
+    text: str
+    box: list[float] = Field(min_length=4, max_length=4)
+    score: float
+
+
+class OcrResult(BaseModel):
+    text: str
+    """The lines in reading order, joined by newlines."""
+    lines: list[OcrLine]
+    width: int
+    height: int
+
+
+class OcrResponse(BaseModel):
+    results: list[OcrResult]
     model: str
-    meta: dict[str, Any] = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------- search
@@ -167,9 +145,7 @@ MetadataValue = str | int | float | bool | list[str | int | float | bool] | None
 
 
 def _check_collection(name: str) -> str:
-    if not _COLLECTION_RE.match(name):
-        raise ValueError("collection names are 1-64 characters: a letter, then letters, digits or '_'")
-    return name
+    return fields.check_collection_name(name)
 
 
 class Document(BaseModel):
@@ -177,18 +153,24 @@ class Document(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=_ID_MAX)
+    id: DocumentId
     text: str | None = None
     image: str | None = None
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     embedding: list[float] | None = None
 
-    @field_validator("metadata")
+    _v_metadata = field_validator("metadata")(fields.check_metadata)
+
+    @field_validator("text")
     @classmethod
-    def _keys(cls, v: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
-        for k in v:
-            if not _FIELD_RE.match(k):
-                raise ValueError(f"metadata key {k!r}: use 1-64 letters, digits or '_' (not starting with a digit)")
+    def _text(cls, v: str | None) -> str | None:
+        return fields.check_stored_text(v, "text")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and not v[:5].lower().startswith("data:"):  # inline images are stored by hash
+            fields.check_stored_text(v, "image")
         return v
 
     @model_validator(mode="after")
@@ -211,13 +193,17 @@ class UpsertResponse(BaseModel):
     collection: str
     upserted: int
     ids: list[str]
+    ocr_images: int = 0
+    """Images whose text was read (OCR) for this request."""
+    ocr_lines: int = 0
+    """Lines of text they held."""
 
 
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: str = "default"
-    ids: list[Annotated[str, Field(min_length=1, max_length=_ID_MAX)]] = Field(min_length=1)
+    ids: list[DocumentId] = Field(min_length=1)
 
     _v_collection = field_validator("collection")(_check_collection)
 
@@ -227,11 +213,27 @@ class DeleteResponse(BaseModel):
     deleted: int
 
 
+class DropRequest(BaseModel):
+    """Drop a whole collection: its documents and its index (not undoable)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str
+
+    _v_collection = field_validator("collection")(_check_collection)
+
+
+class DropResponse(BaseModel):
+    collection: str
+    dropped: bool
+    """False only when the client asked ``missing_ok`` and the collection did not exist."""
+
+
 class GetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: str = "default"
-    ids: list[Annotated[str, Field(min_length=1, max_length=_ID_MAX)]] = Field(min_length=1)
+    ids: list[DocumentId] = Field(min_length=1)
     include_embedding: bool = False
 
     _v_collection = field_validator("collection")(_check_collection)
@@ -241,6 +243,8 @@ class StoredDocument(BaseModel):
     id: str
     text: str | None = None
     image: str | None = None
+    ocr_text: str | None = None
+    """The text read from the image at ingest (when OCR is on), lines in reading order."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     embedding: list[float] | None = None
 
@@ -261,6 +265,17 @@ class CollectionsResponse(BaseModel):
     collections: list[CollectionInfo]
 
 
+class HybridOptions(BaseModel):
+    """How hybrid retrieval fuses the vector and keyword candidate lists (defaults: the server's settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fusion: Literal["coverage", "rrf"] | None = None
+    """``coverage``: scaled cosine + keyword_weight x (share of query terms the document contains)^2;
+    ``rrf``: reciprocal rank fusion of the two lists (the vector list weighs 1)."""
+    keyword_weight: float | None = Field(default=None, ge=0, le=100)
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -268,27 +283,58 @@ class SearchRequest(BaseModel):
     query: ItemLike
     top_k: int = Field(default=10, ge=1, le=1000)
     candidates: int = Field(default=50, ge=1, description="Shortlist size retrieved before reranking.")
-    rerank: bool | Literal["auto"] = True
-    """``true``: rerank or fail (503); ``false``: retrieval only; ``"auto"``: rerank if the reranker answers."""
+    mode: SearchMode | None = None
+    """``vector`` (embeddings), ``keyword`` (BM25 over text and OCR text) or ``hybrid`` (both, fused). Default:
+    ``hybrid`` when the index can do keyword search and the collection holds text, else ``vector``."""
+    hybrid: HybridOptions | None = None
+    rerank: bool | Literal["auto"] | None = None
+    """``true``: rerank or fail (503); ``false``: retrieval only; ``"auto"``: rerank if the reranker answers.
+    Default: rerank when a reranker is configured (like ``true``), else retrieval only (a warning says so)."""
     filter: dict[str, Any] | None = None
     timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds.")
 
     _v_collection = field_validator("collection")(_check_collection)
-    # top_k <= candidates is checked by the server (422), so a client can't skip it.
+    # candidates < top_k: the server shortlists top_k candidates (the shortlist is never smaller than the answer).
+
+
+class Evidence(BaseModel):
+    """A line of the document that contains query terms: from its ``text``, or read from its image (``ocr``,
+    with ``box`` = ``[x0, y0, x1, y1]`` in the image's pixels)."""
+
+    source: Literal["ocr", "text"]
+    text: str
+    box: list[float] | None = None
 
 
 class SearchHit(BaseModel):
     id: str
     score: float
-    """Rerank score when reranked, else the retrieval (cosine) score."""
+    """Rerank score when reranked, else the retrieval score."""
     retrieval_score: float
+    """The mode's score: cosine (vector), BM25 (keyword) or the fused score (hybrid)."""
+    vector_score: float | None = None
+    """Cosine similarity, when the document was a vector candidate."""
+    keyword_score: float | None = None
+    """BM25, when the document was a keyword candidate."""
     rerank_score: float | None = None
     text: str | None = None
     image: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    evidence: list[Evidence] = Field(default_factory=list)
+    """The lines that contain query terms (best first): where in a screenshot the answer is."""
+
+
+class SearchWarning(BaseModel):
+    """Something the search could not do without failing, e.g. rerank (``id``: the document concerned, if one)."""
+
+    id: str | None = None
+    code: str
+    message: str
 
 
 class SearchTimings(BaseModel):
+    read: float = 0.0
+    """Reading the query image's text (OCR), when needed."""
     embed: float
     retrieve: float
     rerank: float
@@ -297,11 +343,8 @@ class SearchTimings(BaseModel):
 
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
+    mode: SearchMode = "vector"
+    """The retrieval mode that ran."""
     reranked: bool
     timings_ms: SearchTimings
-
-
-class HealthResponse(BaseModel):
-    status: str
-    service: str
-    model: str | None = None
+    warnings: list[SearchWarning] = Field(default_factory=list)

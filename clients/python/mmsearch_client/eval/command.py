@@ -1,7 +1,9 @@
 """The ``mmsearch eval`` subcommand.
 
 mmsearch eval --make-synthetic ./evalset                 # write the synthetic set
+mmsearch eval --make-screens ./screens                   # write the screenshot set (OCR, keyword, hybrid)
 mmsearch eval ./evalset --json run.json                  # ingest, run every query with rerank off and on
+mmsearch eval ./screens --modes vector,keyword,hybrid --rerank off   # one run per retrieval mode
 mmsearch eval ./evalset --compare baseline.json          # ... and compare with an earlier run
 mmsearch eval run.json --compare baseline.json           # compare two saved runs (no server needed)
 """
@@ -17,7 +19,7 @@ from typing import Any
 from mmsearch_client._client import Client
 from mmsearch_client.eval.dataset import DatasetError, load_dataset
 from mmsearch_client.eval.report import load_report, print_comparison, print_report
-from mmsearch_client.eval.runner import EvalOptions, fresh_collection, run_eval
+from mmsearch_client.eval.runner import RETRIEVAL_MODES, EvalOptions, fresh_collection, run_eval, run_specs
 
 __all__ = ["add_eval_parser", "cmd_eval"]
 
@@ -27,6 +29,22 @@ def _positive(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return n
+
+
+def _modes(value: str) -> list[str]:
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in RETRIEVAL_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"use a comma-separated list of {', '.join(RETRIEVAL_MODES)}")
+    return modes
+
+
+def _rerank(value: str) -> list[bool]:
+    flags = {"off": False, "on": True}
+    out = [flags.get(v.strip()) for v in value.split(",") if v.strip()]
+    if not out or any(f is None for f in out):
+        raise argparse.ArgumentTypeError("use off, on or off,on")
+    return [bool(f) for f in out]
 
 
 def add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -46,28 +64,57 @@ def add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.Argum
     p.add_argument("--top-k", "-k", type=_positive, default=10, help="hits per query (10; metrics go to @10)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON ('-': to stdout, no tables)")
     p.add_argument("--compare", metavar="REPORT", help="a report from --json to show side by side, with deltas")
-    p.add_argument("--keep", action="store_true", help="keep the ingested documents (default: delete them)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep what the run ingested (default: drop the collection it created, or delete its documents from "
+        "an existing --collection)",
+    )
     p.add_argument("--concurrency", type=_positive, default=1, help="queries in flight (1: undisturbed latency)")
     p.add_argument("--batch-size", type=_positive, default=32, help="documents per upsert request (32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--modes",
+        type=_modes,
+        help="retrieval modes to run, e.g. vector,keyword,hybrid (default: the server's default mode)",
+    )
+    p.add_argument("--rerank", type=_rerank, default=[False, True], help="off, on or off,on (default: off,on)")
     p.add_argument("--make-synthetic", metavar="DIR", help="write the synthetic screenshot set to DIR and exit")
-    p.add_argument("--seed", type=int, default=0, help="seed of --make-synthetic (0)")
+    p.add_argument(
+        "--make-screens",
+        metavar="DIR",
+        help="write the screenshot set with real text (dashboards, receipts, ...; quote, paraphrase and degraded "
+        "queries) to DIR and exit",
+    )
+    p.add_argument("--distractors", type=int, default=None, help="distractor texts of --make-screens (320)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --make-synthetic / --make-screens (0)")
     p.set_defaults(func=cmd_eval)
     return p
 
 
-def cmd_eval(client: Client, args: argparse.Namespace) -> int:
-    if args.make_synthetic:
-        from mmsearch_client.eval.synthetic import write_synthetic
+def _write_set(args: argparse.Namespace) -> int:
+    """``--make-screens`` / ``--make-synthetic``: write a dataset and say what it holds."""
+    try:
+        if args.make_screens:
+            from mmsearch_client.eval.screens import DEFAULT_DISTRACTORS, write_screens
 
-        try:
+            distractors = DEFAULT_DISTRACTORS if args.distractors is None else args.distractors
+            out = write_screens(args.make_screens, seed=args.seed, distractors=distractors)
+        else:
+            from mmsearch_client.eval.synthetic import write_synthetic
+
             out = write_synthetic(args.make_synthetic, seed=args.seed)
-        except RuntimeError as e:  # Pillow missing
-            print(f"mmsearch eval: {e}", file=sys.stderr)
-            return 1
-        groups = ", ".join(f"{n} {g}" for g, n in out.groups.items())
-        print(f"wrote {out.corpus} corpus items and {out.queries} queries ({groups}) to {out.root}")
-        return 0
+    except RuntimeError as e:  # Pillow missing
+        print(f"mmsearch eval: {e}", file=sys.stderr)
+        return 1
+    groups = ", ".join(f"{n} {g}" for g, n in out.groups.items())
+    print(f"wrote {out.corpus} corpus items and {out.queries} queries ({groups}) to {out.root}")
+    return 0
+
+
+def cmd_eval(client: Client, args: argparse.Namespace) -> int:
+    if args.make_screens or args.make_synthetic:
+        return _write_set(args)
     if not args.dataset:
         print("mmsearch eval: give a DATASET directory (or --make-synthetic DIR)", file=sys.stderr)
         return 2
@@ -88,6 +135,7 @@ def cmd_eval(client: Client, args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            runs=run_specs(args.modes, args.rerank),
         )
         report = run_eval(client, ds, opts)
     if args.json and args.json != "-":

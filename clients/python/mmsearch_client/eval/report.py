@@ -16,6 +16,13 @@ from mmsearch_client._progress import rich_available
 __all__ = ["load_report", "print_comparison", "print_report"]
 
 _MODE_LABEL = {"rerank_off": "off", "rerank_on": "on"}
+"""Runs of the server's default mode are labelled by rerank; runs per retrieval mode by their name."""
+
+
+def _reranked_run(name: str, run: dict[str, Any]) -> bool:
+    return bool(run.get("rerank", name == "rerank_on"))
+
+
 _METRIC_LABEL = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "ndcg@10": "nDCG@10", "mrr@10": "MRR@10"}
 
 
@@ -100,7 +107,7 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
             rows.append([scope, _MODE_LABEL.get(mode, mode), str(agg["queries"]), *values])
     p.table(
         "Retrieval quality by query -> relevant-document modality (and query group)",
-        ["scope", "rerank", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
+        ["scope", "run", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
         rows,
     )
     rows = []
@@ -116,16 +123,16 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
             )
     p.table(
         "Latency per stage (ms; server timings_ms, 'client' = round trip)",
-        ["stage", "rerank", "n", "p50", "p95", "p99", "mean"],
+        ["stage", "run", "n", "p50", "p95", "p99", "mean"],
         rows,
     )
     rows = []
     for mode, run in runs.items():
         for kind, per_pair in run["scores"].items():
-            if kind == "rerank" and mode == "rerank_off":
+            if kind == "rerank" and not _reranked_run(mode, run):
                 continue
-            if kind == "retrieval" and mode == "rerank_on" and "rerank_off" in runs:
-                continue  # same retrieval scores as the rerank-off run
+            if kind == "retrieval" and _reranked_run(mode, run) and len(runs) > 1:
+                continue  # the retrieval scores of a rerank-off run of the same mode
             for pair, sides in per_pair.items():
                 rel, non = sides["relevant"], sides["non_relevant"]
                 rows.append(
@@ -149,7 +156,7 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
         o = run["overall"]
         if run["errors"]:
             notes.append(f"{mode}: {run['errors']} queries failed and are excluded: {run['error_samples'][0]}")
-        if mode == "rerank_on" and run.get("reranked", 0) < o["queries"]:
+        if _reranked_run(mode, run) and run.get("reranked", 0) < o["queries"]:
             notes.append(f"{mode}: only {run.get('reranked', 0)} answers came back reranked")
     if report["dataset"].get("unjudged_queries"):
         n = report["dataset"]["unjudged_queries"]
@@ -220,7 +227,7 @@ def print_comparison(
             )
     p.table(
         "Retrieval quality, A vs B",
-        ["scope", "rerank", "run", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
+        ["scope", "mode", "run", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
         rows,
         left=3,
     )
@@ -232,7 +239,7 @@ def print_comparison(
         for stage, lat_a in run_a["latency_ms"].items():
             lat_b = run_b["latency_ms"].get(stage, {})
             rows += _triple([stage, _MODE_LABEL.get(mode, mode)], lat_a, lat_b, ("p50", "p95", "p99"), 1)
-    p.table("Latency (ms), A vs B", ["stage", "rerank", "run", "p50", "p95", "p99"], rows, left=3)
+    p.table("Latency (ms), A vs B", ["stage", "mode", "run", "p50", "p95", "p99"], rows, left=3)
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Run an evaluation against a server: ingest the corpus, run every query with rerank off and on, measure.
+"""Run an evaluation against a server: ingest the corpus, run every query in each run (retrieval mode x rerank
+off/on), measure.
 
 The result is a plain JSON-able ``dict`` (the report), rendered by :mod:`mmsearch_client.eval.report`.
 """
@@ -26,22 +27,47 @@ from mmsearch_client.schemas import Item, SearchResponse
 __all__ = [
     "MODES",
     "REPORT_VERSION",
+    "RETRIEVAL_MODES",
     "TINY_WARNING",
     "EvalOptions",
+    "RunSpec",
     "fresh_collection",
     "restrict_modalities",
     "run_eval",
+    "run_specs",
 ]
 
 REPORT_VERSION = 1
 TINY_WARNING = "RANDOM-WEIGHT TINY MODEL: these numbers measure the plumbing, not retrieval quality"
 MODES: dict[str, bool] = {"rerank_off": False, "rerank_on": True}
-STAGES = ("embed", "retrieve", "rerank", "total")
+"""Run names when no retrieval mode is named (the server's default mode), and their rerank flag."""
+RETRIEVAL_MODES = ("vector", "keyword", "hybrid")
+STAGES = ("read", "embed", "retrieve", "rerank", "total")
 PERCENTILES = (50, 95, 99)
 
 
 def fresh_collection() -> str:
     return f"eval_{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """One pass over the queries: its name in the report, the retrieval mode asked (None: the server's default)
+    and whether to rerank."""
+
+    name: str
+    mode: str | None
+    rerank: bool
+
+
+def run_specs(modes: Sequence[str] | None = None, rerank: Sequence[bool] = (False, True)) -> list[RunSpec]:
+    """``rerank_off``/``rerank_on`` for the server's default mode, or ``<mode>`` and ``<mode>+rerank`` per mode."""
+    if not modes:
+        return [RunSpec(name, None, flag) for name, flag in MODES.items() if flag in rerank]
+    for m in modes:
+        if m not in RETRIEVAL_MODES:
+            raise ValueError(f"unknown retrieval mode {m!r}: use {', '.join(RETRIEVAL_MODES)}")
+    return [RunSpec(f"{m}+rerank" if flag else m, m, flag) for m in modes for flag in rerank]
 
 
 @dataclass(slots=True)
@@ -53,7 +79,7 @@ class EvalOptions:
     concurrency: int = 1
     batch_size: int = 32
     progress: bool = True
-    modes: Sequence[str] = tuple(MODES)
+    runs: Sequence[RunSpec] = field(default_factory=run_specs)
 
 
 @dataclass(slots=True)
@@ -100,7 +126,7 @@ def _query_input(item: EvalItem) -> str | Item:
 def _latency(outcomes: Sequence[_Outcome]) -> dict[str, dict[str, float | int | None]]:
     out: dict[str, dict[str, float | int | None]] = {}
     ok = [o for o in outcomes if o.response is not None]
-    series: dict[str, list[float]] = {s: [getattr(o.response.timings_ms, s) for o in ok if o.response] for s in STAGES}
+    series = {s: [float(getattr(o.response.timings_ms, s, 0.0)) for o in ok if o.response] for s in STAGES}
     series["client"] = [o.client_ms for o in ok]
     for stage, values in series.items():
         row: dict[str, float | int | None] = {"n": len(values)}
@@ -157,7 +183,9 @@ def _evaluate_mode(
         for kind, per in scores.items()
     }
     errors = [f"{q}: {o.error}" for q, o in outcomes.items() if o.error]
+    modes_run = sorted({o.response.mode for o in outcomes.values() if o.response is not None})
     return {
+        "retrieval_modes": modes_run,
         "overall": overall.to_dict(),
         "by_pair": by_pair,
         "by_group": by_group,
@@ -200,8 +228,13 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
     if tiny:
         log(f"!!! {TINY_WARNING} !!!")
     original = ds
-    modalities = embedder.get("modalities")
+    modalities = _searchable_modalities(info, embedder)
     skipped: dict[str, Any] = {}
+    runs = list(opts.runs)
+    reranker = info.get("reranker")
+    if isinstance(reranker, dict) and reranker.get("model") is None and any(r.rerank for r in runs):
+        log("the server has no reranker: the rerank runs are skipped")
+        runs = [r for r in runs if not r.rerank]
     if isinstance(modalities, list) and modalities:
         ds, skipped = restrict_modalities(ds, [str(m) for m in modalities])
         if skipped:
@@ -225,16 +258,25 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         "server": {
             "url": client.base_url,
             "embedder": embedder,
+            "reranker": reranker,
+            "ocr": info.get("ocr"),
+            "modality_paths": info.get("modality_paths"),
             "index": info.get("index_uri_kind"),
             "tiny_random_weights": tiny,
         },
         "warning": TINY_WARNING if tiny else None,
         "skipped": skipped,
-        "params": {"collection": opts.collection, "top_k": opts.top_k, "candidates": candidates},
+        "params": {
+            "collection": opts.collection,
+            "top_k": opts.top_k,
+            "candidates": candidates,
+            "runs": {r.name: {"mode": r.mode, "rerank": r.rerank} for r in runs},
+        },
         "metrics": list(DEFAULT_METRICS),
         "runs": {},
     }
     items = list(ds.corpus.values())
+    existed = _collection_count(client, opts.collection) is not None  # a collection of the user's: never dropped
     t0 = time.perf_counter()
     try:
         summary = client.upsert_many(
@@ -248,7 +290,9 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         }
         if summary.upserted == 0:
             raise ValueError(f"no document could be ingested: {report['ingest']['failures'][:1]}")
-        log(f"ingested {summary.upserted} documents into {opts.collection!r} ({summary.failed} failed)")
+        report["ingest"]["ocr_images"] = summary.ocr_images
+        read = f", text read from {summary.ocr_images} images" if summary.ocr_images else ""
+        log(f"ingested {summary.upserted} documents into {opts.collection!r} ({summary.failed} failed{read})")
         count = _collection_count(client, opts.collection)
         report["ingest"]["collection_count"] = count
         if count is not None and count > summary.upserted:
@@ -258,13 +302,20 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
             )
 
         inputs = {q: _query_input(ds.queries[q]) for q in qids}
-        for mode in opts.modes:
-            outcomes = _run_queries(client, inputs, opts, candidates, MODES[mode], mode)
-            report["runs"][mode] = _evaluate_mode(ds, qids, outcomes, lambda d: _modality(ds, d))
+        for spec in runs:
+            outcomes = _run_queries(client, inputs, opts, candidates, spec)
+            report["runs"][spec.name] = {
+                "mode": spec.mode,
+                "rerank": spec.rerank,
+                **_evaluate_mode(ds, qids, outcomes, lambda d: _modality(ds, d)),
+            }
     finally:
         report["collection_kept"] = opts.keep
-        if not opts.keep:
+        report["collection_dropped"] = False
+        if not opts.keep and existed:
             _cleanup(client, opts.collection, [i.id for i in items], log)
+        elif not opts.keep:  # the run made it: remove it whole
+            report["collection_dropped"] = _drop(client, opts.collection, log)
     return report
 
 
@@ -290,6 +341,15 @@ def restrict_modalities(ds: Dataset, supported: Sequence[str]) -> tuple[Dataset,
     return out, skipped
 
 
+def _searchable_modalities(info: dict[str, Any], embedder: dict[str, Any]) -> Any:
+    """The modalities the server can index: from its ``modality_paths`` (images may go through OCR text), else
+    the embedder's own."""
+    paths = info.get("modality_paths")
+    if isinstance(paths, dict) and paths:
+        return [m for m, path in paths.items() if not str(path).startswith("unsupported")]
+    return embedder.get("modalities")
+
+
 def _collection_count(client: Client, collection: str) -> int | None:
     try:
         return next((c.count for c in client.collections().collections if c.name == collection), None)
@@ -303,13 +363,20 @@ def _modality(ds: Dataset, doc_id: str) -> str:
 
 
 def _run_queries(
-    client: Client, inputs: dict[str, str | Item], opts: EvalOptions, candidates: int, rerank: bool, label: str
+    client: Client, inputs: dict[str, str | Item], opts: EvalOptions, candidates: int, spec: RunSpec
 ) -> dict[str, _Outcome]:
+    mode: Any = spec.mode
+
     def one(qid: str) -> tuple[str, _Outcome]:
         t = time.perf_counter()
         try:
             res = client.search(
-                inputs[qid], collection=opts.collection, top_k=opts.top_k, candidates=candidates, rerank=rerank
+                inputs[qid],
+                collection=opts.collection,
+                top_k=opts.top_k,
+                candidates=candidates,
+                rerank=spec.rerank,
+                mode=mode,
             )
         except MMSearchError as e:
             return qid, _Outcome(None, (time.perf_counter() - t) * 1000, " ".join(str(e).split()))
@@ -317,13 +384,21 @@ def _run_queries(
 
     results: dict[str, _Outcome] = {}
     with (
-        make_progress(opts.progress, len(inputs), f"queries, {label}") as bar,
+        make_progress(opts.progress, len(inputs), f"queries, {spec.name}") as bar,
         ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="mmsearch-eval") as pool,
     ):
         for qid, outcome in pool.map(one, inputs):
             results[qid] = outcome
             bar.advance()
     return results
+
+
+def _drop(client: Client, collection: str, log: Callable[[str], None]) -> bool:
+    try:
+        return client.drop_collection(collection, missing_ok=True).dropped
+    except MMSearchError as e:
+        log(f"warning: could not drop the evaluation collection {collection!r}: {e}")
+        return False
 
 
 def _cleanup(client: Client, collection: str, ids: list[str], log: Callable[[str], None]) -> None:
