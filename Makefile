@@ -8,23 +8,42 @@ BIN := $(VENV)/bin
 export MMSEARCH_PROFILE ?= tiny
 export BENTOML_DO_NOT_TRACK ?= true
 PORT ?= 3000
+# A machine without a GPU: `make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU-only torch
+# build (~200 MB) instead of PyPI's default wheel, which pulls ~3 GB of CUDA libraries.
+TORCH_INDEX ?=
 
-.PHONY: install install-test serve test lint typecheck bento clean
+.PHONY: install install-test serve serve-embedder serve-reranker stop test lint typecheck bento clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # torch is installed first and pinned, so no resolver ever picks an unpinned (multi-GB) build.
+# Not -q: the first install downloads gigabytes, and pip's progress bars show it moving.
 install: $(BIN)/python
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e './clients/python[cli]' -e .
+	@echo "==> 1/2 torch 2.14.1 + torchvision 0.29.1 $(if $(TORCH_INDEX),from $(TORCH_INDEX),from PyPI (CUDA build; see TORCH_INDEX for CPU-only))"
+	$(BIN)/pip install --progress-bar on torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@echo "==> 2/2 mmsearch, its client and their pinned dependencies"
+	$(BIN)/pip install --progress-bar on -e './clients/python[cli]' -e .
 
+# The browser tests' Chromium and axe-core come from npm, pinned by tests/browser/package-lock.json.
 install-test: install
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install --progress-bar on -e '.[test]'
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
 serve: install
 	$(BIN)/bentoml serve service.search:Search --host 127.0.0.1 --port $(PORT)
+
+# Each model service alone (e.g. on a GPU box); point Search at them with MMSEARCH_EMBEDDER_URL / _RERANKER_URL.
+serve-embedder: install
+	$(BIN)/bentoml serve service.embedder:Embedder --host 127.0.0.1 --port $(PORT)
+
+serve-reranker: install
+	$(BIN)/bentoml serve service.reranker:Reranker --host 127.0.0.1 --port $(PORT)
+
+# Stop the server listening on $(PORT) and every worker it started (see README "Stopping").
+stop:
+	$(BIN)/python -m service.stop --port $(PORT)
 
 lint: install-test
 	$(BIN)/ruff check service clients tests bench loadtest

@@ -285,7 +285,7 @@ def bench_env(workdir: Path, **extra: str) -> dict[str, str]:
     """
     from tests.support.servers import bento_env
 
-    env = bento_env(workdir, MMSEARCH_TINY_DIR=str(tiny_dir()), PYTHONPATH=str(REPO))
+    env = bento_env(workdir, MMSEARCH_TINY_DIR=str(tiny_dir()))  # PYTHONPATH: this checkout and its client
     env.update(extra)
     return env
 

@@ -4,6 +4,8 @@
     .venv/bin/python -m bench.index_scale --sizes 1000000 --backends lancedb --no-ann --queries 30 --name index_scale-1m
                                                                    # 1M: LanceDB exact only (~3 min; see RESULTS.md)
     .venv/bin/python -m bench.index_scale --tiny                   # 2k vectors (seconds)
+    .venv/bin/python -m bench.index_scale --backends milvus-server --name index_scale-milvus-server
+                                                                   # the real Milvus server (started here), FLAT + HNSW
 
 For each backend and size: upsert N unit vectors (512-d; ``--data clustered``: a mixture around 1000 centres,
 the default, closer to real embeddings than ``--data gaussian``, the hardest case for ANN) in chunks; then Q
@@ -11,9 +13,13 @@ queries from the same distribution, each searched
 
 * by exact numpy brute force over the same vectors, in this process (the baseline and the ground truth);
 * by the index in exact mode (``ann_threshold`` above N: LanceDB flat scan, Milvus FLAT);
-* by LanceDB's ANN index (IVF_HNSW_SQ, refine x4), built by reopening the index with ``ann_threshold`` below N
-  and upserting one document, which is what the Search service does when a collection crosses the threshold.
-  Milvus Lite stays FLAT at any size by design (see ``service/index/milvus.py``).
+* by the ANN index (LanceDB: IVF_HNSW_SQ, refine x4; Milvus server: HNSW M=16, efConstruction=200, ef=200), built
+  by reopening the index with ``ann_threshold`` below N and upserting one document, which is what the Search
+  service does when a collection crosses the threshold. Milvus Lite stays FLAT at any size by design (see
+  ``service/index/milvus.py``).
+
+``milvus-server`` starts the real Milvus standalone server (``tests/support/milvus_server.py``, the settings the
+tests use) in the work directory for the run and stops it afterwards.
 
 Goals: exact search within 1.5x of numpy brute force (p50); ANN recall@10 >= 0.95.
 """
@@ -56,7 +62,24 @@ def _docs(vecs: np.ndarray, start: int) -> list[Any]:
 
 
 def _uri(backend: str, root: Path) -> str:
+    if backend == "milvus-server":
+        from tests.support.milvus_server import MilvusServer
+
+        server = MilvusServer(root / "milvus-server")
+        _SERVERS[str(root)] = server.start()
+        return server.uri
     return str(root / "milvus.db") if backend == "milvus" else str(root / "lance")
+
+
+_SERVERS: dict[str, Any] = {}
+_URIS: dict[str, str] = {}
+
+
+def _index_uri(backend: str, root: Path) -> str:
+    """One URI per run directory (the server is started once, by the first caller)."""
+    if str(root) not in _URIS:
+        _URIS[str(root)] = _uri(backend, root)
+    return _URIS[str(root)]
 
 
 def ingest(backend: str, root: Path, vecs: np.ndarray, chunk: int) -> dict[str, Any]:
@@ -65,7 +88,7 @@ def ingest(backend: str, root: Path, vecs: np.ndarray, chunk: int) -> dict[str, 
     n = len(vecs)
     load = HostLoad().start()
     t0 = time.perf_counter()
-    with open_index(_uri(backend, root), ann_threshold=n + 1) as index:
+    with open_index(_index_uri(backend, root), ann_threshold=n + 1) as index:
         index.ensure_collection(COLLECTION, DIM, "bench-random")
         for start in range(0, n, chunk):
             index.upsert(COLLECTION, _docs(vecs[start : start + chunk], start))
@@ -108,41 +131,53 @@ def search(index: Any, queries: np.ndarray, truth: list[list[str]], warmup: int 
 
 
 def run_backend(backend: str, n: int, vecs: np.ndarray, queries: np.ndarray, truth: Any, args: Any) -> dict[str, Any]:
-    from service.index import StoredDocument, open_index
-
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix=f"mmsearch-index-{backend}-", dir=args.workdir) as tmp:
         root = Path(tmp)
-        out["ingest"] = ingest(backend, root, vecs, args.chunk)
-        print(f"  {backend} {n}: ingest {out['ingest']['vectors_per_s']} vectors/s", flush=True)
-        with open_index(_uri(backend, root), ann_threshold=n + 1) as index:
-            out["exact"] = search(index, queries, truth)
-        print(
-            f"  {backend} {n}: exact p50 {out['exact']['latency']['p50_ms']} ms,"
-            f" recall@10 {out['exact']['recall_at_10']}",
-            flush=True,
-        )
-        if backend == "lancedb" and not args.no_ann:
-            with open_index(_uri(backend, root), ann_threshold=max(1, n // 2)) as index:
-                t0 = time.perf_counter()
-                again = StoredDocument(id="d0", text=None, image=None, metadata={}, embedding=vecs[0].tolist())
-                index.upsert(COLLECTION, [again])  # crosses the threshold: builds the ANN index
-                build_s = time.perf_counter() - t0
-                out["ann"] = {"index_build_s": round(build_s, 2), **search(index, queries, truth)}
-            print(
-                f"  {backend} {n}: ANN build {build_s:.1f} s, p50 {out['ann']['latency']['p50_ms']} ms,"
-                f" recall@10 {out['ann']['recall_at_10']}",
-                flush=True,
-            )
+        try:
+            _measure(backend, root, n, vecs, queries, truth, args, out)
+        finally:
+            server = _SERVERS.pop(str(root), None)
+            _URIS.pop(str(root), None)
+            if server is not None:
+                out["server_rss_mb"] = server.rss_mb()
+                server.stop()
         out["disk_mb"] = round(sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20, 1)
     gc.collect()
     return out
 
 
+def _measure(
+    backend: str, root: Path, n: int, vecs: np.ndarray, queries: np.ndarray, truth: Any, args: Any, out: dict[str, Any]
+) -> None:
+    from service.index import StoredDocument, open_index
+
+    out["ingest"] = ingest(backend, root, vecs, args.chunk)
+    print(f"  {backend} {n}: ingest {out['ingest']['vectors_per_s']} vectors/s", flush=True)
+    with open_index(_index_uri(backend, root), ann_threshold=n + 1) as index:
+        out["exact"] = search(index, queries, truth)
+    print(
+        f"  {backend} {n}: exact p50 {out['exact']['latency']['p50_ms']} ms, recall@10 {out['exact']['recall_at_10']}",
+        flush=True,
+    )
+    if backend in ("lancedb", "milvus-server") and not args.no_ann:
+        with open_index(_index_uri(backend, root), ann_threshold=max(1, n // 2)) as index:
+            t0 = time.perf_counter()
+            again = StoredDocument(id="d0", text=None, image=None, metadata={}, embedding=vecs[0].tolist())
+            index.upsert(COLLECTION, [again])  # crosses the threshold: builds the ANN index
+            build_s = time.perf_counter() - t0
+            out["ann"] = {"index_build_s": round(build_s, 2), **search(index, queries, truth)}
+        print(
+            f"  {backend} {n}: ANN build {build_s:.1f} s, p50 {out['ann']['latency']['p50_ms']} ms,"
+            f" recall@10 {out['ann']['recall_at_10']}",
+            flush=True,
+        )
+
+
 def parse_args(argv: Sequence[str] | None) -> Any:
     p = base_parser("Index scale: ingest, query latency and recall@10 per backend vs numpy brute force.")
     p.add_argument("--sizes", default=None, help="collection sizes (default 100000; add 1000000 for 1M)")
-    p.add_argument("--backends", default="lancedb,milvus")
+    p.add_argument("--backends", default="lancedb,milvus", help="lancedb, milvus (Lite), milvus-server")
     p.add_argument("--queries", type=int, default=None, help="queries per measurement (default 100)")
     p.add_argument("--chunk", type=int, default=10_000, help="documents per upsert call")
     p.add_argument("--data", choices=["clustered", "gaussian"], default="clustered")

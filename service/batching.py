@@ -9,9 +9,19 @@ memory. This batcher does all four (the design Infinity uses):
 * Lanes have a priority (lower runs first): interactive queries overtake queued bulk documents. With a
   ``PriorityGate`` (``service.priority``) document batches also wait for a query request that is still being
   parsed, and are kept short while queries keep arriving.
-* One worker runs the model in a dedicated thread. While a batch runs, new items queue up; the next batch takes
-  up to ``max_batch_size`` of them at once. Batches therefore grow with load and stay at 1 when idle (no
-  artificial wait), and the event loop stays free to fetch and decode media in parallel.
+* Two stages, each in its own thread: ``prepare`` (tokenisation, image preprocessing) and ``run`` (the forward
+  pass). While the model runs batch *k*, batch *k+1* is prepared, so a GPU waits for no CPU work when requests
+  queue up. A batch is prepared ahead only when it is full (the model is busy anyway, and a partial batch
+  started early would cost a GPU a whole batch's fixed cost for a few items); query batches may be prepared
+  ahead of a prepared document batch, and the model takes the highest-priority prepared batch.
+* Batch sizes follow the load: idle, a batch holds what is queued (1 at one client). **Coalescing**
+  (``coalesce_s``): when the model frees up and fewer items are queued than are on their way back (the items
+  of the requests the last batch answered, which closed-loop clients resend at once), the batcher waits up to
+  ``coalesce_s`` for them instead of starting a small batch. On a GPU a batch of 2 costs almost what a batch
+  of 32 does, so this doubles throughput at 32 clients; on a CPU the cost per item is flat and ``0`` is right.
+  A single client never waits: one request answered, one expected.
+* Whole requests go into one batch where they fit (a reranked query's 20 pairs are scored together instead of
+  straddling two batches); a request larger than a batch is split.
 * Bounded: more than ``max_queue_size`` waiting items -> ``Overloaded`` (429); an item waiting longer than
   ``max_wait_s`` -> ``QueueTimeout`` (503); past the request's deadline -> ``DeadlineExceeded`` (504).
 * Out of memory: the batch is split in halves and retried; the effective max batch size is lowered; a single item
@@ -23,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from service.priority import PriorityGate
 
@@ -36,6 +47,8 @@ log = logging.getLogger("mmsearch.batching")
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+Key = tuple[int, Hashable]  # (priority, lane)
 
 
 class BatchError(Exception):
@@ -59,64 +72,119 @@ class ItemTooLarge(BatchError):
 
 
 @dataclass(eq=False)
-class _Pending(Generic[T, R]):
-    payload: T
-    future: asyncio.Future[R]
+class _Request(Generic[T, R]):
+    """The items one ``submit`` call queued in one lane; batches take them from ``taken`` on."""
+
+    payloads: list[T]
+    futures: list[asyncio.Future[R]]
     enqueued: float
     deadline: float | None
+    taken: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.payloads) - self.taken
+
+    @property
+    def cancelled(self) -> bool:
+        return self.taken < len(self.futures) and self.futures[self.taken].done()
+
+
+@dataclass(eq=False)
+class _Batch(Generic[T, R]):
+    key: Key
+    payloads: list[T]
+    futures: list[asyncio.Future[R]]
+    finished: list[_Request[T, R]]  # requests whose last items are in this batch
+    prepared: Any = None
+    is_prepared: bool = False  # prepared ahead in the preprocessing thread (else the model thread prepares it)
+    error: BaseException | None = None  # prepare() failed
+    held_until: float = 0.0  # a document batch held for a query (see _hold_background)
 
 
 @dataclass
 class BatchStats:
-    """Counters the service exports as metrics."""
+    """Counters the service exports as metrics (and tests read)."""
 
     batches: int = 0
     items: int = 0
     oom_splits: int = 0
+    prepared_ahead: int = 0
+    sizes: list[int] = field(default_factory=list)  # the last ``SIZES_KEPT`` batch sizes, oldest first
+
+    SIZES_KEPT = 1024
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.sizes.append(size)
+        if len(self.sizes) > self.SIZES_KEPT:
+            del self.sizes[: len(self.sizes) - self.SIZES_KEPT]
 
 
 class MicroBatcher(Generic[T, R]):
     """Batch items from concurrent requests into model calls of one lane each.
 
-    ``run(lane, payloads)`` is called in a worker thread and must return one result per payload, in order.
+    ``prepare(lane, payloads)`` (optional; default: the payloads themselves) runs in a preprocessing thread and
+    ``run(lane, prepared)`` in the model thread; ``run`` returns one result per payload, in order. ``prepare``
+    is never called from two threads at once. ``coalesce_s``: see the module docstring.
     """
 
     def __init__(
         self,
-        run: Callable[[Hashable, list[T]], Sequence[R]],
+        run: Callable[[Hashable, Any], Sequence[R]],
         *,
         max_batch_size: int,
         max_queue_size: int,
         max_wait_s: float,
+        prepare: Callable[[Hashable, list[T]], Any] | None = None,
+        coalesce_s: float = 0.0,
         is_oom: Callable[[BaseException], bool] = lambda e: False,
         on_batch: Callable[[Hashable, int, float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         gate: PriorityGate | None = None,
         background_budget: float = 1.0,
         name: str = "model",
     ) -> None:
         self._run = run
+        self._prepare = prepare
         self.max_batch_size = max_batch_size
         self.effective_max_batch_size = max_batch_size
+        self.coalesce_s = coalesce_s
         self._max_queue_size = max_queue_size
         self._max_wait_s = max_wait_s
         self._is_oom = is_oom
         self._on_batch = on_batch
+        self._on_depth = on_depth
         self._gate = gate
         self._background_budget = background_budget
         if gate is not None:
             gate.add_clear_listener(self._poke)
         self._query_batch_s: float | None = None  # moving averages of model time, for sizing document batches
         self._item_s: dict[Hashable, float] = {}
-        self._queues: dict[tuple[int, Hashable], deque[_Pending[T, R]]] = {}
+        self._queues: dict[Key, deque[_Request[T, R]]] = {}
+        self._lane_items: dict[Key, int] = {}
         self._queued = 0
+        self._expected: dict[Key, int] = {}  # items expected back in a lane (see _target)
+        self._ready: list[_Batch[T, R]] = []  # batches waiting for the model
+        self._handoff: list[_Batch[T, R]] = []  # prepared batches the running model thread takes next
+        self._handoff_lock = threading.Lock()
+        self._running = False
+        self._preparing: Key | None = None  # the lane whose batch is being prepared
+        self._idle_since = -float("inf")
+        self._hold_until: float | None = None
         self._wakeup: asyncio.Event | None = None
+        self._model_wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-batch")
+        self._prep_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-prepare")
+        self._prep_lock = threading.Lock()
         self.stats = BatchStats()
 
     @property
     def queued(self) -> int:
-        """Items waiting (not counting the batch that is running)."""
+        """Items waiting (not counting prepared batches and the batch that is running)."""
         return self._queued
 
     async def submit(
@@ -132,56 +200,316 @@ class MicroBatcher(Generic[T, R]):
             raise Overloaded(f"queue full: {self._queued} inputs waiting, limit {self._max_queue_size}; retry later")
         self._ensure_worker()
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        queue = self._queues.setdefault((priority, lane), deque())
-        pending = [_Pending(p, loop.create_future(), now, deadline) for p in payloads]
-        queue.extend(pending)
-        self._queued += len(pending)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        key: Key = (priority, lane)
+        futures: list[asyncio.Future[R]] = [loop.create_future() for _ in payloads]
+        self._queues.setdefault(key, deque()).append(_Request(list(payloads), futures, time.monotonic(), deadline))
+        self._lane_items[key] = self._lane_items.get(key, 0) + len(payloads)
+        self._queued += len(payloads)
+        self._depth_changed()
+        self._poke()
         try:
-            return list(await asyncio.gather(*(p.future for p in pending)))
+            return list(await asyncio.gather(*futures))
         finally:
-            for p in pending:  # a cancelled request frees its queue slots
-                if not p.future.done():
-                    p.future.cancel()
+            for f in futures:  # a cancelled request frees its queue slots
+                if not f.done():
+                    f.cancel()
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(self._queued)
 
     def _poke(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
+        if self._model_wakeup is not None:
+            self._model_wakeup.set()
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="micro-batcher")
+            self._model_wakeup = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            if self._runner is not None:
+                self._runner.cancel()
+            self._worker = loop.create_task(self._form(), name="micro-batcher-form")
+            self._runner = loop.create_task(self._run_batches(), name="micro-batcher-run")
 
-    def _best_lane(self) -> tuple[int, Hashable] | None:
-        """The highest-priority non-empty lane (oldest head first), dropping cancelled and expired heads."""
-        now = time.monotonic()
-        best: tuple[int, float, tuple[int, Hashable]] | None = None
-        for key, queue in self._queues.items():
-            while queue and self._drop_if_done(queue[0], now):
-                queue.popleft()
-            if queue:
-                rank = (key[0], queue[0].enqueued, key)
-                if best is None or rank[:2] < best[:2]:
-                    best = rank
-        return None if best is None else best[2]
+    # --- choosing and taking a batch -------------------------------------------------------------------------
 
-    def _take(self, key: tuple[int, Hashable], cap: int | None = None) -> list[_Pending[T, R]]:
-        """Up to the effective batch size (and ``cap``) of live items from the head of lane ``key``."""
-        now = time.monotonic()
+    def _prune(self, key: Key, now: float) -> None:
+        """Drop cancelled and expired requests from the head of lane ``key``."""
         queue = self._queues[key]
-        batch: list[_Pending[T, R]] = []
-        limit = min(self.effective_max_batch_size, cap or self.effective_max_batch_size)
-        while queue and len(batch) < limit:
-            p = queue.popleft()
-            if not self._drop_if_done(p, now):
-                self._queued -= 1
-                batch.append(p)
+        while queue:
+            req = queue[0]
+            if req.cancelled:
+                self._drop(key, req, None)
+            elif req.deadline is not None and now > req.deadline:
+                self._drop(key, req, DeadlineExceeded("request deadline passed while queued"))
+            elif now - req.enqueued > self._max_wait_s:
+                msg = f"input waited more than {self._max_wait_s:.1f}s in the queue; retry later"
+                self._drop(key, req, QueueTimeout(msg))
+            else:
+                return
+
+    def _drop(self, key: Key, req: _Request[T, R], exc: BaseException | None) -> None:
+        self._queues[key].popleft()
+        n = req.remaining
+        self._queued -= n
+        self._lane_items[key] -= n
+        if exc is not None:
+            for f in req.futures[req.taken :]:
+                if not f.done():
+                    f.set_exception(exc)
+        req.taken = len(req.payloads)
+        self._depth_changed()
+
+    def _limit(self, key: Key) -> int:
+        cap = self._background_cap(key)
+        return min(self.effective_max_batch_size, cap or self.effective_max_batch_size)
+
+    def _target(self, key: Key, limit: int) -> int:
+        """Items worth waiting for in ``key`` (at least 1, at most ``limit``): those queued, or if more, those
+        queued when the lane's last batch finished plus the items of the requests it finished."""
+        return max(1, min(limit, max(self._lane_items.get(key, 0), self._expected.get(key, 1))))
+
+    def _choose(self, now: float) -> tuple[Key, int] | float | None:
+        """The lane to take a batch from now and its size limit; else how long to wait (``None``: until poked)."""
+        for key in self._queues:
+            self._prune(key, now)
+        lanes = sorted((k for k, q in self._queues.items() if q), key=lambda k: (k[0], self._queues[k][0].enqueued))
+        if not lanes:
+            return None
+        if self._gate is None or not self._gate.busy:
+            self._hold_until = None
+        busy = self._running or bool(self._ready) or bool(self._handoff)
+        wait: float | None = None
+        top = lanes[0][0]
+        for key in lanes:
+            if key[0] != top:
+                break  # lower priorities wait for a coalescing higher one (bounded by coalesce_s)
+            if key[0] > 0 and self._gate is not None and self._gate.busy:
+                # A query request is in flight but not queued yet (still parsing or fetching): hold background
+                # batches until it is queued or done, at most ``max_hold_s`` in all.
+                if self._hold_until is None:
+                    self._hold_until = now + self._gate.max_hold_s
+                    self._gate.note_hold("batch")
+                if now < self._hold_until:
+                    return self._hold_until - now
+            limit = self._limit(key)
+            queued = self._lane_items[key]
+            if queued >= limit:
+                return key, limit
+            if busy and not (key[0] == 0 and all(b.key[0] > 0 for b in self._ready + self._handoff)):
+                continue  # the model is busy: only a full batch is worth preparing ahead (or a query's)
+            if queued >= self._target(key, limit) or self.coalesce_s <= 0:
+                return key, limit
+            deadline = max(self._idle_since, self._queues[key][0].enqueued) + self.coalesce_s
+            if now >= deadline:
+                return key, limit
+            wait = deadline - now if wait is None else min(wait, deadline - now)
+        return wait
+
+    def _take(self, key: Key, limit: int) -> _Batch[T, R]:
+        """Up to ``limit`` items of lane ``key``: whole requests in queue order where they fit (a request that
+        does not fit waits for the next batch, which it heads); a request larger than ``limit`` is split."""
+        queue = self._queues[key]
+        batch: _Batch[T, R] = _Batch(key, [], [], [])
+        room = limit
+        kept: list[_Request[T, R]] = []
+        while queue and room > 0:
+            req = queue.popleft()
+            if req.cancelled:
+                self._queued -= req.remaining
+                self._lane_items[key] -= req.remaining
+                continue
+            n = req.remaining
+            if n > room and (batch.payloads or kept):
+                kept.append(req)  # does not fit: try the requests behind it
+                if len(kept) >= 64:
+                    break
+                continue
+            take = min(n, room)
+            batch.payloads.extend(req.payloads[req.taken : req.taken + take])
+            batch.futures.extend(req.futures[req.taken : req.taken + take])
+            req.taken += take
+            room -= take
+            if req.remaining:
+                kept.append(req)
+            else:
+                batch.finished.append(req)
+        queue.extendleft(reversed(kept))
+        size = len(batch.payloads)
+        self._queued -= size
+        self._lane_items[key] -= size
+        self._depth_changed()
         return batch
 
-    def _background_cap(self, key: tuple[int, Hashable]) -> int | None:
+    # --- the two stages --------------------------------------------------------------------------------------
+
+    def _may_prepare(self) -> bool:
+        """Room in the prepared slot: one batch ahead; a query batch may go ahead of prepared document batches."""
+        waiting = self._ready + self._handoff
+        if not waiting:
+            if self._running and self._gate is not None and self._gate.recently_active():
+                # queries around: do not commit a document batch ahead of one that may arrive
+                return self._best_priority() == 0
+            return True
+        return all(b.key[0] > 0 for b in waiting) and self._best_priority() == 0
+
+    def _best_priority(self) -> int | None:
+        prios = [k[0] for k, q in self._queues.items() if q and not q[0].cancelled]
+        return min(prios) if prios else None
+
+    async def _form(self) -> None:
+        """Stage 1: choose and take batches; prepare them here while the model is busy (in the preprocessing
+        thread, overlapped with the forward pass), else leave that to the model thread (no extra hop)."""
+        assert self._wakeup is not None and self._model_wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wakeup.clear()
+            choice = self._choose(time.monotonic()) if self._may_prepare() else None
+            if choice is None:
+                await self._wakeup.wait()
+                continue
+            if isinstance(choice, float):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), choice)
+                continue
+            key, limit = choice
+            self._hold_until = None
+            batch = self._take(key, limit)
+            if not batch.payloads:
+                continue
+            if self._running and self._prepare is not None:
+                self.stats.prepared_ahead += 1
+                self._preparing = key
+                try:
+                    batch.prepared = await loop.run_in_executor(
+                        self._prep_executor, self._prepare_locked, key[1], batch.payloads
+                    )
+                    batch.is_prepared = True
+                except Exception as e:  # a bad input or a bug: fail this batch, keep serving
+                    log.exception("preparing a batch failed")
+                    batch.error = e
+                finally:
+                    self._preparing = None
+            self._hand_over(batch)
+            del batch  # its payloads (decoded images) must not stay alive while this loop waits
+
+    def _prepare_locked(self, lane: Hashable, payloads: list[T]) -> Any:
+        if self._prepare is None:
+            return payloads
+        with self._prep_lock:
+            return self._prepare(lane, payloads)
+
+    def _hold_background(self, batch: _Batch[T, R]) -> bool:
+        """A prepared document batch waits (bounded) for a query batch being prepared or a query request in
+        flight, so that preparing ahead never puts a document batch before a query."""
+        now = time.monotonic()
+        preparing_query = self._preparing is not None and self._preparing[0] == 0
+        gate_busy = self._gate is not None and self._gate.busy
+        if not (preparing_query or gate_busy):
+            return False
+        if batch.held_until == 0.0:
+            batch.held_until = now + (self._gate.max_hold_s if self._gate is not None and gate_busy else 0.05)
+            if gate_busy and self._gate is not None:
+                self._gate.note_hold("batch")
+        return now < batch.held_until
+
+    async def _next_ready(self) -> _Batch[T, R]:
+        """The highest-priority prepared batch, once no hold applies to it."""
+        assert self._model_wakeup is not None
+        while True:
+            if self._ready:
+                batch = min(self._ready, key=lambda b: b.key[0])
+                if batch.key[0] == 0 or not self._hold_background(batch):
+                    self._ready.remove(batch)
+                    if not all(f.done() for f in batch.futures):
+                        return batch
+                    continue  # every request in it was cancelled while it waited
+                timeout: float | None = max(batch.held_until - time.monotonic(), 0.0)
+            else:
+                timeout = None
+            self._model_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._model_wakeup.wait(), timeout)
+
+    async def _run_batches(self) -> None:
+        """Stage 2: run batches on the model, the highest priority first. The model thread takes batches
+        handed over while it runs (``_handoff``) without a round trip through the event loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_ready()
+            self._running = True
+            self._poke()  # the slot is free: the next batch may be prepared while this one runs
+            try:
+                await loop.run_in_executor(self._executor, self._execute_chain, batch, loop)
+            finally:
+                self._running = False
+            del batch  # nor here: the last batch's payloads would live until the next one
+            with self._handoff_lock:  # handed over after the model thread stopped looking: back in line
+                self._ready.extend(self._handoff)
+                self._handoff.clear()
+            if not self._ready:
+                self._idle_since = time.monotonic()
+            self._poke()
+
+    def _hand_over(self, batch: _Batch[T, R]) -> None:
+        """Give a prepared batch to the model: straight to the running model thread when no hold applies."""
+        if self._running and (batch.key[0] == 0 or not self._hold_background(batch)):
+            with self._handoff_lock:
+                self._handoff.append(batch)
+        else:
+            self._ready.append(batch)
+            assert self._model_wakeup is not None
+            self._model_wakeup.set()
+
+    def _execute_chain(self, batch: _Batch[T, R] | None, loop: asyncio.AbstractEventLoop) -> None:
+        """In the model thread: run ``batch``, then every batch handed over meanwhile; answers go to the loop."""
+        while batch is not None:
+            started = time.perf_counter()
+            outcomes = self._execute(batch)
+            elapsed = time.perf_counter() - started
+            with self._handoff_lock:  # take the next one before answering, so the slot frees before the poke
+                nxt = min(self._handoff, key=lambda b: b.key[0]) if self._handoff else None
+                if nxt is not None:
+                    self._handoff.remove(nxt)
+            loop.call_soon_threadsafe(self._deliver, batch, outcomes, elapsed)
+            batch = nxt
+
+    def _deliver(self, batch: _Batch[T, R], outcomes: list[R | BaseException], elapsed: float) -> None:
+        """On the loop: answer a batch's items and learn from it."""
+        if batch.error is None:
+            self._learn(batch.key, len(batch.payloads), elapsed)
+            if self._on_batch is not None:
+                self._on_batch(batch.key[1], len(batch.payloads), elapsed)
+        for f, out in zip(batch.futures, outcomes, strict=True):
+            if f.done():
+                continue
+            if isinstance(out, BaseException):
+                f.set_exception(out)
+            else:
+                f.set_result(out)
+        # coalescing expects back the items of the requests this batch finished, besides those queued now
+        returning = sum(len(r.payloads) for r in batch.finished)
+        self._expected[batch.key] = returning + self._lane_items.get(batch.key, 0)
+        self._poke()
+
+    def _execute(self, batch: _Batch[T, R]) -> list[R | BaseException]:
+        """In the model thread: prepare the batch if that was not done ahead, then run it."""
+        if batch.error is not None:
+            return [batch.error] * len(batch.payloads)
+        if all(f.done() for f in batch.futures):
+            return [DeadlineExceeded("cancelled")] * len(batch.payloads)  # nobody is waiting any more
+        lane = batch.key[1]
+        try:
+            prepared = batch.prepared if batch.is_prepared else self._prepare_locked(lane, batch.payloads)
+            return self._run_splitting(lane, batch.payloads, prepared)
+        except Exception as e:  # a bad input or a bug in run(): fail this batch, keep serving
+            log.exception("model batch failed")
+            return [e] * len(batch.payloads)
+
+    def _background_cap(self, key: Key) -> int | None:
         """While queries keep arriving, size a background batch to take ``background_budget`` query batches.
 
         A batch cannot be interrupted, so this bounds how long a query that arrives mid-batch waits behind it.
@@ -194,7 +522,7 @@ class MicroBatcher(Generic[T, R]):
             return None
         return max(1, int(self._background_budget * self._query_batch_s / per_item))
 
-    def _learn(self, key: tuple[int, Hashable], size: int, seconds: float, alpha: float = 0.2) -> None:
+    def _learn(self, key: Key, size: int, seconds: float, alpha: float = 0.2) -> None:
         """Update the moving averages: seconds per query batch, and seconds per item in each lane."""
         if key[0] == 0:
             q = self._query_batch_s
@@ -203,74 +531,11 @@ class MicroBatcher(Generic[T, R]):
         prev = self._item_s.get(key[1])
         self._item_s[key[1]] = per_item if prev is None else (1 - alpha) * prev + alpha * per_item
 
-    def _drop_if_done(self, p: _Pending[T, R], now: float) -> bool:
-        """Remove a cancelled or expired item from the queue accounting; True if it must not run."""
-        if p.future.done():
-            self._queued -= 1
-            return True
-        if p.deadline is not None and now > p.deadline:
-            self._queued -= 1
-            p.future.set_exception(DeadlineExceeded("request deadline passed while queued"))
-            return True
-        if now - p.enqueued > self._max_wait_s:
-            self._queued -= 1
-            p.future.set_exception(
-                QueueTimeout(f"input waited more than {self._max_wait_s:.1f}s in the queue; retry later")
-            )
-            return True
-        return False
-
-    async def _work(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        hold_until: float | None = None
-        while True:
-            key = self._best_lane()
-            if key is None:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            gate = self._gate
-            if key[0] > 0 and gate is not None and gate.busy:
-                # A query request is in flight but not queued yet (still parsing or fetching): hold background
-                # batches until it is queued or done, at most ``max_hold_s`` in all.
-                if hold_until is None:
-                    hold_until = time.monotonic() + gate.max_hold_s
-                    gate.note_hold("batch")
-                remaining = hold_until - time.monotonic()
-                if remaining > 0:
-                    self._wakeup.clear()  # set again by a new submission or by the gate clearing
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
-                    continue
-            hold_until = None
-            lane, batch = key[1], self._take(key, self._background_cap(key))
-            if not batch:
-                continue
-            started = time.perf_counter()
-            try:
-                outcomes = await loop.run_in_executor(
-                    self._executor, self._run_splitting, lane, [p.payload for p in batch]
-                )
-            except Exception as e:  # a bug in run(): fail this batch, keep serving
-                log.exception("model batch failed")
-                outcomes = [e] * len(batch)
-            elapsed = time.perf_counter() - started
-            self._learn(key, len(batch), elapsed)
-            if self._on_batch is not None:
-                self._on_batch(lane, len(batch), elapsed)
-            for p, out in zip(batch, outcomes, strict=True):
-                if p.future.done():
-                    continue
-                if isinstance(out, BaseException):
-                    p.future.set_exception(out)
-                else:
-                    p.future.set_result(out)
-
-    def _run_splitting(self, lane: Hashable, payloads: list[T]) -> list[R | BaseException]:
-        """Run one batch; on out-of-memory split it in halves (recursively) and lower the batch size."""
+    def _run_splitting(self, lane: Hashable, payloads: list[T], prepared: Any) -> list[R | BaseException]:
+        """Run one batch; on out-of-memory split it in halves (recursively, preparing each half again) and
+        lower the batch size."""
         try:
-            results = list(self._run(lane, payloads))
+            results = list(self._run(lane, prepared))
         except Exception as e:
             if not self._is_oom(e):
                 raise
@@ -280,14 +545,18 @@ class MicroBatcher(Generic[T, R]):
             half = len(payloads) // 2
             self.effective_max_batch_size = max(1, min(self.effective_max_batch_size, half))
             log.warning("out of memory at batch %d: split, max batch now %d", len(payloads), half)
-            return self._run_splitting(lane, payloads[:half]) + self._run_splitting(lane, payloads[half:])
+            out: list[R | BaseException] = []
+            for part in (payloads[:half], payloads[half:]):
+                out += self._run_splitting(lane, part, self._prepare_locked(lane, part))
+            return out
         if len(results) != len(payloads):
             raise RuntimeError(f"model returned {len(results)} results for {len(payloads)} inputs")
-        self.stats.batches += 1
-        self.stats.items += len(payloads)
+        self.stats.record(len(payloads))
         return list(results)
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in (self._worker, self._runner):
+            if task is not None:
+                task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._prep_executor.shutdown(wait=False, cancel_futures=True)

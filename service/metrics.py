@@ -21,6 +21,7 @@ class Metrics:
     queue_depth: Any
     search_stage_seconds: Any
     priority_holds: Any
+    model_threads: Any
 
 
 @lru_cache(maxsize=1)
@@ -64,5 +65,11 @@ def get_metrics() -> Metrics:
             "mmsearch_priority_holds_total",
             "Times document work (an image decode, a model batch) waited for an in-flight query request",
             ["service", "stage"],
+        ),
+        model_threads=prom.Gauge(
+            "mmsearch_model_threads",
+            "Torch intra-op threads of a model service (MMSEARCH_TORCH_THREADS, auto: its share of the CPUs)",
+            ["service"],
+            multiprocess_mode="max",
         ),
     )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from service.config import Settings
+from service.adapters import CrossEncoderScorer, EmbedderAdapter, ModelAdapter, SentenceTransformerEmbedder
+from service.config import ModelSpec, Settings
+from service.cpus import ThreadPlan, plan_threads, quiet_thread_pools
 
 log = logging.getLogger("mmsearch.models")
 
@@ -16,16 +20,35 @@ class SimulatedOOM(MemoryError):
     """Raised by the test-only ``MMSEARCH_OOM_SIMULATE_BATCH_OVER`` setting."""
 
 
+CPU_OOM_TEXTS = ("defaultcpuallocator: can't allocate memory", "not enough memory", "cannot allocate memory")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """True for CUDA out-of-memory errors and the simulated one."""
-    if isinstance(exc, SimulatedOOM):
+    """True for out-of-memory errors: CUDA's, the CPU's (``MemoryError``, torch's allocator failing) and the
+    simulated one. The batcher then splits the batch, and an input that does not fit alone gets 413."""
+    if isinstance(exc, MemoryError):  # SimulatedOOM too
         return True
     import torch
 
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()
         return True
-    return False
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in CPU_OOM_TEXTS)
+
+
+def limit_tokens(model: Any, limit: int) -> int:
+    """Cap the input length (tokens) the model runs on at ``limit`` unless the model sets a smaller one.
+
+    sentence-transformers truncates inputs to ``max_seq_length`` (embedders) / ``max_length`` (cross-encoders);
+    models that declare no limit (VLM rerankers and embedders report ~1e30) would run a 32k-character text at full
+    length and try to allocate tens of GB for its attention. Returns the limit in force.
+    """
+    attr = "max_seq_length" if hasattr(model, "max_seq_length") and not hasattr(model, "max_length") else "max_length"
+    current = getattr(model, attr, None)
+    if current is None or current > limit:
+        setattr(model, attr, limit)
+        return limit
+    return int(current)
 
 
 def _text_chars(payload: Any) -> int:
@@ -47,61 +70,116 @@ def check_simulated_oom(settings: Settings, payloads: list[Any]) -> None:
         raise SimulatedOOM(f"simulated out of memory: an input has >= {limit} text characters")
 
 
-def _model_kwargs(settings: Settings) -> dict[str, Any]:
-    if settings.dtype == "auto":
-        return {}
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message is one line naming the variable that chose it and the cause."""
+
+
+def _loading_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """``model_kwargs`` (the dtype as a torch dtype), ``processor_kwargs`` and ``revision``, as the
+    sentence-transformers docs show them."""
+    model_kwargs = dict(spec.model_kwargs)
+    dtype = model_kwargs.get("dtype")
+    if isinstance(dtype, str) and dtype != "auto":
+        import torch
+
+        model_kwargs["dtype"] = getattr(torch, dtype)
+    out: dict[str, Any] = {"model_kwargs": model_kwargs}
+    if spec.processor_kwargs:
+        out["processor_kwargs"] = dict(spec.processor_kwargs)
+    if spec.revision:
+        out["revision"] = spec.revision
+    return out
+
+
+def configure_torch(settings: Settings, service: str) -> ThreadPlan:
+    """Set torch's intra-op threads for ``service`` (``MMSEARCH_TORCH_THREADS``; ``auto``: see ``service.cpus``),
+    with idle OpenMP threads sleeping rather than spinning (``service.cpus.quiet_thread_pools``)."""
+    if not quiet_thread_pools():
+        log.debug("torch was imported before configure_torch: OMP_WAIT_POLICY may not apply")
     import torch
 
-    return {"dtype": getattr(torch, settings.dtype)}
+    plan = plan_threads(settings.torch_threads, service)
+    torch.set_num_threads(plan.threads)
+    log.info("%s: %d torch threads (%s; %d CPUs, %d model services)", service, plan.threads, plan.source,
+             plan.cpus, plan.shared_by)  # fmt: skip
+    return plan
 
 
-def _tiny_paths(settings: Settings) -> Any:
-    from service.tiny import ensure_tiny_models
+def model_factory(settings: Settings) -> Callable[[str, Settings], Any] | None:
+    """The ``MMSEARCH_MODEL_FACTORY`` callable (``package.module:function``), or ``None`` for sentence-transformers.
 
-    log.warning(TINY_WARNING)
-    return ensure_tiny_models(settings.tiny_dir)
+    The seam through which benchmarks and tests serve other adapters (``service.adapters``), e.g. the
+    GPU-shaped model of ``bench.gpu_shaped``; it is called as ``factory(kind, settings)`` with ``kind``
+    ``embedder`` or ``reranker``. Nothing outside ``service/`` ships in the bento.
+    """
+    if not settings.model_factory:
+        return None
+    module, _, attr = settings.model_factory.partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    if not callable(fn):
+        raise TypeError(f"MMSEARCH_MODEL_FACTORY: {settings.model_factory} is not callable")
+    return fn
 
 
-def configure_torch(settings: Settings) -> None:
-    import torch
-
-    torch.set_num_threads(settings.torch_threads)
+TINY_MODELS = {"embedder": "clip", "reranker": "vlm_reranker"}  # attributes of service.tiny.TinyModels
 
 
-def _load(cls: Any, settings: Settings, configured: str | None, tiny: str, tiny_name: str, model_id: str) -> Any:
-    """Load ``cls`` (SentenceTransformer / CrossEncoder) from ``model_id``, or the tiny model when unconfigured."""
-    configure_torch(settings)
-    if settings.profile == "tiny" and not configured:
-        path, name = str(getattr(_tiny_paths(settings), tiny)), tiny_name
+def _load(cls: Any, settings: Settings, spec: ModelSpec) -> tuple[Any, str]:
+    """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says; any failure is a ``ModelLoadError``."""
+    if not spec.source:  # the tiny profile, no model configured
+        log.warning(TINY_WARNING)
+        from service.tiny import ensure_tiny_models
+
+        path = str(getattr(ensure_tiny_models(settings.tiny_dir), TINY_MODELS[spec.kind]))
     else:
-        path = name = model_id
-    model = cls(
-        path,
-        device=settings.resolved_device(),
-        trust_remote_code=settings.trust_remote_code,
-        model_kwargs=_model_kwargs(settings),
-    )
+        path = spec.source
+    name = spec.name
+    try:
+        model = cls(
+            path,
+            device=settings.resolved_device(),
+            trust_remote_code=settings.trust_remote_code,
+            **_loading_kwargs(spec),
+        )
+    except Exception as e:  # every loader failure: missing files, no hub, bad kwargs, wrong architecture
+        cause = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        where = f"{spec.variable}={spec.source or '(tiny)'}"
+        raise ModelLoadError(f"{where}: cannot load the {spec.kind} model: {cause}") from e
     model.eval()
+    limit_tokens(model, settings.max_model_tokens)
     return model, name
 
 
-def load_embedder(settings: Settings) -> tuple[Any, str]:
-    """Load the SentenceTransformer; returns ``(model, name)``. The name says ``tiny-random`` for the tiny profile."""
-    from sentence_transformers import SentenceTransformer
+def load_embedder(settings: Settings) -> EmbedderAdapter:
+    """Load the SentenceTransformer (or ``MMSEARCH_MODEL_FACTORY``'s embedder). The name says ``tiny-random``
+    for the tiny profile."""
+    plan = configure_torch(settings, "Embedder")
+    factory = model_factory(settings)
+    if factory is not None:
+        adapter: EmbedderAdapter = factory("embedder", settings)
+    else:
+        from sentence_transformers import SentenceTransformer
 
-    model_id = settings.embedder_model or (settings.embedder_model_id() if settings.profile != "tiny" else "")
-    return _load(SentenceTransformer, settings, settings.embedder_model, "clip", "mmsearch/tiny-random-clip", model_id)
+        model, name = _load(SentenceTransformer, settings, settings.model_spec("embedder"))
+        adapter = SentenceTransformerEmbedder(model, name)
+    adapter.threads = plan
+    return adapter
 
 
-def load_reranker(settings: Settings) -> tuple[Any, str]:
-    """Load the CrossEncoder (VLM any-to-any with a yes/no head, or a classic text cross-encoder)."""
-    from sentence_transformers import CrossEncoder
+def load_reranker(settings: Settings) -> ModelAdapter | None:
+    """Load the CrossEncoder (VLM any-to-any with a yes/no head, or a classic text cross-encoder), or
+    ``MMSEARCH_MODEL_FACTORY``'s reranker; ``None`` in the lite profile unless ``MMSEARCH_RERANKER_MODEL`` names
+    one (no reranker ships in a wheel)."""
+    if not settings.has_reranker():
+        return None
+    plan = configure_torch(settings, "Reranker")
+    factory = model_factory(settings)
+    if factory is not None:
+        adapter: ModelAdapter = factory("reranker", settings)
+    else:
+        from sentence_transformers import CrossEncoder
 
-    return _load(
-        CrossEncoder,
-        settings,
-        settings.reranker_model,
-        "vlm_reranker",
-        "mmsearch/tiny-random-qwen2vl-reranker",
-        settings.reranker_model_id(),
-    )
+        model, name = _load(CrossEncoder, settings, settings.model_spec("reranker"))
+        adapter = CrossEncoderScorer(model, name)
+    adapter.threads = plan
+    return adapter

@@ -9,27 +9,27 @@ modality gap: text-text pairs score differently from text-image pairs), so mmsea
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import bentoml
-from mmsearch_client.schemas import (
+from mmsearch_client.schemas import Item, RerankRequest, RerankResponse, RerankResult, as_item
+
+from service import lifecycle
+from service.adapters import ModelAdapter, NoModel
+from service.compat import (
+    CohereDocument,
     CohereRerankRequest,
     CohereRerankResponse,
-    Item,
-    RerankRequest,
-    RerankResponse,
-    RerankResult,
-    as_item,
+    CohereRerankResult,
+    CohereV2RerankRequest,
 )
-
 from service.config import get_settings
-from service.errors import handle_api_errors
-from service.inputs import ModelInput, check_count, model_modalities, resolve_items
+from service.errors import ApiError, handle_api_errors
+from service.inputs import ModelInput, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
-from service.models import check_simulated_oom, load_reranker
+from service.models import ModelLoadError, load_reranker
 from service.runtime import QUERY_PRIORITY, ModelRuntime
 from service.service_config import model_service_config
 
@@ -38,20 +38,23 @@ from service.service_config import model_service_config
 class Reranker:
     """Scores query-document pairs; pairs from concurrent requests share model batches."""
 
+    @bentoml.on_deployment
+    def _arm_fatal_exit() -> None:
+        lifecycle.arm()
+
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.model, self.model_name = load_reranker(self.settings)
-        self.modalities = model_modalities(self.model)
+        try:
+            adapter = load_reranker(self.settings)
+        except ModelLoadError as e:
+            lifecycle.fatal(str(e))
+        # the lite profile has no reranker unless one is configured: /info says so and /rerank answers 501
+        self.adapter: ModelAdapter = adapter if adapter is not None else NoModel()
+        self.model_name: str | None = adapter.name if adapter is not None else None
+        self.spec = self.settings.model_spec("reranker")
+        self.modalities = self.adapter.modalities
         self.text_only = self.modalities == ["text"]
-        self.runtime: ModelRuntime[Any, float] = ModelRuntime("reranker", self.settings, self._run_batch)
-
-    def _run_batch(self, lane: Hashable, pairs: list[Any]) -> Sequence[float]:
-        import torch
-
-        check_simulated_oom(self.settings, pairs)
-        with torch.inference_mode():
-            scores = self.model.predict(pairs, batch_size=len(pairs), convert_to_numpy=True, show_progress_bar=False)
-        return [float(s) for s in scores]
+        self.runtime: ModelRuntime[Any, float] = ModelRuntime("reranker", self.settings, self.adapter)
 
     async def score(
         self, query: ModelInput, documents: Sequence[ModelInput], timeout: float | None = None
@@ -81,6 +84,17 @@ class Reranker:
                 scores[i] = s
         return scores
 
+    def _require_model(self) -> str:
+        """The model's name; 501 ``no_reranker`` when the profile has none (lite, unless configured)."""
+        if self.model_name is None:
+            raise ApiError(
+                501,
+                "no_reranker",
+                f"no reranker is configured (MMSEARCH_PROFILE={self.settings.profile}): set MMSEARCH_RERANKER_MODEL "
+                "to a cross-encoder (hub id or local path)",
+            )
+        return self.model_name
+
     async def _rank(
         self,
         query: str | Item,
@@ -89,20 +103,23 @@ class Reranker:
         return_documents: bool,
         timeout: float | None = None,
     ) -> list[RerankResult]:
+        model_name = self._require_model()
         check_count("documents", len(documents), self.settings.max_documents_per_request, "documents")
         if not documents:
             return []
-        common = functools.partial(
-            resolve_items,
-            loader=self.runtime.loader,
-            settings=self.settings,
-            supported=self.modalities,
-            model=self.model_name,
-        )
-        resolved_q, resolved_docs = await asyncio.gather(
-            common([query], field="query", single=True), common(documents, field="documents")
-        )
-        scores = await self.score(resolved_q[0], resolved_docs, timeout)
+        loader = self.runtime.loader
+        async with loader.pixels.lease() as lease:  # one reservation for the query's and the documents' images
+            resolved = await resolve_items(
+                [query, *documents],
+                paths=["query", *item_paths("documents", len(documents))],
+                loader=loader,
+                settings=self.settings,
+                supported=self.modalities,
+                model=model_name,
+                lease=lease,
+            )
+            scores = await self.score(resolved[0], resolved[1:], timeout)
+            del resolved
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[: top_n or None]
         return [
             RerankResult(
@@ -119,31 +136,51 @@ class Reranker:
         """Score every document against the query; results sorted by ``relevance_score`` (highest first)."""
         req = RerankRequest.model_validate(kw)
         results = await self._rank(req.query, req.documents, req.top_n, req.return_documents, req.timeout)
-        return RerankResponse(results=results, model=self.model_name)
+        return RerankResponse(results=results, model=self._require_model())
 
     @bentoml.api(route="/v1/rerank", input_spec=CohereRerankRequest)
     @handle_api_errors
     async def cohere_rerank(self, **kw: Any) -> CohereRerankResponse:
-        """Cohere/Jina-compatible rerank: existing rerank clients work unchanged."""
+        """Cohere v1 (and Jina) compatible rerank: ``cohere.Client.rerank`` works unchanged."""
         req = CohereRerankRequest.model_validate(kw)
         results = await self._rank(req.query, req.documents, req.top_n, req.return_documents)
+        return self._cohere_response(results, "1")
+
+    @bentoml.api(route="/v2/rerank", input_spec=CohereV2RerankRequest)
+    @handle_api_errors
+    async def cohere_rerank_v2(self, **kw: Any) -> CohereRerankResponse:
+        """Cohere v2 compatible rerank: ``cohere.ClientV2.rerank`` works unchanged (no documents echoed)."""
+        req = CohereV2RerankRequest.model_validate(kw)
+        results = await self._rank(req.query, req.documents, req.top_n, False)
+        return self._cohere_response(results, "2")
+
+    def _cohere_response(self, results: list[RerankResult], version: str) -> CohereRerankResponse:
         return CohereRerankResponse(
             id=str(uuid.uuid4()),
-            results=results,
-            model=self.model_name,
-            meta={"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+            results=[
+                CohereRerankResult(
+                    index=r.index,
+                    relevance_score=r.relevance_score,
+                    document=CohereDocument(text=r.document.text, image=r.document.image) if r.document else None,
+                )
+                for r in results
+            ],
+            model=self._require_model(),
+            meta={"api_version": {"version": version}, "billed_units": {"search_units": 1}},
         )
 
     @bentoml.api(route="/info")
     async def info(self) -> dict[str, Any]:
-        """Model name, modalities and limits."""
+        """Model name (``null``: no reranker configured), modalities and limits."""
         return {
             "service": "Reranker",
             "model": self.model_name,
+            "loading": self.spec.describe() if self.model_name is not None else None,
             "modalities": self.modalities,
-            "max_batch_size": self.runtime.batcher.max_batch_size,
-            "effective_max_batch_size": self.runtime.batcher.effective_max_batch_size,
+            **self.runtime.info(),
             "max_documents_per_request": self.settings.max_documents_per_request,
+            "max_tokens": int(getattr(getattr(self.adapter, "model", None), "max_length", 0) or 0),
+            "max_text_chars": self.settings.max_text_chars,
             "tiny_random_weights": self.settings.profile == "tiny",
         }
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Hashable, Sequence
+from typing import Any, Generic, TypeVar
 
+from mmsearch_client.schemas import InputType, Item
+
+from service.adapters import ModelAdapter
 from service.batching import (
     BatchError,
     DeadlineExceeded,
@@ -16,9 +20,11 @@ from service.batching import (
 )
 from service.config import Settings
 from service.errors import ApiError
+from service.inputs import ModelInput, item_paths, resolve_items
 from service.media import MediaLoader
 from service.metrics import get_metrics
-from service.models import is_oom
+from service.models import check_simulated_oom, is_oom
+from service.pixels import Lease
 from service.priority import PriorityGate
 
 T = TypeVar("T")
@@ -42,32 +48,91 @@ def batch_error_to_api(e: BatchError) -> ApiError:
 
 
 class ModelRuntime(Generic[T, R]):
-    """Batches model calls for one service and records what the model actually received."""
+    """Batches model calls for one service and records what the model actually received.
 
-    def __init__(self, service: str, settings: Settings, run: Callable[[Hashable, list[T]], Sequence[R]]):
+    The batcher prepares a batch with ``adapter.prepare`` in its preprocessing thread and runs it with
+    ``adapter.run`` in the model thread (``service.adapters``).
+    """
+
+    def __init__(self, service: str, settings: Settings, adapter: ModelAdapter, *, max_batch_size: int | None = None):
+        """``max_batch_size``: inputs per model call, when the service's own setting differs from
+        ``MMSEARCH_MAX_BATCH_SIZE`` (the Reader's ``MMSEARCH_OCR_MAX_BATCH_SIZE``)."""
         self.service = service
         self.settings = settings
+        self.adapter = adapter
         self.loader = MediaLoader(settings)
         self.metrics = get_metrics()
         self.loader.on_refusal = self.refused  # fetch/decode failures by reason
         self.gate = PriorityGate.for_service(settings, service)
         self.loader.gate = self.gate  # document images decode after in-flight queries
         self.batcher: MicroBatcher[T, R] = MicroBatcher(
-            run,
-            max_batch_size=settings.max_batch_size,
+            self._run,
+            prepare=self._prepare,
+            coalesce_s=settings.coalesce_s(adapter.accelerated),
+            max_batch_size=max_batch_size or settings.max_batch_size,
             max_queue_size=settings.max_queue_size,
             max_wait_s=settings.max_latency_ms / 1000,
             is_oom=is_oom,
             on_batch=self._observe,
+            on_depth=self.metrics.queue_depth.labels(service).set,
             gate=self.gate,
             background_budget=settings.query_priority_batch_budget,
             name=service,
         )
 
+        if adapter.threads is not None:
+            self.metrics.model_threads.labels(service).set(adapter.threads.threads)
+
+    def _prepare(self, lane: Hashable, inputs: list[T]) -> tuple[list[T], Any]:
+        return inputs, self.adapter.prepare(lane, inputs)
+
+    def _run(self, lane: Hashable, prepared: tuple[list[T], Any]) -> Sequence[R]:
+        inputs, features = prepared
+        check_simulated_oom(self.settings, inputs)
+        return self.adapter.run(lane, features)
+
+    def info(self) -> dict[str, Any]:
+        """Batching and threading facts for ``/info``."""
+        b = self.batcher
+        return {
+            "max_batch_size": b.max_batch_size,
+            "effective_max_batch_size": b.effective_max_batch_size,
+            "batch_coalesce_ms": round(b.coalesce_s * 1000, 3),
+            "accelerated": self.adapter.accelerated,
+            "torch_threads": self.adapter.threads.as_dict() if self.adapter.threads is not None else None,
+        }
+
     def _observe(self, lane: Hashable, size: int, seconds: float) -> None:
         label = "/".join(map(str, lane)) if isinstance(lane, tuple) else str(lane)
         self.metrics.model_batch_size.labels(self.service, label).observe(size)
         self.metrics.model_batch_seconds.labels(self.service, label).observe(seconds)
+
+    def scope(self, input_type: InputType) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Around a request's work: a query marks itself in flight, so document work yields to it at every stage."""
+        return self.gate.interactive() if input_type == "query" else contextlib.nullcontext()
+
+    async def resolve(
+        self,
+        items: Sequence[str | Item],
+        *,
+        field: str,
+        supported: Sequence[str],
+        model: str,
+        input_type: InputType,
+        lease: Lease | None = None,
+    ) -> list[ModelInput]:
+        """Validate ``field``'s items and fetch/decode their images under the media policy (documents: as background
+        work; ``lease`` holds the decoded pixels' budget until the request ends)."""
+        return await resolve_items(
+            items,
+            paths=item_paths(field, len(items)),
+            loader=self.loader,
+            settings=self.settings,
+            supported=supported,
+            model=model,
+            background=input_type == "document",
+            lease=lease,
+        )
 
     def refused(self, reason: str) -> None:
         self.metrics.refusals.labels(self.service, reason).inc()
@@ -79,12 +144,9 @@ class ModelRuntime(Generic[T, R]):
         deadline = time.monotonic() + timeout if timeout else None
         if not self.settings.query_priority:
             priority = DOCUMENT_PRIORITY
-        self.metrics.queue_depth.labels(self.service).set(self.batcher.queued)
         try:
             return await self.batcher.submit(lane, payloads, priority=priority, deadline=deadline)
         except BatchError as e:
             err = batch_error_to_api(e)
             self.refused(err.code)
             raise err from None
-        finally:
-            self.metrics.queue_depth.labels(self.service).set(self.batcher.queued)
