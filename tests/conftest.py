@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from tests.support.images import write_images
+from tests.support.milvus_server import MilvusServer
+from tests.support.s3 import MotoServer
 from tests.support.servers import BentoServer, StaticServer, bento_env, tiny_dir
 
 torch.set_num_threads(1)
@@ -64,3 +66,43 @@ def reranker_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: objec
 @pytest.fixture(scope="session")
 def search_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
     yield from serve_bento(tmp_path_factory.mktemp("search"), "service.search:Search")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """A real headless Chromium (npm @sparticuz/chromium, driven by playwright): tests/support/browser.py.
+
+    Module-scoped on purpose: playwright's sync API keeps an asyncio loop running in this thread while it is open,
+    so a session-wide browser would make every later ``asyncio.run()`` in the suite fail."""
+    from tests.support.browser import chromium
+
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """One real Milvus standalone server for the whole run (one per machine; ~15 s to start)."""
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """An S3 emulator (moto) for the whole run; its AWS_* variables are set in this process while it runs, so
+    ``s3://`` URIs opened here (and by processes started from here) reach it."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    saved = {k: os.environ.get(k) for k in server.aws_env()}
+    os.environ.update(server.aws_env())
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

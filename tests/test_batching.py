@@ -184,3 +184,170 @@ def test_cancelled_request_frees_its_slots() -> None:
         await b.aclose()
 
     asyncio.run(go())
+
+
+class Staged(Recorder):
+    """A ``Recorder`` with a ``prepare`` step that records which thread prepared which batch, and when."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list[tuple[str, list[int], bool]] = []  # (thread name, payloads, model busy then)
+
+    def prepare(self, lane: Hashable, payloads: list[int]) -> list[int]:
+        self.prepared.append((threading.current_thread().name, list(payloads), not self.gate.is_set()))
+        return [p * 10 for p in payloads]
+
+
+def test_next_batch_is_prepared_in_its_own_thread_while_the_model_runs() -> None:
+    async def go() -> None:
+        rec = Staged()
+        b = MicroBatcher(rec, prepare=rec.prepare, max_batch_size=4, max_queue_size=100, max_wait_s=30, name="m")
+        first = await _blocked_start(b, rec)
+        second = asyncio.create_task(b.submit("t", [1, 2, 3, 4]))  # a full batch: worth preparing ahead
+        while len(rec.prepared) < 2:
+            await asyncio.sleep(0.001)
+        rec.gate.set()
+        assert await second == ["t:10", "t:20", "t:30", "t:40"]  # run() got the prepared features
+        await first
+        (t_warm, _, _), (t_next, payloads, model_busy) = rec.prepared
+        assert t_warm.startswith("m-batch")  # the model was idle: prepared in the model thread, no extra hop
+        assert t_next.startswith("m-prepare") and payloads == [1, 2, 3, 4] and model_busy
+        assert b.stats.prepared_ahead == 1
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_partial_batch_is_not_prepared_ahead() -> None:
+    """While the model is busy only a full batch is taken; a partial one waits for the model (a GPU would spend a
+    whole batch's fixed cost on it)."""
+
+    async def go() -> None:
+        rec = Staged()
+        b = MicroBatcher(rec, prepare=rec.prepare, max_batch_size=4, max_queue_size=100, max_wait_s=30, name="m")
+        first = await _blocked_start(b, rec)
+        calls = [asyncio.create_task(b.submit("t", [i])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert len(rec.prepared) == 1 and b.queued == 3  # only the warm-up batch was taken
+        rec.gate.set()
+        await asyncio.gather(first, *calls)
+        assert [p for _, p in rec.batches[1:]] == [[0, 10, 20]]  # one batch, prepared when the model was free
+        assert rec.prepared[1][0].startswith("m-batch")
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_whole_requests_are_packed_into_a_batch_where_they_fit() -> None:
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8)
+        first = await _blocked_start(b, rec)
+        sizes = [5, 5, 3, 12]  # ids: request r holds r*100 ... r*100+size-1
+        reqs = [asyncio.create_task(b.submit("t", [r * 100 + i for i in range(n)])) for r, n in enumerate(sizes)]
+        await asyncio.sleep(0.01)
+        rec.gate.set()
+        await asyncio.gather(first, *reqs)
+        batches = [sorted({p // 100 for p in payloads}) for _, payloads in rec.batches[1:]]
+        # 5 then 5 do not fit together: the 3 behind joins the first; 12 > 8 is split across two batches
+        assert batches == [[0, 2], [1], [3], [3]]
+        assert [len(p) for _, p in rec.batches[1:]] == [8, 5, 8, 4]
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+class Closed:
+    """``clients`` closed-loop clients (each sends its next one-item request when the last one is answered)."""
+
+    def __init__(self, b: MicroBatcher[int, str], clients: int, rounds: int) -> None:
+        self.b, self.clients, self.rounds = b, clients, rounds
+
+    async def run(self) -> None:
+        async def client(i: int) -> None:
+            for r in range(self.rounds):
+                assert await self.b.submit("q", [i * 1000 + r], priority=0) == [f"q:{i * 1000 + r}"]
+
+        await asyncio.gather(*(client(i) for i in range(self.clients)))
+
+
+def test_coalescing_waits_for_the_clients_a_batch_answered() -> None:
+    """Closed-loop clients resubmit when answered: with coalescing, every batch after the first holds all of
+    them instead of whichever came back first (bounded by the window, here generous)."""
+
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, coalesce_s=5.0)
+        await asyncio.wait_for(Closed(b, clients=8, rounds=6).run(), 30)
+        sizes = [len(p) for _, p in rec.batches]
+        assert sum(sizes) == 48 and all(s == 8 for s in sizes[1:]), sizes
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_single_client_never_waits_for_coalescing() -> None:
+    """One request answered, one expected back: a lone client's requests start at once (a 60 s window would
+    time this test out if they waited)."""
+
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, coalesce_s=60.0)
+        await asyncio.wait_for(Closed(b, clients=1, rounds=10).run(), 20)
+        assert [len(p) for _, p in rec.batches] == [1] * 10
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_coalescing_gives_up_after_the_window() -> None:
+    """Fewer clients come back than the last batch answered: the batch starts when the window ends."""
+
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, coalesce_s=0.2)
+        await Closed(b, clients=6, rounds=1).run()  # one batch of 6: six expected back
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(b.submit("q", [7], priority=0), 20) == ["q:7"]  # only one comes
+        assert time.monotonic() - t0 >= 0.15  # it waited for the others (up to the window) ...
+        assert [len(p) for _, p in rec.batches][-1] == 1  # ... then ran alone
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_query_overtakes_a_document_batch_prepared_ahead() -> None:
+    async def go() -> None:
+        rec = Staged()
+        b = MicroBatcher(rec, prepare=rec.prepare, max_batch_size=4, max_queue_size=100, max_wait_s=30, name="m")
+        first = await _blocked_start(b, rec)
+        docs = asyncio.create_task(b.submit("doc", list(range(8)), priority=1))
+        while len(rec.prepared) < 2:  # a full document batch is prepared ahead
+            await asyncio.sleep(0.001)
+        query = asyncio.create_task(b.submit("query", [99], priority=0))
+        while len(rec.prepared) < 3:  # the query is prepared ahead too, though not a full batch
+            await asyncio.sleep(0.001)
+        rec.gate.set()
+        await asyncio.gather(first, docs, query)
+        assert [lane for lane, _ in rec.batches[1:]] == ["query", "doc", "doc"]
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_failing_prepare_fails_its_batch_only() -> None:
+    async def go() -> None:
+        rec = Staged()
+
+        def prepare(lane: Hashable, payloads: list[int]) -> list[int]:
+            if 13 in payloads:
+                raise ValueError("cannot tokenise 13")
+            return rec.prepare(lane, payloads)
+
+        b = MicroBatcher(rec, prepare=prepare, max_batch_size=4, max_queue_size=100, max_wait_s=30)
+        with pytest.raises(ValueError, match="13"):
+            await b.submit("t", [12, 13])
+        assert await b.submit("t", [14]) == ["t:140"]
+        await b.aclose()
+
+    asyncio.run(go())

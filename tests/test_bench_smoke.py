@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,62 @@ def test_loadtest_run(out: Path) -> None:
     assert {"p99_ms", "failures", "met"} <= set(body["goal"])
 
 
+def test_gpu_batching(out: Path) -> None:
+    from bench import gpu_batching
+
+    gpu_batching.main(["--tiny", "--out", str(out)])
+    body = load(out / "gpu_batching-gpu-shaped-tiny.json")
+    assert set(body["coalesce"]) == {"auto", "0"}
+    assert body["coalesce"]["auto"]["chosen_ms"] > 0 and body["coalesce"]["0"]["chosen_ms"] == 0  # GPU-shaped: on
+    for setting in body["coalesce"].values():
+        for n, p in setting["clients"].items():
+            assert positive(p["items_per_s"]) and positive(p["ideal_items_per_s"]) and positive(p["ratio"]), (n, p)
+            assert p["rounds"][0]["errors"] == 0 and p["mean_batch"] >= 1
+    assert {"p50_1_ms", "p50_1_bound_ms", "met_1"} <= set(body["goal"]["auto"])
+
+
+def test_gpu_script_without_a_gpu_says_so(tmp_path: Path) -> None:
+    """No GPU here: the script refuses with exit status 2 and points to --dry-run (bench/gpu.sh)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the no-GPU path does not apply")
+    env = {**os.environ, "MMSEARCH_BENCH_OUT": str(tmp_path)}
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--dry-run" in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+@pytest.mark.timeout(900)  # two harnesses with their bentos: ~2 min here when quiet, longer on a busy machine
+def test_gpu_script_dry_run(tmp_path: Path) -> None:
+    """``bench/gpu.sh --dry-run``: both GPU harnesses end to end on CPU at toy size."""
+    env = {**os.environ, "MMSEARCH_BENCH_OUT": str(tmp_path), "MMSEARCH_TINY_DIR": str(tiny_dir())}
+    r = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "the service chose 5.0 ms" in r.stdout  # MMSEARCH_BATCH_COALESCE_MS=auto on an accelerated model
+    assert load(tmp_path / "gpu_batching-dryrun.json")["coalesce"]["auto"]["chosen_ms"] == 5.0
+    assert load(tmp_path / "serving-qwen3vl-dryrun.json")["embedder"]["workloads"]
+
+
+def test_peer_model_dir_is_equal_work(tmp_path: Path) -> None:
+    """The copy of a CLIP that Infinity (transformers 4.x) reads: same weights, its processor file, max_length 77."""
+    from bench.peer import infinity_model_dir
+
+    src = tmp_path / "clip"
+    src.mkdir()
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (src / name).write_text(name)
+    (src / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    (src / "processor_config.json").write_text(json.dumps({"image_processor": {"size": {"shortest_edge": 224}}}))
+    out = infinity_model_dir(src)
+    assert json.loads((out / "config.json").read_text()) == {"model_type": "clip", "max_length": 77}
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    assert pre == {"size": {"shortest_edge": 224}, "processor_class": "CLIPProcessor"}
+    assert (out / "model.safetensors").resolve() == (src / "model.safetensors").resolve()
+
+
 def test_gpu_script_parses_and_2b_config_builds(capsys: pytest.CaptureFixture[str]) -> None:
     subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu.sh")], check=True)
     from bench import models
@@ -144,3 +201,14 @@ def test_gpu_script_parses_and_2b_config_builds(capsys: pytest.CaptureFixture[st
     assert "28x2048" in line and "24x1024" in line
     billions = float(line.split(" B parameters")[0].rsplit(" ", 1)[1])
     assert 2.0 < billions < 2.3  # Qwen3-VL-2B
+
+
+def test_page(out: Path) -> None:
+    from bench import page
+
+    page.main(["--tiny", "--out", str(out)])
+    body = load(out / "page-tiny.json")
+    for name in ("first_contentful_paint", "ready"):
+        assert body["page_load"][name]["n"] == 5 and positive(body["page_load"][name]["p50_ms"]), name
+    assert body["search"]["cards"] == 50 and body["search"]["render"]["n"] == 5
+    assert positive(body["search"]["images_drawn"]["p50_ms"])

@@ -1,5 +1,5 @@
 """`make bento` (client wheel into dist/, then `bentoml build`) in a throwaway BENTOML_HOME, and what the bento holds:
-the three services with their APIs, pinned packages, runtime envs, the client wheel, and a Dockerfile that hadolint
+the four services with their APIs, pinned packages, runtime envs, the client wheel, and a Dockerfile that hadolint
 passes (warnings allowed, no errors). No Docker engine needed.
 """
 
@@ -23,9 +23,12 @@ from tests.support.servers import REPO
 
 BIN = Path(sys.executable).parent
 WHEEL = "mmsearch_client-0.1.0-py3-none-any.whl"
-SEARCH_ROUTES = {"/search", "/upsert", "/delete", "/get", "/collections", "/encode", "/rerank", "/info"}
 EMBEDDER_ROUTES = {"/encode", "/v1/embeddings", "/info"}
-RERANKER_ROUTES = {"/rerank", "/v1/rerank", "/info"}
+RERANKER_ROUTES = {"/rerank", "/v1/rerank", "/v2/rerank", "/info"}
+# Search serves every public route (its own and its dependencies'; /upload/encode is a mounted app, not an API)
+READER_ROUTES = {"/ocr", "/info"}
+SEARCH_ROUTES = {"/search", "/upsert", "/delete", "/drop", "/get", "/collections", "/info"}
+SEARCH_ROUTES |= EMBEDDER_ROUTES | RERANKER_ROUTES | READER_ROUTES
 # What the Deployments in deploy/kubernetes run as (the image's `bentoml` user).
 BENTO_UID = 1034
 
@@ -73,9 +76,9 @@ def test_services_and_dependencies(info: dict[str, Any]) -> None:
     assert info["entry_service"] == "Search"
     assert info["bentoml_version"] == importlib.metadata.version("bentoml") == "1.4.40"
     services = {s["name"]: s for s in info["services"]}
-    assert set(services) == {"Search", "Embedder", "Reranker"}
-    assert {d["service"] for d in services["Search"]["dependencies"]} == {"Embedder", "Reranker"}
-    for name in ("Embedder", "Reranker"):
+    assert set(services) == {"Search", "Embedder", "Reranker", "Reader"}
+    assert {d["service"] for d in services["Search"]["dependencies"]} == {"Embedder", "Reranker", "Reader"}
+    for name in ("Embedder", "Reranker", "Reader"):
         cfg = services[name]["config"]
         assert cfg["workers"] == 1
         # BentoML 1.4.40 pitfall: the caller's client recycles its session every 100 requests unless the CALLED
@@ -87,7 +90,7 @@ def test_services_and_dependencies(info: dict[str, Any]) -> None:
 
 
 def test_every_service_api_is_in_the_bento(bento: Path) -> None:
-    """bento.yaml only has the entry service's schema: load the bento (its own src/) to list all three."""
+    """bento.yaml only has the entry service's schema: load the bento (its own src/) to list all four."""
     script = (
         "import json, sys, bentoml\n"
         "svc = bentoml.load(sys.argv[1])\n"
@@ -107,6 +110,7 @@ def test_every_service_api_is_in_the_bento(bento: Path) -> None:
         "Search": SEARCH_ROUTES,
         "Embedder": EMBEDDER_ROUTES,
         "Reranker": RERANKER_ROUTES,
+        "Reader": READER_ROUTES,
     }
     openapi = yaml.safe_load((bento / "apis" / "openapi.yaml").read_text())
     assert set(openapi["paths"]) >= SEARCH_ROUTES
@@ -116,6 +120,7 @@ def test_source_tree(bento: Path) -> None:
     src = bento / "src"
     files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
     expected = {p.relative_to(REPO).as_posix() for p in (REPO / "service").rglob("*.py")}
+    expected |= {p.relative_to(REPO).as_posix() for p in (REPO / "service" / "static").iterdir()}  # the page at /
     assert expected <= files, expected - files
     assert "bentofile.yaml" in files
     assert not [f for f in files if f.startswith("tests/") or "__pycache__" in f or f.endswith(".pyc")]

@@ -240,7 +240,7 @@ def test_upsert_get_collections_search_delete(client: Any, image_dir: Path, imag
     assert colls[coll].count == 7 and colls[coll].dimension == DIM and colls[coll].model == MODEL
 
     # retrieval only: a document's own content comes back first
-    plain = client.search(docs[0].text, collection=coll, top_k=3, rerank=False)
+    plain = client.search(docs[0].text, collection=coll, top_k=3, rerank=False, mode="vector")
     assert plain.reranked is False and plain.hits[0].id == "t1"
     assert plain.hits[0].retrieval_score == pytest.approx(1.0, abs=1e-4) and plain.hits[0].rerank_score is None
     by_image = client.search(image_dir / "img6.png", collection=coll, top_k=1, rerank=False)
@@ -363,9 +363,8 @@ def test_bad_request_errors_name_the_field(client: Any, image_dir: Path) -> None
 
     coll = fresh()
     client.upsert([Document("a", text="alpha", metadata={"n": 1})], collection=coll)
-    with pytest.raises(BadRequestError) as e:
-        client.search("x", collection=coll, top_k=20, candidates=10)
-    assert e.value.status_code == 422 and e.value.field == "top_k"
+    # top_k > candidates: the server shortlists top_k (as for the CLI and every client), no error
+    assert [h.id for h in client.search("x", collection=coll, top_k=20, candidates=10).hits] == ["a"]
     with pytest.raises(BadRequestError) as e:
         client.search("x", collection=coll, filter={"n": {"$regex": "x"}})
     assert e.value.status_code == 400 and e.value.code == "invalid_filter" and e.value.field == "filter"
@@ -641,6 +640,9 @@ def test_cli_errors_are_one_line(search_server: BentoServer, cli_corpus: Path) -
 
     usage = run_cli(search_server.url, "search", "x", "--top-k", "0")
     assert usage.returncode == 2
+    for argv in (("search",), ("search", "x", "--filter", "{not json")):  # wrong command lines: exit 2, one line
+        wrong = run_cli(search_server.url, *argv)
+        assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
 
 
 def test_cli_index_reports_failed_files(search_server: BentoServer, tmp_path: Path) -> None:
@@ -651,8 +653,11 @@ def test_cli_index_reports_failed_files(search_server: BentoServer, tmp_path: Pa
     (tmp_path / "ignored.csv").write_text("a,b")  # unsupported extension: not scanned
     res = run_cli(search_server.url, "index", str(tmp_path), "-c", fresh("cli"), "--no-progress")
     assert res.returncode == 1
-    assert res.stdout.strip() == "indexed 1, skipped 1, failed 2"
+    assert res.stdout.strip() == "indexed 1, skipped 2, failed 2"  # skipped: empty.md and ignored.csv
+    assert "mmsearch: skipped 1 file(s) of an unsupported type (.csv)" in res.stderr.splitlines()
     failed = sorted(line for line in res.stderr.splitlines() if line.startswith("mmsearch: failed: "))
     assert len(failed) == 2
-    assert str(tmp_path / "corrupt.png") in failed[0] and "not_an_image" in failed[0]
-    assert str(tmp_path / "text.png") in failed[1] and "not a recognised image format" in failed[1]
+    assert failed[0].startswith(f"mmsearch: failed: {tmp_path / 'corrupt.png'}: not_an_image: ")
+    assert failed[1].startswith(f"mmsearch: failed: {tmp_path / 'text.png'}: not a recognised image format")
+    assert all(line.count("corrupt.png") + line.count("text.png") == 1 for line in failed)  # each named once
+    assert not any("documents[" in line for line in failed)  # no batch positions

@@ -500,3 +500,22 @@ def test_client_installs_and_imports_without_torch(request: pytest.FixtureReques
         [str(python), "-c", "import torch"], capture_output=True, text=True, timeout=60
     )  # and torch really is absent from that venv
     assert probe.returncode != 0
+
+
+def test_drop_collection_missing_ok_and_errors() -> None:
+    seen: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append((request.url.path, body))
+        if body["collection"] == "there":
+            return httpx.Response(200, json={"collection": "there", "dropped": True})
+        return httpx.Response(404, json={"error": "nope", "code": "collection_not_found", "field": "collection"})
+
+    with _client(handler) as c:
+        assert c.drop_collection("there").dropped is True
+        assert c.drop_collection("gone", missing_ok=True).dropped is False
+        with pytest.raises(NotFoundError) as err:
+            c.drop_collection("gone")
+        assert err.value.code == "collection_not_found"
+    assert seen[0] == ("/drop", {"collection": "there"})

@@ -385,3 +385,18 @@ def test_production_gpu_milvus_and_shared_media() -> None:
     single = get(render("single-node"), "HorizontalPodAutoscaler", "mmsearch-search")
     assert hpa["spec"]["maxReplicas"] > single["spec"]["maxReplicas"]
     assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_production_milvus_values_are_the_tested_settings() -> None:
+    """The Helm values the production overlay asks for set exactly what the test suite's Milvus server runs with."""
+    from tests.support.milvus_server import RECOMMENDED
+
+    values = yaml.safe_load((K8S / "overlays" / "production" / "milvus-values.yaml").read_text())
+    user = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])
+    for dotted, value in RECOMMENDED.items():
+        node: Any = user
+        for part in dotted.split("."):
+            node = node[part]
+        assert str(node).lower() == str(value).lower(), dotted
+    env = env_of(render("production"), get(render("production"), "Deployment", "mmsearch-search"))
+    assert env["MMSEARCH_INDEX_URI"] == "http://milvus:19530"

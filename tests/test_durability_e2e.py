@@ -1,5 +1,7 @@
-"""Acknowledged upserts survive SIGKILL of the whole Search deployment, on both index backends; a collection
-created with another model/dimension is refused with 409 after restart."""
+"""Acknowledged upserts survive SIGKILL of the whole Search deployment, on the single-process index backends
+(LanceDB directory, Milvus Lite); a collection created with another model/dimension is refused with 409 after
+restart. The shared backends (Milvus server, LanceDB on S3) get the same check in tests/test_replicas_e2e.py (a
+replica SIGKILLed mid-ingest) and, for the server itself, tests/test_index_contract.py."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import pytest
 from service.index import open_index
 from tests.conftest import BENTOML
 from tests.support.servers import BentoServer, bento_env
+from tests.test_index_contract import backend_uri
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("backend", ["lancedb", "milvus-lite"])
-def test_upserts_survive_sigkill(backend: str, tmp_path, tiny_models) -> None:  # type: ignore[no-untyped-def]
-    uri = str(tmp_path / ("index" if backend == "lancedb" else "index.db"))
+@pytest.mark.parametrize("backend", ["lance", "milvus"])
+def test_upserts_survive_sigkill(backend: str, tmp_path, tiny_models, request) -> None:  # type: ignore[no-untyped-def]
+    uri = backend_uri(backend, request, tmp_path)
     env = bento_env(tmp_path, MMSEARCH_INDEX_URI=uri)
     server = BentoServer([*BENTOML, "service.search:Search"], env, tmp_path / "server.log").start()
     acked: list[str] = []

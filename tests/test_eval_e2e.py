@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mmsearch_client import Client
+from mmsearch_client import Client, Document
 from mmsearch_client.eval.runner import TINY_WARNING
 from mmsearch_client.eval.synthetic import GROUP_EXACT, write_synthetic
 
@@ -61,10 +61,10 @@ def test_eval_synthetic_set(search_server: BentoServer, tmp_path: Path) -> None:
     assert "skipped 5 text+image documents" in stdout
     assert report["ingest"]["upserted"] == 25 and report["ingest"]["failed"] == 0
 
-    # the documents were deleted after the run (no --keep)
+    # the collection the run created was dropped after it (no --keep)
+    assert report["collection_dropped"] is True
     with Client(search_server.url) as client:
-        ids = [f"doc{i:02d}_{k}" for i, k in zip(range(4), ("bar", "line", "dashboard", "slide"), strict=True)]
-        assert client.get(ids, collection=report["params"]["collection"]).documents == []
+        assert report["params"]["collection"] not in {c.name for c in client.collections().collections}
 
     # a saved report compared with itself: no server needed, zero deltas
     res = mmsearch("eval", str(out), "--compare", str(out), url="http://127.0.0.1:9")
@@ -73,6 +73,20 @@ def test_eval_synthetic_set(search_server: BentoServer, tmp_path: Path) -> None:
     rows = [r.split() for r in res.stdout.splitlines()]
     delta = [r for r in rows if r[:3] == ["group:image_exact_copy", "off", "A-B"]]
     assert len(delta) == 1 and delta[0][3:] == ["+0", "+0.000", "+0.000", "+0.000", "+0.000", "+0.000"]
+
+
+def test_eval_into_an_existing_collection_keeps_it(search_server: BentoServer, tmp_path: Path) -> None:
+    dataset = write_synthetic(tmp_path / "evalset").root
+    with Client(search_server.url) as client:
+        client.upsert([Document("mine", text="a document of the user's")], collection="eval_users_own")
+        res = mmsearch(
+            "eval", str(dataset), "-c", "eval_users_own", "--json", "-", "--no-progress", url=search_server.url
+        )
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["collection_dropped"] is False
+        left = {c.name: c.count for c in client.collections().collections}
+        assert left["eval_users_own"] == 1  # only the evaluation's documents were deleted
+        client.drop_collection("eval_users_own")
 
 
 def test_eval_rejects_an_invalid_dataset(tmp_path: Path) -> None:

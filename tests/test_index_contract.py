@@ -1,4 +1,5 @@
-"""One contract suite for every index backend (LanceDB directory, Milvus Lite file), run unchanged on each."""
+"""One contract suite for every index backend, run unchanged on each: LanceDB in a directory and on S3 (the moto
+emulator), Milvus Lite (a file) and the real Milvus standalone server (one per test session)."""
 
 from __future__ import annotations
 
@@ -25,32 +26,41 @@ from service.index import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ["lance", "milvus"]
+BACKENDS = ["lance", "lance_s3", "milvus", "milvus_server"]
 DIM = 4
 _names = itertools.count()
 
 
-def _uri(backend: str, base: Path) -> str:
-    return str(base / "lance") if backend == "lance" else str(base / "m.db")
+def backend_uri(backend: str, request: pytest.FixtureRequest, base: Path) -> str:
+    """Where ``backend`` keeps an index for one test module (or test): a directory, a file, a bucket, a server."""
+    if backend == "lance":
+        return str(base / "lance")
+    if backend == "milvus":
+        return str(base / "m.db")
+    if backend == "lance_s3":
+        return f"s3://{request.getfixturevalue('s3_server').new_bucket('lance')}/index"
+    if backend == "milvus_server":
+        uri: str = request.getfixturevalue("milvus_server").uri
+        drop_all(uri)  # the server is shared by the whole session: start from an empty one
+        return uri
+    raise ValueError(backend)
+
+
+def drop_all(uri: str) -> None:
+    with open_index(uri) as index:
+        for info in index.list_collections():
+            index.drop_collection(info.name)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def index_uri(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return backend_uri(request.param, request, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
-def lance_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VectorIndex]:
-    index = open_index(_uri("lance", tmp_path_factory.mktemp("lance")))
-    yield index
-    index.close()
-
-
-@pytest.fixture(scope="module")
-def milvus_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VectorIndex]:
-    index = open_index(_uri("milvus", tmp_path_factory.mktemp("milvus")))
-    yield index
-    index.close()
-
-
-@pytest.fixture(params=BACKENDS)
-def index(request: pytest.FixtureRequest) -> VectorIndex:
-    return request.getfixturevalue(f"{request.param}_index")
+def index(index_uri: str) -> Iterator[VectorIndex]:
+    with open_index(index_uri) as index:
+        yield index
 
 
 @pytest.fixture
@@ -120,6 +130,53 @@ def test_list_collections_with_counts(index: VectorIndex) -> None:
     assert (listed[b].dimension, listed[b].model, listed[b].count) == (8, "m2", 1)
 
 
+def test_drop_collection(index: VectorIndex) -> None:
+    name = f"c{next(_names)}"
+    assert index.drop_collection(name) is False
+    index.ensure_collection(name, DIM, "m1")
+    index.upsert(name, [doc("a", [1, 0, 0, 0], text="old")])
+    assert index.drop_collection(name) is True
+    assert name not in {c.name for c in index.list_collections()}
+    with pytest.raises(CollectionNotFound):
+        index.search(name, unit(1, 0, 0, 0), 3)
+    with pytest.raises(CollectionNotFound):
+        index.get_collection(name)
+    assert index.drop_collection(name) is False
+    info = index.ensure_collection(name, 8, "m2")  # re-created empty, with another dimension and model
+    assert (info.dimension, info.model, info.count) == (8, "m2", 0)
+    assert index.search(name, unit(*range(1, 9)), 3) == []
+
+
+def test_other_process_view_follows_drop_and_recreate(index: VectorIndex, index_uri: str) -> None:
+    """A second handle (another replica) keeps no stale state: dimension, load state, exact-search matrix."""
+    name = f"c{next(_names)}"
+    index.ensure_collection(name, DIM, "m1")
+    index.upsert(name, [doc("old1", [1, 0, 0, 0]), doc("old2", [0, 1, 0, 0])])
+    with open_index(index_uri) as other:
+        assert [h.id for h in other.search(name, unit(1, 0, 0, 0), 1)] == ["old1"]  # caches warm in `other`
+        assert index.drop_collection(name)
+        with pytest.raises(CollectionNotFound):
+            other.search(name, unit(1, 0, 0, 0), 1)
+        index.ensure_collection(name, 8, "m2")
+        with pytest.raises(CollectionMismatch):  # still empty: the server cannot tell by the vector alone
+            other.search(name, unit(1, 0, 0, 0), 1)
+        index.upsert(name, [StoredDocument("new8", "eight", None, {}, unit(*range(1, 9)))])
+        assert (other.get_collection(name).dimension, other.get_collection(name).model) == (8, "m2")
+        assert [h.id for h in other.search(name, unit(*range(1, 9)), 3)] == ["new8"]
+        with pytest.raises(CollectionMismatch):
+            other.search(name, unit(1, 0, 0, 0), 1)
+        # Re-created again with the first dimension and as many writes: the old matrix must not come back.
+        index.drop_collection(name)
+        index.ensure_collection(name, DIM, "m1")
+        index.upsert(name, [doc("new1", [1, 0, 0, 0])])
+        index.upsert(name, [doc("new2", [0, 1, 0, 0])])
+        hits = other.search(name, unit(1, 0, 0, 0), 5)
+        assert [h.id for h in hits] == ["new1", "new2"]
+        assert [d.id for d in other.get(name, ["old1", "new2"])] == ["new2"]
+        other.upsert(name, [doc("from_other", [0, 0, 1, 0])])
+    assert index.get_collection(name).count == 3
+
+
 # --- documents --------------------------------------------------------------------------------------------------
 
 
@@ -136,6 +193,22 @@ def test_upsert_replaces_by_id(index: VectorIndex, coll: str) -> None:
     index.upsert(coll, [doc("c", [1, 1, 0, 0], text="first"), doc("c", [1, 1, 0, 0], text="second")])
     assert [d.text for d in index.get(coll, ["c"])] == ["second"]
     assert index.get_collection(coll).count == 3
+
+
+def test_upsert_mixes_documents_with_and_without_text_and_image(index: VectorIndex, coll: str) -> None:
+    """One batch with every combination of present and absent text/image (Milvus 2.3 has no nullable fields)."""
+    docs = [
+        doc("both", [1, 0, 0, 0], text="t", image="i.png"),
+        doc("text", [0, 1, 0, 0], text="only text"),
+        doc("image", [0, 0, 1, 0], image="only.png"),
+        doc("none", [0, 0, 0, 1]),
+        doc("empty", [1, 1, 0, 0], text="", image=""),
+    ]
+    index.upsert(coll, docs)
+    got = {d.id: (d.text, d.image) for d in index.get(coll, [d.id for d in docs])}
+    assert got == {d.id: (d.text, d.image) for d in docs}
+    hits = {h.id: (h.text, h.image) for h in index.search(coll, unit(1, 1, 1, 1), 10)}
+    assert hits == got
 
 
 def test_upsert_requires_embedding_of_right_dimension(index: VectorIndex, coll: str) -> None:
@@ -170,7 +243,7 @@ def test_delete_returns_number_deleted(index: VectorIndex, coll: str) -> None:
 
 
 def test_awkward_ids_and_strings_round_trip(index: VectorIndex, coll: str) -> None:
-    ids = ['quote"d', "apos'trophe", "back\\slash", "new\nline", "tab\tx", "日本語", "x" * 512, "sql') OR 1=1 --"]
+    ids = ['quote"d', "apos'trophe", "back\\slash", "semi;colon", "sp ace", "日本語", "x" * 512, "sql') OR 1=1 --"]
     index.upsert(coll, [doc(i, [1, n, 0, 0], text=i, label=i) for n, i in enumerate(ids)])
     assert [d.id for d in index.get(coll, list(reversed(ids)))] == list(reversed(ids))
     for i in ids:
@@ -178,6 +251,54 @@ def test_awkward_ids_and_strings_round_trip(index: VectorIndex, coll: str) -> No
         assert [h.id for h in hits] == [i]
     assert index.delete(coll, ids[:4]) == 4
     assert index.get_collection(coll).count == len(ids) - 4
+
+
+@pytest.mark.parametrize("bad", ["new\nline", "tab\tx", "trailing\n", "nul\x00", "del\x7f", "c1\x85", ""])
+def test_control_characters_in_ids_are_refused_on_every_path(index: VectorIndex, coll: str, bad: str) -> None:
+    """Both backends refuse the same ids (issue #16: one made a distinct record, the other answered 500)."""
+    for call in (
+        lambda: index.upsert(coll, [doc(bad, [1, 0, 0, 0])]),
+        lambda: index.get(coll, [bad]),
+        lambda: index.delete(coll, [bad]),
+    ):
+        with pytest.raises(ValueError, match="id"):
+            call()
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\r\n", "a\x00b", "x" * 65, "_leading"])
+def test_collection_names_follow_the_api_rule(index: VectorIndex, name: str) -> None:
+    with pytest.raises(ValueError, match="collection name"):
+        index.ensure_collection(name, DIM, "m")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "needle"),
+    [
+        ({"n": float("nan")}, "finite"),
+        ({"n": float("inf")}, "finite"),
+        ({"n": 2**64}, "64 bits"),
+        ({"n": -(2**63) - 1}, "64 bits"),
+        ({f"k{i}": i for i in range(65)}, "keys"),
+        ({"tags": list(range(1025))}, "lists"),
+        ({f"k{i}": list(range(1000)) for i in range(5)}, "values"),
+        ({"big": "x" * 40_000, "big2": "y" * 40_000}, "bytes"),
+        ({"key\n": 1}, "metadata key"),
+        ({"nested": {"a": 1}}, "values are"),
+    ],
+)
+def test_metadata_limits_are_the_same_on_every_backend(
+    index: VectorIndex, coll: str, metadata: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ValueError, match=needle):
+        index.upsert(coll, [StoredDocument("m", "t", None, metadata, unit(1, 0, 0, 0))])
+    assert index.get(coll, ["m"]) == []
+
+
+def test_stored_text_limit_is_in_utf8_bytes_on_every_backend(index: VectorIndex, coll: str) -> None:
+    index.upsert(coll, [StoredDocument("fits", "€" * 21_845, None, {}, unit(1, 0, 0, 0))])  # 65,535 bytes
+    assert index.get(coll, ["fits"])[0].text == "€" * 21_845
+    with pytest.raises(ValueError, match="65535 UTF-8 bytes"):
+        index.upsert(coll, [StoredDocument("over", "€" * 21_846, None, {}, unit(1, 0, 0, 0))])
 
 
 def test_search_orders_by_cosine_similarity(index: VectorIndex, coll: str) -> None:
@@ -242,10 +363,13 @@ FILTER_CASES: list[tuple[dict[str, Any], set[str]]] = [
 ]
 
 
-@pytest.fixture
-def filter_coll(index: VectorIndex, coll: str) -> str:
-    index.upsert(coll, [doc(i, [1, n, 0.5, 0], **meta) for n, (i, meta) in enumerate(FILTER_DOCS)])
-    return coll
+@pytest.fixture(scope="module")
+def filter_coll(index: VectorIndex) -> str:
+    """One collection per backend for the read-only filter tests (creating one per case costs seconds on a server)."""
+    name = f"c{next(_names)}"
+    index.ensure_collection(name, DIM, "test-model")
+    index.upsert(name, [doc(i, [1, n, 0.5, 0], **meta) for n, (i, meta) in enumerate(FILTER_DOCS)])
+    return name
 
 
 @pytest.mark.parametrize(("flt", "expected"), FILTER_CASES, ids=[str(f) for f, _ in FILTER_CASES])
@@ -320,8 +444,9 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_writes_survive_sigkill(backend: str, tmp_path: Path) -> None:
-    uri = _uri(backend, tmp_path)
+def test_writes_survive_sigkill(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The writer is SIGKILLed once its writes returned; on the Milvus server, the server too (and restarted)."""
+    uri = backend_uri(backend, request, tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -339,6 +464,10 @@ def test_writes_survive_sigkill(backend: str, tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    if backend == "milvus_server":
+        server = request.getfixturevalue("milvus_server")
+        server.kill()
+        server.start()
     index = open_index(uri)
     try:
         info = index.get_collection("durable")
@@ -351,3 +480,54 @@ def test_writes_survive_sigkill(backend: str, tmp_path: Path) -> None:
         assert [h.id for h in index.search("durable", [1.0, 0.0, 0.0, 0.0], 1, {"i": {"$gte": 48}})] == ["d48"]
     finally:
         index.close()
+
+
+# --- several writers ----------------------------------------------------------------------------------------------
+
+CONCURRENT_WRITER = textwrap.dedent(
+    """
+    import sys
+    from service.index import StoredDocument, open_index
+
+    uri, worker = sys.argv[1], int(sys.argv[2])
+    index = open_index(uri)
+    index.ensure_collection("shared", 4, "m")  # all writers race to create it too
+    for batch in range(6):
+        own = [StoredDocument(f"w{worker}-{batch}-{i}", "own", None, {"w": worker}, [1.0, worker, batch, i])
+               for i in range(10)]
+        same = [StoredDocument(f"common-{i}", f"by {worker}", None, {"w": worker}, [0.0, 1.0, worker, i])
+                for i in range(5)]  # every writer replaces these: conflicting commits
+        index.upsert("shared", own + same)
+        assert index.delete("shared", [f"w{worker}-{batch}-0"]) == 1
+    print("DONE", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["lance", "lance_s3", "milvus_server"])
+def test_concurrent_writers_lose_nothing(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Three processes write one collection at once (creating it, appending, replacing the same ids, deleting):
+    every acknowledged write is there at the end (LanceDB retries commits that lose a race)."""
+    uri = backend_uri(backend, request, tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_WRITER, uri, str(w)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for w in range(3)
+    ]
+    for w in writers:
+        out, err = w.communicate(timeout=280)
+        assert w.returncode == 0 and out.strip() == "DONE", err[-3000:]
+    with open_index(uri) as index:
+        assert index.get_collection("shared").count == 3 * 6 * 9 + 5
+        own = [f"w{w}-{b}-{i}" for w in range(3) for b in range(6) for i in range(1, 10)]
+        assert len(index.get("shared", own)) == len(own)
+        assert index.get("shared", [f"w{w}-{b}-0" for w in range(3) for b in range(6)]) == []
+        common = index.get("shared", [f"common-{i}" for i in range(5)])
+        assert [d.id for d in common] == [f"common-{i}" for i in range(5)]
+        assert all(d.text in ("by 0", "by 1", "by 2") for d in common)

@@ -1,4 +1,5 @@
-"""Search quality: exact search equals numpy brute force; the LanceDB ANN index keeps recall@10 >= 0.95."""
+"""Search quality: exact search equals numpy brute force on every backend; the ANN indexes (LanceDB IVF_HNSW_SQ,
+Milvus server HNSW above ``ann_threshold``) keep recall@10 >= 0.95, filtered too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.index import StoredDocument, VectorIndex, open_index
+from tests.test_index_contract import backend_uri
 
 N, DIM, QUERIES, K = 10_000, 64, 20, 10
 BUCKETS = 10
@@ -53,12 +55,11 @@ def _load(uri: str, vectors: np.ndarray, ann_threshold: int = 50_000) -> VectorI
     return index
 
 
-@pytest.fixture(params=["lance", "milvus"])
+@pytest.fixture(params=["lance", "milvus", "milvus_server"])
 def exact_index(
     request: pytest.FixtureRequest, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
 ) -> Iterator[VectorIndex]:
-    uri = str(tmp_path / "lance") if request.param == "lance" else str(tmp_path / "m.db")
-    index = _load(uri, data[0])
+    index = _load(backend_uri(request.param, request, tmp_path), data[0])
     yield index
     index.close()
 
@@ -101,6 +102,43 @@ def test_lance_ann_index_recall(tmp_path: Path, data: tuple[np.ndarray, np.ndarr
         assert recall >= 0.95
         assert filtered_recall >= 0.95
         # Rows written after the index was built are searched too (exactly, until optimize() folds them in).
+        index.upsert("bench", [StoredDocument("fresh", None, None, {"bucket": -1}, queries[0].tolist())])
+        top = index.search("bench", queries[0].tolist(), 1)
+        assert top[0].id == "fresh" and top[0].score == pytest.approx(1.0, abs=1e-5)
+        assert [h.id for h in index.search("bench", queries[0].tolist(), 3, {"bucket": -1})] == ["fresh"]
+    finally:
+        index.close()
+
+
+def _recall(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray) -> tuple[float, float]:
+    """recall@K unfiltered and with a 1-in-BUCKETS filter (every filtered hit checked to match)."""
+    hits_total = filtered_total = 0
+    bucket = np.arange(len(vectors)) % BUCKETS
+    for qi, query in enumerate(queries):
+        got = [h.id for h in index.search("bench", query.tolist(), K)]
+        hits_total += len(set(got) & set(_brute_force(vectors, query)))
+        b = qi % BUCKETS
+        got = [h.id for h in index.search("bench", query.tolist(), K, {"bucket": b})]
+        assert all(int(i[1:]) % BUCKETS == b for i in got)
+        filtered_total += len(set(got) & set(_brute_force(vectors, query, bucket == b)))
+    return hits_total / (len(queries) * K), filtered_total / (len(queries) * K)
+
+
+def test_milvus_server_hnsw_past_threshold(
+    request: pytest.FixtureRequest, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The upsert that takes a collection past ann_threshold swaps FLAT for HNSW on the real server."""
+    vectors, queries = data
+    index = _load(backend_uri("milvus_server", request, tmp_path), vectors, ann_threshold=5_000)
+    try:
+        described = index._client.describe_index("bench", "vector")  # type: ignore[attr-defined]
+        assert described["index_type"] == "HNSW"
+        assert int(described["indexed_rows"]) >= 5_000, described  # the rows sealed at the swap are in the graph
+        recall, filtered_recall = _recall(index, vectors, queries)
+        print(f"Milvus server HNSW recall@{K}: {recall:.3f} (filtered: {filtered_recall:.3f})")
+        assert recall >= 0.95
+        assert filtered_recall >= 0.95
+        _assert_rare_doc_found(index, vectors)
         index.upsert("bench", [StoredDocument("fresh", None, None, {"bucket": -1}, queries[0].tolist())])
         top = index.search("bench", queries[0].tolist(), 1)
         assert top[0].id == "fresh" and top[0].score == pytest.approx(1.0, abs=1e-5)

@@ -43,16 +43,15 @@ def test_gate_counts_interactive_requests_and_bounds_the_hold() -> None:
         holds: list[str] = []
         gate.on_hold = holds.append
         assert not gate.busy and not gate.recently_active()
-        t0 = time.monotonic()
-        await gate.background_turn()  # nothing in flight: no wait
-        assert time.monotonic() - t0 < 0.01 and holds == []
+        await gate.background_turn()  # nothing in flight: no wait (no hold counted)
+        assert holds == []
         async with gate.interactive():
             async with gate.interactive():
                 assert gate.busy
             assert gate.busy  # one still in flight
             t0 = time.monotonic()
-            await gate.background_turn()  # never released: returns after max_hold_s
-            assert 0.04 <= time.monotonic() - t0 < 1.0
+            await asyncio.wait_for(gate.background_turn(), 5)  # never released: returns after max_hold_s
+            assert time.monotonic() - t0 >= 0.04
         assert not gate.busy and gate.recently_active()
         assert holds == ["decode"]
         off = PriorityGate(max_hold_s=0)  # disabled (query_priority=false): never busy, never waits

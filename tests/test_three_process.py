@@ -1,5 +1,5 @@
-"""The Kubernetes shape on loopback: Embedder, Reranker and Search as three separate processes started from the BUILT
-bento with BentoML's per-service entry point (what deploy/kubernetes runs), Search wired to the others by URL.
+"""The Kubernetes shape on loopback: Embedder, Reranker, Reader and Search as separate processes started from the
+BUILT bento with BentoML's per-service entry point (what deploy/kubernetes runs), Search wired to the others by URL.
 
 - per-service start: ``python -m bentoml_cli._internal.start start-http-server --service-name <Name> [--depends
   Name=URL ...] --host H --port P <bento dir>``; Search also gets MMSEARCH_EMBEDDER_URL / MMSEARCH_RERANKER_URL.
@@ -62,7 +62,9 @@ def service_server(bento: Path, name: str, tmp: Path, *args: str, port: int | No
     home = tmp / f"{name.lower()}-{len(list(tmp.glob(name.lower() + '-*')))}"
     home.mkdir(parents=True)
     e = bento_env(home, PYTHONUNBUFFERED="1", **env)  # access logs are read by the tests
-    e.pop("PYTHONPATH")  # import the bento's own src/, not the checkout
+    # import the bento's own src/, not the checkout's service code; the client package (shipped in the bento as a
+    # wheel built from this checkout) comes from the checkout, as it would from that wheel
+    e["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "clients" / "python")
     return BentoServer([*START, "--service-name", name, *args, str(bento)], e, home / "server.log", port=port)
 
 
@@ -106,22 +108,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iter
     # batch size 1 keeps 16 x 64 inputs in flight for ~2 s (the graceful-shutdown test needs requests in flight)
     embedder = service_server(bento, "Embedder", tmp, MMSEARCH_MAX_BATCH_SIZE="1")
     reranker = service_server(bento, "Reranker", tmp)
-    servers = [embedder, reranker]
+    reader = service_server(bento, "Reader", tmp)
+    servers = [embedder, reranker, reader]
     extra: list[BentoServer] = []  # restarted services, added by the tests
     try:
-        threads = [
-            threading.Thread(target=timed_start, args=(embedder, "embedder_start_s")),
-            threading.Thread(target=timed_start, args=(reranker, "reranker_start_s")),
-        ]
+        named = ((embedder, "embedder_start_s"), (reranker, "reranker_start_s"), (reader, "reader_start_s"))
+        threads = [threading.Thread(target=timed_start, args=pair) for pair in named]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
-        for srv, key in ((embedder, "embedder_start_s"), (reranker, "reranker_start_s")):
+        for srv, key in named:
             assert key in TIMINGS, f"{key[:-8]} did not start:\n{srv.tail()}"
-        deps = ["--depends", f"Embedder={embedder.url}", "--depends", f"Reranker={reranker.url}"]
+        deps = [f"Embedder={embedder.url}", f"Reranker={reranker.url}", f"Reader={reader.url}"]
         search_server = service_server(
-            bento, "Search", tmp, *deps, MMSEARCH_EMBEDDER_URL=embedder.url, MMSEARCH_RERANKER_URL=reranker.url
+            bento,
+            "Search",
+            tmp,
+            *(arg for dep in deps for arg in ("--depends", dep)),
+            MMSEARCH_EMBEDDER_URL=embedder.url,
+            MMSEARCH_RERANKER_URL=reranker.url,
+            MMSEARCH_READER_URL=reader.url,
         )
         servers.append(search_server)
         timed_start(search_server, "search_start_s")

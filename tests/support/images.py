@@ -46,3 +46,38 @@ def write_images(root: Path, n: int, prefix: str = "img") -> list[Path]:
         p.write_bytes(png_bytes(make_image(i)))
         paths.append(p)
     return paths
+
+
+Box = tuple[float, float, float, float]
+
+
+def text_image(
+    lines: list[tuple[str, tuple[int, int]]], size: tuple[int, int] = (480, 160), font_size: int = 22
+) -> tuple[Image.Image, dict[str, Box]]:
+    """A white image with ``lines`` of black text at their (x, y); returns it with each word's drawn box.
+
+    Pillow's bundled font (no system fonts needed), so the pixels are the same on every machine.
+    """
+    from PIL import ImageFont
+
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=font_size)
+    boxes: dict[str, Box] = {}
+    for text, (x, y) in lines:
+        draw.text((x, y), text, fill="black", font=font)
+        cursor = float(x)
+        for word in text.split(" "):
+            x0, y0, x1, y1 = draw.textbbox((cursor, y), word, font=font)
+            boxes[word] = (float(x0), float(y0), float(x1), float(y1))
+            cursor += draw.textlength(word + " ", font=font)
+    return img, boxes
+
+
+def overlap(a: Box, b: Box) -> float:
+    """Intersection area over the area of ``b``."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / ((b[2] - b[0]) * (b[3] - b[1]))
