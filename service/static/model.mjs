@@ -116,9 +116,15 @@ export function mediaPath(ref) {
   return null;
 }
 
-/** The image to show in a result card: the thumbnail when the hit has one, else the image itself. */
+/**
+ * The image to show in a result card: the hit's `thumbnail` when it has one, else the image itself. A hit with
+ * evidence boxes shows its stored image instead: the boxes are in that image's pixels, and a thumbnail does not
+ * say what size its original was.
+ */
 export function cardImage(hit) {
-  return mediaPath(hit.thumbnail) ?? mediaPath(hit.image);
+  const original = mediaPath(hit?.image);
+  if (original && hasBoxes(hit)) return original;
+  return mediaPath(hit?.thumbnail) ?? original;
 }
 
 const STATUS_TEXT = {

@@ -1,6 +1,6 @@
 // The result grid and the detail view. Cards are built with the DOM API (text only, never HTML from a response).
 
-import { cardImage, formatScore, formatValue, hasBoxes, mediaPath, snippet, warningsById } from "./model.mjs";
+import { cardImage, formatScore, formatValue, mediaPath, snippet, warningsById } from "./model.mjs";
 import { drawBlob, drawEvidence } from "./images.mjs";
 
 const META_IN_CARD = 6;
@@ -60,7 +60,7 @@ export function renderResults(grid, response, ctx) {
     const title = el("button", { type: "button", class: "open", textContent: hit.id, "aria-haspopup": "dialog" });
     title.addEventListener("click", () => ctx.open(hit, title));
     const card = el("li", { class: "card", "data-id": hit.id });
-    const path = hasBoxes(hit) ? mediaPath(hit.image) ?? cardImage(hit) : cardImage(hit);
+    const path = cardImage(hit);
     if (path) {
       const canvas = el("canvas", { role: "img", "aria-label": `Image of ${hit.id}` });
       const frame = el("div", { class: "thumb" }, canvas);

@@ -114,7 +114,7 @@ test("buildSearchRequest: refuses an empty query and a bad top_k, naming the fie
   }
 });
 
-test("mediaPath / cardImage: media refs and same-origin paths load; other origins do not", () => {
+test("mediaPath / cardImage: media refs and same-origin paths load, other origins do not; thumbnail unless boxes", () => {
   assert.equal(mediaPath("media://ab12.png"), "/media/ab12.png");
   assert.equal(mediaPath("/media/ab12.thumb.webp"), "/media/ab12.thumb.webp");
   assert.equal(mediaPath("//evil.example/x.png"), null);
@@ -125,6 +125,17 @@ test("mediaPath / cardImage: media refs and same-origin paths load; other origin
   assert.equal(cardImage({ image: "media://a.png", thumbnail: "/media/a.thumb.webp" }), "/media/a.thumb.webp");
   assert.equal(cardImage({ image: "media://a.png" }), "/media/a.png");
   assert.equal(cardImage({ image: "https://x/a.png" }), null);
+  assert.equal(cardImage({ image: "https://x/a.png", thumbnail: "/media/a.thumb.webp" }), "/media/a.thumb.webp");
+  assert.equal(cardImage({ image: "media://a.png", thumbnail: "https://x/t.png" }), "/media/a.png");
+  // Evidence boxes are in the original's pixels: such a hit shows the original, thumbnail or not.
+  const boxed = [{ source: "ocr", text: "Total", box: [1, 2, 30, 12] }];
+  assert.equal(cardImage({ image: "media://a.png", thumbnail: "/media/a.thumb.webp", evidence: boxed }), "/media/a.png");
+  assert.equal(cardImage({ image: "media://a.png", evidence: [{ source: "ocr", text: "Total" }] }), "/media/a.png");
+  assert.equal(
+    cardImage({ image: "media://a.png", thumbnail: "/media/a.thumb.webp", evidence: [{ source: "text", text: "Total" }] }),
+    "/media/a.thumb.webp",
+  );
+  assert.equal(cardImage({ image: "https://x/a.png", thumbnail: "/media/t.webp", evidence: boxed }), "/media/t.webp");
 });
 
 test("describeError: the service's error body, BentoML validation errors, plain text", () => {
