@@ -18,7 +18,7 @@ from mmsearch_client.inputs import content_id
 
 from tests.conftest import serve_bento
 from tests.support.browser import PageSession
-from tests.support.images import data_uri, make_image, png_bytes
+from tests.support.images import data_uri, make_image, overlap, png_bytes, text_image
 from tests.support.servers import BentoServer
 
 pytest.importorskip("playwright")  # the test extra pins it; this only names the problem on a bare venv
@@ -355,3 +355,181 @@ def test_ingest_a_folder_with_progress_and_per_file_errors(
     page.evaluate(DISPATCH_FILE, [b64, "three.png", "drop", "ingest-drop"])
     expect(status).to_contain_text("1 of 1 file into dropped: 1 added. Done.")
     expect(page.locator("#collection option[value=dropped]")).to_have_text("dropped (4)")
+
+
+# ------------------------------------------------------------------------------------------------ evidence (OCR on)
+
+# Text drawn into images (Pillow's bundled font): the real Reader (RapidOCR) reads them at ingest, and a keyword
+# search for "Lisbon" returns the lines it matched with their boxes in the image's pixels.
+INVOICE = [("Invoice total 418.20 EUR", (20, 30)), ("Shipping address Lisbon", (60, 100))]
+DASHBOARD = [
+    ("Revenue by office", (40, 30)),
+    ("Lisbon 12,400", (60, 110)),
+    ("Porto 8,100", (60, 170)),
+    ("Refund rate 2.4%", (330, 250)),
+]
+BOXED = {"invoice": (INVOICE, (480, 160)), "dashboard": (DASHBOARD, (640, 320))}
+TRAVEL = "Travel policy for the Lisbon office"
+
+
+@pytest.fixture(scope="module")
+def ocr_search(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
+    """A bento reading image documents with its real Reader, API keys off. Its reranker budget is 1 µs, so a
+    ``rerank: "auto"`` search answers in retrieval order with a real ``warnings`` entry saying why."""
+    yield from serve_bento(
+        tmp_path_factory.mktemp("page-ocr"),
+        "service.search:Search",
+        MMSEARCH_OCR="on",
+        MMSEARCH_RERANK_TIMEOUT_S="1e-6",
+    )
+
+
+@pytest.fixture(scope="module")
+def ocr_corpus(ocr_search: BentoServer) -> dict[str, dict[str, tuple[float, float, float, float]]]:
+    """Two screenshots with text, a plain image and a text document; returns each screenshot's drawn word boxes."""
+    words = {}
+    docs: list[dict[str, Any]] = [{"id": "plain", "image": data_uri(make_image(7))}, {"id": "travel", "text": TRAVEL}]
+    for doc_id, (lines, size) in BOXED.items():
+        img, words[doc_id] = text_image(lines, size=size)
+        docs.append({"id": doc_id, "image": data_uri(img), "metadata": {"kind": "screenshot"}})
+    r = httpx.post(f"{ocr_search.url}/upsert", json={"documents": docs}, timeout=300)
+    assert r.status_code == 200, r.text
+    return words
+
+
+@pytest.fixture
+def ocr_session(browser: Any, ocr_search: BentoServer, ocr_corpus: object) -> Iterator[PageSession]:
+    s = PageSession(browser, ocr_search.url, None)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# Where each evidence box is on screen, relative to the image it is drawn over, and that image's natural size.
+BOX_GEOMETRY = """frame => {
+    const canvas = frame.querySelector('canvas');
+    const c = canvas.getBoundingClientRect();
+    return {
+        natural: [canvas.width, canvas.height],
+        shown: [c.width, c.height],
+        boxes: [...frame.querySelectorAll('.evidence-box')].map(b => {
+            const r = b.getBoundingClientRect();
+            return {text: b.title, rect: [r.left - c.left, r.top - c.top, r.right - c.left, r.bottom - c.top]};
+        }),
+    };
+}"""
+
+
+def assert_boxes_on_the_image(frame: Any, hit: dict[str, Any], words: dict[str, Any], word: str) -> float:
+    """The boxes drawn over ``frame`` are the hit's evidence boxes scaled to the displayed image (within a pixel),
+    and one of them covers where ``word`` was drawn. Returns the scale."""
+    g = frame.evaluate(BOX_GEOMETRY)
+    (nw, nh), (sw, sh) = g["natural"], g["shown"]
+    scale = sw / nw
+    assert sh / nh == pytest.approx(scale, rel=0.01)  # the image is shown whole, its aspect ratio kept
+    expected = [e for e in hit["evidence"] if e.get("box")]
+    assert expected and [b["text"] for b in g["boxes"]] == [e["text"] for e in expected]
+    for drawn, ev in zip(g["boxes"], expected, strict=True):
+        x0, y0, x1, y1 = ev["box"]
+        want = [max(0, x0) * scale, max(0, y0) * scale, min(nw, x1) * scale, min(nh, y1) * scale]
+        assert drawn["rect"] == pytest.approx(want, abs=1.0), (ev, drawn, scale)
+    on_screen = tuple(v * scale for v in words[word])
+    assert max(overlap(tuple(b["rect"]), on_screen) for b in g["boxes"]) > 0.9, (word, g["boxes"], on_screen)
+    return scale
+
+
+def test_evidence_boxes_are_drawn_where_the_query_matched(ocr_session: PageSession, ocr_corpus: dict) -> None:
+    page = ocr_session.open()
+    expect(page.locator("#key-dialog")).to_be_hidden()  # keys off: no prompt
+    page.select_option("#mode", "keyword")
+    page.uncheck("#rerank")
+    ocr_session.search("Lisbon")
+    body = ocr_session.last_search_response()
+    hits = {h["id"]: h for h in body["hits"]}
+    assert set(ocr_session.cards()) == {"invoice", "dashboard", "travel"}
+    for doc_id in BOXED:
+        assert any("Lisbon" in e["text"] and e["source"] == "ocr" for e in hits[doc_id]["evidence"]), hits[doc_id]
+    assert hits["travel"]["evidence"] == [{"source": "text", "text": TRAVEL, "box": None}]
+
+    for doc_id in BOXED:
+        card = page.locator(f'.card[data-id="{doc_id}"]')
+        frame = card.locator(".thumb.loaded")
+        expect(frame).to_have_count(1)
+        assert assert_boxes_on_the_image(frame, hits[doc_id], ocr_corpus[doc_id], "Lisbon") < 1  # a scaled-down card
+        expect(card.locator(".evidence mark").first).to_contain_text("Lisbon")
+        expect(card.locator(".evidence .source").first).to_have_text("in image")
+    travel = page.locator('.card[data-id="travel"]')
+    expect(travel.locator(".evidence-box")).to_have_count(0)
+    expect(travel.locator(".evidence .source")).to_have_text("in text")
+    expect(page.locator("#warnings")).to_be_hidden()
+    ocr_session.check("evidence")
+
+    # The detail view: the full image, larger, with the same boxes in the same places.
+    page.locator('.card[data-id="dashboard"] .open').click()
+    expect(page.locator("#detail-caption")).to_have_text("640 \u00d7 320 px")
+    full = page.locator("#detail .thumb.full")
+    scale = assert_boxes_on_the_image(full, hits["dashboard"], ocr_corpus["dashboard"], "Lisbon")
+    assert scale > 0.9  # shown (nearly) at its own size
+    expect(page.locator("#detail-evidence mark").first).to_contain_text("Lisbon")
+    ocr_session.check("evidence-detail")
+
+
+def test_warnings_from_the_server_are_shown(ocr_session: PageSession) -> None:
+    page = ocr_session.open()
+    page.select_option("#mode", "keyword")
+    page.check("#rerank")  # "auto": the reranker misses its 1 µs budget, the hits come back in retrieval order
+    ocr_session.search("Lisbon")
+    body = ocr_session.last_search_response()
+    assert body["reranked"] is False and body["warnings"], body
+    panel = page.locator("#warnings")
+    expect(panel).to_be_visible()
+    items = panel.locator("li")
+    expect(items).to_have_text([f"{w['code']}: {w['message']}" for w in body["warnings"]])
+    expect(page.locator("#status")).to_contain_text("not reranked")
+    assert set(ocr_session.cards()) == {"invoice", "dashboard", "travel"}
+    ocr_session.check("warnings")
+
+
+# ------------------------------------------------------------------------------------------------ thumbnails
+
+
+def test_cards_show_the_thumbnail_when_a_hit_has_one(session: PageSession, search: BentoServer, files: Path) -> None:
+    """Hits may carry ``thumbnail`` (a /media/ path to a small copy): the card shows it, the detail view the full
+    image. Here the real /search response gets a ``thumbnail`` and a per-hit warning added on its way to the page
+    (playwright's route), as the media work adds them to the server; every other field is the server's."""
+    small = data_uri(make_image(60, (32, 24)))
+    doc = {"collection": "thumbs", "documents": [{"id": "thumb-src", "image": small}]}
+    r = httpx.post(f"{search.url}/upsert", json=doc, headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+    got = httpx.post(f"{search.url}/get", json={"collection": "thumbs", "ids": ["thumb-src"]}, headers=AUTH, timeout=30)
+    ref = got.json()["documents"][0]["image"]
+    thumb = "/media/" + ref.removeprefix("media://")
+
+    def add_fields(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        for hit in body["hits"]:
+            if hit["id"] == "img1":
+                hit["thumbnail"] = thumb
+        body["warnings"] = [*body.get("warnings", []), {"id": "img1", "code": "media_slow", "message": "slow"}]
+        route.fulfill(response=response, json=body)
+
+    page = session.open()
+    page.route("**/search", add_fields)
+    page.uncheck("#rerank")
+    page.set_input_files("#image-file", str(files / "img1.png"))
+    session.search()
+    img1 = page.locator('.card[data-id="img1"]')
+    expect(img1.locator(".thumb.loaded")).to_have_count(1)
+    assert img1.locator("canvas").evaluate("c => [c.width, c.height]") == [32, 24]  # the thumbnail
+    other = page.locator('.card[data-id="img2"] canvas')
+    assert other.evaluate("c => [c.width, c.height]") == [64, 48]  # no thumbnail: the image itself
+    fetched = {r.url.removeprefix(search.url) for r in session.requests if "/media/" in r.url}
+    assert thumb in fetched
+    expect(img1.locator(".card-warnings")).to_have_text("media_slow: slow")
+    expect(page.locator("#warning-list")).to_contain_text("img1: media_slow: slow")
+    session.check("thumbnail")
+    img1.locator(".open").click()
+    expect(page.locator("#detail-caption")).to_have_text("64 \u00d7 48 px")  # the detail view: the full image
+    expect(page.locator("#detail-warnings")).to_have_text("media_slow: slow")

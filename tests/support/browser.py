@@ -181,9 +181,15 @@ class PageSession:
         """The ids of the result cards, in order."""
         return [c.get_attribute("data-id") or "" for c in self.page.locator("#grid .card").all()]
 
+    def last_search(self) -> Any:
+        return [r for r in self.requests if r.url.endswith("/search") and r.method == "POST"][-1]
+
     def last_search_body(self) -> dict[str, Any]:
-        body = [r for r in self.requests if r.url.endswith("/search") and r.method == "POST"][-1].post_data
-        return dict(json.loads(body))
+        return dict(json.loads(self.last_search().post_data))
+
+    def last_search_response(self) -> dict[str, Any]:
+        """The JSON the page got for its last search (as the browser received it)."""
+        return dict(self.last_search().response().json())
 
     def check(self, state: str) -> None:
         """Screenshot this state and assert axe finds no serious or critical violation in it."""
