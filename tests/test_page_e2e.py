@@ -285,6 +285,13 @@ def test_detail_view_and_more_like_this_by_keyboard(session: PageSession) -> Non
     assert session.last_search_body()["query"] == {"image": data_uri(make_image(2))}
     session.check("more-like-this")
 
+    # The card's own "More like this" button does the same without opening the detail view.
+    page.get_by_role("button", name="More like this: img4").click()
+    expect(page.locator("#results")).to_have_attribute("data-searches", "3")
+    expect(page.locator("#image-preview-name")).to_have_text("like img4")
+    assert session.cards()[0] == "img4"
+    assert session.last_search_body()["query"] == {"image": data_uri(make_image(4))}
+
 
 def test_focus_order_follows_the_form(session: PageSession) -> None:
     page = session.open()
@@ -355,6 +362,12 @@ def test_ingest_a_folder_with_progress_and_per_file_errors(
     page.evaluate(DISPATCH_FILE, [b64, "three.png", "drop", "ingest-drop"])
     expect(status).to_contain_text("1 of 1 file into dropped: 1 added. Done.")
     expect(page.locator("#collection option[value=dropped]")).to_have_text("dropped (4)")
+
+    # The collection picker: a search in the new collection finds exactly what was added to it.
+    page.select_option("#collection", "dropped")
+    session.search("revenue dashboard")
+    assert session.last_search_body()["collection"] == "dropped"
+    assert set(session.cards()) == {*ids, content_id(png_bytes(make_image(103)))}
 
 
 # ------------------------------------------------------------------------------------------------ evidence (OCR on)
@@ -445,7 +458,9 @@ def test_evidence_boxes_are_drawn_where_the_query_matched(ocr_session: PageSessi
     page.select_option("#mode", "keyword")
     page.uncheck("#rerank")
     ocr_session.search("Lisbon")
+    assert ocr_session.last_search_body()["mode"] == "keyword"
     body = ocr_session.last_search_response()
+    assert body["mode"] == "keyword"
     hits = {h["id"]: h for h in body["hits"]}
     assert set(ocr_session.cards()) == {"invoice", "dashboard", "travel"}
     for doc_id in BOXED:

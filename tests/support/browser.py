@@ -139,7 +139,7 @@ class PageSession:
     """One browser context (fresh sessionStorage) on the search page, with its console and requests recorded.
 
     ``close()`` fails the test on a console error it did not allow (uncaught exceptions and CSP violations
-    included) and on the API key appearing in any URL.
+    included), on a request to another origin and on the API key appearing in any URL.
     """
 
     def __init__(self, browser: Any, url: str, key: str | None) -> None:
@@ -199,7 +199,8 @@ class PageSession:
     def close(self) -> None:
         try:
             assert self.console.unexpected(self.allowed) == [], self.console.messages
-            for r in self.requests:  # the key travels in a header only, never in a URL
-                assert not self.key or self.key not in r.url, r.url
+            for r in self.requests:
+                assert r.url.startswith(self.url + "/"), r.url  # nothing from another origin (the internet)
+                assert not self.key or self.key not in r.url, r.url  # the key travels in a header only
         finally:
             self.context.close()
