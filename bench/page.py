@@ -7,7 +7,11 @@ A real ``bentoml serve service.search:Search`` (tiny profile) on loopback holds 
 Each page load is a fresh browser context (no cache, new sessionStorage):
 
 - ``first_contentful_paint``: the browser's own ``paint`` entry (goal: <= 300 ms on loopback);
-- ``ready``: navigation start until the page has loaded its modules and the collection list.
+- ``ready``: navigation start until the page has loaded its modules and the collection list;
+- ``baseline``: the first contentful paint of a minimal HTML page (a heading and a line of text, no CSS, no script)
+  from a plain static server, loaded right after each search-page load in the same way: the floor this browser on
+  this machine, under its load at that moment, gets for any page. ``over_baseline`` (page minus baseline, per pair)
+  is what the search page itself costs, which a shared machine's load does not hide.
 
 Each search (``top_k=50``, rerank off so the number is the page's, not the reranker's) reads the page's own marks:
 
@@ -38,6 +42,7 @@ from bench.common import (
 )
 from tests.support.browser import chromium
 from tests.support.images import data_uri, make_image
+from tests.support.servers import StaticServer
 
 FCP_GOAL_MS = 300.0
 RENDER_GOAL_MS = 100.0
@@ -76,6 +81,22 @@ def load_page(browser: Any, url: str) -> tuple[Any, Any, dict[str, float]]:
     return context, page, timing
 
 
+BASELINE_HTML = "<!doctype html><html lang=en><title>baseline</title><h1>mmsearch</h1><p>A line of text.</p></html>"
+FCP = "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+
+
+def load_baseline(browser: Any, url: str) -> float:
+    """First contentful paint of the minimal page at ``url``, loaded like the search page (fresh context)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_function(f"{FCP} !== null")
+        return float(page.evaluate(FCP))
+    finally:
+        context.close()
+
+
 def one_search(page: Any, n: int) -> dict[str, float]:
     page.click("#search-button")
     page.wait_for_selector(f"#results[data-searches='{n}']")
@@ -107,18 +128,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {**run_header(args), "goals_ms": {"fcp": FCP_GOAL_MS, "render": RENDER_GOAL_MS}}
     with tempfile.TemporaryDirectory(prefix="mmsearch-bench-page-") as tmp, chromium() as browser:
         workdir = Path(tmp)
-        with bento("service.search:Search", bench_env(workdir, MMSEARCH_API_KEYS=KEY), workdir) as server:
+        (workdir / "baseline").mkdir()
+        (workdir / "baseline" / "index.html").write_text(BASELINE_HTML)
+        with (
+            bento("service.search:Search", bench_env(workdir, MMSEARCH_API_KEYS=KEY), workdir) as server,
+            StaticServer(workdir / "baseline").running() as static,
+        ):
             seed(server.url, 60, 20)
             load = HostLoad().start()
-            fcp, ready, html = [], [], []
+            fcp, ready, html, base = [], [], [], []
             for _ in range(args.loads):
                 context, _page, t = load_page(browser, server.url)
                 fcp.append(t["fcp"])
                 ready.append(t["ready"])
                 html.append(t["html"])
                 context.close()
+                base.append(load_baseline(browser, static.url + "/index.html"))
             results["page_load"] = {
                 "first_contentful_paint": latency_summary(fcp),
+                "baseline_first_contentful_paint": latency_summary(base),
+                "over_baseline": latency_summary([f - b for f, b in zip(fcp, base, strict=True)]),
                 "html_response_end": latency_summary(html),
                 "ready": latency_summary(ready),
                 "host": load.stop(),
@@ -143,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ["measure", "n", "p50", "p90", "max", "goal"],
         [
             ["first contentful paint", *_row(pl["first_contentful_paint"]), FCP_GOAL_MS],
+            ["  minimal page's (the floor now)", *_row(pl["baseline_first_contentful_paint"]), "-"],
+            ["  search page minus minimal page", *_row(pl["over_baseline"]), "-"],
             ["page ready (collections loaded)", *_row(pl["ready"]), "-"],
             ["render 50 results after response", *_row(se["render"]), RENDER_GOAL_MS],
             ["50 images fetched + drawn", *_row(se["images_drawn"]), "-"],

@@ -208,7 +208,7 @@ def test_page(out: Path) -> None:
 
     page.main(["--tiny", "--out", str(out)])
     body = load(out / "page-tiny.json")
-    for name in ("first_contentful_paint", "ready"):
+    for name in ("first_contentful_paint", "baseline_first_contentful_paint", "ready"):
         assert body["page_load"][name]["n"] == 5 and positive(body["page_load"][name]["p50_ms"]), name
     assert body["search"]["cards"] == 50 and body["search"]["render"]["n"] == 5
     assert positive(body["search"]["images_drawn"]["p50_ms"])
