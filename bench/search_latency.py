@@ -168,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             workdir,
             MMSEARCH_INDEX_URI=index_uri,
             MMSEARCH_MAX_INPUTS_PER_REQUEST=str(max(args.ingest_batch, 256)),
+            MMSEARCH_MAX_DOCUMENTS_PER_REQUEST=str(max(args.ingest_batch, 256)),
         )
         with bento("service.search:Search", env, workdir) as server:
             results["server_ready_s"] = server.ready_s

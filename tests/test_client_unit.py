@@ -461,7 +461,7 @@ def test_cli_scan_and_offline_failures(tmp_path: Path, capsys: Any) -> None:
     assert cli_main(["health", "--url", "http://127.0.0.1:9"]) == 1
     out = capsys.readouterr().out
     assert "live=no" in out
-    assert cli_main(["search", "--url", "http://127.0.0.1:9"]) == 1
+    assert cli_main(["search", "--url", "http://127.0.0.1:9"]) == 2  # a usage error (no query), as documented
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmsearch: error:") and "\n" not in err
     assert cli_main(["index", str(tmp_path / "missing"), "--url", "http://127.0.0.1:9"]) == 1
