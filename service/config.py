@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     ocr_max_batch_size: int = Field(default=4, ge=1, le=256)
     """Images per Reader batch. PP-OCR reads one image at a time on CPU, so a batch buys queueing and priority,
     not speed: keep it small, a query image waits behind at most one document batch."""
+    ocr_max_latency_ms: int = Field(default=180_000, ge=1, le=600_000)
+    """Longest an image may wait in the Reader's queue before the request is answered 503 (``max_latency_ms`` of
+    the other services). Reading takes seconds per image on CPU: an upsert of 32 screenshots queues for a minute or
+    more, which ``max_latency_ms``'s 10 s would refuse."""
     ocr_min_score: float = Field(default=0.5, ge=0, le=1)
     """Recognised lines with a lower confidence are dropped."""
 

@@ -39,7 +39,11 @@ class Reader:
         self.adapter = OcrAdapter(engine, plan)
         self.model_name = self.adapter.name
         self.runtime: ModelRuntime[Any, OcrPage] = ModelRuntime(
-            "reader", self.settings, self.adapter, max_batch_size=self.settings.ocr_max_batch_size
+            "reader",
+            self.settings,
+            self.adapter,
+            max_batch_size=self.settings.ocr_max_batch_size,
+            max_latency_ms=self.settings.ocr_max_latency_ms,
         )
 
     async def read(
@@ -75,6 +79,7 @@ class Reader:
             "modalities": MODALITIES,
             "max_side": self.settings.ocr_max_side,
             "min_score": self.settings.ocr_min_score,
+            "max_latency_ms": self.settings.ocr_max_latency_ms,
             **self.runtime.info(),
             "max_inputs_per_request": self.settings.max_inputs_per_request,
         }

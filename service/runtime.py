@@ -54,9 +54,17 @@ class ModelRuntime(Generic[T, R]):
     ``adapter.run`` in the model thread (``service.adapters``).
     """
 
-    def __init__(self, service: str, settings: Settings, adapter: ModelAdapter, *, max_batch_size: int | None = None):
-        """``max_batch_size``: inputs per model call, when the service's own setting differs from
-        ``MMSEARCH_MAX_BATCH_SIZE`` (the Reader's ``MMSEARCH_OCR_MAX_BATCH_SIZE``)."""
+    def __init__(
+        self,
+        service: str,
+        settings: Settings,
+        adapter: ModelAdapter,
+        *,
+        max_batch_size: int | None = None,
+        max_latency_ms: int | None = None,
+    ):
+        """``max_batch_size`` / ``max_latency_ms``: when the service's own setting differs from
+        ``MMSEARCH_MAX_BATCH_SIZE`` / ``MMSEARCH_MAX_LATENCY_MS`` (the Reader's ``MMSEARCH_OCR_*``)."""
         self.service = service
         self.settings = settings
         self.adapter = adapter
@@ -71,7 +79,7 @@ class ModelRuntime(Generic[T, R]):
             coalesce_s=settings.coalesce_s(adapter.accelerated),
             max_batch_size=max_batch_size or settings.max_batch_size,
             max_queue_size=settings.max_queue_size,
-            max_wait_s=settings.max_latency_ms / 1000,
+            max_wait_s=(max_latency_ms or settings.max_latency_ms) / 1000,
             is_oom=is_oom,
             on_batch=self._observe,
             on_depth=self.metrics.queue_depth.labels(service).set,

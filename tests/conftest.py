@@ -18,6 +18,9 @@ from tests.support.servers import BentoServer, StaticServer, bento_env, tiny_dir
 torch.set_num_threads(1)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# In-process settings are the tiny profile's, whatever the shell or `make` exported (`make serve`'s default is lite;
+# a test that means another profile says so, e.g. tests/test_lite_serve_e2e.py).
+os.environ["MMSEARCH_PROFILE"] = "tiny"
 
 BENTOML = [str(Path(sys.executable).with_name("bentoml")), "serve"]
 

@@ -65,8 +65,12 @@ def kill_process_tree(proc: subprocess.Popen[bytes]) -> None:
 class BentoServer:
     """A real ``bentoml serve`` (or per-service start) process on 127.0.0.1."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log_path: Path, port: int | None = None, *, listen: bool = True
+    ) -> None:
+        """``listen=False``: ``args`` already name the port (e.g. ``make serve PORT=...``); no --host/--port added."""
         self.port = port or free_port()
+        self.listen = listen
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = args
         self.env = dict(env)
@@ -74,7 +78,7 @@ class BentoServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 120.0) -> BentoServer:
-        cmd = [*self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [*self.args, *(["--host", "127.0.0.1", "--port", str(self.port)] if self.listen else [])]
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + ready_timeout
