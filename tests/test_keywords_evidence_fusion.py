@@ -69,11 +69,14 @@ def test_coverage_fusion_keeps_dense_order_for_weak_keyword_matches() -> None:
     keyword = [("x", 9.0), ("b", 3.0)]
     cov = {"a": 0.0, "b": 1.0, "c": 0.0, "x": 0.34}.__getitem__
     fused = fuse(vector, keyword, coverage=cov)
-    # full coverage lifts b over the dense best; x's one-of-three-words match stays below a (2 * 0.34^2 = 0.23)
-    assert [f.id for f in fused] == ["b", "a", "x", "c"]
+    # full coverage lifts b over the dense best; x's one-of-three-words match is under the floor: it counts 0
+    assert [f.id for f in fused] == ["b", "a", "c", "x"]
     b = fused[0]
     assert b.vector_score == 0.60 and b.keyword_score == 3.0 and b.score == pytest.approx(0.5 + 2.0)
-    assert fused[2].vector_score is None and fused[2].score == pytest.approx(2.0 * 0.34**2)
+    assert fused[3].vector_score is None and fused[3].score == 0.0
+    # from the floor up coverage counts, squared: 60 % of the terms lift c (0 + 2 * 0.36) over b (0.5); x's 49 % no
+    part = fuse(vector, keyword, coverage={"a": 0.0, "b": 0.0, "c": 0.6, "x": 0.49}.__getitem__)
+    assert [(f.id, round(f.score, 3)) for f in part] == [("a", 1.0), ("c", 0.72), ("b", 0.5), ("x", 0.0)]
     # with no query terms at all the dense order and its scaled scores stand
     none = fuse(vector, [], coverage=lambda d: 0.0)
     assert [f.id for f in none] == ["a", "b", "c"]
