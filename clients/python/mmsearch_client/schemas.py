@@ -271,7 +271,8 @@ class HybridOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fusion: Literal["coverage", "rrf"] | None = None
-    """``coverage``: scaled cosine + keyword_weight x (share of query terms the document contains)^2;
+    """``coverage``: scaled cosine + keyword_weight x (share of query terms the document contains)^2, a share under
+    half counting 0;
     ``rrf``: reciprocal rank fusion of the two lists (the vector list weighs 1)."""
     keyword_weight: float | None = Field(default=None, ge=0, le=100)
 
