@@ -48,10 +48,13 @@ def fuse(
     fusion: Fusion = DEFAULT_FUSION,
     keyword_weight: float | None = None,
     coverage: Callable[[str], float] | None = None,
+    coverage_floor: float = COVERAGE_FLOOR,
+    coverage_power: float = COVERAGE_POWER,
 ) -> list[Fused]:
     """One ranking of every candidate of both lists (each ``(id, score)``, best first), best first.
 
-    ``coverage(id)`` is the share of query terms the document contains (needed by the ``coverage`` fusion).
+    ``coverage(id)`` is the share of query terms the document contains (needed by the ``coverage`` fusion);
+    ``coverage_floor`` / ``coverage_power`` are there for ``bench/hybrid_fusion.py`` to replay alternatives.
     Ties keep the order in which candidates were first seen (vector list first).
     """
     weight = DEFAULT_KEYWORD_WEIGHT[fusion] if keyword_weight is None else keyword_weight
@@ -72,5 +75,5 @@ def fuse(
         for d in first_seen:
             norm = (cos[d] - lo) / (hi - lo) if d in cos and hi > lo else (1.0 if d in cos else 0.0)
             share = coverage(d)
-            scores[d] = norm + (weight * share**COVERAGE_POWER if share >= COVERAGE_FLOOR else 0.0)
+            scores[d] = norm + (weight * share**coverage_power if share >= coverage_floor else 0.0)
     return [Fused(d, scores[d], cos.get(d), bm25.get(d)) for d in _order(scores, first_seen)]

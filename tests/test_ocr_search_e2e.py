@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +251,33 @@ def test_text_reranker_scores_image_documents_by_their_ocr_text(reranking_server
     for doc_id, hit in hits.items():
         assert hit["rerank_score"] == pytest.approx(expected[doc_id], abs=1e-4), doc_id
         assert hit["score"] == hit["rerank_score"]
+
+
+def test_cli_indexes_screenshots_with_ocr_progress_and_searches_by_mode(
+    lite_server: BentoServer, ingested: dict, tmp_path: Path
+) -> None:
+    from tests.support.images import png_bytes
+
+    for name in ("invoice", "backup"):
+        (tmp_path / f"{name}.png").write_bytes(png_bytes(render(name)[0]))
+    mmsearch = [str(Path(sys.executable).with_name("mmsearch")), "--url", lite_server.url, "--timeout", "300"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "clients" / "python")])}
+    out = subprocess.run(
+        [*mmsearch, "index", str(tmp_path), "--collection", "cli", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    ).stdout
+    assert "indexed 2, skipped 0, failed 0 (text read from 2 images, 4 lines)" in out, out
+    out = subprocess.run(
+        [*mmsearch, "search", "storage volume", "--collection", "cli", "--mode", "keyword", "--evidence"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "keyword" in out and "backup.png" in out and "invoice.png" not in out, out
+    assert "ocr at " in out and ": Storage volume full on db-02" in out, out

@@ -194,3 +194,18 @@ def test_describe_says_which_path_each_modality_takes(rig: Rig) -> None:
     assert info["modality_paths"]["image"].startswith("OCR text -> text embedding")
     clip = rig.pipeline.describe(["text", "image"])["modality_paths"]
     assert clip["image"].startswith("image embedding") and "OCR text is keyword-searchable" in clip["image"]
+
+
+@pytest.mark.parametrize(
+    ("env", "enabled"),
+    [
+        ({"profile": "tiny"}, False),  # auto: the tiny profile reads nothing unless a Reader is configured
+        ({"profile": "tiny", "reader_url": "http://127.0.0.1:9"}, True),
+        ({"profile": "tiny", "ocr": "on"}, True),
+        ({"profile": "lite"}, True),
+        ({"profile": "default"}, True),
+        ({"profile": "lite", "ocr": "off"}, False),
+    ],
+)
+def test_ocr_setting(env: dict[str, str], enabled: bool) -> None:
+    assert Settings(**env).ocr_enabled() is enabled  # type: ignore[arg-type]
