@@ -59,7 +59,7 @@ typecheck: install-test
 	$(BIN)/mypy --strict clients/python/mmsearch_client
 
 test: install-test lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # Build the bento (no Docker needed). The client package travels as a wheel; the service imports its schemas.
 bento: install-test
