@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Defaults for real deployments. Weights are loaded from a hub id or a local path; nothing is downloaded in tests
@@ -32,13 +32,38 @@ GPU_COALESCE_MS = 5.0
 def _json_object(v: object) -> object:
     """``MMSEARCH_*_KWARGS`` are JSON objects (``{"attn_implementation": "sdpa"}``)."""
     if isinstance(v, str):
-        v = json.loads(v) if v.strip() else {}
+        try:
+            v = json.loads(v) if v.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f'not valid JSON ({e}); expected a JSON object such as {{"dtype": "bfloat16"}}') from None
     if not isinstance(v, dict):
         raise ValueError("must be a JSON object")
     return v
 
 
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+"""The ``dtype`` values ``MMSEARCH_DTYPE`` and ``MMSEARCH_*_MODEL_KWARGS`` accept (torch dtypes by name)."""
+
+
+def _model_kwargs(v: dict[str, Any]) -> dict[str, Any]:
+    """``model_kwargs``: a ``dtype`` (or transformers' older ``torch_dtype``) must name a dtype we can load in."""
+    for key in ("dtype", "torch_dtype"):
+        if key in v and v[key] not in DTYPES:
+            raise ValueError(f"{key} {v[key]!r} is not one of {', '.join(DTYPES)}")
+    return v
+
+
+def _processor_kwargs(v: dict[str, Any]) -> dict[str, Any]:
+    """``processor_kwargs``: pixel budgets (``max_pixels``, ``min_pixels``) are positive integers."""
+    for key in ("max_pixels", "min_pixels"):
+        if key in v and (isinstance(v[key], bool) or not isinstance(v[key], int) or v[key] < 1):
+            raise ValueError(f"{key} must be a positive integer, got {v[key]!r}")
+    return v
+
+
 JsonObject = Annotated[dict[str, Any], NoDecode, BeforeValidator(_json_object)]
+ModelKwargs = Annotated[JsonObject, AfterValidator(_model_kwargs)]
+ProcessorKwargs = Annotated[JsonObject, AfterValidator(_processor_kwargs)]
 
 
 # The served names of the tiny profile's random models: every response says they are random.
@@ -64,12 +89,12 @@ class Settings(BaseSettings):
     embedder_revision: str | None = None
     """A pinned hub revision: branch, tag, commit or PR ref (``refs/pr/23``)."""
     reranker_revision: str | None = None
-    embedder_model_kwargs: JsonObject = Field(default_factory=dict)
+    embedder_model_kwargs: ModelKwargs = Field(default_factory=dict)
     """Extra ``model_kwargs`` (JSON object) passed to transformers, e.g. ``{"attn_implementation": "sdpa"}``."""
-    reranker_model_kwargs: JsonObject = Field(default_factory=dict)
-    embedder_processor_kwargs: JsonObject = Field(default_factory=dict)
+    reranker_model_kwargs: ModelKwargs = Field(default_factory=dict)
+    embedder_processor_kwargs: ProcessorKwargs = Field(default_factory=dict)
     """Extra ``processor_kwargs`` (JSON object), e.g. ``{"min_pixels": 3136}``."""
-    reranker_processor_kwargs: JsonObject = Field(default_factory=dict)
+    reranker_processor_kwargs: ProcessorKwargs = Field(default_factory=dict)
     embedder_max_pixels: int | None = Field(default=None, ge=1)
     """``processor_kwargs.max_pixels`` of VLM models: pixels per image after resizing, the main cost knob."""
     reranker_max_pixels: int | None = Field(default=None, ge=1)

@@ -39,11 +39,11 @@ def is_oom(exc: BaseException) -> bool:
 def limit_tokens(model: Any, limit: int) -> int:
     """Cap the input length (tokens) the model runs on at ``limit`` unless the model sets a smaller one.
 
-    sentence-transformers truncates inputs to ``max_seq_length`` (embedders) / ``max_length`` (cross-encoders);
-    models that declare no limit (VLM rerankers and embedders report ~1e30) would run a 32k-character text at full
-    length and try to allocate tens of GB for its attention. Returns the limit in force.
+    sentence-transformers truncates inputs to ``max_seq_length`` (``max_length`` on cross-encoders before v6, a
+    deprecated alias since); models that declare no limit (VLM rerankers and embedders report ~1e30) would run a
+    32k-character text at full length and try to allocate tens of GB for its attention. Returns the limit in force.
     """
-    attr = "max_seq_length" if hasattr(model, "max_seq_length") and not hasattr(model, "max_length") else "max_length"
+    attr = "max_seq_length" if hasattr(model, "max_seq_length") else "max_length"
     current = getattr(model, attr, None)
     if current is None or current > limit:
         setattr(model, attr, limit)

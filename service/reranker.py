@@ -179,7 +179,7 @@ class Reranker:
             "modalities": self.modalities,
             **self.runtime.info(),
             "max_documents_per_request": self.settings.max_documents_per_request,
-            "max_tokens": int(getattr(getattr(self.adapter, "model", None), "max_length", 0) or 0),
+            "max_tokens": int(getattr(getattr(self.adapter, "model", None), "max_seq_length", 0) or 0),
             "max_text_chars": self.settings.max_text_chars,
             "tiny_random_weights": self.settings.profile == "tiny",
         }
