@@ -538,7 +538,9 @@ def test_rate_limit_and_unavailable(kind: str, overloaded_embedder: BentoServer,
 def run_cli(server_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMSEARCH_")}
     env["MMSEARCH_URL"] = server_url
-    return subprocess.run([MMSEARCH_CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(  # stdin is not a terminal, as in a script or CI
+        [MMSEARCH_CLI, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -620,6 +622,61 @@ def test_cli_search_embed_rerank_health(
 
     health = run_cli(url, "health")
     assert health.returncode == 0 and health.stdout.strip() == f"{url}: live=yes ready=yes"
+
+
+def test_cli_top_k_above_candidates_like_server_and_client(
+    search_server: BentoServer, cli_collection: tuple[str, float]
+) -> None:
+    """``--top-k 8 --candidates 3``: the shortlist is raised to 8, exactly as the server and the client do."""
+    import json
+
+    coll, _ = cli_collection
+    url = search_server.url
+    for rerank_flag, rerank in (("--no-rerank", False), (None, True)):
+        argv = ["search", "a photo", "-c", coll, "--top-k", "8", "--candidates", "3", "--json"]
+        res = run_cli(url, *argv, *([rerank_flag] if rerank_flag else []))
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        cli = json.loads(res.stdout)
+        body = {"collection": coll, "query": "a photo", "top_k": 8, "candidates": 3, "rerank": rerank}
+        server = httpx.post(f"{url}/search", json=body, timeout=60)
+        assert server.status_code == 200, server.text
+        client = Client(url).search("a photo", collection=coll, top_k=8, candidates=3, rerank=rerank)
+        ids = [h["id"] for h in cli["hits"]]
+        assert len(ids) == 8 and cli["reranked"] is rerank
+        assert ids == [h["id"] for h in server.json()["hits"]] == [h.id for h in client.hits]
+
+
+def test_cli_drop(search_server: BentoServer) -> None:
+    import json
+
+    url = search_server.url
+    coll = fresh("drop")
+    Client(url).upsert([Document("a", text="alpha"), Document("b", text="beta")], collection=coll)
+
+    def names() -> set[str]:
+        return {c.name for c in Client(url).collections().collections}
+
+    refused = run_cli(url, "drop", coll)  # no --yes and stdin is not a terminal: nothing is dropped
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        f"mmsearch: error: refusing to drop {coll!r} without --yes (standard input is not a terminal)"
+    ]
+    assert coll in names()
+
+    dropped = run_cli(url, "drop", coll, "--yes")
+    assert dropped.returncode == 0 and dropped.stdout.strip() == f"dropped {coll}", dropped.stderr
+    assert coll not in names()
+    search = run_cli(url, "search", "alpha", "-c", coll, "--no-rerank")
+    assert search.returncode == 1 and "404 collection_not_found" in search.stderr
+
+    again = run_cli(url, "drop", coll, "-y")  # gone: 404, one line, exit 1
+    assert again.returncode == 1 and again.stdout == ""
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mmsearch: error: 404 collection_not_found"), lines
+    missing_ok = run_cli(url, "drop", coll, "--yes", "--missing-ok")
+    assert missing_ok.returncode == 0 and missing_ok.stdout.strip() == f"{coll}: no such collection"
+    as_json = run_cli(url, "drop", coll, "--yes", "--missing-ok", "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == {"collection": coll, "dropped": False}
 
 
 def test_cli_errors_are_one_line(search_server: BentoServer, cli_corpus: Path) -> None:
