@@ -65,8 +65,13 @@ def search(server: BentoServer, rerank: bool | str) -> tuple[httpx.Response, flo
 
 
 def circuit(server: BentoServer) -> dict[str, object]:
+    """Search's /info on the reranker; every other dependency (the Embedder and the Reader, composed in this
+    bento) is listed too, up and with a closed circuit whatever the reranker does."""
     info = httpx.post(f"{server.url}/info", json={}, timeout=30).json()
-    assert info["embedder"]["available"] is True and info["embedder"]["circuit"]["state"] == "closed"
+    for stage, service in (("embedder", "Embedder"), ("reader", "Reader")):
+        dep = info[stage]
+        assert dep["available"] is True and dep["service"] == service and dep["circuit"]["state"] == "closed", dep
+    assert info["reranker"]["circuit"]["state"] in ("closed", "open", "half_open")
     return dict(info["reranker"])
 
 
@@ -97,6 +102,11 @@ def test_hung_reranker_trips_the_breaker_then_recovers(stack: tuple[BentoServer,
     r, dt = search(srv, "auto")
     TIMINGS["open_circuit_auto_s"] = round(dt, 3)
     assert r.status_code == 200 and r.json()["reranked"] is False and dt < RERANK_TIMEOUT_S
+    # no call reached the hung reranker while the circuit was open: a call would have timed out and counted as
+    # one more failure (a 503 reranker_timeout after RERANK_TIMEOUT_S), and a failed probe re-trips the circuit
+    still = circuit(srv)["circuit"]
+    assert still["trips"] == 1, still  # type: ignore[index]
+    assert still["consecutive_failures"] == down["circuit"]["consecutive_failures"], (still, down)  # type: ignore[index]
 
     freeze(reranker, signal.SIGCONT)
     time.sleep(OPEN_S + 0.2)  # the circuit half-opens: the next request probes the reranker

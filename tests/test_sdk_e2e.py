@@ -81,6 +81,17 @@ def test_every_route_on_the_public_port(search: BentoServer) -> None:
     assert bad.status_code == 422 and bad.json()["field"] == "image[0]", bad.text
 
 
+def test_composed_start_up_is_warning_free(search: BentoServer) -> None:
+    """The composed bento's start-up (Search, and the Embedder, Reranker and Reader workers it starts) and the
+    requests answered so far log no FutureWarning (nor any other Python warning)."""
+    r = httpx.post(f"{search.url}/info", json={}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and all(r.json()[d]["available"] for d in ("embedder", "reranker", "reader"))
+    log = search.log_path.read_text(errors="replace")
+    for service in ("Search", "Embedder", "Reranker", "Reader"):  # the log covers every worker's start-up
+        assert f"Service {service} initialized" in log, service
+    assert "FutureWarning" not in log and "Warning:" not in log, [x for x in log.splitlines() if "Warning" in x]
+
+
 # ------------------------------------------------------------------------------------------------- openai
 def test_openai_sdk_sync_base64_and_dimensions(search: BentoServer) -> None:
     client = openai.OpenAI(base_url=f"{search.url}/v1", api_key=KEY, max_retries=0)
