@@ -147,7 +147,35 @@ def _load(cls: Any, settings: Settings, spec: ModelSpec) -> tuple[Any, str]:
         raise ModelLoadError(f"{where}: cannot load the {spec.kind} model: {cause}") from e
     model.eval()
     limit_tokens(model, settings.max_model_tokens)
+    settle_pixel_kwargs(model, spec.processor_kwargs)
     return model, name
+
+
+PIXEL_KWARGS = ("min_pixels", "max_pixels")
+
+
+def settle_pixel_kwargs(model: Any, processor_kwargs: dict[str, Any]) -> None:
+    """Keep ``processor_kwargs={"max_pixels": N}`` (the sentence-transformers docs' form) from warning per request.
+
+    transformers hands ``processor_kwargs`` to every part of a processor: the image processor turns
+    ``min_pixels``/``max_pixels`` into its ``size`` at load, but the tokenizer keeps them in ``init_kwargs`` and the
+    processor passes them back to the image processor on every call, which then logs a FutureWarning ("Passing
+    `min_pixels` and `max_pixels` to a processor call is deprecated"). The image processor already holds the
+    values, so they are dropped from the tokenizer's copy when they match; the images are resized the same.
+    """
+    wanted = {k: processor_kwargs[k] for k in PIXEL_KWARGS if k in processor_kwargs}
+    if not wanted or not hasattr(model, "modules"):
+        return
+    edges = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        tokenizer = getattr(processor, "tokenizer", None)
+        size = getattr(getattr(processor, "image_processor", None), "size", None)
+        if tokenizer is None or size is None:
+            continue
+        for key, value in wanted.items():
+            if getattr(size, edges[key], None) == value:  # the image processor took it at load
+                tokenizer.init_kwargs.pop(key, None)
 
 
 def load_embedder(settings: Settings) -> EmbedderAdapter:

@@ -83,6 +83,7 @@ def test_max_pixels_reaches_the_processor(pixel_capped_reranker: BentoServer, ti
     pair = [({"text": "a chart"}, image)]
     want, other = float(capped.predict(pair)[0]), float(default.predict(pair)[0])
     assert abs(r["results"][0]["relevance_score"] - want) <= TOL < abs(want - other)
+    assert "FutureWarning" not in pixel_capped_reranker.tail(500)  # max_pixels does not warn on every request
 
 
 def run_until_exit(tmp: Path, target: str, **env: str) -> tuple[int, str]:

@@ -5,6 +5,7 @@ validation of bad values (a ``ConfigError`` naming the variable)."""
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -16,6 +17,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from service.config import TINY_NAMES, ConfigError, Settings, load_settings
 from service.models import _load, _loading_kwargs
+from tests.support.images import make_image
 
 HUB_ID = "acme/tiny-clip"
 MAIN, PR23 = "a" * 40, "b" * 40  # commit hashes of the two snapshots
@@ -73,6 +75,17 @@ def test_reranker_kwargs_reach_the_cross_encoder(tiny_models) -> None:  # type: 
     assert name == Path(tiny_models.vlm_reranker).name  # a local directory: its own name, never the path
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.max_seq_length == s.max_model_tokens  # the cap on inputs (the model declares none)
+
+    # max_pixels reaches the processor as the documented call does, without a FutureWarning on every request
+    image = make_image(5, (96, 80))
+    pair = [({"text": "a chart"}, image)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = float(model.predict(pair)[0])
+    documented = CrossEncoder(str(tiny_models.vlm_reranker), device="cpu", processor_kwargs={"max_pixels": 256})
+    default = CrossEncoder(str(tiny_models.vlm_reranker), device="cpu")
+    want, other = float(documented.predict(pair)[0]), float(default.predict(pair)[0])
+    assert abs(got - want) <= 1e-5 < abs(want - other)
 
 
 # ------------------------------------------------------------------------------------------ revision
