@@ -215,6 +215,10 @@ class Settings(BaseSettings):
     index_uri: str = "./data/index"
     """A directory (LanceDB), ``milvus:<path>.db`` or a ``*.db`` path (Milvus Lite), or ``http(s)://host:19530``."""
     media_dir: Path = Path("./data/media")
+    """Where stored images live when ``media_uri`` is not set."""
+    media_uri: str | None = None
+    """The media store: a directory or ``s3://bucket/prefix`` (endpoint and credentials from the standard AWS
+    variables). Every Search replica and model service must reach the same store. Unset: ``media_dir``."""
     ann_threshold: int = Field(default=50_000, ge=1)
     embedder_url: str | None = None
     reranker_url: str | None = None

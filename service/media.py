@@ -36,6 +36,8 @@ import httpx
 from PIL import Image, ImageOps
 
 from service.config import Settings
+from service.mediastore import SCHEME as MEDIA_SCHEME
+from service.mediastore import MediaStore, name_of
 from service.pixels import Lease, PixelBudget, PixelBudgetBusy, TooManyPixels
 from service.priority import PriorityGate
 
@@ -65,6 +67,7 @@ _STATUS: dict[str, int] = {
     "http_error": 422,
     "connect_error": 422,
     "dns_error": 422,
+    "media_unavailable": 422,
 }
 
 
@@ -202,6 +205,8 @@ class MediaLoader:
         self._background_slots: asyncio.Semaphore | None = None
         self._client = client
         self._own_client = client is None
+        self.store: MediaStore | None = None
+        """Where ``media://`` references are read (opened from the settings on first use)."""
         self._sem: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
         self._allow_hosts: set[str] = set()
@@ -288,9 +293,40 @@ class MediaLoader:
             data = await asyncio.to_thread(self._data_uri_bytes, ref)
         elif head.startswith(("http://", "https://")):
             data = await self._fetch(ref)
+        elif head.startswith(MEDIA_SCHEME):
+            return await asyncio.to_thread(self._stored_probed, ref)  # one thread hop: read and header
         else:
             raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
         return data, await asyncio.to_thread(self._probe, data)
+
+    async def fetch_image(self, ref: str | bytes, field: str) -> tuple[bytes, str]:
+        """The bytes of one image (fetched, base64-decoded, read from the media store or given) and its format,
+        with the byte, format and pixel caps checked from the header; no pixel is decoded. Ingest keeps these
+        bytes: a URL is fetched here once, never again."""
+        data, _ = await self._guarded(field, self._obtain(ref, True))
+        fmt = await self._guarded(field, asyncio.to_thread(self._format, data))
+        return data, fmt
+
+    async def fetch_images(self, refs: Sequence[tuple[str | bytes, str]]) -> list[tuple[bytes, str]]:
+        """``fetch_image`` for ``(ref, field)`` pairs concurrently, in order; the first failure by position."""
+        return await _first_failure([self.fetch_image(ref, field) for ref, field in refs])
+
+    def _stored_probed(self, ref: str) -> tuple[bytes, int]:
+        data = self._stored_bytes(ref)
+        return data, self._probe(data)
+
+    def _stored_bytes(self, ref: str) -> bytes:
+        """A ``media://`` reference's bytes from the media store (``MMSEARCH_MEDIA_URI`` / ``MMSEARCH_MEDIA_DIR``)."""
+        if self.store is None:
+            from service.mediastore import open_media_store
+
+            self.store = open_media_store(self.settings)
+        if name_of(ref) is None:
+            raise MediaError("bad_url", "media reference is malformed (media://<sha256>.<ext>)")
+        data = self.store.read(ref)
+        if data is None:
+            raise MediaError("media_unavailable", f"stored image {ref} is missing from the media store")
+        return data
 
     async def _in_thread(self, background: bool, fn: Callable[[Any], Image.Image], arg: Any) -> Image.Image:
         """Decode in a worker thread. Bulk (document) work runs on its own small pool, and each decode first
@@ -471,6 +507,10 @@ class MediaLoader:
             raise MediaError("too_many_pixels", f"image has more than {s.max_image_pixels} pixels") from None
         except Exception:
             raise MediaError("not_an_image", "data is not a decodable image") from None
+
+    def _format(self, data: bytes) -> str:
+        with self._opened(data) as img:
+            return _FORMAT_ALIASES.get(img.format or "", img.format or "")
 
     def _probe(self, data: bytes) -> int:
         """The pixels ``data`` will decode to, from its header (caps checked)."""

@@ -1,70 +1,289 @@
-"""Content-addressed store for images sent inline (data URIs / uploads) with documents.
+"""Search's own copy of every document image, content-addressed, on a local directory or S3.
 
-An image document keeps its source URL when it was given by URL. An inline image has no URL, so its bytes are
-written once to ``MMSEARCH_MEDIA_DIR/<sha256>.<ext>`` and the document stores ``media://<sha256>.<ext>``.
-Search resolves these references when it sends candidates to the reranker and serves them at ``/media/<name>``.
-With several Search replicas the directory must be shared (a ReadWriteMany volume).
+Ingest stores each image's bytes once as ``<sha256>.<ext>`` (however it arrived: URL, data URI or upload) plus a
+bounded JPEG preview ``<sha256>.thumb.jpeg``; the document keeps the reference ``media://<sha256>.<ext>``.
+Searches, the Reranker, the Embedder and the Reader read the stored bytes; nothing ever fetches a document image
+from its source again.
+
+Where: ``MMSEARCH_MEDIA_URI`` (a directory or ``s3://bucket/prefix``, see ``service.media_s3``), else
+``MMSEARCH_MEDIA_DIR``. Every process that resolves ``media://`` references (Search replicas and the model
+services) must reach the same store: a shared volume or the same bucket.
+
+The stored ``image`` column holds the reference, followed for URL images by ``#`` and the original URL
+(``join_ref`` / ``split_ref``): one column, no index schema change; the API shows them as ``image`` and ``source``.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import errno
 import hashlib
 import io
 import os
 import re
+import stat
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from PIL import Image
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 SCHEME = "media://"
-_NAME_RE = re.compile(r"^[0-9a-f]{64}\.(png|jpeg|jpg|webp|gif|bmp|tiff)$")
-_DATA_RE = re.compile(r"^data:image/([a-z0-9.+-]+);base64,", re.IGNORECASE)
-_MIME = {"jpg": "jpeg", "tiff": "tiff"}
+THUMB_SIDE = 256
+"""Longest side of a thumbnail, in pixels."""
+THUMB_SUFFIX = ".thumb.jpeg"
+_NAME_RE = re.compile(r"^[0-9a-f]{64}\.(png|jpeg|webp|gif|bmp|tiff|thumb\.jpeg)\Z")
+_EXT = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+}
 
 
-class MediaStore:
-    """Writes inline images by content hash and reads them back."""
+def valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+
+def content_type(name: str) -> str:
+    return CONTENT_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
+
+
+def name_of(ref: str) -> str | None:
+    """The stored name behind a ``media://`` reference (or a bare name); None if it is not one."""
+    name = ref[len(SCHEME) :] if ref.startswith(SCHEME) else ref
+    return name if valid_name(name) else None
+
+
+def thumbnail_name(ref: str) -> str | None:
+    """The thumbnail's stored name for an image reference (None for anything else)."""
+    name = name_of(ref)
+    if name is None or name.endswith(THUMB_SUFFIX):
+        return None
+    return name.split(".", 1)[0] + THUMB_SUFFIX
+
+
+def join_ref(ref: str, source: str | None) -> str:
+    """What the index stores as ``image``: the reference, and the original URL when there was one."""
+    return f"{ref}#{source}" if source else ref
+
+
+def split_ref(stored: str | None) -> tuple[str | None, str | None]:
+    """``(image, source)`` from a stored ``image`` value. Values that are not ``media://`` references (documents
+    stored before media were kept) come back unchanged, with no source."""
+    if stored is None or not stored.startswith(SCHEME):
+        return stored, None
+    ref, sep, source = stored.partition("#")
+    return ref, (source if sep else None)
+
+
+class Blobs(Protocol):
+    """Named immutable blobs: a local directory (``LocalBlobs``) or a bucket (``service.media_s3.S3MediaStore``)."""
+
+    def put(self, name: str, data: bytes) -> None: ...
+    def get(self, name: str) -> bytes | None: ...
+    def exists(self, name: str) -> bool: ...
+    def delete(self, name: str) -> None: ...
+    def names(self) -> Iterator[str]: ...
+    def age_s(self, name: str) -> float | None: ...
+    def local_path(self, name: str) -> Path | None: ...
+    def sweep_temporary(self, max_age_s: float) -> int: ...
+
+
+class LocalBlobs:
+    """Blobs as files of one directory: written to a temporary file, fsynced, renamed, directory fsynced.
+
+    Symbolic links are never followed: a file replaced by a link reads as missing."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = Path(root)
 
-    def put_data_uri(self, uri: str) -> str:
-        """Store the image of a data URI (already validated by the embedder); returns its ``media://`` ref."""
-        m = _DATA_RE.match(uri)
-        if not m:
-            raise ValueError("not a base64 image data URI")
-        data = base64.b64decode(uri[m.end() :], validate=True)
-        # The extension comes from the bytes (header only), not from the declared MIME type.
-        with Image.open(io.BytesIO(data)) as img:
-            ext = {"MPO": "jpeg"}.get(img.format or "", (img.format or "").lower())
-        name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
-        if not _NAME_RE.match(name):
-            raise ValueError(f"unsupported image type: {img.format}")
-        path = self.root / name
-        if not path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+    def _path(self, name: str) -> Path:
+        if not valid_name(name):
+            raise ValueError(f"invalid media name {name!r}")
+        return self.root / name
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        if self.exists(name):
+            with contextlib.suppress(OSError):
+                os.utime(path)  # the GC's grace period starts over (see age_s)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        return SCHEME + name
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.root)
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+                return None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return f.read()
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            st = os.lstat(self._path(name))
+        except FileNotFoundError:
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def exists(self, name: str) -> bool:
+        return self._lstat(name) is not None
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(name))
+
+    def names(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for entry in os.scandir(self.root):
+            if valid_name(entry.name) and entry.is_file(follow_symlinks=False):
+                yield entry.name
+
+    def age_s(self, name: str) -> float | None:
+        st = self._lstat(name)
+        return None if st is None else max(0.0, time.time() - st.st_mtime)
+
+    def local_path(self, name: str) -> Path | None:
+        return self._path(name) if self.exists(name) else None
+
+    def sweep_temporary(self, max_age_s: float) -> int:
+        """Remove ``.tmp-*`` files older than ``max_age_s`` (left by a crash between write and rename)."""
+        n = 0
+        if not self.root.is_dir():
+            return 0
+        now = time.time()
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(".tmp-") and now - entry.stat(follow_symlinks=False).st_mtime >= max_age_s:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    n += 1
+        return n
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    ref: str
+    """``media://<sha256>.<ext>``"""
+    thumbnail: str | None
+    """The thumbnail's stored name (None when no preview could be made)."""
+
+
+class MediaStore:
+    """Content-addressed images (and their thumbnails) over a blob store."""
+
+    def __init__(self, blobs: Blobs | Path | str) -> None:
+        self.blobs: Blobs = LocalBlobs(Path(blobs)) if isinstance(blobs, (str, Path)) else blobs
+
+    @classmethod
+    def open(cls, uri: str) -> MediaStore:
+        """``s3://bucket/prefix`` or a directory."""
+        from service import objectstore
+
+        if objectstore.is_s3(uri):
+            from service.media_s3 import S3MediaStore
+
+            return cls(S3MediaStore(uri))
+        return cls(Path(os.path.expanduser(uri)))
+
+    def put_image(self, data: bytes, image_format: str) -> StoredImage:
+        """Store validated image bytes (``image_format``: Pillow's name, read from the header) and their thumbnail;
+        returns the reference. Blocking: call it in a worker thread."""
+        ext = _EXT.get(image_format.upper())
+        if ext is None:
+            raise ValueError(f"unsupported image type: {image_format}")
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{digest}.{ext}"
+        thumb: str | None = digest + THUMB_SUFFIX
+        preview = make_thumbnail(data)
+        if preview is None:
+            thumb = None
+        else:
+            self.blobs.put(digest + THUMB_SUFFIX, preview)
+        self.blobs.put(name, data)  # last: a stored image always has its thumbnail
+        return StoredImage(SCHEME + name, thumb)
+
+    def read(self, ref: str) -> bytes | None:
+        """The bytes behind a reference or stored name; None if malformed or missing. Blocking."""
+        name = name_of(ref)
+        return None if name is None else self.blobs.get(name)
+
+    def exists(self, ref: str) -> bool:
+        name = name_of(ref)
+        return name is not None and self.blobs.exists(name)
 
     def path_of(self, ref: str) -> Path | None:
-        """The file behind a ``media://`` ref, or None if the ref is malformed or missing."""
-        name = ref[len(SCHEME) :] if ref.startswith(SCHEME) else ref
-        if not _NAME_RE.match(name):
-            return None
-        path = self.root / name
-        return path if path.is_file() else None
+        """The local file behind a reference (local stores only), or None."""
+        name = name_of(ref)
+        return None if name is None else self.blobs.local_path(name)
 
-    def to_data_uri(self, ref: str) -> str | None:
-        """A ``media://`` ref as a data URI (for the reranker), or None if unknown."""
-        path = self.path_of(ref)
-        if path is None:
-            return None
-        ext = path.suffix[1:]
-        return f"data:image/{_MIME.get(ext, ext)};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+def make_thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes | None:
+    """A JPEG preview whose longest side is at most ``side`` (the image's bytes are already validated)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale
+            img.seek(0)
+            img.load()
+            turned = ImageOps.exif_transpose(img)
+            rgb = turned.convert("RGBA") if turned.mode in ("RGBA", "LA", "P", "PA") else turned
+            rgb.thumbnail((side, side))
+            if rgb.mode == "RGBA":
+                canvas = Image.new("RGB", rgb.size, (255, 255, 255))
+                canvas.paste(rgb, mask=rgb.getchannel("A"))
+                rgb = canvas
+            out = io.BytesIO()
+            rgb.convert("RGB").save(out, "JPEG", quality=80)
+            return out.getvalue()
+    except Exception:
+        return None
+
+
+def open_media_store(settings: Settings) -> MediaStore:
+    """The store the settings name: ``media_uri`` when set, else ``media_dir``."""
+    if settings.media_uri:
+        return MediaStore.open(settings.media_uri)
+    return MediaStore(settings.media_dir)
+
+
+def local_media_dir(settings: Settings) -> Path | None:
+    """The media directory on this machine (None when media live in object storage)."""
+    from service import objectstore
+
+    uri = settings.media_uri
+    if not uri:
+        return settings.media_dir
+    return None if objectstore.is_s3(uri) else Path(os.path.expanduser(uri))

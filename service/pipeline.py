@@ -14,12 +14,14 @@ Each step is one method, so later stages slot in between.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 from mmsearch_client.schemas import (
@@ -49,9 +51,9 @@ from service.config import Settings
 from service.errors import ApiError, unprocessable
 from service.index import base as index_base
 from service.inputs import check_count, check_text_length, unit_vector
-from service.media import MediaLoader, content_hash
+from service.media import MediaError, MediaLoader, content_hash
 from service.mediastore import SCHEME as MEDIA_SCHEME
-from service.mediastore import MediaStore
+from service.mediastore import MediaStore, join_ref, name_of, split_ref, thumbnail_name
 from service.ocr import OcrPage
 from service.ports import EmbedderPort, Embeddings, ReaderPort, RerankerPort
 from service.priority import PriorityGate
@@ -62,6 +64,9 @@ from service.storage import StorageHealth, is_storage_fault
 T = TypeVar("T")
 _INPUT_PATH = re.compile(r"inputs\[(\d+)\]")
 STAGES = ("read", "embed", "retrieve", "rerank", "total")
+_DOCUMENT_PATH = re.compile(r"^documents\[(\d+)\]")
+MAX_RERANK_ROUNDS = 4
+"""Reranker calls per search at most when it refuses candidates one by one (their media unreadable)."""
 
 
 @dataclass
@@ -72,7 +77,12 @@ class IngestDoc:
     """Index in the request's ``documents`` (for error paths)."""
     doc: Document
     image: str | None = None
-    """What the index stores as ``image``."""
+    """The stored image's ``media://`` reference."""
+    inline: str | None = None
+    """The image as the Embedder and Reader get it at ingest: a data URI of the stored bytes (they need no access
+    to the media store; only the Reranker reads it, at every search)."""
+    source: str | None = None
+    """The URL the image was fetched from (once, at ingest)."""
     vector: np.ndarray | None = None
     ocr: OcrPage | None = None
     """The text read from the image (OCR on)."""
@@ -235,7 +245,7 @@ class SearchPipeline:
         dim, model = int(info["dimension"]), str(info["model"])
         batch = [IngestDoc(i, d) for i, d in enumerate(req.documents)]
         self._take_supplied_embeddings(batch, dim, model)
-        await self._check_media(batch)
+        await self._store_media(batch)
         await self._read_text(batch)
         embedded = await self._embed_documents(batch, self.text_only_embedder(info), model)
         if embedded is not None and (embedded.model, embedded.vectors.shape[1]) != (model, dim):
@@ -244,7 +254,6 @@ class SearchPipeline:
             if (embedded.model, embedded.vectors.shape[1]) != (model, dim):
                 raise ApiError(503, "embedder_changed", "the embedder changed model during the request", retry_after=1)
             self._take_supplied_embeddings(batch, dim, model)
-        await self._store_media(batch)
         await self._write(req.collection, batch, dim, model)
         read = [d.ocr for d in batch if d.ocr is not None]
         return UpsertResponse(
@@ -285,18 +294,12 @@ class SearchPipeline:
             except ValueError as e:
                 raise ApiError(422, "invalid_embedding", f"{path}: {e}", field=path) from None
 
-    async def _check_media(self, batch: Sequence[IngestDoc]) -> None:
-        """Images of documents that skip the embedder are not seen by it: check they are real, allowed images."""
-        for d in batch:
-            if d.vector is not None and d.doc.image is not None:
-                await self.loader.load(d.doc.image, f"documents[{d.position}].image")
-
     async def _read_text(self, batch: Sequence[IngestDoc]) -> None:
         """Read the text in every document image (OCR on), document priority; cached by image content."""
-        todo = [d for d in batch if d.doc.image is not None]
+        todo = [d for d in batch if d.image is not None]
         if not todo or not self.reader.enabled:
             return
-        images = [(_image_key(str(d.doc.image)), str(d.doc.image)) for d in todo]
+        images = [(_image_key(str(d.image)), str(d.inline)) for d in todo]
         try:
             pages = await self.reader.read(images, "document", None)
         except ApiError as e:
@@ -306,8 +309,8 @@ class SearchPipeline:
 
     def _embedding_item(self, d: IngestDoc, text_only: bool, model: str) -> Item:
         """What the embedder gets: the document, or for a text-only embedder an image's text (with its own)."""
-        if not text_only or d.doc.image is None or not self.reader.enabled:
-            return Item(text=d.doc.text, image=d.doc.image)
+        if not text_only or d.image is None or not self.reader.enabled:
+            return Item(text=d.doc.text, image=d.inline)
         text = index_base.keyword_text(d.doc.text, d.ocr.text if d.ocr else None)
         if text is None:
             path = f"documents[{d.position}].image"
@@ -334,22 +337,34 @@ class SearchPipeline:
         return out
 
     async def _store_media(self, batch: Sequence[IngestDoc]) -> None:
+        """Keep a copy of every image, content-addressed, with its thumbnail: a URL is fetched here, once, under
+        the media policy; a data URI is decoded; a ``media://`` reference is read from the store. The caps are
+        checked from the header, so a refused image fails the request before any model work. From here on the
+        document's image is its ``media://`` reference (what every search reads; the Embedder and Reader get the
+        same bytes inline, once)."""
+        todo = [d for d in batch if d.doc.image is not None]
+        if not todo:
+            return
+        try:
+            got = await self.loader.fetch_images([(str(d.doc.image), f"documents[{d.position}].image") for d in todo])
+        except MediaError as e:
+            raise ApiError(e.status, e.reason, str(e), field=e.field) from None
         await self.gate.background_turn("store")
-        images = await self.in_thread(lambda: [self._store_image(d.doc.image) for d in batch])
-        for d, image in zip(batch, images, strict=True):
-            d.image = image
-
-    def _store_image(self, image: str | None) -> str | None:
-        if image is None or not image.startswith("data:"):
-            return image
-        return self.media.put_data_uri(image)
+        stored = await self.in_thread(lambda: [self.media.put_image(data, fmt) for data, fmt in got])
+        inline = await asyncio.to_thread(
+            lambda: [_inline(str(d.doc.image), data, fmt) for d, (data, fmt) in zip(todo, got, strict=True)]
+        )
+        for d, s, uri in zip(todo, stored, inline, strict=True):
+            d.image, d.inline = s.ref, uri
+            image = str(d.doc.image)
+            d.source = image if image[:8].lower().startswith(("http://", "https://")) else None
 
     async def _write(self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str) -> None:
         stored = [
             index_base.StoredDocument(
                 id=d.doc.id,
                 text=d.doc.text,
-                image=d.image,
+                image=join_ref(d.image, d.source) if d.image is not None else None,
                 metadata=dict(d.doc.metadata),
                 embedding=np.asarray(d.vector).tolist(),
                 ocr_text=d.ocr.text if d.ocr is not None else None,
@@ -391,7 +406,7 @@ class SearchPipeline:
                 StoredDocument(
                     id=d.id,
                     text=d.text,
-                    image=d.image,
+                    **_image_fields(d.image),
                     ocr_text=d.ocr_text,
                     metadata=d.metadata,
                     embedding=d.embedding if req.include_embedding else None,
@@ -546,7 +561,7 @@ class SearchPipeline:
         if run.deadline is not None:  # leave the request's own deadline room for a retrieval-only answer
             budget = min(budget, max(0.0, run.deadline - time.monotonic() - 0.005))
         try:
-            return await self._rerank(run, hits, info, budget), True
+            return await self._rerank(run, hits, info, budget)
         except TimeoutError:
             if strict:
                 raise ApiError(
@@ -564,9 +579,11 @@ class SearchPipeline:
 
     def _rerank_doc(self, run: SearchRun, hit: SearchHit, text_only: bool) -> Item | None:
         """What the reranker scores for a candidate, or None when it cannot be scored: no content (an
-        embedding-only document), an image for a text-only reranker with no text at all, or content the
+        embedding-only document), an image for a text-only reranker with no text at all, content the
         reranker's request checks would refuse (a document stored before those checks covered every path must not
-        fail the whole search). A text-only reranker scores an image document by its text and OCR text."""
+        fail the whole search), or an image that is not in the media store (stored before Search kept a copy of
+        every image: never fetched from its source at query time; a warning names it). A text-only reranker scores
+        an image document by its text and OCR text."""
         if text_only and hit.image is not None:
             text = index_base.keyword_text(hit.text, run.ocr_text.get(hit.id))
             return Item(text=text[: self.settings.max_text_chars]) if text is not None else None
@@ -574,53 +591,138 @@ class SearchPipeline:
             return None
         if hit.text is not None and len(hit.text) > self.settings.max_text_chars:
             return None
-        return Item(text=hit.text, image=self._image_for_model(hit.image))
+        if hit.image is not None and not hit.image.startswith(MEDIA_SCHEME):
+            run.warn(
+                hit.id,
+                "media_not_stored",
+                "not reranked: its image was stored as a URL before Search kept copies (re-upsert it)",
+            )
+            return None
+        return Item(text=hit.text, image=hit.image)
 
     async def _rerank(
         self, run: SearchRun, hits: list[SearchHit], info: dict[str, Any] | None, budget: float
-    ) -> list[SearchHit]:
+    ) -> tuple[list[SearchHit], bool]:
         """Score the candidates that can be scored (``_rerank_doc``); the others keep their order after them. An
         image query goes to a text-only reranker as its text. Candidates go to the reranker in requests of at most
         ``max_documents_per_request`` each, so every ``candidates`` up to ``max_candidates`` can be reranked.
+        Images go as ``media://`` references: the Reranker reads them from the media store itself.
+
+        A candidate the Reranker refuses (4xx naming ``documents[k]``: its stored image is missing or unreadable)
+        is dropped with a warning and the others are sent again; after the first such refusal every remaining
+        candidate's image is checked in the store at once, so a search costs at most a few extra calls.
+        ``reranked`` (the second value) is False when no candidate could be scored.
 
         The reranker port waits at most ``budget`` seconds itself (``TimeoutError``): it counts the timeout as a
         failure of the dependency (circuit breaker), which a cancellation from here could not tell apart."""
         text_only = info is not None and list(info.get("modalities") or []) == ["text"]
         query = Item(text=run.text) if text_only and run.query.image is not None and run.text else run.query
-        scorable: list[int] = []
-        docs: list[Item] = []
-        for i, h in enumerate(hits):
+        todo: list[tuple[SearchHit, Item]] = []
+        for h in hits:
             doc = self._rerank_doc(run, h, text_only)
             if doc is not None:
-                scorable.append(i)
-                docs.append(doc)
-        chunk = self.settings.max_documents_per_request
-        parts = await asyncio.gather(
-            *(
-                self.reranker.rerank(query, docs[k : k + chunk], run.remaining(), wait=budget)
-                for k in range(0, len(docs), chunk)
-            )
+                todo.append((h, doc))
+        checked = False
+        for _ in range(MAX_RERANK_ROUNDS):
+            if not todo:
+                return hits, False
+            try:
+                scores = await self._score(run, query, [doc for _, doc in todo], budget)
+            except _DocumentRefused as refused:
+                hit, _ = todo.pop(refused.position)
+                run.warn(hit.id, refused.error.code, f"not reranked: {refused.error.message}")
+                if not checked:
+                    checked = True
+                    todo = await self._drop_missing_media(run, todo)
+                continue
+            for (h, _), score in zip(todo, scores, strict=True):
+                h.rerank_score = score
+                h.score = score
+            ranked = sorted((h for h, _ in todo), key=lambda h: h.score, reverse=True)
+            rest = [h for h in hits if h.rerank_score is None]
+            return ranked + rest, True
+        raise ApiError(
+            503, "rerank_failed", f"the reranker refused {MAX_RERANK_ROUNDS} candidates in a row", retry_after=1
         )
-        for k, results in zip(range(0, len(docs), chunk), parts, strict=True):
-            for r in results:
-                h = hits[scorable[k + r.index]]
-                h.rerank_score = r.relevance_score
-                h.score = r.relevance_score
-        ranked = sorted((hits[i] for i in scorable), key=lambda h: h.score, reverse=True)
-        rest = [h for h in hits if h.rerank_score is None]
-        return ranked + rest
 
-    def _image_for_model(self, image: str | None) -> str | None:
-        if image is not None and image.startswith(MEDIA_SCHEME):
-            return self.media.to_data_uri(image)
-        return image
+    async def _score(self, run: SearchRun, query: Item, docs: list[Item], budget: float) -> list[float]:
+        """The reranker's score of every document, in order; ``_DocumentRefused`` for a document it refuses."""
+        chunk = self.settings.max_documents_per_request
+
+        async def part(offset: int) -> list[float]:
+            batch = docs[offset : offset + chunk]
+            try:
+                results = await self.reranker.rerank(query, batch, run.remaining(), wait=budget)
+            except ApiError as e:
+                m = _DOCUMENT_PATH.match(e.field or "")
+                if e.status >= 500 or m is None or int(m.group(1)) >= len(batch):
+                    raise
+                raise _DocumentRefused(offset + int(m.group(1)), e) from None
+            out = [0.0] * len(batch)
+            for r in results:
+                out[r.index] = r.relevance_score
+            return out
+
+        parts = await asyncio.gather(*(part(k) for k in range(0, len(docs), chunk)))
+        return [score for p in parts for score in p]
+
+    async def _drop_missing_media(
+        self, run: SearchRun, todo: list[tuple[SearchHit, Item]]
+    ) -> list[tuple[SearchHit, Item]]:
+        """The candidates whose stored image is present (checked off the event loop); the others get a warning."""
+        refs = [doc.image for _, doc in todo]
+        present = await asyncio.to_thread(lambda: [ref is None or self.media.exists(ref) for ref in refs])
+        kept = []
+        for (h, doc), ok in zip(todo, present, strict=True):
+            if ok:
+                kept.append((h, doc))
+            else:
+                run.warn(h.id, "media_unavailable", f"not reranked: stored image {doc.image} is missing")
+        return kept
+
+
+class _DocumentRefused(Exception):
+    """The reranker refused one document (``position`` among those sent) with a 4xx."""
+
+    def __init__(self, position: int, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.position = position
+        self.error = error
+
+
+def _inline(given: str, data: bytes, image_format: str) -> str:
+    """A data URI of an image's bytes: the one the caller sent, or one made from fetched or stored bytes."""
+    if given[:5].lower() == "data:":
+        return given
+    return f"data:image/{image_format.lower()};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _image_key(image: str) -> str | None:
-    """A content key for an inline image (data URI) or a stored one; None for a URL (its bytes are not known)."""
-    if image.startswith("data:") or image.startswith(MEDIA_SCHEME):
-        return content_hash(image.encode())
+    """The sha256 of an image's bytes: from a stored image's name, or of a data URI's decoded payload; None for a
+    URL (its bytes are not known). The same picture stored at ingest and sent inline as a query shares its key."""
+    if image.startswith(MEDIA_SCHEME):
+        name = name_of(image)
+        return name.split(".", 1)[0] if name else None
+    if image.startswith("data:"):
+        _, sep, payload = image.partition(",")
+        try:
+            return content_hash(base64.b64decode(payload, validate=True)) if sep else None
+        except (binascii.Error, ValueError):
+            return None
     return None
+
+
+class ImageFields(TypedDict):
+    image: str | None
+    source: str | None
+    thumbnail: str | None
+
+
+def _image_fields(stored: str | None) -> ImageFields:
+    """``image``, ``source`` and ``thumbnail`` (a path under ``/media/``) of a stored ``image`` value."""
+    image, source = split_ref(stored)
+    thumb = thumbnail_name(image) if image is not None else None
+    return ImageFields(image=image, source=source, thumbnail=f"/media/{thumb}" if thumb else None)
 
 
 def _search_hit(c: Candidate) -> SearchHit:
@@ -632,7 +734,7 @@ def _search_hit(c: Candidate) -> SearchHit:
         vector_score=c.vector_score,
         keyword_score=c.keyword_score,
         text=h.text,
-        image=h.image,
+        **_image_fields(h.image),
         metadata=h.metadata,
         evidence=[Evidence(source=e.source, text=e.text, box=list(e.box) if e.box else None) for e in c.evidence],
     )

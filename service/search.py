@@ -36,7 +36,7 @@ from mmsearch_client.schemas import (
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import lifecycle
@@ -53,7 +53,7 @@ from service.embedder import Embedder
 from service.errors import ApiError, handle_api_errors
 from service.index import open_index
 from service.media import MediaLoader
-from service.mediastore import MediaStore
+from service.mediastore import content_type, local_media_dir, open_media_store, valid_name
 from service.metrics import get_metrics
 from service.middleware import install as install_middleware
 from service.page import is_public as is_page
@@ -72,11 +72,16 @@ T = TypeVar("T")
 
 
 async def _media(request: Request) -> Response:
+    """A stored image or thumbnail. Content-addressed, so cacheable forever; never sniffed as another type; a
+    symbolic link in a local store reads as missing."""
     svc: Search = bentoml.get_current_service()
-    path = svc.media.path_of(request.path_params["name"])
-    if path is None:
-        return JSONResponse({"error": "media not found", "code": "not_found", "field": "name"}, 404)
-    return FileResponse(path)
+    name = request.path_params["name"]
+    data = await asyncio.to_thread(svc.media.read, name) if valid_name(name) else None
+    if data is None:
+        return JSONResponse(
+            {"error": "media not found", "code": "not_found", "field": "name"}, 404, headers=MEDIA_HEADERS
+        )
+    return Response(data, media_type=content_type(name), headers={**MEDIA_HEADERS, **CACHE_FOREVER})
 
 
 async def _upload_encode(request: Request) -> Response:
@@ -84,6 +89,8 @@ async def _upload_encode(request: Request) -> Response:
     return await svc.encode_upload(request)
 
 
+MEDIA_HEADERS = {"X-Content-Type-Options": "nosniff"}
+CACHE_FOREVER = {"Cache-Control": "public, max-age=31536000, immutable"}
 media_app = Starlette(routes=[Route("/{name}", _media, methods=["GET"])])
 upload_app = Starlette(routes=[Route("/encode", _upload_encode, methods=["POST"])])
 
@@ -110,15 +117,17 @@ class Search:
     def __init__(self) -> None:
         self.settings = get_settings()
         self.index = open_index(self.settings.index_uri, ann_threshold=self.settings.ann_threshold)
-        self.media = MediaStore(self.settings.media_dir)
+        self.media = open_media_store(self.settings)
         self.metrics = get_metrics()
         stage_seconds = self.metrics.search_stage_seconds
-        self.storage = StorageHealth(local_directories(self.settings.index_uri, self.settings.media_dir))
+        self.storage = StorageHealth(local_directories(self.settings.index_uri, local_media_dir(self.settings)))
         s = self.settings
         self.breakers = {
             stage: CircuitBreaker(stage, s.breaker_failures, s.breaker_open_s)
             for stage in ("embedder", "reranker", "reader")
         }
+        loader = MediaLoader(self.settings)
+        loader.store = self.media
         self.pipeline = SearchPipeline(
             self.settings,
             embedder=RemoteEmbedder(self.embedder, self.breakers["embedder"]),
@@ -126,7 +135,7 @@ class Search:
             reader=RemoteReader(self.reader, self.breakers["reader"]) if self.settings.ocr_enabled() else None,
             index=self.index,
             media=self.media,
-            loader=MediaLoader(self.settings),
+            loader=loader,
             gate=PriorityGate.for_service(self.settings, "search"),
             observe_stage=lambda stage, seconds: stage_seconds.labels(stage).observe(seconds),
             storage=self.storage,

@@ -104,9 +104,10 @@ def _probe_write(directory: Path) -> None:
         os.unlink(path)
 
 
-def local_directories(index_uri: str, media_dir: Path) -> list[Path]:
-    """The local directories the service writes: the LanceDB directory or the Milvus Lite file's, and media."""
-    dirs = [media_dir]
+def local_directories(index_uri: str, media_dir: Path | None) -> list[Path]:
+    """The local directories the service writes: the LanceDB directory or the Milvus Lite file's, and media (None:
+    media in object storage)."""
+    dirs = [media_dir] if media_dir is not None else []
     if "://" not in index_uri:
         path = Path(os.path.abspath(os.path.expanduser(index_uri.removeprefix("milvus:"))))
         dirs.append(path.parent if path.suffix == ".db" else path)

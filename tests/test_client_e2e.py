@@ -232,7 +232,8 @@ def test_upsert_get_collections_search_delete(client: Any, image_dir: Path, imag
     assert t1.text == docs[0].text and t1.metadata == {"kind": "text", "n": 1, "shop": "north"}
     assert t1.image is None and t1.embedding is None
     assert p1.image is not None and p1.image.startswith("media://") and p1.text is None
-    assert u1.image == url and u1.metadata["tags"] == ["a", "b"]
+    assert u1.image is not None and u1.image.startswith("media://") and u1.source == url  # a copy is kept
+    assert u1.metadata["tags"] == ["a", "b"]
     with_vec = client.get("t1", collection=coll, include_embedding=True).documents[0]
     assert with_vec.embedding is not None and len(with_vec.embedding) == DIM
 

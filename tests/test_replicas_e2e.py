@@ -57,7 +57,8 @@ def replicas(
     uri = backend_uri(request.param, request, tmp)
     shared = {
         "MMSEARCH_INDEX_URI": uri,
-        "MMSEARCH_MEDIA_DIR": str(tmp / "media"),  # one media store for both replicas
+        # one media store for both replicas and the Reranker (it reads the candidates' images from it)
+        "MMSEARCH_MEDIA_DIR": reranker_server.env["MMSEARCH_MEDIA_DIR"],
         "MMSEARCH_EMBEDDER_URL": embedder_server.url,
         "MMSEARCH_RERANKER_URL": reranker_server.url,
     }
@@ -110,7 +111,7 @@ def test_writes_through_a_are_served_by_b(replicas: Replicas) -> None:
     r = httpx.get(f"{b.url}/media/{ref.removeprefix('media://')}", timeout=30)
     assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
     hits = ok(b, "/search", {"collection": coll, "query": "red", "rerank": True, "top_k": 3, "candidates": 30})
-    assert hits["reranked"] is True
+    assert hits["reranked"] is True and hits["warnings"] == []
 
 
 def test_collection_dropped_and_recreated_through_a_is_seen_by_b(replicas: Replicas) -> None:

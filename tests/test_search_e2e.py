@@ -82,7 +82,8 @@ def test_inline_image_stored_and_served(search_server: BentoServer, corpus: tupl
     served = httpx.get(f"{search_server.url}/media/{ref.removeprefix('media://')}", timeout=10)
     assert served.status_code == 200 and served.content.startswith(b"\x89PNG")
     assert httpx.get(f"{search_server.url}/media/..%2F..%2Fetc%2Fpasswd", timeout=10).status_code == 404
-    assert got[1]["image"].startswith("http://127.0.0.1")
+    # a URL image is kept too: fetched once at ingest, the original URL kept as its source
+    assert re.fullmatch(r"media://[0-9a-f]{64}\.png", got[1]["image"]) and got[1]["source"].startswith("http://127")
 
 
 def _reranker_pairs(server: BentoServer) -> float:

@@ -21,6 +21,7 @@ from mmsearch_client.schemas import InputType, Item, RerankResult
 from service.errors import ApiError
 from service.index import base, filters
 from service.index.base import CollectionInfo, IndexHit, StoredDocument
+from service.mediastore import MediaStore
 from service.ocr import OcrLine, OcrPage
 from service.ports import Embeddings
 
@@ -87,6 +88,9 @@ class FakeReranker:
     model: str | None = "fake-reranker"
     """``None``: no reranker configured (the lite profile)."""
     modalities: list[str] = field(default_factory=lambda: ["text", "image", "text+image"])
+    media: MediaStore | None = None
+    """Where ``media://`` images are read, as the real Reranker does: a missing one is refused (422 naming
+    ``documents[i].image``)."""
 
     async def info(self) -> dict[str, Any]:
         return {"model": self.model, "modalities": self.modalities}
@@ -105,6 +109,10 @@ class FakeReranker:
             await asyncio.sleep(self.delay_s)
         if self.fail is not None:
             raise self.fail
+        for i, d in enumerate(documents):
+            if self.media is not None and d.image is not None and self.media.read(d.image) is None:
+                path = f"documents[{i}].image"
+                raise ApiError(422, "media_unavailable", f"stored image {d.image} is missing", field=path)
         scores = [self.score(query, d) for d in documents]
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
         return [RerankResult(index=i, relevance_score=scores[i]) for i in order]

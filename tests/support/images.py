@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+
+
+def stored_ref(uri: str) -> str:
+    """The ``media://`` reference Search stores a PNG data URI's image under."""
+    data = base64.b64decode(uri.partition(",")[2])
+    return f"media://{hashlib.sha256(data).hexdigest()}.png"
 
 
 def decode(data: bytes) -> Image.Image:

@@ -24,8 +24,9 @@ DocumentId = Annotated[str, AfterValidator(fields.check_id)]
 class Item(BaseModel):
     """One input: text, an image, or both.
 
-    ``image`` is an ``http(s)://`` URL (fetched by the server under its media policy) or a
-    ``data:image/...;base64,`` URI. A plain string given where an ``Item`` is accepted always means text.
+    ``image`` is an ``http(s)://`` URL (fetched by the server under its media policy), a
+    ``data:image/...;base64,`` URI or a stored image's ``media://<sha256>.<ext>``
+    reference. A plain string given where an ``Item`` is accepted always means text.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -243,6 +244,11 @@ class StoredDocument(BaseModel):
     id: str
     text: str | None = None
     image: str | None = None
+    """The stored copy of the image (``media://<sha256>.<ext>``)."""
+    source: str | None = None
+    """The URL the image was fetched from at ingest."""
+    thumbnail: str | None = None
+    """A preview path under ``/media/``."""
     ocr_text: str | None = None
     """The text read from the image at ingest (when OCR is on), lines in reading order."""
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -320,6 +326,11 @@ class SearchHit(BaseModel):
     rerank_score: float | None = None
     text: str | None = None
     image: str | None = None
+    """The stored copy of the document's image: ``media://<sha256>.<ext>`` (GET ``/media/<sha256>.<ext>``)."""
+    source: str | None = None
+    """The URL the image was fetched from at ingest (never fetched again)."""
+    thumbnail: str | None = None
+    """A preview (longest side at most 256 px) to GET on the service, e.g. ``/media/<sha256>.thumb.jpeg``."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     evidence: list[Evidence] = Field(default_factory=list)
     """The lines that contain query terms (best first): where in a screenshot the answer is."""
