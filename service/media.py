@@ -323,7 +323,12 @@ class MediaLoader:
             self.store = open_media_store(self.settings)
         if name_of(ref) is None:
             raise MediaError("bad_url", "media reference is malformed (media://<sha256>.<ext>)")
-        data = self.store.read(ref)
+        try:
+            data = self.store.read(ref)
+        except OSError as e:  # a local store's I/O error
+            raise MediaError("media_unavailable", f"stored image {ref} cannot be read: {e.strerror}") from None
+        except Exception as e:  # object storage unreachable or refusing
+            raise MediaError("media_unavailable", f"stored image {ref} cannot be read: {type(e).__name__}") from None
         if data is None:
             raise MediaError("media_unavailable", f"stored image {ref} is missing from the media store")
         return data

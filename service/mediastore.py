@@ -219,6 +219,13 @@ class MediaStore:
             return cls(S3MediaStore(uri))
         return cls(Path(os.path.expanduser(uri)))
 
+    def check(self) -> None:
+        """Fail at start-up with a clear message when an object store cannot be reached (a directory is created
+        on first write)."""
+        check = getattr(self.blobs, "check", None)
+        if check is not None:
+            check()
+
     def put_image(self, data: bytes, image_format: str) -> StoredImage:
         """Store validated image bytes (``image_format``: Pillow's name, read from the header) and their thumbnail;
         returns the reference. Blocking: call it in a worker thread."""

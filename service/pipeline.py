@@ -350,7 +350,14 @@ class SearchPipeline:
         except MediaError as e:
             raise ApiError(e.status, e.reason, str(e), field=e.field) from None
         await self.gate.background_turn("store")
-        stored = await self.in_thread(lambda: [self.media.put_image(data, fmt) for data, fmt in got])
+        try:
+            stored = await self.in_thread(lambda: [self.media.put_image(data, fmt) for data, fmt in got])
+        except ApiError:
+            raise
+        except Exception as e:  # object storage unreachable or refusing (a local disk fault is a storage fault above)
+            raise ApiError(
+                503, "storage_unavailable", f"the media store cannot be written ({type(e).__name__})", retry_after=5
+            ) from None
         inline = await asyncio.to_thread(
             lambda: [_inline(str(d.doc.image), data, fmt) for d, (data, fmt) in zip(todo, got, strict=True)]
         )

@@ -118,6 +118,7 @@ class Search:
         self.settings = get_settings()
         self.index = open_index(self.settings.index_uri, ann_threshold=self.settings.ann_threshold)
         self.media = open_media_store(self.settings)
+        self.media.check()
         self.metrics = get_metrics()
         stage_seconds = self.metrics.search_stage_seconds
         self.storage = StorageHealth(local_directories(self.settings.index_uri, local_media_dir(self.settings)))
