@@ -216,6 +216,10 @@ class Settings(BaseSettings):
     """A directory (LanceDB), ``milvus:<path>.db`` or a ``*.db`` path (Milvus Lite), or ``http(s)://host:19530``."""
     media_dir: Path = Path("./data/media")
     """Where stored images live when ``media_uri`` is not set."""
+    embedding_cache: str = "auto"
+    """Document embeddings cached by content: ``auto`` (a SQLite file beside a local media directory; in memory when
+    media live in object storage), ``off``, or the SQLite file's path."""
+    embedding_cache_max_entries: int = Field(default=1_000_000, ge=1)
     media_uri: str | None = None
     """The media store: a directory or ``s3://bucket/prefix`` (endpoint and credentials from the standard AWS
     variables). Every Search replica and model service must reach the same store. Unset: ``media_dir``."""

@@ -22,6 +22,7 @@ class Metrics:
     search_stage_seconds: Any
     priority_holds: Any
     model_threads: Any
+    embedding_cache_hits: Any
 
 
 @lru_cache(maxsize=1)
@@ -71,5 +72,9 @@ def get_metrics() -> Metrics:
             "Torch intra-op threads of a model service (MMSEARCH_TORCH_THREADS, auto: its share of the CPUs)",
             ["service"],
             multiprocess_mode="max",
+        ),
+        embedding_cache_hits=prom.Counter(
+            "mmsearch_embedding_cache_hits_total",
+            "Document inputs whose embedding came from the content cache instead of the model",
         ),
     )

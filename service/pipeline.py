@@ -48,6 +48,7 @@ from mmsearch_client.schemas import (
 )
 
 from service.config import Settings
+from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, unprocessable
 from service.index import base as index_base
 from service.inputs import check_count, check_text_length, unit_vector
@@ -145,6 +146,8 @@ class SearchPipeline:
         observe_stage: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         storage: StorageHealth | None = None,
+        cache: EmbeddingCache | None = None,
+        on_cache_hits: Callable[[int], None] | None = None,
     ) -> None:
         """``reader``: reads the text in images (None: OCR off). ``observe_stage(stage, seconds)`` records stage
         latencies (a metric); ``clock`` times the stages; ``storage`` is told of storage faults (``/readyz`` reads
@@ -160,6 +163,9 @@ class SearchPipeline:
         self.observe_stage = observe_stage
         self.clock = clock
         self.storage = storage if storage is not None else StorageHealth([])
+        self.cache = cache
+        """Document embeddings by content (``service.embedcache``); None: every document goes to the model."""
+        self.on_cache_hits = on_cache_hits
         self._write_locks: dict[str, asyncio.Lock] = {}
         self._embedder_info: dict[str, Any] | None = None
         self._reranker_info: dict[str, Any] | None = None
@@ -247,7 +253,7 @@ class SearchPipeline:
         self._take_supplied_embeddings(batch, dim, model)
         await self._store_media(batch)
         await self._read_text(batch)
-        embedded = await self._embed_documents(batch, self.text_only_embedder(info), model)
+        embedded = await self._embed_documents(batch, self.text_only_embedder(info), model, dim)
         if embedded is not None and (embedded.model, embedded.vectors.shape[1]) != (model, dim):
             info = await self.embedder_info(refresh=True)  # the Embedder was replaced by another model
             dim, model = int(info["dimension"]), str(info["model"])
@@ -323,17 +329,42 @@ class SearchPipeline:
             )
         return Item(text=text)
 
-    async def _embed_documents(self, batch: Sequence[IngestDoc], text_only: bool, model: str) -> Embeddings | None:
+    async def _embed_documents(
+        self, batch: Sequence[IngestDoc], text_only: bool, model: str, dim: int
+    ) -> Embeddings | None:
+        """Embed the documents without a vector. With the embedding cache, inputs already seen (same model, image
+        bytes and text, under any id or URL) are not sent to the model, and one request's duplicates are sent once."""
         todo = [d for d in batch if d.vector is None]
         if not todo:
             return None
         items = [self._embedding_item(d, text_only, model) for d in todo]
+        keys = [cache_key(model, "document", _image_sha(d.image), it.text) for d, it in zip(todo, items, strict=True)]
+        if self.cache is not None:
+            found = await asyncio.to_thread(self.cache.get_many, keys)
+            hits = 0
+            for d, k in zip(todo, keys, strict=True):
+                v = found.get(k)
+                if v is not None and v.shape[0] == dim:
+                    d.vector, hits = v, hits + 1
+            if hits and self.on_cache_hits is not None:
+                self.on_cache_hits(hits)
+        first: dict[str, int] = {}  # one model input per distinct key
+        for i, (d, k) in enumerate(zip(todo, keys, strict=True)):
+            if d.vector is None:
+                first.setdefault(k, i)
+        if not first:
+            return None
+        send = list(first.values())
         try:
-            out = await self.embedder.encode(items, "document", None)
+            out = await self.embedder.encode([items[i] for i in send], "document", None)
         except ApiError as e:
-            raise remap_inputs(e, [d.position for d in todo], "documents") from None
-        for d, v in zip(todo, out.vectors, strict=True):
-            d.vector = v
+            raise remap_inputs(e, [todo[i].position for i in send], "documents") from None
+        by_key = {keys[i]: v for i, v in zip(send, out.vectors, strict=True)}
+        for d, k in zip(todo, keys, strict=True):
+            if d.vector is None:
+                d.vector = by_key[k]
+        if self.cache is not None and out.model == model:
+            await asyncio.to_thread(self.cache.put_many, list(by_key.items()))
         return out
 
     async def _store_media(self, batch: Sequence[IngestDoc]) -> None:
@@ -695,6 +726,11 @@ class _DocumentRefused(Exception):
         super().__init__(error.message)
         self.position = position
         self.error = error
+
+
+def _image_sha(image: str | None) -> str | None:
+    name = name_of(image) if image is not None else None
+    return name.split(".", 1)[0] if name else None
 
 
 def _inline(given: str, data: bytes, image_format: str) -> str:

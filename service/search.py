@@ -49,6 +49,7 @@ from service.compat import (
     OpenAIEmbeddingsResponse,
 )
 from service.config import get_settings
+from service.embedcache import open_embedding_cache
 from service.embedder import Embedder
 from service.errors import ApiError, handle_api_errors
 from service.index import open_index
@@ -140,6 +141,8 @@ class Search:
             gate=PriorityGate.for_service(self.settings, "search"),
             observe_stage=lambda stage, seconds: stage_seconds.labels(stage).observe(seconds),
             storage=self.storage,
+            cache=open_embedding_cache(self.settings),
+            on_cache_hits=self.metrics.embedding_cache_hits.inc,
         )
         self._deps_seen_ready = False
 

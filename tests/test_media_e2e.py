@@ -23,6 +23,7 @@ from PIL import Image
 from tests.conftest import serve_bento
 from tests.support.counting import CountingServer
 from tests.support.images import write_images
+from tests.support.metrics import metric_sum
 from tests.support.servers import BentoServer
 
 N = 20
@@ -140,3 +141,17 @@ def test_hits_carry_a_bounded_thumbnail_served_from_media(rig: Rig) -> None:
     assert r.headers["x-content-type-options"] == "nosniff"
     with Image.open(io.BytesIO(r.content)) as img:
         assert img.size == (256, 85)  # 900 x 300 scaled so that its longest side is 256
+
+
+def test_same_bytes_under_new_ids_do_not_reach_the_model(rig: Rig) -> None:
+    first = [{"id": f"c{i}", "image": rig.data_uri(f"img{i}.png")} for i in range(3)]
+    rig.post("/upsert", {"collection": "cache", "documents": first})
+    inputs = metric_sum(rig.server.url, "mmsearch_inputs_total", service="embedder", input_type="document")
+    hits = metric_sum(rig.server.url, "mmsearch_embedding_cache_hits_total")
+    assert inputs >= 3  # the first upsert did reach the model (the counter is read correctly)
+    again = [{"id": f"again{i}", "image": rig.data_uri(f"img{i}.png")} for i in range(3)]
+    rig.post("/upsert", {"collection": "cache", "documents": again})
+    assert metric_sum(rig.server.url, "mmsearch_inputs_total", service="embedder", input_type="document") == inputs
+    assert metric_sum(rig.server.url, "mmsearch_embedding_cache_hits_total") == hits + 3
+    got = rig.post("/get", {"collection": "cache", "ids": ["c0", "again0"], "include_embedding": True})["documents"]
+    assert got[0]["embedding"] == got[1]["embedding"] and got[0]["image"] == got[1]["image"]

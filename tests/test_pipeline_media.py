@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from mmsearch_client.schemas import GetRequest, Item, SearchRequest, UpsertRequest
 from PIL import Image
 
 from service.config import Settings
+from service.embedcache import PRUNE_EVERY, EmbeddingCache, cache_key
 from service.errors import ApiError
 from service.index.base import StoredDocument
 from service.media import MediaLoader
@@ -179,3 +181,67 @@ def test_stored_reference_can_be_upserted_again(rig: Rig) -> None:
     with pytest.raises(ApiError) as e:
         rig.upsert([{"id": "c", "image": "media://" + "0" * 64 + ".png"}])
     assert (e.value.code, e.value.field) == ("media_unavailable", "documents[0].image")
+
+
+# --- embedding cache by content (#13.5) ---------------------------------------------------------------------
+
+
+def cached_rig(tmp: Path, cache: EmbeddingCache) -> tuple[Rig, list[int]]:
+    rig = Rig(tmp)
+    hits: list[int] = []
+    rig.pipeline.cache = cache
+    rig.pipeline.on_cache_hits = hits.append
+    return rig, hits
+
+
+def test_same_bytes_under_new_ids_or_urls_do_not_call_the_model(tmp_path: Path, images: CountingServer) -> None:
+    rig, hits = cached_rig(tmp_path, EmbeddingCache(":memory:"))
+    raw = (tmp_path / "images" / "img1.png").read_bytes()
+    uri = "data:image/png;base64," + base64.b64encode(raw).decode()
+    rig.upsert([{"id": "a", "image": uri}, {"id": "t", "text": "words"}])
+    assert len(rig.embedder.calls) == 1 and hits == []
+    rig.upsert(
+        [{"id": "b", "image": uri}, {"id": "c", "image": f"{images.url}/img1.png"}, {"id": "u", "text": "words"}]
+    )
+    assert len(rig.embedder.calls) == 1 and hits == [3]  # nothing new: the model was not called
+    vectors = {d.id: d.embedding for d in rig.index.get("c", ["a", "b", "c", "t", "u"])}
+    assert vectors["a"] == vectors["b"] == vectors["c"] and vectors["t"] == vectors["u"]
+    rig.upsert([{"id": "d", "image": uri, "text": "with a caption"}])  # other text: another input
+    assert len(rig.embedder.calls) == 2 and rig.embedder.calls[1][1][0].text == "with a caption"
+
+
+def test_duplicates_in_one_request_are_embedded_once(tmp_path: Path) -> None:
+    rig, _ = cached_rig(tmp_path, EmbeddingCache(":memory:"))
+    uri = data_uri(make_image(11))
+    rig.upsert([{"id": f"x{i}", "image": uri} for i in range(5)] + [{"id": "y", "text": "t"}])
+    assert [len(items) for _, items in rig.embedder.calls] == [2]
+
+
+def test_cache_persists_in_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    rig, _ = cached_rig(tmp_path / "one", EmbeddingCache(path))
+    rig.upsert([{"id": "a", "text": "persisted"}])
+    again, hits = cached_rig(tmp_path / "two", EmbeddingCache(path))  # a restarted process
+    again.upsert([{"id": "a", "text": "persisted"}])
+    assert again.embedder.calls == [] and hits == [1]
+
+
+def test_cache_is_bounded(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "c.sqlite", max_entries=100)
+    for start in range(0, 1200, 300):
+        cache.put_many([(cache_key("m", "document", None, str(i)), np.ones(4)) for i in range(start, start + 300)])
+    assert len(cache) <= 100 + PRUNE_EVERY
+    assert cache_key("m", "document", None, "1199") in cache.get_many([cache_key("m", "document", None, "1199")])
+
+
+def test_cache_keys_separate_model_type_image_and_text() -> None:
+    base = cache_key("m", "document", "ab", "t")
+    others = [
+        cache_key("m2", "document", "ab", "t"),
+        cache_key("m", "query", "ab", "t"),
+        cache_key("m", "document", "ac", "t"),
+        cache_key("m", "document", "ab", None),
+        cache_key("m", "document", "ab", ""),
+        cache_key("m", "documentab", "", "t"),
+    ]
+    assert len({base, *others}) == 7
