@@ -216,6 +216,9 @@ class Settings(BaseSettings):
     """A directory (LanceDB), ``milvus:<path>.db`` or a ``*.db`` path (Milvus Lite), or ``http(s)://host:19530``."""
     media_dir: Path = Path("./data/media")
     """Where stored images live when ``media_uri`` is not set."""
+    media_sweep_age_s: float = Field(default=600.0, ge=0)
+    """At start-up, temporary files (``.tmp-*``, left by a crash between a media write and its rename) older than
+    this are removed from a local media directory (younger ones may be another replica's write in progress)."""
     embedding_cache: str = "auto"
     """Document embeddings cached by content: ``auto`` (a SQLite file beside a local media directory; in memory when
     media live in object storage), ``off``, or the SQLite file's path."""

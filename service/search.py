@@ -120,6 +120,7 @@ class Search:
         self.index = open_index(self.settings.index_uri, ann_threshold=self.settings.ann_threshold)
         self.media = open_media_store(self.settings)
         self.media.check()
+        self.media.blobs.sweep_temporary(self.settings.media_sweep_age_s)  # a crash's half-written files
         self.metrics = get_metrics()
         stage_seconds = self.metrics.search_stage_seconds
         self.storage = StorageHealth(local_directories(self.settings.index_uri, local_media_dir(self.settings)))
