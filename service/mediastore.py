@@ -235,6 +235,9 @@ class MediaStore:
         digest = hashlib.sha256(data).hexdigest()
         name = f"{digest}.{ext}"
         thumb: str | None = digest + THUMB_SUFFIX
+        if self.blobs.exists(digest + THUMB_SUFFIX) and self.blobs.exists(name):  # seen before: no new preview
+            self.blobs.put(name, data)  # an existing blob is only touched
+            return StoredImage(SCHEME + name, thumb)
         preview = make_thumbnail(data)
         if preview is None:
             thumb = None

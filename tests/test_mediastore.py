@@ -112,3 +112,16 @@ def test_loader_reads_media_references_from_the_store(tmp_path: Path) -> None:
     with pytest.raises(MediaError) as e:
         asyncio.run(loader.load("media://../../etc/passwd", "query.image"))
     assert e.value.reason == "bad_url"
+
+
+def test_storing_known_bytes_again_makes_no_new_thumbnail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MediaStore(tmp_path)
+    data = png_bytes(make_image(4))
+    first = store.put_image(data, "PNG")
+    import service.mediastore as mediastore
+
+    def fail(_: bytes) -> bytes:
+        raise AssertionError("thumbnail made again")
+
+    monkeypatch.setattr(mediastore, "make_thumbnail", fail)
+    assert store.put_image(data, "PNG") == first
