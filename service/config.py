@@ -219,6 +219,12 @@ class Settings(BaseSettings):
     media_sweep_age_s: float = Field(default=600.0, ge=0)
     """At start-up, temporary files (``.tmp-*``, left by a crash between a media write and its rename) older than
     this are removed from a local media directory (younger ones may be another replica's write in progress)."""
+    media_gc: bool = True
+    """Delete stored images no document references any more (after deletes, drops and replacing upserts)."""
+    media_gc_grace_s: float = Field(default=600.0, ge=0)
+    """An unreferenced image is deleted only once it is this old (covers upserts in flight and lagging replicas)."""
+    media_gc_interval_s: float = Field(default=300.0, ge=0)
+    """Least time between two collections (each reads every collection's image column)."""
     embedding_cache: str = "auto"
     """Document embeddings cached by content: ``auto`` (a SQLite file beside a local media directory; in memory when
     media live in object storage), ``off``, or the SQLite file's path."""

@@ -17,6 +17,8 @@ import asyncio
 import base64
 import binascii
 import functools
+import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +49,7 @@ from mmsearch_client.schemas import (
     as_item,
 )
 
+from service import mediagc
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, unprocessable
@@ -63,6 +66,7 @@ from service.retrieval import Candidate, Mode, ModeError, Query, choose_mode, re
 from service.storage import StorageHealth, is_storage_fault
 
 T = TypeVar("T")
+log = logging.getLogger("mmsearch.search")
 _INPUT_PATH = re.compile(r"inputs\[(\d+)\]")
 STAGES = ("read", "embed", "retrieve", "rerank", "total")
 _DOCUMENT_PATH = re.compile(r"^documents\[(\d+)\]")
@@ -164,6 +168,9 @@ class SearchPipeline:
         self.clock = clock
         self.storage = storage if storage is not None else StorageHealth([])
         self.cache = cache
+        self._gc_task: asyncio.Task[None] | None = None
+        self._gc_again = False
+        self._gc_last = -math.inf
         """Document embeddings by content (``service.embedcache``); None: every document goes to the model."""
         self.on_cache_hits = on_cache_hits
         self._write_locks: dict[str, asyncio.Lock] = {}
@@ -261,6 +268,7 @@ class SearchPipeline:
                 raise ApiError(503, "embedder_changed", "the embedder changed model during the request", retry_after=1)
             self._take_supplied_embeddings(batch, dim, model)
         await self._write(req.collection, batch, dim, model)
+        self.schedule_media_gc()  # a replaced document may have left its old image unreferenced
         read = [d.ocr for d in batch if d.ocr is not None]
         return UpsertResponse(
             collection=req.collection,
@@ -421,6 +429,8 @@ class SearchPipeline:
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
         async with self._lock(req.collection):
             n = await self.in_thread(self.index.delete, req.collection, req.ids)
+        if n:
+            self.schedule_media_gc()
         return DeleteResponse(collection=req.collection, deleted=n)
 
     async def drop(self, req: DropRequest) -> DropResponse:
@@ -432,6 +442,7 @@ class SearchPipeline:
             raise ApiError(
                 404, "collection_not_found", f"collection {req.collection!r} does not exist", field="collection"
             )
+        self.schedule_media_gc()
         return DropResponse(collection=req.collection, dropped=True)
 
     async def get(self, req: GetRequest) -> GetResponse:
@@ -452,6 +463,35 @@ class SearchPipeline:
                 for d in found
             ],
         )
+
+    def schedule_media_gc(self) -> None:
+        """Collect unreferenced media in the background (``service.mediagc``), at most once per
+        ``media_gc_interval_s``; a request arriving during a collection asks for one more after it."""
+        if not self.settings.media_gc:
+            return
+        if self._gc_task is not None and not self._gc_task.done():
+            self._gc_again = True
+            return
+        self._gc_task = asyncio.get_running_loop().create_task(self._media_gc())
+
+    async def _media_gc(self) -> None:
+        while True:
+            wait = self._gc_last + self.settings.media_gc_interval_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._gc_again = False
+            self._gc_last = time.monotonic()
+            try:
+                await asyncio.to_thread(mediagc.collect, self.index, self.media, self.settings.media_gc_grace_s)
+            except Exception as e:  # the next delete or upsert tries again
+                log.warning("media gc failed: %s: %s", type(e).__name__, e)
+            if not self._gc_again:
+                return
+
+    async def media_gc_idle(self) -> None:
+        """Wait for a collection in progress (tests)."""
+        while self._gc_task is not None and not self._gc_task.done():
+            await asyncio.shield(self._gc_task)
 
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""

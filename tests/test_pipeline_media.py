@@ -11,13 +11,14 @@ import asyncio
 import base64
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from mmsearch_client.schemas import GetRequest, Item, SearchRequest, UpsertRequest
+from mmsearch_client.schemas import DeleteRequest, DropRequest, GetRequest, Item, SearchRequest, UpsertRequest
 from PIL import Image
 
 from service.config import Settings
@@ -47,12 +48,14 @@ def images(tmp_path: Path) -> Iterator[CountingServer]:
 
 
 class Rig:
-    def __init__(self, tmp: Path) -> None:
-        self.settings = Settings(media_dir=tmp / "media", fetch_allow=("127.0.0.1/32",), fetch_allow_only=True)
+    def __init__(self, tmp: Path, index: Any = None, **settings: Any) -> None:
+        self.settings = Settings(
+            media_dir=tmp / "media", fetch_allow=("127.0.0.1/32",), fetch_allow_only=True, **settings
+        )
         self.media = MediaStore(self.settings.media_dir)
         self.embedder = FakeEmbedder(DIM)
         self.reranker = FakeReranker(media=self.media, score=lambda q, d: float(len(d.image or d.text or "")))
-        self.index = MemoryIndex()
+        self.index = index if index is not None else MemoryIndex()
         self.pipeline = SearchPipeline(
             self.settings,
             embedder=self.embedder,
@@ -245,3 +248,60 @@ def test_cache_keys_separate_model_type_image_and_text() -> None:
         cache_key("m", "documentab", "", "t"),
     ]
     assert len({base, *others}) == 7
+
+
+# --- media garbage collection (#13.8) -----------------------------------------------------------------------
+
+
+def gc_rig(tmp: Path, index: Any = None, grace_s: float = 0) -> Rig:
+    return Rig(tmp, index, media_gc_grace_s=grace_s, media_gc_interval_s=0)
+
+
+def stored_names(rig: Rig) -> set[str]:
+    return set(rig.media.blobs.names())
+
+
+def originals(rig: Rig) -> set[str]:
+    return {n for n in stored_names(rig) if not n.endswith(".thumb.jpeg")}
+
+
+def settle(rig: Rig, call: Any) -> Any:
+    async def run() -> Any:
+        out = await call
+        await rig.pipeline.media_gc_idle()
+        return out
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["memory", "lance", "milvus-lite"])
+def test_deleting_or_replacing_drops_media_once_unreferenced(tmp_path: Path, backend: str) -> None:
+    from service.index import open_index
+
+    index = {
+        "memory": lambda: None,
+        "lance": lambda: open_index(str(tmp_path / "lance")),
+        "milvus-lite": lambda: open_index(f"milvus:{tmp_path / 'm.db'}"),
+    }[backend]()
+    rig = gc_rig(tmp_path, index)
+    one, two, three = (data_uri(make_image(s)) for s in (21, 22, 23))
+    up = lambda docs, coll="c": settle(rig, rig.pipeline.upsert(UpsertRequest(collection=coll, documents=docs)))  # noqa: E731
+    up([{"id": "a", "image": one}, {"id": "b", "image": two}])
+    up([{"id": "x", "image": one}], coll="other")  # the same image in another collection
+    n1, n2, n3 = (str(name_of(stored_ref(u))) for u in (one, two, three))
+    assert originals(rig) == {n1, n2} and len(stored_names(rig)) == 4
+
+    settle(rig, rig.pipeline.delete(DeleteRequest(collection="c", ids=["a"])))
+    assert originals(rig) == {n1, n2}  # still referenced by "other"/x
+    up([{"id": "b", "image": three}])  # replaced: two is no longer referenced
+    assert originals(rig) == {n1, n3} and len(stored_names(rig)) == 4  # its thumbnail went with it
+    settle(rig, rig.pipeline.drop(DropRequest(collection="other")))
+    assert originals(rig) == {n3}
+    assert [n for n in os.listdir(rig.settings.media_dir) if n.startswith(".tmp-")] == []
+
+
+def test_young_unreferenced_media_survive_the_grace_period(tmp_path: Path) -> None:
+    rig = gc_rig(tmp_path, grace_s=3600)
+    rig.upsert([{"id": "a", "image": data_uri(make_image(31))}])
+    settle(rig, rig.pipeline.delete(DeleteRequest(collection="c", ids=["a"])))
+    assert len(originals(rig)) == 1  # an upsert in flight elsewhere may be about to reference it

@@ -165,6 +165,10 @@ class VectorIndex(ABC):
         ``filter``; documents matching no query term are not returned."""
         raise UnsupportedMode(self.backend, "keyword")
 
+    def image_refs(self, name: str) -> set[str]:
+        """Every distinct stored ``image`` value of the collection (the media garbage collector's mark phase)."""
+        raise NotImplementedError(f"{self.backend} cannot list image references")
+
     @abstractmethod
     def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
         """Create the collection on first use; raise ``CollectionMismatch`` if it exists with another dim/model."""

@@ -535,6 +535,16 @@ class LanceIndex(VectorIndex):
         wanted = check_ids(ids)
         return self._guard(name, lambda table: self._get(table, wanted))
 
+    def image_refs(self, name: str) -> set[str]:
+        def scan(table: Any) -> set[str]:
+            rows = table.count_rows()
+            if not rows:
+                return set()
+            column = table.search().select(["image"]).limit(rows).to_arrow().column("image")
+            return {v for v in column.to_pylist() if v}
+
+        return self._guard(name, scan)
+
     def _get(self, table: Any, wanted: list[str]) -> list[StoredDocument]:
         found = {
             row["id"]: StoredDocument(

@@ -508,6 +508,21 @@ class MilvusIndex(VectorIndex):
         wanted = check_ids(ids)
         return self._fresh(name, lambda meta: self._get(name, wanted, meta))
 
+    def image_refs(self, name: str) -> set[str]:
+        def scan(meta: _Meta) -> set[str]:
+            self._ensure_loaded(name)
+            fields = self._content_fields(meta)
+            it = self._client.query_iterator(name, batch_size=1000, filter='id != ""', output_fields=fields)
+            refs: set[str] = set()
+            try:
+                while batch := it.next():
+                    refs.update(image for _, image in (self._content(row, meta) for row in batch) if image)
+            finally:
+                it.close()
+            return refs
+
+        return self._fresh(name, scan)
+
     def _get(self, name: str, wanted: list[str], meta: _Meta) -> list[StoredDocument]:
         rows = self._query_ids(name, wanted, ["id", VECTOR, *self._content_fields(meta)])
         found = {}

@@ -188,6 +188,9 @@ class MemoryIndex(base.VectorIndex):
     def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
         return base.order_by_ids(ids, self._get(name).docs)
 
+    def image_refs(self, name: str) -> set[str]:
+        return {d.image for d in self._get(name).docs.values() if d.image}
+
     def search(self, name: str, vector: Sequence[float], k: int, filter: base.Filter | None = None) -> list[IndexHit]:
         c = self._get(name)
         if self.clock is not None:
