@@ -57,7 +57,7 @@ from service.index import base as index_base
 from service.inputs import check_count, check_text_length, unit_vector
 from service.media import MediaError, MediaLoader, content_hash
 from service.mediastore import SCHEME as MEDIA_SCHEME
-from service.mediastore import MediaStore, join_ref, name_of, split_ref, thumbnail_name
+from service.mediastore import MediaStore, content_type, join_ref, name_of, split_ref, thumbnail_name
 from service.ocr import OcrPage
 from service.ports import EmbedderPort, Embeddings, ReaderPort, RerankerPort
 from service.priority import PriorityGate
@@ -168,6 +168,8 @@ class SearchPipeline:
         self.clock = clock
         self.storage = storage if storage is not None else StorageHealth([])
         self.cache = cache
+        self._inline_media = False
+        """Set once the Reranker shows it cannot read the media store: candidate images then go inline."""
         self._gc_task: asyncio.Task[None] | None = None
         self._gc_again = False
         self._gc_last = -math.inf
@@ -701,12 +703,17 @@ class SearchPipeline:
             if doc is not None:
                 todo.append((h, doc))
         checked = False
+        if self._inline_media:
+            todo = await self._inline_images(run, todo)
         for _ in range(MAX_RERANK_ROUNDS):
             if not todo:
                 return hits, False
             try:
                 scores = await self._score(run, query, [doc for _, doc in todo], budget)
             except _DocumentRefused as refused:
+                if await self._reranker_lacks_store(refused, todo[refused.position][1]):
+                    todo = await self._inline_images(run, todo)
+                    continue
                 hit, _ = todo.pop(refused.position)
                 run.warn(hit.id, refused.error.code, f"not reranked: {refused.error.message}")
                 if not checked:
@@ -743,6 +750,41 @@ class SearchPipeline:
 
         parts = await asyncio.gather(*(part(k) for k in range(0, len(docs), chunk)))
         return [score for p in parts for score in p]
+
+    async def _reranker_lacks_store(self, refused: _DocumentRefused, doc: Item) -> bool:
+        """Whether the Reranker refused a stored image that Search itself can read: it does not reach the media
+        store (another volume or bucket, or none). From then on this process sends candidate images inline (the
+        cost the shared store avoids) and says so once in its log."""
+        if self._inline_media or refused.error.code != "media_unavailable" or doc.image is None:
+            return False
+        if not await asyncio.to_thread(self.media.exists, doc.image):
+            return False
+        self._inline_media = True
+        log.warning(
+            "the Reranker cannot read the media store that Search writes: candidate images are sent inline from now "
+            "on (give the Reranker the same MMSEARCH_MEDIA_URI / MMSEARCH_MEDIA_DIR to avoid this cost)"
+        )
+        return True
+
+    async def _inline_images(self, run: SearchRun, todo: list[tuple[SearchHit, Item]]) -> list[tuple[SearchHit, Item]]:
+        """Candidates with their stored images as data URIs, read off the event loop; those whose image cannot be
+        read get a warning and are left out."""
+
+        def inline(doc: Item) -> str | None:
+            ref = doc.image
+            if ref is None or not ref.startswith(MEDIA_SCHEME):
+                return ref
+            data = self.media.read(ref)
+            return None if data is None else _inline(ref, data, content_type(ref).split("/")[1])
+
+        images = await asyncio.to_thread(lambda: [inline(doc) for _, doc in todo])
+        kept = []
+        for (h, doc), image in zip(todo, images, strict=True):
+            if doc.image is not None and image is None:
+                run.warn(h.id, "media_unavailable", f"not reranked: stored image {doc.image} is missing")
+            else:
+                kept.append((h, Item(text=doc.text, image=image)))
+        return kept
 
     async def _drop_missing_media(
         self, run: SearchRun, todo: list[tuple[SearchHit, Item]]

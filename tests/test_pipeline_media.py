@@ -305,3 +305,19 @@ def test_young_unreferenced_media_survive_the_grace_period(tmp_path: Path) -> No
     rig.upsert([{"id": "a", "image": data_uri(make_image(31))}])
     settle(rig, rig.pipeline.delete(DeleteRequest(collection="c", ids=["a"])))
     assert len(originals(rig)) == 1  # an upsert in flight elsewhere may be about to reference it
+
+
+def test_a_reranker_without_the_store_gets_images_inline(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.reranker.media = MediaStore(tmp_path / "elsewhere")  # the Reranker mounts another (empty) store
+    uris = [data_uri(make_image(s)) for s in range(40, 43)]
+    rig.upsert([{"id": f"i{k}", "image": u} for k, u in enumerate(uris)])
+    res = rig.search(rerank=True)
+    assert res.reranked is True and res.warnings == [] and all(h.rerank_score is not None for h in res.hits)
+    assert len(rig.reranker.calls) == 2  # refused once (media://), then inline
+    assert {d.image for d in rig.reranker.calls[1][1]} == set(uris)
+    rig.search(rerank=True)
+    assert len(rig.reranker.calls) == 3 and all(str(d.image).startswith("data:") for d in rig.reranker.calls[2][1])
+    (rig.settings.media_dir / str(name_of(stored_ref(uris[0])))).unlink()  # missing for Search too: a warning
+    res = rig.search(rerank=True)
+    assert [(w.id, w.code) for w in res.warnings] == [("i0", "media_unavailable")] and res.reranked is True

@@ -110,7 +110,7 @@ class FakeReranker:
         if self.fail is not None:
             raise self.fail
         for i, d in enumerate(documents):
-            if self.media is not None and d.image is not None and self.media.read(d.image) is None:
+            if self.media is not None and str(d.image).startswith("media://") and self.media.read(str(d.image)) is None:
                 path = f"documents[{i}].image"
                 raise ApiError(422, "media_unavailable", f"stored image {d.image} is missing", field=path)
         scores = [self.score(query, d) for d in documents]
