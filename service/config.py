@@ -233,6 +233,10 @@ class Settings(BaseSettings):
     """The media store: a directory or ``s3://bucket/prefix`` (endpoint and credentials from the standard AWS
     variables). Every Search replica and model service must reach the same store. Unset: ``media_dir``."""
     ann_threshold: int = Field(default=50_000, ge=1)
+    index_version_retention_s: float = Field(default=300.0, ge=0, le=30 * 86_400)
+    """LanceDB: table versions younger than this survive the background compaction that runs every 64 writes to a
+    collection (older ones are removed, whatever the collection's size). Keep it above the longest read of any
+    process sharing the index."""
     embedder_url: str | None = None
     reranker_url: str | None = None
     max_candidates: int = Field(default=1000, ge=1)

@@ -117,7 +117,11 @@ class Search:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.index = open_index(self.settings.index_uri, ann_threshold=self.settings.ann_threshold)
+        self.index = open_index(
+            self.settings.index_uri,
+            ann_threshold=self.settings.ann_threshold,
+            version_retention_s=self.settings.index_version_retention_s,
+        )
         self.media = open_media_store(self.settings)
         self.media.check()
         self.media.blobs.sweep_temporary(self.settings.media_sweep_age_s)  # a crash's half-written files

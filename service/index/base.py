@@ -13,6 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -226,7 +227,9 @@ def check_search_args(vector: Sequence[float], k: int, dimension: int) -> list[f
     return vec
 
 
-def open_index(uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> VectorIndex:
+def open_index(
+    uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD, version_retention_s: float | None = None
+) -> VectorIndex:
     """Open the index named by ``uri``.
 
     * ``milvus:<path>`` or a path ending in ``.db``: Milvus Lite (embedded, single process per file);
@@ -237,9 +240,14 @@ def open_index(uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> Vecto
 
     ``ann_threshold``: collections with more rows than this get an approximate (ANN) index; below it search is
     exact.
+
+    ``version_retention_s`` (LanceDB): table versions younger than this survive the background clean-up (default
+    :data:`service.index.lance.DEFAULT_VERSION_RETENTION`); Milvus compacts on its own.
     """
     if ann_threshold < 1:
         raise ValueError("ann_threshold must be >= 1")
+    if version_retention_s is not None and not version_retention_s >= 0:
+        raise ValueError("version_retention_s must be >= 0")
     if uri.startswith(("http://", "https://")):
         from service.index.milvus import MilvusIndex
 
@@ -254,9 +262,17 @@ def open_index(uri: str, *, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> Vecto
     if uri.startswith("s3://"):
         from service.index.lance import LanceIndex
 
-        return LanceIndex(uri, ann_threshold=ann_threshold)
+        return LanceIndex(uri, ann_threshold=ann_threshold, **_lance_options(version_retention_s))
     if "://" in uri:
         raise ValueError(f"unsupported index URI scheme: {uri!r}")
     from service.index.lance import LanceIndex
 
-    return LanceIndex(os.path.abspath(os.path.expanduser(uri)), ann_threshold=ann_threshold)
+    return LanceIndex(
+        os.path.abspath(os.path.expanduser(uri)), ann_threshold=ann_threshold, **_lance_options(version_retention_s)
+    )
+
+
+def _lance_options(version_retention_s: float | None) -> dict[str, Any]:
+    if version_retention_s is None:
+        return {}
+    return {"version_retention": timedelta(seconds=version_retention_s)}

@@ -23,6 +23,10 @@
   English stemming and stop words), created with the table. Rows written since the index was last optimised are
   searched too (flat), so an acknowledged upsert is found by keyword at once; upsert folds them into the index as
   they accumulate. Filters apply as prefilters, as for vector search.
+* Storage stays bounded: a delete that matches nothing commits nothing, and every ``MAINTAIN_EVERY_WRITES``
+  writes to a collection (any size) a background thread compacts its fragments and removes the versions older
+  than ``version_retention`` (``MMSEARCH_INDEX_VERSION_RETENTION_S``), off the request path. Other processes may
+  still be reading a version being removed; the retention must exceed the longest read (minutes by default).
 * Format 2 (OCR and keyword columns). A collection written by format 1 is migrated when opened: the new columns
   are added (``fts`` from ``text``), the index built, and the ``fts`` column's metadata records format 2.
 """
@@ -95,7 +99,10 @@ ID_CHUNK = 1000
 REFINE_FACTOR = 4
 MIN_EF = 200
 MAX_SMALL_FRAGMENTS = 32
-CLEANUP_OLDER_THAN = timedelta(hours=1)
+DEFAULT_VERSION_RETENTION = timedelta(minutes=5)
+"""Table versions younger than this are kept (readers in other processes may be on them)."""
+MAINTAIN_EVERY_WRITES = 64
+"""Writes to a collection (in this process) between two background compactions and version clean-ups."""
 
 
 def _schema(dimension: int, model: str) -> pa.Schema:
@@ -185,7 +192,14 @@ class LanceIndex(VectorIndex):
     backend = "lancedb"
     keyword_capable = True
 
-    def __init__(self, path: str, *, ann_threshold: int, exact_cache_bytes: int = EXACT_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        ann_threshold: int,
+        exact_cache_bytes: int = EXACT_CACHE_BYTES,
+        version_retention: timedelta = DEFAULT_VERSION_RETENTION,
+    ) -> None:
         options: dict[str, str] = {}
         if objectstore.is_s3(path):
             objectstore.split_s3(path)  # validates the form
@@ -201,6 +215,8 @@ class LanceIndex(VectorIndex):
         self._exact_cache_bytes = exact_cache_bytes
         self._matrices: dict[str, _Matrix] = {}
         self._keyword_data: dict[str, tuple[bytes, int, bool]] = {}  # name -> (creation id, version, any text)
+        self._retention = version_retention
+        self._maintenance = _Maintenance(self._compact)
 
     # --- collections ------------------------------------------------------------------------------------------
 
@@ -421,6 +437,7 @@ class LanceIndex(VectorIndex):
             before = table.version
             merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
             self._commit(f"upsert into {name!r}", lambda: merge.execute(data))
+            self._maintenance.wrote(name)
             after = table.version
             self._patch_matrix(name, _creation_id(table), before, after, data)
             self._maintain(name, table)
@@ -491,7 +508,7 @@ class LanceIndex(VectorIndex):
         index = self._vector_index(table)
         if index is None:
             if self._fts_backlog(table):
-                table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
+                table.optimize(cleanup_older_than=self._retention)
             if table.count_rows() > self._ann_threshold:
                 log.info("building IVF_HNSW_SQ index on collection %r", name)
                 table.create_index(VECTOR, config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
@@ -504,7 +521,7 @@ class LanceIndex(VectorIndex):
         unindexed = stats.num_unindexed_rows if stats is not None else 0
         small = table.stats()["fragment_stats"]["num_small_fragments"]
         if unindexed > max(1_000, (stats.num_indexed_rows if stats else 0) // 10) or small > MAX_SMALL_FRAGMENTS:
-            table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
+            table.optimize(cleanup_older_than=self._retention)
 
     def _rows_by_id(self, table: Any, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -520,16 +537,41 @@ class LanceIndex(VectorIndex):
         return self._guard(name, lambda table: self._delete(name, table, wanted))
 
     def _delete(self, name: str, table: Any, wanted: list[str]) -> int:
+        """Delete the ids that exist; ids that match nothing commit nothing (no table version, no files)."""
         deleted = 0
         with self._write_lock:
             version = table.version
             for start in range(0, len(wanted), ID_CHUNK):
-                chunk = wanted[start : start + ID_CHUNK]
+                chunk = [row["id"] for row in self._rows_by_id(table, wanted[start : start + ID_CHUNK], ["id"])]
+                if not chunk:
+                    continue
                 result = self._commit(f"delete from {name!r}", partial(table.delete, col("id").isin(chunk)))
+                self._maintenance.wrote(name)
                 deleted += int(getattr(result, "num_deleted_rows", 0))
                 before, version = version, table.version
                 self._patch_matrix(name, _creation_id(table), before, version, None, chunk)
         return deleted
+
+    def _compact(self, name: str) -> None:
+        """Background: compact the collection's fragments, fold new rows into its indexes and remove old versions.
+
+        Holds the write lock (writers of this process wait, queries do not); the next query re-reads the exact
+        matrix at the new version."""
+        with self._write_lock:
+            try:
+                table = self._table(name)
+                table.optimize(cleanup_older_than=self._retention)
+            except CollectionNotFound:
+                return
+            except Exception as e:
+                if _missing(e):
+                    self._forget(name)
+                    return
+                raise
+
+    def wait_for_maintenance(self, timeout: float = 60.0) -> bool:
+        """Block until no background maintenance is pending or running (tests, shutdown); ``False`` on timeout."""
+        return self._maintenance.wait_idle(timeout)
 
     def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
         wanted = check_ids(ids)
@@ -655,5 +697,71 @@ class LanceIndex(VectorIndex):
         return hits
 
     def close(self) -> None:
+        self._maintenance.close()
         with self._lock:
             self._tables.clear()
+
+
+class _Maintenance:
+    """Runs ``work(name)`` on a daemon thread for each collection written ``MAINTAIN_EVERY_WRITES`` times.
+
+    Requests only count their writes and, every so often, queue the collection (at most once); a failure is
+    logged (rate-limited by the logging setup) and the collection is queued again by later writes."""
+
+    def __init__(self, work: Callable[[str], None], every: int = MAINTAIN_EVERY_WRITES) -> None:
+        self._work = work
+        self._every = every
+        self._writes: dict[str, int] = {}
+        self._pending: list[str] = []
+        self._busy = False
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def wrote(self, name: str) -> None:
+        with self._cond:
+            count = self._writes.get(name, 0) + 1
+            if count < self._every:
+                self._writes[name] = count
+                return
+            self._writes[name] = 0
+            if self._closed or name in self._pending:
+                return
+            self._pending.append(name)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lance-maintenance", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                name = self._pending.pop(0)
+                self._busy = True
+            try:
+                t0 = time.monotonic()
+                self._work(name)
+                log.debug("collection %r compacted in %.2f s", name, time.monotonic() - t0)
+            except Exception as e:
+                log.warning("background maintenance of collection %r failed: %s", name, type(e).__name__)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._pending.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=60)
