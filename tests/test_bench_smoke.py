@@ -232,3 +232,16 @@ def test_page(out: Path) -> None:
         assert body["page_load"][name]["n"] == 5 and positive(body["page_load"][name]["p50_ms"]), name
     assert body["search"]["cards"] == 50 and body["search"]["render"]["n"] == 5
     assert positive(body["search"]["images_drawn"]["p50_ms"])
+
+
+def test_attacks(out: Path) -> None:
+    from bench import attacks
+
+    attacks.main(["--tiny", "--seconds", "2", "--phases", "baseline,filter-cost,huge-array", "--out", str(out)])
+    body = load(out / "attacks-tiny.json")
+    assert set(body["phases"]) == {"baseline", "filter-cost", "huge-array"}
+    for phase in body["phases"].values():
+        assert phase["rerank_off"]["n"] >= 1 and positive(phase["p95_ms"]) and phase["ok_fraction"] == 1.0
+    assert set(body["phases"]["huge-array"]["attacker_statuses"]) == {"413"}
+    assert "400" in body["phases"]["filter-cost"]["attacker_statuses"]
+    assert "met" in body["goal"]
