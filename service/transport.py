@@ -40,8 +40,10 @@ __all__ = ["GuardedH11Protocol", "TransportLimits", "install"]
 
 IMPORT_PATH = "service.transport:GuardedH11Protocol"
 PEEK_BYTES = 16 * 1024
-CAP_GRACE_S = 0.05
-"""Over the cap, how long a newcomer without a complete request head in its socket gets before it is closed."""
+CAP_GRACE_S = 0.5
+"""Over the cap, how long a newcomer without a complete request head in its socket gets before it is closed (its
+request is served meanwhile). Long enough for a well-behaved client on a loaded machine to send its head: at
+0.05 s, 2 of 17 well-behaved requests were reset during the slow-client test at load 5-7."""
 LINGER_S = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
 """After answering a request whose body was not read (a refusal), the server half-closes and discards what the
