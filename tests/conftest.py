@@ -62,8 +62,13 @@ def embedder_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: objec
 
 
 @pytest.fixture(scope="session")
-def reranker_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    yield from serve_bento(tmp_path_factory.mktemp("reranker"), "service.reranker:Reranker")
+def reranker_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: object, s3_server: MotoServer
+) -> Iterator[BentoServer]:
+    """The shared Reranker reads ``media://`` references from an S3 bucket (``env["MMSEARCH_MEDIA_URI"]``), as in
+    production: Search replicas given the same URI share one media store with it (tests/test_replicas_e2e.py)."""
+    uri = f"s3://{s3_server.new_bucket('media')}/shared"
+    yield from serve_bento(tmp_path_factory.mktemp("reranker"), "service.reranker:Reranker", MMSEARCH_MEDIA_URI=uri)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Several Search replicas: two Search processes (A, B) sharing one Embedder and one Reranker process (by URL) and
-one index: the real Milvus server, or LanceDB on S3 (moto). What one replica acknowledges, the other serves;
+one index: the real Milvus server, or LanceDB on S3 (moto), and one media store on S3 (moto,
+``MMSEARCH_MEDIA_URI=s3://bucket/prefix``, the Reranker's too). What one replica acknowledges, the other serves;
 collections dropped or re-created through one are seen correctly by the other (no stale per-process state); a
 replica SIGKILLed during a bulk ingest loses no acknowledged document while the other keeps serving searches."""
 
@@ -10,13 +11,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from service.index import open_index
 from tests.conftest import BENTOML
-from tests.support.images import data_uri, make_image
+from tests.support.images import data_uri, make_image, png_bytes
+from tests.support.s3 import MotoServer
 from tests.support.servers import BentoServer, bento_env
 from tests.test_index_contract import backend_uri
 
@@ -27,8 +30,10 @@ _names = itertools.count()
 @dataclass
 class Replicas:
     uri: str
+    media_uri: str
     a: BentoServer
     b: BentoServer
+    home: Path
 
 
 def post(server: BentoServer, path: str, body: dict[str, object], timeout: float = 60) -> httpx.Response:
@@ -57,8 +62,8 @@ def replicas(
     uri = backend_uri(request.param, request, tmp)
     shared = {
         "MMSEARCH_INDEX_URI": uri,
-        # one media store for both replicas and the Reranker (it reads the candidates' images from it)
-        "MMSEARCH_MEDIA_DIR": reranker_server.env["MMSEARCH_MEDIA_DIR"],
+        # one media store on S3 (moto) for both replicas and the Reranker (it reads the candidates' images from it)
+        "MMSEARCH_MEDIA_URI": reranker_server.env["MMSEARCH_MEDIA_URI"],
         "MMSEARCH_EMBEDDER_URL": embedder_server.url,
         "MMSEARCH_RERANKER_URL": reranker_server.url,
     }
@@ -83,13 +88,13 @@ def replicas(
             t.join()
         if errors:
             raise errors[0]
-        yield Replicas(uri, *servers)
+        yield Replicas(uri, shared["MMSEARCH_MEDIA_URI"], *servers, home=tmp)
     finally:
         for s in servers:
             s.stop()
 
 
-def test_writes_through_a_are_served_by_b(replicas: Replicas) -> None:
+def test_writes_through_a_are_served_by_b(replicas: Replicas, s3_server: MotoServer) -> None:
     a, b = replicas.a, replicas.b
     coll = fresh_name()
     for round_ in range(5):  # every acknowledged write is visible to the very next request to the other replica
@@ -103,15 +108,26 @@ def test_writes_through_a_are_served_by_b(replicas: Replicas) -> None:
         assert ok(b, "/get", {"collection": coll, "ids": [docs[0]["id"]]})["documents"] == []
         hits = ok(b, "/search", {"collection": coll, "query": "text", "rerank": False, "filter": {"r": round_}})
         assert docs[0]["id"] not in {h["id"] for h in hits["hits"]}  # type: ignore[index, union-attr]
-    # An inline image stored by A is served by B (shared media store) and reranked by B.
-    ok(a, "/upsert", {"collection": coll, "documents": [{"id": "img", "image": data_uri(make_image(3))}]})
+    # An inline image stored by A lands in the S3 bucket, is served by B's /media and reranked by B, the Reranker
+    # reading it from the bucket itself (not the inline fallback: no replica logs that the Reranker lacks the store).
+    img = make_image(3)
+    ok(a, "/upsert", {"collection": coll, "documents": [{"id": "img", "image": data_uri(img)}]})
     (doc,) = ok(b, "/get", {"collection": coll, "ids": ["img"]})["documents"]  # type: ignore[misc]
     ref = doc["image"]
     assert ref.startswith("media://")
-    r = httpx.get(f"{b.url}/media/{ref.removeprefix('media://')}", timeout=30)
-    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
-    hits = ok(b, "/search", {"collection": coll, "query": "red", "rerank": True, "top_k": 3, "candidates": 30})
+    name = ref.removeprefix("media://")
+    bucket, prefix = replicas.media_uri.removeprefix("s3://").split("/", 1)
+    stored = s3_server.client().get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read()
+    assert stored == png_bytes(img)
+    r = httpx.get(f"{b.url}/media/{name}", timeout=30)
+    assert r.status_code == 200 and r.content == png_bytes(img)
+    hits = ok(b, "/search", {"collection": coll, "query": "red", "rerank": True, "top_k": 20, "candidates": 30})
     assert hits["reranked"] is True and hits["warnings"] == []
+    (pic,) = [h for h in hits["hits"] if h["id"] == "img"]  # type: ignore[union-attr]
+    assert pic["rerank_score"] is not None
+    for server in (a, b):
+        assert "cannot read the media store" not in server.log_path.read_text(errors="replace")
+    assert not any((replicas.home / n / "media").exists() for n in ("a", "b"))  # MMSEARCH_MEDIA_DIR is unused
 
 
 def test_collection_dropped_and_recreated_through_a_is_seen_by_b(replicas: Replicas) -> None:
