@@ -6,6 +6,7 @@ schemas bundled in PyPI ``kubernetes-validate`` (offline), and check the deploym
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -66,6 +67,22 @@ def render_with_queue_depth() -> tuple[Obj, ...]:
         return tuple(_kustomize(Path(tmp)))
 
 
+@cache
+def render_with_shared_media_volume() -> tuple[Obj, ...]:
+    """Production with its documented alternative for media: the ReadWriteMany volume component in place of S3 (a
+    throwaway copy of the overlay, next to it so its relative paths hold)."""
+    with tempfile.TemporaryDirectory(dir=K8S / "overlays") as tmp:
+        shutil.copytree(K8S / "overlays" / "production", tmp, dirs_exist_ok=True)
+        kust = Path(tmp) / "kustomization.yaml"
+        text = kust.read_text()
+        assert "../../components/s3-media" in text
+        kust.write_text(text.replace("../../components/s3-media", "../../components/shared-media-volume"))
+        return tuple(_kustomize(Path(tmp)))
+
+
+RENDERS = {"production+queue-depth": render_with_queue_depth, "production+rwx-media": render_with_shared_media_volume}
+
+
 def get(objs: tuple[Obj, ...], kind: str, name: str) -> Obj:
     found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
@@ -114,15 +131,16 @@ def labels_match(selector: Obj, labels: dict[str, str]) -> bool:
 def all_renders() -> Iterator[tuple[str, tuple[Obj, ...]]]:
     for overlay in OVERLAYS:
         yield overlay, render(overlay)
-    yield "production+queue-depth", render_with_queue_depth()
+    for name, fn in RENDERS.items():
+        yield name, fn()
 
 
 # --- schema validation ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", [*OVERLAYS, "production+queue-depth"])
+@pytest.mark.parametrize("overlay", [*OVERLAYS, *RENDERS])
 def test_every_object_validates_strictly(overlay: str) -> None:
-    objs = render_with_queue_depth() if overlay == "production+queue-depth" else render(overlay)
+    objs = RENDERS[overlay]() if overlay in RENDERS else render(overlay)
     assert objs
     errors = []
     for obj in objs:
@@ -359,7 +377,7 @@ def test_single_node_lancedb_on_pvc() -> None:
         assert "nodeSelector" not in pod_spec(dep)
 
 
-def test_production_gpu_milvus_and_shared_media() -> None:
+def test_production_gpu_milvus_and_s3_media() -> None:
     objs = render("production")
     for s in MODEL_SERVICES:
         dep = get(objs, "Deployment", f"mmsearch-{s}")
@@ -377,10 +395,7 @@ def test_production_gpu_milvus_and_shared_media() -> None:
     assert "replicas" not in search["spec"], "the HPA owns Search's replica count"
     env = env_of(objs, search)
     assert env["MMSEARCH_INDEX_URI"] == "http://milvus:19530"
-    assert env["MMSEARCH_MEDIA_DIR"].startswith("/data/")
-    data = next(v for v in pod_spec(search)["volumes"] if v["name"] == "data")
-    pvc = get(objs, "PersistentVolumeClaim", data["persistentVolumeClaim"]["claimName"])
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert not of_kind(objs, "PersistentVolumeClaim"), "media are in S3: no shared volume"
     hpa = get(objs, "HorizontalPodAutoscaler", "mmsearch-search")
     single = get(render("single-node"), "HorizontalPodAutoscaler", "mmsearch-search")
     assert hpa["spec"]["maxReplicas"] > single["spec"]["maxReplicas"]
@@ -400,3 +415,55 @@ def test_production_milvus_values_are_the_tested_settings() -> None:
         assert str(node).lower() == str(value).lower(), dotted
     env = env_of(render("production"), get(render("production"), "Deployment", "mmsearch-search"))
     assert env["MMSEARCH_INDEX_URI"] == "http://milvus:19530"
+
+
+# What tests/test_replicas_e2e.py runs: Search replicas and the Reranker share one bucket (MMSEARCH_MEDIA_URI=s3://...,
+# the standard AWS variables); the credentials come from a Secret, the endpoint is a setting.
+AWS_SECRET_ENV = [
+    {"name": k, "valueFrom": {"secretKeyRef": {"name": "mmsearch-s3", "key": k}}}
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+]
+
+
+def test_production_media_in_s3_for_search_and_models() -> None:
+    from service.objectstore import split_s3
+
+    objs = render("production")
+    uris = set()
+    for s in SERVICES:
+        dep = get(objs, "Deployment", f"mmsearch-{s}")
+        env = env_of(objs, dep)
+        uris.add(env["MMSEARCH_MEDIA_URI"])
+        assert env["AWS_REGION"]
+        assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env, "credentials in a ConfigMap"
+        assert [e for e in container(dep)["env"] if e["name"].startswith("AWS_")] == AWS_SECRET_ENV
+        assert not any(m["mountPath"].startswith("/data/media") for m in container(dep)["volumeMounts"])
+    (uri,) = uris  # one store for every service
+    assert split_s3(uri) == ("mmsearch-media", "media")
+    for cm in of_kind(objs, "ConfigMap"):
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(cm["data"])
+    # the endpoint is configurable: documented next to the setting and read from the standard variable
+    component = (K8S / "components" / "s3-media" / "kustomization.yaml").read_text()
+    assert "AWS_ENDPOINT_URL=" in component
+    readme = (K8S / "README.md").read_text()
+    assert "mmsearch-s3" in readme and "AWS_ENDPOINT_URL" in readme and "shared-media-volume" in readme
+
+
+def test_production_rwx_media_volume_alternative() -> None:
+    objs = render_with_shared_media_volume()
+    (pvc,) = of_kind(objs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for s in SERVICES:
+        dep = get(objs, "Deployment", f"mmsearch-{s}")
+        env = env_of(objs, dep)
+        assert env["MMSEARCH_MEDIA_URI"] == "/data/media"
+        assert not any(e["name"].startswith("AWS_") for e in container(dep)["env"])
+        claims = {
+            v["name"]: v["persistentVolumeClaim"] for v in pod_spec(dep)["volumes"] if "persistentVolumeClaim" in v
+        }
+        mounts = {m["name"]: m for m in container(dep)["volumeMounts"]}
+        (name,) = [n for n, c in claims.items() if c["claimName"] == pvc["metadata"]["name"]]
+        if s == "search":
+            assert mounts[name]["mountPath"] == "/data" and not mounts[name].get("readOnly")
+        else:
+            assert mounts[name] == {"name": name, "mountPath": "/data/media", "readOnly": True}
