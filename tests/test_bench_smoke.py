@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.milvus_server import MilvusServer
 from tests.support.servers import REPO, tiny_dir
 
 pytestmark = pytest.mark.e2e
@@ -120,6 +121,19 @@ def test_index_scale(out: Path) -> None:
         assert r["exact"]["recall_at_10"] >= 0.99  # exact search agrees with numpy
     assert 0 <= entry["backends"]["lancedb"]["ann"]["recall_at_10"] <= 1
     assert set(body["goal"]) >= {"exact_vs_numpy_p50", "ann_recall_at_10"}
+
+
+def test_milvus_consistency(out: Path, milvus_server: MilvusServer) -> None:
+    from bench import milvus_consistency
+
+    args = ["--tiny", "--uri", milvus_server.uri, "--docs", "200", "--queries", "5", "--rounds", "3", "--out", str(out)]
+    milvus_consistency.main(args)
+    body = load(out / "milvus_consistency-tiny.json")
+    assert set(body["queries"]) == {*milvus_consistency.LEVELS, "mmsearch index.search"}
+    assert all(positive(q["p50_ms"]) and q["n"] == 5 for q in body["queries"].values())
+    assert set(body["writes_ack"]) == {"mmsearch upsert", "mmsearch delete", "bare upsert", "bare delete"}
+    # what mmsearch relies on: another process's Bounded read right after the acknowledgement sees every write
+    assert body["read_your_writes"]["mmsearch"] == {"rounds": 3, "new_visible": 3, "deleted_gone": 3}
 
 
 def test_image_path(out: Path) -> None:
