@@ -438,7 +438,13 @@ def test_deletes_that_match_nothing_write_nothing(lance: BentoServer, seeded: st
         assert r.status_code == 200 and r.json()["deleted"] == 0, r.text
     assert files() == before
     body = {"collection": seeded, "documents": [{"id": "gone-soon", "text": "x"}]}
-    assert httpx.post(f"{lance.url}/upsert", json=body, headers=AUTH, timeout=60).status_code == 200
+    for _ in range(3):  # a 503 is a documented transient answer (Retry-After): retried as a client would
+        r = httpx.post(f"{lance.url}/upsert", json=body, headers=AUTH, timeout=60)
+        if r.status_code != 503:
+            break
+        print("upsert answered 503, retrying:", r.text)
+        time.sleep(min(5.0, float(r.headers.get("retry-after", "1"))))
+    assert r.status_code == 200, r.text
     r = httpx.post(f"{lance.url}/delete", json={"collection": seeded, "ids": ["gone-soon"]}, headers=AUTH)
     assert r.json()["deleted"] == 1 and files() != before
 
