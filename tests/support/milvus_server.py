@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from service.stop import stop
 from tests.support.servers import REPO, free_port
 
 PID_FILES = (Path("/run/milvus/standalone.pid"), Path("/tmp/milvus/standalone.pid"))
@@ -171,14 +171,7 @@ class MilvusServer:
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the server (it flushes and exits); SIGKILL whatever remains after ``timeout``."""
         procs = self._tree()
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=10)
+        stop(procs, timeout)
         self._reap()
 
     def rss_mb(self) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from service.stop import stop
 
 REPO = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -35,14 +36,7 @@ def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> N
         procs = [parent, *parent.children(recursive=True)]
     except psutil.NoSuchProcess:
         procs = []
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
+    stop(procs, timeout)
     with contextlib.suppress(Exception):
         proc.wait(timeout=5)
 
