@@ -9,7 +9,7 @@ requests one at a time on a new connection each (as a browser behind a proxy wou
 ``rerank: false`` and ``rerank: true``, while the attack runs:
 
 * ``baseline``: no attack.
-* ``slow-clients``: 1,500 connections (``tests.support.attacks``, its own process) drip requests one byte per
+* ``slow-clients``: 1,500 connections (``bench.support.attacks``, its own process) drip requests one byte per
   second, half stuck in the headers, half in a body after valid headers and key, and reconnect when cut.
 * ``filter-cost``: six concurrent searches at a time, each with a filter at the complexity limit (248 ``$in``
   terms), plus the review's 520 KB filter (answered 400) now and then.
@@ -162,7 +162,7 @@ def _huge_array_attack(url: str) -> Callable[[threading.Event], dict[str, Any]]:
 
 
 def _slow_attack(port: int, seconds: float) -> Callable[[threading.Event], dict[str, Any]]:
-    from tests.support.attacks import start_slow_clients
+    from bench.support.attacks import start_slow_clients
 
     proc = start_slow_clients(port, connections=SLOW_CONNECTIONS, seconds=seconds, key=KEY)
 

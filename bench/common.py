@@ -283,7 +283,7 @@ def bench_env(workdir: Path, **extra: str) -> dict[str, str]:
 
     Built on the test suite's ``bento_env``; ``extra`` overrides any variable.
     """
-    from tests.support.servers import bento_env
+    from bench.support.servers import bento_env
 
     env = bento_env(workdir, MMSEARCH_TINY_DIR=str(tiny_dir()))  # PYTHONPATH: this checkout and its client
     env.update(extra)
@@ -301,7 +301,7 @@ def bentos(
     """
     import threading
 
-    from tests.support.servers import BentoServer
+    from bench.support.servers import BentoServer
 
     workdir.mkdir(parents=True, exist_ok=True)
     servers = [
@@ -343,7 +343,7 @@ def stop_quickly(proc: subprocess.Popen[bytes] | None) -> None:
     """Stop a process and all its descendants by PID: SIGTERM, SIGKILL after 5 s."""
     if proc is None:
         return
-    from tests.support.servers import stop_process_tree
+    from bench.support.servers import stop_process_tree
 
     stop_process_tree(proc, timeout=5)
 
@@ -387,7 +387,7 @@ class StaticProcess:
 
 def scrape_batch_histogram(base_url: str) -> dict[str, dict[str, Any]]:
     """``mmsearch_model_batch_size`` from ``/metrics``: per ``service/lane``, cumulative buckets, sum and count."""
-    from tests.support.metrics import scrape
+    from bench.support.metrics import scrape
 
     out: dict[str, dict[str, Any]] = {}
     for s in scrape(base_url, timeout=30):

@@ -18,7 +18,7 @@ queries from the same distribution, each searched
   service does when a collection crosses the threshold. Milvus Lite stays FLAT at any size by design (see
   ``service/index/milvus.py``).
 
-``milvus-server`` starts the real Milvus standalone server (``tests/support/milvus_server.py``, the settings the
+``milvus-server`` starts the real Milvus standalone server (``bench/support/milvus_server.py``, the settings the
 tests use) in the work directory for the run and stops it afterwards.
 
 Goals: exact search within 1.5x of numpy brute force (p50); ANN recall@10 >= 0.95.
@@ -63,7 +63,7 @@ def _docs(vecs: np.ndarray, start: int) -> list[Any]:
 
 def _uri(backend: str, root: Path) -> str:
     if backend == "milvus-server":
-        from tests.support.milvus_server import MilvusServer
+        from bench.support.milvus_server import MilvusServer
 
         server = MilvusServer(root / "milvus-server")
         _SERVERS[str(root)] = server.start()

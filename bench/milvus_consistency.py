@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.uri:
         res = measure(args.uri, docs, args.dim, queries, rounds)
     else:
-        from tests.support.milvus_server import MilvusServer
+        from bench.support.milvus_server import MilvusServer
 
         with tempfile.TemporaryDirectory(prefix="mmsearch-consistency-") as tmp:
             server = MilvusServer(Path(tmp) / "milvus").start()

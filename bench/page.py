@@ -40,9 +40,9 @@ from bench.common import (
     run_header,
     write_results,
 )
-from tests.support.browser import chromium
-from tests.support.images import data_uri, make_image
-from tests.support.servers import StaticServer
+from bench.support.browser import chromium
+from bench.support.images import data_uri, make_image
+from bench.support.servers import StaticServer
 
 FCP_GOAL_MS = 300.0
 RENDER_GOAL_MS = 100.0

@@ -31,7 +31,7 @@ GOAL = 20.0
 
 
 def _image(seed: int) -> str:
-    from tests.support.images import make_image
+    from bench.support.images import make_image
 
     buf = io.BytesIO()
     make_image(seed, (224, 224)).save(buf, "PNG")
@@ -39,7 +39,7 @@ def _image(seed: int) -> str:
 
 
 def _counter(url: str, name: str, **labels: str) -> float:
-    from tests.support.metrics import metric_sum
+    from bench.support.metrics import metric_sum
 
     return metric_sum(url, name, **labels)
 

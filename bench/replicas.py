@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     seconds = args.seconds or (3.0 if args.tiny else 10.0)
     rounds = args.rounds or (1 if args.tiny else 3)
-    from tests.support.milvus_server import MilvusServer
+    from bench.support.milvus_server import MilvusServer
 
     results: dict[str, Any] = {**run_header(args), "clients": args.clients, "window_s": seconds, "rounds": []}
     with tempfile.TemporaryDirectory(prefix="mmsearch-replicas-") as tmp:

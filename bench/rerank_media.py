@@ -44,7 +44,7 @@ CANDIDATES = 50
 
 
 def _image(seed: int) -> str:
-    from tests.support.images import make_image
+    from bench.support.images import make_image
 
     buf = io.BytesIO()
     make_image(seed, (224, 224)).save(buf, "PNG")

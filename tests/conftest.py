@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.images import write_images
-from tests.support.milvus_server import MilvusServer
+from bench.support.images import write_images
+from bench.support.milvus_server import MilvusServer
+from bench.support.servers import BentoServer, StaticServer, bento_env, tiny_dir
 from tests.support.s3 import MotoServer
-from tests.support.servers import BentoServer, StaticServer, bento_env, tiny_dir
 
 torch.set_num_threads(1)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -78,11 +78,11 @@ def search_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: object)
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """A real headless Chromium (npm @sparticuz/chromium, driven by playwright): tests/support/browser.py.
+    """A real headless Chromium (npm @sparticuz/chromium, driven by playwright): bench/support/browser.py.
 
     Module-scoped on purpose: playwright's sync API keeps an asyncio loop running in this thread while it is open,
     so a session-wide browser would make every later ``asyncio.run()`` in the suite fail."""
-    from tests.support.browser import chromium
+    from bench.support.browser import chromium
 
     with chromium() as b:
         yield b

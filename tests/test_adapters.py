@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
+from bench.support.images import make_image
 from service.adapters import CrossEncoderScorer, SentenceTransformerEmbedder
-from tests.support.images import make_image
 
 
 def _images(n: int) -> list[Image.Image]:

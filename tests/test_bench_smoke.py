@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.milvus_server import MilvusServer
-from tests.support.servers import REPO, tiny_dir
+from bench.support.milvus_server import MilvusServer
+from bench.support.servers import REPO, tiny_dir
 
 pytestmark = pytest.mark.e2e
 

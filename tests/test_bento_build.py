@@ -19,7 +19,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.support.servers import REPO
+from bench.support.servers import REPO
 
 BIN = Path(sys.executable).parent
 WHEEL = "mmsearch_client-0.1.0-py3-none-any.whl"

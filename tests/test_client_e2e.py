@@ -44,8 +44,8 @@ from mmsearch_client import (
     pair,
 )
 
-from tests.support.images import data_uri, make_image, png_bytes, write_images
-from tests.support.servers import BENTOML, BentoServer, StaticServer, bento_env, free_port
+from bench.support.images import data_uri, make_image, png_bytes, write_images
+from bench.support.servers import BENTOML, BentoServer, StaticServer, bento_env, free_port
 
 pytestmark = pytest.mark.e2e
 

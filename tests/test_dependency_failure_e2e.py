@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
-from tests.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 RERANK_TIMEOUT_S = 2.0

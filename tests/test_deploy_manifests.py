@@ -404,7 +404,7 @@ def test_production_gpu_milvus_and_s3_media() -> None:
 
 def test_production_milvus_values_are_the_tested_settings() -> None:
     """The Helm values the production overlay asks for set exactly what the test suite's Milvus server runs with."""
-    from tests.support.milvus_server import RECOMMENDED
+    from bench.support.milvus_server import RECOMMENDED
 
     values = yaml.safe_load((K8S / "overlays" / "production" / "milvus-values.yaml").read_text())
     user = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])

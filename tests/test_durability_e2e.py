@@ -10,9 +10,9 @@ import asyncio
 import httpx
 import pytest
 
+from bench.support.servers import BentoServer, bento_env
 from service.index import open_index
 from tests.conftest import BENTOML
-from tests.support.servers import BentoServer, bento_env
 from tests.test_index_contract import backend_uri
 
 pytestmark = pytest.mark.e2e

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from bench.support.images import data_uri, decode, make_image, png_bytes
+from bench.support.metrics import metric_sum
+from bench.support.servers import BentoServer, StaticServer
 from tests.support.hostile import FETCH_DEADLINE_S, hostile_images, hostile_server
-from tests.support.images import data_uri, decode, make_image, png_bytes
-from tests.support.metrics import metric_sum
-from tests.support.servers import BentoServer, StaticServer
 
 pytestmark = pytest.mark.e2e
 TOL = 1e-5

@@ -13,7 +13,7 @@ from mmsearch_client import Client, Document
 from mmsearch_client.eval.runner import TINY_WARNING
 from mmsearch_client.eval.synthetic import GROUP_EXACT, write_synthetic
 
-from tests.support.servers import BentoServer
+from bench.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 

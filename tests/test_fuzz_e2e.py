@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.support.servers import BentoServer
+from bench.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = 40

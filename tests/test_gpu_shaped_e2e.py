@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from bench.support.metrics import metric_sum, samples
+from bench.support.servers import BentoServer
 from service.cpus import available_cpus
 from tests.conftest import serve_bento
-from tests.support.metrics import metric_sum, samples
-from tests.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from bench.support.images import data_uri, make_image
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
-from tests.support.images import data_uri, make_image
-from tests.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 KEYS = ("key-one-0123456789", "key-two-9876543210")

@@ -27,11 +27,11 @@ import psutil
 import pytest
 from PIL import Image
 
+from bench.support.attacks import RssSampler, measure, start_slow_clients
+from bench.support.metrics import samples
+from bench.support.servers import BentoServer
 from service.index import StoredDocument, open_index
 from tests.conftest import serve_bento
-from tests.support.attacks import RssSampler, measure, start_slow_clients
-from tests.support.metrics import samples
-from tests.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 KEY = "round-two-key-0123456789"

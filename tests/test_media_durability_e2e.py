@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.support.images import data_uri, make_image
+from bench.support.servers import BentoServer, bento_env
 from tests.conftest import BENTOML
-from tests.support.images import data_uri, make_image
-from tests.support.servers import BentoServer, bento_env
 
 
 def test_sigkill_during_bulk_image_upsert_keeps_acknowledged_media(tmp_path: Path, tiny_models: object) -> None:

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.support.images import write_images
+from bench.support.metrics import metric_sum
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
 from tests.support.counting import CountingServer
-from tests.support.images import write_images
-from tests.support.metrics import metric_sum
-from tests.support.servers import BentoServer
 
 N = 20
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.support.images import data_uri, make_image, png_bytes
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
-from tests.support.images import data_uri, make_image, png_bytes
 from tests.support.s3 import MotoServer
-from tests.support.servers import BentoServer
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.support.images import make_image, png_bytes
 from service.config import Settings
 from service.media import MediaError, MediaLoader
 from service.mediastore import (
@@ -23,7 +24,6 @@ from service.mediastore import (
     split_ref,
     thumbnail_name,
 )
-from tests.support.images import make_image, png_bytes
 
 
 def test_put_image_is_content_addressed_with_a_thumbnail(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
+from bench.support.images import data_uri, make_image
+from bench.support.servers import REPO, BentoServer, bento_env, free_port, stop_process_tree
 from tests.conftest import BENTOML, serve_bento
-from tests.support.images import data_uri, make_image
-from tests.support.servers import REPO, BentoServer, bento_env, free_port, stop_process_tree
 
 pytestmark = pytest.mark.e2e
 TOL = 1e-5

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
+from bench.support.images import make_image
 from service.config import TINY_NAMES, ConfigError, Settings, load_settings
 from service.models import _load, _loading_kwargs
-from tests.support.images import make_image
 
 HUB_ID = "acme/tiny-clip"
 MAIN, PR23 = "a" * 40, "b" * 40  # commit hashes of the two snapshots

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.support.images import Box, data_uri, overlap, text_image
+from bench.support.servers import REPO, BentoServer, free_port
 from tests.conftest import serve_bento
-from tests.support.images import Box, data_uri, overlap, text_image
-from tests.support.servers import REPO, BentoServer, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -256,7 +256,7 @@ def test_text_reranker_scores_image_documents_by_their_ocr_text(reranking_server
 def test_cli_indexes_screenshots_with_ocr_progress_and_searches_by_mode(
     lite_server: BentoServer, ingested: dict, tmp_path: Path
 ) -> None:
-    from tests.support.images import png_bytes
+    from bench.support.images import png_bytes
 
     for name in ("invoice", "backup"):
         (tmp_path / f"{name}.png").write_bytes(png_bytes(render(name)[0]))

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from mmsearch_client.inputs import content_id
 
+from bench.support.browser import PageSession
+from bench.support.images import data_uri, make_image, overlap, png_bytes, text_image
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
-from tests.support.browser import PageSession
-from tests.support.images import data_uri, make_image, overlap, png_bytes, text_image
-from tests.support.servers import BentoServer
 
 pytest.importorskip("playwright")  # the test extra pins it; this only names the problem on a bare venv
 from playwright.sync_api import expect

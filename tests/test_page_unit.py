@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from starlette.testclient import TestClient
 
+from bench.support.servers import REPO
 from service import page
-from tests.support.servers import REPO
 
 
 def test_page_logic_node_unit_tests() -> None:

@@ -21,6 +21,7 @@ import pytest
 from mmsearch_client.schemas import DeleteRequest, DropRequest, GetRequest, Item, SearchRequest, UpsertRequest
 from PIL import Image
 
+from bench.support.images import data_uri, make_image, stored_ref, write_images
 from service.config import Settings
 from service.embedcache import PRUNE_EVERY, EmbeddingCache, cache_key
 from service.errors import ApiError
@@ -31,7 +32,6 @@ from service.pipeline import SearchPipeline
 from service.priority import PriorityGate
 from tests.support.counting import CountingServer
 from tests.support.fakes import FakeEmbedder, FakeReranker, MemoryIndex
-from tests.support.images import data_uri, make_image, stored_ref, write_images
 
 DIM = 8
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from mmsearch_client.schemas import GetRequest, Item, SearchRequest, UpsertRequest
 
+from bench.support.images import data_uri, make_image
 from service.config import Settings
 from service.errors import ApiError
 from service.index import open_index
@@ -21,7 +22,6 @@ from service.mediastore import MediaStore
 from service.pipeline import SearchPipeline
 from service.priority import PriorityGate
 from tests.support.fakes import FakeEmbedder, FakeReader, FakeReranker, MemoryIndex, page
-from tests.support.images import data_uri, make_image
 
 DIM = 8
 INVOICE = data_uri(make_image(1))

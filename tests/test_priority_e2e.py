@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from bench.priority import bulk_body, bulk_ingest, seed_collection
+from bench.support.metrics import metric_sum, samples
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
-from tests.support.metrics import metric_sum, samples
-from tests.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 

@@ -11,11 +11,11 @@ import asyncio
 import time
 from collections.abc import Hashable
 
+from bench.support.images import data_uri, make_image, png_bytes
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.media import MediaLoader
 from service.priority import PriorityGate
-from tests.support.images import data_uri, make_image, png_bytes
 
 
 class Timed:

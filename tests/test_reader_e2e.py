@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.support.images import data_uri, overlap, png_bytes, text_image
+from bench.support.metrics import metric_sum
+from bench.support.servers import BentoServer, StaticServer
 from tests.conftest import serve_bento
-from tests.support.images import data_uri, overlap, png_bytes, text_image
-from tests.support.metrics import metric_sum
-from tests.support.servers import BentoServer, StaticServer
 
 pytestmark = pytest.mark.e2e
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.support.images import data_uri, make_image, png_bytes
+from bench.support.servers import BentoServer, bento_env
 from service.index import open_index
 from tests.conftest import BENTOML
-from tests.support.images import data_uri, make_image, png_bytes
 from tests.support.s3 import MotoServer
-from tests.support.servers import BentoServer, bento_env
 from tests.test_index_contract import backend_uri
 
 pytestmark = pytest.mark.e2e

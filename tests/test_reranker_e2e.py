@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder
 
+from bench.support.images import data_uri, decode, make_image, png_bytes
+from bench.support.metrics import metric_sum
+from bench.support.servers import BentoServer, StaticServer
 from tests.conftest import serve_bento
-from tests.support.images import data_uri, decode, make_image, png_bytes
-from tests.support.metrics import metric_sum
-from tests.support.servers import BentoServer, StaticServer
 from tests.test_embedder_e2e import run_hostile_battery
 
 pytestmark = pytest.mark.e2e

@@ -14,8 +14,8 @@ from mmsearch_client import Document as MDocument
 from mmsearch_client.integrations.langchain import MMSearchRetriever as LangChainRetriever
 from mmsearch_client.integrations.llamaindex import MMSearchRetriever as LlamaIndexRetriever
 
-from tests.support.images import make_image
-from tests.support.servers import BentoServer
+from bench.support.images import make_image
+from bench.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 COLLECTION = "rag_retrievers"

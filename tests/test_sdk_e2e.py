@@ -14,9 +14,9 @@ import numpy as np
 import openai
 import pytest
 
+from bench.support.images import data_uri, make_image, png_bytes
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
-from tests.support.images import data_uri, make_image, png_bytes
-from tests.support.servers import BentoServer
 from tests.support.tiktoken_cache import seed_tiktoken_cache
 
 pytestmark = pytest.mark.e2e

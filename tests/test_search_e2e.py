@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.images import data_uri, make_image
-from tests.support.metrics import metric_sum
-from tests.support.servers import BentoServer, StaticServer
+from bench.support.images import data_uri, make_image
+from bench.support.metrics import metric_sum
+from bench.support.servers import BentoServer, StaticServer
 
 pytestmark = pytest.mark.e2e
 

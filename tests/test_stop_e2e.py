@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
+from bench.support.servers import REPO, BentoServer, bento_env, free_port
 from tests.conftest import BENTOML
-from tests.support.servers import REPO, BentoServer, bento_env, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -30,8 +30,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.metrics import metric_sum
-from tests.support.servers import BentoServer, bento_env
+from bench.support.metrics import metric_sum
+from bench.support.servers import BentoServer, bento_env
 from tests.test_bento_build import build_bento
 
 pytestmark = pytest.mark.e2e

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
+from bench.support.servers import free_port
 from service import transport
 from service.config import Settings
 from service.middleware import RequestGuard
-from tests.support.servers import free_port
 
 CLOSED: list[str] = []
 LIMITS = Settings(header_timeout_s=0.5, body_timeout_s=0.5, body_min_rate=1000, max_connections=8, api_keys="k")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from bench.support.images import data_uri, decode, make_image, png_bytes
+from bench.support.servers import BentoServer, StaticServer
 from tests.conftest import serve_bento
-from tests.support.images import data_uri, decode, make_image, png_bytes
-from tests.support.servers import BentoServer, StaticServer
 
 pytestmark = pytest.mark.e2e
 TOL = 1e-5

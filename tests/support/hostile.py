@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
-from tests.support.images import make_image, png_bytes
+from bench.support.images import make_image, png_bytes
 
 MAX_IMAGE_BYTES = 1_000_000  # the test bentos run with this cap
 FETCH_DEADLINE_S = 3.0  # and this whole-fetch deadline

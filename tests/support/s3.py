@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.servers import free_port, stop_process_tree
+from bench.support.servers import free_port, stop_process_tree
 
 MOTO = str(Path(sys.executable).with_name("moto_server"))
 KEY = "test"

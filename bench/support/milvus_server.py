@@ -28,8 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.support.servers import REPO, free_port
 from service.stop import stop
-from tests.support.servers import REPO, free_port
 
 PID_FILES = (Path("/run/milvus/standalone.pid"), Path("/tmp/milvus/standalone.pid"))
 ROLES = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")

@@ -1,7 +1,7 @@
 """Hostile clients for the hardening tests (issue #16), each run in its own process so that its CPU use does not
 hide inside the test's own event loop, plus the well-behaved client whose latency the tests measure.
 
-    python -m tests.support.attacks slow --port P --connections 1500 --seconds 20 --key K
+    python -m bench.support.attacks slow --port P --connections 1500 --seconds 20 --key K
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def _slow(port: int, connections: int, seconds: float, key: str) -> dict[s
 
 def start_slow_clients(port: int, connections: int, seconds: float, key: str) -> subprocess.Popen[bytes]:
     """The slow-client attack in a child process; its stats (JSON) come on stdout when it ends."""
-    cmd = [sys.executable, "-m", "tests.support.attacks", "slow", "--port", str(port)]
+    cmd = [sys.executable, "-m", "bench.support.attacks", "slow", "--port", str(port)]
     cmd += ["--connections", str(connections), "--seconds", str(seconds), "--key", key]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE)
 
