@@ -16,17 +16,13 @@ log = logging.getLogger("mmsearch.models")
 TINY_WARNING = "RANDOM-WEIGHT TINY MODEL (MMSEARCH_PROFILE=tiny): smoke tests only, results are meaningless"
 
 
-class SimulatedOOM(MemoryError):
-    """Raised by the test-only ``MMSEARCH_OOM_SIMULATE_BATCH_OVER`` setting."""
-
-
 CPU_OOM_TEXTS = ("defaultcpuallocator: can't allocate memory", "not enough memory", "cannot allocate memory")
 
 
 def is_oom(exc: BaseException) -> bool:
     """True for out-of-memory errors: CUDA's, the CPU's (``MemoryError``, torch's allocator failing) and the
     simulated one. The batcher then splits the batch, and an input that does not fit alone gets 413."""
-    if isinstance(exc, MemoryError):  # SimulatedOOM too
+    if isinstance(exc, MemoryError):  # service.faults.SimulatedOOM too
         return True
     import torch
 
@@ -49,25 +45,6 @@ def limit_tokens(model: Any, limit: int) -> int:
         setattr(model, attr, limit)
         return limit
     return int(current)
-
-
-def _text_chars(payload: Any) -> int:
-    if isinstance(payload, str):
-        return len(payload)
-    if isinstance(payload, dict):
-        return len(payload.get("text") or "")
-    if isinstance(payload, tuple | list):
-        return sum(_text_chars(p) for p in payload)
-    return 0
-
-
-def check_simulated_oom(settings: Settings, payloads: list[Any]) -> None:
-    """Test-only fault injection (``MMSEARCH_OOM_SIMULATE_*``): behave like a GPU that is out of memory."""
-    if settings.oom_simulate_batch_over and len(payloads) > settings.oom_simulate_batch_over:
-        raise SimulatedOOM(f"simulated out of memory at batch size {len(payloads)}")
-    limit = settings.oom_simulate_text_chars
-    if limit and any(_text_chars(p) >= limit for p in payloads):
-        raise SimulatedOOM(f"simulated out of memory: an input has >= {limit} text characters")
 
 
 class ModelLoadError(RuntimeError):
@@ -128,7 +105,13 @@ def _load(cls: Any, settings: Settings, spec: ModelSpec) -> tuple[Any, str]:
     """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says; any failure is a ``ModelLoadError``."""
     if not spec.source:  # the tiny profile, no model configured
         log.warning(TINY_WARNING)
-        from service.tiny import ensure_tiny_models
+        try:
+            from service.tiny import ensure_tiny_models
+        except ImportError as e:  # the bento leaves the test models' builder out (bentofile.yaml)
+            raise ModelLoadError(
+                "MMSEARCH_PROFILE=tiny: the tiny models are built by service/tiny.py, which a source checkout has "
+                "(make serve, the tests) and the bento does not; set MMSEARCH_PROFILE=lite or default"
+            ) from e
 
         path = str(getattr(ensure_tiny_models(settings.tiny_dir), TINY_MODELS[spec.kind]))
     else:

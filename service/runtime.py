@@ -20,10 +20,11 @@ from service.batching import (
 )
 from service.config import Settings
 from service.errors import ApiError
+from service.faults import oom_check
 from service.inputs import ModelInput, item_paths, resolve_items
 from service.media import MediaLoader
 from service.metrics import get_metrics
-from service.models import check_simulated_oom, is_oom
+from service.models import is_oom
 from service.pixels import Lease
 from service.priority import PriorityGate
 
@@ -73,9 +74,21 @@ class ModelRuntime(Generic[T, R]):
         self.loader.on_refusal = self.refused  # fetch/decode failures by reason
         self.gate = PriorityGate.for_service(settings, service)
         self.loader.gate = self.gate  # document images decode after in-flight queries
+        fault = oom_check(settings)  # test-only; None in production, which then runs the adapter's own calls
+        prepare: Any = adapter.prepare
+        run: Any = adapter.run
+        if fault is not None:
+
+            def prepare(lane: Hashable, inputs: list[T]) -> tuple[list[T], Any]:
+                return inputs, adapter.prepare(lane, inputs)
+
+            def run(lane: Hashable, prepared: tuple[list[T], Any]) -> Sequence[R]:
+                fault(prepared[0])
+                return adapter.run(lane, prepared[1])
+
         self.batcher: MicroBatcher[T, R] = MicroBatcher(
-            self._run,
-            prepare=self._prepare,
+            run,
+            prepare=prepare,
             coalesce_s=settings.coalesce_s(adapter.accelerated),
             max_batch_size=max_batch_size or settings.max_batch_size,
             max_queue_size=settings.max_queue_size,
@@ -90,14 +103,6 @@ class ModelRuntime(Generic[T, R]):
 
         if adapter.threads is not None:
             self.metrics.model_threads.labels(service).set(adapter.threads.threads)
-
-    def _prepare(self, lane: Hashable, inputs: list[T]) -> tuple[list[T], Any]:
-        return inputs, self.adapter.prepare(lane, inputs)
-
-    def _run(self, lane: Hashable, prepared: tuple[list[T], Any]) -> Sequence[R]:
-        inputs, features = prepared
-        check_simulated_oom(self.settings, inputs)
-        return self.adapter.run(lane, features)
 
     def info(self) -> dict[str, Any]:
         """Batching and threading facts for ``/info``."""

@@ -234,7 +234,8 @@ def test_repeated_lines_are_rate_limited_and_counted() -> None:
 
 
 def test_cpu_out_of_memory_is_handled_like_cuda_out_of_memory() -> None:
-    from service.models import SimulatedOOM, is_oom
+    from service.faults import SimulatedOOM
+    from service.models import is_oom
 
     assert is_oom(MemoryError()) and is_oom(SimulatedOOM("x"))
     assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
@@ -253,3 +254,24 @@ def test_models_without_a_token_limit_get_one() -> None:
     unlimited, clip = CrossEncoderLike(), EmbedderLike()
     assert limit_tokens(unlimited, 512) == 512 and unlimited.max_length == 512
     assert limit_tokens(clip, 512) == 77 and clip.max_seq_length == 77  # the model's own smaller limit stays
+
+
+def test_fault_injection_is_off_unless_configured() -> None:
+    """Production batches run no fault code: with both ``MMSEARCH_OOM_SIMULATE_*`` at 0 there is no check, and the
+    batcher runs the adapter's own ``prepare``/``run``."""
+    from service.adapters import NoModel
+    from service.config import Settings
+    from service.faults import SimulatedOOM, oom_check
+    from service.runtime import ModelRuntime
+
+    assert oom_check(Settings()) is None
+    adapter = NoModel()
+    runtime: ModelRuntime[str, float] = ModelRuntime("fault-test", Settings(), adapter)
+    assert (runtime.batcher._run, runtime.batcher._prepare) == (adapter.run, adapter.prepare)
+    check = oom_check(Settings(oom_simulate_batch_over=2, oom_simulate_text_chars=5))
+    assert check is not None
+    check(["a", "b"])
+    with pytest.raises(SimulatedOOM, match="batch size 3"):
+        check(["a", "b", "c"])
+    with pytest.raises(SimulatedOOM, match=">= 5 text characters"):
+        check([("q", {"text": "hello"})])

@@ -163,3 +163,15 @@ def test_bad_model_settings_stop_the_start_up(
     lines = str(e.value).splitlines()
     assert lines[0] == "invalid mmsearch configuration:"
     assert len(lines) == 2 and lines[1].strip().startswith(f"{variable}: ") and says in lines[1], lines
+
+
+def test_tiny_profile_without_its_builder_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bento leaves ``service/tiny.py`` out (bentofile.yaml): the tiny profile there is a clear start-up error."""
+    import sys
+
+    from service.models import ModelLoadError
+
+    monkeypatch.setitem(sys.modules, "service.tiny", None)  # what importing a file the bento lacks does
+    s = settings(profile="tiny")
+    with pytest.raises(ModelLoadError, match=r"MMSEARCH_PROFILE=tiny: .*service/tiny.py.* the bento does not"):
+        _load(SentenceTransformer, s, s.model_spec("embedder"))
