@@ -83,7 +83,7 @@ def _index_uri(backend: str, root: Path) -> str:
 
 
 def ingest(backend: str, root: Path, vecs: np.ndarray, chunk: int) -> dict[str, Any]:
-    from service.index import open_index
+    from service.index.factory import open_index
 
     n = len(vecs)
     load = HostLoad().start()
@@ -150,7 +150,8 @@ def run_backend(backend: str, n: int, vecs: np.ndarray, queries: np.ndarray, tru
 def _measure(
     backend: str, root: Path, n: int, vecs: np.ndarray, queries: np.ndarray, truth: Any, args: Any, out: dict[str, Any]
 ) -> None:
-    from service.index import StoredDocument, open_index
+    from service.index import StoredDocument
+    from service.index.factory import open_index
 
     out["ingest"] = ingest(backend, root, vecs, args.chunk)
     print(f"  {backend} {n}: ingest {out['ingest']['vectors_per_s']} vectors/s", flush=True)

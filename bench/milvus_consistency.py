@@ -47,7 +47,7 @@ def _reader(uri: str, conn: Connection) -> None:
     """Child process: answers ("raw" | "mm", collection, ids) with the ids it reads back (Bounded consistency)."""
     from pymilvus import MilvusClient
 
-    from service.index import open_index
+    from service.index.factory import open_index
 
     client = MilvusClient(uri=uri)
     with open_index(uri) as index:
@@ -102,8 +102,8 @@ def _summary(ms: Sequence[float]) -> dict[str, float]:
 def measure(uri: str, docs: int, dim: int, queries: int, rounds: int) -> dict[str, Any]:
     from pymilvus import MilvusClient
 
-    from service.index import open_index
     from service.index.base import StoredDocument
+    from service.index.factory import open_index
 
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((docs, dim)).astype(np.float32)

@@ -52,7 +52,7 @@ from service.config import get_settings
 from service.embedcache import open_embedding_cache
 from service.embedder import Embedder
 from service.errors import ApiError, handle_api_errors
-from service.index import open_index
+from service.index.factory import open_index
 from service.media import MediaLoader
 from service.mediastore import content_type, local_media_dir, open_media_store, valid_name
 from service.metrics import get_metrics

@@ -403,7 +403,7 @@ def test_not_found(client: Any) -> None:
 
 
 def test_conflict_collection_made_by_another_model(client: Any, search_server: BentoServer) -> None:
-    from service.index import open_index
+    from service.index.factory import open_index
 
     coll = fresh("mismatch")
     # another writer created the collection with another model and dimension, in the server's own index

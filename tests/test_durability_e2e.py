@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bench.support.servers import BentoServer, bento_env
-from service.index import open_index
+from service.index.factory import open_index
 from tests.conftest import BENTOML
 from tests.test_index_contract import backend_uri
 

@@ -30,7 +30,8 @@ from PIL import Image
 from bench.support.attacks import RssSampler, measure, start_slow_clients
 from bench.support.metrics import samples
 from bench.support.servers import BentoServer
-from service.index import StoredDocument, open_index
+from service.index import StoredDocument
+from service.index.factory import open_index
 from tests.conftest import serve_bento
 
 pytestmark = pytest.mark.e2e

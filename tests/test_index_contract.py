@@ -22,8 +22,8 @@ from service.index import (
     InvalidFilter,
     StoredDocument,
     VectorIndex,
-    open_index,
 )
+from service.index.factory import open_index
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["lance", "lance_s3", "milvus", "milvus_server"]
@@ -429,7 +429,8 @@ def test_filter_must_be_a_mapping(index: VectorIndex, filter_coll: str) -> None:
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from service.index import StoredDocument, open_index
+    from service.index import StoredDocument
+    from service.index.factory import open_index
 
     index = open_index(sys.argv[1])
     index.ensure_collection("durable", 4, "m")
@@ -487,7 +488,8 @@ def test_writes_survive_sigkill(backend: str, tmp_path: Path, request: pytest.Fi
 CONCURRENT_WRITER = textwrap.dedent(
     """
     import sys
-    from service.index import StoredDocument, open_index
+    from service.index import StoredDocument
+    from service.index.factory import open_index
 
     uri, worker = sys.argv[1], int(sys.argv[2])
     index = open_index(uri)

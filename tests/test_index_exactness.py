@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index import StoredDocument, VectorIndex, open_index
+from service.index import StoredDocument, VectorIndex
+from service.index.factory import open_index
 from tests.test_index_contract import backend_uri
 
 N, DIM, QUERIES, K = 10_000, 64, 20, 10

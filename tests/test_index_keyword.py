@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.index import StoredDocument, VectorIndex, open_index
+from service.index import StoredDocument, VectorIndex
 from service.index.base import UnsupportedMode
+from service.index.factory import open_index
 from service.ocr import OcrLine
 
 DIM = 4

@@ -276,7 +276,7 @@ def settle(rig: Rig, call: Any) -> Any:
 
 @pytest.mark.parametrize("backend", ["memory", "lance", "milvus-lite"])
 def test_deleting_or_replacing_drops_media_once_unreferenced(tmp_path: Path, backend: str) -> None:
-    from service.index import open_index
+    from service.index.factory import open_index
 
     index = {
         "memory": lambda: None,

@@ -16,7 +16,7 @@ from mmsearch_client.schemas import GetRequest, Item, SearchRequest, UpsertReque
 from bench.support.images import data_uri, make_image
 from service.config import Settings
 from service.errors import ApiError
-from service.index import open_index
+from service.index.factory import open_index
 from service.media import MediaLoader
 from service.mediastore import MediaStore
 from service.pipeline import SearchPipeline

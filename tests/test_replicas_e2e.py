@@ -18,7 +18,7 @@ import pytest
 
 from bench.support.images import data_uri, make_image, png_bytes
 from bench.support.servers import BentoServer, bento_env
-from service.index import open_index
+from service.index.factory import open_index
 from tests.conftest import BENTOML
 from tests.support.s3 import MotoServer
 from tests.test_index_contract import backend_uri

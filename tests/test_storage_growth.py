@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.index import StoredDocument, open_index
+from service.index import StoredDocument
+from service.index.factory import open_index
 from service.index.lance import MAINTAIN_EVERY_WRITES, LanceIndex
 
 DIM = 4

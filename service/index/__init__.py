@@ -1,4 +1,7 @@
-"""Vector index layer: LanceDB (directory or S3) or Milvus (Lite file or server) behind one interface."""
+"""Vector index layer: LanceDB (directory or S3) or Milvus (Lite file or server) behind one interface.
+
+Open one with ``service.index.factory.open_index(uri)``.
+"""
 
 from service.index.base import (
     CollectionInfo,
@@ -11,7 +14,6 @@ from service.index.base import (
     InvalidFilter,
     StoredDocument,
     VectorIndex,
-    open_index,
 )
 
 __all__ = [
@@ -25,5 +27,4 @@ __all__ = [
     "InvalidFilter",
     "StoredDocument",
     "VectorIndex",
-    "open_index",
 ]
