@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 from collections.abc import Sequence
@@ -86,25 +85,15 @@ class Embedder:
         self, inputs: Sequence[ModelInput], input_type: InputType, timeout: float | None = None
     ) -> np.ndarray:
         """Encode resolved inputs, each in the lane of its modality; rows come back in input order."""
-        metrics = self.runtime.metrics
-        by_lane: dict[tuple[str, str], list[int]] = {}
-        for i, x in enumerate(inputs):
-            by_lane.setdefault((input_type, x.modality), []).append(i)
-            metrics.inputs.labels("embedder", x.modality, input_type).inc()
+        count = self.runtime.metrics.inputs
+        for x in inputs:
+            count.labels("embedder", x.modality, input_type).inc()
         priority = QUERY_PRIORITY if input_type == "query" else DOCUMENT_PRIORITY
-        out = np.zeros((len(inputs), self.dimension), dtype=np.float32)
-        lanes = list(by_lane.items())
-        results = await asyncio.gather(
-            *(
-                self.runtime.run(
-                    lane, [inputs[i].to_st(self.text_only) for i in idx], priority=priority, timeout=timeout
-                )
-                for lane, idx in lanes
-            )
+        lanes = [((input_type, x.modality), x.to_st(self.text_only)) for x in inputs]
+        rows = await self.runtime.run_lanes(lanes, priority=priority, timeout=timeout)
+        return (
+            np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, self.dimension), dtype=np.float32)
         )
-        for (_, idx), rows in zip(lanes, results, strict=True):
-            out[idx] = np.stack(rows)
-        return out
 
     def _check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is not None and dimensions > self.dimension:

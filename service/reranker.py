@@ -8,7 +8,6 @@ modality gap: text-text pairs score differently from text-image pairs), so mmsea
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -60,29 +59,12 @@ class Reranker:
         self, query: ModelInput, documents: Sequence[ModelInput], timeout: float | None = None
     ) -> list[float]:
         """Score resolved documents against a resolved query; one lane per (query, document) modality pair."""
-        metrics = self.runtime.metrics
-        by_lane: dict[tuple[str, str], list[int]] = {}
-        for i, d in enumerate(documents):
-            by_lane.setdefault((query.modality, d.modality), []).append(i)
-            metrics.inputs.labels("reranker", f"{query.modality}->{d.modality}", "pair").inc()
+        count = self.runtime.metrics.inputs
+        for d in documents:
+            count.labels("reranker", f"{query.modality}->{d.modality}", "pair").inc()
         q = query.to_st(self.text_only)
-        lanes = list(by_lane.items())
-        results = await asyncio.gather(
-            *(
-                self.runtime.run(
-                    lane,
-                    [(q, documents[i].to_st(self.text_only)) for i in idx],
-                    priority=QUERY_PRIORITY,
-                    timeout=timeout,
-                )
-                for lane, idx in lanes
-            )
-        )
-        scores = [0.0] * len(documents)
-        for (_, idx), got in zip(lanes, results, strict=True):
-            for i, s in zip(idx, got, strict=True):
-                scores[i] = s
-        return scores
+        pairs = [((query.modality, d.modality), (q, d.to_st(self.text_only))) for d in documents]
+        return await self.runtime.run_lanes(pairs, priority=QUERY_PRIORITY, timeout=timeout)
 
     def _require_model(self) -> str:
         """The model's name; 501 ``no_reranker`` when the profile has none (lite, unless configured)."""

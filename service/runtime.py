@@ -1,7 +1,8 @@
-"""What every model service shares: settings, the media loader, the micro-batcher and its metrics."""
+"""What every model service shares: settings, the media loader, the micro-batcher, its lanes and its metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Hashable, Sequence
@@ -48,6 +49,16 @@ def batch_error_to_api(e: BatchError) -> ApiError:
     return ApiError(503, "unavailable", str(e), retry_after=1)
 
 
+def media_loader(service: str, settings: Settings, gate: PriorityGate) -> MediaLoader:
+    """The media loader of one service: document decodes wait at ``gate`` behind in-flight queries, and every
+    fetch/decode refusal is counted by reason (``mmsearch_refusals_total{service=...}``)."""
+    loader = MediaLoader(settings)
+    loader.gate = gate
+    refusals = get_metrics().refusals
+    loader.on_refusal = lambda reason: refusals.labels(service, reason).inc()
+    return loader
+
+
 class ModelRuntime(Generic[T, R]):
     """Batches model calls for one service and records what the model actually received.
 
@@ -69,11 +80,9 @@ class ModelRuntime(Generic[T, R]):
         self.service = service
         self.settings = settings
         self.adapter = adapter
-        self.loader = MediaLoader(settings)
         self.metrics = get_metrics()
-        self.loader.on_refusal = self.refused  # fetch/decode failures by reason
         self.gate = PriorityGate.for_service(settings, service)
-        self.loader.gate = self.gate  # document images decode after in-flight queries
+        self.loader = media_loader(service, settings, self.gate)  # document images decode after in-flight queries
         fault = oom_check(settings)  # test-only; None in production, which then runs the adapter's own calls
         prepare: Any = adapter.prepare
         run: Any = adapter.run
@@ -149,6 +158,24 @@ class ModelRuntime(Generic[T, R]):
 
     def refused(self, reason: str) -> None:
         self.metrics.refusals.labels(self.service, reason).inc()
+
+    async def run_lanes(
+        self, payloads: Sequence[tuple[Hashable, T]], *, priority: int, timeout: float | None = None
+    ) -> list[R]:
+        """Run ``(lane, payload)`` pairs, one batcher submission per lane, the lanes concurrently; results in input
+        order. A model batch holds one lane only (one prompt, one modality or modality pair)."""
+        by_lane: dict[Hashable, list[int]] = {}
+        for i, (lane, _) in enumerate(payloads):
+            by_lane.setdefault(lane, []).append(i)
+        lanes = list(by_lane.items())
+        results = await asyncio.gather(
+            *(self.run(lane, [payloads[i][1] for i in idx], priority=priority, timeout=timeout) for lane, idx in lanes)
+        )
+        out: list[R | None] = [None] * len(payloads)
+        for (_, idx), got in zip(lanes, results, strict=True):
+            for i, r in zip(idx, got, strict=True):
+                out[i] = r
+        return out  # type: ignore[return-value]  # every index is in exactly one lane
 
     async def run(
         self, lane: Hashable, payloads: Sequence[T], *, priority: int, timeout: float | None = None

@@ -53,7 +53,6 @@ from service.embedcache import open_embedding_cache
 from service.embedder import Embedder
 from service.errors import ApiError, handle_api_errors
 from service.index.factory import open_index
-from service.media import MediaLoader
 from service.mediastore import content_type, local_media_dir, open_media_store, valid_name
 from service.metrics import get_metrics
 from service.middleware import install as install_middleware
@@ -64,6 +63,7 @@ from service.ports import RemoteEmbedder, RemoteReader, RemoteReranker, call_dep
 from service.priority import PriorityGate
 from service.reader import Reader
 from service.reranker import Reranker
+from service.runtime import media_loader
 from service.service_config import search_service_config
 from service.storage import StorageHealth, local_directories
 from service.uploads import read_upload_form
@@ -133,7 +133,8 @@ class Search:
             stage: CircuitBreaker(stage, s.breaker_failures, s.breaker_open_s)
             for stage in ("embedder", "reranker", "reader")
         }
-        loader = MediaLoader(self.settings)
+        gate = PriorityGate.for_service(self.settings, "search")
+        loader = media_loader("search", self.settings, gate)  # inline images that skip the embedder
         loader.store = self.media
         self.pipeline = SearchPipeline(
             self.settings,
@@ -143,7 +144,7 @@ class Search:
             index=self.index,
             media=self.media,
             loader=loader,
-            gate=PriorityGate.for_service(self.settings, "search"),
+            gate=gate,
             observe_stage=lambda stage, seconds: stage_seconds.labels(stage).observe(seconds),
             storage=self.storage,
             cache=open_embedding_cache(self.settings),

@@ -660,3 +660,28 @@ def test_stats_count_refusals(server: str) -> None:
 
     stats = run(go())
     assert stats["blocked_address"] == 2 and stats["bad_scheme"] == 1 and stats["ok"] == 0
+
+
+def test_every_service_loader_waits_at_its_gate_and_counts_refusals() -> None:
+    """Search's own loader (inline images that skip the Embedder) is built like the model services': refusals are
+    counted under its service name and document decodes wait at its gate."""
+    from service.metrics import get_metrics
+    from service.priority import PriorityGate
+    from service.runtime import media_loader
+
+    settings = _settings()
+    gate = PriorityGate.for_service(settings, "search")
+    loader = media_loader("search", settings, gate)
+    assert loader.gate is gate
+    counter = get_metrics().refusals.labels("search", "bad_scheme")
+    before = counter._value.get()
+
+    async def refused() -> None:
+        try:
+            with pytest.raises(MediaError):
+                await loader.load("ftp://127.0.0.1/x.png", "documents[0].image")
+        finally:
+            await loader.aclose()
+
+    run(refused())
+    assert counter._value.get() == before + 1
