@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ParamSpec, TypeVar
 
-from mmsearch_client.errors import parse_error_body
+from mmsearch_client.errors import field_to_loc, loc_to_field, parse_error_body
 from starlette.responses import Response
 
 log = logging.getLogger("mmsearch")
@@ -70,6 +70,10 @@ def family_for_path(path: str) -> Family:
     return Family.NATIVE
 
 
+Loc = tuple[str | int, ...]
+"""A field path as data: ``("documents", 3, "image")`` is ``documents[3].image``."""
+
+
 class ApiError(Exception):
     """A request the service refuses, with the HTTP status, a machine code and the field at fault."""
 
@@ -88,6 +92,24 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.retry_after = retry_after
+
+    def relocate(self, name: str, new: Callable[[int, Loc], Loc | None]) -> ApiError:
+        """Move the error from the item ``name[k]`` of a dependency's request to where the caller sent it.
+
+        ``new(k, rest)`` gets the item's index and the rest of the path (``("image",)`` for ``inputs[3].image``) and
+        returns the caller's path, or ``None`` to leave the error as it is. The field is rewritten as a path, and
+        the message's leading ``field:`` with it (the services' messages start with the field they name)."""
+        loc: Loc = field_to_loc(self.field) if self.field else ()
+        if len(loc) < 2 or loc[0] != name or not isinstance(loc[1], int):
+            return self
+        target = new(loc[1], loc[2:])
+        if target is None:
+            return self
+        moved = loc_to_field(list(target)) or ""
+        if self.message.startswith(f"{self.field}:"):
+            self.message = moved + self.message[len(str(self.field)) :]
+        self.field = moved
+        return self
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is not None or self.status in (429, 503):
@@ -134,8 +156,23 @@ def parse_error(status: int, body: bytes, content_type: str = "application/json"
         except ValueError:
             parsed = text
     message, code, field = parse_error_body(parsed)
+    wrapped = _json_body(message)  # a dependency's answer re-raised as an exception's message, then wrapped
+    if wrapped is not None:
+        inner = parse_error_body(wrapped)
+        message, code, field = inner[0] or message, inner[1] or code, inner[2] or field
     message = message or f"HTTP {status}"
     return ApiError(status, code or DEFAULT_CODES.get(status, "error"), message, field=field)
+
+
+def _json_body(message: str | None) -> dict[str, Any] | None:
+    """``message`` when it is itself an mmsearch error body (``{"error": "...", ...}``)."""
+    if not message or not message.startswith("{"):
+        return None
+    try:
+        body = json.loads(message)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and isinstance(body.get("error"), str) else None
 
 
 def bad_request(message: str, field: str | None = None, code: str = "invalid_request") -> ApiError:
@@ -168,14 +205,17 @@ def handle_api_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R 
 
 
 def api_error_from_remote(exc: Exception) -> ApiError | None:
-    """Rebuild an ``ApiError`` from a dependency's error (BentoML raises it with the JSON body as message)."""
+    """Rebuild an ``ApiError`` from a dependency's answer, or ``None`` when it is not an mmsearch error answer.
+
+    BentoML's client raises ``BentoMLException(message=<response body>, error_code=<HTTP status>)``
+    (``_bentoml_impl.client.proxy2.map_exception``): the body is parsed as the error body it is."""
     status = getattr(getattr(exc, "error_code", None), "value", None)
-    if not isinstance(status, int) or status < 400:
+    body = getattr(exc, "message", None)
+    if not isinstance(status, int) or status < 400 or not isinstance(body, str):
         return None
-    text = str(exc).strip()
-    if not text.startswith(("{", "[")):
+    if not body.lstrip().startswith(("{", "[")):
         return None
-    err = parse_error(status, text.encode())
+    err = parse_error(status, body.encode())
     return err if err.status < 500 or err.code != "internal_error" else None
 
 

@@ -19,13 +19,13 @@ import binascii
 import functools
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
 import numpy as np
+from mmsearch_client.errors import field_to_loc
 from mmsearch_client.schemas import (
     CollectionInfo,
     CollectionsResponse,
@@ -52,7 +52,7 @@ from mmsearch_client.schemas import (
 from service import mediagc
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
-from service.errors import ApiError, unprocessable
+from service.errors import ApiError, Loc, unprocessable
 from service.index import base as index_base
 from service.inputs import check_count, check_text_length, unit_vector
 from service.media import MediaError, MediaLoader, content_hash
@@ -67,9 +67,7 @@ from service.storage import StorageHealth, is_storage_fault
 
 T = TypeVar("T")
 log = logging.getLogger("mmsearch.search")
-_INPUT_PATH = re.compile(r"inputs\[(\d+)\]")
 STAGES = ("read", "embed", "retrieve", "rerank", "total")
-_DOCUMENT_PATH = re.compile(r"^documents\[(\d+)\]")
 MAX_RERANK_ROUNDS = 4
 """Reranker calls per search at most when it refuses candidates one by one (their media unreadable)."""
 
@@ -739,10 +737,11 @@ class SearchPipeline:
             try:
                 results = await self.reranker.rerank(query, batch, run.remaining(), wait=budget)
             except ApiError as e:
-                m = _DOCUMENT_PATH.match(e.field or "")
-                if e.status >= 500 or m is None or int(m.group(1)) >= len(batch):
+                loc = field_to_loc(e.field or "")
+                k = loc[1] if len(loc) > 1 and loc[0] == "documents" else None
+                if e.status >= 500 or not isinstance(k, int) or k >= len(batch):
                     raise
-                raise _DocumentRefused(offset + int(m.group(1)), e) from None
+                raise _DocumentRefused(offset + k, e) from None
             out = [0.0] * len(batch)
             for r in results:
                 out[r.index] = r.relevance_score
@@ -871,17 +870,12 @@ def remaining(deadline: float | None) -> float | None:
 
 
 def remap_inputs(e: ApiError, positions: Sequence[int], field: str, single: bool = False) -> ApiError:
-    """Rewrite the embedder's ``inputs[k]`` paths to the caller's field (``documents[j]`` or ``query``)."""
+    """Move a dependency's ``inputs[k]`` error to the caller's field: ``field[positions[k]]``, or ``field`` itself
+    when the request had one item (``single``: the query)."""
 
-    def sub(text: str) -> str:
-        def one(m: re.Match[str]) -> str:
-            k = int(m.group(1))
-            if single:
-                return field
-            return f"{field}[{positions[k]}]" if k < len(positions) else m.group(0)
+    def new(k: int, rest: Loc) -> Loc | None:
+        if single:
+            return (field, *rest)
+        return (field, positions[k], *rest) if k < len(positions) else None
 
-        return _INPUT_PATH.sub(one, text)
-
-    e.message = sub(e.message)
-    e.field = sub(e.field) if e.field else e.field
-    return e
+    return e.relocate("inputs", new)

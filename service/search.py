@@ -58,7 +58,7 @@ from service.metrics import get_metrics
 from service.middleware import install as install_middleware
 from service.page import is_public as is_page
 from service.page import page_app
-from service.pipeline import SearchPipeline, remap_inputs
+from service.pipeline import SearchPipeline
 from service.ports import RemoteEmbedder, RemoteReader, RemoteReranker, call_dependency
 from service.priority import PriorityGate
 from service.reader import Reader
@@ -261,8 +261,9 @@ class Search:
                 ),
             )
         except ApiError as e:
-            e.field = e.field.removesuffix(".image") if e.field else None
-            raise remap_inputs(e, list(range(len(items))), "image") from None
+            # the Embedder's inputs[k] and its inputs[k].image are the upload's image[k]
+            upload = e.relocate("inputs", lambda k, rest: ("image", k, *(rest[1:] if rest[:1] == ("image",) else rest)))
+            raise upload from None
         return JSONResponse(resp.model_dump())
 
     @bentoml.api(route="/ocr", input_spec=OcrRequest)

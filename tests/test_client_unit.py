@@ -49,7 +49,7 @@ from mmsearch_client import (
 from mmsearch_client._base import BaseClient, upsert_batch_plan
 from mmsearch_client.cli import main as cli_main
 from mmsearch_client.cli import scan
-from mmsearch_client.errors import MMSearchError, loc_to_field, parse_error_body, parse_retry_after
+from mmsearch_client.errors import MMSearchError, field_to_loc, loc_to_field, parse_error_body, parse_retry_after
 from mmsearch_client.inputs import detect_image_mime, item_to_json, to_items, to_wire_document, to_wire_image
 from mmsearch_client.results import decode_embedding
 from PIL import Image as PILImage
@@ -244,10 +244,10 @@ def test_bentoml_list_body_plain_text_and_odd_shapes() -> None:
     assert isinstance(err, NotFoundError) and err.message == "Not Found" and err.code == "not_found"
     err = _raise_for(400, "BentoService error handling API request: bad")  # a bare JSON string
     assert err.message == "BentoService error handling API request: bad"
-    # a dependency's JSON error body wrapped as the message of a BentoML error
-    inner = json.dumps({"error": "collection 'x' not found", "code": "collection_not_found", "field": "collection"})
-    err = _raise_for(404, [{"error": inner}])
-    assert (err.message, err.code, err.field) == ("collection 'x' not found", "collection_not_found", "collection")
+    # a wrapped body is the server's to flatten (service.errors.parse_error at its edge): the client reads one shape
+    assert field_to_loc("documents[3].image") == ("documents", 3, "image")
+    assert field_to_loc("query") == ("query",) and field_to_loc("a[x]") == ("a[x]",)
+    assert loc_to_field(list(field_to_loc("image[2].text"))) == "image[2].text"
     assert parse_error_body({"detail": "Not authenticated"}) == ("Not authenticated", None, None)
     assert parse_error_body(None) == (None, None, None)
     assert parse_error_body([1, 2]) == (None, None, None)

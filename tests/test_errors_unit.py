@@ -99,3 +99,32 @@ def test_middleware_hides_internal_500_detail_and_passes_success() -> None:
     assert status == 500 and "10.0.0.7" not in body["message"]
     status, _, body = _run(_app(200, b'{"ok": true}', b"application/json"), "/v1/embeddings")
     assert status == 200 and body == {"ok": True}
+
+
+def test_a_wrapped_dependency_error_is_flattened_at_the_edge() -> None:
+    """BentoML answers ``[{"error": <a dependency's JSON body>}]`` when an exception carries that body as its
+    message: the service's edge rebuilds the inner error, so clients see one shape."""
+    inner = json.dumps({"error": "collection 'x' not found", "code": "collection_not_found", "field": "collection"})
+    err = parse_error(404, json.dumps([{"error": inner}]).encode())
+    assert (err.message, err.code, err.field) == ("collection 'x' not found", "collection_not_found", "collection")
+
+
+def test_field_paths_are_relocated_as_paths() -> None:
+    """A dependency's ``inputs[k]`` error is moved to the caller's field by path, message prefix included."""
+    from service.pipeline import remap_inputs
+
+    def embedder_error(field: str | None, message: str) -> ApiError:
+        return ApiError(400, "bad_url", message, field=field)
+
+    e = remap_inputs(embedder_error("inputs[1].image", "inputs[1].image: bad URL"), [4, 7], "documents")
+    assert (e.field, e.message) == ("documents[7].image", "documents[7].image: bad URL")
+    e = remap_inputs(embedder_error("inputs[0].text", "inputs[0].text: too long"), [0], "query", single=True)
+    assert (e.field, e.message) == ("query.text", "query.text: too long")
+    e = remap_inputs(embedder_error("inputs[3]", "blocked address"), [9], "documents")  # out of range: unchanged
+    assert (e.field, e.message) == ("inputs[3]", "blocked address")
+    e = remap_inputs(embedder_error("inputs[0].image", "not an image"), [2], "documents")  # message without a path
+    assert (e.field, e.message) == ("documents[2].image", "not an image")
+    e = remap_inputs(embedder_error("dimensions", "dimensions: at most 16"), [2], "documents")
+    assert (e.field, e.message) == ("dimensions", "dimensions: at most 16")
+    e = remap_inputs(embedder_error(None, "inputs: at most 256"), [2], "documents")
+    assert (e.field, e.message) == (None, "inputs: at most 256")

@@ -197,6 +197,22 @@ def loc_to_field(loc: Any) -> str | None:
     return out or None
 
 
+def field_to_loc(field: str) -> tuple[str | int, ...]:
+    """``"documents[3].image"`` -> ``("documents", 3, "image")``: the inverse of :func:`loc_to_field` for the paths
+    the services name (dotted names and ``[index]`` subscripts); anything else is one opaque name."""
+    loc: list[str | int] = []
+    for part in field.split("."):
+        name, _, subscripts = part.partition("[")
+        if name:
+            loc.append(name)
+        for sub in subscripts.split("[") if subscripts else ():
+            index = sub.removesuffix("]")
+            if not index.isdigit() or not sub.endswith("]"):
+                return (field,)
+            loc.append(int(index))
+    return tuple(loc)
+
+
 def _from_mapping(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     message: str | None = None
     code = body.get("code") if isinstance(body.get("code"), str) else None
@@ -205,11 +221,6 @@ def _from_mapping(body: dict[str, Any]) -> tuple[str | None, str | None, str | N
     detail = body.get("detail")
     if isinstance(err, str):
         message = err
-        # A dependency's error re-raised with its JSON body as the message: unwrap it.
-        nested = _json_or_none(err)
-        if isinstance(nested, dict) and isinstance(nested.get("error"), str):
-            inner = _from_mapping(nested)
-            message, code, field = inner[0], inner[1] or code, inner[2] or field
     elif isinstance(err, dict):
         return _from_mapping(err)
     if isinstance(detail, list) and detail:
