@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmsearch_client.schemas import EncodingFormat, InputType
+from mmsearch_client.errors import loc_to_field
+from mmsearch_client.schemas import EncodeRequest, EncodingFormat, InputType
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from service.config import Settings
@@ -27,17 +30,10 @@ class UploadForm:
 
 
 async def read_upload_form(request: Request, settings: Settings) -> UploadForm:
-    """Parse and validate the multipart form, with every part and count bounded (4xx naming the field)."""
-    from starlette.formparsers import MultiPartException
+    """Parse and validate the multipart form, with every part and count bounded (4xx naming the field).
 
-    try:
-        form = await request.form(
-            max_files=settings.max_inputs_per_request,
-            max_fields=settings.max_inputs_per_request + 16,
-            max_part_size=max(settings.max_text_chars * 4, 64 * 1024),
-        )
-    except MultiPartException as e:
-        raise ApiError(413 if "exceed" in str(e).lower() else 400, "bad_multipart", str(e)) from None
+    The options are validated by ``EncodeRequest`` itself (the ``/encode`` rules, one definition)."""
+    form = await _bounded_form(request, settings)
     files = form.getlist("image")
     texts = [t for t in form.getlist("text") if isinstance(t, str)]
     if not files:
@@ -47,38 +43,54 @@ async def read_upload_form(request: Request, settings: Settings) -> UploadForm:
             f"text: give one text per image to pair them ({len(texts)} texts, {len(files)} images)", "text"
         )
     check_count("image", len(files), settings.max_inputs_per_request)
-    input_type = str(form.get("input_type") or "document")
-    if input_type not in ("query", "document"):
-        raise bad_request("input_type: must be 'query' or 'document'", "input_type")
-    dims_raw = form.get("dimensions")
-    try:
-        dimensions = int(str(dims_raw)) if dims_raw not in (None, "") else None
-    except ValueError:
-        raise bad_request("dimensions: must be an integer", "dimensions") from None
-    if dimensions is not None and dimensions < 1:
-        raise bad_request("dimensions: must be >= 1", "dimensions")
-    normalize = str(form.get("normalize") or "true").lower() not in ("false", "0", "no")
-    encoding_format = str(form.get("encoding_format") or "float")
-    if encoding_format not in ("float", "base64"):
-        raise bad_request("encoding_format: must be 'float' or 'base64'", "encoding_format")
+    options = _encode_options({k: form.get(k) for k in OPTIONS})
     images: list[bytes] = []
     content_types: list[str] = []
     for i, f in enumerate(files):
         if isinstance(f, str):
             raise bad_request(f"image[{i}]: must be a file part, not a text field", f"image[{i}]")
-        data = await f.read(settings.max_image_bytes + 1)
-        if len(data) > settings.max_image_bytes:
-            raise ApiError(
-                413, "too_large", f"image[{i}]: file exceeds {settings.max_image_bytes} bytes", field=f"image[{i}]"
-            )
-        images.append(data)
+        images.append(await _read_capped(f, f"image[{i}]", settings.max_image_bytes))
         content_types.append(f.content_type or "")
     return UploadForm(
         images=images,
         content_types=content_types,
         texts=texts or None,
-        input_type="query" if input_type == "query" else "document",
-        dimensions=dimensions,
-        normalize=normalize,
-        encoding_format="base64" if encoding_format == "base64" else "float",
+        input_type=options.input_type,
+        dimensions=options.dimensions,
+        normalize=options.normalize,
+        encoding_format=options.encoding_format,
     )
+
+
+OPTIONS = ("input_type", "dimensions", "normalize", "encoding_format")
+"""The ``/encode`` options an upload takes as form fields (an empty field: the default)."""
+
+
+async def _bounded_form(request: Request, settings: Settings) -> FormData:
+    from starlette.formparsers import MultiPartException
+
+    try:
+        return await request.form(
+            max_files=settings.max_inputs_per_request,
+            max_fields=settings.max_inputs_per_request + 16,
+            max_part_size=max(settings.max_text_chars * 4, 64 * 1024),
+        )
+    except MultiPartException as e:
+        raise ApiError(413 if "exceed" in str(e).lower() else 400, "bad_multipart", str(e)) from None
+
+
+def _encode_options(fields: dict[str, object]) -> EncodeRequest:
+    given = {k: v for k, v in fields.items() if isinstance(v, str) and v != ""}
+    try:
+        return EncodeRequest.model_validate({"inputs": ["upload"], **given})
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = loc_to_field(first["loc"]) or "form"
+        raise bad_request(f"{field}: {first['msg']}", field) from None
+
+
+async def _read_capped(part: UploadFile, field: str, limit: int) -> bytes:
+    data = await part.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"{field}: file exceeds {limit} bytes", field=field)
+    return data

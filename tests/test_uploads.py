@@ -1,0 +1,93 @@
+"""``read_upload_form``: the multipart form of ``/upload/encode`` (Embedder and Search), validated with the
+``/encode`` rules (``EncodeRequest``); every refusal is a 4xx naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from service.config import Settings
+from service.errors import ApiError
+from service.uploads import read_upload_form
+
+SETTINGS = Settings(max_image_bytes=100, max_inputs_per_request=3)
+
+
+async def _echo(request: Request) -> Response:
+    try:
+        form = await read_upload_form(request, SETTINGS)
+    except ApiError as e:
+        return e.to_response()
+    return JSONResponse(
+        {k: v for k, v in vars(form).items() if k != "images"} | {"sizes": [len(b) for b in form.images]}
+    )
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(Starlette(routes=[Route("/", _echo, methods=["POST"])]))
+
+
+def _post(client: TestClient, data: dict[str, Any] | None = None, n: int = 1, size: int = 10) -> Any:
+    files = [("image", (f"{i}.png", b"x" * size, "image/png")) for i in range(n)]
+    return client.post("/", files=files, data=data or {})
+
+
+def test_defaults_and_options(client: TestClient) -> None:
+    got = _post(client).json()
+    assert got == {
+        "content_types": ["image/png"],
+        "texts": None,
+        "input_type": "document",
+        "dimensions": None,
+        "normalize": True,
+        "encoding_format": "float",
+        "sizes": [10],
+    }
+    opts = {"input_type": "query", "dimensions": "8", "normalize": "false", "encoding_format": "base64", "text": "a"}
+    got = _post(client, opts).json()
+    assert (got["input_type"], got["dimensions"], got["normalize"], got["encoding_format"]) == (
+        "query",
+        8,
+        False,
+        "base64",
+    )
+    assert got["texts"] == ["a"]
+    assert _post(client, {"dimensions": ""}).json()["dimensions"] is None  # an empty field: the default
+
+
+@pytest.mark.parametrize(
+    ("data", "n", "size", "status", "field"),
+    [
+        ({"input_type": "passage"}, 1, 10, 400, "input_type"),
+        ({"dimensions": "0"}, 1, 10, 400, "dimensions"),
+        ({"dimensions": "eight"}, 1, 10, 400, "dimensions"),
+        ({"normalize": "maybe"}, 1, 10, 400, "normalize"),
+        ({"encoding_format": "int8"}, 1, 10, 400, "encoding_format"),
+        ({"text": ["a", "b"]}, 1, 10, 400, "text"),
+        ({}, 1, 101, 413, "image[0]"),
+    ],
+)
+def test_refusals_name_the_field(
+    client: TestClient, data: dict[str, Any], n: int, size: int, status: int, field: str
+) -> None:
+    r = _post(client, data, n, size)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field and r.json()["error"].startswith(f"{field}: "), r.json()
+
+
+def test_more_files_than_inputs_per_request_are_refused_while_parsing(client: TestClient) -> None:
+    r = _post(client, n=4)
+    # Starlette answers this one itself (plain text; the service's error middleware gives it the JSON shape)
+    assert r.status_code == 400 and "Maximum number of files is 3" in r.text
+
+
+def test_no_image_is_refused(client: TestClient) -> None:
+    r = client.post("/", data={"text": "a"}, files=[("other", ("x", b"x", "text/plain"))])
+    assert r.status_code == 400 and r.json()["field"] == "image"
