@@ -1,0 +1,170 @@
+"""Structure rules of issue #20, checked from the source (standard-library ``ast``, no server, well under a second):
+product and benchmark code never import the tests, no import cycle among the modules, and no function in
+``service/`` or the client above cyclomatic complexity 15 (radon's counting) except those listed in ``COMPLEX``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = {
+    "service": REPO / "service",
+    "mmsearch_client": REPO / "clients" / "python" / "mmsearch_client",
+    "bench": REPO / "bench",
+    "tests": REPO / "tests",
+    "loadtest": REPO / "loadtest",
+}
+MAX_COMPLEXITY = 15
+COMPLEX: dict[str, int] = {
+    # function -> its complexity today; each is to be split (issue #20), none may grow and no other may join
+    "clients/python/mmsearch_client/eval/runner.py:_evaluate_mode": 35,
+    "clients/python/mmsearch_client/eval/report.py:print_report": 32,
+    "clients/python/mmsearch_client/eval/runner.py:run_eval": 31,
+    "clients/python/mmsearch_client/eval/dataset.py:_parse_item": 27,
+    "service/batching.py:MicroBatcher._choose": 26,
+    "service/pipeline.py:SearchPipeline._embed_documents": 23,
+    "service/index/filters.py:parse_filter": 22,
+    "service/pipeline.py:SearchPipeline._rerank": 20,
+    "clients/python/mmsearch_client/cli.py:cmd_index": 19,
+    "clients/python/mmsearch_client/eval/dataset.py:_load_qrels": 19,
+    "clients/python/mmsearch_client/eval/runner.py:restrict_modalities": 19,
+    "service/calibration.py:PairMap.from_json": 18,
+    "service/media.py:_first_failure": 18,
+    "service/retrieval.py:retrieve": 17,
+    "service/reading.py:TextReader.read": 16,
+    "clients/python/mmsearch_client/errors.py:_from_mapping": 16,
+}
+
+
+def _modules() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for package, root in PACKAGES.items():
+        for f in root.rglob("*.py"):
+            parts = list(f.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join([package, *parts])] = f
+    return out
+
+
+def _imports(name: str, f: Path, modules: dict[str, Path]) -> set[str]:
+    """Every module ``name`` imports (module level or in a function); ``from a import b`` is ``a.b`` if a module."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(f.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        for t in targets:
+            while t not in modules and "." in t:
+                t = t.rsplit(".", 1)[0]
+            if t in modules and t != name:
+                out.add(t)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def complexity(fn: ast.AST) -> int:
+    """Radon's cyclomatic complexity of a function (nested functions count in their parent, as radon's closures)."""
+    c = 1
+    for n in ast.walk(fn):
+        if isinstance(n, ast.If | ast.IfExp | ast.Assert | ast.match_case | ast.Lambda):
+            c += 1
+        elif isinstance(n, ast.For | ast.AsyncFor | ast.While):
+            c += 1 + bool(n.orelse)
+        elif isinstance(n, ast.Try):
+            c += len(n.handlers) + bool(n.orelse)
+        elif isinstance(n, ast.BoolOp):
+            c += len(n.values) - 1
+        elif isinstance(n, ast.comprehension):
+            c += 1 + len(n.ifs)
+    return c
+
+
+def function_complexities(tree: ast.AST, prefix: str = "") -> dict[str, int]:
+    out: dict[str, int] = {}
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            out[prefix + node.name] = complexity(node)
+        elif isinstance(node, ast.ClassDef):
+            out |= function_complexities(node, f"{prefix}{node.name}.")
+    return out
+
+
+def test_service_and_bench_never_import_the_tests() -> None:
+    modules = _modules()
+    bad = {
+        name: sorted(t for t in _imports(name, f, modules) if t.split(".")[0] == "tests")
+        for name, f in modules.items()
+        if name.split(".")[0] in ("service", "mmsearch_client", "bench", "loadtest")
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_no_import_cycles() -> None:
+    modules = _modules()
+    graph = {name: _imports(name, f, modules) for name, f in modules.items()}
+    assert _cycles(graph) == []
+    # the checker finds a cycle when there is one
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_function_above_complexity_15() -> None:
+    found: dict[str, int] = {}
+    for package in ("service", "mmsearch_client"):
+        for f in sorted(PACKAGES[package].rglob("*.py")):
+            where = f.relative_to(REPO).as_posix()
+            for name, c in function_complexities(ast.parse(f.read_text())).items():
+                if c > MAX_COMPLEXITY:
+                    found[f"{where}:{name}"] = c
+    grown = {k: v for k, v in found.items() if v > COMPLEX.get(k, MAX_COMPLEXITY)}
+    assert not grown, grown
+    fn = ast.parse("def f(a):\n    if a and a > 1 or a < -1:\n        return [x for x in a if x]\n    return 0\n")
+    assert complexity(fn.body[0]) == 1 + 1 + 2 + 2  # if, two boolean operators, a comprehension with a filter
