@@ -95,69 +95,94 @@ def _header(p: Printer, report: dict[str, Any]) -> None:
 
 
 def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
-    """The header (with the tiny-model warning), quality, latency and score-distribution tables."""
+    """The header (with the tiny-model warning), quality, latency and score-distribution tables, then notes."""
     p = Printer(stream)
     _header(p, report)
     metrics: list[str] = report["metrics"]
     runs: dict[str, dict[str, Any]] = report["runs"]
-    rows = []
-    for mode, run in runs.items():
-        for scope, agg in _scopes(run):
-            values = [_num(agg["metrics"].get(m)) for m in metrics]
-            rows.append([scope, _MODE_LABEL.get(mode, mode), str(agg["queries"]), *values])
     p.table(
         "Retrieval quality by query -> relevant-document modality (and query group)",
         ["scope", "run", "queries", *(_METRIC_LABEL.get(m, m) for m in metrics)],
-        rows,
+        _quality_rows(runs, metrics),
     )
-    rows = []
-    for mode, run in runs.items():
-        for stage, lat in run["latency_ms"].items():
-            rows.append(
-                [
-                    stage,
-                    _MODE_LABEL.get(mode, mode),
-                    str(lat["n"]),
-                    *(_num(lat.get(k), 1) for k in ("p50", "p95", "p99", "mean")),
-                ]
-            )
     p.table(
         "Latency per stage (ms; server timings_ms, 'client' = round trip)",
         ["stage", "run", "n", "p50", "p95", "p99", "mean"],
-        rows,
+        _latency_rows(runs),
     )
-    rows = []
-    for mode, run in runs.items():
-        for kind, per_pair in run["scores"].items():
-            if kind == "rerank" and not _reranked_run(mode, run):
-                continue
-            if kind == "retrieval" and _reranked_run(mode, run) and len(runs) > 1:
-                continue  # the retrieval scores of a rerank-off run of the same mode
-            for pair, sides in per_pair.items():
-                rel, non = sides["relevant"], sides["non_relevant"]
-                rows.append(
-                    [
-                        pair,
-                        kind,
-                        *(
-                            str(s["n"]) if k == "n" else _num(s[k], 4)
-                            for s in (rel, non)
-                            for k in ("n", "min", "median", "max")
-                        ),
-                    ]
-                )
     p.table(
         "Score distribution of retrieved documents by query -> document modality (relevant | non-relevant)",
         ["pair", "score", "rel n", "rel min", "rel med", "rel max", "non n", "non min", "non med", "non max"],
-        rows,
+        _score_rows(runs),
     )
+    for note in [*_run_notes(runs), *_dataset_notes(report)]:
+        p.line(f"note: {note}")
+    if report.get("warning"):
+        p.line(f"!!! {report['warning']} !!!")
+
+
+def _quality_rows(runs: dict[str, dict[str, Any]], metrics: list[str]) -> list[list[str]]:
+    return [
+        [scope, _MODE_LABEL.get(mode, mode), str(agg["queries"]), *(_num(agg["metrics"].get(m)) for m in metrics)]
+        for mode, run in runs.items()
+        for scope, agg in _scopes(run)
+    ]
+
+
+LATENCY_COLUMNS = ("p50", "p95", "p99", "mean")
+
+
+def _latency_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            stage,
+            _MODE_LABEL.get(mode, mode),
+            str(lat["n"]),
+            *(_num(lat.get(k), 1) for k in ("p50", "p95", "p99", "mean")),
+        ]
+        for mode, run in runs.items()
+        for stage, lat in run["latency_ms"].items()
+    ]
+
+
+def _score_kinds(mode: str, run: dict[str, Any], several_runs: bool) -> list[str]:
+    """The score kinds a run's table shows: rerank scores of a reranked run; retrieval scores unless another run of
+    the same mode (rerank off) shows them."""
+    reranked = _reranked_run(mode, run)
+    return [
+        k
+        for k in run["scores"]
+        if (k != "rerank" or reranked) and (k != "retrieval" or not (reranked and several_runs))
+    ]
+
+
+def _score_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for mode, run in runs.items():
+        for kind in _score_kinds(mode, run, len(runs) > 1):
+            for pair, sides in run["scores"][kind].items():
+                rel, non = sides["relevant"], sides["non_relevant"]
+                cells = [
+                    str(s["n"]) if k == "n" else _num(s[k], 4)
+                    for s in (rel, non)
+                    for k in ("n", "min", "median", "max")
+                ]
+                rows.append([pair, kind, *cells])
+    return rows
+
+
+def _run_notes(runs: dict[str, dict[str, Any]]) -> list[str]:
     notes = []
     for mode, run in runs.items():
-        o = run["overall"]
         if run["errors"]:
             notes.append(f"{mode}: {run['errors']} queries failed and are excluded: {run['error_samples'][0]}")
-        if _reranked_run(mode, run) and run.get("reranked", 0) < o["queries"]:
+        if _reranked_run(mode, run) and run.get("reranked", 0) < run["overall"]["queries"]:
             notes.append(f"{mode}: only {run.get('reranked', 0)} answers came back reranked")
+    return notes
+
+
+def _dataset_notes(report: dict[str, Any]) -> list[str]:
+    notes = []
     if report["dataset"].get("unjudged_queries"):
         n = report["dataset"]["unjudged_queries"]
         notes.append(f"{n} queries have no relevant judgement: not run, excluded from the averages")
@@ -171,10 +196,7 @@ def print_report(report: dict[str, Any], stream: TextIO | None = None) -> None:
     ingest = report.get("ingest", {})
     if ingest.get("failed"):
         notes.append(f"ingest: {ingest['failed']} documents failed: {ingest['failures'][:1]}")
-    for note in notes:
-        p.line(f"note: {note}")
-    if report.get("warning"):
-        p.line(f"!!! {report['warning']} !!!")
+    return notes
 
 
 def _diff(a: Any, b: Any, digits: int = 3) -> str:
