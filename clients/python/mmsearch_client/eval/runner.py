@@ -142,56 +142,16 @@ def _evaluate_mode(
 ) -> dict[str, Any]:
     rankings = {q: [h.id for h in o.response.hits] for q, o in outcomes.items() if o.response is not None}
     qrels = {q: ds.qrels.get(q, {}) for q in qids}
-    overall = aggregate(rankings, qrels)
-
-    # per (query modality -> modality of the relevant document): judgements restricted to that modality
-    by_pair_qrels: dict[str, dict[str, dict[str, float]]] = {}
-    for q in qids:
-        qmod = ds.queries[q].modality
-        for did, grade in ds.relevant(q).items():
-            pair = f"{qmod}->{ds.corpus[did].modality}"
-            by_pair_qrels.setdefault(pair, {}).setdefault(q, {})[did] = grade
-    by_pair = {
-        pair: aggregate({q: rankings[q] for q in pq if q in rankings}, pq).to_dict()
-        for pair, pq in sorted(by_pair_qrels.items())
-    }
-    groups: dict[str, list[str]] = {}
-    for q in qids:
-        g = ds.queries[q].group
-        if g is not None:
-            groups.setdefault(g, []).append(q)
-    by_group = {
-        g: aggregate({q: rankings[q] for q in members if q in rankings}, {q: qrels[q] for q in members}).to_dict()
-        for g, members in sorted(groups.items())
-    }
-
-    # score distributions: every returned hit, by (query modality -> hit modality), relevant or not
-    scores: dict[str, dict[str, dict[str, list[float]]]] = {"retrieval": {}, "rerank": {}}
-    for q, o in outcomes.items():
-        if o.response is None:
-            continue
-        relevant = ds.relevant(q)
-        qmod = ds.queries[q].modality
-        for h in o.response.hits:
-            pair = f"{qmod}->{doc_modality(h.id) or modality_of(h.text, h.image)}"
-            side = "relevant" if h.id in relevant else "non_relevant"
-            scores["retrieval"].setdefault(pair, {"relevant": [], "non_relevant": []})[side].append(h.retrieval_score)
-            if h.rerank_score is not None:
-                scores["rerank"].setdefault(pair, {"relevant": [], "non_relevant": []})[side].append(h.rerank_score)
-    distributions = {
-        kind: {pair: {side: summarize(v) for side, v in sides.items()} for pair, sides in sorted(per.items())}
-        for kind, per in scores.items()
-    }
     errors = [f"{q}: {o.error}" for q, o in outcomes.items() if o.error]
-    modes_run = sorted({o.response.mode for o in outcomes.values() if o.response is not None})
+    answered = [o.response for o in outcomes.values() if o.response is not None]
     return {
-        "retrieval_modes": modes_run,
-        "overall": overall.to_dict(),
-        "by_pair": by_pair,
-        "by_group": by_group,
+        "retrieval_modes": sorted({r.mode for r in answered}),
+        "overall": aggregate(rankings, qrels).to_dict(),
+        "by_pair": _by_pair(ds, qids, rankings),
+        "by_group": _by_group(ds, qids, qrels, rankings),
         "latency_ms": _latency(list(outcomes.values())),
-        "scores": distributions,
-        "reranked": sum(1 for o in outcomes.values() if o.response is not None and o.response.reranked),
+        "scores": _score_distributions(ds, outcomes, doc_modality),
+        "reranked": sum(1 for r in answered if r.reranked),
         "errors": len(errors),
         "error_samples": errors[:5],
         "per_query": {
@@ -202,6 +162,57 @@ def _evaluate_mode(
             }
             for q in qids
         },
+    }
+
+
+def _by_pair(ds: Dataset, qids: Sequence[str], rankings: dict[str, list[str]]) -> dict[str, Any]:
+    """Metrics per (query modality -> modality of the relevant document): judgements restricted to that modality."""
+    by_pair_qrels: dict[str, dict[str, dict[str, float]]] = {}
+    for q in qids:
+        qmod = ds.queries[q].modality
+        for did, grade in ds.relevant(q).items():
+            pair = f"{qmod}->{ds.corpus[did].modality}"
+            by_pair_qrels.setdefault(pair, {}).setdefault(q, {})[did] = grade
+    return {
+        pair: aggregate({q: rankings[q] for q in pq if q in rankings}, pq).to_dict()
+        for pair, pq in sorted(by_pair_qrels.items())
+    }
+
+
+def _by_group(
+    ds: Dataset, qids: Sequence[str], qrels: dict[str, dict[str, float]], rankings: dict[str, list[str]]
+) -> dict[str, Any]:
+    """Metrics per query group (queries without a group are in none)."""
+    groups: dict[str, list[str]] = {}
+    for q in qids:
+        g = ds.queries[q].group
+        if g is not None:
+            groups.setdefault(g, []).append(q)
+    return {
+        g: aggregate({q: rankings[q] for q in members if q in rankings}, {q: qrels[q] for q in members}).to_dict()
+        for g, members in sorted(groups.items())
+    }
+
+
+def _score_distributions(
+    ds: Dataset, outcomes: dict[str, _Outcome], doc_modality: Callable[[str], str]
+) -> dict[str, Any]:
+    """Every returned hit's scores, by (query modality -> hit modality), relevant or not."""
+    scores: dict[str, dict[str, dict[str, list[float]]]] = {"retrieval": {}, "rerank": {}}
+    for q, o in outcomes.items():
+        if o.response is None:
+            continue
+        relevant = ds.relevant(q)
+        qmod = ds.queries[q].modality
+        for h in o.response.hits:
+            pair = f"{qmod}->{doc_modality(h.id) or modality_of(h.text, h.image)}"
+            side = "relevant" if h.id in relevant else "non_relevant"
+            for kind, score in (("retrieval", h.retrieval_score), ("rerank", h.rerank_score)):
+                if score is not None:
+                    scores[kind].setdefault(pair, {"relevant": [], "non_relevant": []})[side].append(score)
+    return {
+        kind: {pair: {side: summarize(v) for side, v in sides.items()} for pair, sides in sorted(per.items())}
+        for kind, per in scores.items()
     }
 
 
@@ -218,92 +229,17 @@ def _log(message: str) -> None:
 def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Ingest ``ds.corpus`` into ``opts.collection``, run every judged query in each mode, return the report."""
     info = client.info()
-    raw_embedder = info.get("embedder")
-    embedder: dict[str, Any] = raw_embedder if isinstance(raw_embedder, dict) else {}
-    tiny = bool(embedder.get("tiny_random_weights"))
-    max_candidates = info.get("max_candidates")
-    candidates = max(opts.candidates, opts.top_k)
-    if isinstance(max_candidates, int) and candidates > max_candidates:
-        raise ValueError(f"--candidates {candidates} is over the server's limit ({max_candidates})")
-    if tiny:
-        log(f"!!! {TINY_WARNING} !!!")
-    original = ds
-    modalities = _searchable_modalities(info, embedder)
-    skipped: dict[str, Any] = {}
-    runs = list(opts.runs)
-    reranker = info.get("reranker")
-    if isinstance(reranker, dict) and reranker.get("model") is None and any(r.rerank for r in runs):
-        log("the server has no reranker: the rerank runs are skipped")
-        runs = [r for r in runs if not r.rerank]
-    if isinstance(modalities, list) and modalities:
-        ds, skipped = restrict_modalities(ds, [str(m) for m in modalities])
-        if skipped:
-            what = ", ".join(f"{n} {m} {kind}" for kind in ("documents", "queries") for m, n in skipped[kind].items())
-            log(f"skipping {what}: {embedder.get('model', 'the embedder')} embeds {', '.join(skipped['supported'])}")
-
+    plan = _plan(info, ds, opts, log)
+    ds = plan.dataset
     qids = ds.judged_queries
-    report: dict[str, Any] = {
-        "version": REPORT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - py3.10 client
-        "dataset": {
-            "path": str(ds.root),
-            "name": ds.name,
-            "corpus": len(original.corpus),
-            "queries": len(original.queries),
-            "judged_queries": len(original.judged_queries),
-            "unjudged_queries": len(original.queries) - len(original.judged_queries),
-            "evaluated_documents": len(ds.corpus),
-            "evaluated_queries": len(qids),
-        },
-        "server": {
-            "url": client.base_url,
-            "embedder": embedder,
-            "reranker": reranker,
-            "ocr": info.get("ocr"),
-            "modality_paths": info.get("modality_paths"),
-            "index": info.get("index_uri_kind"),
-            "tiny_random_weights": tiny,
-        },
-        "warning": TINY_WARNING if tiny else None,
-        "skipped": skipped,
-        "params": {
-            "collection": opts.collection,
-            "top_k": opts.top_k,
-            "candidates": candidates,
-            "runs": {r.name: {"mode": r.mode, "rerank": r.rerank} for r in runs},
-        },
-        "metrics": list(DEFAULT_METRICS),
-        "runs": {},
-    }
+    report = _report_header(client, info, plan, opts)
     items = list(ds.corpus.values())
     existed = _collection_count(client, opts.collection) is not None  # a collection of the user's: never dropped
-    t0 = time.perf_counter()
     try:
-        summary = client.upsert_many(
-            _LazyDocs(items), collection=opts.collection, batch_size=opts.batch_size, progress=opts.progress
-        )
-        report["ingest"] = {
-            "upserted": summary.upserted,
-            "failed": summary.failed,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "failures": [f"{', '.join(f.ids[:3])}: {f.message}" for f in summary.failures[:5]],
-        }
-        if summary.upserted == 0:
-            raise ValueError(f"no document could be ingested: {report['ingest']['failures'][:1]}")
-        report["ingest"]["ocr_images"] = summary.ocr_images
-        read = f", text read from {summary.ocr_images} images" if summary.ocr_images else ""
-        log(f"ingested {summary.upserted} documents into {opts.collection!r} ({summary.failed} failed{read})")
-        count = _collection_count(client, opts.collection)
-        report["ingest"]["collection_count"] = count
-        if count is not None and count > summary.upserted:
-            log(
-                f"warning: {opts.collection!r} holds {count - summary.upserted} documents that are not from this "
-                "dataset: they take part in every ranking"
-            )
-
+        report["ingest"] = _ingest(client, items, opts, log)
         inputs = {q: _query_input(ds.queries[q]) for q in qids}
-        for spec in runs:
-            outcomes = _run_queries(client, inputs, opts, candidates, spec)
+        for spec in plan.runs:
+            outcomes = _run_queries(client, inputs, opts, plan.candidates, spec)
             report["runs"][spec.name] = {
                 "mode": spec.mode,
                 "rerank": spec.rerank,
@@ -319,6 +255,116 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
     return report
 
 
+@dataclass
+class _Plan:
+    """What an evaluation runs, given the server: the dataset restricted to what it can index, the runs it can do."""
+
+    original: Dataset
+    dataset: Dataset
+    skipped: dict[str, Any]
+    runs: list[RunSpec]
+    candidates: int
+    embedder: dict[str, Any]
+    tiny: bool
+
+
+def _plan(info: dict[str, Any], ds: Dataset, opts: EvalOptions, log: Callable[[str], None]) -> _Plan:
+    raw_embedder = info.get("embedder")
+    embedder: dict[str, Any] = raw_embedder if isinstance(raw_embedder, dict) else {}
+    tiny = bool(embedder.get("tiny_random_weights"))
+    max_candidates = info.get("max_candidates")
+    candidates = max(opts.candidates, opts.top_k)
+    if isinstance(max_candidates, int) and candidates > max_candidates:
+        raise ValueError(f"--candidates {candidates} is over the server's limit ({max_candidates})")
+    if tiny:
+        log(f"!!! {TINY_WARNING} !!!")
+    runs = list(opts.runs)
+    reranker = info.get("reranker")
+    if isinstance(reranker, dict) and reranker.get("model") is None and any(r.rerank for r in runs):
+        log("the server has no reranker: the rerank runs are skipped")
+        runs = [r for r in runs if not r.rerank]
+    restricted, skipped = _restrict(ds, info, embedder, log)
+    return _Plan(ds, restricted, skipped, runs, candidates, embedder, tiny)
+
+
+def _restrict(
+    ds: Dataset, info: dict[str, Any], embedder: dict[str, Any], log: Callable[[str], None]
+) -> tuple[Dataset, dict[str, Any]]:
+    """``ds`` without what the server cannot index (see :func:`restrict_modalities`), saying what was skipped."""
+    modalities = _searchable_modalities(info, embedder)
+    if not isinstance(modalities, list) or not modalities:
+        return ds, {}
+    restricted, skipped = restrict_modalities(ds, [str(m) for m in modalities])
+    if skipped:
+        what = ", ".join(f"{n} {m} {kind}" for kind in ("documents", "queries") for m, n in skipped[kind].items())
+        log(f"skipping {what}: {embedder.get('model', 'the embedder')} embeds {', '.join(skipped['supported'])}")
+    return restricted, skipped
+
+
+def _report_header(client: Client, info: dict[str, Any], plan: _Plan, opts: EvalOptions) -> dict[str, Any]:
+    original, ds = plan.original, plan.dataset
+    return {
+        "version": REPORT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - py3.10 client
+        "dataset": {
+            "path": str(ds.root),
+            "name": ds.name,
+            "corpus": len(original.corpus),
+            "queries": len(original.queries),
+            "judged_queries": len(original.judged_queries),
+            "unjudged_queries": len(original.queries) - len(original.judged_queries),
+            "evaluated_documents": len(ds.corpus),
+            "evaluated_queries": len(ds.judged_queries),
+        },
+        "server": {
+            "url": client.base_url,
+            "embedder": plan.embedder,
+            "reranker": info.get("reranker"),
+            "ocr": info.get("ocr"),
+            "modality_paths": info.get("modality_paths"),
+            "index": info.get("index_uri_kind"),
+            "tiny_random_weights": plan.tiny,
+        },
+        "warning": TINY_WARNING if plan.tiny else None,
+        "skipped": plan.skipped,
+        "params": {
+            "collection": opts.collection,
+            "top_k": opts.top_k,
+            "candidates": plan.candidates,
+            "runs": {r.name: {"mode": r.mode, "rerank": r.rerank} for r in plan.runs},
+        },
+        "metrics": list(DEFAULT_METRICS),
+        "runs": {},
+    }
+
+
+def _ingest(client: Client, items: list[EvalItem], opts: EvalOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """Upsert the corpus; what happened, for the report (``ValueError`` when nothing could be ingested)."""
+    t0 = time.perf_counter()
+    summary = client.upsert_many(
+        _LazyDocs(items), collection=opts.collection, batch_size=opts.batch_size, progress=opts.progress
+    )
+    ingest: dict[str, Any] = {
+        "upserted": summary.upserted,
+        "failed": summary.failed,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "failures": [f"{', '.join(f.ids[:3])}: {f.message}" for f in summary.failures[:5]],
+    }
+    if summary.upserted == 0:
+        raise ValueError(f"no document could be ingested: {ingest['failures'][:1]}")
+    ingest["ocr_images"] = summary.ocr_images
+    read = f", text read from {summary.ocr_images} images" if summary.ocr_images else ""
+    log(f"ingested {summary.upserted} documents into {opts.collection!r} ({summary.failed} failed{read})")
+    count = _collection_count(client, opts.collection)
+    ingest["collection_count"] = count
+    if count is not None and count > summary.upserted:
+        log(
+            f"warning: {opts.collection!r} holds {count - summary.upserted} documents that are not from this "
+            "dataset: they take part in every ranking"
+        )
+    return ingest
+
+
 def restrict_modalities(ds: Dataset, supported: Sequence[str]) -> tuple[Dataset, dict[str, Any]]:
     """The dataset without the documents and queries whose modality the embedder does not support.
 
@@ -326,19 +372,30 @@ def restrict_modalities(ds: Dataset, supported: Sequence[str]) -> tuple[Dataset,
     no relevant document becomes unjudged (not run, counted). Returns ``(dataset, what was skipped)``.
     """
     ok = set(supported)
-    corpus = {d: item for d, item in ds.corpus.items() if item.modality in ok}
-    queries = {q: item for q, item in ds.queries.items() if item.modality in ok}
+    corpus, queries = _of_modalities(ds.corpus, ok), _of_modalities(ds.queries, ok)
     if len(corpus) == len(ds.corpus) and len(queries) == len(ds.queries):
         return ds, {}
     qrels = {q: {d: g for d, g in judged.items() if d in corpus} for q, judged in ds.qrels.items() if q in queries}
     out = Dataset(root=ds.root, corpus=corpus, queries=queries, qrels={q: j for q, j in qrels.items() if j})
-    skipped: dict[str, Any] = {"supported": sorted(ok), "documents": {}, "queries": {}}
-    for kind, before, after in (("documents", ds.corpus, corpus), ("queries", ds.queries, queries)):
-        for key, item in before.items():
-            if key not in after:
-                skipped[kind][item.modality] = skipped[kind].get(item.modality, 0) + 1
-    skipped["queries_left_unjudged"] = sum(1 for q in queries if ds.relevant(q) and not out.relevant(q))
+    skipped: dict[str, Any] = {
+        "supported": sorted(ok),
+        "documents": _removed_by_modality(ds.corpus, corpus),
+        "queries": _removed_by_modality(ds.queries, queries),
+        "queries_left_unjudged": sum(1 for q in queries if ds.relevant(q) and not out.relevant(q)),
+    }
     return out, skipped
+
+
+def _of_modalities(items: dict[str, EvalItem], ok: set[str]) -> dict[str, EvalItem]:
+    return {key: item for key, item in items.items() if item.modality in ok}
+
+
+def _removed_by_modality(before: dict[str, EvalItem], after: dict[str, EvalItem]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key, item in before.items():
+        if key not in after:
+            counts[item.modality] = counts.get(item.modality, 0) + 1
+    return counts
 
 
 def _searchable_modalities(info: dict[str, Any], embedder: dict[str, Any]) -> Any:
