@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -154,6 +154,10 @@ def _resolve_image(root: Path, value: str) -> tuple[str | None, str | None]:
     return str(path.resolve()), None
 
 
+Complain = Callable[[str | None, str], None]
+"""Records an issue: ``(field, message)``."""
+
+
 def _parse_item(
     root: Path, fname: str, lineno: int, obj: dict[str, Any], allowed: frozenset[str], issues: list[Issue]
 ) -> EvalItem | None:
@@ -165,49 +169,65 @@ def _parse_item(
     unknown = sorted(set(obj) - allowed)
     if unknown:
         bad(unknown[0], f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
-    raw_id = obj.get("_id")
-    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
-        bad("_id", "required: a non-empty string")
-        doc_id = ""
-    else:
-        doc_id = str(raw_id)
-        if len(doc_id) > 512:
-            bad("_id", "at most 512 characters")
-    text = obj.get("text")
-    if text is not None and not isinstance(text, str):
-        bad("text", f"must be a string, got {type(text).__name__}")
-        text = None
-    title = obj.get("title")
-    if title is not None and not isinstance(title, str):
-        bad("title", f"must be a string, got {type(title).__name__}")
-        title = None
-    if title and title.strip():
-        text = f"{title}\n{text}" if text and text.strip() else title
-    if text is not None and not text.strip():
-        text = None
-    image: str | None = None
-    raw_image = obj.get("image")
-    if raw_image is not None:
-        if not isinstance(raw_image, str) or not raw_image.strip():
-            bad("image", "must be a non-empty string: a relative or absolute path, an http(s) URL or a data URI")
-        else:
-            image, problem = _resolve_image(root, raw_image)
-            if problem:
-                bad("image", problem)
-    metadata = obj.get("metadata", {})
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        bad("metadata", f"must be an object, got {type(metadata).__name__}")
-        metadata = {}
-    for key in metadata:
-        if not _METADATA_KEY.match(key):
-            bad(f"metadata.{key}", "keys are 1-64 letters, digits or '_' (not starting with a digit)")
-    if text is None and raw_image is None:
+    doc_id = _item_id(obj.get("_id"), bad)
+    text = _item_text(obj, bad)
+    image = _item_image(root, obj.get("image"), bad)
+    metadata = _item_metadata(obj.get("metadata", {}), bad)
+    if text is None and obj.get("image") is None:
         bad(None, "has neither 'text' nor 'image'")
     if len(issues) > before:
         return None
     return EvalItem(doc_id, text=text, image=image, metadata=dict(metadata), line=lineno)
+
+
+def _item_id(raw_id: Any, bad: Complain) -> str:
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
+        bad("_id", "required: a non-empty string")
+        return ""
+    if len(str(raw_id)) > 512:
+        bad("_id", "at most 512 characters")
+    return str(raw_id)
+
+
+def _string_field(obj: dict[str, Any], name: str, bad: Complain) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        bad(name, f"must be a string, got {type(value).__name__}")
+        return None
+    return value
+
+
+def _item_text(obj: dict[str, Any], bad: Complain) -> str | None:
+    """``text``, with ``title`` (BEIR) on a line before it; blank is none."""
+    text = _string_field(obj, "text", bad)
+    title = _string_field(obj, "title", bad)
+    if title and title.strip():
+        text = f"{title}\n{text}" if text and text.strip() else title
+    return text if text is not None and text.strip() else None
+
+
+def _item_image(root: Path, raw_image: Any, bad: Complain) -> str | None:
+    if raw_image is None:
+        return None
+    if not isinstance(raw_image, str) or not raw_image.strip():
+        bad("image", "must be a non-empty string: a relative or absolute path, an http(s) URL or a data URI")
+        return None
+    image, problem = _resolve_image(root, raw_image)
+    if problem:
+        bad("image", problem)
+    return image
+
+
+def _item_metadata(metadata: Any, bad: Complain) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        bad("metadata", f"must be an object, got {type(metadata).__name__}")
+        return {}
+    for key in metadata:
+        if not _METADATA_KEY.match(key):
+            bad(f"metadata.{key}", "keys are 1-64 letters, digits or '_' (not starting with a digit)")
+    return metadata
 
 
 def _load_items(root: Path, fname: str, allowed: frozenset[str], issues: list[Issue]) -> dict[str, EvalItem]:
@@ -267,10 +287,7 @@ def _load_qrels(
             line = raw.rstrip("\r\n")
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            cols = line.split("\t") if "\t" in line else line.split()
-            cols = [c.strip() for c in cols]
-            if len(cols) == 4:  # TREC: query-id iteration corpus-id score
-                cols = [cols[0], cols[2], cols[3]]
+            cols = _qrel_columns(line)
             if len(cols) != 3:
                 issues.append(Issue(QRELS_FILE, lineno, None, f"expected 3 tab-separated columns, got {len(cols)}"))
                 continue
@@ -282,33 +299,33 @@ def _load_qrels(
                     continue  # header, e.g. "query-id  corpus-id  score"
                 issues.append(Issue(QRELS_FILE, lineno, "score", f"not a number: {score_text!r}"))
                 continue
-            ok = True
-            if qid not in query_ids:
-                issues.append(
-                    Issue(QRELS_FILE, lineno, "query-id", f"unknown query id {qid!r} (not in {QUERIES_FILE})")
-                )
-                ok = False
-            if did not in corpus_ids:
-                issues.append(
-                    Issue(QRELS_FILE, lineno, "corpus-id", f"unknown corpus id {did!r} (not in {CORPUS_FILE})")
-                )
-                ok = False
-            if (qid, did) in first_line:
-                issues.append(
-                    Issue(
-                        QRELS_FILE,
-                        lineno,
-                        None,
-                        f"duplicate judgement for ({qid}, {did}), first on line {first_line[(qid, did)]}",
-                    )
-                )
-                ok = False
+            problems = _qrel_problems(qid, did, query_ids, corpus_ids, first_line.get((qid, did)))
+            issues += [Issue(QRELS_FILE, lineno, where, message) for where, message in problems]
             first_line.setdefault((qid, did), lineno)
-            if ok:
+            if not problems:
                 qrels.setdefault(qid, {})[did] = score
     if not first_line and not any(i.file == QRELS_FILE for i in issues):
         issues.append(Issue(QRELS_FILE, 0, None, "has no judgements"))
     return qrels
+
+
+def _qrel_columns(line: str) -> list[str]:
+    """``query-id corpus-id score`` (tab- or space-separated); TREC's 4 columns lose their ``iteration``."""
+    cols = [c.strip() for c in (line.split("\t") if "\t" in line else line.split())]
+    return [cols[0], cols[2], cols[3]] if len(cols) == 4 else cols
+
+
+def _qrel_problems(
+    qid: str, did: str, query_ids: set[str], corpus_ids: set[str], first: int | None
+) -> list[tuple[str | None, str]]:
+    problems: list[tuple[str | None, str]] = []
+    if qid not in query_ids:
+        problems.append(("query-id", f"unknown query id {qid!r} (not in {QUERIES_FILE})"))
+    if did not in corpus_ids:
+        problems.append(("corpus-id", f"unknown corpus id {did!r} (not in {CORPUS_FILE})"))
+    if first is not None:
+        problems.append((None, f"duplicate judgement for ({qid}, {did}), first on line {first}"))
+    return problems
 
 
 def load_dataset(path: str | Path) -> Dataset:
