@@ -7,7 +7,6 @@ image upserted again is not read twice.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from service.ocr import OcrPage
 from service.ports import ReaderPort
 
 DEFAULT_CACHE_ENTRIES = 4096
-_INPUT = re.compile(r"inputs\[(\d+)\]")
 
 
 class OcrCache:
@@ -73,8 +71,7 @@ class TextReader:
             try:
                 fresh = await self.reader.read([Item(image=images[i][1]) for i in todo], input_type, timeout)
             except ApiError as e:  # the Reader saw only the uncached images: point at positions in ``images``
-                e.message = _INPUT.sub(lambda m: f"inputs[{todo[int(m.group(1))]}]", e.message)
-                e.field = _INPUT.sub(lambda m: f"inputs[{todo[int(m.group(1))]}]", e.field) if e.field else e.field
+                e.relocate("inputs", lambda k, rest: ("inputs", todo[k], *rest) if k < len(todo) else None)
                 raise
             for i, page in zip(todo, fresh, strict=True):
                 pages[i] = page

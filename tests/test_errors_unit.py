@@ -128,3 +128,23 @@ def test_field_paths_are_relocated_as_paths() -> None:
     assert (e.field, e.message) == ("dimensions", "dimensions: at most 16")
     e = remap_inputs(embedder_error(None, "inputs: at most 256"), [2], "documents")
     assert (e.field, e.message) == (None, "inputs: at most 256")
+
+
+def test_reader_errors_point_at_the_callers_positions_past_the_cache() -> None:
+    """The Reader sees only the uncached images: its ``inputs[k]`` is moved to the position in the caller's list."""
+    from service.ocr import OcrPage
+    from service.reading import OcrCache, TextReader
+
+    class RefusingReader:
+        async def read(self, items: Any, input_type: Any, timeout: Any) -> Any:
+            raise ApiError(422, "not_an_image", "inputs[1].image: not an image", field="inputs[1].image")
+
+    cache = OcrCache()
+    cache.put("a", OcrPage((), 1, 1))
+    reader = TextReader(RefusingReader(), cache)  # type: ignore[arg-type]
+    try:
+        asyncio.run(reader.read([("a", "x"), ("b", "y"), ("c", "z")], "document", None))
+    except ApiError as e:
+        assert (e.field, e.message) == ("inputs[2].image", "inputs[2].image: not an image")
+    else:
+        raise AssertionError("the Reader's refusal was swallowed")

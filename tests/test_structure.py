@@ -26,7 +26,6 @@ COMPLEX: dict[str, int] = {
     "service/calibration.py:PairMap.from_json": 18,
     "service/media.py:_first_failure": 18,
     "service/retrieval.py:retrieve": 17,
-    "service/reading.py:TextReader.read": 16,
     "clients/python/mmsearch_client/errors.py:_from_mapping": 16,
 }
 
