@@ -27,7 +27,7 @@ from service.config import get_settings
 from service.errors import bad_request, handle_api_errors
 from service.inputs import ModelInput, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
-from service.models import ModelLoadError, load_embedder
+from service.models import load_embedder, load_or_exit
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY, ModelRuntime
 from service.service_config import model_service_config
 from service.uploads import read_upload_form
@@ -69,10 +69,7 @@ class Embedder:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        try:
-            self.adapter = load_embedder(self.settings)
-        except ModelLoadError as e:
-            lifecycle.fatal(str(e))
+        self.adapter = load_or_exit(load_embedder, self.settings)
         self.spec = self.settings.model_spec("embedder")
         # lanes are (input_type, modality): one prompt per batch, and CLIP cannot mix text and images
         self.model_name = self.adapter.name

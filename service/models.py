@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from service.adapters import CrossEncoderScorer, EmbedderAdapter, ModelAdapter, SentenceTransformerEmbedder
 from service.config import ModelSpec, Settings
 from service.cpus import ThreadPlan, plan_threads, quiet_thread_pools
 
 log = logging.getLogger("mmsearch.models")
+A = TypeVar("A")
 
 TINY_WARNING = "RANDOM-WEIGHT TINY MODEL (MMSEARCH_PROFILE=tiny): smoke tests only, results are meaningless"
 
@@ -164,16 +165,13 @@ def settle_pixel_kwargs(model: Any, processor_kwargs: dict[str, Any]) -> None:
 def load_embedder(settings: Settings) -> EmbedderAdapter:
     """Load the SentenceTransformer (or ``MMSEARCH_MODEL_FACTORY``'s embedder). The name says ``tiny-random``
     for the tiny profile."""
-    plan = configure_torch(settings, "Embedder")
-    factory = model_factory(settings)
-    if factory is not None:
-        adapter: EmbedderAdapter = factory("embedder", settings)
-    else:
+
+    def build() -> EmbedderAdapter:
         from sentence_transformers import SentenceTransformer
 
-        model, name = _load(SentenceTransformer, settings, settings.model_spec("embedder"))
-        adapter = SentenceTransformerEmbedder(model, name)
-    adapter.threads = plan
+        return SentenceTransformerEmbedder(*_load(SentenceTransformer, settings, settings.model_spec("embedder")))
+
+    adapter: EmbedderAdapter = _adapter("embedder", settings, build)
     return adapter
 
 
@@ -183,14 +181,29 @@ def load_reranker(settings: Settings) -> ModelAdapter | None:
     one (no reranker ships in a wheel)."""
     if not settings.has_reranker():
         return None
-    plan = configure_torch(settings, "Reranker")
-    factory = model_factory(settings)
-    if factory is not None:
-        adapter: ModelAdapter = factory("reranker", settings)
-    else:
+
+    def build() -> ModelAdapter:
         from sentence_transformers import CrossEncoder
 
-        model, name = _load(CrossEncoder, settings, settings.model_spec("reranker"))
-        adapter = CrossEncoderScorer(model, name)
+        return CrossEncoderScorer(*_load(CrossEncoder, settings, settings.model_spec("reranker")))
+
+    return _adapter("reranker", settings, build)
+
+
+def _adapter(kind: str, settings: Settings, build: Callable[[], Any]) -> Any:
+    """Torch's threads planned for the service, then ``MMSEARCH_MODEL_FACTORY``'s adapter or ``build()``'s."""
+    plan = configure_torch(settings, kind.capitalize())
+    factory = model_factory(settings)
+    adapter = factory(kind, settings) if factory is not None else build()
     adapter.threads = plan
     return adapter
+
+
+def load_or_exit(load: Callable[[Settings], A], settings: Settings) -> A:
+    """``load(settings)``; a model that cannot be loaded stops the server with its one-line reason."""
+    from service import lifecycle
+
+    try:
+        return load(settings)
+    except ModelLoadError as e:
+        lifecycle.fatal(str(e))

@@ -28,7 +28,7 @@ from service.config import get_settings
 from service.errors import ApiError, handle_api_errors
 from service.inputs import ModelInput, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
-from service.models import ModelLoadError, load_reranker
+from service.models import load_or_exit, load_reranker
 from service.runtime import QUERY_PRIORITY, ModelRuntime
 from service.service_config import model_service_config
 
@@ -43,10 +43,7 @@ class Reranker:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        try:
-            adapter = load_reranker(self.settings)
-        except ModelLoadError as e:
-            lifecycle.fatal(str(e))
+        adapter = load_or_exit(load_reranker, self.settings)
         # the lite profile has no reranker unless one is configured: /info says so and /rerank answers 501
         self.adapter: ModelAdapter = adapter if adapter is not None else NoModel()
         self.model_name: str | None = adapter.name if adapter is not None else None
