@@ -227,7 +227,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_ERROR_BODY = 1 << 20  # error bodies are small; a larger one passes through untouched
-_KEEP_HEADERS = frozenset({b"retry-after", b"www-authenticate", b"allow", b"x-content-type-options"})
+_KEEP_HEADERS = frozenset({b"retry-after", b"www-authenticate", b"allow", b"x-content-type-options", b"connection"})
 
 
 def _describe_plain(status: int, text: str, scope: Scope) -> str | None:

@@ -9,6 +9,12 @@ body read, here, with its size bounded per request (``MMSEARCH_MAX_REQUEST_BYTES
 (``MMSEARCH_MAX_BUFFERED_BODY_BYTES``, 503 beyond), and handed to the service in one piece. A client that goes away
 mid-body (or is cut off by a transport deadline) ends the request here, quietly: the service is never called, so
 nothing logs a traceback for it. Calls between the services of one ``bentoml serve`` (Unix sockets) pass through.
+
+``install()`` runs a second guard *in front of* BentoML's ASGI stack (``front=True``, through ``service.transport``):
+it reads the body of every request that passes the checks before BentoML (traffic control, tracing, metrics, access
+log) sees the request, so a client that drips its body holds a read buffer only, and is cut by the transport's body
+deadline without the service ever being called. It leaves refusals to the guard inside the stack (answered as
+before) and marks the request (``BUFFERED``) so that guard neither reads nor counts its body again.
 """
 
 from __future__ import annotations
@@ -116,10 +122,16 @@ class ApiKeys:
 
 def check_framing(scope: Scope) -> None:
     """A request with both ``Content-Length`` and ``Transfer-Encoding`` is ambiguous (request smuggling behind a
-    proxy that reads the other header): refused, never guessed."""
+    proxy that reads the other header): refused, never guessed, and the connection closed (where the next request
+    starts is as ambiguous)."""
     names = {k for k, _ in scope.get("headers", [])}
     if b"transfer-encoding" in names and b"content-length" in names:
-        raise Refusal(400, "bad_framing", "send either Content-Length or Transfer-Encoding, not both")
+        raise Refusal(
+            400,
+            "bad_framing",
+            "send either Content-Length or Transfer-Encoding, not both",
+            [(b"connection", b"close")],
+        )
 
 
 def check_content_type(scope: Scope) -> None:
@@ -239,8 +251,16 @@ class BodyBudget:
         self.used -= n
 
 
+BUFFERED = "mmsearch.body_buffered"
+"""Scope key: the front guard has read this request's body in full (and counts it against its budget)."""
+
+
 class RequestGuard:
-    """Refuse before reading (framing, key, type, declared size), then read the body under its limits."""
+    """Refuse before reading (framing, key, type, declared size), then read the body under its limits.
+
+    ``front=True``: the guard that runs before BentoML's stack. A request it would refuse passes through untouched
+    (the guard inside the stack answers it, shaped, logged and counted like any answer); a request it admits has
+    its body read in full first, and reaches the app only once the body is complete."""
 
     def __init__(
         self,
@@ -248,8 +268,10 @@ class RequestGuard:
         settings: Settings,
         on_refusal: Callable[[str], None] | None = None,
         public: PublicCheck | None = None,
+        front: bool = False,
     ) -> None:
         self.app = app
+        self.front = front
         self.keys = ApiKeys(settings, public)
         self.limit = settings.max_request_bytes
         self.budget = BodyBudget(settings.max_buffered_body_bytes)
@@ -294,9 +316,12 @@ class RequestGuard:
         try:
             self._check(scope)
         except Refusal as refusal:
-            await self._refuse(scope, send, refusal)
+            if self.front:
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse(scope, send, refusal)
             return
-        if scope.get("method") not in BODY_METHODS:
+        if scope.get("method") not in BODY_METHODS or scope.get(BUFFERED):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -325,6 +350,8 @@ class RequestGuard:
             except Refusal as refusal:
                 await self._refuse(scope, send, refusal)
                 return
+            if self.front:
+                scope[BUFFERED] = True
             replayed = False
 
             async def replay() -> Message:
@@ -359,7 +386,8 @@ def install(service: Any, settings: Settings, public: PublicCheck | None = None)
     on_refusal = functools.partial(count_refusal, service=service.name)
     service.add_asgi_middleware(ErrorShapeMiddleware)  # outermost: it re-renders every error below it
     service.add_asgi_middleware(RequestGuard, settings=settings, on_refusal=on_refusal, public=public)
-    transport.install(settings, on_close=count_refusal)
+    front = functools.partial(RequestGuard, settings=settings, on_refusal=on_refusal, public=public, front=True)
+    transport.install(settings, on_close=count_refusal, front=front)
     logs.install()
     lifetime.install()
     memory.configure_allocator()

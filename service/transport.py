@@ -18,6 +18,13 @@ the service module). Per connection:
   latest connection still sending its request, or an idle keep-alive one; any other newcomer is closed at once.
   (Behind TLS terminated in uvicorn the head cannot be peeked: every newcomer beyond the cap is closed.)
 
+**The app sees a request only once its body is complete** when ``install()`` is given a ``front``: that wrapper
+(``service.middleware.RequestGuard(front=True)``) runs in front of the app uvicorn loaded (BentoML's whole ASGI
+stack) and reads the body of every request it admits before calling the app, within the request and per-worker
+body limits. A client that drips its body therefore costs a read buffer, never a pass through BentoML's traffic
+control, tracing, metrics and access log, nor a slot of its ``max_concurrency``; the body deadline cuts it before
+the app is called (as nginx's request buffering does).
+
 Connections over the Unix sockets BentoML uses between the services of one ``bentoml serve`` are exempt.
 """
 
@@ -37,6 +44,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from service.config import Settings
 
 __all__ = ["GuardedH11Protocol", "TransportLimits", "install"]
+
+ASGIWrapper = Callable[[Any], Any]
 
 IMPORT_PATH = "service.transport:GuardedH11Protocol"
 PEEK_BYTES = 16 * 1024
@@ -88,9 +97,13 @@ class GuardedH11Protocol(H11Protocol):
     on_close: ClassVar[list[Callable[[str], None]]] = []
     """Called with the reason (``header_timeout``, ``body_timeout``, ``evicted``, ``over_capacity``) of each
     connection this module closes (a Prometheus counter in the services)."""
+    front: ClassVar[ASGIWrapper | None] = None
+    """Wraps the loaded app (once per app): the stage that reads a request's body before the app is called."""
+    _fronted: ClassVar[tuple[Any, Any] | None] = None  # (loaded app, wrapped app)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.app = self._front_of(self.app)
         self._guarded = False
         self._phase_started = 0.0  # monotonic start of the current read phase (headers or body)
         self._phase_bytes = 0
@@ -98,6 +111,14 @@ class GuardedH11Protocol(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None  # keep-alive, waiting for the next request's first byte
         self._linger_left: int | None = None  # bytes still discarded after a refusal (None: not lingering)
+
+    @classmethod
+    def _front_of(cls, app: Any) -> Any:
+        if cls.front is None:
+            return app
+        if cls._fronted is None or cls._fronted[0] is not app:
+            cls._fronted = (app, cls.front(app))
+        return cls._fronted[1]
 
     # --- phases ---------------------------------------------------------------------------------------------
 
@@ -267,7 +288,11 @@ class GuardedH11Protocol(H11Protocol):
         after = self.conn.their_state
         if after is not before:
             if after is h11.SEND_BODY:
-                self._start_phase(now)  # headers complete: the body clock starts
+                self._start_phase(now)  # headers complete: the body clock starts, crediting the body bytes
+                end = data.find(b"\r\n\r\n")  # that came with the end of the head
+                if end >= 0:
+                    self._phase_bytes = len(data) - end - 4
+                    self._rearm(now)
             elif self._timer is not None and self._deadline() is None:
                 self._timer.cancel()
                 self._timer = None
@@ -309,14 +334,20 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def install(settings: Settings, on_close: Callable[[str], None] | None = None) -> None:
-    """Make ``GuardedH11Protocol`` uvicorn's protocol in this process, with limits from ``settings``.
+def install(
+    settings: Settings, on_close: Callable[[str], None] | None = None, front: ASGIWrapper | None = None
+) -> None:
+    """Make ``GuardedH11Protocol`` uvicorn's protocol in this process, with limits from ``settings``; ``front``
+    wraps the app uvicorn loaded (the stage that reads bodies before the app is called; the latest one given).
 
     Idempotent. Must run before uvicorn loads its config (BentoML does that after importing the service module).
     """
     from uvicorn import config as uvicorn_config
 
     GuardedH11Protocol.limits = TransportLimits.from_settings(settings)
+    if front is not None:
+        GuardedH11Protocol.front = front
+        GuardedH11Protocol._fronted = None
     if on_close is not None and on_close not in GuardedH11Protocol.on_close:
         GuardedH11Protocol.on_close.append(on_close)
     uvicorn_config.HTTP_PROTOCOLS["auto"] = IMPORT_PATH

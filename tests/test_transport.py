@@ -1,9 +1,11 @@
 """The connection-level limits (service.transport) in a real uvicorn on loopback, driven by raw sockets: header and
-body deadlines, the minimum body rate, the connection cap (slowest evicted) and the bounded linger after a
-refusal. Deadlines here are short (0.5 s) so each case takes about a second."""
+body deadlines, the minimum body rate, the connection cap (slowest evicted), the bounded linger after a refusal, and
+the front guard that reads a body in full before the app (BentoML's stack, here a recorder) is called. Deadlines
+here are short (0.5 s) so each case takes about a second."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -18,26 +20,49 @@ from service.config import Settings
 from service.middleware import RequestGuard
 
 CLOSED: list[str] = []
-LIMITS = Settings(header_timeout_s=0.5, body_timeout_s=0.5, body_min_rate=1000, max_connections=8, api_keys="k")
+LIMITS = Settings(
+    header_timeout_s=0.5,
+    body_timeout_s=0.5,
+    body_min_rate=1000,
+    max_connections=8,
+    api_keys="k",
+    max_request_bytes=48 * 1024,
+    max_buffered_body_bytes=64 * 1024,
+)
+CALLS: dict[str, list[int]] = {}
+"""Per request target: the body size of each call of the app behind the front guard (BentoML's stack, in a
+service): a target absent here never reached it."""
 
 
 async def _echo(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     if scope["type"] != "http":
         return
-    size = 0
+    size = messages = 0
     while True:
         msg = await receive()
         size += len(msg.get("body", b""))
+        messages += 1
         if not msg.get("more_body"):
             break
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-    await send({"type": "http.response.body", "body": b"ok"})
+    CALLS.setdefault(scope["path"], []).append(size)
+    body = f"ok {size} in {messages}".encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _stack(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """What BentoML's stack is in a service: entered (recorded) before the guard inside it reads anything."""
+    if scope["type"] == "http":
+        CALLS.setdefault(scope["path"], [])
+    await RequestGuard(_echo, LIMITS)(scope, receive, send)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    transport.install(LIMITS, on_close=CLOSED.append)
-    app = RequestGuard(_echo, LIMITS)  # type: ignore[arg-type]
+    front = functools.partial(RequestGuard, settings=LIMITS, front=True)
+    transport.install(LIMITS, on_close=CLOSED.append, front=front)
+    app = _stack
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -65,6 +90,18 @@ def _read_all(s: socket.socket) -> bytes:
     return out
 
 
+def _read_response(s: socket.socket) -> bytes:
+    """One response on a keep-alive connection: its head, then content-length bytes."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        out += s.recv(4096)
+    head, _, body = out.partition(b"\r\n\r\n")
+    length = int(next(v for k, v in (h.split(b": ", 1) for h in head.split(b"\r\n")[1:]) if k == b"content-length"))
+    while len(body) < length:
+        body += s.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 HEAD = b"POST /x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\n"
 
 
@@ -81,7 +118,7 @@ def test_headers_must_arrive_within_the_deadline(port: int) -> None:
 
 def test_slow_body_is_cut_and_a_steady_one_is_not(port: int) -> None:
     s = _conn(port)
-    s.sendall(HEAD + b"Content-Length: 100000\r\n\r\n{")
+    s.sendall(HEAD + b"Content-Length: 10000\r\n\r\n{")
     t0 = time.monotonic()
     with pytest.raises(OSError):
         for _ in range(40):  # 1 byte per 0.1 s: far below 1000 bytes/s
@@ -93,7 +130,7 @@ def test_slow_body_is_cut_and_a_steady_one_is_not(port: int) -> None:
     for _ in range(20):
         time.sleep(0.1)
         steady.sendall(b" " * 300)
-    assert _read_all(steady).startswith(b"HTTP/1.1 200")
+    assert _read_response(steady).startswith(b"HTTP/1.1 200")
 
 
 def test_the_slowest_connection_is_evicted_at_the_cap(port: int) -> None:
@@ -104,7 +141,7 @@ def test_the_slowest_connection_is_evicted_at_the_cap(port: int) -> None:
     time.sleep(0.2)  # late enough to be evicted (a quarter of the header deadline), not yet timed out
     fresh = _conn(port)
     fresh.sendall(HEAD + b"Content-Length: 2\r\n\r\n{}")
-    assert _read_all(fresh).startswith(b"HTTP/1.1 200")  # served although the cap was reached
+    assert _read_response(fresh).startswith(b"HTTP/1.1 200")  # served although the cap was reached
     assert "evicted" in CLOSED
     for s in slow:
         s.close()
@@ -128,3 +165,63 @@ def test_content_length_with_transfer_encoding_is_refused(port: int) -> None:
     s.sendall(HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     reply = _read_all(s)
     assert reply.startswith(b"HTTP/1.1 400") and b"bad_framing" in reply
+    assert b"connection: close" in reply.lower()  # where the next request would start is ambiguous too
+
+
+def test_the_app_is_called_only_once_the_body_is_complete(port: int) -> None:
+    s = _conn(port)
+    s.sendall(HEAD.replace(b"/x", b"/complete") + b"Content-Length: 3000\r\n\r\n" + b" " * 1000)
+    for _ in range(2):
+        time.sleep(0.3)  # within the deadline (0.5 s + 1 s per 1000 bytes), the body still incomplete
+        assert "/complete" not in CALLS
+        s.sendall(b" " * 1000)
+    reply = _read_response(s)
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"ok 3000 in 1")  # whole body, one message
+    assert CALLS["/complete"] == [3000]
+
+
+def test_a_body_dripped_below_the_rate_never_reaches_the_app(port: int) -> None:
+    CLOSED.clear()
+    s = _conn(port)
+    s.sendall(HEAD.replace(b"/x", b"/drip") + b"Content-Length: 10000\r\n\r\n{")
+    with pytest.raises(OSError):
+        for _ in range(40):
+            time.sleep(0.1)
+            s.sendall(b" ")
+    assert "body_timeout" in CLOSED, CLOSED
+    assert "/drip" not in CALLS
+
+
+def test_chunked_bodies_and_keep_alive_pass_the_front_guard(port: int) -> None:
+    s = _conn(port)
+    head = HEAD.replace(b"/x", b"/chunked") + b"Transfer-Encoding: chunked\r\n\r\n"
+    for _ in range(2):  # two requests on one connection
+        s.sendall(head + b"5\r\nhello\r\n")
+        time.sleep(0.1)
+        s.sendall(b"6\r\n world\r\n0\r\n\r\n")
+        reply = _read_response(s)
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"ok 11 in 1"), reply
+    assert CALLS["/chunked"] == [11, 11]
+    s.sendall(HEAD.replace(b"/x", b"/big") + b"Transfer-Encoding: chunked\r\n\r\n")
+    s.sendall(b"c000\r\n" + b"x" * 0xC000 + b"\r\n")  # 48 KiB: the request limit
+    s.sendall(b"1\r\nx\r\n")
+    reply = _read_all(s)
+    assert reply.startswith(b"HTTP/1.1 413") and b"MMSEARCH_MAX_REQUEST_BYTES" in reply
+    assert "/big" not in CALLS  # refused by the front guard: the app was never called
+
+
+def test_bodies_being_received_are_bounded_per_worker(port: int) -> None:
+    held = _conn(port)  # 40,000 bytes of a 48,000-byte body, held: counted against the 64 KiB budget
+    held.sendall(HEAD.replace(b"/x", b"/held") + b"Content-Length: 48000\r\n\r\n" + b" " * 40_000)
+    time.sleep(0.2)
+    over = _conn(port)
+    over.sendall(HEAD.replace(b"/x", b"/over") + b"Content-Length: 40000\r\n\r\n" + b" " * 40_000)
+    reply = _read_response(over)
+    assert reply.startswith(b"HTTP/1.1 503") and b"MMSEARCH_MAX_BUFFERED_BODY_BYTES" in reply
+    assert b"retry-after" in reply.lower()
+    held.sendall(b" " * 8_000)
+    assert _read_response(held).startswith(b"HTTP/1.1 200")
+    again = _conn(port)  # the budget is given back once a request is done
+    again.sendall(HEAD.replace(b"/x", b"/again") + b"Content-Length: 40000\r\n\r\n" + b" " * 40_000)
+    assert _read_response(again).startswith(b"HTTP/1.1 200")
+    assert "/over" not in CALLS and CALLS["/held"] == [48000] and CALLS["/again"] == [40000]
