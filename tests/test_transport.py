@@ -147,6 +147,22 @@ def test_the_slowest_connection_is_evicted_at_the_cap(port: int) -> None:
         s.close()
 
 
+def test_a_sampled_eviction_also_makes_room(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over ``EVICT_SAMPLE`` connections, the latest of a random sample is closed (here 2 of 8, all late)."""
+    monkeypatch.setattr(transport, "EVICT_SAMPLE", 2)
+    CLOSED.clear()
+    slow = [_conn(port) for _ in range(8)]
+    for s in slow:
+        s.sendall(b"POST /x HTTP/1.1\r\n")
+    time.sleep(0.2)
+    fresh = _conn(port)
+    fresh.sendall(HEAD + b"Content-Length: 2\r\n\r\n{}")
+    assert _read_response(fresh).startswith(b"HTTP/1.1 200")
+    assert CLOSED.count("evicted") >= 1
+    for s in slow:
+        s.close()
+
+
 def test_a_refused_request_is_answered_and_its_body_not_read(port: int) -> None:
     s = _conn(port)
     s.sendall(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
