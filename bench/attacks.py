@@ -124,6 +124,43 @@ class Probe:
         return out
 
 
+class LivezProbe:
+    """``GET /livez`` every 0.1 s on a new connection: answered by the Search worker's event loop alone (no model,
+    no index), so its latency is the transport's and the loop's share of a slow search, apart from the model
+    workers' (which a CPU-starved machine slows too)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seconds: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                with httpx.Client(timeout=30) as c:
+                    if c.get(f"{self.url}/livez").status_code == 200:
+                        self.seconds.append(time.perf_counter() - t0)
+            except httpx.HTTPError:
+                pass
+            self._stop.wait(0.1)
+
+    def start(self) -> LivezProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        xs = self.seconds
+        return {
+            "livez_n": len(xs),
+            "livez_p50_ms": round(percentile(xs, 50) * 1000, 1),
+            "livez_p95_ms": round(percentile(xs, 95) * 1000, 1),
+        }
+
+
 def _background(work: Callable[[threading.Event], dict[str, Any]]) -> tuple[threading.Event, Callable[[], Any]]:
     stop = threading.Event()
     result: dict[str, Any] = {}
@@ -263,12 +300,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 spy = None
                 if args.profile and attack is not None:
                     spy = _profile(entry.pid, seconds, workdir / f"{name}.stacks")
+                livez = LivezProbe(url).start()
                 probe = Probe(url).run_for(seconds)
+                loop = livez.stop()
                 attacker = finish() if finish is not None else {}
                 host = load.stop()
                 host["search_worker_cpu_frac"] = round((sum(entry.cpu_times()[:2]) - cpu0) / host["elapsed_s"], 3)
                 host["listen_overflows"] = _listen_overflows() - overflows0  # whole host, every listener
-                phase = {**probe.summary(), **attacker, "host": host}
+                phase = {**probe.summary(), **loop, **attacker, "host": host}
                 results["phases"][name] = phase
                 print(f"{name}: {json.dumps(phase)}", flush=True)
                 if spy is not None and spy.wait(timeout=60) == 0:
@@ -283,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         off, on = e["rerank_off"], e["rerank_on"]
         rows.append(
             [name, off["n"] + on["n"], off["p50_ms"], off["p95_ms"], on["p50_ms"], on["p95_ms"], e["p95_ms"],
-             e["ok_fraction"], e["connect_p95_ms"], e["server_p95_ms"], e["host"]["search_worker_cpu_frac"],
+             e["ok_fraction"], e["connect_p95_ms"], e["server_p95_ms"], e["livez_p95_ms"],
+             e["host"]["search_worker_cpu_frac"],
              e["host"]["foreign_cpu_frac"], e["host"]["listen_overflows"],
              json.dumps(e.get("attacker_statuses") or e.get("attacker") or {})]
         )  # fmt: skip
@@ -302,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "ok",
             "connect p95",
             "server p95",
+            "livez p95",
             "worker cpu",
             "foreign",
             "listen overflows",
