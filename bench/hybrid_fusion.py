@@ -36,7 +36,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("coverage w=3 squared, no floor", {"keyword_weight": 3.0, "coverage_power": 2, "coverage_floor": 0.0}),
     *[
         (f"coverage w=2 squared, floor {f}", {"keyword_weight": 2.0, "coverage_power": 2, "coverage_floor": f})
-        for f in (0.3, 0.5, 0.75)
+        for f in (0.3, 0.5, 0.6, 0.75)
     ],
 ]
 

@@ -192,7 +192,7 @@ class Embedder:
             **self.runtime.info(),
             "max_inputs_per_request": self.settings.max_inputs_per_request,
             "max_embeddings_inputs": self.settings.max_embeddings_inputs,
-            "max_tokens": int(getattr(getattr(self.adapter, "model", None), "max_seq_length", 0) or 0),
+            "max_tokens": int(getattr(getattr(self.adapter, "model", self.adapter), "max_seq_length", 0) or 0),
             "max_text_chars": self.settings.max_text_chars,
             "tiny_random_weights": self.settings.profile == "tiny",
         }

@@ -167,12 +167,45 @@ def load_embedder(settings: Settings) -> EmbedderAdapter:
     for the tiny profile."""
 
     def build() -> EmbedderAdapter:
+        spec = _embedder_spec(settings)
+        if spec.onnx_pooling:
+            return _load_onnx(settings, spec)
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformerEmbedder(*_load(SentenceTransformer, settings, settings.model_spec("embedder")))
+        return SentenceTransformerEmbedder(*_load(SentenceTransformer, settings, spec))
 
     adapter: EmbedderAdapter = _adapter("embedder", settings, build)
     return adapter
+
+
+def _embedder_spec(settings: Settings) -> ModelSpec:
+    try:
+        return settings.model_spec("embedder")
+    except ModuleNotFoundError as e:  # the lite profile's wheel is not installed
+        raise ModelLoadError(f"MMSEARCH_PROFILE=lite: {e}") from e
+
+
+ONNX_MAX_TOKENS = 512
+"""BERT-style encoders' position limit (bge-small-en-v1.5's ``max_seq_length`` in sentence-transformers)."""
+
+
+def _load_onnx(settings: Settings, spec: ModelSpec) -> EmbedderAdapter:
+    """The ONNX export ``spec`` names (the lite profile's bge-small), run by ONNX Runtime on the CPU with the
+    Embedder's planned threads."""
+    from service.onnx_embedder import OnnxTextEmbedder
+
+    assert spec.onnx_pooling is not None
+    try:
+        return OnnxTextEmbedder(
+            spec.source,
+            spec.name,
+            pooling=spec.onnx_pooling,
+            max_seq_length=min(ONNX_MAX_TOKENS, settings.max_model_tokens),
+            threads=plan_threads(settings.torch_threads, "Embedder").threads,
+        )
+    except Exception as e:  # missing files, a corrupt model
+        cause = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        raise ModelLoadError(f"MMSEARCH_LITE_EMBEDDER: cannot load the embedder {spec.name}: {cause}") from e
 
 
 def load_reranker(settings: Settings) -> ModelAdapter | None:

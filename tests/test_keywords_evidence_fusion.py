@@ -74,8 +74,9 @@ def test_coverage_fusion_keeps_dense_order_for_weak_keyword_matches() -> None:
     b = fused[0]
     assert b.vector_score == 0.60 and b.keyword_score == 3.0 and b.score == pytest.approx(0.5 + 2.0)
     assert fused[3].vector_score is None and fused[3].score == 0.0
-    # from the floor up coverage counts, squared: 60 % of the terms lift c (0 + 2 * 0.36) over b (0.5); x's 49 % no
-    part = fuse(vector, keyword, coverage={"a": 0.0, "b": 0.0, "c": 0.6, "x": 0.49}.__getitem__)
+    # from the floor up coverage counts, squared: 60 % of the terms lift c (0 + 2 * 0.36) over b (0.5); half of
+    # them (b) does not count, nor x's 49 %
+    part = fuse(vector, keyword, coverage={"a": 0.0, "b": 0.5, "c": 0.6, "x": 0.49}.__getitem__)
     assert [(f.id, round(f.score, 3)) for f in part] == [("a", 1.0), ("c", 0.72), ("b", 0.5), ("x", 0.0)]
     # with no query terms at all the dense order and its scaled scores stand
     none = fuse(vector, [], coverage=lambda d: 0.0)

@@ -1,6 +1,6 @@
 """Reading screenshots end to end: real RapidOCR, real bentos on loopback, searched by the text in the images.
 
-* ``make serve`` exactly as the README's quickstart runs it (the ``lite`` profile: all-MiniLM-L6-v2 from its wheel
+* ``make serve`` exactly as the README's quickstart runs it (the ``lite`` profile: bge-small-en-v1.5 from its wheel
   and RapidOCR, no reranker), with no way to reach a model hub: keyword, hybrid and vector hits on rendered
   screenshots, evidence boxes on the rendered words, filters on both sides of hybrid, image queries read by OCR.
 * The tiny profile with OCR on and a text cross-encoder: the reranker scores image documents by their OCR text.
@@ -23,6 +23,7 @@ from PIL import Image
 
 from bench.support.images import Box, data_uri, overlap, text_image
 from bench.support.servers import REPO, BentoServer, free_port
+from service.config import LITE_EMBEDDER
 from tests.conftest import serve_bento
 
 pytestmark = pytest.mark.e2e
@@ -121,7 +122,7 @@ def ingested(lite_server: BentoServer) -> dict[str, Any]:
 def test_make_serve_runs_the_lite_profile_offline(lite_server: BentoServer) -> None:
     info = post(lite_server, "/info", {}).json()
     embedder, reranker, reader = info["embedder"], info["reranker"], info["reader"]
-    assert embedder["model"] == "sentence-transformers/all-MiniLM-L6-v2" and embedder["dimension"] == 384
+    assert embedder["model"] == LITE_EMBEDDER == "BAAI/bge-small-en-v1.5" and embedder["dimension"] == 384
     assert embedder["tiny_random_weights"] is False and embedder["modalities"] == ["text"]
     assert reader["model"].startswith("rapidocr-3.10.0/") and info["ocr"] is True
     assert reranker["model"] is None  # no reranker unless one is configured
