@@ -176,9 +176,9 @@ class SearchPipeline:
         self._write_locks: dict[str, asyncio.Lock] = {}
         self._embedder_info: dict[str, Any] | None = None
         self._reranker_info: dict[str, Any] | None = None
-        # Looked up once per collection; forgotten when the index says the collection is gone or of another
-        # dimension (dropped or re-created, possibly through another replica).
-        self._dimensions: dict[str, int] = {}
+        # (dimension, model), looked up once per collection; forgotten when the index says the collection is gone
+        # or of another dimension or model (dropped or re-created, possibly through another replica).
+        self._dimensions: dict[str, tuple[int, str]] = {}
 
     # ------------------------------------------------------------------------------------------- plumbing
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -241,11 +241,14 @@ class SearchPipeline:
 
     async def collection_dimension(self, name: str) -> int:
         """A collection's dimension (404 if unknown), looked up once: a search must not count rows every time."""
-        dimension = self._dimensions.get(name)
-        if dimension is None:
+        return (await self._collection(name))[0]
+
+    async def _collection(self, name: str) -> tuple[int, str]:
+        known = self._dimensions.get(name)
+        if known is None:
             info = await self.in_thread(self.index.get_collection, name)
-            dimension = self._dimensions[name] = info.dimension
-        return dimension
+            known = self._dimensions[name] = (info.dimension, info.model)
+        return known
 
     def _lock(self, collection: str) -> asyncio.Lock:
         return self._write_locks.setdefault(collection, asyncio.Lock())
@@ -532,12 +535,12 @@ class SearchPipeline:
 
     async def _search(self, run: SearchRun) -> SearchResponse:
         req = run.req
-        dimension = await self.collection_dimension(req.collection)  # 404 before any model work
+        await self.collection_dimension(req.collection)  # 404 before any model work
         text_only = self.text_only_embedder(await self.embedder_info())
         await self._read_query(run, text_only)
         run.mark("read")
         mode = await self.in_thread(choose_mode, req.mode, self.index, req.collection, run.text)
-        qvec = None if mode == "keyword" else await self._embed_query(run, text_only, dimension)
+        qvec = None if mode == "keyword" else await self._embed_query(run, text_only)
         run.mark("embed")
         hits = await self._retrieve(run, mode, qvec)
         run.mark("retrieve")
@@ -566,7 +569,7 @@ class SearchPipeline:
             raise remap_inputs(e, [0], "query", single=True) from None
         run.text = index_base.keyword_text(query.text, pages[0].text)
 
-    async def _embed_query(self, run: SearchRun, text_only: bool, dimension: int) -> np.ndarray:
+    async def _embed_query(self, run: SearchRun, text_only: bool) -> np.ndarray:
         item = run.query
         if text_only and item.image is not None and self.reader.enabled:
             if not run.text:
@@ -585,16 +588,25 @@ class SearchPipeline:
         qvec: np.ndarray = out.vectors[0]
         if self._embedder_info is not None and self._embedder_info.get("model") != out.model:
             self._embedder_info = None  # replaced by another model: /info and the next upsert ask again
-        if qvec.shape[0] != dimension:
-            self._dimensions.pop(run.req.collection, None)  # re-created elsewhere? look again, once
-            dimension = await self.collection_dimension(run.req.collection)
-        if qvec.shape[0] != dimension:
-            raise ApiError(
-                409,
-                "collection_mismatch",
-                f"collection {run.req.collection!r} has dimension {dimension}, the embedder gives {qvec.shape[0]}",
-                field="collection",
-            )
+        name = run.req.collection
+        if (qvec.shape[0], out.model) != await self._collection(name):
+            self._dimensions.pop(name, None)  # re-created elsewhere? look again, once
+            dimension, model = await self._collection(name)
+            if qvec.shape[0] != dimension:
+                raise ApiError(
+                    409,
+                    "collection_mismatch",
+                    f"collection {name!r} has dimension {dimension}, the embedder gives {qvec.shape[0]}",
+                    field="collection",
+                )
+            if model != out.model:  # same dimension, another vector space: its hits would be meaningless
+                raise ApiError(
+                    409,
+                    "collection_mismatch",
+                    f"collection {name!r} was embedded by model {model!r}, the embedder is {out.model!r}: re-ingest "
+                    "it, or search it by keyword",
+                    field="collection",
+                )
         return qvec
 
     async def _retrieve(self, run: SearchRun, mode: Mode, qvec: np.ndarray | None) -> list[SearchHit]:

@@ -258,6 +258,21 @@ def test_drop_then_recreate_elsewhere_is_seen_by_a_replica(tmp_path: Path) -> No
     assert [h.id for h in asyncio.run(other.search(req)).hits] == ["b"]
 
 
+def test_search_refuses_a_collection_of_another_model_with_the_same_dimension(tmp_path: Path) -> None:
+    """Same dimension, another vector space (e.g. a lite index built with MiniLM, searched with bge-small): 409
+    naming both models, not meaningless hits."""
+    rig = Rig(tmp_path)
+    rig.upsert([{"id": "a", "text": "q"}])
+    first = rig.embedder.model
+    rig.embedder.model = "other-model"  # dimension unchanged
+    with pytest.raises(ApiError) as err:
+        rig.search()
+    assert (err.value.status, err.value.code, err.value.field) == (409, "collection_mismatch", "collection")
+    assert repr(first) in err.value.message and "'other-model'" in err.value.message
+    rig.embedder.model = first
+    assert [h.id for h in rig.search().hits] == ["a"]
+
+
 def test_embedder_replaced_by_another_model_is_noticed(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.upsert([{"id": "a", "text": "x"}], collection="old")
