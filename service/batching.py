@@ -15,11 +15,15 @@ memory. This batcher does all four (the design Infinity uses):
   started early would cost a GPU a whole batch's fixed cost for a few items); query batches may be prepared
   ahead of a prepared document batch, and the model takes the highest-priority prepared batch.
 * Batch sizes follow the load: idle, a batch holds what is queued (1 at one client). **Coalescing**
-  (``coalesce_s``): when the model frees up and fewer items are queued than are on their way back (the items
-  of the requests the last batch answered, which closed-loop clients resend at once), the batcher waits up to
-  ``coalesce_s`` for them instead of starting a small batch. On a GPU a batch of 2 costs almost what a batch
-  of 32 does, so this doubles throughput at 32 clients; on a CPU the cost per item is flat and ``0`` is right.
-  A single client never waits: one request answered, one expected.
+  (``coalesce_s``): when the model frees up and fewer items are queued than are on their way back, the batcher
+  waits up to ``coalesce_s`` for them instead of starting a small batch. On a GPU a batch of 2 costs almost
+  what a batch of 32 does, so this doubles throughput at 32 clients; on a CPU the cost per item is flat and
+  ``0`` is right. *On their way back*: the items of every request answered lately that no new request has
+  matched yet (closed-loop clients resend when answered), not only those of the last batch. Counting only the
+  last batch let clients whose turnaround is longer than a batch settle into groups that alternate (8 clients
+  in two batches of 4 forever: each group is still in flight when the other's batch ends). An answer is
+  expected back for ``2 * (coalesce_s + the lane's last batch time)``; arrivals match the oldest answers
+  first. A single client never waits: one request answered, one back.
 * Whole requests go into one batch where they fit (a reranked query's 20 pairs are scored together instead of
   straddling two batches); a request larger than a batch is split.
 * Bounded: more than ``max_queue_size`` waiting items -> ``Overloaded`` (429); an item waiting longer than
@@ -110,6 +114,7 @@ class BatchStats:
     items: int = 0
     oom_splits: int = 0
     prepared_ahead: int = 0
+    coalesce_timeouts: int = 0  # batches started when the coalescing window ended short of what was expected
     sizes: list[int] = field(default_factory=list)  # the last ``SIZES_KEPT`` batch sizes, oldest first
 
     SIZES_KEPT = 1024
@@ -165,11 +170,13 @@ class MicroBatcher(Generic[T, R]):
         self._queues: dict[Key, deque[_Request[T, R]]] = {}
         self._lane_items: dict[Key, int] = {}
         self._queued = 0
-        self._expected: dict[Key, int] = {}  # items expected back in a lane (see _target)
+        self._returning: dict[Key, deque[list[float]]] = {}  # [answered at, items not back yet], oldest first
+        self._last_batch_s: dict[Key, float] = {}
         self._ready: list[_Batch[T, R]] = []  # batches waiting for the model
         self._handoff: list[_Batch[T, R]] = []  # prepared batches the running model thread takes next
         self._handoff_lock = threading.Lock()
         self._running = False
+        self._running_key: Key | None = None  # the batch in the model (set by the model thread)
         self._preparing: Key | None = None  # the lane whose batch is being prepared
         self._idle_since = -float("inf")
         self._hold_until: float | None = None
@@ -205,6 +212,7 @@ class MicroBatcher(Generic[T, R]):
         self._queues.setdefault(key, deque()).append(_Request(list(payloads), futures, time.monotonic(), deadline))
         self._lane_items[key] = self._lane_items.get(key, 0) + len(payloads)
         self._queued += len(payloads)
+        self._came_back(key, len(payloads))
         self._depth_changed()
         self._poke()
         try:
@@ -267,10 +275,34 @@ class MicroBatcher(Generic[T, R]):
         cap = self._background_cap(key)
         return min(self.effective_max_batch_size, cap or self.effective_max_batch_size)
 
-    def _target(self, key: Key, limit: int) -> int:
-        """Items worth waiting for in ``key`` (at least 1, at most ``limit``): those queued, or if more, those
-        queued when the lane's last batch finished plus the items of the requests it finished."""
-        return max(1, min(limit, max(self._lane_items.get(key, 0), self._expected.get(key, 1))))
+    def _target(self, key: Key, limit: int, now: float) -> int:
+        """Items worth waiting for in ``key`` (at least 1, at most ``limit``): those queued plus those on their
+        way back (answered lately, not matched by an arrival yet)."""
+        return max(1, min(limit, self._lane_items.get(key, 0) + self.on_their_way_back(key, now)))
+
+    def return_horizon(self, key: Key) -> float:
+        """How long an answered item in lane ``key`` is expected back: two windows and two batches."""
+        return 2 * (self.coalesce_s + self._last_batch_s.get(key, 0.0))
+
+    def on_their_way_back(self, key: Key, now: float) -> int:
+        """Items answered in lane ``key`` within ``return_horizon`` that no arrival has matched yet."""
+        answers = self._returning.get(key)
+        if not answers:
+            return 0
+        horizon = now - self.return_horizon(key)
+        while answers and answers[0][0] < horizon:
+            answers.popleft()
+        return int(sum(a[1] for a in answers))
+
+    def _came_back(self, key: Key, n: int) -> None:
+        """``n`` items arrived in lane ``key``: they match the oldest answers still expected back."""
+        answers = self._returning.get(key)
+        while answers and n > 0:
+            matched = min(n, int(answers[0][1]))
+            answers[0][1] -= matched
+            n -= matched
+            if answers[0][1] <= 0:
+                answers.popleft()
 
     def _choose(self, now: float) -> tuple[Key, int] | float | None:
         """The lane to take a batch from now and its size limit; else how long to wait (``None``: until poked)."""
@@ -299,15 +331,27 @@ class MicroBatcher(Generic[T, R]):
             queued = self._lane_items[key]
             if queued >= limit:
                 return key, limit
-            if busy and not (key[0] == 0 and all(b.key[0] > 0 for b in self._ready + self._handoff)):
+            if busy and not (key[0] == 0 and self._background_runs_next()):
                 continue  # the model is busy: only a full batch is worth preparing ahead (or a query's)
-            if queued >= self._target(key, limit) or self.coalesce_s <= 0:
+            if self.coalesce_s <= 0 or queued >= self._target(key, limit, now):
                 return key, limit
             deadline = max(self._idle_since, self._queues[key][0].enqueued) + self.coalesce_s
             if now >= deadline:
+                self.stats.coalesce_timeouts += 1
                 return key, limit
             wait = deadline - now if wait is None else min(wait, deadline - now)
         return wait
+
+    def _background_runs_next(self) -> bool:
+        """The model would run a document batch next: a query batch prepared now, even partial, goes first.
+        Behind a query batch, a partial query batch is not prepared ahead: when the model frees up, coalescing
+        decides how many of the answered clients to wait for (preparing it ahead split closed-loop query
+        clients into groups that alternate)."""
+        waiting = self._ready + self._handoff
+        if waiting:
+            return all(b.key[0] > 0 for b in waiting)
+        running = self._running_key
+        return running is not None and running[0] > 0
 
     def _take(self, key: Key, limit: int) -> _Batch[T, R]:
         """Up to ``limit`` items of lane ``key``: whole requests in queue order where they fit (a request that
@@ -467,6 +511,7 @@ class MicroBatcher(Generic[T, R]):
     def _execute_chain(self, batch: _Batch[T, R] | None, loop: asyncio.AbstractEventLoop) -> None:
         """In the model thread: run ``batch``, then every batch handed over meanwhile; answers go to the loop."""
         while batch is not None:
+            self._running_key = batch.key
             started = time.perf_counter()
             outcomes = self._execute(batch)
             elapsed = time.perf_counter() - started
@@ -479,6 +524,12 @@ class MicroBatcher(Generic[T, R]):
 
     def _deliver(self, batch: _Batch[T, R], outcomes: list[R | BaseException], elapsed: float) -> None:
         """On the loop: answer a batch's items and learn from it."""
+        # closed-loop clients resend when answered: expect back the items of the requests this batch finished
+        returning = sum(len(r.payloads) for r in batch.finished)
+        if returning and self.coalesce_s > 0:
+            self._returning.setdefault(batch.key, deque()).append([time.monotonic(), float(returning)])
+        self._last_batch_s[batch.key] = elapsed
+        self.on_their_way_back(batch.key, time.monotonic())  # forget the expired ones (bounded memory)
         if batch.error is None:
             self._learn(batch.key, len(batch.payloads), elapsed)
             if self._on_batch is not None:
@@ -490,9 +541,6 @@ class MicroBatcher(Generic[T, R]):
                 f.set_exception(out)
             else:
                 f.set_result(out)
-        # coalescing expects back the items of the requests this batch finished, besides those queued now
-        returning = sum(len(r.payloads) for r in batch.finished)
-        self._expected[batch.key] = returning + self._lane_items.get(batch.key, 0)
         self._poke()
 
     def _execute(self, batch: _Batch[T, R]) -> list[R | BaseException]:

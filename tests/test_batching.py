@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import pytest
 
@@ -311,6 +311,68 @@ def test_coalescing_gives_up_after_the_window() -> None:
         assert await asyncio.wait_for(b.submit("q", [7], priority=0), 20) == ["q:7"]  # only one comes
         assert time.monotonic() - t0 >= 0.15  # it waited for the others (up to the window) ...
         assert [len(p) for _, p in rec.batches][-1] == 1  # ... then ran alone
+        assert b.stats.coalesce_timeouts == 1
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    """Let the tasks just created run, then wait until ``cond()``."""
+    await asyncio.sleep(0)
+    while not cond():
+        await asyncio.sleep(0.001)
+
+
+def test_alternating_groups_of_clients_are_merged() -> None:
+    """Two groups of 4 closed-loop clients whose turnaround is longer than a batch (through HTTP on a busy host):
+    group Y is still in flight when group X's batch ends, and comes back before X does. Counting only the
+    clients the last batch answered (X), Y's 4 would start at once and the two groups would alternate in
+    batches of 4 forever; the batcher expects Y back too, so Y waits for X and every later batch holds all 8."""
+
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, coalesce_s=0.05)
+        rec.gate.clear()
+        y = [asyncio.create_task(b.submit("q", [i], priority=0)) for i in range(4)]
+        await _until(lambda: b.queued == 0 and b.stats.batches == 0)  # Y's batch is in the model
+        x = [asyncio.create_task(b.submit("q", [10 + i], priority=0)) for i in range(4)]
+        await _until(lambda: b.queued == 4)
+        rec.gate.set()
+        await asyncio.gather(*y)  # Y answered; Y's clients stay in flight while X waits for them ...
+        await asyncio.gather(*x)  # ... up to the window, then runs alone: the two groups have formed
+        assert [len(p) for _, p in rec.batches] == [4, 4] and b.stats.coalesce_timeouts == 1
+        b.coalesce_s = 30.0  # from here on nothing depends on timing: a wait would time the test out
+
+        async def client(i: int, rounds: int) -> None:
+            for r in range(1, rounds + 1):
+                assert await b.submit("q", [i + 100 * r], priority=0) == [f"q:{i + 100 * r}"]
+
+        ys = [asyncio.create_task(client(i, 5)) for i in range(4)]  # Y comes back first, after X's batch ended
+        await _until(lambda: b.queued == 4)
+        xs = [asyncio.create_task(client(10 + i, 5)) for i in range(4)]
+        await asyncio.wait_for(asyncio.gather(*ys, *xs), 20)
+        assert [len(p) for _, p in rec.batches] == [4, 4] + [8] * 5
+        assert b.stats.coalesce_timeouts == 1
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_clients_that_left_are_not_expected_back_for_long() -> None:
+    """Six clients answered and gone: a lone client right after waits one window for them (they might be on
+    their way), one arriving after ``return_horizon`` starts at once."""
+
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, coalesce_s=0.05)
+        await Closed(b, clients=6, rounds=1).run()
+        key = (0, "q")
+        assert b.on_their_way_back(key, time.monotonic()) == 6
+        await asyncio.sleep(b.return_horizon(key) + 0.05)
+        assert b.on_their_way_back(key, time.monotonic()) == 0
+        assert await b.submit("q", [7], priority=0) == ["q:7"]
+        assert b.stats.coalesce_timeouts == 0  # it did not wait
         await b.aclose()
 
     asyncio.run(go())
