@@ -484,12 +484,12 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_ready()
-            self._running = True
+            self._running, self._running_key = True, batch.key
             self._poke()  # the slot is free: the next batch may be prepared while this one runs
             try:
                 await loop.run_in_executor(self._executor, self._execute_chain, batch, loop)
             finally:
-                self._running = False
+                self._running, self._running_key = False, None
             del batch  # nor here: the last batch's payloads would live until the next one
             with self._handoff_lock:  # handed over after the model thread stopped looking: back in line
                 self._ready.extend(self._handoff)
