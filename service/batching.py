@@ -176,7 +176,7 @@ class MicroBatcher(Generic[T, R]):
         self._handoff: list[_Batch[T, R]] = []  # prepared batches the running model thread takes next
         self._handoff_lock = threading.Lock()
         self._running = False
-        self._running_key: Key | None = None  # the batch in the model (set by the model thread)
+        self._running_key: Key | None = None  # lane of the batch in the model (also set per chained batch)
         self._preparing: Key | None = None  # the lane whose batch is being prepared
         self._idle_since = -float("inf")
         self._hold_until: float | None = None
