@@ -22,11 +22,9 @@ COMPLEX: dict[str, int] = {
     "service/pipeline.py:SearchPipeline._embed_documents": 23,
     "service/index/filters.py:parse_filter": 22,
     "service/pipeline.py:SearchPipeline._rerank": 20,
-    "clients/python/mmsearch_client/cli.py:cmd_index": 19,
     "service/calibration.py:PairMap.from_json": 18,
     "service/media.py:_first_failure": 18,
     "service/retrieval.py:retrieve": 17,
-    "clients/python/mmsearch_client/errors.py:_from_mapping": 16,
 }
 
 

@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mmsearch_client._base import DEFAULT_BASE_URL, __version__
 from mmsearch_client._client import Client
 from mmsearch_client._progress import rich_available
-from mmsearch_client.errors import APIStatusError, MMSearchError, NotFoundError
+from mmsearch_client.errors import APIStatusError, MMSearchError, NotFoundError, field_to_loc
 from mmsearch_client.eval.command import add_eval_parser
 from mmsearch_client.inputs import Document, Image, InputLike, content_id, pair
+from mmsearch_client.results import BatchFailure
 from mmsearch_client.schemas import Item
 
 __all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "build_parser", "main", "scan"]
@@ -151,21 +151,8 @@ def _existing_ids(client: Client, ids: list[str], collection: str, batch_size: i
 
 
 def cmd_index(client: Client, args: argparse.Namespace) -> int:
-    entries: list[tuple[str, Path]] = []
-    seen: set[str] = set()
     unsupported: list[Path] = []
-    skipped = 0
-    for path in scan(args.paths, unsupported):
-        data = path.read_bytes()
-        if path.suffix.lower() in TEXT_EXTENSIONS and not data.decode("utf-8", errors="replace").strip():
-            skipped += 1  # empty text file: nothing to index
-            continue
-        doc_id = content_id(data)
-        if doc_id in seen:
-            skipped += 1  # same content as another file in this run
-            continue
-        seen.add(doc_id)
-        entries.append((doc_id, path))
+    entries, skipped = _distinct_files(scan(args.paths, unsupported))
     existing = _existing_ids(client, [e[0] for e in entries], args.collection, args.batch_size)
     todo = [e for e in entries if e[0] not in existing]
     skipped += len(entries) - len(todo)
@@ -180,13 +167,7 @@ def cmd_index(client: Client, args: argparse.Namespace) -> int:
         )
         indexed, failed = summary.upserted, summary.failed
         ocr_images, ocr_lines = summary.ocr_images, summary.ocr_lines
-        by_id = dict(todo)
-        for failure in summary.failures[:20]:
-            paths = [by_id[i] for i in failure.ids if i in by_id]
-            names = ", ".join(str(p) for p in paths[:3])
-            more = f" (+{len(failure.ids) - 3} more)" if len(failure.ids) > 3 else ""
-            reason = _failure_reason(failure.error, failure.ids, paths)
-            print(f"mmsearch: failed: {names}{more}: {reason}", file=sys.stderr)
+        _print_failures(summary.failures[:20], dict(todo))
     if unsupported:
         kinds = ", ".join(sorted({p.suffix.lower() or "(no extension)" for p in unsupported}))
         print(f"mmsearch: skipped {len(unsupported)} file(s) of an unsupported type ({kinds})", file=sys.stderr)
@@ -195,13 +176,41 @@ def cmd_index(client: Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-_WIRE_FIELD = re.compile(r"^documents\[\d+\](\.\w+)?: ")
+def _distinct_files(paths: Iterable[Path]) -> tuple[list[tuple[str, Path]], int]:
+    """``(content id, path)`` of each file worth indexing, and how many were skipped (empty text, same content)."""
+    entries: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    skipped = 0
+    for path in paths:
+        data = path.read_bytes()
+        if path.suffix.lower() in TEXT_EXTENSIONS and not data.decode("utf-8", errors="replace").strip():
+            skipped += 1  # empty text file: nothing to index
+            continue
+        doc_id = content_id(data)
+        if doc_id in seen:
+            skipped += 1  # same content as another file in this run
+            continue
+        seen.add(doc_id)
+        entries.append((doc_id, path))
+    return entries, skipped
+
+
+def _print_failures(failures: Sequence[BatchFailure], by_id: dict[str, Path]) -> None:
+    for failure in failures:
+        paths = [by_id[i] for i in failure.ids if i in by_id]
+        names = ", ".join(str(p) for p in paths[:3])
+        more = f" (+{len(failure.ids) - 3} more)" if len(failure.ids) > 3 else ""
+        reason = _failure_reason(failure.error, failure.ids, paths)
+        print(f"mmsearch: failed: {names}{more}: {reason}", file=sys.stderr)
 
 
 def _failure_reason(error: MMSearchError, ids: Sequence[str], paths: Sequence[Path]) -> str:
     """Why documents failed, without repeating what the line already names (their paths, ids, batch positions)."""
     if isinstance(error, APIStatusError):
-        return f"{error.code}: {_WIRE_FIELD.sub('', error.message)}"
+        in_batch = error.field is not None and field_to_loc(error.field)[0] == "documents"
+        # documents[k]... is a position in the batch, meaningless here
+        message = error.message.removeprefix(f"{error.field}: ") if in_batch else error.message
+        return f"{error.code}: {message}"
     reason = error.message
     for prefix in [*ids, *(str(p) for p in paths)]:
         reason = reason.removeprefix(f"{prefix}: ")

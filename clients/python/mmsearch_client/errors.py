@@ -223,19 +223,24 @@ def _from_mapping(body: dict[str, Any]) -> tuple[str | None, str | None, str | N
         message = err
     elif isinstance(err, dict):
         return _from_mapping(err)
-    if isinstance(detail, list) and detail:
-        # BentoML's pydantic validation errors: {"error": "...", "detail": [{"loc": [...], "msg": ...}]}
-        first = detail[0]
-        if isinstance(first, dict):
-            field = field or loc_to_field(first.get("loc"))
-            msg = first.get("msg")
-            if isinstance(msg, str):
-                extra = f" (+{len(detail) - 1} more)" if len(detail) > 1 else ""
-                message = f"{field}: {msg}{extra}" if field else f"{msg}{extra}"
-            code = code or "validation_error"
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        message, field = _validation_detail(detail, field, message)
+        code = code or "validation_error"
     elif isinstance(detail, str) and message is None:
         message = detail
     return message, code, field
+
+
+def _validation_detail(detail: list[Any], field: str | None, message: str | None) -> tuple[str | None, str | None]:
+    """BentoML's pydantic validation errors (``{"error": "...", "detail": [{"loc": [...], "msg": ...}]}``): the
+    first one's field and message, with how many more there are."""
+    first = detail[0]
+    field = field or loc_to_field(first.get("loc"))
+    msg = first.get("msg")
+    if isinstance(msg, str):
+        extra = f" (+{len(detail) - 1} more)" if len(detail) > 1 else ""
+        message = f"{field}: {msg}{extra}" if field else f"{msg}{extra}"
+    return message, field
 
 
 def _json_or_none(text: str) -> Any:
