@@ -350,22 +350,10 @@ class SearchPipeline:
             return None
         items = [self._embedding_item(d, text_only, model) for d in todo]
         keys = [cache_key(model, "document", _image_sha(d.image), it.text) for d, it in zip(todo, items, strict=True)]
-        if self.cache is not None:
-            found = await asyncio.to_thread(self.cache.get_many, keys)
-            hits = 0
-            for d, k in zip(todo, keys, strict=True):
-                v = found.get(k)
-                if v is not None and v.shape[0] == dim:
-                    d.vector, hits = v, hits + 1
-            if hits and self.on_cache_hits is not None:
-                self.on_cache_hits(hits)
-        first: dict[str, int] = {}  # one model input per distinct key
-        for i, (d, k) in enumerate(zip(todo, keys, strict=True)):
-            if d.vector is None:
-                first.setdefault(k, i)
-        if not first:
+        await self._take_cached(todo, keys, dim)
+        send = _first_of_each_key(todo, keys)
+        if not send:
             return None
-        send = list(first.values())
         try:
             out = await self.embedder.encode([items[i] for i in send], "document", None)
         except ApiError as e:
@@ -377,6 +365,19 @@ class SearchPipeline:
         if self.cache is not None and out.model == model:
             await asyncio.to_thread(self.cache.put_many, list(by_key.items()))
         return out
+
+    async def _take_cached(self, todo: Sequence[IngestDoc], keys: Sequence[str], dim: int) -> None:
+        """Vectors the embedding cache holds for these keys (of this dimension), counted as cache hits."""
+        if self.cache is None:
+            return
+        found = await asyncio.to_thread(self.cache.get_many, keys)
+        hits = 0
+        for d, k in zip(todo, keys, strict=True):
+            v = found.get(k)
+            if v is not None and v.shape[0] == dim:
+                d.vector, hits = v, hits + 1
+        if hits and self.on_cache_hits is not None:
+            self.on_cache_hits(hits)
 
     async def _store_media(self, batch: Sequence[IngestDoc]) -> None:
         """Keep a copy of every image, content-addressed, with its thumbnail: a URL is fetched here, once, under
@@ -705,30 +706,17 @@ class SearchPipeline:
 
         The reranker port waits at most ``budget`` seconds itself (``TimeoutError``): it counts the timeout as a
         failure of the dependency (circuit breaker), which a cancellation from here could not tell apart."""
-        text_only = info is not None and list(info.get("modalities") or []) == ["text"]
-        query = Item(text=run.text) if text_only and run.query.image is not None and run.text else run.query
-        todo: list[tuple[SearchHit, Item]] = []
-        for h in hits:
-            doc = self._rerank_doc(run, h, text_only)
-            if doc is not None:
-                todo.append((h, doc))
-        checked = False
+        query, todo = self._rerank_inputs(run, hits, info)
         if self._inline_media:
             todo = await self._inline_images(run, todo)
+        checked = False
         for _ in range(MAX_RERANK_ROUNDS):
             if not todo:
                 return hits, False
             try:
                 scores = await self._score(run, query, [doc for _, doc in todo], budget)
             except _DocumentRefused as refused:
-                if await self._reranker_lacks_store(refused, todo[refused.position][1]):
-                    todo = await self._inline_images(run, todo)
-                    continue
-                hit, _ = todo.pop(refused.position)
-                run.warn(hit.id, refused.error.code, f"not reranked: {refused.error.message}")
-                if not checked:
-                    checked = True
-                    todo = await self._drop_missing_media(run, todo)
+                todo, checked = await self._after_refusal(run, todo, refused, checked)
                 continue
             for (h, _), score in zip(todo, scores, strict=True):
                 h.rerank_score = score
@@ -739,6 +727,29 @@ class SearchPipeline:
         raise ApiError(
             503, "rerank_failed", f"the reranker refused {MAX_RERANK_ROUNDS} candidates in a row", retry_after=1
         )
+
+    def _rerank_inputs(
+        self, run: SearchRun, hits: list[SearchHit], info: dict[str, Any] | None
+    ) -> tuple[Item, list[tuple[SearchHit, Item]]]:
+        """The query as the reranker takes it (an image query's text for a text-only reranker) and the candidates
+        it can score, each with what it is sent."""
+        text_only = info is not None and list(info.get("modalities") or []) == ["text"]
+        query = Item(text=run.text) if text_only and run.query.image is not None and run.text else run.query
+        return query, [(h, doc) for h in hits if (doc := self._rerank_doc(run, h, text_only)) is not None]
+
+    async def _after_refusal(
+        self, run: SearchRun, todo: list[tuple[SearchHit, Item]], refused: _DocumentRefused, checked: bool
+    ) -> tuple[list[tuple[SearchHit, Item]], bool]:
+        """What to send again after the Reranker refused one candidate, and whether the store was checked: every
+        image inline when the Reranker lacks the media store; else the others, and at the first such refusal only
+        those whose image is in the store."""
+        if await self._reranker_lacks_store(refused, todo[refused.position][1]):
+            return await self._inline_images(run, todo), checked
+        hit, _ = todo.pop(refused.position)
+        run.warn(hit.id, refused.error.code, f"not reranked: {refused.error.message}")
+        if checked:
+            return todo, True
+        return await self._drop_missing_media(run, todo), True
 
     async def _score(self, run: SearchRun, query: Item, docs: list[Item], budget: float) -> list[float]:
         """The reranker's score of every document, in order; ``_DocumentRefused`` for a document it refuses."""
@@ -874,6 +885,15 @@ def _search_hit(c: Candidate) -> SearchHit:
         metadata=h.metadata,
         evidence=[Evidence(source=e.source, text=e.text, box=list(e.box) if e.box else None) for e in c.evidence],
     )
+
+
+def _first_of_each_key(todo: Sequence[IngestDoc], keys: Sequence[str]) -> list[int]:
+    """Positions of the documents still without a vector, one per distinct key (one model input each)."""
+    first: dict[str, int] = {}
+    for i, (d, k) in enumerate(zip(todo, keys, strict=True)):
+        if d.vector is None:
+            first.setdefault(k, i)
+    return list(first.values())
 
 
 def remaining(deadline: float | None) -> float | None:
