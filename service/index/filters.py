@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -151,40 +151,56 @@ def parse_filter(filter: Filter | None) -> list[Clause]:
     budget = _Budget()
     clauses: list[Clause] = []
     for key, cond in filter.items():
-        if isinstance(key, str):
-            budget.add(text=key[: MAX_FILTER_BYTES + 1])
-        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
-            raise InvalidFilter(f"invalid filter key {key!r}: keys must match {KEY_RE.pattern} (letters, digits, '_')")
-        if not isinstance(cond, Mapping):
-            if isinstance(cond, list | tuple):
-                raise InvalidFilter(f"filter key {key!r}: a list is not a value; use {{'$in': [...]}}")
-            if cond is None:
-                raise InvalidFilter(f"filter key {key!r}: null is not a filterable value")
-            budget.values([cond])
-            clauses.append(Clause(key, "eq", (value_term(key, _scalar(key, "equality", cond)),)))
-            continue
-        if not cond:
-            raise InvalidFilter(f"filter key {key!r}: empty condition object")
-        if len(cond) > len(OPERATORS):
-            raise InvalidFilter(f"filter key {key!r}: at most one condition per operator ({', '.join(OPERATORS)})")
-        for op, arg in cond.items():
-            if op != "$in":
-                budget.values([arg])
-            if op == "$eq":
-                clauses.append(Clause(key, "eq", (value_term(key, _scalar(key, op, arg)),)))
-            elif op == "$ne":
-                clauses.append(Clause(key, "ne", (value_term(key, _scalar(key, op, arg)),)))
-            elif op == "$in":
-                if not isinstance(arg, list | tuple) or not arg:
-                    raise InvalidFilter(f"filter key {key!r}: $in needs a non-empty list of scalars")
-                budget.values(arg[: MAX_FILTER_TERMS + 1])
-                terms = dict.fromkeys(value_term(key, _scalar(key, op, v)) for v in arg)
-                clauses.append(Clause(key, "in", tuple(terms)))
-            elif op in RANGE_OPS:
-                clauses.append(Clause(key, "range", cmp=RANGE_OPS[op], number=_number(key, op, arg)))
-            else:
-                raise InvalidFilter(f"filter key {key!r}: unknown operator {op!r} (supported: {', '.join(OPERATORS)})")
+        _check_key(key, budget)
+        if isinstance(cond, Mapping):
+            clauses += _operator_clauses(key, cond, budget)
+        else:
+            clauses.append(_equality_clause(key, cond, budget))
     return clauses
+
+
+def _check_key(key: Any, budget: _Budget) -> None:
+    if isinstance(key, str):
+        budget.add(text=key[: MAX_FILTER_BYTES + 1])
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        raise InvalidFilter(f"invalid filter key {key!r}: keys must match {KEY_RE.pattern} (letters, digits, '_')")
+
+
+def _equality_clause(key: str, value: Any, budget: _Budget) -> Clause:
+    """``{"key": value}``: a bare scalar is equality."""
+    if isinstance(value, list | tuple):
+        raise InvalidFilter(f"filter key {key!r}: a list is not a value; use {{'$in': [...]}}")
+    if value is None:
+        raise InvalidFilter(f"filter key {key!r}: null is not a filterable value")
+    budget.values([value])
+    return Clause(key, "eq", (value_term(key, _scalar(key, "equality", value)),))
+
+
+def _operator_clauses(key: str, cond: Mapping[str, Any], budget: _Budget) -> list[Clause]:
+    """``{"key": {"$op": arg, ...}}``: one clause per operator."""
+    if not cond:
+        raise InvalidFilter(f"filter key {key!r}: empty condition object")
+    if len(cond) > len(OPERATORS):
+        raise InvalidFilter(f"filter key {key!r}: at most one condition per operator ({', '.join(OPERATORS)})")
+    return [_operator_clause(key, op, arg, budget) for op, arg in cond.items()]
+
+
+def _operator_clause(key: str, op: Any, arg: Any, budget: _Budget) -> Clause:
+    if op != "$in":
+        budget.values([arg])
+    if op == "$eq":
+        return Clause(key, "eq", (value_term(key, _scalar(key, op, arg)),))
+    if op == "$ne":
+        return Clause(key, "ne", (value_term(key, _scalar(key, op, arg)),))
+    if op == "$in":
+        if not isinstance(arg, list | tuple) or not arg:
+            raise InvalidFilter(f"filter key {key!r}: $in needs a non-empty list of scalars")
+        budget.values(arg[: MAX_FILTER_TERMS + 1])
+        terms = dict.fromkeys(value_term(key, _scalar(key, op, v)) for v in arg)
+        return Clause(key, "in", tuple(terms))
+    if op in RANGE_OPS:
+        return Clause(key, "range", cmp=RANGE_OPS[op], number=_number(key, op, arg))
+    raise InvalidFilter(f"filter key {key!r}: unknown operator {op!r} (supported: {', '.join(OPERATORS)})")
 
 
 def _number_literal(value: int | float) -> str:
@@ -200,48 +216,57 @@ def _terms_literal(terms: tuple[str, ...], quote: str) -> str:
     return ", ".join(f"{quote}{t}{quote}" for t in terms)
 
 
-def to_lance_sql(clauses: list[Clause], *, terms_column: str, json_column: str) -> str | None:
-    """A LanceDB ``where`` predicate for the clauses (None when there are none)."""
+@dataclass(frozen=True)
+class _Dialect:
+    """How a backend's query language spells the clauses: quotes, array functions, ``and``/``not`` and a
+    numeric comparison of a JSON metadata value (``range``: ``(clause, terms, json, key) -> expression``)."""
+
+    quote: str
+    has: str
+    has_any: str
+    and_: str
+    not_: str
+    range: Callable[[Clause, str, str, str], str]
+
+
+def _compile(clauses: list[Clause], d: _Dialect, terms: str, json: str) -> str | None:
+    """The clauses (all must hold) as one expression in dialect ``d`` (None when there are none)."""
     parts: list[str] = []
     for c in clauses:
+        values = _terms_literal(c.terms, d.quote)
+        key = _terms_literal((c.key,), d.quote)
         if c.op == "eq":
-            parts.append(f"array_has({terms_column}, {_terms_literal(c.terms, _SQL_QUOTE)})")
+            parts.append(f"{d.has}({terms}, {values})")
         elif c.op == "in":
-            parts.append(f"array_has_any({terms_column}, [{_terms_literal(c.terms, _SQL_QUOTE)}])")
-        elif c.op == "ne":
-            present = _terms_literal((c.key,), _SQL_QUOTE)
-            parts.append(
-                f"(array_has({terms_column}, {present}) AND NOT array_has({terms_column}, "
-                f"{_terms_literal(c.terms, _SQL_QUOTE)}))"
-            )
+            parts.append(f"{d.has_any}({terms}, [{values}])")
+        elif c.op == "ne":  # the key is present and the value is not among its values
+            parts.append(f"({d.has}({terms}, {key}) {d.and_} {d.not_} {d.has}({terms}, {values}))")
         else:
-            key = _terms_literal((c.key,), _SQL_QUOTE)
-            value = f"TRY_CAST(json_extract(json_get({json_column}, {key}), '$') AS DOUBLE)"
-            parts.append(f"({value} {c.cmp} {_number_literal(c.number)})")
-    return " AND ".join(parts) if parts else None
+            parts.append(d.range(c, terms, json, key))
+    return f" {d.and_} ".join(parts) if parts else None
+
+
+def _lance_range(c: Clause, terms: str, json: str, key: str) -> str:
+    value = f"TRY_CAST(json_extract(json_get({json}, {key}), '$') AS DOUBLE)"
+    return f"({value} {c.cmp} {_number_literal(c.number)})"
+
+
+def _milvus_range(c: Clause, terms: str, json: str, key: str) -> str:
+    # Booleans are excluded explicitly: Milvus Lite evaluates JSON comparisons with Python semantics, where
+    # True >= 0 holds.
+    bools = _terms_literal((value_term(c.key, True), value_term(c.key, False)), _EXPR_QUOTE)
+    return f"({json}[{key}] {c.cmp} {_number_literal(c.number)} and not array_contains_any({terms}, [{bools}]))"
+
+
+_LANCE_SQL = _Dialect(_SQL_QUOTE, "array_has", "array_has_any", "AND", "NOT", _lance_range)
+_MILVUS_EXPR = _Dialect(_EXPR_QUOTE, "array_contains", "array_contains_any", "and", "not", _milvus_range)
+
+
+def to_lance_sql(clauses: list[Clause], *, terms_column: str, json_column: str) -> str | None:
+    """A LanceDB ``where`` predicate for the clauses (None when there are none)."""
+    return _compile(clauses, _LANCE_SQL, terms_column, json_column)
 
 
 def to_milvus_expr(clauses: list[Clause], *, terms_field: str, json_field: str) -> str | None:
     """A Milvus boolean expression for the clauses (None when there are none)."""
-    parts: list[str] = []
-    for c in clauses:
-        if c.op == "eq":
-            parts.append(f"array_contains({terms_field}, {_terms_literal(c.terms, _EXPR_QUOTE)})")
-        elif c.op == "in":
-            parts.append(f"array_contains_any({terms_field}, [{_terms_literal(c.terms, _EXPR_QUOTE)}])")
-        elif c.op == "ne":
-            present = _terms_literal((c.key,), _EXPR_QUOTE)
-            parts.append(
-                f"(array_contains({terms_field}, {present}) and not array_contains({terms_field}, "
-                f"{_terms_literal(c.terms, _EXPR_QUOTE)}))"
-            )
-        else:
-            # Booleans are excluded explicitly: Milvus Lite evaluates JSON comparisons with Python semantics,
-            # where True >= 0 holds.
-            bools = _terms_literal((value_term(c.key, True), value_term(c.key, False)), _EXPR_QUOTE)
-            key = _terms_literal((c.key,), _EXPR_QUOTE)
-            parts.append(
-                f"({json_field}[{key}] {c.cmp} {_number_literal(c.number)} and not "
-                f"array_contains_any({terms_field}, [{bools}]))"
-            )
-    return " and ".join(parts) if parts else None
+    return _compile(clauses, _MILVUS_EXPR, terms_field, json_field)
