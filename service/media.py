@@ -550,19 +550,8 @@ async def _first_failure(steps: Sequence[Awaitable[T]]) -> list[T]:
     first.
     """
     tasks: list[asyncio.Future[T]] = [asyncio.ensure_future(step) for step in steps]
-    position = {t: i for i, t in enumerate(tasks)}
-    first_bad: int | None = None
-    pending: set[asyncio.Future[T]] = set(tasks)
     try:
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if not t.cancelled() and t.exception() is not None:
-                    first_bad = position[t] if first_bad is None else min(first_bad, position[t])
-            if first_bad is not None:
-                for t in pending:
-                    if position[t] > first_bad:
-                        t.cancel()
+        first_bad = await _first_failed(tasks)
     finally:
         leftover = [t for t in tasks if not t.done()]
         for t in leftover:
@@ -574,6 +563,23 @@ async def _first_failure(steps: Sequence[Awaitable[T]]) -> list[T]:
         assert exc is not None
         raise exc
     return [t.result() for t in tasks]
+
+
+async def _first_failed(tasks: list[asyncio.Future[T]]) -> int | None:
+    """Wait for ``tasks``; the position of the first that failed (cancelling every later one as soon as one has
+    failed), or ``None`` when none did."""
+    position = {t: i for i, t in enumerate(tasks)}
+    first_bad: int | None = None
+    pending: set[asyncio.Future[T]] = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        failed = [position[t] for t in done if not t.cancelled() and t.exception() is not None]
+        if failed:
+            first_bad = min(failed if first_bad is None else [*failed, first_bad])
+            for t in pending:
+                if position[t] > first_bad:
+                    t.cancel()
+    return first_bad
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
