@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import lifecycle
+from service.bento_options import model_service_options
 from service.compat import (
     OpenAIEmbedding,
     OpenAIEmbeddingsRequest,
@@ -29,7 +30,6 @@ from service.inputs import ModelInput, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
 from service.models import load_embedder, load_or_exit
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY, ModelRuntime
-from service.service_config import model_service_config
 from service.uploads import read_upload_form
 
 
@@ -59,7 +59,7 @@ upload_app = Starlette(routes=[Route("/encode", _upload_encode, methods=["POST"]
 
 
 @bentoml.asgi_app(upload_app, path="/upload")
-@bentoml.service(name="Embedder", **model_service_config())
+@bentoml.service(name="Embedder", **model_service_options())
 class Embedder:
     """Encodes inputs with the query or document prompt of a sentence-transformers model, batched adaptively."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import bentoml
 from mmsearch_client.schemas import InputType, Item, OcrRequest, OcrResponse
 
+from service.bento_options import model_service_options
 from service.config import get_settings
 from service.cpus import plan_threads
 from service.errors import handle_api_errors
@@ -20,12 +21,11 @@ from service.inputs import check_count
 from service.middleware import install as install_middleware
 from service.ocr import OcrAdapter, OcrEngine, OcrPage, page_to_wire
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY, ModelRuntime
-from service.service_config import model_service_config
 
 MODALITIES = ["image"]
 
 
-@bentoml.service(name="Reader", **model_service_config())
+@bentoml.service(name="Reader", **model_service_options())
 class Reader:
     """Reads images with RapidOCR; queued query images are read before queued document images."""
 

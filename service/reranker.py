@@ -17,6 +17,7 @@ from mmsearch_client.schemas import Item, RerankRequest, RerankResponse, RerankR
 
 from service import lifecycle
 from service.adapters import ModelAdapter, NoModel
+from service.bento_options import model_service_options
 from service.compat import (
     CohereDocument,
     CohereRerankRequest,
@@ -30,10 +31,9 @@ from service.inputs import ModelInput, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
 from service.models import load_or_exit, load_reranker
 from service.runtime import QUERY_PRIORITY, ModelRuntime
-from service.service_config import model_service_config
 
 
-@bentoml.service(name="Reranker", **model_service_config())
+@bentoml.service(name="Reranker", **model_service_options())
 class Reranker:
     """Scores query-document pairs; pairs from concurrent requests share model batches."""
 

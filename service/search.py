@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import lifecycle
+from service.bento_options import search_service_options
 from service.breaker import CircuitBreaker
 from service.compat import (
     CohereRerankRequest,
@@ -64,7 +65,6 @@ from service.priority import PriorityGate
 from service.reader import Reader
 from service.reranker import Reranker
 from service.runtime import media_loader
-from service.service_config import search_service_config
 from service.storage import StorageHealth, local_directories
 from service.uploads import read_upload_form
 
@@ -99,7 +99,7 @@ upload_app = Starlette(routes=[Route("/encode", _upload_encode, methods=["POST"]
 @bentoml.asgi_app(media_app, path="/media")
 @bentoml.asgi_app(upload_app, path="/upload")
 @bentoml.asgi_app(page_app, path="/", name="page")  # the search page (service/static) at /
-@bentoml.service(name="Search", **search_service_config())
+@bentoml.service(name="Search", **search_service_options())
 class Search:
     """Owns the vector index; embeds with the Embedder and reranks with the Reranker.
 

@@ -1,4 +1,5 @@
-"""BentoML ``@bentoml.service`` settings shared by the mmsearch services."""
+"""BentoML ``@bentoml.service`` options (workers, traffic, resources, runner connection) of the mmsearch services;
+the MMSEARCH_* settings are ``service.config``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 RUNNER_CONNECTION = {"max_requests": 10**9, "max_age": 86_400.0}
 
 
-def model_service_config() -> dict[str, Any]:
+def model_service_options() -> dict[str, Any]:
     """Embedder/Reranker: one worker holding the model; concurrency is bounded by the micro-batcher's queue."""
     return {
         "workers": 1,
@@ -20,7 +21,7 @@ def model_service_config() -> dict[str, Any]:
     }
 
 
-def search_service_config() -> dict[str, Any]:
+def search_service_options() -> dict[str, Any]:
     """Search: no model; talks to its dependencies over long-lived connections."""
     return {
         "workers": 1,
