@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import lifecycle
-from service.bento_options import model_service_options
+from service.bento_options import model_service_options, validated
 from service.compat import (
     OpenAIEmbedding,
     OpenAIEmbeddingsRequest,
@@ -143,7 +143,7 @@ class Embedder:
     @handle_api_errors
     async def encode(self, **kw: Any) -> EncodeResponse:
         """Encode texts, images (URL or data URI) and text+image items with the query or document prompt."""
-        req = EncodeRequest.model_validate(kw)
+        req = validated(EncodeRequest, kw)
         emb = await self._encode(
             req.inputs,
             field="inputs",
@@ -162,7 +162,7 @@ class Embedder:
     @handle_api_errors
     async def openai_embeddings(self, **kw: Any) -> OpenAIEmbeddingsResponse:
         """OpenAI-compatible embeddings (``input_type`` extension, default ``document``)."""
-        req = OpenAIEmbeddingsRequest.model_validate(kw)
+        req = validated(OpenAIEmbeddingsRequest, kw)
         items = req.items()
         emb = await self._encode(
             items,

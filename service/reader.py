@@ -13,7 +13,7 @@ from typing import Any
 import bentoml
 from mmsearch_client.schemas import InputType, Item, OcrRequest, OcrResponse
 
-from service.bento_options import model_service_options
+from service.bento_options import model_service_options, validated
 from service.config import get_settings
 from service.cpus import plan_threads
 from service.errors import handle_api_errors
@@ -66,7 +66,7 @@ class Reader:
     @handle_api_errors
     async def ocr(self, **kw: Any) -> OcrResponse:
         """The text of every input image: lines in reading order with boxes and confidences."""
-        req = OcrRequest.model_validate(kw)
+        req = validated(OcrRequest, kw)
         pages = await self.read(req.inputs, input_type=req.input_type, timeout=req.timeout)
         return OcrResponse(results=[page_to_wire(p) for p in pages], model=self.model_name)
 

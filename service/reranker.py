@@ -17,7 +17,7 @@ from mmsearch_client.schemas import Item, RerankRequest, RerankResponse, RerankR
 
 from service import lifecycle
 from service.adapters import ModelAdapter, NoModel
-from service.bento_options import model_service_options
+from service.bento_options import model_service_options, validated
 from service.compat import (
     CohereDocument,
     CohereRerankRequest,
@@ -113,7 +113,7 @@ class Reranker:
     @handle_api_errors
     async def rerank(self, **kw: Any) -> RerankResponse:
         """Score every document against the query; results sorted by ``relevance_score`` (highest first)."""
-        req = RerankRequest.model_validate(kw)
+        req = validated(RerankRequest, kw)
         results = await self._rank(req.query, req.documents, req.top_n, req.return_documents, req.timeout)
         return RerankResponse(results=results, model=self._require_model())
 
@@ -121,7 +121,7 @@ class Reranker:
     @handle_api_errors
     async def cohere_rerank(self, **kw: Any) -> CohereRerankResponse:
         """Cohere v1 (and Jina) compatible rerank: ``cohere.Client.rerank`` works unchanged."""
-        req = CohereRerankRequest.model_validate(kw)
+        req = validated(CohereRerankRequest, kw)
         results = await self._rank(req.query, req.documents, req.top_n, req.return_documents)
         return self._cohere_response(results, "1")
 
@@ -129,7 +129,7 @@ class Reranker:
     @handle_api_errors
     async def cohere_rerank_v2(self, **kw: Any) -> CohereRerankResponse:
         """Cohere v2 compatible rerank: ``cohere.ClientV2.rerank`` works unchanged (no documents echoed)."""
-        req = CohereV2RerankRequest.model_validate(kw)
+        req = validated(CohereV2RerankRequest, kw)
         results = await self._rank(req.query, req.documents, req.top_n, False)
         return self._cohere_response(results, "2")
 

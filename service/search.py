@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import lifecycle
-from service.bento_options import search_service_options
+from service.bento_options import search_service_options, validated
 from service.breaker import CircuitBreaker
 from service.compat import (
     CohereRerankRequest,
@@ -174,25 +174,25 @@ class Search:
     @handle_api_errors
     async def upsert(self, **kw: Any) -> UpsertResponse:
         """Embed (document prompt) and store documents; an existing id is replaced."""
-        return await self.pipeline.upsert(UpsertRequest.model_validate(kw))
+        return await self.pipeline.upsert(validated(UpsertRequest, kw))
 
     @bentoml.api(route="/delete", input_spec=DeleteRequest)
     @handle_api_errors
     async def delete(self, **kw: Any) -> DeleteResponse:
         """Delete documents by id; ``deleted`` counts those that existed."""
-        return await self.pipeline.delete(DeleteRequest.model_validate(kw))
+        return await self.pipeline.delete(validated(DeleteRequest, kw))
 
     @bentoml.api(route="/drop", input_spec=DropRequest)
     @handle_api_errors
     async def drop(self, **kw: Any) -> DropResponse:
         """Drop a collection and all its documents (404 if it does not exist)."""
-        return await self.pipeline.drop(DropRequest.model_validate(kw))
+        return await self.pipeline.drop(validated(DropRequest, kw))
 
     @bentoml.api(route="/get", input_spec=GetRequest)
     @handle_api_errors
     async def get(self, **kw: Any) -> GetResponse:
         """Documents by id, in the order asked (missing ids are skipped)."""
-        return await self.pipeline.get(GetRequest.model_validate(kw))
+        return await self.pipeline.get(validated(GetRequest, kw))
 
     @bentoml.api(route="/collections")
     @handle_api_errors
@@ -204,7 +204,7 @@ class Search:
     @handle_api_errors
     async def search(self, **kw: Any) -> SearchResponse:
         """Embed the query, retrieve ``candidates``, rerank them and return the best ``top_k``."""
-        return await self.pipeline.search(SearchRequest.model_validate(kw))
+        return await self.pipeline.search(validated(SearchRequest, kw))
 
     # ------------------------------------------------------------------------------------------- proxies
     @bentoml.api(route="/encode", input_spec=EncodeRequest)
