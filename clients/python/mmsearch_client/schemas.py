@@ -145,8 +145,8 @@ class OcrResponse(BaseModel):
 MetadataValue = str | int | float | bool | list[str | int | float | bool] | None
 
 
-def _check_collection(name: str) -> str:
-    return fields.check_collection_name(name)
+CollectionName = Annotated[str, AfterValidator(fields.check_collection_name)]
+"""A collection's name, checked by the one rule (:func:`mmsearch_client.fields.check_collection_name`)."""
 
 
 class Document(BaseModel):
@@ -184,10 +184,8 @@ class Document(BaseModel):
 class UpsertRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: str = "default"
+    collection: CollectionName = "default"
     documents: list[Document] = Field(min_length=1)
-
-    _v_collection = field_validator("collection")(_check_collection)
 
 
 class UpsertResponse(BaseModel):
@@ -203,10 +201,8 @@ class UpsertResponse(BaseModel):
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: str = "default"
+    collection: CollectionName = "default"
     ids: list[DocumentId] = Field(min_length=1)
-
-    _v_collection = field_validator("collection")(_check_collection)
 
 
 class DeleteResponse(BaseModel):
@@ -219,9 +215,7 @@ class DropRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    collection: str
-
-    _v_collection = field_validator("collection")(_check_collection)
+    collection: CollectionName
 
 
 class DropResponse(BaseModel):
@@ -233,11 +227,9 @@ class DropResponse(BaseModel):
 class GetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: str = "default"
+    collection: CollectionName = "default"
     ids: list[DocumentId] = Field(min_length=1)
     include_embedding: bool = False
-
-    _v_collection = field_validator("collection")(_check_collection)
 
 
 class StoredDocument(BaseModel):
@@ -286,7 +278,7 @@ class HybridOptions(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: str = "default"
+    collection: CollectionName = "default"
     query: ItemLike
     top_k: int = Field(default=10, ge=1, le=1000)
     candidates: int = Field(default=50, ge=1, description="Shortlist size retrieved before reranking.")
@@ -300,7 +292,6 @@ class SearchRequest(BaseModel):
     filter: dict[str, Any] | None = None
     timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds.")
 
-    _v_collection = field_validator("collection")(_check_collection)
     # candidates < top_k: the server shortlists top_k candidates (the shortlist is never smaller than the answer).
 
 
