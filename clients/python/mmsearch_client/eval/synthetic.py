@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from PIL.ImageDraw import ImageDraw
     from PIL.ImageFont import FreeTypeFont, ImageFont
 
+    Box = tuple[int, int, int, int]
+    RGB = tuple[int, int, int]
+    Font = FreeTypeFont | ImageFont
+
 __all__ = ["SyntheticSet", "main", "write_synthetic"]
 
 SIZE = (320, 200)
@@ -220,14 +224,7 @@ def _render(kind: str, title: str, content: dict[str, Any], palette_idx: int) ->
     return img
 
 
-def _bars(
-    draw: ImageDraw,
-    content: dict[str, Any],
-    box: tuple[int, int, int, int],
-    fg: tuple[int, int, int],
-    accent: tuple[int, int, int],
-    font: FreeTypeFont | ImageFont,
-) -> None:
+def _bars(draw: ImageDraw, content: dict[str, Any], box: Box, fg: RGB, accent: RGB, font: Font) -> None:
     left, top, right, bottom = box
     values: list[int] = content["values"]
     labels: list[str] = content["labels"]
@@ -243,13 +240,7 @@ def _bars(
         draw.text((x0, bottom + 4), label, fill=fg, font=font)
 
 
-def _line(
-    draw: ImageDraw,
-    content: dict[str, Any],
-    box: tuple[int, int, int, int],
-    fg: tuple[int, int, int],
-    accent: tuple[int, int, int],
-) -> None:
+def _line(draw: ImageDraw, content: dict[str, Any], box: Box, fg: RGB, accent: RGB) -> None:
     left, top, right, bottom = box
     values: list[float] = content["values"]
     draw.line((left, top, left, bottom), fill=fg)
@@ -265,13 +256,7 @@ def _line(
         draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=accent)
 
 
-def _tiles(
-    draw: ImageDraw,
-    content: dict[str, Any],
-    box: tuple[int, int, int, int],
-    fg: tuple[int, int, int],
-    accent: tuple[int, int, int],
-) -> None:
+def _tiles(draw: ImageDraw, content: dict[str, Any], box: Box, fg: RGB, accent: RGB) -> None:
     left, top, right, bottom = box
     tiles: list[tuple[str, str]] = content["tiles"]
     cols = 2 if len(tiles) == 4 else 3
