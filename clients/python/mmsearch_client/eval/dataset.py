@@ -15,12 +15,12 @@ on its own (e.g. ``exact_copy``).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mmsearch_client import fields
 from mmsearch_client.inputs import detect_image_mime
 
 __all__ = ["Dataset", "DatasetError", "EvalItem", "Issue", "load_dataset", "modality_of"]
@@ -33,7 +33,6 @@ QRELS_FILE = "qrels.tsv"
 
 _CORPUS_FIELDS = frozenset({"_id", "text", "title", "image", "metadata"})
 _QUERY_FIELDS = frozenset({"_id", "text", "image", "metadata"})
-_METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_ISSUES_SHOWN = 20
 
 
@@ -184,8 +183,8 @@ def _item_id(raw_id: Any, bad: Complain) -> str:
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
         bad("_id", "required: a non-empty string")
         return ""
-    if len(str(raw_id)) > 512:
-        bad("_id", "at most 512 characters")
+    if len(str(raw_id)) > fields.MAX_ID_CHARS:
+        bad("_id", f"at most {fields.MAX_ID_CHARS} characters")
     return str(raw_id)
 
 
@@ -225,7 +224,7 @@ def _item_metadata(metadata: Any, bad: Complain) -> dict[str, Any]:
         bad("metadata", f"must be an object, got {type(metadata).__name__}")
         return {}
     for key in metadata:
-        if not _METADATA_KEY.match(key):
+        if not fields.METADATA_KEY_RE.fullmatch(key):
             bad(f"metadata.{key}", "keys are 1-64 letters, digits or '_' (not starting with a digit)")
     return metadata
 
