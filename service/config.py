@@ -135,6 +135,16 @@ class Settings(BaseSettings):
     hybrid_keyword_weight: float | None = Field(default=None, ge=0, le=100)
     """Weight of the keyword side (default: 2.0 for ``coverage``, 1.0 for ``rrf``)."""
 
+    # --- balanced retrieval across document modalities (issue #22, service.balance) -------------------------
+    balance_fusion: Literal["zscore", "rrf"] = "zscore"
+    """How a balanced search puts the per-modality draws on one scale (measured: bench/RESULTS.md); a calibrated
+    collection uses its calibration instead of ``zscore``."""
+    balance_min_share: float = Field(default=0.2, ge=0, le=1)
+    """Share of the candidates each modality keeps at least (when it has that many), up to an equal share."""
+    balance_stats_ttl_s: float = Field(default=30.0, ge=0, le=86_400)
+    """How long a collection's per-modality counts and vector sample are reused (this process forgets them at once
+    after its own writes)."""
+
     # --- batching and limits ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     batch_coalesce_ms: Annotated[float, Field(ge=0, le=1000)] | Literal["auto"] = "auto"

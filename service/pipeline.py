@@ -26,6 +26,7 @@ from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 from mmsearch_client.errors import field_to_loc
+from mmsearch_client.fields import MODALITIES
 from mmsearch_client.schemas import (
     CollectionInfo,
     CollectionsResponse,
@@ -49,11 +50,12 @@ from mmsearch_client.schemas import (
     as_item,
 )
 
-from service import mediagc
+from service import balance, mediagc
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, Loc, unprocessable
 from service.index import base as index_base
+from service.index import filters as index_filters
 from service.inputs import check_count, check_text_length, unit_vector
 from service.media import MediaError, MediaLoader, content_hash
 from service.mediastore import SCHEME as MEDIA_SCHEME
@@ -62,7 +64,7 @@ from service.ocr import OcrPage
 from service.ports import EmbedderPort, Embeddings, ReaderPort, RerankerPort
 from service.priority import PriorityGate
 from service.reading import TextReader, modality_paths
-from service.retrieval import Candidate, Mode, ModeError, Query, choose_mode, retrieve
+from service.retrieval import Balance, Candidate, Mode, ModeError, Query, choose_mode, retrieve
 from service.storage import StorageHealth, is_storage_fault
 
 T = TypeVar("T")
@@ -106,6 +108,7 @@ class SearchRun:
     ocr_text: dict[str, str | None] = field(default_factory=dict)
     """OCR text of the candidates, by id (a text reranker scores image documents by it)."""
     warnings: list[SearchWarning] = field(default_factory=list)
+    balanced: bool = False
 
     def warn(self, doc_id: str | None, code: str, message: str) -> None:
         self.warnings.append(SearchWarning(id=doc_id, code=code, message=message))
@@ -179,6 +182,7 @@ class SearchPipeline:
         # (dimension, model), looked up once per collection; forgotten when the index says the collection is gone
         # or of another dimension or model (dropped or re-created, possibly through another replica).
         self._dimensions: dict[str, tuple[int, str]] = {}
+        self._modality_stats: dict[str, tuple[float, dict[str, balance.GroupStats]]] = {}
 
     # ------------------------------------------------------------------------------------------- plumbing
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -419,12 +423,14 @@ class SearchPipeline:
                 embedding=np.asarray(d.vector).tolist(),
                 ocr_text=d.ocr.text if d.ocr is not None else None,
                 ocr_lines=list(d.ocr.lines) if d.ocr is not None else [],
+                modality=d.doc.modality or "",
             )
             for d in batch
         ]
         async with self._lock(collection):
             await self.in_thread(self.index.ensure_collection, collection, dim, model)
             await self.gate.background_turn("index")
+            self._modality_stats.pop(collection, None)
             await self.in_thread(self.index.upsert, collection, stored)
 
     # ------------------------------------------------------------------------------------------- documents
@@ -433,6 +439,7 @@ class SearchPipeline:
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
         async with self._lock(req.collection):
             n = await self.in_thread(self.index.delete, req.collection, req.ids)
+            self._modality_stats.pop(req.collection, None)
         if n:
             self.schedule_media_gc()
         return DeleteResponse(collection=req.collection, deleted=n)
@@ -441,6 +448,7 @@ class SearchPipeline:
         """Drop a collection (404 if it does not exist)."""
         async with self._lock(req.collection):
             self._dimensions.pop(req.collection, None)
+            self._modality_stats.pop(req.collection, None)
             dropped = await self.in_thread(self.index.drop_collection, req.collection)
         if not dropped:
             raise ApiError(
@@ -461,6 +469,7 @@ class SearchPipeline:
                     text=d.text,
                     **_image_fields(d.image),
                     ocr_text=d.ocr_text,
+                    modality=d.modality,
                     metadata=d.metadata,
                     embedding=d.embedding if req.include_embedding else None,
                 )
@@ -552,7 +561,12 @@ class SearchPipeline:
             for stage in STAGES:
                 self.observe_stage(stage, getattr(timings, stage) / 1000)
         return SearchResponse(
-            hits=hits[: req.top_k], mode=mode, reranked=reranked, timings_ms=timings, warnings=run.warnings
+            hits=hits[: req.top_k],
+            mode=mode,
+            reranked=reranked,
+            balanced=run.balanced,
+            timings_ms=timings,
+            warnings=run.warnings,
         )
 
     async def _read_query(self, run: SearchRun, text_only: bool) -> None:
@@ -616,19 +630,67 @@ class SearchPipeline:
         fusion = options.fusion if options and options.fusion else self.settings.hybrid_fusion
         weight = options.keyword_weight if options and options.keyword_weight is not None else None
         query = Query(run.text, qvec.tolist() if qvec is not None else None)
-        fn = functools.partial(
-            retrieve,
-            fusion=fusion,
-            keyword_weight=weight if weight is not None else self.settings.hybrid_keyword_weight,
-        )
         try:
+            how = await self._balance(run, mode, qvec)
+            fn = functools.partial(
+                retrieve,
+                fusion=fusion,
+                keyword_weight=weight if weight is not None else self.settings.hybrid_keyword_weight,
+                balance=how,
+            )
             found = await self.in_thread(fn, self.index, req.collection, mode, query, req.candidates, req.filter)
         except ApiError as e:
             if e.code in ("collection_not_found", "collection_mismatch"):
                 self._dimensions.pop(req.collection, None)  # dropped or re-created, possibly by another replica
+                self._modality_stats.pop(req.collection, None)
             raise
+        run.balanced = how is not None
         run.ocr_text = {c.hit.id: c.hit.ocr_text for c in found}
         return [_search_hit(c) for c in found]
+
+    async def _balance(self, run: SearchRun, mode: Mode, qvec: np.ndarray | None) -> Balance | None:
+        """How this search draws per modality, or None for one raw draw: ``balance`` off, a keyword search, or
+        fewer than two modalities in the collection (among those the filter's ``$modality`` allows)."""
+        req = run.req
+        if req.balance == "off" or mode == "keyword" or qvec is None:
+            return None
+        try:
+            wanted = [c for c in index_filters.parse_filter(req.filter) if c.op == "modality"]
+        except index_base.InvalidFilter as e:
+            raise ApiError(400, "invalid_filter", f"filter: {e}", field="filter") from None
+        stats = await self.modality_stats(req.collection)
+        allowed = [m for m, s in stats.items() if s.count > 0]
+        for clause in wanted:
+            allowed = [m for m in allowed if m in clause.terms]
+        if len(allowed) < 2:
+            return None
+        drawn = {m: stats[m] for m in allowed}
+        scorers: dict[str, balance.Scorer] | None = None
+        if self.settings.balance_fusion == "zscore":
+            scorers = balance.zscore_scorers(qvec, drawn)
+        return Balance(tuple(allowed), scorers, self.settings.balance_min_share)
+
+    async def modality_stats(self, collection: str) -> dict[str, balance.GroupStats]:
+        """Each modality's document count and vector sample (``service.balance``), reused for
+        ``balance_stats_ttl_s`` and forgotten after this process writes to the collection."""
+        cached = self._modality_stats.get(collection)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.settings.balance_stats_ttl_s:
+            return cached[1]
+
+        def measure() -> dict[str, balance.GroupStats]:
+            out = {}
+            for m in (*MODALITIES, balance.UNLABELLED):
+                count, sample = self.index.modality_sample(collection, m, balance.SAMPLE_SIZE)
+                out[m] = balance.GroupStats(count, balance.sample_rows(sample, balance.SAMPLE_SIZE))
+            return out
+
+        try:
+            stats = await self.in_thread(measure)
+        except NotImplementedError:  # a backend without per-modality statistics: searched unbalanced
+            stats = {}
+        self._modality_stats[collection] = (now, stats)
+        return stats
 
     async def _rerank_stage(self, run: SearchRun, hits: list[SearchHit]) -> tuple[list[SearchHit], bool]:
         """Rerank if asked (by default: when a reranker is configured); ``"auto"`` falls back to retrieval order
@@ -880,6 +942,8 @@ def _search_hit(c: Candidate) -> SearchHit:
         retrieval_score=c.score,
         vector_score=c.vector_score,
         keyword_score=c.keyword_score,
+        fused_score=c.fused_score,
+        modality=h.modality,
         text=h.text,
         **_image_fields(h.image),
         metadata=h.metadata,

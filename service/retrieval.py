@@ -1,15 +1,21 @@
 """Retrieval modes over one index: ``vector`` (cosine), ``keyword`` (BM25 over text + OCR text) and ``hybrid``
 (both candidate lists, fused by :mod:`service.fusion`), each hit with the evidence lines that matched the query.
 
+Balanced retrieval (:mod:`service.balance`, a :class:`Balance` given): the vector side is drawn per document
+modality (each draw its own top-``k`` with the request's filters) and fused on a shared scale with a minimum share
+per modality; in ``hybrid`` that one balanced list is what meets the keyword list, so every document counts once
+on each side (a document has one modality).
+
 Plain code: the pipeline runs :func:`retrieve` in a worker thread (it calls the index synchronously).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from service import balance as bal
 from service.evidence import Line, find_evidence
 from service.fusion import DEFAULT_FUSION, Fusion, fuse
 from service.index.base import Filter, IndexHit, UnsupportedMode, VectorIndex
@@ -39,6 +45,29 @@ class Candidate:
     vector_score: float | None = None
     keyword_score: float | None = None
     evidence: list[Line] = field(default_factory=list)
+    fused_score: float | None = None
+    """Balanced retrieval: the score on the scale every modality shares."""
+
+
+@dataclass(frozen=True)
+class Balance:
+    """How one search draws per modality: the modalities to draw and the scorers of this query's raw scores
+    (``None``: reciprocal rank fusion)."""
+
+    modalities: tuple[str, ...]
+    scorers: Mapping[str, bal.Scorer] | None
+    min_share: float
+
+
+def balanced_vector(
+    index: VectorIndex, collection: str, vector: Sequence[float], k: int, filter: Filter | None, how: Balance
+) -> list[tuple[IndexHit, float]]:
+    """The ``k`` best of the per-modality draws on the shared scale (each modality keeping its minimum share),
+    best first, with their fused scores; hits keep their raw cosine."""
+    lists = index.search_by_modality(collection, vector, k, how.modalities, filter)
+    hits = {h.id: h for found in lists.values() for h in found}
+    ranked = bal.fuse({m: [(h.id, h.score) for h in found] for m, found in lists.items()}, how.scorers)
+    return [(hits[r.id], r.fused) for r in bal.shortlist(ranked, k, how.min_share)]
 
 
 def choose_mode(requested: Mode | None, index: VectorIndex, collection: str, query_text: str | None) -> Mode:
@@ -69,32 +98,49 @@ def retrieve(
     *,
     fusion: Fusion = DEFAULT_FUSION,
     keyword_weight: float | None = None,
+    balance: Balance | None = None,
 ) -> list[Candidate]:
-    """The best ``k`` candidates of ``mode`` (filters applied inside the index on both sides), with evidence."""
+    """The best ``k`` candidates of ``mode`` (filters applied inside the index on both sides), with evidence;
+    ``balance``: the vector side drawn per modality (see the module docstring)."""
     vector: list[IndexHit] = []
     keyword: list[IndexHit] = []
+    fused: dict[str, float] = {}
     if mode != "keyword":
         if query.vector is None:
             raise ValueError(f"mode {mode!r} needs a query vector")
-        vector = index.search(collection, query.vector, k, filter)
+        if balance is None:
+            vector = index.search(collection, query.vector, k, filter)
+        else:
+            drawn = balanced_vector(index, collection, query.vector, k, filter, balance)
+            vector = [h for h, _ in drawn]
+            fused = {h.id: f for h, f in drawn}
     if mode != "vector" and query.text:
         keyword = index.keyword_search(collection, query.text, k, filter)
     terms = term_set([query.text]) if query.text else set()
     if mode == "vector":
-        out = [Candidate(h, h.score, vector_score=h.score) for h in vector]
+        out = [Candidate(h, h.score, vector_score=h.score, fused_score=fused.get(h.id)) for h in vector]
     elif mode == "keyword":
         out = [Candidate(h, h.score, keyword_score=h.score) for h in keyword]
     else:
         hits = {h.id: h for h in [*keyword, *vector]}
+        cosine = {h.id: h.score for h in vector}
         doc_terms = {d: term_set([h.text, h.ocr_text]) for d, h in hits.items()}
-        fused = fuse(
-            [(h.id, h.score) for h in vector],
+        together = fuse(
+            [(h.id, fused.get(h.id, h.score)) for h in vector],  # balanced: its shared scale, in its order
             [(h.id, h.score) for h in keyword],
             fusion=fusion,
             keyword_weight=keyword_weight,
             coverage=lambda d: coverage(terms, doc_terms[d]),
         )
-        out = [Candidate(hits[f.id], f.score, f.vector_score, f.keyword_score) for f in fused[:k]]
+        out = [
+            Candidate(hits[f.id], f.score, cosine.get(f.id), f.keyword_score, fused_score=fused.get(f.id))
+            for f in together[:k]
+        ]
     for c in out:
         c.evidence = find_evidence(terms, c.hit.text, c.hit.ocr_lines)
     return out
+
+
+def query_modality(text: str | None, image: str | None) -> str:
+    """The modality of a query item (the first half of a calibration pair)."""
+    return "text+image" if text and image else "image" if image else "text"

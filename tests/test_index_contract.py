@@ -211,6 +211,38 @@ def test_upsert_mixes_documents_with_and_without_text_and_image(index: VectorInd
     assert hits == got
 
 
+def test_every_document_has_a_modality_returned_in_hits_and_usable_in_filters(index: VectorIndex, coll: str) -> None:
+    """Modality from the content (text, image, both) or, for an embedding-only document, the one it declares
+    (none: unlabelled ``""``); the same on every path and filterable with ``$modality`` next to metadata."""
+    docs = [
+        doc("both", [1, 0, 0, 0], text="t", image="i.png", lang="en"),
+        doc("text", [0, 1, 0, 0], text="only text", lang="en"),
+        doc("image", [0, 0, 1, 0], image="only.png", lang="de"),
+        doc("declared", [0, 0, 0, 1], lang="en"),
+        doc("bare", [1, 1, 0, 0]),
+    ]
+    docs[3].modality = "image"
+    index.upsert(coll, docs)
+    want = {"both": "text+image", "text": "text", "image": "image", "declared": "image", "bare": ""}
+    assert {d.id: d.modality for d in index.get(coll, list(want))} == want
+    assert {h.id: h.modality for h in index.search(coll, unit(1, 1, 1, 1), 10)} == want
+
+    def found(flt: dict[str, Any]) -> set[str]:
+        return {h.id for h in index.search(coll, unit(1, 1, 1, 1), 10, flt)}
+
+    assert found({"$modality": "image"}) == {"image", "declared"}
+    assert found({"$modality": {"$eq": "text+image"}}) == {"both"}
+    assert found({"$modality": {"$in": ["text", ""]}}) == {"text", "bare"}
+    assert found({"$modality": {"$ne": "image"}}) == {"both", "text", "bare"}
+    assert found({"$modality": "image", "lang": "en"}) == {"declared"}
+    docs[1].text = None  # replaced by an embedding-only document: its modality follows
+    index.upsert(coll, [docs[1]])
+    assert found({"$modality": ""}) == {"bare", "text"}
+    for bad in ("audio", {"$in": []}, {"$gt": "text"}, ["image"]):
+        with pytest.raises(InvalidFilter, match=r"\$modality"):
+            index.search(coll, unit(1, 0, 0, 0), 5, {"$modality": bad})
+
+
 def test_upsert_requires_embedding_of_right_dimension(index: VectorIndex, coll: str) -> None:
     with pytest.raises(ValueError):
         index.upsert(coll, [StoredDocument("a", "t", None, {}, None)])

@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
 
+import numpy as np
 from mmsearch_client import fields
 
 from service.ocr import OcrLine
@@ -45,6 +47,10 @@ class StoredDocument:
     ocr_text: str | None = None
     """The text read from the document's image (``None``: not read, or no image)."""
     ocr_lines: list[OcrLine] = field(default_factory=list)
+    modality: str = ""
+    """``text``, ``image`` or ``text+image`` (``mmsearch_client.fields.modality_of``). On upsert it matters only
+    for a document with neither text nor image (the modality its embedding was made from; ``""``: none); when read
+    back it is always set from what the row holds."""
 
 
 @dataclass
@@ -57,6 +63,12 @@ class IndexHit:
     metadata: dict[str, Any]
     ocr_text: str | None = None
     ocr_lines: list[OcrLine] = field(default_factory=list)
+    modality: str = ""
+
+
+def declared_modality(doc: StoredDocument) -> str | None:
+    """The modality an embedding-only document declares (stored as a reserved filter term), else None."""
+    return doc.modality or None if doc.text is None and doc.image is None else None
 
 
 def keyword_text(text: str | None, ocr_text: str | None) -> str | None:
@@ -131,6 +143,8 @@ def prepare_docs(docs: Sequence[StoredDocument], dimension: int) -> list[StoredD
             fields.check_metadata(doc.metadata)
         except ValueError as e:
             raise ValueError(f"document {doc.id!r}: {e}") from None
+        if doc.modality not in ("", *fields.MODALITIES):
+            raise ValueError(f"document {doc.id!r}: unknown modality {doc.modality!r}")
         if doc.embedding is None:
             raise ValueError(f"document {doc.id!r} has no embedding")
         if len(doc.embedding) != dimension:
@@ -198,6 +212,26 @@ class VectorIndex(ABC):
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         """Top-``k`` documents by cosine similarity (descending), restricted to those matching ``filter``."""
 
+    def modality_sample(self, name: str, modality: str, n: int) -> tuple[int, np.ndarray]:
+        """How many documents of ``modality`` (``""``: unlabelled) the collection holds, and up to ``n`` of their
+        vectors (``(m, dimension)`` float32): balanced retrieval's collection statistics."""
+        raise NotImplementedError(f"{self.backend} cannot sample a modality")
+
+    def search_by_modality(
+        self, name: str, vector: Sequence[float], k: int, modalities: Sequence[str], filter: Filter | None = None
+    ) -> dict[str, list[IndexHit]]:
+        """Top-``k`` by cosine within each modality, each restricted by ``filter`` too (its own ``$modality``
+        condition is replaced). One filtered search per modality, run concurrently (backends do the work outside
+        the GIL or over the network); a backend may answer all at once."""
+        rest = {key: v for key, v in (filter or {}).items() if key != fields.MODALITY_FILTER_KEY}
+        if len(modalities) <= 1:
+            return {m: self.search(name, vector, k, {**rest, fields.MODALITY_FILTER_KEY: m}) for m in modalities}
+        futures = {
+            m: _modality_pool().submit(self.search, name, vector, k, {**rest, fields.MODALITY_FILTER_KEY: m})
+            for m in modalities
+        }
+        return {m: f.result() for m, f in futures.items()}
+
     @abstractmethod
     def drop_collection(self, name: str) -> bool:
         """Delete a collection and its documents; return whether it existed. Every process sharing the storage
@@ -214,6 +248,17 @@ class VectorIndex(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _modality_pool() -> ThreadPoolExecutor:
+    """Threads shared by every index's per-modality searches (a search's few draws run side by side)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="modality-search")
+    return _pool
 
 
 def check_search_args(vector: Sequence[float], k: int, dimension: int) -> list[float]:

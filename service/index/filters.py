@@ -8,6 +8,10 @@ Semantics, identical on every backend:
 * ``{"k": {"$ne": v}}``: ``metadata["k"]`` is present (not null) and neither equals nor contains ``v``.
 * ``{"k": {"$gt"|"$gte"|"$lt"|"$lte": n}}``: ``metadata["k"]`` is a number (not a bool, not a list) in range.
 * Several operators under one key, and several keys, are ANDed.
+* ``{"$modality": m}`` (``$eq``, ``$in``, ``$ne`` too): the document's modality (``mmsearch_client.fields``) is
+  ``m``. It is what the document stores (text and/or image: read from the content columns, so collections written
+  before modalities existed filter right), or for an embedding-only document the modality it declared (a reserved
+  filter term, ``0modality_<m>``, which no metadata key can produce: those start with a letter or ``_``).
 
 How: every stored document carries *filter terms*: ``"<key>"`` for each present key and ``"<key>=<digest>"`` for
 each scalar value or list element, where the digest is a BLAKE2b-128 hash of a typed canonical form of the
@@ -47,12 +51,67 @@ _SQL_QUOTE = "'"
 _EXPR_QUOTE = '"'
 
 
+MODALITY_KEY = fields.MODALITY_FILTER_KEY
+MODALITY_VALUES = (*fields.MODALITIES, "")
+_MODALITY_TERM = "0modality_"
+
+
+def modality_term(modality: str) -> str:
+    """The reserved filter term an embedding-only document that declares ``modality`` carries."""
+    return _MODALITY_TERM + modality.replace("+", "_")
+
+
+def stored_modality(text: str | None, image: str | None, terms: Any) -> str:
+    """A stored row's modality: from its content, else the one its reserved term declares (``""``: none)."""
+    held = fields.modality_of(text, image)
+    if held or not terms:
+        return held
+    for m in fields.MODALITIES:
+        if modality_term(m) in terms:
+            return m
+    return ""
+
+
+@dataclass(frozen=True)
+class Content:
+    """How a backend tests which content a stored row holds (boolean expressions in its own language)."""
+
+    has_text: str
+    no_text: str
+    has_image: str
+    no_image: str
+    any_term: Callable[[tuple[str, ...]], str]
+    """An expression that holds when the row carries any of the given filter terms."""
+    conj: str = " AND "
+    disj: str = " OR "
+    negate: str = "NOT "
+
+
+def modality_expr(modalities: tuple[str, ...], c: Content) -> str:
+    """An expression that holds for rows whose modality is one of ``modalities`` (see the module docstring)."""
+    both = {
+        "text": (c.has_text, c.no_image),
+        "image": (c.has_image, c.no_text),
+        "text+image": (c.has_text, c.has_image),
+    }
+    parts = [f"({c.conj.join(both[m])})" for m in modalities if m in both]
+    empty = c.conj.join((c.no_text, c.no_image))
+    declared = tuple(modality_term(m) for m in modalities if m in both)
+    if declared:
+        parts.append(f"({empty}{c.conj}{c.any_term(declared)})")
+    if "" in modalities:
+        every = tuple(modality_term(m) for m in fields.MODALITIES)
+        parts.append(f"({empty}{c.conj}{c.negate}{c.any_term(every)})")
+    return f"({c.disj.join(parts)})"
+
+
 @dataclass(frozen=True)
 class Clause:
-    """One condition on one metadata key."""
+    """One condition on one metadata key (or on the document modality: ``op == "modality"``, ``terms`` the
+    modalities allowed)."""
 
     key: str
-    op: Literal["eq", "in", "ne", "range"]
+    op: Literal["eq", "in", "ne", "range", "modality"]
     terms: tuple[str, ...] = ()
     cmp: str = ""
     number: int | float = 0
@@ -81,9 +140,10 @@ def value_term(key: str, value: Any) -> str:
     return f"{key}={digest}"
 
 
-def document_terms(metadata: Mapping[str, Any]) -> list[str]:
-    """Filter terms stored with a document (keys that are not valid filter keys are not filterable)."""
-    terms: list[str] = []
+def document_terms(metadata: Mapping[str, Any], declared_modality: str | None = None) -> list[str]:
+    """Filter terms stored with a document (keys that are not valid filter keys are not filterable), and the
+    reserved term of the modality an embedding-only document declares."""
+    terms: list[str] = [modality_term(declared_modality)] if declared_modality else []
     for key, value in metadata.items():
         if value is None or not isinstance(key, str) or not KEY_RE.fullmatch(key):
             continue
@@ -151,6 +211,9 @@ def parse_filter(filter: Filter | None) -> list[Clause]:
     budget = _Budget()
     clauses: list[Clause] = []
     for key, cond in filter.items():
+        if key == MODALITY_KEY:
+            clauses.append(_modality_clause(cond))
+            continue
         _check_key(key, budget)
         if isinstance(cond, Mapping):
             clauses += _operator_clauses(key, cond, budget)
@@ -203,6 +266,31 @@ def _operator_clause(key: str, op: Any, arg: Any, budget: _Budget) -> Clause:
     raise InvalidFilter(f"filter key {key!r}: unknown operator {op!r} (supported: {', '.join(OPERATORS)})")
 
 
+def _modality_clause(cond: Any) -> Clause:
+    """``{"$modality": m}``, ``{"$modality": {"$eq"|"$ne": m}}`` or ``{"$modality": {"$in": [m, ...]}}``."""
+    allowed = ", ".join(repr(m) for m in MODALITY_VALUES)
+
+    def check(value: Any) -> str:
+        if value not in MODALITY_VALUES or not isinstance(value, str):
+            raise InvalidFilter(f"filter key {MODALITY_KEY!r}: a modality is one of {allowed} (got {value!r})")
+        return value
+
+    if not isinstance(cond, Mapping):
+        return Clause(MODALITY_KEY, "modality", (check(cond),))
+    if len(cond) != 1:
+        raise InvalidFilter(f"filter key {MODALITY_KEY!r}: exactly one of $eq, $in, $ne")
+    ((op, arg),) = cond.items()
+    if op == "$eq":
+        return Clause(MODALITY_KEY, "modality", (check(arg),))
+    if op == "$ne":
+        return Clause(MODALITY_KEY, "modality", tuple(m for m in MODALITY_VALUES if m != check(arg)))
+    if op == "$in":
+        if not isinstance(arg, list | tuple) or not arg or len(arg) > len(MODALITY_VALUES):
+            raise InvalidFilter(f"filter key {MODALITY_KEY!r}: $in needs a list of 1-{len(MODALITY_VALUES)} modalities")
+        return Clause(MODALITY_KEY, "modality", tuple(dict.fromkeys(check(v) for v in arg)))
+    raise InvalidFilter(f"filter key {MODALITY_KEY!r}: unknown operator {op!r} (supported: $eq, $in, $ne)")
+
+
 def _number_literal(value: int | float) -> str:
     if isinstance(value, int) and abs(value) < 2**63:
         return str(value)
@@ -229,13 +317,21 @@ class _Dialect:
     range: Callable[[Clause, str, str, str], str]
 
 
-def _compile(clauses: list[Clause], d: _Dialect, terms: str, json: str) -> str | None:
-    """The clauses (all must hold) as one expression in dialect ``d`` (None when there are none)."""
+def _compile(clauses: list[Clause], d: _Dialect, terms: str, json: str, content: Content | None) -> str | None:
+    """The clauses (all must hold) as one expression in dialect ``d`` (None when there are none). ``content``:
+    how the collection tells text and image rows apart (None: it cannot, and a modality clause is refused)."""
     parts: list[str] = []
     for c in clauses:
         values = _terms_literal(c.terms, d.quote)
         key = _terms_literal((c.key,), d.quote)
-        if c.op == "eq":
+        if c.op == "modality":
+            if content is None:
+                raise InvalidFilter(
+                    f"filter key {MODALITY_KEY!r}: this collection was written in Milvus format 1, which cannot "
+                    "filter by modality (re-create it)"
+                )
+            parts.append(modality_expr(c.terms, content))
+        elif c.op == "eq":
             parts.append(f"{d.has}({terms}, {values})")
         elif c.op == "in":
             parts.append(f"{d.has_any}({terms}, [{values}])")
@@ -262,11 +358,38 @@ _LANCE_SQL = _Dialect(_SQL_QUOTE, "array_has", "array_has_any", "AND", "NOT", _l
 _MILVUS_EXPR = _Dialect(_EXPR_QUOTE, "array_contains", "array_contains_any", "and", "not", _milvus_range)
 
 
+def lance_content(terms_column: str) -> Content:
+    return Content(
+        has_text="text IS NOT NULL",
+        no_text="text IS NULL",
+        has_image="image IS NOT NULL",
+        no_image="image IS NULL",
+        any_term=lambda terms: f"array_has_any({terms_column}, [{_terms_literal(terms, _SQL_QUOTE)}])",
+    )
+
+
+def milvus_content(terms_field: str, has_text: str, has_image: str) -> Content:
+    """Content tests on a Milvus collection that records which content a row has in two BOOL fields."""
+    return Content(
+        has_text=f"{has_text} == true",
+        no_text=f"{has_text} == false",
+        has_image=f"{has_image} == true",
+        no_image=f"{has_image} == false",
+        any_term=lambda terms: f"array_contains_any({terms_field}, [{_terms_literal(terms, _EXPR_QUOTE)}])",
+        conj=" and ",
+        disj=" or ",
+        negate="not ",
+    )
+
+
 def to_lance_sql(clauses: list[Clause], *, terms_column: str, json_column: str) -> str | None:
     """A LanceDB ``where`` predicate for the clauses (None when there are none)."""
-    return _compile(clauses, _LANCE_SQL, terms_column, json_column)
+    return _compile(clauses, _LANCE_SQL, terms_column, json_column, lance_content(terms_column))
 
 
-def to_milvus_expr(clauses: list[Clause], *, terms_field: str, json_field: str) -> str | None:
-    """A Milvus boolean expression for the clauses (None when there are none)."""
-    return _compile(clauses, _MILVUS_EXPR, terms_field, json_field)
+def to_milvus_expr(
+    clauses: list[Clause], *, terms_field: str, json_field: str, content: Content | None = None
+) -> str | None:
+    """A Milvus boolean expression for the clauses (None when there are none). ``content``: how the collection
+    tells text and image rows apart (None: it cannot, and a modality clause is refused)."""
+    return _compile(clauses, _MILVUS_EXPR, terms_field, json_field, content)

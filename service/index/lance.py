@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import lancedb
@@ -66,6 +66,7 @@ from service.index.base import (
     check_collection_name,
     check_ids,
     check_search_args,
+    declared_modality,
     keyword_text,
     order_by_ids,
     prepare_docs,
@@ -91,7 +92,7 @@ FTS_COLUMN = "fts"
 VECTOR_INDEX = "vector_idx"
 TERMS_INDEX = "terms_idx"
 FTS_INDEX = "fts_idx"
-HIT_COLUMNS = ["id", "text", "image", METADATA, OCR_TEXT, OCR_LINES]
+HIT_COLUMNS = ["id", "text", "image", METADATA, OCR_TEXT, OCR_LINES, TERMS]
 """What a hit carries (the exact-search cache keeps these in memory too)."""
 FORMAT_2_COLUMNS = {OCR_TEXT: "CAST(NULL AS STRING)", OCR_LINES: "CAST(NULL AS STRING)", FTS_COLUMN: "text"}
 """Columns format 2 added, and how a format-1 table's rows get them."""
@@ -167,6 +168,7 @@ def _hit(row: dict[str, Any], score: float) -> IndexHit:
         metadata=_load_metadata(row[METADATA]),
         ocr_text=row.get(OCR_TEXT),
         ocr_lines=lines_from_json(row.get(OCR_LINES)),
+        modality=filters.stored_modality(row["text"], row["image"], row.get(TERMS)),
     )
 
 
@@ -186,6 +188,21 @@ class _Matrix:
     @property
     def nbytes(self) -> int:
         return int(self.vectors.nbytes + self.payload.nbytes)
+
+    @cached_property
+    def modalities(self) -> dict[str, np.ndarray]:
+        """Row numbers of each modality present (``filters.stored_modality`` of every row)."""
+        text = self.payload["text"].is_valid().to_numpy(zero_copy_only=False)
+        image = self.payload["image"].is_valid().to_numpy(zero_copy_only=False)
+        rows = np.full(len(text), "", dtype=object)
+        rows[text & ~image] = "text"
+        rows[image & ~text] = "image"
+        rows[text & image] = "text+image"
+        bare = np.flatnonzero(~text & ~image)
+        if len(bare):
+            terms = self.payload[TERMS].take(pa.array(bare)).to_pylist()
+            rows[bare] = [filters.stored_modality(None, None, t) for t in terms]
+        return {str(m): np.flatnonzero(rows == m) for m in np.unique(rows)}
 
 
 class LanceIndex(VectorIndex):
@@ -424,7 +441,9 @@ class LanceIndex(VectorIndex):
                 "text": pa.array([d.text for d in batch], pa.utf8()),
                 "image": pa.array([d.image for d in batch], pa.utf8()),
                 METADATA: pa.array([_dump_metadata(d) for d in batch], pa.json_(pa.utf8())),
-                TERMS: pa.array([filters.document_terms(d.metadata) for d in batch], pa.list_(pa.utf8())),
+                TERMS: pa.array(
+                    [filters.document_terms(d.metadata, declared_modality(d)) for d in batch], pa.list_(pa.utf8())
+                ),
                 OCR_TEXT: pa.array([d.ocr_text for d in batch], pa.utf8()),
                 OCR_LINES: pa.array([lines_to_json(d.ocr_lines) for d in batch], pa.utf8()),
                 FTS_COLUMN: pa.array([keyword_text(d.text, d.ocr_text) for d in batch], pa.utf8()),
@@ -597,6 +616,7 @@ class LanceIndex(VectorIndex):
                 embedding=[float(x) for x in row[VECTOR]],
                 ocr_text=row[OCR_TEXT],
                 ocr_lines=lines_from_json(row[OCR_LINES]),
+                modality=filters.stored_modality(row["text"], row["image"], row[TERMS]),
             )
             for row in self._rows_by_id(table, wanted, [*HIT_COLUMNS, VECTOR])
         }
@@ -631,14 +651,75 @@ class LanceIndex(VectorIndex):
         self._matrices[name] = matrix
         return matrix
 
-    def _search_in_memory(self, matrix: _Matrix, query: np.ndarray, k: int) -> list[IndexHit]:
-        q = query / max(float(np.linalg.norm(query)), 1e-12)
-        scores = matrix.vectors @ q
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        rows = matrix.payload.take(pa.array(top)).to_pylist()
-        return [_hit(row, float(scores[t])) for row, t in zip(rows, top, strict=True)]
+    def _search_in_memory(
+        self,
+        matrix: _Matrix,
+        query: np.ndarray,
+        k: int,
+        rows: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+    ) -> list[IndexHit]:
+        """Exact top-``k`` among ``rows`` (all when None); ``scores``: every row's cosine, if already computed."""
+        if scores is None:
+            scores = matrix.vectors @ (query / max(float(np.linalg.norm(query)), 1e-12))
+        among = scores if rows is None else scores[rows]
+        k = min(k, len(among))
+        if k == 0:
+            return []
+        top = np.argpartition(-among, k - 1)[:k]
+        top = top[np.argsort(-among[top], kind="stable")]
+        picked = top if rows is None else rows[top]
+        payload = matrix.payload.take(pa.array(picked)).to_pylist()
+        return [_hit(row, float(scores[t])) for row, t in zip(payload, picked, strict=True)]
+
+    def search_by_modality(
+        self, name: str, vector: Sequence[float], k: int, modalities: Sequence[str], filter: Filter | None = None
+    ) -> dict[str, list[IndexHit]]:
+        """Without other conditions and while the collection is searched in memory: one matrix product, then the
+        top-``k`` of each modality's rows (a balanced search costs about one plain search)."""
+        rest = {key: v for key, v in (filter or {}).items() if key != filters.MODALITY_KEY}
+        if not rest:
+            filters.parse_filter({filters.MODALITY_KEY: {"$in": list(modalities)}} if modalities else None)
+
+            def draw(table: Any) -> dict[str, list[IndexHit]] | None:
+                query_vector = check_search_args(vector, k, self._dimension(table))
+                with self._lock:
+                    matrix = self._exact_matrix(name, table)
+                if matrix is None:
+                    return None
+                q = np.asarray(query_vector, dtype=np.float32)
+                scores = matrix.vectors @ (q / max(float(np.linalg.norm(q)), 1e-12))
+                groups = matrix.modalities
+                empty = np.zeros(0, dtype=np.int64)
+                return {m: self._search_in_memory(matrix, q, k, groups.get(m, empty), scores) for m in modalities}
+
+            found = self._guard(name, draw)
+            if found is not None:
+                return found
+        return super().search_by_modality(name, vector, k, modalities, filter)
+
+    def modality_sample(self, name: str, modality: str, n: int) -> tuple[int, np.ndarray]:
+        where = filters.to_lance_sql(
+            filters.parse_filter({filters.MODALITY_KEY: modality}), terms_column=TERMS, json_column=METADATA
+        )
+
+        def sample(table: Any) -> tuple[int, np.ndarray]:
+            dimension = self._dimension(table)
+            with self._lock:
+                matrix = self._exact_matrix(name, table)
+            if matrix is not None:
+                rows = matrix.modalities.get(modality, np.zeros(0, dtype=np.int64))
+                if len(rows) > n:
+                    rows = np.sort(np.random.default_rng(0).choice(rows, size=max(n, 0), replace=False))
+                return len(matrix.modalities.get(modality, rows)), np.ascontiguousarray(matrix.vectors[rows])
+            count = int(table.count_rows(where))
+            if not count or n < 1:
+                return count, np.zeros((0, dimension), np.float32)
+            data = table.search().where(where).select([VECTOR]).limit(n).to_arrow()
+            vectors = data[VECTOR].combine_chunks().flatten().to_numpy().reshape(len(data), -1).astype(np.float32)
+            return count, vectors  # the first rows (a scan): cheap, not a random sample
+
+        return self._guard(name, sample)
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)

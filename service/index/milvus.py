@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from service.index import filters
@@ -59,6 +60,7 @@ from service.index.base import (
     check_collection_name,
     check_ids,
     check_search_args,
+    declared_modality,
     order_by_ids,
     prepare_docs,
 )
@@ -403,7 +405,7 @@ class MilvusIndex(VectorIndex):
             "text": doc.text,
             "image": doc.image,
             METADATA: doc.metadata,
-            TERMS: filters.document_terms(doc.metadata),
+            TERMS: filters.document_terms(doc.metadata, declared_modality(doc)),
         }
         if meta.format != "1":
             row.update(text=doc.text or "", image=doc.image or "")
@@ -411,7 +413,7 @@ class MilvusIndex(VectorIndex):
         return row
 
     def _content_fields(self, meta: _Meta) -> list[str]:
-        return ["text", "image", METADATA] + ([] if meta.format == "1" else [HAS_TEXT, HAS_IMAGE])
+        return ["text", "image", METADATA, TERMS] + ([] if meta.format == "1" else [HAS_TEXT, HAS_IMAGE])
 
     @staticmethod
     def _content(entity: dict[str, Any], meta: _Meta) -> tuple[str | None, str | None]:
@@ -534,12 +536,17 @@ class MilvusIndex(VectorIndex):
                 image=image,
                 metadata=dict(row.get(METADATA) or {}),
                 embedding=[float(x) for x in row[VECTOR]],
+                modality=filters.stored_modality(text, image, row.get(TERMS)),
             )
         return order_by_ids(wanted, found)
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
-        expr = filters.to_milvus_expr(filters.parse_filter(filter), terms_field=TERMS, json_field=METADATA)
-        return self._fresh(name, lambda meta: self._search(name, vector, k, expr, meta))
+        clauses = filters.parse_filter(filter)
+        return self._fresh(name, lambda meta: self._search(name, vector, k, self._expr(clauses, meta), meta))
+
+    def _expr(self, clauses: list[filters.Clause], meta: _Meta) -> str | None:
+        content = None if meta.format == "1" else filters.milvus_content(TERMS, HAS_TEXT, HAS_IMAGE)
+        return filters.to_milvus_expr(clauses, terms_field=TERMS, json_field=METADATA, content=content)
 
     def _search(self, name: str, vector: Sequence[float], k: int, expr: str | None, meta: _Meta) -> list[IndexHit]:
         query_vector = check_search_args(vector, k, meta.dimension)
@@ -571,10 +578,26 @@ class MilvusIndex(VectorIndex):
                     text=text,
                     image=image,
                     metadata=dict(entity.get(METADATA) or {}),
+                    modality=filters.stored_modality(text, image, entity.get(TERMS)),
                 )
             )
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
+
+    def modality_sample(self, name: str, modality: str, n: int) -> tuple[int, np.ndarray]:
+        clauses = filters.parse_filter({filters.MODALITY_KEY: modality})
+
+        def sample(meta: _Meta) -> tuple[int, np.ndarray]:
+            self._ensure_loaded(name)
+            expr = self._expr(clauses, meta) or ""
+            rows = self._client.query(name, filter=expr, output_fields=["count(*)"], **self._read)
+            count = int(rows[0]["count(*)"]) if rows else 0
+            if not count or n < 1:
+                return count, np.zeros((0, meta.dimension), np.float32)
+            got = self._client.query(name, filter=expr, output_fields=[VECTOR], limit=min(n, MAX_TOPK), **self._read)
+            return count, np.asarray([row[VECTOR] for row in got], dtype=np.float32).reshape(-1, meta.dimension)
+
+        return self._fresh(name, sample)
 
     def close(self) -> None:
         if self._closed:

@@ -30,6 +30,36 @@ MAX_METADATA_VALUES = 4096
 MAX_METADATA_BYTES = 65_536
 """A document's metadata as compact JSON."""
 INT64 = (-(2**63), 2**63 - 1)
+MODALITIES = ("text", "image", "text+image")
+"""A stored document's modality: what it holds (``text``, ``image`` or both). A document that brings only its
+embedding holds neither: it has the modality it declares, or none (``""``, the *unlabelled* group)."""
+MODALITY_FILTER_KEY = "$modality"
+"""The filter key that selects documents by modality (``{"$modality": "image"}``; ``$in`` and ``$ne`` work too).
+Not a metadata key (those cannot start with ``$``), so it never clashes with a document's own metadata."""
+
+
+def modality_of(text: str | None, image: str | None, declared: str | None = None) -> str:
+    """A document's modality from what it stores: ``text``, ``image``, ``text+image``, or for an embedding-only
+    document the one it declared (``""`` when none)."""
+    if text is not None and image is not None:
+        return "text+image"
+    if image is not None:
+        return "image"
+    if text is not None:
+        return "text"
+    return declared or ""
+
+
+def check_declared_modality(text: str | None, image: str | None, declared: str | None) -> str | None:
+    """A declared modality must be one of ``MODALITIES`` and agree with the content, if the document has some."""
+    if declared is None:
+        return None
+    if declared not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)} (got {declared!r})")
+    held = modality_of(text, image)
+    if held and held != declared:
+        raise ValueError(f"modality {declared!r} contradicts the document's content ({held})")
+    return declared
 
 
 def _has_control(s: str) -> bool:

@@ -159,6 +159,9 @@ class Document(BaseModel):
     image: str | None = None
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     embedding: list[float] | None = None
+    modality: Literal["text", "image", "text+image"] | None = None
+    """Set from the content at ingest (``text``, ``image``, ``text+image``); a document with only an ``embedding``
+    may declare the modality it was embedded from (else it is stored unlabelled). Must agree with the content."""
 
     _v_metadata = field_validator("metadata")(fields.check_metadata)
 
@@ -178,6 +181,7 @@ class Document(BaseModel):
     def _has_content(self) -> Document:
         if self.text is None and self.image is None and self.embedding is None:
             raise ValueError("a document needs 'text', 'image' or 'embedding'")
+        fields.check_declared_modality(self.text, self.image, self.modality)
         return self
 
 
@@ -242,6 +246,8 @@ class StoredDocument(BaseModel):
     thumbnail: str | None = None
     """A preview path under ``/media/``."""
     ocr_text: str | None = None
+    modality: str = ""
+    """``text``, ``image``, ``text+image``, or an embedding-only document's declared modality (``""``: none)."""
     """The text read from the image at ingest (when OCR is on), lines in reading order."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     embedding: list[float] | None = None
@@ -290,6 +296,12 @@ class SearchRequest(BaseModel):
     """``true``: rerank or fail (503); ``false``: retrieval only; ``"auto"``: rerank if the reranker answers.
     Default: rerank when a reranker is configured (like ``true``), else retrieval only (a warning says so)."""
     filter: dict[str, Any] | None = None
+    """Metadata conditions (``{"key": value}``, ``$in``, ``$ne``, ranges), and ``"$modality"`` for the document
+    modality (``"text"``, ``"image"``, ``"text+image"``)."""
+    balance: Literal["auto", "off"] = "auto"
+    """``auto``: when the collection holds more than one document modality, draw candidates per modality and fuse
+    them on a shared scale, each keeping a minimum share (the modality gap cannot crowd one out); ``off``: one
+    top-``candidates`` by raw cosine."""
     timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds.")
 
     # candidates < top_k: the server shortlists top_k candidates (the shortlist is never smaller than the answer).
@@ -315,6 +327,12 @@ class SearchHit(BaseModel):
     keyword_score: float | None = None
     """BM25, when the document was a keyword candidate."""
     rerank_score: float | None = None
+    fused_score: float | None = None
+    """Balanced retrieval (``balanced`` in the response): the score on the scale all modalities share (the
+    per-modality standardised cosine, or the calibrated probability of relevance), by which candidates were
+    ordered and shortlisted; ``score`` and ``vector_score`` keep the raw cosine."""
+    modality: str = ""
+    """The document's modality: ``text``, ``image``, ``text+image`` (``""``: an unlabelled embedding-only one)."""
     text: str | None = None
     image: str | None = None
     """The stored copy of the document's image: ``media://<sha256>.<ext>`` (GET ``/media/<sha256>.<ext>``)."""
@@ -349,5 +367,8 @@ class SearchResponse(BaseModel):
     mode: SearchMode = "vector"
     """The retrieval mode that ran."""
     reranked: bool
+    balanced: bool = False
+    """Whether candidates were drawn per document modality and fused (``balance: "auto"`` on a mixed
+    collection)."""
     timings_ms: SearchTimings
     warnings: list[SearchWarning] = Field(default_factory=list)
