@@ -259,3 +259,14 @@ def test_attacks(out: Path) -> None:
     assert set(body["phases"]["huge-array"]["attacker_statuses"]) == {"413"}
     assert "400" in body["phases"]["filter-cost"]["attacker_statuses"]
     assert "met" in body["goal"]
+
+
+def test_gap_latency(out: Path) -> None:
+    from bench import gap_latency
+
+    gap_latency.main(["--tiny", "--backends", "lancedb,milvus", "--out", str(out)])
+    body = load(out / "gap_latency-tiny.json")
+    for backend in ("lancedb", "milvus"):
+        r = body["results"][backend]
+        assert positive(r["raw"]["p50_ms"]) and positive(r["balanced"]["p50_ms"]) and positive(r["ratio_p50"])
+        assert "met" in body["goal"][backend]

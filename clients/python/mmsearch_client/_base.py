@@ -450,6 +450,7 @@ class BaseClient(Generic[HttpT]):
         timeout: float | None,
         mode: SearchMode | None = None,
         hybrid: Mapping[str, Any] | None = None,
+        balance: Literal["auto", "off"] | None = None,
     ) -> RequestSpec[SearchResponse]:
         body: dict[str, Any] = {
             "collection": collection,
@@ -457,7 +458,13 @@ class BaseClient(Generic[HttpT]):
             "top_k": top_k,
             "candidates": candidates,
         }
-        for key, value in (("rerank", rerank), ("mode", mode), ("hybrid", dict(hybrid) if hybrid else None)):
+        options = (
+            ("rerank", rerank),
+            ("mode", mode),
+            ("hybrid", dict(hybrid) if hybrid else None),
+            ("balance", balance),
+        )
+        for key, value in options:
             if value is not None:
                 body[key] = value
         if filter is not None:

@@ -235,6 +235,7 @@ class Client(BaseClient[httpx.Client]):
         timeout: float | None = None,
         mode: SearchMode | None = None,
         hybrid: Mapping[str, Any] | None = None,
+        balance: Literal["auto", "off"] | None = None,
     ) -> SearchResponse:
         """Retrieve ``candidates`` (at least ``top_k``: the server raises a smaller shortlist; ``mode``:
         ``vector``, ``keyword`` or ``hybrid``, default the server's choice), rerank them, return the best
@@ -243,9 +244,10 @@ class Client(BaseClient[httpx.Client]):
         ``rerank``: ``True`` reranks or fails (503), ``False`` skips it, ``"auto"`` reranks when the
         reranker answers; ``None``: rerank when the server has a reranker. ``hybrid``: fusion options
         (``{"fusion": "coverage" | "rrf", "keyword_weight": w}``). ``timeout`` is a server-side deadline in
-        seconds (504 when exceeded).
+        seconds (504 when exceeded). ``balance``: ``"auto"`` (the server's default) draws candidates per document
+        modality on a mixed collection, ``"off"`` takes one top-``candidates`` by raw cosine.
         """
-        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid)
+        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance)
         return self._run(spec)
 
     # ---------------------------------------------------------------------------------------------- status
@@ -452,9 +454,10 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         timeout: float | None = None,
         mode: SearchMode | None = None,
         hybrid: Mapping[str, Any] | None = None,
+        balance: Literal["auto", "off"] | None = None,
     ) -> SearchResponse:
         """Retrieve ``candidates`` (``mode``), rerank them, return the best ``top_k`` (see :meth:`Client.search`)."""
-        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid)
+        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance)
         return await self._run(spec)
 
     # ---------------------------------------------------------------------------------------------- status

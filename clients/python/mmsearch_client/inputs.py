@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from mmsearch_client.schemas import Document as WireDocument
 from mmsearch_client.schemas import Item, MetadataValue
@@ -242,6 +242,8 @@ class Document:
     image: ImageLike | None = None
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
     embedding: list[float] | None = None
+    modality: Literal["text", "image", "text+image"] | None = None
+    """Only for an embedding-only document: the modality its embedding was made from."""
 
     def to_wire(self) -> WireDocument:
         """The ``schemas.Document`` sent on the wire (images read and encoded now)."""
@@ -251,6 +253,7 @@ class Document:
             image=None if self.image is None else to_wire_image(self.image),
             metadata=dict(self.metadata),
             embedding=self.embedding,
+            modality=self.modality,
         )
 
 

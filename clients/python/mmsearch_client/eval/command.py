@@ -5,6 +5,7 @@ mmsearch eval --make-screens ./screens                   # write the screenshot 
 mmsearch eval ./evalset --json run.json                  # ingest, run every query with rerank off and on
 mmsearch eval ./screens --modes vector,keyword,hybrid --rerank off   # one run per retrieval mode
 mmsearch eval ./evalset --compare baseline.json          # ... and compare with an earlier run
+mmsearch eval ./evalset --balance off,auto --gap 1.0   # balanced retrieval off/on, on a constructed gap
 mmsearch eval run.json --compare baseline.json           # compare two saved runs (no server needed)
 """
 
@@ -47,6 +48,13 @@ def _rerank(value: str) -> list[bool]:
     return [bool(f) for f in out]
 
 
+def _balance(value: str) -> list[str]:
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    if not out or any(v not in ("off", "auto") for v in out):
+        raise argparse.ArgumentTypeError("use off, auto or off,auto")
+    return out
+
+
 def add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register ``eval`` on the CLI's subparsers (``common`` carries --url/--api-key/--timeout)."""
     p: argparse.ArgumentParser = sub.add_parser(
@@ -79,6 +87,20 @@ def add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.Argum
         help="retrieval modes to run, e.g. vector,keyword,hybrid (default: the server's default mode)",
     )
     p.add_argument("--rerank", type=_rerank, default=[False, True], help="off, on or off,on (default: off,on)")
+    p.add_argument(
+        "--balance",
+        type=_balance,
+        default=[],
+        help="off, auto or off,auto: run each pass with balanced retrieval off and/or on (default: the server's)",
+    )
+    p.add_argument(
+        "--gap",
+        type=float,
+        default=None,
+        metavar="OFFSET",
+        help="construct a modality gap: embed the corpus through the server, shift every image document's vector "
+        "by OFFSET (1.0: as long as the vector), store those embeddings",
+    )
     p.add_argument("--make-synthetic", metavar="DIR", help="write the synthetic screenshot set to DIR and exit")
     p.add_argument(
         "--make-screens",
@@ -135,7 +157,8 @@ def cmd_eval(client: Client, args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             batch_size=args.batch_size,
             progress=not args.no_progress,
-            runs=run_specs(args.modes, args.rerank),
+            runs=run_specs(args.modes, args.rerank, args.balance),
+            gap=args.gap,
         )
         report = run_eval(client, ds, opts)
     if args.json and args.json != "-":

@@ -20,6 +20,7 @@ from mmsearch_client._client import Client
 from mmsearch_client._progress import make_progress
 from mmsearch_client.errors import MMSearchError
 from mmsearch_client.eval.dataset import Dataset, EvalItem, modality_of
+from mmsearch_client.eval.gap import construct_gap
 from mmsearch_client.eval.metrics import DEFAULT_METRICS, aggregate, first_relevant_rank, percentile, summarize
 from mmsearch_client.inputs import Document, Image
 from mmsearch_client.schemas import Item, SearchResponse
@@ -58,16 +59,25 @@ class RunSpec:
     name: str
     mode: str | None
     rerank: bool
+    balance: str | None = None
+    """``auto`` or ``off`` (None: the server's default, ``auto``)."""
 
 
-def run_specs(modes: Sequence[str] | None = None, rerank: Sequence[bool] = (False, True)) -> list[RunSpec]:
-    """``rerank_off``/``rerank_on`` for the server's default mode, or ``<mode>`` and ``<mode>+rerank`` per mode."""
+def run_specs(
+    modes: Sequence[str] | None = None, rerank: Sequence[bool] = (False, True), balance: Sequence[str] = ()
+) -> list[RunSpec]:
+    """``rerank_off``/``rerank_on`` for the server's default mode, or ``<mode>`` and ``<mode>+rerank`` per mode;
+    with ``balance`` (``off``, ``auto``) each of those once per balance setting (``... balance=off``)."""
     if not modes:
-        return [RunSpec(name, None, flag) for name, flag in MODES.items() if flag in rerank]
-    for m in modes:
-        if m not in RETRIEVAL_MODES:
-            raise ValueError(f"unknown retrieval mode {m!r}: use {', '.join(RETRIEVAL_MODES)}")
-    return [RunSpec(f"{m}+rerank" if flag else m, m, flag) for m in modes for flag in rerank]
+        specs = [RunSpec(name, None, flag) for name, flag in MODES.items() if flag in rerank]
+    else:
+        for m in modes:
+            if m not in RETRIEVAL_MODES:
+                raise ValueError(f"unknown retrieval mode {m!r}: use {', '.join(RETRIEVAL_MODES)}")
+        specs = [RunSpec(f"{m}+rerank" if flag else m, m, flag) for m in modes for flag in rerank]
+    if not balance:
+        return specs
+    return [RunSpec(f"{s.name} balance={b}", s.mode, s.rerank, b) for s in specs for b in balance]
 
 
 @dataclass(slots=True)
@@ -80,6 +90,9 @@ class EvalOptions:
     batch_size: int = 32
     progress: bool = True
     runs: Sequence[RunSpec] = field(default_factory=run_specs)
+    gap: float | None = None
+    """Construct a modality gap (``mmsearch_client.eval.gap``): after ingest, every image document's stored
+    embedding is shifted by this offset and stored again."""
 
 
 @dataclass(slots=True)
@@ -237,6 +250,8 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
     existed = _collection_count(client, opts.collection) is not None  # a collection of the user's: never dropped
     try:
         report["ingest"] = _ingest(client, items, opts, log)
+        if opts.gap is not None:
+            _gap(client, items, opts, log)
         inputs = {q: _query_input(ds.queries[q]) for q in qids}
         for spec in plan.runs:
             outcomes = _run_queries(client, inputs, opts, plan.candidates, spec)
@@ -331,7 +346,8 @@ def _report_header(client: Client, info: dict[str, Any], plan: _Plan, opts: Eval
             "collection": opts.collection,
             "top_k": opts.top_k,
             "candidates": plan.candidates,
-            "runs": {r.name: {"mode": r.mode, "rerank": r.rerank} for r in plan.runs},
+            "runs": {r.name: {"mode": r.mode, "rerank": r.rerank, "balance": r.balance} for r in plan.runs},
+            "gap": opts.gap,
         },
         "metrics": list(DEFAULT_METRICS),
         "runs": {},
@@ -363,6 +379,26 @@ def _ingest(client: Client, items: list[EvalItem], opts: EvalOptions, log: Calla
             "dataset: they take part in every ranking"
         )
     return ingest
+
+
+def _gap(client: Client, items: Sequence[EvalItem], opts: EvalOptions, log: Callable[[str], None]) -> None:
+    """Shift every stored ``image`` document's embedding by ``opts.gap`` (a constructed modality gap): read the
+    embeddings the server made (whatever path its embedder takes: images, or their text), shift, store them back
+    with the same content (so each document keeps its modality)."""
+    assert opts.gap is not None
+    ids = [it.id for it in items]
+    vectors: dict[str, list[float]] = {}
+    for i in range(0, len(ids), 256):
+        got = client.get(ids[i : i + 256], collection=opts.collection, include_embedding=True)
+        vectors.update({d.id: d.embedding for d in got.documents if d.embedding is not None})
+    kept = [it for it in items if it.id in vectors]
+    shifted = [it.modality == "image" for it in kept]
+    gapped = construct_gap([vectors[it.id] for it in kept], shifted, offset=opts.gap, seed=0)
+    docs = [_document(it) for it in kept]
+    for d, v in zip(docs, gapped, strict=True):
+        d.embedding = v
+    client.upsert_many(docs, collection=opts.collection, batch_size=opts.batch_size, progress=opts.progress)
+    log(f"constructed a modality gap: {sum(shifted)} image documents shifted by {opts.gap}")
 
 
 def restrict_modalities(ds: Dataset, supported: Sequence[str]) -> tuple[Dataset, dict[str, Any]]:
@@ -423,6 +459,7 @@ def _run_queries(
     client: Client, inputs: dict[str, str | Item], opts: EvalOptions, candidates: int, spec: RunSpec
 ) -> dict[str, _Outcome]:
     mode: Any = spec.mode
+    balance: Any = spec.balance
 
     def one(qid: str) -> tuple[str, _Outcome]:
         t = time.perf_counter()
@@ -434,6 +471,7 @@ def _run_queries(
                 candidates=candidates,
                 rerank=spec.rerank,
                 mode=mode,
+                balance=balance,
             )
         except MMSearchError as e:
             return qid, _Outcome(None, (time.perf_counter() - t) * 1000, " ".join(str(e).split()))
