@@ -681,14 +681,14 @@ class SearchPipeline:
         def measure() -> dict[str, balance.GroupStats]:
             out = {}
             for m in (*MODALITIES, balance.UNLABELLED):
-                count, sample = self.index.modality_sample(collection, m, balance.SAMPLE_SIZE)
+                try:
+                    count, sample = self.index.modality_sample(collection, m, balance.SAMPLE_SIZE)
+                except (NotImplementedError, index_base.InvalidFilter):
+                    return {}  # a backend (or an old Milvus format) that cannot tell modalities apart: unbalanced
                 out[m] = balance.GroupStats(count, balance.sample_rows(sample, balance.SAMPLE_SIZE))
             return out
 
-        try:
-            stats = await self.in_thread(measure)
-        except NotImplementedError:  # a backend without per-modality statistics: searched unbalanced
-            stats = {}
+        stats = await self.in_thread(measure)
         self._modality_stats[collection] = (now, stats)
         return stats
 

@@ -49,6 +49,10 @@ class Candidate:
     """Balanced retrieval: the score on the scale every modality shares."""
 
 
+DUPLICATE_COSINE = 0.9999
+"""A balanced draw's candidate at least this close to the query is its duplicate and ranks first."""
+
+
 @dataclass(frozen=True)
 class Balance:
     """How one search draws per modality: the modalities to draw and the scorers of this query's raw scores
@@ -67,7 +71,13 @@ def balanced_vector(
     lists = index.search_by_modality(collection, vector, k, how.modalities, filter)
     hits = {h.id: h for found in lists.values() for h in found}
     ranked = bal.fuse({m: [(h.id, h.score) for h in found] for m, found in lists.items()}, how.scorers)
-    return [(hits[r.id], r.fused) for r in bal.shortlist(ranked, k, how.min_share)]
+    chosen = bal.shortlist(ranked, k, how.min_share)
+    # A duplicate of the query (cosine ~1) goes first whatever the scale says: no offset between modalities
+    # makes it less relevant, and a model that maps a whole modality close together (a random tiny one) would
+    # otherwise let another modality's stand-out pass it.
+    duplicates = sorted((r for r in chosen if r.raw >= DUPLICATE_COSINE), key=lambda r: -r.raw)
+    rest = [r for r in chosen if r.raw < DUPLICATE_COSINE]
+    return [(hits[r.id], r.fused) for r in [*duplicates, *rest]]
 
 
 def choose_mode(requested: Mode | None, index: VectorIndex, collection: str, query_text: str | None) -> Mode:

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from mmsearch_client.eval.gap import construct_gap, unit
 
-from tests.support.images import data_uri, make_image
-from tests.support.servers import BentoServer
+from bench.support.images import data_uri, make_image
+from bench.support.servers import BentoServer
 
 pytestmark = pytest.mark.e2e
 QUERY = "a red bicycle leaning on a wall"
