@@ -116,14 +116,7 @@ def retrieve(
     keyword: list[IndexHit] = []
     fused: dict[str, float] = {}
     if mode != "keyword":
-        if query.vector is None:
-            raise ValueError(f"mode {mode!r} needs a query vector")
-        if balance is None:
-            vector = index.search(collection, query.vector, k, filter)
-        else:
-            drawn = balanced_vector(index, collection, query.vector, k, filter, balance)
-            vector = [h for h, _ in drawn]
-            fused = {h.id: f for h, f in drawn}
+        vector, fused = _vector_side(index, collection, mode, query, k, filter, balance)
     if mode != "vector" and query.text:
         keyword = index.keyword_search(collection, query.text, k, filter)
     terms = term_set([query.text]) if query.text else set()
@@ -132,23 +125,54 @@ def retrieve(
     elif mode == "keyword":
         out = [Candidate(h, h.score, keyword_score=h.score) for h in keyword]
     else:
-        hits = {h.id: h for h in [*keyword, *vector]}
-        cosine = {h.id: h.score for h in vector}
-        doc_terms = {d: term_set([h.text, h.ocr_text]) for d, h in hits.items()}
-        together = fuse(
-            [(h.id, fused.get(h.id, h.score)) for h in vector],  # balanced: its shared scale, in its order
-            [(h.id, h.score) for h in keyword],
-            fusion=fusion,
-            keyword_weight=keyword_weight,
-            coverage=lambda d: coverage(terms, doc_terms[d]),
-        )
-        out = [
-            Candidate(hits[f.id], f.score, cosine.get(f.id), f.keyword_score, fused_score=fused.get(f.id))
-            for f in together[:k]
-        ]
+        out = _hybrid(vector, keyword, fused, terms, k, fusion, keyword_weight)
     for c in out:
         c.evidence = find_evidence(terms, c.hit.text, c.hit.ocr_lines)
     return out
+
+
+def _vector_side(
+    index: VectorIndex,
+    collection: str,
+    mode: Mode,
+    query: Query,
+    k: int,
+    filter: Filter | None,
+    balance: Balance | None,
+) -> tuple[list[IndexHit], dict[str, float]]:
+    """The vector hits and, when drawn per modality, each hit's fused (balanced) score."""
+    if query.vector is None:
+        raise ValueError(f"mode {mode!r} needs a query vector")
+    if balance is None:
+        return index.search(collection, query.vector, k, filter), {}
+    drawn = balanced_vector(index, collection, query.vector, k, filter, balance)
+    return [h for h, _ in drawn], {h.id: f for h, f in drawn}
+
+
+def _hybrid(
+    vector: list[IndexHit],
+    keyword: list[IndexHit],
+    fused: dict[str, float],
+    terms: set[str],
+    k: int,
+    fusion: Fusion,
+    keyword_weight: float | None,
+) -> list[Candidate]:
+    """Vector and keyword hits fused into one list (a balanced vector list enters on its shared scale)."""
+    hits = {h.id: h for h in [*keyword, *vector]}
+    cosine = {h.id: h.score for h in vector}
+    doc_terms = {d: term_set([h.text, h.ocr_text]) for d, h in hits.items()}
+    together = fuse(
+        [(h.id, fused.get(h.id, h.score)) for h in vector],  # balanced: its shared scale, in its order
+        [(h.id, h.score) for h in keyword],
+        fusion=fusion,
+        keyword_weight=keyword_weight,
+        coverage=lambda d: coverage(terms, doc_terms[d]),
+    )
+    return [
+        Candidate(hits[f.id], f.score, cosine.get(f.id), f.keyword_score, fused_score=fused.get(f.id))
+        for f in together[:k]
+    ]
 
 
 def query_modality(text: str | None, image: str | None) -> str:

@@ -322,16 +322,17 @@ def _compile(clauses: list[Clause], d: _Dialect, terms: str, json: str, content:
     how the collection tells text and image rows apart (None: it cannot, and a modality clause is refused)."""
     parts: list[str] = []
     for c in clauses:
-        values = _terms_literal(c.terms, d.quote)
-        key = _terms_literal((c.key,), d.quote)
-        if c.op == "modality":
+        if c.op == "modality":  # its terms are modalities, not generated filter terms
             if content is None:
                 raise InvalidFilter(
                     f"filter key {MODALITY_KEY!r}: this collection was written in Milvus format 1, which cannot "
                     "filter by modality (re-create it)"
                 )
             parts.append(modality_expr(c.terms, content))
-        elif c.op == "eq":
+            continue
+        values = _terms_literal(c.terms, d.quote)
+        key = _terms_literal((c.key,), d.quote)
+        if c.op == "eq":
             parts.append(f"{d.has}({terms}, {values})")
         elif c.op == "in":
             parts.append(f"{d.has_any}({terms}, [{values}])")
