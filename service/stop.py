@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import signal
 import sys
+import time
 
 import psutil
 
@@ -69,16 +70,35 @@ def server_tree(pid: int | None = None, port: int | None = None) -> list[psutil.
     return list(found.values())
 
 
+def _running(proc: psutil.Process) -> bool:
+    """False once ``proc`` has exited. A zombie has exited too: only its parent can reap it, and a parent that is
+    not us (the shell or test runner that started the arbiter, or PID 1 for orphaned workers) may do so late."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s for ``procs`` to exit; returns those still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
 def stop(procs: list[psutil.Process], timeout: float = 30.0) -> tuple[int, int]:
     """SIGTERM every process, wait up to ``timeout``, SIGKILL the rest; returns (terminated, killed)."""
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = wait_exited(procs, timeout)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-    psutil.wait_procs(alive, timeout=10)
+    wait_exited(alive, 10)
     return len(procs) - len(alive), len(alive)
 
 

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from bench.support.servers import REPO, BentoServer, bento_env, free_port
+from service.stop import wait_exited
 from tests.conftest import BENTOML
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ def _start(tmp: Path) -> tuple[BentoServer, list[psutil.Process]]:
 
 
 def _all_gone(tree: list[psutil.Process], port: int, within: float) -> None:
-    _, alive = psutil.wait_procs(tree, timeout=within)
+    alive = wait_exited(tree, within)  # a zombie has exited (PID 1 reaps orphans late)
     for p in alive:  # clean up before failing
         p.kill()
     assert not alive, [p.pid for p in alive]

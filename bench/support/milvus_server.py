@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from bench.support.servers import REPO, free_port
-from service.stop import stop
+from service.stop import stop, wait_exited
 
 PID_FILES = (Path("/run/milvus/standalone.pid"), Path("/tmp/milvus/standalone.pid"))
 ROLES = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
@@ -188,7 +188,7 @@ class MilvusServer:
         for p in procs:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-        psutil.wait_procs(procs, timeout=10)
+        wait_exited(procs, 10)
         self._reap()
 
     def _reap(self) -> None:

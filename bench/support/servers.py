@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from service.stop import stop
+from service.stop import stop, wait_exited
 
 REPO = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -51,7 +51,7 @@ def kill_process_tree(proc: subprocess.Popen[bytes]) -> None:
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-    psutil.wait_procs(procs, timeout=10)
+    wait_exited(procs, 10)  # orphaned workers stay zombies until PID 1 reaps them: exited all the same
     with contextlib.suppress(Exception):
         proc.wait(timeout=5)
 
