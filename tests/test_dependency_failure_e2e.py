@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from bench.support.servers import BentoServer
-from tests.conftest import serve_bento
+from tests.conftest import serve_bento, serve_wired_search
 
 pytestmark = pytest.mark.e2e
 RERANK_TIMEOUT_S = 2.0
@@ -22,13 +22,17 @@ TIMINGS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[tuple[BentoServer, BentoServer]]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str]
+) -> Iterator[tuple[BentoServer, BentoServer]]:
+    """A Reranker of this module's own (the tests freeze it) and a Search calling it by URL; Search reaches the
+    session's Embedder and Reader by URL too."""
     reranker_gen = serve_bento(tmp_path_factory.mktemp("cb-reranker"), "service.reranker:Reranker")
     reranker = next(reranker_gen)
     try:
-        search_gen = serve_bento(
+        search_gen = serve_wired_search(
             tmp_path_factory.mktemp("cb-search"),
-            "service.search:Search",
+            model_urls,
             MMSEARCH_RERANKER_URL=reranker.url,
             MMSEARCH_RERANK_TIMEOUT_S=str(RERANK_TIMEOUT_S),
             MMSEARCH_BREAKER_FAILURES="2",
@@ -65,8 +69,8 @@ def search(server: BentoServer, rerank: bool | str) -> tuple[httpx.Response, flo
 
 
 def circuit(server: BentoServer) -> dict[str, object]:
-    """Search's /info on the reranker; every other dependency (the Embedder and the Reader, composed in this
-    bento) is listed too, up and with a closed circuit whatever the reranker does."""
+    """Search's /info on the reranker; every other dependency (the Embedder and the Reader) is listed too, up and
+    with a closed circuit whatever the reranker does."""
     info = httpx.post(f"{server.url}/info", json={}, timeout=30).json()
     for stage, service in (("embedder", "Embedder"), ("reader", "Reader")):
         dep = info[stage]

@@ -1,4 +1,5 @@
-"""Acknowledged upserts survive SIGKILL of the whole Search deployment, on the single-process index backends
+"""Acknowledged upserts survive SIGKILL of the whole Search deployment (its arbiter and worker, which hold the index;
+the model services it calls by URL are deployments of their own), on the single-process index backends
 (LanceDB directory, Milvus Lite); a collection created with another model/dimension is refused with 409 after
 restart. The shared backends (Milvus server, LanceDB on S3) get the same check in tests/test_replicas_e2e.py (a
 replica SIGKILLed mid-ingest) and, for the server itself, tests/test_index_contract.py."""
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("backend", ["lance", "milvus"])
-def test_upserts_survive_sigkill(backend: str, tmp_path, tiny_models, request) -> None:  # type: ignore[no-untyped-def]
+def test_upserts_survive_sigkill(backend: str, tmp_path, model_urls, request) -> None:  # type: ignore[no-untyped-def]
     uri = backend_uri(backend, request, tmp_path)
-    env = bento_env(tmp_path, MMSEARCH_INDEX_URI=uri)
+    env = bento_env(tmp_path, **model_urls, MMSEARCH_INDEX_URI=uri)
     server = BentoServer([*BENTOML, "service.search:Search"], env, tmp_path / "server.log").start()
     acked: list[str] = []
     try:

@@ -16,8 +16,10 @@ from bench.support.servers import BentoServer, bento_env
 from tests.conftest import BENTOML
 
 
-def test_sigkill_during_bulk_image_upsert_keeps_acknowledged_media(tmp_path: Path, tiny_models: object) -> None:
-    env = bento_env(tmp_path, MMSEARCH_MEDIA_SWEEP_AGE_S="0")
+def test_sigkill_during_bulk_image_upsert_keeps_acknowledged_media(tmp_path: Path, model_urls: dict[str, str]) -> None:
+    # Search alone (the model services it calls by URL are other deployments), with its own media directory
+    urls = {k: v for k, v in model_urls.items() if k != "MMSEARCH_MEDIA_URI"}
+    env = bento_env(tmp_path, **urls, MMSEARCH_MEDIA_SWEEP_AGE_S="0")
     server = BentoServer([*BENTOML, "service.search:Search"], env, tmp_path / "server.log").start()
     media = tmp_path / "media"
     acked: list[str] = []

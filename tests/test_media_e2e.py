@@ -1,4 +1,5 @@
-"""Search owns its media (issues #13 and #16.12), against a real composed bento (tiny profile) on loopback.
+"""Search owns its media (issues #13 and #16.12), against a real bento (Search and its Reranker, tiny profile) on
+loopback.
 
 - 20 images ingested by URL from a loopback image server are each fetched once; with that server stopped, a
   reranked search answers 200 with every hit reranked (the Reranker reads the stored copies).
@@ -20,18 +21,19 @@ import httpx
 import pytest
 from PIL import Image
 
-from bench.support.images import write_images
+from bench.support.images import data_uri, make_image, write_images
 from bench.support.metrics import metric_sum
 from bench.support.servers import BentoServer
-from tests.conftest import serve_bento
+from tests.conftest import own_reranker, serve_bento
 from tests.support.counting import CountingServer
 
 N = 20
 
 
 class Rig:
-    def __init__(self, server: BentoServer, media: Path, root: Path, images: CountingServer) -> None:
+    def __init__(self, server: BentoServer, media: Path, root: Path, images: CountingServer, embedder_url: str) -> None:
         self.server = server
+        self.embedder_url = embedder_url
         self.media = media
         self.root = root
         self.images = images
@@ -60,15 +62,16 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[Rig]:
+def rig(tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str]) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("media-e2e")
     root = tmp / "images"
     write_images(root, N)
     Image.new("RGB", (900, 300), (200, 30, 30)).save(root / "wide.png")
     images = CountingServer(root)
     try:
-        for server in serve_bento(tmp / "search", "service.search:Search"):
-            yield Rig(server, tmp / "search" / "media", root, images)
+        # Search and the Reranker that reads its media directory in one bento; the Embedder and Reader by URL
+        for server in serve_bento(tmp / "search", "service.search:Search", **own_reranker(model_urls)):
+            yield Rig(server, tmp / "search" / "media", root, images, model_urls["MMSEARCH_EMBEDDER_URL"])
     finally:
         images.stop()
 
@@ -144,14 +147,19 @@ def test_hits_carry_a_bounded_thumbnail_served_from_media(rig: Rig) -> None:
 
 
 def test_same_bytes_under_new_ids_do_not_reach_the_model(rig: Rig) -> None:
-    first = [{"id": f"c{i}", "image": rig.data_uri(f"img{i}.png")} for i in range(3)]
+    def model_inputs() -> float:  # counted by the Embedder (its own process: Search calls it by URL)
+        return metric_sum(rig.embedder_url, "mmsearch_inputs_total", service="embedder", input_type="document")
+
+    images = [data_uri(make_image(1000 + i)) for i in range(3)]  # bytes this service has not seen yet
+    before = model_inputs()
+    first = [{"id": f"c{i}", "image": image} for i, image in enumerate(images)]
     rig.post("/upsert", {"collection": "cache", "documents": first})
-    inputs = metric_sum(rig.server.url, "mmsearch_inputs_total", service="embedder", input_type="document")
+    inputs = model_inputs()
     hits = metric_sum(rig.server.url, "mmsearch_embedding_cache_hits_total")
-    assert inputs >= 3  # the first upsert did reach the model (the counter is read correctly)
-    again = [{"id": f"again{i}", "image": rig.data_uri(f"img{i}.png")} for i in range(3)]
+    assert inputs - before == 3  # the first upsert did reach the model (the counter is read correctly)
+    again = [{"id": f"again{i}", "image": image} for i, image in enumerate(images)]
     rig.post("/upsert", {"collection": "cache", "documents": again})
-    assert metric_sum(rig.server.url, "mmsearch_inputs_total", service="embedder", input_type="document") == inputs
+    assert model_inputs() == inputs
     assert metric_sum(rig.server.url, "mmsearch_embedding_cache_hits_total") == hits + 3
     got = rig.post("/get", {"collection": "cache", "ids": ["c0", "again0"], "include_embedding": True})["documents"]
     assert got[0]["embedding"] == got[1]["embedding"] and got[0]["image"] == got[1]["image"]

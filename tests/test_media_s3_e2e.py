@@ -1,6 +1,7 @@
-"""``MMSEARCH_MEDIA_URI=s3://bucket/prefix`` (issue #15.2) through a real composed bento against the moto S3
-emulator on loopback: ingest stores the image and its thumbnail as objects, a reranked search reads them (the
-Reranker resolves ``media://`` from the bucket), ``/media`` serves them, and nothing is written to a local directory.
+"""``MMSEARCH_MEDIA_URI=s3://bucket/prefix`` (issue #15.2) through a real bento (Search and its Reranker) against
+the moto S3 emulator on loopback: ingest stores the image and its thumbnail as objects, a reranked search reads them
+(the Reranker resolves ``media://`` from the bucket), ``/media`` serves them, and nothing is written to a local
+directory.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ from PIL import Image
 
 from bench.support.images import data_uri, make_image, png_bytes
 from bench.support.servers import BentoServer
-from tests.conftest import serve_bento
+from tests.conftest import own_reranker, serve_bento
 from tests.support.s3 import MotoServer
 
 
 @pytest.fixture(scope="module")
 def s3_search(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models: object, s3_server: MotoServer
+    tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str], s3_server: MotoServer
 ) -> Iterator[tuple[BentoServer, str, Path]]:
     tmp = tmp_path_factory.mktemp("media-s3")
     bucket = s3_server.new_bucket("media")
     # the AWS_* variables of the emulator are in this process's environment (s3_server) and reach the bento
-    for server in serve_bento(tmp, "service.search:Search", MMSEARCH_MEDIA_URI=f"s3://{bucket}/stored"):
+    # Search and its Reranker in one bento, both on the bucket; the Embedder and Reader by URL
+    env = {**own_reranker(model_urls), "MMSEARCH_MEDIA_URI": f"s3://{bucket}/stored"}
+    for server in serve_bento(tmp, "service.search:Search", **env):
         yield server, bucket, tmp
 
 

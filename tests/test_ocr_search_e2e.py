@@ -24,7 +24,7 @@ from PIL import Image
 from bench.support.images import Box, data_uri, overlap, text_image
 from bench.support.servers import REPO, BentoServer, free_port
 from service.config import LITE_EMBEDDER
-from tests.conftest import serve_bento
+from tests.conftest import serve_wired_search
 
 pytestmark = pytest.mark.e2e
 
@@ -215,13 +215,16 @@ def test_image_query_is_read_and_finds_the_screenshot(lite_server: BentoServer, 
 
 
 @pytest.fixture(scope="module")
-def reranking_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
-    """Tiny CLIP (images keep their image embedding), OCR on, a tiny text-only cross-encoder as reranker."""
-    yield from serve_bento(
+def reranking_server(
+    tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str], text_reranker_server: BentoServer
+) -> Iterator[BentoServer]:
+    """Tiny CLIP (images keep their image embedding), OCR on (the session's Reader), a tiny text-only
+    cross-encoder as reranker (the session's); Search calls them by URL."""
+    yield from serve_wired_search(
         tmp_path_factory.mktemp("ocr-rerank"),
-        "service.search:Search",
+        model_urls,
         MMSEARCH_OCR="on",
-        MMSEARCH_RERANKER_MODEL=str(tiny_models.text_reranker),
+        MMSEARCH_RERANKER_URL=text_reranker_server.url,
     )
 
 

@@ -1,4 +1,4 @@
-"""The search page in a real headless Chromium against a real composed bento (API keys on) on loopback.
+"""The search page in a real headless Chromium against a real Search bento (API keys on) on loopback.
 
 Every test drives the page as a person would (typing, clicking, keyboard, file pickers, paste and drop events),
 fails on any console error it did not expect (CSP violations and uncaught exceptions included), runs axe-core on
@@ -19,7 +19,7 @@ from mmsearch_client.inputs import content_id
 from bench.support.browser import PageSession
 from bench.support.images import data_uri, make_image, overlap, png_bytes, text_image
 from bench.support.servers import BentoServer
-from tests.conftest import serve_bento
+from tests.conftest import serve_wired_search
 
 pytest.importorskip("playwright")  # the test extra pins it; this only names the problem on a bare venv
 from playwright.sync_api import expect
@@ -53,8 +53,9 @@ def image_meta(i: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    yield from serve_bento(tmp_path_factory.mktemp("page"), "service.search:Search", MMSEARCH_API_KEYS=KEY)
+def search(tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str]) -> Iterator[BentoServer]:
+    """Search with API keys on, wired to the session's model services by URL (the page talks to Search only)."""
+    yield from serve_wired_search(tmp_path_factory.mktemp("page"), model_urls, MMSEARCH_API_KEYS=KEY)
 
 
 @pytest.fixture(scope="module")
@@ -386,12 +387,12 @@ TRAVEL = "Travel policy for the Lisbon office"
 
 
 @pytest.fixture(scope="module")
-def ocr_search(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[BentoServer]:
-    """A bento reading image documents with its real Reader, API keys off. Its reranker budget is 1 µs, so a
-    ``rerank: "auto"`` search answers in retrieval order with a real ``warnings`` entry saying why."""
-    yield from serve_bento(
+def ocr_search(tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str]) -> Iterator[BentoServer]:
+    """A Search reading image documents with the session's real Reader, API keys off. Its reranker budget is 1 µs,
+    so a ``rerank: "auto"`` search answers in retrieval order with a real ``warnings`` entry saying why."""
+    yield from serve_wired_search(
         tmp_path_factory.mktemp("page-ocr"),
-        "service.search:Search",
+        model_urls,
         MMSEARCH_OCR="on",
         MMSEARCH_RERANK_TIMEOUT_S="1e-6",
     )

@@ -16,7 +16,7 @@ import pytest
 from bench.priority import bulk_body, bulk_ingest, seed_collection
 from bench.support.metrics import metric_sum, samples
 from bench.support.servers import BentoServer
-from tests.conftest import serve_bento
+from tests.conftest import serve_bento, serve_wired_search
 
 pytestmark = pytest.mark.e2e
 
@@ -49,8 +49,13 @@ def fifo_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def search_prio_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
-    yield from serve_bento(tmp_path_factory.mktemp("search-prio"), "service.search:Search", **LIMITS)
+def search_prio_server(
+    tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str], prio_server: BentoServer
+) -> Iterator[BentoServer]:
+    """Search (query priority on by default) with the same limits, calling this module's priority Embedder."""
+    yield from serve_wired_search(
+        tmp_path_factory.mktemp("search-prio"), model_urls, MMSEARCH_EMBEDDER_URL=prio_server.url, **LIMITS
+    )
 
 
 def _queue_depth(url: str) -> float:
@@ -62,23 +67,29 @@ def _docs(n: int = DOCS) -> list[str]:
 
 
 async def _query_behind_bulk(
-    url: str, bulk_route: str, bulk: dict[str, object], query_route: str, query: dict[str, object]
+    url: str,
+    bulk_route: str,
+    bulk: dict[str, object],
+    query_route: str,
+    query: dict[str, object],
+    embedder_url: str | None = None,
 ) -> tuple[bool, float, httpx.Response]:
     """Post one bulk request, wait until its documents wait in the Embedder's queue, send one query.
 
     Returns whether the bulk request was still being served when the query was answered, the Embedder's queue
-    depth right then, and the bulk response.
+    depth right then (read from ``embedder_url``, default ``url``), and the bulk response.
     """
+    embedder_url = embedder_url or url
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         task = asyncio.create_task(c.post(bulk_route, json=bulk))
         give_up = asyncio.get_running_loop().time() + 120
-        while _queue_depth(url) < DOCS // 2:  # the bulk request's documents are queued now
+        while _queue_depth(embedder_url) < DOCS // 2:  # the bulk request's documents are queued now
             assert asyncio.get_running_loop().time() < give_up, "the document queue never filled"
             assert not task.done(), task.result().text[:200]
             await asyncio.sleep(0.005)
         answer = await c.post(query_route, json=query)
         assert answer.status_code == 200, answer.text[:200]
-        pending, depth = not task.done(), _queue_depth(url)
+        pending, depth = not task.done(), _queue_depth(embedder_url)
         return pending, depth, await task
 
 
@@ -101,14 +112,14 @@ def test_without_query_priority_the_query_waits_its_turn(fifo_server: BentoServe
     assert _holds(fifo_server.url) == {}  # and no document work ever waited for a query
 
 
-def test_a_search_overtakes_a_bulk_upsert(search_prio_server: BentoServer) -> None:
+def test_a_search_overtakes_a_bulk_upsert(search_prio_server: BentoServer, prio_server: BentoServer) -> None:
     """Through Search: ``/search`` embeds its query at the Embedder ahead of an ``/upsert``'s queued documents."""
     url = search_prio_server.url
     bulk = {"documents": [{"id": f"page-{i}", "text": t} for i, t in enumerate(_docs())]}
     query = {"query": "where is the revenue chart", "rerank": False, "top_k": 5}
     seed = httpx.post(f"{url}/upsert", json={"documents": [{"id": "seed", "text": "seed"}]}, timeout=120)
     assert seed.status_code == 200, seed.text[:200]
-    pending, depth, resp = asyncio.run(_query_behind_bulk(url, "/upsert", bulk, "/search", query))
+    pending, depth, resp = asyncio.run(_query_behind_bulk(url, "/upsert", bulk, "/search", query, prio_server.url))
     assert resp.status_code == 200 and resp.json()["upserted"] == DOCS
     assert pending and depth > 0, (pending, depth)
 

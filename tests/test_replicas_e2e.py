@@ -55,18 +55,15 @@ def fresh_name() -> str:
 def replicas(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    embedder_server: BentoServer,
+    model_urls: dict[str, str],
     reranker_server: BentoServer,
 ) -> Iterator[Replicas]:
     tmp = tmp_path_factory.mktemp(f"replicas-{request.param}")
     uri = backend_uri(request.param, request, tmp)
-    shared = {
-        "MMSEARCH_INDEX_URI": uri,
-        # one media store on S3 (moto) for both replicas and the Reranker (it reads the candidates' images from it)
-        "MMSEARCH_MEDIA_URI": reranker_server.env["MMSEARCH_MEDIA_URI"],
-        "MMSEARCH_EMBEDDER_URL": embedder_server.url,
-        "MMSEARCH_RERANKER_URL": reranker_server.url,
-    }
+    # the session's Embedder, Reranker and Reader by URL, and one media store on S3 (moto) for both replicas and
+    # the Reranker (it reads the candidates' images from it)
+    shared = {**model_urls, "MMSEARCH_INDEX_URI": uri}
+    assert shared["MMSEARCH_MEDIA_URI"] == reranker_server.env["MMSEARCH_MEDIA_URI"]
     servers = []
     for name in ("a", "b"):
         home = tmp / name

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,6 @@ from sentence_transformers import CrossEncoder
 from bench.support.images import data_uri, decode, make_image, png_bytes
 from bench.support.metrics import metric_sum
 from bench.support.servers import BentoServer, StaticServer
-from tests.conftest import serve_bento
 from tests.test_embedder_e2e import run_hostile_battery
 
 pytestmark = pytest.mark.e2e
@@ -24,15 +22,6 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def vlm_ce(tiny_models) -> CrossEncoder:  # type: ignore[no-untyped-def]
     return CrossEncoder(str(tiny_models.vlm_reranker), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def text_reranker_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
-    yield from serve_bento(
-        tmp_path_factory.mktemp("text-reranker"),
-        "service.reranker:Reranker",
-        MMSEARCH_RERANKER_MODEL=str(tiny_models.text_reranker),
-    )
 
 
 def rerank(server: BentoServer, body: dict, route: str = "/rerank") -> httpx.Response:
