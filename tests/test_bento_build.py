@@ -62,8 +62,8 @@ def build_bento(home: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_bento(tmp_path_factory.mktemp("bentoml-home"))
+def bento(built_bento: Path) -> Path:
+    return built_bento
 
 
 @pytest.fixture(scope="module")

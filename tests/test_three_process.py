@@ -32,7 +32,6 @@ import pytest
 
 from bench.support.metrics import metric_sum
 from bench.support.servers import BentoServer, bento_env
-from tests.test_bento_build import build_bento
 
 pytestmark = pytest.mark.e2e
 
@@ -100,11 +99,9 @@ def sigterm_and_wait(server: BentoServer, bound: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: object, built_bento: Path) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("three-process")
-    t0 = time.monotonic()
-    bento = build_bento(tmp / "bentoml-home")
-    TIMINGS["build_s"] = round(time.monotonic() - t0, 2)
+    bento = built_bento
     # batch size 1 keeps 16 x 64 inputs in flight for ~2 s (the graceful-shutdown test needs requests in flight)
     embedder = service_server(bento, "Embedder", tmp, MMSEARCH_MAX_BATCH_SIZE="1")
     reranker = service_server(bento, "Reranker", tmp)
