@@ -170,11 +170,25 @@ def test_loadtest_run(out: Path) -> None:
     assert {"p99_ms", "failures", "met"} <= set(body["goal"])
 
 
-def test_gpu_batching(out: Path) -> None:
-    from bench import gpu_batching
+@pytest.fixture(scope="module")
+def gpu_dry_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: object
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """One ``bench/gpu.sh --dry-run`` for the module: its first harness is ``bench.gpu_batching --tiny`` (the
+    GPU-shaped model over HTTP), checked by ``test_gpu_batching``; the script itself by ``test_gpu_script_dry_run``."""
+    out = tmp_path_factory.mktemp("gpu-dry-run")
+    env = {**os.environ, "MMSEARCH_BENCH_OUT": str(out), "MMSEARCH_TINY_DIR": str(tiny_dir())}
+    r = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run"], env=env, capture_output=True, text=True, timeout=900
+    )
+    return r, out
 
-    gpu_batching.main(["--tiny", "--out", str(out)])
-    body = load(out / "gpu_batching-gpu-shaped-tiny.json")
+
+@pytest.mark.timeout(900)  # two harnesses with their bentos: ~1 min here when quiet, longer on a busy machine
+def test_gpu_batching(gpu_dry_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    r, out = gpu_dry_run
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    body = load(out / "gpu_batching-dryrun.json")
     assert set(body["coalesce"]) == {"auto", "0"}
     assert body["coalesce"]["auto"]["chosen_ms"] > 0 and body["coalesce"]["0"]["chosen_ms"] == 0  # GPU-shaped: on
     for setting in body["coalesce"].values():
@@ -196,17 +210,15 @@ def test_gpu_script_without_a_gpu_says_so(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # nothing measured, nothing written
 
 
-@pytest.mark.timeout(900)  # two harnesses with their bentos: ~2 min here when quiet, longer on a busy machine
-def test_gpu_script_dry_run(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)  # two harnesses with their bentos: ~1 min here when quiet, longer on a busy machine
+def test_gpu_script_dry_run(gpu_dry_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """``bench/gpu.sh --dry-run``: both GPU harnesses end to end on CPU at toy size."""
-    env = {**os.environ, "MMSEARCH_BENCH_OUT": str(tmp_path), "MMSEARCH_TINY_DIR": str(tiny_dir())}
-    r = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run"], env=env, capture_output=True, text=True, timeout=900
-    )
+    r, out = gpu_dry_run
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "B parameters" in r.stdout  # the 2B config built on the meta device
     assert "the service chose 5.0 ms" in r.stdout  # MMSEARCH_BATCH_COALESCE_MS=auto on an accelerated model
-    assert load(tmp_path / "gpu_batching-dryrun.json")["coalesce"]["auto"]["chosen_ms"] == 5.0
-    assert load(tmp_path / "serving-qwen3vl-dryrun.json")["embedder"]["workloads"]
+    assert load(out / "gpu_batching-dryrun.json")["coalesce"]["auto"]["chosen_ms"] == 5.0
+    assert load(out / "serving-qwen3vl-dryrun.json")["embedder"]["workloads"]
 
 
 def test_peer_model_dir_is_equal_work(tmp_path: Path) -> None:
