@@ -152,6 +152,11 @@ class Search:
         )
         self._deps_seen_ready = False
 
+    @bentoml.on_shutdown
+    def _close_index(self) -> None:
+        """Stop the index's background maintenance (a pass in progress gets a few seconds) and release it."""
+        self.index.close()
+
     async def __is_ready__(self) -> bool:
         """Ready once both dependencies have answered /readyz (afterwards their outages are answered per request:
         fast 503 ``*_unavailable``, or ``rerank: "auto"`` falling back to retrieval), and while the storage can be

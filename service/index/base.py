@@ -184,6 +184,11 @@ class VectorIndex(ABC):
         """Every distinct stored ``image`` value of the collection (the media garbage collector's mark phase)."""
         raise NotImplementedError(f"{self.backend} cannot list image references")
 
+    def wait_for_maintenance(self, timeout: float = 60.0) -> bool:
+        """Block until background maintenance (ANN index builds, compaction) has nothing running or pending;
+        ``False`` on timeout. Writes never wait for it; tests and benchmarks that need the index call this."""
+        return True
+
     @abstractmethod
     def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
         """Create the collection on first use; raise ``CollectionMismatch`` if it exists with another dim/model."""

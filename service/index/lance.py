@@ -4,9 +4,10 @@
 * Filters: a ``list<string>`` column of filter terms (``array_has``) plus the metadata as a ``lance.json`` column
   (``json_get`` + ``TRY_CAST`` for numeric ranges); see :mod:`service.index.filters`. They are passed to
   ``where(..., prefilter=True)``, so they restrict the candidate set before the top-k is taken.
-* Search is exact (flat scan) until a collection holds more than ``ann_threshold`` rows; the upsert that crosses
-  it builds an IVF_HNSW_SQ cosine index (plus a LABEL_LIST index on the filter terms). Rows written later are
-  searched exactly until ``optimize()`` folds them into the index, which upsert triggers as they accumulate.
+* Search is exact (flat scan) until a collection holds more than ``ann_threshold`` rows; once it does, the
+  background maintenance thread (:mod:`service.index.maintenance`, never the upsert) builds an IVF_HNSW_SQ cosine
+  index (plus a LABEL_LIST index on the filter terms); until it exists search stays exact. Rows written later are
+  searched exactly until ``optimize()`` folds them into the index, which that thread runs as they accumulate.
 * Exact search runs on an in-memory copy of the vectors and hit columns, per table version. Writers hold their own
   lock (a query never waits for a commit) and patch that copy with the rows they wrote, so queries during an
   ingest do not re-read the table after every write.
@@ -24,9 +25,10 @@
   searched too (flat), so an acknowledged upsert is found by keyword at once; upsert folds them into the index as
   they accumulate. Filters apply as prefilters, as for vector search.
 * Storage stays bounded: a delete that matches nothing commits nothing, and every ``MAINTAIN_EVERY_WRITES``
-  writes to a collection (any size) a background thread compacts its fragments and removes the versions older
-  than ``version_retention`` (``MMSEARCH_INDEX_VERSION_RETENTION_S``), off the request path. Other processes may
-  still be reading a version being removed; the retention must exceed the longest read (minutes by default).
+  writes to a collection (any size) the background thread compacts its fragments and removes the versions older
+  than ``version_retention`` (``MMSEARCH_INDEX_VERSION_RETENTION_S``), off the request path and without the
+  writers' lock (a compaction that loses a commit race is retried with backoff). Other processes may still be
+  reading a version being removed; the retention must exceed the longest read (minutes by default).
 * Format 2 (OCR and keyword columns). A collection written by format 1 is migrated when opened: the new columns
   are added (``fts`` from ``text``), the index built, and the ``fts`` column's metadata records format 2.
 """
@@ -71,6 +73,7 @@ from service.index.base import (
     order_by_ids,
     prepare_docs,
 )
+from service.index.maintenance import Maintenance
 from service.ocr import lines_from_json, lines_to_json
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,8 @@ DEFAULT_VERSION_RETENTION = timedelta(minutes=5)
 """Table versions younger than this are kept (readers in other processes may be on them)."""
 MAINTAIN_EVERY_WRITES = 64
 """Writes to a collection (in this process) between two background compactions and version clean-ups."""
+LOCKED_AFTER_FAILURES = 3
+"""Failed maintenance passes in a row after which a compaction holds the writers' lock (see ``_maintain``)."""
 
 
 def _schema(dimension: int, model: str) -> pa.Schema:
@@ -233,7 +238,8 @@ class LanceIndex(VectorIndex):
         self._matrices: dict[str, _Matrix] = {}
         self._keyword_data: dict[str, tuple[bytes, int, bool]] = {}  # name -> (creation id, version, any text)
         self._retention = version_retention
-        self._maintenance = _Maintenance(self._compact)
+        self._maintenance_every = MAINTAIN_EVERY_WRITES
+        self._maintenance = Maintenance(self._maintain, thread_name="lance-maintenance")
 
     # --- collections ------------------------------------------------------------------------------------------
 
@@ -398,6 +404,7 @@ class LanceIndex(VectorIndex):
                     return False
                 raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch") from None
             self._forget(name)
+            self._maintenance.forget(name)
             try:
                 self._db.drop_table(name)
             except Exception as e:
@@ -456,13 +463,9 @@ class LanceIndex(VectorIndex):
             before = table.version
             merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
             self._commit(f"upsert into {name!r}", lambda: merge.execute(data))
-            self._maintenance.wrote(name)
             after = table.version
             self._patch_matrix(name, _creation_id(table), before, after, data)
-            self._maintain(name, table)
-            if table.version != after:  # an index build or compaction: rebuilt lazily by the next query
-                with self._lock:
-                    self._matrices.pop(name, None)
+        self._maintenance.wrote(name)  # index build and compaction: in the background (_maintain)
 
     def _patch_matrix(
         self,
@@ -522,25 +525,64 @@ class LanceIndex(VectorIndex):
                     return bool(stats.num_unindexed_rows > max(1_000, stats.num_indexed_rows // 10))
         return False
 
-    def _maintain(self, name: str, table: Any) -> None:
-        """Build the ANN index past the threshold; fold new rows into the indexes and compact small fragments."""
-        index = self._vector_index(table)
-        if index is None:
-            if self._fts_backlog(table):
+    def _maintain(self, name: str, writes: int, failures: int) -> bool:
+        """Background (:mod:`service.index.maintenance`): build the ANN index once the collection is past the
+        threshold; compact and fold new rows into the indexes every ``MAINTAIN_EVERY_WRITES`` writes or when a
+        backlog builds up. Returns whether it compacted.
+
+        Holds no lock writers take: a write never waits for a build or a compaction. A compaction that loses a
+        commit race with a writer fails (retried with backoff); after ``LOCKED_AFTER_FAILURES`` in a row it runs
+        holding the writers' lock, so a collection written without pause still gets compacted. Queries re-read
+        the exact matrix at the new version (or use the ANN index once it exists)."""
+        try:
+            table = self._table(name)
+            index = self._vector_index(table)
+            if index is None and table.count_rows() > self._ann_threshold:
+                self._build_ann(name, table)
+                return False
+            if not (writes >= self._maintenance_every or self._backlog(table, index)):
+                return False
+            if failures >= LOCKED_AFTER_FAILURES:
+                with self._write_lock:
+                    table.optimize(cleanup_older_than=self._retention)
+            else:
                 table.optimize(cleanup_older_than=self._retention)
-            if table.count_rows() > self._ann_threshold:
-                log.info("building IVF_HNSW_SQ index on collection %r", name)
-                table.create_index(VECTOR, config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
-                try:
-                    table.create_index(TERMS, config=LabelList(), name=TERMS_INDEX)
-                except Exception:  # an optimisation only; filters work without it
-                    log.exception("could not build the filter-term index on collection %r", name)
-            return
+            return True
+        except CollectionNotFound:
+            self._maintenance.forget(name)
+            return True
+        except Exception as e:
+            if _missing(e):
+                self._forget(name)
+                self._maintenance.forget(name)
+                return True
+            raise
+
+    def _build_ann(self, name: str, table: Any) -> None:
+        """Build the IVF_HNSW_SQ cosine index (and the filter-term index). Writers go on meanwhile: Lance commits
+        the index over the fragments it read; rows written since are searched flat until the next optimize."""
+        log.info("building IVF_HNSW_SQ index on collection %r (in the background)", name)
+        t0 = time.monotonic()
+        table.create_index(VECTOR, config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
+        try:
+            table.create_index(TERMS, config=LabelList(), name=TERMS_INDEX)
+        except Exception:  # an optimisation only; filters work without it
+            log.exception("could not build the filter-term index on collection %r", name)
+        with self._lock:
+            self._matrices.pop(name, None)  # searches use the index from now on
+        log.info("index of collection %r built in %.1f s", name, time.monotonic() - t0)
+
+    def _backlog(self, table: Any, index: Any | None) -> bool:
+        """Whether rows outside the vector or full-text index, or small fragments, have piled up."""
+        if self._fts_backlog(table):
+            return True
+        if index is None:
+            return False
         stats = table.index_stats(index.name)
         unindexed = stats.num_unindexed_rows if stats is not None else 0
-        small = table.stats()["fragment_stats"]["num_small_fragments"]
-        if unindexed > max(1_000, (stats.num_indexed_rows if stats else 0) // 10) or small > MAX_SMALL_FRAGMENTS:
-            table.optimize(cleanup_older_than=self._retention)
+        if unindexed > max(1_000, (stats.num_indexed_rows if stats else 0) // 10):
+            return True
+        return bool(table.stats()["fragment_stats"]["num_small_fragments"] > MAX_SMALL_FRAGMENTS)
 
     def _rows_by_id(self, table: Any, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -565,28 +607,12 @@ class LanceIndex(VectorIndex):
                 if not chunk:
                     continue
                 result = self._commit(f"delete from {name!r}", partial(table.delete, col("id").isin(chunk)))
-                self._maintenance.wrote(name)
                 deleted += int(getattr(result, "num_deleted_rows", 0))
                 before, version = version, table.version
                 self._patch_matrix(name, _creation_id(table), before, version, None, chunk)
+        if deleted:
+            self._maintenance.wrote(name)
         return deleted
-
-    def _compact(self, name: str) -> None:
-        """Background: compact the collection's fragments, fold new rows into its indexes and remove old versions.
-
-        Holds the write lock (writers of this process wait, queries do not); the next query re-reads the exact
-        matrix at the new version."""
-        with self._write_lock:
-            try:
-                table = self._table(name)
-                table.optimize(cleanup_older_than=self._retention)
-            except CollectionNotFound:
-                return
-            except Exception as e:
-                if _missing(e):
-                    self._forget(name)
-                    return
-                raise
 
     def wait_for_maintenance(self, timeout: float = 60.0) -> bool:
         """Block until no background maintenance is pending or running (tests, shutdown); ``False`` on timeout."""
@@ -781,68 +807,3 @@ class LanceIndex(VectorIndex):
         self._maintenance.close()
         with self._lock:
             self._tables.clear()
-
-
-class _Maintenance:
-    """Runs ``work(name)`` on a daemon thread for each collection written ``MAINTAIN_EVERY_WRITES`` times.
-
-    Requests only count their writes and, every so often, queue the collection (at most once); a failure is
-    logged (rate-limited by the logging setup) and the collection is queued again by later writes."""
-
-    def __init__(self, work: Callable[[str], None], every: int = MAINTAIN_EVERY_WRITES) -> None:
-        self._work = work
-        self._every = every
-        self._writes: dict[str, int] = {}
-        self._pending: list[str] = []
-        self._busy = False
-        self._closed = False
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def wrote(self, name: str) -> None:
-        with self._cond:
-            count = self._writes.get(name, 0) + 1
-            if count < self._every:
-                self._writes[name] = count
-                return
-            self._writes[name] = 0
-            if self._closed or name in self._pending:
-                return
-            self._pending.append(name)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lance-maintenance", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                name = self._pending.pop(0)
-                self._busy = True
-            try:
-                t0 = time.monotonic()
-                self._work(name)
-                log.debug("collection %r compacted in %.2f s", name, time.monotonic() - t0)
-            except Exception as e:
-                log.warning("background maintenance of collection %r failed: %s", name, type(e).__name__)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._pending.clear()
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=60)

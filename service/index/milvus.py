@@ -10,10 +10,12 @@
 * Filters compile to ``array_contains``/``array_contains_any`` on ``terms`` and ``metadata["key"]`` comparisons
   (see :mod:`service.index.filters`) and are passed as the search ``filter``: Milvus evaluates them before the
   top-k (Milvus Lite builds a row mask and hands it to the brute-force/FAISS search).
-* Index: FLAT (exact) cosine. On a Milvus server the upsert that takes a collection past ``ann_threshold`` rows
+* Index: FLAT (exact) cosine. On a Milvus server, once a write takes a collection past ``ann_threshold`` rows,
+  the background maintenance thread (:mod:`service.index.maintenance`; the upsert itself returns at once)
   releases it, seals its segments (flush), swaps the index for HNSW (M=16, efConstruction=200) and reloads it
-  (searched with ``ef >= 200``; the server falls back to brute force for selective filters); other processes'
-  searches meanwhile wait for the reload. Rows written later sit in growing segments until Milvus seals them:
+  (searched with ``ef >= 200``; the server falls back to brute force for selective filters); searches and this
+  process's writes meanwhile wait for the reload (a failed swap is retried with backoff). Rows written later sit
+  in growing segments until Milvus seals them:
   those are searched exactly only with ``queryNode.segcore.interimIndex.enableIndex=false`` on the server (its
   default interim IVF index measured recall@10 0.47; see deploy/kubernetes/README.md). Milvus Lite stays FLAT at
   any size: its FAISS HNSW misses the matches of selective filters, and its per-row Python overhead dominates
@@ -64,6 +66,7 @@ from service.index.base import (
     order_by_ids,
     prepare_docs,
 )
+from service.index.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,6 +203,7 @@ class MilvusIndex(VectorIndex):
         self._loaded: set[str] = set()
         self._ann: set[str] = set()
         self._unflushed: dict[str, int] = {}
+        self._maintenance = Maintenance(self._maintain, thread_name="milvus-maintenance")
 
     # --- collections ------------------------------------------------------------------------------------------
 
@@ -376,6 +380,7 @@ class MilvusIndex(VectorIndex):
         with self._write_lock:
             self._forget(name)
             self._unflushed.pop(name, None)
+            self._maintenance.forget(name)
             if not self._client.has_collection(name):
                 return False
             if self._describe(name) is None:
@@ -460,7 +465,26 @@ class MilvusIndex(VectorIndex):
                 self._client.flush(name)
                 pending = 0
             self._unflushed[name] = pending
-        self._maybe_build_ann(name)
+        else:
+            self._maintenance.wrote(name)  # the HNSW swap past the threshold: in the background (_maintain)
+
+    def _maintain(self, name: str, writes: int, failures: int) -> bool:
+        """Background (:mod:`service.index.maintenance`): swap FLAT for HNSW once the collection is past the
+        threshold. The count is read without the writers' lock; the swap holds it, because the collection is
+        released meanwhile and a write could not be acknowledged (its Strong read needs the collection loaded)."""
+        if self._closed:
+            return True
+        try:
+            if name in self._ann or self._fresh(name, lambda _: self._count(name)) <= self._ann_threshold:
+                return True
+            with self._write_lock:
+                self._fresh(name, lambda _: self._maybe_build_ann(name))
+        except CollectionNotFound:
+            self._maintenance.forget(name)
+        return True
+
+    def wait_for_maintenance(self, timeout: float = 60.0) -> bool:
+        return self._maintenance.wait_idle(timeout)
 
     def _maybe_build_ann(self, name: str) -> None:
         if self._lite_path:
@@ -603,6 +627,7 @@ class MilvusIndex(VectorIndex):
         if self._closed:
             return
         self._closed = True
+        self._maintenance.close()
         try:
             self._client.close()
         finally:
