@@ -157,6 +157,23 @@ def test_stage_timings(rig: Rig) -> None:
     assert (off.timings_ms.rerank, off.timings_ms.total) == pytest.approx((0, 12))
 
 
+def test_hit_conversion_is_timed_as_retrieval_not_rerank(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turning index hits into API hits (1 ms each here) counts in ``retrieve``; ``rerank`` is the Reranker's
+    30 ms and nothing else."""
+    import service.pipeline as pipeline
+
+    convert = pipeline._search_hit
+
+    def slow_convert(c: Any) -> Any:
+        rig.clock.tick(0.001)
+        return convert(c)
+
+    monkeypatch.setattr(pipeline, "_search_hit", slow_convert)
+    rig.reranker.score = by_text
+    t = rig.search(rerank=True).timings_ms
+    assert (t.embed, t.retrieve, t.rerank, t.total) == pytest.approx((10, 2 + 5, 30, 47))
+
+
 def test_shortlist_is_raised_to_top_k(tmp_path: Path) -> None:
     rig = Rig(tmp_path, max_candidates=8)
     rig.upsert([{"id": f"d{i}", "text": f"t{i}", "embedding": near("q", 0.1 * i)} for i in range(6)])
@@ -281,3 +298,24 @@ def test_embedder_replaced_by_another_model_is_noticed(tmp_path: Path) -> None:
     info = rig.index.get_collection("new")
     assert (info.model, info.dimension) == ("new-model", DIM * 2)
     assert asyncio.run(rig.pipeline.embedder_info())["model"] == "new-model"
+
+
+def test_a_redeployed_embedder_with_another_model_of_the_same_dimension_gets_409s(tmp_path: Path) -> None:
+    """Search caches the Embedder's /info for its life; a model swapped behind it (same dimension) must not mix
+    vectors of two models in one collection, on either path."""
+    rig = Rig(tmp_path)
+    rig.upsert([{"id": "a", "text": "q"}])
+    assert [h.id for h in rig.search(rerank=False).hits] == ["a"]  # collection model cached
+    rig.embedder.model = "new-model"  # same dimension
+    with pytest.raises(ApiError) as err:
+        rig.search(rerank=False)
+    assert (err.value.status, err.value.code, err.value.field) == (409, "collection_mismatch", "collection")
+    assert "'fake-model'" in err.value.message and "'new-model'" in err.value.message
+    with pytest.raises(ApiError) as err:
+        rig.upsert([{"id": "b", "text": "other"}])
+    assert (err.value.status, err.value.code) == (409, "collection_mismatch")
+    assert [d.id for d in rig.index.get("c", ["a", "b"])] == ["a"]  # nothing of the new model written
+    assert asyncio.run(rig.pipeline.embedder_info())["model"] == "new-model"
+    rig.upsert([{"id": "b", "text": "q"}], collection="fresh")  # a new collection takes the new model
+    req = SearchRequest(collection="fresh", query="q", rerank=False)
+    assert [h.id for h in asyncio.run(rig.pipeline.search(req)).hits] == ["b"]
