@@ -57,9 +57,17 @@ class S3MediaStore:
             raise RuntimeError(f"media store {self.uri}: bucket {self.bucket!r} is not reachable: {e}") from e
 
     def put(self, name: str, data: bytes) -> None:
+        if self.touch(name):
+            return
+        self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+
+    def touch(self, name: str) -> bool:
+        """Refresh LastModified (the GC grace period, see age_s) by copying the object onto itself; ``False`` if
+        it is not stored."""
         key = self._key(name)
-        if self.exists(name):
-            # Refresh LastModified (the GC grace period, see age_s): copy the object onto itself.
+        if not self.exists(name):
+            return False
+        try:
             self._s3.copy_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -67,8 +75,21 @@ class S3MediaStore:
                 MetadataDirective="REPLACE",
                 Metadata={"touched": str(time.time())},
             )
-            return
-        self._s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as e:
+            if _is_missing(e):
+                return False
+            raise
+        return True
+
+    def delete_if_idle(self, name: str, grace_s: float) -> bool:
+        """Delete ``name`` unless stored or touched in the last ``grace_s`` seconds. The caller holds the media
+        store's lock for ``name`` (``MediaStore.lock_for``), so a writer of this process cannot touch it in
+        between; another process's touch between this check and the delete is not seen (S3 has no rename)."""
+        age = self.age_s(name)
+        if age is None or age < grace_s:
+            return False
+        self.delete(name)
+        return True
 
     def get(self, name: str) -> bytes | None:
         try:

@@ -3,7 +3,11 @@
 Mark and sweep over the whole store, because one image may be referenced by documents of several collections (it is
 stored once, by content): mark = every collection's stored ``image`` values (``VectorIndex.image_refs``); sweep =
 every stored name not marked and older than ``grace_s``. The grace period covers an upsert in flight (its media are
-written before its documents) and a replica whose index view lags; storing a known image again restarts it.
+written before its documents) and a replica whose index view lags; storing a known image again restarts it (image
+and thumbnail). The age check and the delete happen under ``MediaStore.lock_for(name)``, which ingest holds while
+it stores or touches that name, and a local delete renames the file aside and re-checks its age first
+(``LocalBlobs.delete_if_idle``), so a re-upsert of the same bytes by this or another process is never lost between
+the check and the delete (on S3, only within one process).
 """
 
 from __future__ import annotations
@@ -47,11 +51,14 @@ def collect(index: VectorIndex, media: MediaStore, grace_s: float) -> int:
     for name in list(media.blobs.names()):
         if name in keep:
             continue
-        age = media.blobs.age_s(name)
-        if age is None or age < grace_s:
-            continue
-        media.blobs.delete(name)
-        deleted += 1
+        # Under the lock ingest holds while it stores or touches this name: a re-upsert of the same bytes
+        # either touched it before the age check (young: kept) or waits and finds it gone (written again).
+        with media.lock_for(name):
+            age = media.blobs.age_s(name)
+            if age is None or age < grace_s:
+                continue
+            if media.blobs.delete_if_idle(name, grace_s):  # re-checked: another process may have touched it
+                deleted += 1
     if deleted:
         log.info("media gc: deleted %d unreferenced blobs", deleted)
     return deleted

@@ -23,6 +23,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from service.config import Settings
 
 SCHEME = "media://"
+LOCK_STRIPES = 64
+_HEX8 = re.compile(r"^[0-9a-f]{8}")
 THUMB_SIDE = 256
 """Longest side of a thumbnail, in pixels."""
 THUMB_SUFFIX = ".thumb.jpeg"
@@ -93,6 +96,8 @@ class Blobs(Protocol):
     def get(self, name: str) -> bytes | None: ...
     def exists(self, name: str) -> bool: ...
     def delete(self, name: str) -> None: ...
+    def touch(self, name: str) -> bool: ...
+    def delete_if_idle(self, name: str, grace_s: float) -> bool: ...
     def names(self) -> Iterator[str]: ...
     def age_s(self, name: str) -> float | None: ...
     def local_path(self, name: str) -> Path | None: ...
@@ -114,9 +119,7 @@ class LocalBlobs:
 
     def put(self, name: str, data: bytes) -> None:
         path = self._path(name)
-        if self.exists(name):
-            with contextlib.suppress(OSError):
-                os.utime(path)  # the GC's grace period starts over (see age_s)
+        if self.touch(name):  # stored already: the GC's grace period starts over (see age_s)
             return
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
@@ -158,6 +161,37 @@ class LocalBlobs:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(name))
 
+    def touch(self, name: str) -> bool:
+        """Restart ``name``'s GC grace period (its mtime); ``False`` if it is not stored."""
+        if not self.exists(name):
+            return False
+        try:
+            os.utime(self._path(name), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_if_idle(self, name: str, grace_s: float) -> bool:
+        """Delete ``name`` unless it was stored or touched in the last ``grace_s`` seconds, also by another process
+        sharing the directory: it is first renamed aside (a writer arriving then finds it missing and writes it
+        again), then its age is checked once more (a rename keeps the mtime, so a touch that came before the
+        rename shows) and it is put back if young. Returns whether it was deleted."""
+        path = self._path(name)
+        st = self._lstat(name)
+        if st is None or time.time() - st.st_mtime < grace_s:
+            return False
+        aside = self.root / f".gc-{name}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        st = os.lstat(aside)
+        if time.time() - st.st_mtime < grace_s or not stat.S_ISREG(st.st_mode):
+            os.rename(aside, path)  # touched between the checks (same bytes if rewritten meanwhile: by content)
+            return False
+        os.unlink(aside)
+        return True
+
     def names(self) -> Iterator[str]:
         if not self.root.is_dir():
             return
@@ -173,13 +207,15 @@ class LocalBlobs:
         return self._path(name) if self.exists(name) else None
 
     def sweep_temporary(self, max_age_s: float) -> int:
-        """Remove ``.tmp-*`` files older than ``max_age_s`` (left by a crash between write and rename)."""
+        """Remove ``.tmp-*`` files older than ``max_age_s`` (left by a crash between write and rename) and ``.gc-*``
+        files (a crash during a garbage collector's delete, see ``delete_if_idle``)."""
         n = 0
         if not self.root.is_dir():
             return 0
         now = time.time()
         for entry in os.scandir(self.root):
-            if entry.name.startswith(".tmp-") and now - entry.stat(follow_symlinks=False).st_mtime >= max_age_s:
+            leftover = entry.name.startswith((".tmp-", ".gc-"))
+            if leftover and now - entry.stat(follow_symlinks=False).st_mtime >= max_age_s:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     n += 1
@@ -207,6 +243,14 @@ class MediaStore:
 
     def __init__(self, blobs: Blobs | Path | str) -> None:
         self.blobs: Blobs = LocalBlobs(Path(blobs)) if isinstance(blobs, (str, Path)) else blobs
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+
+    def lock_for(self, name: str) -> threading.Lock:
+        """The lock ingest holds while it checks and stores (or touches) an image and its thumbnail, and the
+        garbage collector while it checks and deletes one of them: a re-upsert of the same bytes is never lost
+        between the collector's age check and its delete (``service.mediagc``). Keyed by the content hash."""
+        digest = name.removeprefix(SCHEME).split(".", 1)[0]
+        return self._locks[int(digest[:8], 16) % LOCK_STRIPES if _HEX8.match(digest) else 0]
 
     @classmethod
     def open(cls, uri: str) -> MediaStore:
@@ -235,15 +279,17 @@ class MediaStore:
         digest = hashlib.sha256(data).hexdigest()
         name = f"{digest}.{ext}"
         thumb: str | None = digest + THUMB_SUFFIX
-        if self.blobs.exists(digest + THUMB_SUFFIX) and self.blobs.exists(name):  # seen before: no new preview
-            self.blobs.put(name, data)  # an existing blob is only touched
-            return StoredImage(SCHEME + name, thumb)
-        preview = make_thumbnail(data)
-        if preview is None:
-            thumb = None
-        else:
-            self.blobs.put(digest + THUMB_SUFFIX, preview)
-        self.blobs.put(name, data)  # last: a stored image always has its thumbnail
+        with self.lock_for(name):
+            # Seen before: no new preview; both are touched (their GC grace period starts over), never rewritten.
+            if self.blobs.touch(digest + THUMB_SUFFIX) and self.blobs.touch(name):
+                return StoredImage(SCHEME + name, thumb)
+        preview = make_thumbnail(data)  # outside the lock: the slow part
+        with self.lock_for(name):
+            if preview is None:
+                thumb = None
+            else:
+                self.blobs.put(digest + THUMB_SUFFIX, preview)
+            self.blobs.put(name, data)  # last: a stored image always has its thumbnail
         return StoredImage(SCHEME + name, thumb)
 
     def read(self, ref: str) -> bytes | None:
