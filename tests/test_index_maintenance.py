@@ -121,7 +121,7 @@ def test_compaction_runs_in_the_background_without_the_writers_lock(tmp_path: Pa
     index.ensure_collection("c", DIM, "m")
     threads: list[tuple[str, bool]] = []
     optimize_seen = threading.Event()
-    real_table = index._table("c")
+    real_table = index._maintenance_handle("c")
 
     class Spy:
         def __getattr__(self, attr: str) -> Any:
@@ -136,7 +136,7 @@ def test_compaction_runs_in_the_background_without_the_writers_lock(tmp_path: Pa
             real_table.optimize(**kw)
             optimize_seen.set()
 
-    index._tables["c"] = Spy()
+    index._maintenance_handle = lambda name: Spy()  # type: ignore[method-assign]
     for i in range(8):
         index.upsert("c", _docs(vectors[i : i + 1], i))
     assert index.wait_for_maintenance(60)
