@@ -580,7 +580,8 @@ class LanceIndex(VectorIndex):
         threads, and in this process every query and write through LanceDB waited for it (measured: an upsert
         waited 381 s for a 50k-row build on 2 vCPUs, bench.upsert_growth). Writers go on meanwhile: Lance commits
         the index over the fragments it read; rows written since are searched flat until the next optimize.
-        ``close()`` stops a build in progress (nothing is committed then)."""
+        The child runs at a lower CPU priority (nice 10). ``close()`` stops a build in progress (nothing is
+        committed then)."""
         log.info("building IVF_HNSW_SQ index on collection %r (in a background process)", name)
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "service.index.lance", self._path, name]
@@ -859,4 +860,5 @@ def build_ann_index(path: str, name: str) -> None:
 
 
 if __name__ == "__main__":
+    os.nice(10)  # a background build yields the CPU to the service's requests
     build_ann_index(sys.argv[1], sys.argv[2])
