@@ -5,8 +5,8 @@
     .venv/bin/python -m bench.upsert_growth --tiny          # 0 -> 3,000 documents, 300 per upsert, threshold 1,500
 
 Upserts of documents with caller-supplied embeddings (dimension 512, as ViT-B/32; a short text each) through the
-index layer that Search uses (``service.index.open_index`` with ``MMSEARCH_ANN_THRESHOLD``'s default 50,000), one
-after the other, so the time measured is the index's alone (no model, no HTTP). Maintenance (the ANN build once
+index layer that Search uses (``service.index.factory.open_index``, ``MMSEARCH_ANN_THRESHOLD``'s default 50,000),
+one after the other, so the time measured is the index's alone (no model, no HTTP). Maintenance (the ANN build once
 past the threshold, compaction, folding new rows into the indexes) runs on the index's background thread; with
 ``--inline`` the same pass runs in the caller right after each upsert, which is what the upsert itself did before.
 
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch = args.batch or (300 if args.tiny else 1_000)
     threshold = args.threshold or (1_500 if args.tiny else 50_000)
 
-    from service.index import StoredDocument, open_index
+    from service.index import StoredDocument
+    from service.index.factory import open_index
     from service.index.lance import LanceIndex
 
     rng = np.random.default_rng(0)

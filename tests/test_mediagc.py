@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from bench.support.images import make_image, png_bytes
 from service import mediastore
 from service.mediagc import collect
 from service.mediastore import LocalBlobs, MediaStore, name_of, thumbnail_name
 from tests.support.fakes import MemoryIndex
-from tests.support.images import make_image, png_bytes
 
 HOUR = 3600.0
 

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.support.images import make_image, png_bytes
+from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
-from tests.support.images import make_image, png_bytes
-from tests.support.servers import BentoServer
 
 GRACE_S = 1.0
 
