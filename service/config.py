@@ -122,10 +122,10 @@ class Settings(BaseSettings):
     ocr_max_batch_size: int = Field(default=4, ge=1, le=256)
     """Images per Reader batch. PP-OCR reads one image at a time on CPU, so a batch buys queueing and priority,
     not speed: keep it small, a query image waits behind at most one document batch."""
-    ocr_max_latency_ms: int = Field(default=180_000, ge=1, le=600_000)
-    """Longest an image may wait in the Reader's queue before the request is answered 503 (``max_latency_ms`` of
-    the other services). Reading takes seconds per image on CPU: an upsert of 32 screenshots queues for a minute or
-    more, which ``max_latency_ms``'s 10 s would refuse."""
+    ocr_max_queue_wait_ms: int = Field(default=180_000, ge=1, le=600_000)
+    """Longest an image may wait in the Reader's queue before the request is answered 503 (``max_queue_wait_ms``
+    of the other services). Reading takes seconds per image on CPU: an upsert of 32 screenshots queues for a minute or
+    more, which ``max_queue_wait_ms``'s 10 s would refuse."""
     ocr_min_score: float = Field(default=0.5, ge=0, le=1)
     """Recognised lines with a lower confidence are dropped."""
 
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     """When the model frees up with fewer inputs queued than the last batch's requests will send back, wait up
     to this long for them (``service.batching``). ``auto``: 0 on CPU (a batch costs per input there), and
     ``GPU_COALESCE_MS`` on accelerators (a small batch costs almost what a full one does)."""
-    max_latency_ms: int = Field(default=10_000, ge=1, le=600_000)
+    max_queue_wait_ms: int = Field(default=10_000, ge=1, le=600_000)
     """Longest an input may wait in the batch queue before the request is answered 503 (with Retry-After)."""
     max_queue_size: int = Field(default=4096, ge=1)
     """Inputs waiting per model service; beyond it requests are refused with 429 and Retry-After."""
@@ -426,13 +426,31 @@ class ConfigError(RuntimeError):
     """Raised at start-up when an ``MMSEARCH_*`` variable is invalid."""
 
 
+RENAMED = {"max_queue_wait_ms": "MMSEARCH_MAX_LATENCY_MS", "ocr_max_queue_wait_ms": "MMSEARCH_OCR_MAX_LATENCY_MS"}
+"""Settings whose variable was renamed: the former name is still read when the new one is not set."""
+
+
+def _former_names() -> dict[str, Any]:
+    return {
+        field: os.environ[old]
+        for field, old in RENAMED.items()
+        if old in os.environ and f"MMSEARCH_{field.upper()}" not in os.environ
+    }
+
+
 def load_settings() -> Settings:
     """Read and validate settings from the environment, raising ``ConfigError`` with every bad variable named."""
+    former = _former_names()
     try:
-        return Settings()
+        return Settings(**former)
     except ValidationError as e:
-        lines = [f"  MMSEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()]
+        lines = [f"  {_variable(err['loc'], former)}: {err['msg']}" for err in e.errors()]
         raise ConfigError("invalid mmsearch configuration:\n" + "\n".join(lines)) from None
+
+
+def _variable(loc: tuple[int | str, ...], former: dict[str, Any]) -> str:
+    field = "_".join(str(p) for p in loc)
+    return RENAMED[field] if field in former else f"MMSEARCH_{field.upper()}"
 
 
 @lru_cache(maxsize=1)

@@ -43,7 +43,7 @@ class Reader:
             self.settings,
             self.adapter,
             max_batch_size=self.settings.ocr_max_batch_size,
-            max_latency_ms=self.settings.ocr_max_latency_ms,
+            max_queue_wait_ms=self.settings.ocr_max_queue_wait_ms,
         )
 
     async def read(
@@ -79,7 +79,7 @@ class Reader:
             "modalities": MODALITIES,
             "max_side": self.settings.ocr_max_side,
             "min_score": self.settings.ocr_min_score,
-            "max_latency_ms": self.settings.ocr_max_latency_ms,
+            "max_queue_wait_ms": self.settings.ocr_max_queue_wait_ms,
             **self.runtime.info(),
             "max_inputs_per_request": self.settings.max_inputs_per_request,
         }

@@ -73,10 +73,10 @@ class ModelRuntime(Generic[T, R]):
         adapter: ModelAdapter,
         *,
         max_batch_size: int | None = None,
-        max_latency_ms: int | None = None,
+        max_queue_wait_ms: int | None = None,
     ):
-        """``max_batch_size`` / ``max_latency_ms``: when the service's own setting differs from
-        ``MMSEARCH_MAX_BATCH_SIZE`` / ``MMSEARCH_MAX_LATENCY_MS`` (the Reader's ``MMSEARCH_OCR_*``)."""
+        """``max_batch_size`` / ``max_queue_wait_ms``: when the service's own setting differs from
+        ``MMSEARCH_MAX_BATCH_SIZE`` / ``MMSEARCH_MAX_QUEUE_WAIT_MS`` (the Reader's ``MMSEARCH_OCR_*``)."""
         self.service = service
         self.settings = settings
         self.adapter = adapter
@@ -101,7 +101,7 @@ class ModelRuntime(Generic[T, R]):
             coalesce_s=settings.coalesce_s(adapter.accelerated),
             max_batch_size=max_batch_size or settings.max_batch_size,
             max_queue_size=settings.max_queue_size,
-            max_wait_s=(max_latency_ms or settings.max_latency_ms) / 1000,
+            max_wait_s=(max_queue_wait_ms or settings.max_queue_wait_ms) / 1000,
             is_oom=is_oom,
             on_batch=self._observe,
             on_depth=self.metrics.queue_depth.labels(service).set,

@@ -498,7 +498,7 @@ def _overloaded_embedder_start(
         yield None
         return
     tmp = tmp_path_factory.mktemp("overloaded")
-    env = bento_env(tmp, MMSEARCH_MAX_QUEUE_SIZE="32", MMSEARCH_MAX_BATCH_SIZE="1", MMSEARCH_MAX_LATENCY_MS="1")
+    env = bento_env(tmp, MMSEARCH_MAX_QUEUE_SIZE="32", MMSEARCH_MAX_BATCH_SIZE="1", MMSEARCH_MAX_QUEUE_WAIT_MS="1")
     bg = BackgroundStart(BentoServer([BENTOML, "serve", "service.embedder:Embedder"], env, tmp / "server.log"))
     try:
         yield bg

@@ -175,3 +175,16 @@ def test_tiny_profile_without_its_builder_says_why(monkeypatch: pytest.MonkeyPat
     s = settings(profile="tiny")
     with pytest.raises(ModelLoadError, match=r"MMSEARCH_PROFILE=tiny: .*service/tiny.py.* the bento does not"):
         _load(SentenceTransformer, s, s.model_spec("embedder"))
+
+
+def test_a_renamed_variable_is_still_read_and_named_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMSEARCH_MAX_LATENCY_MS", "1234")
+    monkeypatch.setenv("MMSEARCH_OCR_MAX_LATENCY_MS", "5678")
+    s = load_settings()
+    assert (s.max_queue_wait_ms, s.ocr_max_queue_wait_ms) == (1234, 5678)
+    monkeypatch.setenv("MMSEARCH_MAX_QUEUE_WAIT_MS", "99")  # the new name wins
+    assert load_settings().max_queue_wait_ms == 99
+    monkeypatch.setenv("MMSEARCH_OCR_MAX_LATENCY_MS", "0")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "MMSEARCH_OCR_MAX_LATENCY_MS:" in str(e.value)  # the variable the operator actually set

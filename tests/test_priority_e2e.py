@@ -25,7 +25,7 @@ LIMITS = {
     "MMSEARCH_MAX_INPUTS_PER_REQUEST": str(DOCS),
     "MMSEARCH_MAX_DOCUMENTS_PER_REQUEST": str(DOCS),
     "MMSEARCH_MAX_BATCH_SIZE": "8",
-    "MMSEARCH_MAX_LATENCY_MS": "300000",  # a loaded machine takes long to embed them all: no 503 for queue time
+    "MMSEARCH_MAX_QUEUE_WAIT_MS": "300000",  # a loaded machine takes long to embed them all: no 503 for queue time
 }
 
 

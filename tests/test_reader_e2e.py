@@ -92,6 +92,6 @@ def test_info_and_probes(reader_server: BentoServer) -> None:
     info = httpx.post(f"{reader_server.url}/info", json={}, timeout=10).json()
     assert info["service"] == "Reader" and info["modalities"] == ["image"]
     assert info["max_side"] == 4096 and info["max_inputs_per_request"] == 4
-    assert info["max_latency_ms"] == 180_000  # seconds per image: its own queue limit, not MMSEARCH_MAX_LATENCY_MS
+    assert info["max_queue_wait_ms"] == 180_000  # its own queue limit (seconds per image)
     for probe in ("/livez", "/readyz"):
         assert httpx.get(f"{reader_server.url}{probe}", timeout=10).status_code == 200
