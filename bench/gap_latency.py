@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.common import base_parser, latency_summary, print_table, run_header, write_results
 from service import balance
-from service.index import StoredDocument, open_index
+from service.index import IndexRecord, open_index
 from service.index.base import VectorIndex
 from service.retrieval import Balance, Query, retrieve
 
@@ -35,7 +35,7 @@ MIN_SHARE = 0.2
 GOAL = 2.0
 
 
-def corpus(n: int, dim: int, gap: float, rng: np.random.Generator) -> list[StoredDocument]:
+def corpus(n: int, dim: int, gap: float, rng: np.random.Generator) -> list[IndexRecord]:
     """Half text, half image documents; the image vectors carry a constant offset."""
     offset = rng.standard_normal(dim).astype(np.float32)
     offset *= gap / np.linalg.norm(offset)
@@ -44,7 +44,7 @@ def corpus(n: int, dim: int, gap: float, rng: np.random.Generator) -> list[Store
     vectors[n // 2 :] += offset
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return [
-        StoredDocument(
+        IndexRecord(
             id=f"d{i}",
             text=f"text {i}" if i < n // 2 else None,
             image=None if i < n // 2 else f"media://{i:064x}.png",

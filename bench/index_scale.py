@@ -53,10 +53,10 @@ RECALL_GOAL = 0.95
 
 
 def _docs(vecs: np.ndarray, start: int) -> list[Any]:
-    from service.index import StoredDocument
+    from service.index import IndexRecord
 
     return [
-        StoredDocument(id=f"d{start + i}", text=None, image=None, metadata={}, embedding=row)
+        IndexRecord(id=f"d{start + i}", text=None, image=None, metadata={}, embedding=row)
         for i, row in enumerate(vecs.tolist())
     ]
 
@@ -150,7 +150,7 @@ def run_backend(backend: str, n: int, vecs: np.ndarray, queries: np.ndarray, tru
 def _measure(
     backend: str, root: Path, n: int, vecs: np.ndarray, queries: np.ndarray, truth: Any, args: Any, out: dict[str, Any]
 ) -> None:
-    from service.index import StoredDocument
+    from service.index import IndexRecord
     from service.index.factory import open_index
 
     out["ingest"] = ingest(backend, root, vecs, args.chunk)
@@ -164,7 +164,7 @@ def _measure(
     if backend in ("lancedb", "milvus-server") and not args.no_ann:
         with open_index(_index_uri(backend, root), ann_threshold=max(1, n // 2)) as index:
             t0 = time.perf_counter()
-            again = StoredDocument(id="d0", text=None, image=None, metadata={}, embedding=vecs[0].tolist())
+            again = IndexRecord(id="d0", text=None, image=None, metadata={}, embedding=vecs[0].tolist())
             index.upsert(COLLECTION, [again])  # crosses the threshold: the ANN index is built in the background
             index.wait_for_maintenance(3600)
             build_s = time.perf_counter() - t0

@@ -82,12 +82,12 @@ def _raw_collection(client: Any, name: str, vecs: np.ndarray) -> None:
 
 
 def _mm_collection(index: Any, name: str, vecs: np.ndarray) -> None:
-    from service.index.base import StoredDocument
+    from service.index.base import IndexRecord
 
     index.ensure_collection(name, vecs.shape[1], "bench-random")
     for start in range(0, len(vecs), 2000):
         docs = [
-            StoredDocument(id=f"d{start + i}", text=None, image=None, metadata={}, embedding=v)
+            IndexRecord(id=f"d{start + i}", text=None, image=None, metadata={}, embedding=v)
             for i, v in enumerate(vecs[start : start + 2000].tolist())
         ]
         index.upsert(name, docs)
@@ -102,7 +102,7 @@ def _summary(ms: Sequence[float]) -> dict[str, float]:
 def measure(uri: str, docs: int, dim: int, queries: int, rounds: int) -> dict[str, Any]:
     from pymilvus import MilvusClient
 
-    from service.index.base import StoredDocument
+    from service.index.base import IndexRecord
     from service.index.factory import open_index
 
     rng = np.random.default_rng(0)
@@ -162,7 +162,7 @@ def measure(uri: str, docs: int, dim: int, queries: int, rounds: int) -> dict[st
                 new, old = f"n{r}", f"d{r}"
                 vec = vecs[r].tolist()
                 t = time.perf_counter()
-                index.upsert(mm, [StoredDocument(id=new, text=None, image=None, metadata={}, embedding=vec)])
+                index.upsert(mm, [IndexRecord(id=new, text=None, image=None, metadata={}, embedding=vec)])
                 ack["mmsearch upsert"].append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
                 index.delete(mm, [old])

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch = args.batch or (300 if args.tiny else 1_000)
     threshold = args.threshold or (1_500 if args.tiny else 50_000)
 
-    from service.index import StoredDocument
+    from service.index import IndexRecord
     from service.index.factory import open_index
     from service.index.lance import LanceIndex
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for start in range(0, total, batch):
             vectors = rng.standard_normal((min(batch, total - start), DIM)).astype(np.float32)
             docs = [
-                StoredDocument(f"d{start + i}", f"document {start + i}", None, {"n": start + i}, v.tolist())
+                IndexRecord(f"d{start + i}", f"document {start + i}", None, {"n": start + i}, v.tolist())
                 for i, v in enumerate(vectors)
             ]
             probes.append((start, vectors[0]))

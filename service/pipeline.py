@@ -32,7 +32,6 @@ from mmsearch_client.schemas import (
     CollectionsResponse,
     DeleteRequest,
     DeleteResponse,
-    Document,
     DropRequest,
     DropResponse,
     Evidence,
@@ -45,6 +44,7 @@ from mmsearch_client.schemas import (
     SearchTimings,
     SearchWarning,
     StoredDocument,
+    UpsertDocument,
     UpsertRequest,
     UpsertResponse,
     as_item,
@@ -80,7 +80,7 @@ class IngestDoc:
 
     position: int
     """Index in the request's ``documents`` (for error paths)."""
-    doc: Document
+    doc: UpsertDocument
     image: str | None = None
     """The stored image's ``media://`` reference."""
     inline: str | None = None
@@ -415,7 +415,7 @@ class SearchPipeline:
 
     async def _write(self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str) -> None:
         stored = [
-            index_base.StoredDocument(
+            index_base.IndexRecord(
                 id=d.doc.id,
                 text=d.doc.text,
                 image=join_ref(d.image, d.source) if d.image is not None else None,

@@ -30,7 +30,7 @@ from PIL import Image
 from bench.support.attacks import RssSampler, measure, start_slow_clients
 from bench.support.metrics import samples
 from bench.support.servers import BentoServer
-from service.index import StoredDocument
+from service.index import IndexRecord
 from service.index.factory import open_index
 from tests.conftest import serve_bento
 
@@ -250,7 +250,7 @@ def test_a_stored_document_cannot_break_search(lance: BentoServer, seeded: str, 
     index_dir = Path(lance.env["MMSEARCH_INDEX_URI"])
     q = httpx.post(f"{lance.url}/encode", json={"inputs": ["revenue"], "input_type": "query"}, headers=AUTH).json()
     with open_index(str(index_dir)) as index:
-        index.upsert(seeded, [StoredDocument("poison", too_long, None, {}, q["embeddings"][0])])
+        index.upsert(seeded, [IndexRecord("poison", too_long, None, {}, q["embeddings"][0])])
     for mode in (True, "auto"):
         body = {"collection": seeded, "query": "revenue", "mode": "vector", "top_k": 10, "candidates": 10}
         r = httpx.post(f"{lance.url}/search", json={**body, "rerank": mode}, headers=AUTH, timeout=60)

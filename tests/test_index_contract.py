@@ -19,8 +19,8 @@ import pytest
 from service.index import (
     CollectionMismatch,
     CollectionNotFound,
+    IndexRecord,
     InvalidFilter,
-    StoredDocument,
     VectorIndex,
 )
 from service.index.factory import open_index
@@ -75,8 +75,8 @@ def unit(*xs: float) -> list[float]:
     return [float(x) for x in v / np.linalg.norm(v)]
 
 
-def doc(id: str, vec: list[float], text: str | None = None, image: str | None = None, **meta: Any) -> StoredDocument:
-    return StoredDocument(id=id, text=text, image=image, metadata=meta, embedding=unit(*vec))
+def doc(id: str, vec: list[float], text: str | None = None, image: str | None = None, **meta: Any) -> IndexRecord:
+    return IndexRecord(id=id, text=text, image=image, metadata=meta, embedding=unit(*vec))
 
 
 # --- collections ------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_list_collections_with_counts(index: VectorIndex) -> None:
     index.ensure_collection(a, DIM, "m1")
     index.ensure_collection(b, 8, "m2")
     index.upsert(a, [doc(str(i), [1, i, 0, 0]) for i in range(3)])
-    index.upsert(b, [StoredDocument("x", "t", None, {}, unit(*range(1, 9)))])
+    index.upsert(b, [IndexRecord("x", "t", None, {}, unit(*range(1, 9)))])
     listed = {info.name: info for info in index.list_collections()}
     assert (listed[a].dimension, listed[a].model, listed[a].count) == (DIM, "m1", 3)
     assert (listed[b].dimension, listed[b].model, listed[b].count) == (8, "m2", 1)
@@ -160,7 +160,7 @@ def test_other_process_view_follows_drop_and_recreate(index: VectorIndex, index_
         index.ensure_collection(name, 8, "m2")
         with pytest.raises(CollectionMismatch):  # still empty: the server cannot tell by the vector alone
             other.search(name, unit(1, 0, 0, 0), 1)
-        index.upsert(name, [StoredDocument("new8", "eight", None, {}, unit(*range(1, 9)))])
+        index.upsert(name, [IndexRecord("new8", "eight", None, {}, unit(*range(1, 9)))])
         assert (other.get_collection(name).dimension, other.get_collection(name).model) == (8, "m2")
         assert [h.id for h in other.search(name, unit(*range(1, 9)), 3)] == ["new8"]
         with pytest.raises(CollectionMismatch):
@@ -245,9 +245,9 @@ def test_every_document_has_a_modality_returned_in_hits_and_usable_in_filters(in
 
 def test_upsert_requires_embedding_of_right_dimension(index: VectorIndex, coll: str) -> None:
     with pytest.raises(ValueError):
-        index.upsert(coll, [StoredDocument("a", "t", None, {}, None)])
+        index.upsert(coll, [IndexRecord("a", "t", None, {}, None)])
     with pytest.raises(ValueError):
-        index.upsert(coll, [StoredDocument("a", "t", None, {}, [1.0, 0.0])])
+        index.upsert(coll, [IndexRecord("a", "t", None, {}, [1.0, 0.0])])
     assert index.get_collection(coll).count == 0
 
 
@@ -322,15 +322,15 @@ def test_metadata_limits_are_the_same_on_every_backend(
     index: VectorIndex, coll: str, metadata: dict[str, Any], needle: str
 ) -> None:
     with pytest.raises(ValueError, match=needle):
-        index.upsert(coll, [StoredDocument("m", "t", None, metadata, unit(1, 0, 0, 0))])
+        index.upsert(coll, [IndexRecord("m", "t", None, metadata, unit(1, 0, 0, 0))])
     assert index.get(coll, ["m"]) == []
 
 
 def test_stored_text_limit_is_in_utf8_bytes_on_every_backend(index: VectorIndex, coll: str) -> None:
-    index.upsert(coll, [StoredDocument("fits", "€" * 21_845, None, {}, unit(1, 0, 0, 0))])  # 65,535 bytes
+    index.upsert(coll, [IndexRecord("fits", "€" * 21_845, None, {}, unit(1, 0, 0, 0))])  # 65,535 bytes
     assert index.get(coll, ["fits"])[0].text == "€" * 21_845
     with pytest.raises(ValueError, match="65535 UTF-8 bytes"):
-        index.upsert(coll, [StoredDocument("over", "€" * 21_846, None, {}, unit(1, 0, 0, 0))])
+        index.upsert(coll, [IndexRecord("over", "€" * 21_846, None, {}, unit(1, 0, 0, 0))])
 
 
 def test_search_orders_by_cosine_similarity(index: VectorIndex, coll: str) -> None:
@@ -461,14 +461,14 @@ def test_filter_must_be_a_mapping(index: VectorIndex, filter_coll: str) -> None:
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from service.index import StoredDocument
+    from service.index import IndexRecord
     from service.index.factory import open_index
 
     index = open_index(sys.argv[1])
     index.ensure_collection("durable", 4, "m")
-    docs = [StoredDocument(f"d{i}", f"text {i}", None, {"i": i}, [1.0, float(i), 0.0, 0.0]) for i in range(50)]
+    docs = [IndexRecord(f"d{i}", f"text {i}", None, {"i": i}, [1.0, float(i), 0.0, 0.0]) for i in range(50)]
     index.upsert("durable", docs)
-    index.upsert("durable", [StoredDocument("d0", "replaced", None, {"i": 0}, [0.0, 0.0, 1.0, 0.0])])
+    index.upsert("durable", [IndexRecord("d0", "replaced", None, {"i": 0}, [0.0, 0.0, 1.0, 0.0])])
     assert index.delete("durable", ["d49"]) == 1
     print("WRITTEN", flush=True)
     time.sleep(60)
@@ -520,16 +520,16 @@ def test_writes_survive_sigkill(backend: str, tmp_path: Path, request: pytest.Fi
 CONCURRENT_WRITER = textwrap.dedent(
     """
     import sys
-    from service.index import StoredDocument
+    from service.index import IndexRecord
     from service.index.factory import open_index
 
     uri, worker = sys.argv[1], int(sys.argv[2])
     index = open_index(uri)
     index.ensure_collection("shared", 4, "m")  # all writers race to create it too
     for batch in range(6):
-        own = [StoredDocument(f"w{worker}-{batch}-{i}", "own", None, {"w": worker}, [1.0, worker, batch, i])
+        own = [IndexRecord(f"w{worker}-{batch}-{i}", "own", None, {"w": worker}, [1.0, worker, batch, i])
                for i in range(10)]
-        same = [StoredDocument(f"common-{i}", f"by {worker}", None, {"w": worker}, [0.0, 1.0, worker, i])
+        same = [IndexRecord(f"common-{i}", f"by {worker}", None, {"w": worker}, [0.0, 1.0, worker, i])
                 for i in range(5)]  # every writer replaces these: conflicting commits
         index.upsert("shared", own + same)
         assert index.delete("shared", [f"w{worker}-{batch}-0"]) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index import StoredDocument, VectorIndex
+from service.index import IndexRecord, VectorIndex
 from service.index.factory import open_index
 from tests.test_index_contract import backend_uri
 
@@ -27,10 +27,8 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return vectors, queries
 
 
-def _docs(vectors: np.ndarray) -> list[StoredDocument]:
-    docs = [
-        StoredDocument(f"d{i}", None, None, {"bucket": i % BUCKETS}, vectors[i].tolist()) for i in range(len(vectors))
-    ]
+def _docs(vectors: np.ndarray) -> list[IndexRecord]:
+    docs = [IndexRecord(f"d{i}", None, None, {"bucket": i % BUCKETS}, vectors[i].tolist()) for i in range(len(vectors))]
     docs[0].metadata["rare"] = True  # the only match for {"rare": True}: found even when far from the query
     return docs
 
@@ -104,7 +102,7 @@ def test_lance_ann_index_recall(tmp_path: Path, data: tuple[np.ndarray, np.ndarr
         assert recall >= 0.95
         assert filtered_recall >= 0.95
         # Rows written after the index was built are searched too (exactly, until optimize() folds them in).
-        index.upsert("bench", [StoredDocument("fresh", None, None, {"bucket": -1}, queries[0].tolist())])
+        index.upsert("bench", [IndexRecord("fresh", None, None, {"bucket": -1}, queries[0].tolist())])
         top = index.search("bench", queries[0].tolist(), 1)
         assert top[0].id == "fresh" and top[0].score == pytest.approx(1.0, abs=1e-5)
         assert [h.id for h in index.search("bench", queries[0].tolist(), 3, {"bucket": -1})] == ["fresh"]
@@ -141,7 +139,7 @@ def test_milvus_server_hnsw_past_threshold(
         assert recall >= 0.95
         assert filtered_recall >= 0.95
         _assert_rare_doc_found(index, vectors)
-        index.upsert("bench", [StoredDocument("fresh", None, None, {"bucket": -1}, queries[0].tolist())])
+        index.upsert("bench", [IndexRecord("fresh", None, None, {"bucket": -1}, queries[0].tolist())])
         top = index.search("bench", queries[0].tolist(), 1)
         assert top[0].id == "fresh" and top[0].score == pytest.approx(1.0, abs=1e-5)
         assert [h.id for h in index.search("bench", queries[0].tolist(), 3, {"bucket": -1})] == ["fresh"]
@@ -194,8 +192,8 @@ def test_lance_exact_cache_follows_writes_without_rereading(
     for step in range(6):
         new_ids = range(2_000 + step * 100, 2_100 + step * 100)  # 100 new rows
         replaced = rng.choice(2_000, 50, replace=False)  # 50 existing rows get another vector
-        docs = [StoredDocument(f"d{i}", None, None, {}, vectors[i].tolist()) for i in new_ids]
-        docs += [StoredDocument(f"d{i}", None, None, {}, vectors[(i + 5_000) % N].tolist()) for i in replaced]
+        docs = [IndexRecord(f"d{i}", None, None, {}, vectors[i].tolist()) for i in new_ids]
+        docs += [IndexRecord(f"d{i}", None, None, {}, vectors[(i + 5_000) % N].tolist()) for i in replaced]
         index.upsert("bench", docs)
         current.update({i: vectors[i] for i in new_ids})
         current.update({int(i): vectors[(int(i) + 5_000) % N] for i in replaced})

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.index import StoredDocument, VectorIndex
+from service.index import IndexRecord, VectorIndex
 from service.index.base import UnsupportedMode
 from service.index.factory import open_index
 from service.ocr import OcrLine
@@ -26,7 +26,7 @@ def vec(i: int) -> list[float]:
 
 
 DOCS = [
-    StoredDocument(
+    IndexRecord(
         "inv",
         None,
         "media://a.png",
@@ -38,8 +38,8 @@ DOCS = [
             OcrLine("Shipping address Lisbon", (58.0, 101.0, 315.0, 130.0), 0.98),
         ],
     ),
-    StoredDocument("memo", "The shipping of parcels to Porto is delayed", None, {"team": "ops", "year": 2025}, vec(1)),
-    StoredDocument(
+    IndexRecord("memo", "The shipping of parcels to Porto is delayed", None, {"team": "ops", "year": 2025}, vec(1)),
+    IndexRecord(
         "both",
         "Lisbon office dashboard",
         "media://b.png",
@@ -47,7 +47,7 @@ DOCS = [
         vec(2),
         ocr_text="Revenue 12,400\nActive users 880",
     ),
-    StoredDocument("bare", None, None, {"team": "ops"}, vec(3)),
+    IndexRecord("bare", None, None, {"team": "ops"}, vec(3)),
 ]
 
 
@@ -101,9 +101,9 @@ def test_query_syntax_is_not_interpreted(index: VectorIndex) -> None:
 
 def test_upsert_is_searchable_at_once_and_replaces(index: VectorIndex) -> None:
     index.ensure_collection("kw2", DIM, "m")
-    index.upsert("kw2", [StoredDocument("x", "quarterly roadmap", None, {}, vec(0))])
+    index.upsert("kw2", [IndexRecord("x", "quarterly roadmap", None, {}, vec(0))])
     assert ids(index.keyword_search("kw2", "roadmap", 5)) == ["x"]
-    index.upsert("kw2", [StoredDocument("x", "annual budget", None, {}, vec(0))])
+    index.upsert("kw2", [IndexRecord("x", "annual budget", None, {}, vec(0))])
     assert index.keyword_search("kw2", "roadmap", 5) == []
     assert ids(index.keyword_search("kw2", "budget", 5)) == ["x"]
     index.delete("kw2", ["x"])
@@ -136,7 +136,7 @@ def test_format_1_collection_is_migrated(tmp_path: Path) -> None:
         assert ids(idx.keyword_search("legacy", "invoice", 5)) == ["a"]
         (got,) = idx.get("legacy", ["a"])
         assert got.text == "legacy invoice" and got.ocr_text is None and got.ocr_lines == []
-        idx.upsert("legacy", [StoredDocument("b", None, None, {}, vec(1), ocr_text="scanned receipt")])
+        idx.upsert("legacy", [IndexRecord("b", None, None, {}, vec(1), ocr_text="scanned receipt")])
         assert ids(idx.keyword_search("legacy", "receipt", 5)) == ["b"]
         assert idx.search("legacy", vec(0), 1)[0].id == "a"
     finally:

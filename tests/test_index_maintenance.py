@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.index import StoredDocument
+from service.index import IndexRecord
 from service.index.lance import VECTOR, LanceIndex
 from service.index.maintenance import Maintenance
 
@@ -23,8 +23,8 @@ DIM = 16
 THRESHOLD = 200
 
 
-def _docs(vectors: np.ndarray, start: int = 0) -> list[StoredDocument]:
-    return [StoredDocument(f"d{start + i}", None, None, {"n": start + i}, v.tolist()) for i, v in enumerate(vectors)]
+def _docs(vectors: np.ndarray, start: int = 0) -> list[IndexRecord]:
+    return [IndexRecord(f"d{start + i}", None, None, {"n": start + i}, v.tolist()) for i, v in enumerate(vectors)]
 
 
 def _brute_force(vectors: np.ndarray, query: np.ndarray, k: int, skip: str) -> list[str]:

@@ -46,10 +46,10 @@ def test_unreferenced_old_media_are_collected_and_referenced_or_young_kept(tmp_p
     kept, kept_thumb = _stored_long_ago(media, png_bytes(make_image(2)))
     young = name_of(media.put_image(png_bytes(make_image(3)), "PNG").ref)
     index = MemoryIndex()
-    from service.index import StoredDocument
+    from service.index import IndexRecord
 
     index.ensure_collection("c", 2, "m")
-    index.upsert("c", [StoredDocument("d", None, f"media://{kept}", {}, [1.0, 0.0])])
+    index.upsert("c", [IndexRecord("d", None, f"media://{kept}", {}, [1.0, 0.0])])
     assert collect(index, media, grace_s=600) == 2
     assert not media.blobs.exists(old) and not media.blobs.exists(old_thumb)
     assert media.blobs.exists(kept) and media.blobs.exists(kept_thumb) and young and media.blobs.exists(young)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from mmsearch_client import fields
-from mmsearch_client.schemas import Document
+from mmsearch_client.schemas import UpsertDocument
 from pydantic import ValidationError
 
 from service.index import filters
@@ -17,8 +17,8 @@ def test_modality_follows_the_content_and_an_embedding_only_document_may_declare
     assert fields.modality_of("t", "i.png", "image") == "text+image"
     assert fields.modality_of(None, None, "image") == "image"
     assert fields.modality_of(None, None) == ""
-    assert Document(id="a", embedding=[1.0], modality="image").modality == "image"
-    assert Document(id="b", text="t", modality="text").modality == "text"
+    assert UpsertDocument(id="a", embedding=[1.0], modality="image").modality == "image"
+    assert UpsertDocument(id="b", text="t", modality="text").modality == "text"
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_modality_follows_the_content_and_an_embedding_only_document_may_declare
 )
 def test_a_declared_modality_must_be_known_and_agree_with_the_content(doc: dict[str, object], needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
-        Document.model_validate(doc)
+        UpsertDocument.model_validate(doc)
 
 
 def test_the_declared_modality_is_a_reserved_term_no_metadata_key_can_produce() -> None:

@@ -25,7 +25,7 @@ from bench.support.images import data_uri, make_image, stored_ref, write_images
 from service.config import Settings
 from service.embedcache import PRUNE_EVERY, EmbeddingCache, cache_key
 from service.errors import ApiError
-from service.index.base import StoredDocument
+from service.index.base import IndexRecord
 from service.media import MediaLoader
 from service.mediastore import THUMB_SIDE, MediaStore, name_of
 from service.pipeline import SearchPipeline
@@ -160,14 +160,14 @@ def test_nothing_scorable_is_not_reranked(rig: Rig) -> None:
     (rig.settings.media_dir / str(name_of(stored_ref(uri)))).unlink()
     res = rig.search(rerank=True)
     assert res.reranked is False and [w.id for w in res.warnings] == ["only"] and res.hits[0].rerank_score is None
-    rig.index.upsert("c", [StoredDocument(id="emb", text=None, image=None, metadata={}, embedding=[1.0] * DIM)])
+    rig.index.upsert("c", [IndexRecord(id="emb", text=None, image=None, metadata={}, embedding=[1.0] * DIM)])
     res = rig.search(rerank=True)  # an embedding-only document and a missing image: nothing to score
     assert res.reranked is False and len(res.hits) == 2
 
 
 def test_image_stored_as_url_before_is_never_fetched_at_search(rig: Rig, images: CountingServer) -> None:
     rig.upsert([{"id": "t", "text": "words"}])
-    legacy = StoredDocument(id="old", text=None, image=f"{images.url}/img2.png", metadata={}, embedding=[0.5] * DIM)
+    legacy = IndexRecord(id="old", text=None, image=f"{images.url}/img2.png", metadata={}, embedding=[0.5] * DIM)
     rig.index.upsert("c", [legacy])
     res = rig.search(rerank=True)
     assert res.reranked is True and images.requests == []

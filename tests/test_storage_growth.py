@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.index import StoredDocument
+from service.index import IndexRecord
 from service.index.factory import open_index
 from service.index.lance import MAINTAIN_EVERY_WRITES, LanceIndex
 
@@ -30,8 +30,8 @@ def _du(root: Path) -> int:
     return sum(size for size, _ in _files(root).values())
 
 
-def _doc(i: int) -> StoredDocument:
-    return StoredDocument(f"d{i}", f"document {i}", None, {"n": i}, [1.0, 0.0, 0.0, float(i % 7)])
+def _doc(i: int) -> IndexRecord:
+    return IndexRecord(f"d{i}", f"document {i}", None, {"n": i}, [1.0, 0.0, 0.0, float(i % 7)])
 
 
 @pytest.mark.parametrize("backend", ["lance", "milvus"])

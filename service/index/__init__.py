@@ -4,27 +4,27 @@ Open one with ``service.index.factory.open_index(uri)``.
 """
 
 from service.index.base import (
-    CollectionInfo,
     CollectionMismatch,
     CollectionNotFound,
     DimensionMismatch,
     Filter,
+    IndexedCollection,
     IndexHit,
+    IndexRecord,
     InvalidCollectionName,
     InvalidFilter,
-    StoredDocument,
     VectorIndex,
 )
 
 __all__ = [
-    "CollectionInfo",
     "CollectionMismatch",
     "CollectionNotFound",
     "DimensionMismatch",
     "Filter",
     "IndexHit",
+    "IndexRecord",
+    "IndexedCollection",
     "InvalidCollectionName",
     "InvalidFilter",
-    "StoredDocument",
     "VectorIndex",
 ]

@@ -30,7 +30,7 @@ DEFAULT_ANN_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
-class CollectionInfo:
+class IndexedCollection:
     name: str
     dimension: int
     model: str
@@ -38,7 +38,7 @@ class CollectionInfo:
 
 
 @dataclass
-class StoredDocument:
+class IndexRecord:
     id: str
     text: str | None
     image: str | None
@@ -66,7 +66,7 @@ class IndexHit:
     modality: str = ""
 
 
-def declared_modality(doc: StoredDocument) -> str | None:
+def declared_modality(doc: IndexRecord) -> str | None:
     """The modality an embedding-only document declares (stored as a reserved filter term), else None."""
     return doc.modality or None if doc.text is None and doc.image is None else None
 
@@ -131,10 +131,10 @@ def check_ids(ids: Sequence[str]) -> list[str]:
     return out
 
 
-def prepare_docs(docs: Sequence[StoredDocument], dimension: int) -> list[StoredDocument]:
+def prepare_docs(docs: Sequence[IndexRecord], dimension: int) -> list[IndexRecord]:
     """Validate documents for upsert (every stored field by the API's rules) and drop earlier duplicates of an
     id (the last one wins)."""
-    latest: dict[str, StoredDocument] = {}
+    latest: dict[str, IndexRecord] = {}
     for doc in docs:
         check_ids([doc.id])
         try:
@@ -158,7 +158,7 @@ def prepare_docs(docs: Sequence[StoredDocument], dimension: int) -> list[StoredD
     return list(latest.values())
 
 
-def order_by_ids(ids: Sequence[str], found: dict[str, StoredDocument]) -> list[StoredDocument]:
+def order_by_ids(ids: Sequence[str], found: dict[str, IndexRecord]) -> list[IndexRecord]:
     """Documents in the order of ``ids``; missing ids are skipped, repeated ids repeat the document."""
     return [found[i] for i in ids if i in found]
 
@@ -190,19 +190,19 @@ class VectorIndex(ABC):
         return True
 
     @abstractmethod
-    def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+    def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
         """Create the collection on first use; raise ``CollectionMismatch`` if it exists with another dim/model."""
 
     @abstractmethod
-    def get_collection(self, name: str) -> CollectionInfo:
+    def get_collection(self, name: str) -> IndexedCollection:
         """Describe a collection (with its current document count); raise ``CollectionNotFound``."""
 
     @abstractmethod
-    def list_collections(self) -> list[CollectionInfo]:
+    def list_collections(self) -> list[IndexedCollection]:
         """All collections created through this layer, sorted by name."""
 
     @abstractmethod
-    def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
+    def upsert(self, name: str, docs: Sequence[IndexRecord]) -> None:
         """Insert or replace documents by id (embedding required); durable once it returns."""
 
     @abstractmethod
@@ -210,7 +210,7 @@ class VectorIndex(ABC):
         """Delete documents by id; return how many existed and were deleted."""
 
     @abstractmethod
-    def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
+    def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
         """Fetch documents (with embeddings) in the order of ``ids``, skipping missing ones."""
 
     @abstractmethod

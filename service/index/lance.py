@@ -60,12 +60,12 @@ from lancedb.query import MatchQuery
 from service import objectstore
 from service.index import filters
 from service.index.base import (
-    CollectionInfo,
     CollectionMismatch,
     CollectionNotFound,
     Filter,
+    IndexedCollection,
     IndexHit,
-    StoredDocument,
+    IndexRecord,
     VectorIndex,
     check_collection_name,
     check_ids,
@@ -154,7 +154,7 @@ def _creation_id(table: Any) -> bytes:
     return (table.schema.metadata or {}).get(CREATED_KEY, b"")
 
 
-def _dump_metadata(doc: StoredDocument) -> str:
+def _dump_metadata(doc: IndexRecord) -> str:
     try:
         return json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -249,11 +249,11 @@ class LanceIndex(VectorIndex):
 
     # --- collections ------------------------------------------------------------------------------------------
 
-    def _info(self, name: str, table: Any, *, count: bool = True) -> CollectionInfo | None:
+    def _info(self, name: str, table: Any, *, count: bool = True) -> IndexedCollection | None:
         meta = table.schema.metadata or {}
         if MODEL_KEY not in meta or DIMENSION_KEY not in meta:
             return None
-        return CollectionInfo(
+        return IndexedCollection(
             name=name,
             dimension=int(meta[DIMENSION_KEY]),
             model=meta[MODEL_KEY].decode(),
@@ -349,7 +349,7 @@ class LanceIndex(VectorIndex):
     def _dimension(self, table: Any) -> int:
         return int(table.schema.metadata[DIMENSION_KEY])
 
-    def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+    def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
         check_collection_name(name)
         if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
             raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
@@ -392,7 +392,7 @@ class LanceIndex(VectorIndex):
 
         return self._commit(f"create {name!r}", create)
 
-    def get_collection(self, name: str) -> CollectionInfo:
+    def get_collection(self, name: str) -> IndexedCollection:
         info = self._guard(name, lambda table: self._info(name, table))
         assert info is not None
         return info
@@ -419,7 +419,7 @@ class LanceIndex(VectorIndex):
                 raise
             return True
 
-    def list_collections(self) -> list[CollectionInfo]:
+    def list_collections(self) -> list[IndexedCollection]:
         names: list[str] = []
         token: str | None = None
         while True:
@@ -438,10 +438,10 @@ class LanceIndex(VectorIndex):
 
     # --- documents --------------------------------------------------------------------------------------------
 
-    def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
+    def upsert(self, name: str, docs: Sequence[IndexRecord]) -> None:
         self._guard(name, lambda table: self._upsert(name, table, docs))
 
-    def _upsert(self, name: str, table: Any, docs: Sequence[StoredDocument]) -> None:
+    def _upsert(self, name: str, table: Any, docs: Sequence[IndexRecord]) -> None:
         dimension = self._dimension(table)
         batch = prepare_docs(docs, dimension)
         if not batch:
@@ -652,7 +652,7 @@ class LanceIndex(VectorIndex):
         """Block until no background maintenance is pending or running (tests, shutdown); ``False`` on timeout."""
         return self._maintenance.wait_idle(timeout)
 
-    def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
+    def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
         wanted = check_ids(ids)
         return self._guard(name, lambda table: self._get(table, wanted))
 
@@ -666,9 +666,9 @@ class LanceIndex(VectorIndex):
 
         return self._guard(name, scan)
 
-    def _get(self, table: Any, wanted: list[str]) -> list[StoredDocument]:
+    def _get(self, table: Any, wanted: list[str]) -> list[IndexRecord]:
         found = {
-            row["id"]: StoredDocument(
+            row["id"]: IndexRecord(
                 id=row["id"],
                 text=row["text"],
                 image=row["image"],

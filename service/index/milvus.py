@@ -51,13 +51,13 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 from service.index import filters
 from service.index.base import (
-    CollectionInfo,
     CollectionMismatch,
     CollectionNotFound,
     DimensionMismatch,
     Filter,
+    IndexedCollection,
     IndexHit,
-    StoredDocument,
+    IndexRecord,
     VectorIndex,
     check_collection_name,
     check_ids,
@@ -329,7 +329,7 @@ class MilvusIndex(VectorIndex):
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+    def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
         check_collection_name(name)
         if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
             raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
@@ -355,18 +355,18 @@ class MilvusIndex(VectorIndex):
             if self._known.get(name) != described:
                 self._forget(name)  # re-created elsewhere since we last looked
             self._known[name] = described
-            return CollectionInfo(name=name, dimension=dimension, model=model, count=self._fresh_count(name))
+            return IndexedCollection(name=name, dimension=dimension, model=model, count=self._fresh_count(name))
 
     def _fresh_count(self, name: str) -> int:
         return self._fresh(name, lambda _: self._count(name))
 
-    def get_collection(self, name: str) -> CollectionInfo:
+    def get_collection(self, name: str) -> IndexedCollection:
         meta = self._meta(name)
         count = self._fresh_count(name)
         meta = self._known.get(name, meta)
-        return CollectionInfo(name=name, dimension=meta.dimension, model=meta.model, count=count)
+        return IndexedCollection(name=name, dimension=meta.dimension, model=meta.model, count=count)
 
-    def list_collections(self) -> list[CollectionInfo]:
+    def list_collections(self) -> list[IndexedCollection]:
         infos = []
         for name in sorted(self._client.list_collections()):
             try:
@@ -395,7 +395,7 @@ class MilvusIndex(VectorIndex):
 
     # --- documents --------------------------------------------------------------------------------------------
 
-    def _row(self, doc: StoredDocument, meta: _Meta) -> dict[str, Any]:
+    def _row(self, doc: IndexRecord, meta: _Meta) -> dict[str, Any]:
         for field_name, value in (("text", doc.text), ("image", doc.image)):
             if value is not None and len(value.encode("utf-8", "surrogatepass")) > MAX_VARCHAR_BYTES:
                 raise ValueError(f"document {doc.id!r} {field_name} exceeds {MAX_VARCHAR_BYTES} bytes (Milvus limit)")
@@ -437,11 +437,11 @@ class MilvusIndex(VectorIndex):
                 name, filter=_ids_expr([probe_id]), output_fields=["id"], limit=1, consistency_level="Strong"
             )
 
-    def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
+    def upsert(self, name: str, docs: Sequence[IndexRecord]) -> None:
         with self._write_lock:
             self._fresh(name, lambda meta: self._upsert(name, docs, meta))
 
-    def _upsert(self, name: str, docs: Sequence[StoredDocument], meta: _Meta) -> None:
+    def _upsert(self, name: str, docs: Sequence[IndexRecord], meta: _Meta) -> None:
         rows = [self._row(d, meta) for d in prepare_docs(docs, meta.dimension)]
         if not rows:
             return
@@ -530,7 +530,7 @@ class MilvusIndex(VectorIndex):
             self._await_visible(name, existing[-1])
         return len(existing)
 
-    def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
+    def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
         wanted = check_ids(ids)
         return self._fresh(name, lambda meta: self._get(name, wanted, meta))
 
@@ -549,12 +549,12 @@ class MilvusIndex(VectorIndex):
 
         return self._fresh(name, scan)
 
-    def _get(self, name: str, wanted: list[str], meta: _Meta) -> list[StoredDocument]:
+    def _get(self, name: str, wanted: list[str], meta: _Meta) -> list[IndexRecord]:
         rows = self._query_ids(name, wanted, ["id", VECTOR, *self._content_fields(meta)])
         found = {}
         for row in rows:
             text, image = self._content(row, meta)
-            found[row["id"]] = StoredDocument(
+            found[row["id"]] = IndexRecord(
                 id=row["id"],
                 text=text,
                 image=image,

@@ -20,7 +20,7 @@ from mmsearch_client.schemas import InputType, Item, RerankResult
 
 from service.errors import ApiError
 from service.index import base, filters
-from service.index.base import CollectionInfo, IndexHit, StoredDocument
+from service.index.base import IndexedCollection, IndexHit, IndexRecord
 from service.mediastore import MediaStore
 from service.ocr import OcrLine, OcrPage
 from service.ports import Embeddings
@@ -144,7 +144,7 @@ def page(*lines: tuple[str, tuple[float, float, float, float]]) -> OcrPage:
 class _Collection:
     dimension: int
     model: str
-    docs: dict[str, StoredDocument] = field(default_factory=dict)
+    docs: dict[str, IndexRecord] = field(default_factory=dict)
 
 
 class MemoryIndex(base.VectorIndex):
@@ -160,20 +160,20 @@ class MemoryIndex(base.VectorIndex):
             raise base.CollectionNotFound(name)
         return self.collections[name]
 
-    def ensure_collection(self, name: str, dimension: int, model: str) -> CollectionInfo:
+    def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
         c = self.collections.setdefault(name, _Collection(dimension, model))
         if (c.dimension, c.model) != (dimension, model):
             raise base.CollectionMismatch(f"collection {name!r} holds dimension {c.dimension} from model {c.model!r}")
         return self.get_collection(name)
 
-    def get_collection(self, name: str) -> CollectionInfo:
+    def get_collection(self, name: str) -> IndexedCollection:
         c = self._get(name)
-        return CollectionInfo(name=name, dimension=c.dimension, model=c.model, count=len(c.docs))
+        return IndexedCollection(name=name, dimension=c.dimension, model=c.model, count=len(c.docs))
 
-    def list_collections(self) -> list[CollectionInfo]:
+    def list_collections(self) -> list[IndexedCollection]:
         return [self.get_collection(n) for n in sorted(self.collections)]
 
-    def upsert(self, name: str, docs: Sequence[StoredDocument]) -> None:
+    def upsert(self, name: str, docs: Sequence[IndexRecord]) -> None:
         c = self._get(name)
         for d in base.prepare_docs(docs, c.dimension):
             c.docs[d.id] = d
@@ -185,7 +185,7 @@ class MemoryIndex(base.VectorIndex):
         c = self._get(name)
         return sum(c.docs.pop(i, None) is not None for i in dict.fromkeys(ids))
 
-    def get(self, name: str, ids: Sequence[str]) -> list[StoredDocument]:
+    def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
         return base.order_by_ids(ids, self._get(name).docs)
 
     def image_refs(self, name: str) -> set[str]:

@@ -49,9 +49,9 @@ from mmsearch_client.schemas import (
     RerankResponse,
     SearchMode,
     SearchResponse,
+    UpsertDocument,
     UpsertResponse,
 )
-from mmsearch_client.schemas import Document as WireDocument
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "BaseClient", "RequestSpec"]
 
@@ -149,7 +149,7 @@ def _id_list(ids: str | Sequence[str]) -> list[str]:
 def _is_single_document(value: object) -> bool:
     from mmsearch_client.inputs import Document
 
-    return isinstance(value, (Document, WireDocument, Mapping))
+    return isinstance(value, (Document, UpsertDocument, Mapping))
 
 
 def document_id(doc: DocumentLike) -> str:

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
-from mmsearch_client.schemas import Document as WireDocument
-from mmsearch_client.schemas import Item, MetadataValue
+from mmsearch_client.schemas import Item, MetadataValue, UpsertDocument
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -245,9 +244,9 @@ class Document:
     modality: Literal["text", "image", "text+image"] | None = None
     """Only for an embedding-only document: the modality its embedding was made from."""
 
-    def to_wire(self) -> WireDocument:
-        """The ``schemas.Document`` sent on the wire (images read and encoded now)."""
-        return WireDocument.model_construct(
+    def to_wire(self) -> UpsertDocument:
+        """The ``schemas.UpsertDocument`` sent on the wire (images read and encoded now)."""
+        return UpsertDocument.model_construct(
             id=self.id,
             text=self.text,
             image=None if self.image is None else to_wire_image(self.image),
@@ -257,15 +256,15 @@ class Document:
         )
 
 
-DocumentLike: TypeAlias = "Document | WireDocument | Mapping[str, Any]"
-"""A document for upsert: :class:`Document`, a ``schemas.Document``, or a mapping with the same keys."""
+DocumentLike: TypeAlias = "Document | UpsertDocument | Mapping[str, Any]"
+"""A document for upsert: :class:`Document`, a ``schemas.UpsertDocument``, or a mapping with the same keys."""
 
 
 def to_wire_document(doc: DocumentLike) -> dict[str, Any]:
     """The JSON body of one document (no client-side validation: the server is the authority)."""
     if isinstance(doc, Document):
         wire = doc.to_wire()
-    elif isinstance(doc, WireDocument):
+    elif isinstance(doc, UpsertDocument):
         wire = doc
     elif isinstance(doc, Mapping):
         d = dict(doc)

@@ -149,7 +149,7 @@ CollectionName = Annotated[str, AfterValidator(fields.check_collection_name)]
 """A collection's name, checked by the one rule (:func:`mmsearch_client.fields.check_collection_name`)."""
 
 
-class Document(BaseModel):
+class UpsertDocument(BaseModel):
     """A document to index: text, an image, or both, with optional metadata and a precomputed embedding."""
 
     model_config = ConfigDict(extra="forbid")
@@ -178,7 +178,7 @@ class Document(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _has_content(self) -> Document:
+    def _has_content(self) -> UpsertDocument:
         if self.text is None and self.image is None and self.embedding is None:
             raise ValueError("a document needs 'text', 'image' or 'embedding'")
         fields.check_declared_modality(self.text, self.image, self.modality)
@@ -189,7 +189,7 @@ class UpsertRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: CollectionName = "default"
-    documents: list[Document] = Field(min_length=1)
+    documents: list[UpsertDocument] = Field(min_length=1)
 
 
 class UpsertResponse(BaseModel):
