@@ -14,12 +14,14 @@ flexible, needs more data, ties within a step). Plain code: fitting runs in a wo
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from mmsearch_client.schemas import CalibrationInfo, CalibrationPair
 
 Method = Literal["platt", "isotonic"]
 METHODS: tuple[Method, ...] = ("platt", "isotonic")
@@ -149,6 +151,18 @@ class Calibration:
     skipped: dict[str, str] = field(default_factory=dict)
     """Pairs seen in the set but not fitted, with why (too few relevant or non-relevant samples)."""
 
+    def describe(self) -> CalibrationInfo:
+        """What ``/collections`` and ``/calibrate`` show of it."""
+        pairs = {k: CalibrationPair(samples=p.samples, positives=p.positives) for k, p in sorted(self.pairs.items())}
+        return CalibrationInfo(
+            set=self.set_name,
+            queries=self.queries,
+            method=self.method,
+            created=self.created,
+            pairs=pairs,
+            skipped=dict(self.skipped),
+        )
+
     def map_for(self, query_modality: str, document_modality: str) -> PairMap | None:
         return self.pairs.get(pair_key(query_modality, document_modality))
 
@@ -205,3 +219,55 @@ def fit(
         why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no samples"
         raise CalibrationError(f"no modality pair could be calibrated ({why})")
     return Calibration(pairs, method, set_name, queries, created, skipped)
+
+
+PROPERTY = "mmsearch.calibration"
+"""The collection property a calibration is stored under (``VectorIndex.write_property``), as JSON."""
+
+Scorer = Callable[[float], float]
+
+
+def load(raw: str | None) -> Calibration | None:
+    """A stored calibration (``None``: none stored); ``CalibrationError`` when it cannot be read."""
+    if not raw:
+        return None
+    try:
+        return Calibration.from_json(json.loads(raw))
+    except (ValueError, TypeError) as e:
+        raise CalibrationError(f"stored calibration is unreadable: {e}") from None
+
+
+def dump(calibration: Calibration) -> str:
+    return json.dumps(calibration.to_json(), allow_nan=False, separators=(",", ":"))
+
+
+def scorers(calibration: Calibration, query_modality: str, standardisers: Mapping[str, Scorer]) -> dict[str, Scorer]:
+    """Raw cosine -> probability of relevance, per document modality the calibration covers for this query
+    modality (``standardisers``: each modality's ``(raw - mean) / std`` for this query, ``service.balance``)."""
+    out: dict[str, Scorer] = {}
+    for modality, standardise in standardisers.items():
+        pair = calibration.map_for(query_modality, modality)
+        if pair is not None:
+            out[modality] = _compose(pair, standardise)
+    return out
+
+
+def _compose(pair: PairMap, standardise: Scorer) -> Scorer:
+    return lambda raw: pair(standardise(raw))
+
+
+def add_samples(
+    into: dict[str, tuple[list[float], list[bool]]],
+    query_modality: str,
+    scored: Mapping[str, Sequence[tuple[str, float]]],
+    relevant: set[str],
+    standardisers: Mapping[str, Scorer],
+) -> None:
+    """One labelled query's samples: ``scored`` holds, per document modality, ``(id, raw cosine)`` of the
+    candidates drawn and of the relevant documents (each id once); every one is a sample of the
+    (query modality -> document modality) pair, relevant when its id is in ``relevant``."""
+    for modality, items in scored.items():
+        xs, ys = into.setdefault(pair_key(query_modality, modality), ([], []))
+        for doc_id, raw in items:
+            xs.append(standardisers[modality](raw))
+            ys.append(doc_id in relevant)

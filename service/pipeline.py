@@ -50,7 +50,7 @@ from mmsearch_client.schemas import (
     as_item,
 )
 
-from service import balance, mediagc
+from service import balance, calibration, mediagc
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, Loc, unprocessable
@@ -64,7 +64,7 @@ from service.ocr import OcrPage
 from service.ports import EmbedderPort, Embeddings, ReaderPort, RerankerPort
 from service.priority import PriorityGate
 from service.reading import TextReader, modality_paths
-from service.retrieval import Balance, Candidate, Mode, ModeError, Query, choose_mode, retrieve
+from service.retrieval import Balance, Candidate, Mode, ModeError, Query, choose_mode, query_modality, retrieve
 from service.storage import StorageHealth, is_storage_fault
 
 T = TypeVar("T")
@@ -183,6 +183,7 @@ class SearchPipeline:
         # or of another dimension or model (dropped or re-created, possibly through another replica).
         self._dimensions: dict[str, tuple[int, str]] = {}
         self._modality_stats: dict[str, tuple[float, dict[str, balance.GroupStats]]] = {}
+        self._calibrations: dict[str, tuple[float, calibration.Calibration | None]] = {}
 
     # ------------------------------------------------------------------------------------------- plumbing
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -430,7 +431,7 @@ class SearchPipeline:
         async with self._lock(collection):
             await self.in_thread(self.index.ensure_collection, collection, dim, model)
             await self.gate.background_turn("index")
-            self._modality_stats.pop(collection, None)
+            self.forget_statistics(collection)
             await self.in_thread(self.index.upsert, collection, stored)
 
     # ------------------------------------------------------------------------------------------- documents
@@ -439,7 +440,7 @@ class SearchPipeline:
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
         async with self._lock(req.collection):
             n = await self.in_thread(self.index.delete, req.collection, req.ids)
-            self._modality_stats.pop(req.collection, None)
+            self.forget_statistics(req.collection)
         if n:
             self.schedule_media_gc()
         return DeleteResponse(collection=req.collection, deleted=n)
@@ -448,7 +449,7 @@ class SearchPipeline:
         """Drop a collection (404 if it does not exist)."""
         async with self._lock(req.collection):
             self._dimensions.pop(req.collection, None)
-            self._modality_stats.pop(req.collection, None)
+            self.forget_statistics(req.collection)
             dropped = await self.in_thread(self.index.drop_collection, req.collection)
         if not dropped:
             raise ApiError(
@@ -507,13 +508,24 @@ class SearchPipeline:
             await asyncio.shield(self._gc_task)
 
     async def collections(self) -> CollectionsResponse:
-        """Every collection with its document count, dimension and embedding model."""
+        """Every collection with its document count, dimension, embedding model and calibration."""
         infos = await self.in_thread(self.index.list_collections)
-        return CollectionsResponse(
-            collections=[
-                CollectionInfo(name=c.name, count=c.count, dimension=c.dimension, model=c.model) for c in infos
-            ]
-        )
+        out = []
+        for c in infos:
+            try:
+                calib = await self.collection_calibration(c.name)
+            except ApiError:
+                calib = None  # dropped meanwhile
+            out.append(
+                CollectionInfo(
+                    name=c.name,
+                    count=c.count,
+                    dimension=c.dimension,
+                    model=c.model,
+                    calibration=calib.describe() if calib is not None else None,
+                )
+            )
+        return CollectionsResponse(collections=out)
 
     # ------------------------------------------------------------------------------------------- search
     def check_search(self, req: SearchRequest) -> None:
@@ -642,11 +654,11 @@ class SearchPipeline:
         except ApiError as e:
             if e.code in ("collection_not_found", "collection_mismatch"):
                 self._dimensions.pop(req.collection, None)  # dropped or re-created, possibly by another replica
-                self._modality_stats.pop(req.collection, None)
+                self.forget_statistics(req.collection)
             raise
         run.balanced = how is not None
         run.ocr_text = {c.hit.id: c.hit.ocr_text for c in found}
-        return [_search_hit(c) for c in found]
+        return await self._apply_min_score(run, qvec, [_search_hit(c) for c in found])
 
     async def _balance(self, run: SearchRun, mode: Mode, qvec: np.ndarray | None) -> Balance | None:
         """How this search draws per modality, or None for one raw draw: ``balance`` off, a keyword search, or
@@ -664,11 +676,94 @@ class SearchPipeline:
             allowed = [m for m in allowed if m in clause.terms]
         if len(allowed) < 2:
             return None
-        drawn = {m: stats[m] for m in allowed}
-        scorers: dict[str, balance.Scorer] | None = None
-        if self.settings.balance_fusion == "zscore":
-            scorers = balance.zscore_scorers(qvec, drawn)
+        scorers = await self._balance_scorers(run, qvec, {m: stats[m] for m in allowed})
         return Balance(tuple(allowed), scorers, self.settings.balance_min_share)
+
+    async def _balance_scorers(
+        self, run: SearchRun, qvec: np.ndarray, drawn: dict[str, balance.GroupStats]
+    ) -> dict[str, balance.Scorer] | None:
+        """The shared scale of a balanced draw: calibrated when the calibration covers every drawn modality for
+        this query's modality, else the configured fusion (zscore scorers, or None for reciprocal rank fusion)."""
+        calibrated = await self._calibrated_scorers(run, qvec)
+        if all(m in calibrated for m in drawn):
+            return {m: calibrated[m] for m in drawn}
+        if self.settings.balance_fusion == "zscore":
+            return balance.zscore_scorers(qvec, drawn)
+        return None
+
+    async def _calibrated_scorers(self, run: SearchRun, qvec: np.ndarray) -> dict[str, balance.Scorer]:
+        """Raw cosine -> calibrated probability per document modality the collection's calibration covers for
+        this query's modality (none when it is not calibrated)."""
+        collection = run.req.collection
+        calib = await self.collection_calibration(collection)
+        if calib is None:
+            return {}
+        stats = {m: s for m, s in (await self.modality_stats(collection)).items() if s.count > 0}
+        modality = query_modality(run.query.text, run.query.image)
+        return calibration.scorers(calib, modality, balance.zscore_scorers(qvec, stats))
+
+    async def _apply_min_score(self, run: SearchRun, qvec: np.ndarray | None, hits: list[SearchHit]) -> list[SearchHit]:
+        """Give vector candidates their calibrated score (a calibrated collection) and drop those under
+        ``min_score`` (calibrated score where there is one, else the raw cosine; keyword-only candidates stay)."""
+        calibrated = await self._calibrated_scorers(run, qvec) if qvec is not None else {}
+        for h in hits:
+            if h.vector_score is not None and h.modality in calibrated:
+                h.calibrated_score = calibrated[h.modality](h.vector_score)
+        floor = run.req.min_score
+        if floor is None:
+            return hits
+        return [h for h in hits if h.vector_score is None or _comparable(h) >= floor]
+
+    def forget_statistics(self, collection: str) -> None:
+        """Drop the cached modality statistics and calibration of a collection (written, dropped or calibrated)."""
+        self._modality_stats.pop(collection, None)
+        self._calibrations.pop(collection, None)
+
+    async def collection_calibration(self, collection: str) -> calibration.Calibration | None:
+        """The collection's stored calibration (``POST /calibrate``), reused for ``balance_stats_ttl_s``; an
+        unreadable one is logged and ignored, a backend that cannot store one has none."""
+        cached = self._calibrations.get(collection)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.settings.balance_stats_ttl_s:
+            return cached[1]
+
+        def read() -> str | None:
+            try:
+                return self.index.read_property(collection, calibration.PROPERTY)
+            except NotImplementedError:
+                return None
+
+        try:
+            found = calibration.load(await self.in_thread(read))
+        except calibration.CalibrationError as e:
+            log.warning("collection %r: %s; searching it uncalibrated", collection, e)
+            found = None
+        self._calibrations[collection] = (now, found)
+        return found
+
+    async def store_calibration(self, collection: str, calib: calibration.Calibration) -> None:
+        """Store a calibration with the collection (durable, seen by every process on its next read)."""
+
+        def write() -> None:
+            try:
+                self.index.write_property(collection, calibration.PROPERTY, calibration.dump(calib))
+            except NotImplementedError:
+                raise unprocessable(
+                    f"collection: the {self.index.backend} index cannot store a calibration",
+                    "collection",
+                    code="calibration_unsupported",
+                ) from None
+
+        async with self._lock(collection):
+            await self.in_thread(write)
+        self._calibrations[collection] = (time.monotonic(), calib)
+
+    async def embed_query(self, req: SearchRequest) -> np.ndarray:
+        """A query's vector as ``/search`` computes it (its image's text read first when the embedder needs it)."""
+        run = SearchRun(req, as_item(req.query), None, self.clock)
+        text_only = self.text_only_embedder(await self.embedder_info())
+        await self._read_query(run, text_only)
+        return await self._embed_query(run, text_only)
 
     async def modality_stats(self, collection: str) -> dict[str, balance.GroupStats]:
         """Each modality's document count and vector sample (``service.balance``), reused for
@@ -932,6 +1027,13 @@ def _image_fields(stored: str | None) -> ImageFields:
     image, source = split_ref(stored)
     thumb = thumbnail_name(image) if image is not None else None
     return ImageFields(image=image, source=source, thumbnail=f"/media/{thumb}" if thumb else None)
+
+
+def _comparable(hit: SearchHit) -> float:
+    """What ``min_score`` compares: the calibrated score, else the raw cosine."""
+    if hit.calibrated_score is not None:
+        return hit.calibrated_score
+    return hit.vector_score if hit.vector_score is not None else hit.score
 
 
 def _search_hit(c: Candidate) -> SearchHit:

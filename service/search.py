@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import bentoml
 from mmsearch_client.schemas import (
+    CalibrateRequest,
+    CalibrateResponse,
     CollectionsResponse,
     DeleteRequest,
     DeleteResponse,
@@ -39,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import lifecycle
+from service import calibrator, lifecycle
 from service.bento_options import search_service_options, validated
 from service.breaker import CircuitBreaker
 from service.compat import (
@@ -202,7 +204,7 @@ class Search:
     @bentoml.api(route="/collections")
     @handle_api_errors
     async def collections(self) -> CollectionsResponse:
-        """Every collection with its document count, dimension and embedding model."""
+        """Every collection with its document count, dimension, embedding model and calibration (if any)."""
         return await self.pipeline.collections()
 
     @bentoml.api(route="/search", input_spec=SearchRequest)
@@ -210,6 +212,13 @@ class Search:
     async def search(self, **kw: Any) -> SearchResponse:
         """Embed the query, retrieve ``candidates``, rerank them and return the best ``top_k``."""
         return await self.pipeline.search(validated(SearchRequest, kw))
+
+    @bentoml.api(route="/calibrate", input_spec=CalibrateRequest)
+    @handle_api_errors
+    async def calibrate(self, **kw: Any) -> CalibrateResponse:
+        """Fit the collection's score calibration from labelled queries and store it with the collection:
+        ``/search`` then applies it to ``min_score`` and to the fused order of a balanced search."""
+        return await calibrator.calibrate(self.pipeline, validated(CalibrateRequest, kw))
 
     # ------------------------------------------------------------------------------------------- proxies
     @bentoml.api(route="/encode", input_spec=EncodeRequest)

@@ -248,3 +248,32 @@ def test_calibration_round_trips_through_json_and_refuses_tampered_forms() -> No
         Calibration.from_json({"format": 99})
     with pytest.raises(CalibrationError):
         Calibration.from_json({"format": 1, "method": "platt", "pairs": {f"p{i}": {} for i in range(100)}})
+
+
+def test_a_stored_calibration_loads_back_and_maps_raw_cosine_through_the_modality_standardiser() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(2, 1, 40), rng.normal(0, 1, 200)])
+    y = np.concatenate([np.ones(40, bool), np.zeros(200, bool)])
+    samples = {"text->text": (x.tolist(), y.tolist()), "text->image": (x.tolist(), y.tolist())}
+    calib = fit(samples, method="platt", set_name="s", queries=5, created="2026-12-03T00:00:00+00:00")
+    loaded = calibration.load(calibration.dump(calib))
+    assert loaded is not None and loaded.to_json() == calib.to_json()
+    assert calibration.load(None) is None and calibration.load("") is None
+    with pytest.raises(CalibrationError, match="unreadable"):
+        calibration.load("{not json")
+    # the same standardised score gives the same probability whatever the raw scale of the modality
+    standardisers = {"text": lambda raw: (raw - 0.8) / 0.05, "image": lambda raw: (raw - 0.2) / 0.01, "audio": float}
+    scorers = calibration.scorers(loaded, "text", standardisers)
+    assert set(scorers) == {"text", "image"}  # no audio pair fitted: not mapped
+    assert scorers["text"](0.9) == pytest.approx(scorers["image"](0.22))
+    assert scorers["image"](0.23) > scorers["image"](0.22)  # order within a modality kept
+    assert calibration.scorers(loaded, "image", standardisers) == {}  # no image-query pairs
+    info = loaded.describe()
+    assert info.set == "s" and info.pairs["text->image"].positives == 40
+
+
+def test_samples_are_collected_per_pair_with_relevance_from_the_labels() -> None:
+    into: dict[str, tuple[list[float], list[bool]]] = {}
+    scored = {"text": [("a", 0.9), ("b", 0.5)], "image": [("c", 0.3)]}
+    calibration.add_samples(into, "text", scored, {"a", "c"}, {"text": lambda r: r * 10, "image": lambda r: r})
+    assert into == {"text->text": ([9.0, 5.0], [True, False]), "text->image": ([0.3], [True])}

@@ -565,3 +565,27 @@ def test_concurrent_writers_lose_nothing(backend: str, tmp_path: Path, request: 
         common = index.get("shared", [f"common-{i}" for i in range(5)])
         assert [d.id for d in common] == [f"common-{i}" for i in range(5)]
         assert all(d.text in ("by 0", "by 1", "by 2") for d in common)
+
+
+def test_a_collection_property_is_stored_with_the_collection_and_goes_with_it(
+    index: VectorIndex, index_uri: str
+) -> None:
+    """Calibrations (issue #22) live here: durable, seen by another process's index, dropped with the collection."""
+    name = f"c{next(_names)}"
+    index.ensure_collection(name, DIM, "test-model")
+    assert index.read_property(name, "mmsearch.calibration") is None
+    value = '{"format": 1, "pairs": {}}' + " " * 20_000  # a large isotonic calibration is this size
+    index.write_property(name, "mmsearch.calibration", value)
+    index.upsert(name, [IndexRecord("a", "t", None, {}, unit(1, 0, 0, 0))])
+    with open_index(index_uri) as other:  # another process opening the same storage
+        assert other.read_property(name, "mmsearch.calibration") == value
+    index.write_property(name, "mmsearch.calibration", None)
+    assert index.read_property(name, "mmsearch.calibration") is None
+    index.write_property(name, "mmsearch.calibration", "x")
+    with pytest.raises(ValueError, match=r"mmsearch\."):
+        index.write_property(name, "calibration", "x")
+    assert index.drop_collection(name)
+    with pytest.raises(CollectionNotFound):
+        index.read_property(name, "mmsearch.calibration")
+    index.ensure_collection(name, DIM, "test-model")
+    assert index.read_property(name, "mmsearch.calibration") is None  # a re-created collection starts uncalibrated

@@ -27,6 +27,8 @@ Filter = dict[str, Any]
 """Metadata filter: ``{key: scalar | {"$in": [...]} | {"$gt"|"$gte"|"$lt"|"$lte"|"$eq"|"$ne": value}}``."""
 
 DEFAULT_ANN_THRESHOLD = 50_000
+MAX_PROPERTY_BYTES = 1 << 20
+"""Largest per-collection property (``VectorIndex.write_property``) a backend is asked to keep."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,16 @@ class VectorIndex(ABC):
         }
         return {m: f.result() for m, f in futures.items()}
 
+    def read_property(self, name: str, key: str) -> str | None:
+        """A per-collection property stored with the collection (``write_property``), ``None`` if unset; it goes
+        when the collection is dropped. Raises ``CollectionNotFound``."""
+        raise NotImplementedError(f"{self.backend} cannot store collection properties")
+
+    def write_property(self, name: str, key: str, value: str | None) -> None:
+        """Store (``None``: remove) a small per-collection property (at most ``MAX_PROPERTY_BYTES``), durable once
+        it returns and seen by every process sharing the storage. Raises ``CollectionNotFound``."""
+        raise NotImplementedError(f"{self.backend} cannot store collection properties")
+
     @abstractmethod
     def drop_collection(self, name: str) -> bool:
         """Delete a collection and its documents; return whether it existed. Every process sharing the storage
@@ -264,6 +276,13 @@ def _modality_pool() -> ThreadPoolExecutor:
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="modality-search")
     return _pool
+
+
+def check_property(key: str, value: str | None) -> None:
+    if not key.startswith("mmsearch."):
+        raise ValueError(f"collection property keys start with 'mmsearch.' (got {key!r})")
+    if value is not None and len(value.encode()) > MAX_PROPERTY_BYTES:
+        raise ValueError(f"a collection property is at most {MAX_PROPERTY_BYTES} bytes")
 
 
 def check_search_args(vector: Sequence[float], k: int, dimension: int) -> list[float]:

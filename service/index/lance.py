@@ -69,6 +69,7 @@ from service.index.base import (
     VectorIndex,
     check_collection_name,
     check_ids,
+    check_property,
     check_search_args,
     declared_modality,
     keyword_text,
@@ -396,6 +397,26 @@ class LanceIndex(VectorIndex):
         info = self._guard(name, lambda table: self._info(name, table))
         assert info is not None
         return info
+
+    def read_property(self, name: str, key: str) -> str | None:
+        """Properties live in the ``vector`` field's metadata (schema metadata cannot be updated in place)."""
+        check_property(key, None)
+
+        def read(table: Any) -> str | None:
+            raw = (table.schema.field(VECTOR).metadata or {}).get(key.encode())
+            return raw.decode() if raw else None
+
+        return self._guard(name, read)
+
+    def write_property(self, name: str, key: str, value: str | None) -> None:
+        check_property(key, value)
+
+        def write(table: Any) -> None:
+            update = {"path": VECTOR, "metadata": {key: value or ""}}  # "" reads as unset
+            with self._write_lock:
+                self._commit(f"property of {name!r}", lambda: table.update_field_metadata(update))
+
+        self._guard(name, write)
 
     def drop_collection(self, name: str) -> bool:
         check_collection_name(name)

@@ -61,6 +61,7 @@ from service.index.base import (
     VectorIndex,
     check_collection_name,
     check_ids,
+    check_property,
     check_search_args,
     declared_modality,
     order_by_ids,
@@ -374,6 +375,21 @@ class MilvusIndex(VectorIndex):
             except (CollectionNotFound, ValueError):
                 continue  # not ours, or dropped meanwhile
         return infos
+
+    def read_property(self, name: str, key: str) -> str | None:
+        """Properties are Milvus collection properties (kept by Milvus Lite and servers alike)."""
+        check_property(key, None)
+
+        def read(_: _Meta) -> str | None:
+            props = self._client.describe_collection(name).get("properties") or {}
+            return str(props.get(key) or "") or None
+
+        return self._fresh(name, read)
+
+    def write_property(self, name: str, key: str, value: str | None) -> None:
+        check_property(key, value)
+        with self._write_lock:
+            self._fresh(name, lambda _: self._client.alter_collection_properties(name, properties={key: value or ""}))
 
     def drop_collection(self, name: str) -> bool:
         check_collection_name(name)

@@ -51,6 +51,9 @@ from mmsearch_client.errors import (
 from mmsearch_client.inputs import Document, DocumentLike, Image, ImageLike, InputLike, content_id, pair
 from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, UpsertSummary
 from mmsearch_client.schemas import (
+    CalibrateResponse,
+    CalibrationInfo,
+    CalibrationQuery,
     CollectionInfo,
     CollectionsResponse,
     DeleteResponse,
@@ -81,6 +84,9 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchFailure",
+    "CalibrateResponse",
+    "CalibrationInfo",
+    "CalibrationQuery",
     "Client",
     "CollectionInfo",
     "CollectionsResponse",

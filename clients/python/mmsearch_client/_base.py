@@ -40,6 +40,8 @@ from mmsearch_client.inputs import (
 )
 from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, UpsertSummary, decode_embedding
 from mmsearch_client.schemas import (
+    CalibrateResponse,
+    CalibrationQuery,
     CollectionsResponse,
     DeleteResponse,
     DropResponse,
@@ -451,6 +453,7 @@ class BaseClient(Generic[HttpT]):
         mode: SearchMode | None = None,
         hybrid: Mapping[str, Any] | None = None,
         balance: Literal["auto", "off"] | None = None,
+        min_score: float | None = None,
     ) -> RequestSpec[SearchResponse]:
         body: dict[str, Any] = {
             "collection": collection,
@@ -463,6 +466,7 @@ class BaseClient(Generic[HttpT]):
             ("mode", mode),
             ("hybrid", dict(hybrid) if hybrid else None),
             ("balance", balance),
+            ("min_score", min_score),
         )
         for key, value in options:
             if value is not None:
@@ -482,6 +486,18 @@ class BaseClient(Generic[HttpT]):
                     pool=self.timeout.pool,
                 )
         return RequestSpec("POST", "/search", body, _model(SearchResponse), timeout=http_timeout)
+
+    def _calibrate_spec(
+        self,
+        queries: Sequence[CalibrationQuery | Mapping[str, Any]],
+        collection: str,
+        method: Literal["platt", "isotonic"],
+        name: str,
+        candidates: int,
+    ) -> RequestSpec[CalibrateResponse]:
+        items = [q.model_dump(exclude_none=True) if isinstance(q, CalibrationQuery) else dict(q) for q in queries]
+        body = {"collection": collection, "queries": items, "method": method, "name": name, "candidates": candidates}
+        return RequestSpec("POST", "/calibrate", body, _model(CalibrateResponse))
 
     def _collections_spec(self) -> RequestSpec[CollectionsResponse]:
         return RequestSpec("POST", "/collections", {}, _model(CollectionsResponse))

@@ -27,6 +27,8 @@ from mmsearch_client.errors import MMSearchError
 from mmsearch_client.inputs import DocumentLike, InputLike
 from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, UpsertSummary
 from mmsearch_client.schemas import (
+    CalibrateResponse,
+    CalibrationQuery,
     CollectionsResponse,
     DeleteResponse,
     DropResponse,
@@ -218,6 +220,21 @@ class Client(BaseClient[httpx.Client]):
         """Fetch stored documents by id, in the order asked; missing ids are skipped."""
         return self._run(self._get_spec(ids, collection, include_embedding))
 
+    def calibrate(
+        self,
+        queries: Sequence[CalibrationQuery | Mapping[str, Any]],
+        *,
+        collection: str = "default",
+        method: Literal["platt", "isotonic"] = "platt",
+        name: str = "",
+        candidates: int = 50,
+    ) -> CalibrateResponse:
+        """Fit the collection's score calibration from labelled ``queries`` (``CalibrationQuery`` or
+        ``{"text"|"image": ..., "relevant": [ids]}``) and store it with the collection: ``search`` then applies it
+        to ``min_score`` and to the fused order of balanced retrieval. ``method``: ``platt`` or ``isotonic``;
+        ``name``: what the labelled set is called (shown by ``collections()``)."""
+        return self._run(self._calibrate_spec(queries, collection, method, name, candidates))
+
     def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""
         return self._run(self._collections_spec())
@@ -236,6 +253,7 @@ class Client(BaseClient[httpx.Client]):
         mode: SearchMode | None = None,
         hybrid: Mapping[str, Any] | None = None,
         balance: Literal["auto", "off"] | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
         """Retrieve ``candidates`` (at least ``top_k``: the server raises a smaller shortlist; ``mode``:
         ``vector``, ``keyword`` or ``hybrid``, default the server's choice), rerank them, return the best
@@ -245,9 +263,12 @@ class Client(BaseClient[httpx.Client]):
         reranker answers; ``None``: rerank when the server has a reranker. ``hybrid``: fusion options
         (``{"fusion": "coverage" | "rrf", "keyword_weight": w}``). ``timeout`` is a server-side deadline in
         seconds (504 when exceeded). ``balance``: ``"auto"`` (the server's default) draws candidates per document
-        modality on a mixed collection, ``"off"`` takes one top-``candidates`` by raw cosine.
+        modality on a mixed collection, ``"off"`` takes one top-``candidates`` by raw cosine. ``min_score``: drop
+        vector candidates below it (the calibrated probability on a calibrated collection, else the raw cosine).
         """
-        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance)
+        spec = self._search_spec(
+            query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance, min_score
+        )
         return self._run(spec)
 
     # ---------------------------------------------------------------------------------------------- status
@@ -437,6 +458,21 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         ``NotFoundError`` (``code="collection_not_found"``), or returns ``dropped=False`` with ``missing_ok``."""
         return await self._run(self._drop_spec(collection, missing_ok))
 
+    async def calibrate(
+        self,
+        queries: Sequence[CalibrationQuery | Mapping[str, Any]],
+        *,
+        collection: str = "default",
+        method: Literal["platt", "isotonic"] = "platt",
+        name: str = "",
+        candidates: int = 50,
+    ) -> CalibrateResponse:
+        """Fit the collection's score calibration from labelled ``queries`` (``CalibrationQuery`` or
+        ``{"text"|"image": ..., "relevant": [ids]}``) and store it with the collection: ``search`` then applies it
+        to ``min_score`` and to the fused order of balanced retrieval. ``method``: ``platt`` or ``isotonic``;
+        ``name``: what the labelled set is called (shown by ``collections()``)."""
+        return await self._run(self._calibrate_spec(queries, collection, method, name, candidates))
+
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""
         return await self._run(self._collections_spec())
@@ -455,9 +491,12 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         mode: SearchMode | None = None,
         hybrid: Mapping[str, Any] | None = None,
         balance: Literal["auto", "off"] | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
         """Retrieve ``candidates`` (``mode``), rerank them, return the best ``top_k`` (see :meth:`Client.search`)."""
-        spec = self._search_spec(query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance)
+        spec = self._search_spec(
+            query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance, min_score
+        )
         return await self._run(spec)
 
     # ---------------------------------------------------------------------------------------------- status

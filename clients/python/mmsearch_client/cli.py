@@ -6,6 +6,8 @@
     mmsearch search --image query.jpg --no-rerank
     mmsearch embed "a red bicycle" --query --json
     mmsearch rerank "red bike" "a red bicycle" "a blue car"
+    mmsearch calibrate ./labelled --collection docs          # eval-format set: queries.jsonl + qrels.tsv
+    mmsearch search "red bicycle" -c docs --min-score 0.5     # calibrated: one threshold for every modality
     mmsearch health
 
 The server and key come from ``--url`` / ``--api-key`` or ``$MMSEARCH_URL`` / ``$MMSEARCH_API_KEY``.
@@ -28,11 +30,11 @@ from mmsearch_client.errors import APIStatusError, MMSearchError, NotFoundError,
 from mmsearch_client.eval.command import add_eval_parser
 from mmsearch_client.inputs import Document, Image, InputLike, content_id, pair
 from mmsearch_client.results import BatchFailure
-from mmsearch_client.schemas import Item
+from mmsearch_client.schemas import CalibrationInfo, Item
 
 __all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "build_parser", "main", "scan"]
 
-INGEST_COMMANDS = frozenset({"index", "eval"})
+INGEST_COMMANDS = frozenset({"index", "eval", "calibrate"})
 INGEST_TIMEOUT_S = 600.0
 """HTTP timeout of commands that upload images: with OCR on, a batch of images takes about 2 s each to read."""
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
@@ -243,6 +245,7 @@ def cmd_search(client: Client, args: argparse.Namespace) -> int:
         filter=filt,
         timeout=args.deadline,
         mode=args.mode,
+        min_score=args.min_score,
     )
     if args.json:
         print(res.model_dump_json(indent=2))
@@ -313,13 +316,43 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     return 0 if status else 1
 
 
+def _calibrated(c: CalibrationInfo | None) -> str:
+    return f"{c.method} on {c.set!r} ({c.queries} queries, {c.created})" if c is not None else "no"
+
+
 def cmd_collections(client: Client, args: argparse.Namespace) -> int:
     res = client.collections()
     if args.json:
         print(res.model_dump_json(indent=2))
         return 0
-    rows = [[c.name, str(c.count), str(c.dimension), c.model] for c in res.collections]
-    _print_table(None, ["collection", "documents", "dimension", "model"], rows)
+    rows = [[c.name, str(c.count), str(c.dimension), c.model, _calibrated(c.calibration)] for c in res.collections]
+    _print_table(None, ["collection", "documents", "dimension", "model", "calibrated"], rows)
+    return 0
+
+
+def cmd_calibrate(client: Client, args: argparse.Namespace) -> int:
+    from mmsearch_client.eval.dataset import load_dataset
+    from mmsearch_client.eval.runner import query_input
+
+    ds = load_dataset(args.dataset)
+    queries: list[dict[str, Any]] = []
+    for qid in ds.judged_queries:
+        q = query_input(ds.queries[qid])
+        content = {"text": q} if isinstance(q, str) else q.model_dump(exclude_none=True)
+        queries.append({**content, "relevant": sorted(ds.relevant(qid))})
+    if not queries:
+        raise CLIError(f"{args.dataset}: no query has a relevant document in qrels.tsv")
+    res = client.calibrate(
+        queries, collection=args.collection, method=args.method, name=args.name or ds.name, candidates=args.candidates
+    )
+    if args.json:
+        print(res.model_dump_json(indent=2))
+        return 0
+    c = res.calibration
+    rows = [[pair, str(p.samples), str(p.positives), "fitted"] for pair, p in c.pairs.items()]
+    rows += [[pair, "", "", f"skipped: {why}"] for pair, why in c.skipped.items()]
+    title = f"{res.collection!r} calibrated ({c.method}) on {c.set!r}: {c.queries} queries, {c.created}"
+    _print_table(title, ["pair", "samples", "relevant", ""], rows)
     return 0
 
 
@@ -384,8 +417,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank-auto", action="store_true", help="rerank if the reranker answers, else don't")
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"lang": "en"}\'')
     p.add_argument("--deadline", type=float, help="server-side deadline in seconds")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        help="drop vector candidates below it (calibrated probability on a calibrated collection, else cosine)",
+    )
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "calibrate", parents=[common], help="fit a collection's score calibration from a labelled query set"
+    )
+    p.add_argument("dataset", help="an eval dataset folder (queries.jsonl and qrels.tsv; its corpus ids are indexed)")
+    p.add_argument("--collection", "-c", default="default")
+    p.add_argument("--method", choices=["platt", "isotonic"], default="platt")
+    p.add_argument("--name", help="what the set is called (default: the folder's name)")
+    p.add_argument("--candidates", type=_positive, default=50, help="candidates drawn per modality and query")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("embed", parents=[common], help="embed a text and/or an image")
     p.add_argument("text", nargs="?")

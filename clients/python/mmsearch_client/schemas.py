@@ -258,11 +258,71 @@ class GetResponse(BaseModel):
     documents: list[StoredDocument]
 
 
+MAX_CALIBRATION_QUERIES = 1000
+MAX_CALIBRATION_RELEVANT = 1000
+MAX_CALIBRATION_CANDIDATES = 1000
+
+
+class CalibrationQuery(BaseModel):
+    """A labelled query: its text and/or image and the ids of the documents relevant to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    image: str | None = None
+    relevant: list[DocumentId] = Field(min_length=1, max_length=MAX_CALIBRATION_RELEVANT)
+
+    @model_validator(mode="after")
+    def _content(self) -> CalibrationQuery:
+        if not self.text and not self.image:
+            raise ValueError("a calibration query needs text or image")
+        return self
+
+
+class CalibrateRequest(BaseModel):
+    """Fit a per-modality-pair score calibration from labelled queries and store it with the collection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: CollectionName = "default"
+    queries: list[CalibrationQuery] = Field(min_length=1, max_length=MAX_CALIBRATION_QUERIES)
+    method: Literal["platt", "isotonic"] = "platt"
+    name: str = Field(default="", max_length=200)
+    """What the labelled set is called (shown by ``/collections``)."""
+    candidates: int = Field(default=50, ge=1, le=MAX_CALIBRATION_CANDIDATES)
+    """Candidates drawn per document modality and query; with the relevant documents, the fitting samples."""
+
+
+class CalibrationPair(BaseModel):
+    samples: int
+    positives: int
+
+
+class CalibrationInfo(BaseModel):
+    """A collection's calibration: the set it was fitted on and what each modality pair got."""
+
+    set: str
+    queries: int
+    method: str
+    created: str
+    pairs: dict[str, CalibrationPair]
+    """``"<query modality>-><document modality>"`` -> samples and relevant samples it was fitted on."""
+    skipped: dict[str, str] = Field(default_factory=dict)
+    """Pairs seen but not fitted, with why (too few relevant or non-relevant samples)."""
+
+
+class CalibrateResponse(BaseModel):
+    collection: str
+    calibration: CalibrationInfo
+
+
 class CollectionInfo(BaseModel):
     name: str
     count: int
     dimension: int
     model: str
+    calibration: CalibrationInfo | None = None
+    """Set when the collection is calibrated (``POST /calibrate``)."""
 
 
 class CollectionsResponse(BaseModel):
@@ -302,6 +362,10 @@ class SearchRequest(BaseModel):
     """``auto``: when the collection holds more than one document modality, draw candidates per modality and fuse
     them on a shared scale, each keeping a minimum share (the modality gap cannot crowd one out); ``off``: one
     top-``candidates`` by raw cosine."""
+    min_score: float | None = Field(default=None, ge=-1, le=1)
+    """Drop vector candidates scoring below it (before reranking): on a calibrated collection the calibrated
+    probability of relevance (one threshold means the same for every modality), else the raw cosine. Candidates
+    found by keyword only are kept."""
     timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds.")
 
     # candidates < top_k: the server shortlists top_k candidates (the shortlist is never smaller than the answer).
@@ -331,6 +395,9 @@ class SearchHit(BaseModel):
     """Balanced retrieval (``balanced`` in the response): the score on the scale all modalities share (the
     per-modality standardised cosine, or the calibrated probability of relevance), by which candidates were
     ordered and shortlisted; ``score`` and ``vector_score`` keep the raw cosine."""
+    calibrated_score: float | None = None
+    """On a calibrated collection: the probability of relevance of the vector score for this (query modality ->
+    document modality) pair, which ``min_score`` compares."""
     modality: str = ""
     """The document's modality: ``text``, ``image``, ``text+image`` (``""``: an unlabelled embedding-only one)."""
     text: str | None = None

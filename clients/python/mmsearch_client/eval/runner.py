@@ -129,7 +129,7 @@ class _LazyDocs:
         return (_document(i) for i in self.items)
 
 
-def _query_input(item: EvalItem) -> str | Item:
+def query_input(item: EvalItem) -> str | Item:
     if item.image is None:
         assert item.text is not None
         return item.text
@@ -252,7 +252,7 @@ def run_eval(client: Client, ds: Dataset, opts: EvalOptions, log: Callable[[str]
         report["ingest"] = _ingest(client, items, opts, log)
         if opts.gap is not None:
             _gap(client, items, opts, log)
-        inputs = {q: _query_input(ds.queries[q]) for q in qids}
+        inputs = {q: query_input(ds.queries[q]) for q in qids}
         for spec in plan.runs:
             outcomes = _run_queries(client, inputs, opts, plan.candidates, spec)
             report["runs"][spec.name] = {
