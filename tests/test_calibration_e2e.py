@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 import uuid
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mmsearch_client import AsyncClient, CalibrationQuery, Client
 from mmsearch_client.cli import main as cli_main
 from mmsearch_client.eval.gap import construct_gap, unit
 
-from bench.support.servers import BentoServer
+from bench.support.servers import BentoServer, bento_env
 
 pytestmark = pytest.mark.e2e
 TOPICS = [
@@ -51,6 +52,10 @@ def near(rng: random.Random, v: list[float], spread: float) -> list[float]:
 
 @pytest.fixture(scope="module")
 def gapped(search_server: BentoServer) -> dict[str, object]:
+    return build_gapped(search_server)
+
+
+def build_gapped(search_server: BentoServer) -> dict[str, object]:
     """Per topic, ``PER_TOPIC`` text and image documents near the topic query (relevant, at graded distances) and
     random documents of both modalities; every image vector shifted by ``OFFSET`` away from the queries."""
     rng = random.Random(11)
@@ -253,3 +258,24 @@ def test_client_and_cli_calibrate_and_list_the_calibration(
     assert "calibrated (platt) on 'topics'" in out and "text->image" in out
     assert cli_main(["collections", "--url", search_server.url]) == 0
     assert "platt on 'topics'" in capsys.readouterr().out
+
+
+def test_the_calibration_survives_a_restart_of_the_service(tmp_path: Path, tiny_models: object) -> None:
+    """Stored with the collection: a Search process started afresh on the same index finds and applies it."""
+    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service.search:Search"]
+    first = BentoServer(cmd, bento_env(tmp_path), tmp_path / "first.log").start()
+    try:
+        built = build_gapped(first)
+        queries = calibration_queries(built)
+        post(first, "/calibrate", {"collection": built["collection"], "queries": queries, "name": "r"})
+        before = kept_shares(first, built, 0.5)
+    finally:
+        first.stop()
+    second = BentoServer(cmd, bento_env(tmp_path), tmp_path / "second.log").start()
+    try:
+        listed = post(second, "/collections", {})["collections"]
+        assert next(c for c in listed if c["name"] == built["collection"])["calibration"]["set"] == "r"
+        after = kept_shares(second, built, 0.5)
+    finally:
+        second.stop()
+    assert after == before and abs(after["text"] - after["image"]) <= TOLERANCE
