@@ -26,8 +26,9 @@ import numpy as np
 
 from bench.common import base_parser, latency_summary, print_table, run_header, write_results
 from service import balance
-from service.index import IndexRecord, open_index
+from service.index import IndexRecord
 from service.index.base import VectorIndex
+from service.index.factory import open_index
 from service.retrieval import Balance, Query, retrieve
 
 K = 50
