@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import math
 import time
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from bench.support.images import data_uri, decode, make_image, png_bytes
 from bench.support.metrics import metric_sum
 from bench.support.servers import BentoServer, StaticServer
+from tests.support.batched import lane_calls, singles_behind_bulk
 from tests.support.hostile import FETCH_DEADLINE_S, hostile_images, hostile_server
 
 pytestmark = pytest.mark.e2e
@@ -122,36 +123,51 @@ def test_request_limits(embedder_server: BentoServer) -> None:
     assert extra.status_code == 400
 
 
-def _model_calls(server: BentoServer) -> float:
-    return metric_sum(server.url, "mmsearch_model_batch_size_count", service="embedder")
+MAX_BATCH = 32  # the session Embedder's MMSEARCH_MAX_BATCH_SIZE (the default)
 
 
 def test_concurrent_requests_are_batched(embedder_server: BentoServer, clip: SentenceTransformer) -> None:
-    before = _model_calls(embedder_server)
+    """64 single-input requests waiting together are served in ceil(64 / 32) = 2 model calls of 32, exactly.
+
+    They wait behind a bulk of 15 x 256 query inputs in the same lane (``tests.support.batched``): the bulk's 120
+    calls are all full, so the lane runs 122 calls of 32 in all; without batching it would be 120 + 64. Query
+    inputs, because a document batch may be sized down while queries are around (``service.priority``)."""
     texts = [f"concurrent request number {i}" for i in range(64)]
-
-    async def go() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=embedder_server.url, timeout=60) as c:
-            return await asyncio.gather(*(c.post("/encode", json={"inputs": [t]}) for t in texts))
-
-    responses = asyncio.run(go())
-    assert all(r.status_code == 200 for r in responses)
-    calls = _model_calls(embedder_server) - before
-    print(f"64 single-input requests -> {calls:.0f} model calls")
-    assert 1 <= calls < 64
-    want = local(clip, [{"text": t} for t in texts], "document")
+    bulk = [
+        {"inputs": [f"bulk {r} page {i}: revenue by region" for i in range(256)], "input_type": "query"}
+        for r in range(15)  # 3,904 inputs with the singles: within the queue's 4,096
+    ]
+    before = lane_calls(embedder_server.url, "embedder", "query/text")
+    bulk_out, responses = singles_behind_bulk(
+        embedder_server.url,
+        "/encode",
+        bulk,
+        [{"inputs": [t], "input_type": "query"} for t in texts],
+        "embedder",
+        "query/text",
+        MAX_BATCH,
+    )
+    assert all(r.status_code == 200 for r in [*bulk_out, *responses])
+    after = lane_calls(embedder_server.url, "embedder", "query/text")
+    calls, inputs = after[0] - before[0], after[1] - before[1]
+    assert inputs == 15 * 256 + 64
+    assert calls == 15 * 256 / MAX_BATCH + math.ceil(64 / MAX_BATCH), f"{calls:.0f} model calls for {inputs:.0f} inputs"
+    want = local(clip, [{"text": t} for t in texts], "query")
     got = np.asarray([r.json()["embeddings"][0] for r in responses])
     assert np.abs(got - want).max() <= TOL  # every caller got its own vector back
 
 
 def test_hostile_inputs_are_refused(embedder_server: BentoServer) -> None:
-    run_hostile_battery(embedder_server.url, "/encode", lambda img: {"inputs": ["ok", {"image": img}]})
+    run_hostile_battery(
+        embedder_server.url, "/encode", lambda img: {"inputs": ["ok", {"image": img}]}, "inputs[1].image"
+    )
     for reason in ("blocked_address", "bad_scheme", "too_large", "too_many_pixels", "timeout", "not_an_image"):
         assert metric_sum(embedder_server.url, "mmsearch_refusals_total", reason=reason) >= 1, reason
 
 
-def run_hostile_battery(url: str, route: str, body_for) -> None:  # type: ignore[no-untyped-def]
-    """Every hostile image reference gets a 4xx naming the field, in bounded time; the service stays healthy."""
+def run_hostile_battery(url: str, route: str, body_for, field: str) -> None:  # type: ignore[no-untyped-def]
+    """Every hostile image reference gets a 4xx whose ``field`` is exactly ``field`` (the image's place in the
+    request), in bounded time; the service stays healthy."""
     with hostile_server() as hs:
         cases = hostile_images(hs.url)
         assert len(cases) >= 20
@@ -163,7 +179,7 @@ def run_hostile_battery(url: str, route: str, body_for) -> None:  # type: ignore
                 assert 400 <= r.status_code < 500, f"{name}: {r.status_code} {r.text}"
                 assert took < FETCH_DEADLINE_S + 2, f"{name}: took {took:.1f}s"
                 body = r.json()
-                assert "image" in (body.get("field") or "") or "image" in r.text, f"{name}: {body}"
+                assert body.get("field") == field, f"{name}: {body}"
             assert c.get("/readyz").status_code == 200
             ok = c.post(route, json=body_for(f"{hs.url}/ok.png"))
             assert ok.status_code == 200, ok.text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
@@ -11,8 +10,8 @@ import pytest
 from sentence_transformers import CrossEncoder
 
 from bench.support.images import data_uri, decode, make_image, png_bytes
-from bench.support.metrics import metric_sum
 from bench.support.servers import BentoServer, StaticServer
+from tests.support.batched import lane_calls, singles_behind_bulk
 from tests.test_embedder_e2e import run_hostile_battery
 
 pytestmark = pytest.mark.e2e
@@ -105,24 +104,33 @@ def test_text_cross_encoder(text_reranker_server: BentoServer, tiny_models) -> N
     assert img_q.status_code == 422 and img_q.json()["field"] == "query"
 
 
-def _model_calls(server: BentoServer) -> float:
-    return metric_sum(server.url, "mmsearch_model_batch_size_count", service="reranker")
+MAX_BATCH = 32  # the session Reranker's MMSEARCH_MAX_BATCH_SIZE (the default)
 
 
 def test_concurrent_requests_share_batches(reranker_server: BentoServer, vlm_ce: CrossEncoder) -> None:
-    before = _model_calls(reranker_server)
+    """24 requests of 3 pairs waiting together share model calls: 3 calls (30 + 30 + 12 pairs; a batch holds
+    whole requests where they fit, so 10 of 3 pairs go in a batch of 32), not 24.
+
+    They wait behind a bulk of 4 x 256 pairs in the same lane (``tests.support.batched``), whose 32 calls are all
+    full: the lane runs exactly 32 + 3 calls."""
     queries = [f"query {i}" for i in range(24)]
     docs = ["doc a", "doc b", "doc c"]
-
-    async def go() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=reranker_server.url, timeout=60) as c:
-            return await asyncio.gather(*(c.post("/rerank", json={"query": q, "documents": docs}) for q in queries))
-
-    responses = asyncio.run(go())
-    assert all(r.status_code == 200 for r in responses)
-    calls = _model_calls(reranker_server) - before
-    print(f"24 requests x 3 pairs -> {calls:.0f} model calls")
-    assert 1 <= calls < 24
+    bulk = [{"query": f"bulk {r}", "documents": [f"bulk doc {i}" for i in range(256)]} for r in range(4)]
+    before = lane_calls(reranker_server.url, "reranker", "text/text")
+    bulk_out, responses = singles_behind_bulk(
+        reranker_server.url,
+        "/rerank",
+        bulk,
+        [{"query": q, "documents": docs} for q in queries],
+        "reranker",
+        "text/text",
+        MAX_BATCH,
+    )
+    assert all(r.status_code == 200 for r in [*bulk_out, *responses])
+    after = lane_calls(reranker_server.url, "reranker", "text/text")
+    calls, pairs = after[0] - before[0], after[1] - before[1]
+    assert pairs == 4 * 256 + 24 * 3
+    assert calls == 4 * 256 / MAX_BATCH + 3, f"{calls:.0f} model calls for {pairs:.0f} pairs"
     for q, r in zip(queries, responses, strict=True):
         got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
         want = vlm_ce.predict([({"text": q}, {"text": d}) for d in docs])
@@ -130,5 +138,12 @@ def test_concurrent_requests_share_batches(reranker_server: BentoServer, vlm_ce:
 
 
 def test_hostile_inputs_are_refused(reranker_server: BentoServer) -> None:
-    run_hostile_battery(reranker_server.url, "/rerank", lambda img: {"query": "q", "documents": ["ok", {"image": img}]})
-    run_hostile_battery(reranker_server.url, "/rerank", lambda img: {"query": {"image": img}, "documents": ["ok"]})
+    run_hostile_battery(
+        reranker_server.url,
+        "/rerank",
+        lambda img: {"query": "q", "documents": ["ok", {"image": img}]},
+        "documents[1].image",
+    )
+    run_hostile_battery(
+        reranker_server.url, "/rerank", lambda img: {"query": {"image": img}, "documents": ["ok"]}, "query.image"
+    )

@@ -1,0 +1,69 @@
+"""Concurrent single-input requests queued together, to count the model calls that serve them.
+
+With ``MMSEARCH_BATCH_COALESCE_MS`` at its CPU default (0) a batch starts as soon as the model is free, so how many
+calls requests arriving one by one at an idle model share depends on their timing. Behind a bulk of the same lane
+it does not: the bulk keeps the model busy, the single requests queue behind it in FIFO order, and batching must
+serve them in ``ceil(n / max_batch_size)`` calls. The bulk is sent in requests of a multiple of ``max_batch_size``
+inputs, so its own calls are all full and counted exactly, and whatever the lane ran beyond them is the singles'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from bench.support.metrics import metric_sum
+
+
+def lane_calls(url: str, service: str, lane: str) -> tuple[float, float]:
+    """(model calls, inputs) of ``service``'s lane ``lane`` (e.g. ``document/text``) so far."""
+    labels = {"service": service, "lane": lane}
+    return (
+        metric_sum(url, "mmsearch_model_batch_size_count", **labels),
+        metric_sum(url, "mmsearch_model_batch_size_sum", **labels),
+    )
+
+
+def singles_behind_bulk(
+    url: str,
+    route: str,
+    bulk: list[dict[str, Any]],
+    singles: list[dict[str, Any]],
+    service: str,
+    lane: str,
+    max_batch_size: int,
+) -> tuple[list[httpx.Response], list[httpx.Response]]:
+    """Send ``bulk`` (every request a multiple of ``max_batch_size`` inputs of ``lane``), wait until ``service``
+    received all of it, send ``singles`` (one input of ``lane`` each) concurrently, and check they were all
+    received while at least one full bulk batch was still queued ahead of them (else the model may have taken some
+    of them alone: the setup failed, not batching). Returns (bulk responses, single responses)."""
+    items = ("inputs", "documents")
+    n_bulk = sum(len(next(b[k] for k in items if k in b)) for b in bulk)
+    assert n_bulk % max_batch_size == 0
+    bulk_calls = n_bulk // max_batch_size
+
+    def received() -> float:
+        return metric_sum(url, "mmsearch_inputs_total", service=service)
+
+    async def go() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=200)) as c:
+            start, (calls0, _) = received(), lane_calls(url, service, lane)
+            bulk_tasks = [asyncio.create_task(c.post(route, json=b)) for b in bulk]
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + 120
+            while received() - start < n_bulk:
+                assert loop.time() < give_up, "the bulk never reached the service"
+                await asyncio.sleep(0.005)
+            single_tasks = [asyncio.create_task(c.post(route, json=s)) for s in singles]
+            while received() - start < n_bulk + len(singles):
+                assert loop.time() < give_up, "the single requests never reached the service"
+                await asyncio.sleep(0.005)
+            ran = lane_calls(url, service, lane)[0] - calls0
+            # a bulk batch in the model, one answered but not counted yet, one prepared ahead: a fourth is queued
+            assert ran <= bulk_calls - 4, f"only {bulk_calls - ran:.0f} bulk batches were left: make the bulk larger"
+            print(f"single requests all received with {bulk_calls - ran:.0f} of {bulk_calls} bulk batches not answered")
+            return list(await asyncio.gather(*bulk_tasks)), list(await asyncio.gather(*single_tasks))
+
+    return asyncio.run(go())
