@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -66,13 +67,34 @@ def test_eval_synthetic_set(search_server: BentoServer, tmp_path: Path) -> None:
     with Client(search_server.url) as client:
         assert report["params"]["collection"] not in {c.name for c in client.collections().collections}
 
-    # a saved report compared with itself: no server needed, zero deltas
-    res = mmsearch("eval", str(out), "--compare", str(out), url="http://127.0.0.1:9")
+    # the saved report (A) compared with a copy whose numbers differ by known amounts (B): no server needed, and
+    # every A-B cell is the known difference (a report compared with itself shows zeros whatever the diff does)
+    other = copy.deepcopy(report)
+    b_exact = other["runs"]["rerank_off"]["by_group"][GROUP_EXACT]
+    b_exact["queries"] -= 2
+    for m in report["metrics"]:
+        b_exact["metrics"][m] -= 0.25
+    other["runs"]["rerank_off"]["latency_ms"]["total"]["p50"] += 7.5
+    b_path = tmp_path / "other.json"
+    b_path.write_text(json.dumps(other))
+    res = mmsearch("eval", str(out), "--compare", str(b_path), url="http://127.0.0.1:9")
     assert res.returncode == 0, res.stderr
     assert "Retrieval quality, A vs B" in res.stdout
     rows = [r.split() for r in res.stdout.splitlines()]
-    delta = [r for r in rows if r[:3] == ["group:image_exact_copy", "off", "A-B"]]
-    assert len(delta) == 1 and delta[0][3:] == ["+0", "+0.000", "+0.000", "+0.000", "+0.000", "+0.000"]
+
+    def row(*key: str) -> list[str]:
+        found = [r[len(key) :] for r in rows if r[: len(key)] == list(key)]
+        assert len(found) == 1, (key, res.stdout)
+        return found[0]
+
+    n_metrics = len(report["metrics"])
+    assert row("group:image_exact_copy", "off", "A")[:2] == ["20", "1.000"]  # recall@1 first, as asserted above
+    assert row("group:image_exact_copy", "off", "B")[:2] == ["18", "0.750"]
+    assert row("group:image_exact_copy", "off", "A-B") == ["+2"] + ["+0.250"] * n_metrics
+    assert row("group:image_rerender", "off", "A-B") == ["+0"] + ["+0.000"] * n_metrics  # unchanged scope
+    p50_a = report["runs"]["rerank_off"]["latency_ms"]["total"]["p50"]
+    assert row("total", "off", "A")[0] == f"{p50_a:.1f}"
+    assert row("total", "off", "A-B") == ["-7.5", "+0.0", "+0.0"]
 
 
 def test_eval_into_an_existing_collection_keeps_it(search_server: BentoServer, tmp_path: Path) -> None:
