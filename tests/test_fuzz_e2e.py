@@ -7,7 +7,9 @@ One exception is a *requested* outcome, not a server error: a 504 ``deadline_exc
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -36,6 +38,20 @@ def reranker_schema(reranker_server: BentoServer) -> schemathesis.BaseSchema:
 @pytest.fixture
 def search_schema(search_server: BentoServer) -> schemathesis.BaseSchema:
     return _schema(search_server)
+
+
+@pytest.fixture(autouse=True)
+def fuzzed_and_still_healthy(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each fuzz test, on its own (whatever ran before it): the fuzzer really sent requests to its service
+    (at least ``EXAMPLES``: every service has operations with request bodies) and the service is still ready."""
+    service = request.node.name.split("[")[0].removeprefix("test_fuzz_")
+    server: BentoServer = request.getfixturevalue(f"{service}_server")
+    before = CALLS[service]
+    yield
+    sent = CALLS[service] - before
+    print(f"\nfuzz requests to {service}: {sent}")
+    assert sent >= EXAMPLES, f"the fuzzer sent only {sent} requests to {service}"
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 
 def _check(case: schemathesis.Case, service: str) -> None:
@@ -72,13 +88,3 @@ def test_fuzz_reranker(case: schemathesis.Case) -> None:
 @fuzz
 def test_fuzz_search(case: schemathesis.Case) -> None:
     _check(case, "search")
-
-
-def test_zz_fuzz_report(embedder_server: BentoServer, reranker_server: BentoServer, search_server: BentoServer) -> None:
-    """Runs last in this module: the services are still healthy and the fuzzers really sent requests."""
-    import httpx
-
-    print(f"\nfuzz requests per service: {dict(CALLS)}")
-    for server in (embedder_server, reranker_server, search_server):
-        assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
-    assert sum(CALLS.values()) >= 3 * EXAMPLES

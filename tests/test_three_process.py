@@ -49,12 +49,36 @@ TIMINGS: dict[str, float] = {}
 
 @dataclass
 class Stack:
+    """The four processes. Some tests kill one: ``ensure`` restarts what a test needs on the same port first, so
+    each test sets up what it needs whatever ran before it (the Search a restarted Search replaces held the only
+    copy of the index: ``seed`` writes the documents again, idempotently)."""
+
     bento: Path
     tmp: Path
     embedder: BentoServer
     reranker: BentoServer
     search: BentoServer
+    specs: dict[str, tuple[tuple[str, ...], dict[str, str]]]  # how each was started: extra args and env
     extra: list[BentoServer] = field(default_factory=list)
+
+    def ensure(self, *names: str) -> None:
+        """Restart (same port, same arguments) each of ``names`` (``embedder``, ``reranker``, ``search``) whose
+        process tree is gone."""
+        for name in names:
+            old: BentoServer = getattr(self, name)
+            if old.proc is not None and old.proc.poll() is None:
+                continue
+            args, env = self.specs[name]
+            new = service_server(self.bento, name.capitalize(), self.tmp, *args, port=old.port, **env)
+            self.extra.append(new)
+            timed_start(new, f"{name}_restart_s")
+            setattr(self, name, new)
+
+
+def seed(stack: Stack) -> None:
+    r = httpx.post(f"{stack.search.url}/upsert", json={"collection": "c", "documents": DOCS}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["upserted"] == len(DOCS)
 
 
 def service_server(bento: Path, name: str, tmp: Path, *args: str, port: int | None = None, **env: str) -> BentoServer:
@@ -103,7 +127,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: object, built_b
     tmp = tmp_path_factory.mktemp("three-process")
     bento = built_bento
     # batch size 1 keeps 16 x 64 inputs in flight for ~2 s (the graceful-shutdown test needs requests in flight)
-    embedder = service_server(bento, "Embedder", tmp, MMSEARCH_MAX_BATCH_SIZE="1")
+    embedder_env = {"MMSEARCH_MAX_BATCH_SIZE": "1"}
+    embedder = service_server(bento, "Embedder", tmp, **embedder_env)
     reranker = service_server(bento, "Reranker", tmp)
     reader = service_server(bento, "Reader", tmp)
     servers = [embedder, reranker, reader]
@@ -118,18 +143,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: object, built_b
         for srv, key in named:
             assert key in TIMINGS, f"{key[:-8]} did not start:\n{srv.tail()}"
         deps = [f"Embedder={embedder.url}", f"Reranker={reranker.url}", f"Reader={reader.url}"]
-        search_server = service_server(
-            bento,
-            "Search",
-            tmp,
-            *(arg for dep in deps for arg in ("--depends", dep)),
-            MMSEARCH_EMBEDDER_URL=embedder.url,
-            MMSEARCH_RERANKER_URL=reranker.url,
-            MMSEARCH_READER_URL=reader.url,
-        )
+        search_args = tuple(arg for dep in deps for arg in ("--depends", dep))
+        search_env = {
+            "MMSEARCH_EMBEDDER_URL": embedder.url,
+            "MMSEARCH_RERANKER_URL": reranker.url,
+            "MMSEARCH_READER_URL": reader.url,
+        }
+        search_server = service_server(bento, "Search", tmp, *search_args, **search_env)
         servers.append(search_server)
         timed_start(search_server, "search_start_s")
-        yield Stack(bento, tmp, embedder, reranker, search_server, extra)
+        specs = {"embedder": ((), embedder_env), "reranker": ((), {}), "search": (search_args, search_env)}
+        yield Stack(bento, tmp, embedder, reranker, search_server, specs, extra)
     finally:
         for srv in [*servers, *extra]:
             srv.stop()
@@ -155,10 +179,9 @@ def in_progress(server: BentoServer, endpoint: str) -> int:
 
 
 def test_search_wired_by_url_to_separate_processes(stack: Stack) -> None:
+    stack.ensure("embedder", "reranker", "search")
     assert len(tree(stack.search)) == 2, "Search must not start its dependencies (arbiter + 1 worker only)"
-    r = httpx.post(f"{stack.search.url}/upsert", json={"collection": "c", "documents": DOCS}, timeout=60)
-    assert r.status_code == 200, r.text
-    assert r.json()["upserted"] == len(DOCS)
+    seed(stack)
     r, _ = search(stack, True)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -172,6 +195,8 @@ def test_search_wired_by_url_to_separate_processes(stack: Stack) -> None:
 
 
 def test_reranker_crash_fails_fast_then_recovers(stack: Stack) -> None:
+    stack.ensure("embedder", "reranker", "search")
+    seed(stack)
     assert search(stack, True)[0].status_code == 200  # keep-alive connection to the Reranker in Search's pool
     port = stack.reranker.port
     stack.reranker.kill()  # SIGKILL the whole tree: a crash, not a shutdown
@@ -210,10 +235,8 @@ def test_reranker_crash_fails_fast_then_recovers(stack: Stack) -> None:
     assert time.monotonic() - t0 < READYZ_BOUND_S
     assert ready.status_code == 200, ready.text
 
-    restarted = service_server(stack.bento, "Reranker", stack.tmp, port=port)
-    stack.extra.append(restarted)
-    timed_start(restarted, "reranker_restart_s")
-    stack.reranker = restarted
+    stack.ensure("reranker")  # the same port (``port``): Search is not told
+    assert stack.reranker.port == port
     t0 = time.monotonic()
     while True:
         r, _ = search(stack, True)
@@ -227,6 +250,7 @@ def test_reranker_crash_fails_fast_then_recovers(stack: Stack) -> None:
 
 
 def test_sigterm_drains_in_flight_requests(stack: Stack) -> None:
+    stack.ensure("embedder")
     emb = stack.embedder
     done: list[float] = []
     lock = threading.Lock()
@@ -263,5 +287,6 @@ def test_sigterm_drains_in_flight_requests(stack: Stack) -> None:
 
 
 def test_search_and_reranker_exit_on_sigterm(stack: Stack) -> None:
+    stack.ensure("reranker", "search")
     TIMINGS["search_sigterm_exit_s"] = round(sigterm_and_wait(stack.search, SHUTDOWN_BOUND_S), 2)
     TIMINGS["reranker_sigterm_exit_s"] = round(sigterm_and_wait(stack.reranker, SHUTDOWN_BOUND_S), 2)
