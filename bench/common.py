@@ -534,9 +534,14 @@ async def _closed_loop(
         tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
         await warm.wait()
         w0 = time.perf_counter()
-        stop_at = w0 + duration_s
+        done_at_w0 = done_count
         await asyncio.sleep(duration_s)
-        window = [w0, time.perf_counter()]
+        # A window shorter than one round of batches (a loaded machine, a short --tiny run) would count nothing:
+        # it stays open until every client could have completed a request in it (bounded by the request timeout).
+        while done_count - done_at_w0 < concurrency and time.perf_counter() - w0 < timeout_s:
+            await asyncio.sleep(0.02)
+        stop_at = time.perf_counter()
+        window = [w0, stop_at]
         await asyncio.gather(*tasks)  # drain: each client finishes the request it has in flight
 
     res = LoadResult(concurrency, window[1] - window[0], items_per_request, warmup_s=w0 - t0)
