@@ -590,7 +590,7 @@ def test_cli_index_is_fast_and_rerun_safe(
     listed = run_cli(search_server.url, "collections")
     assert listed.returncode == 0
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(coll))
-    assert row == [coll, "210", str(DIM), MODEL]
+    assert row == [coll, "210", str(DIM), MODEL, "no"]  # last column: calibrated
 
 
 def test_cli_search_embed_rerank_health(
