@@ -332,7 +332,11 @@ class MicroBatcher(Generic[T, R]):
             if queued >= limit:
                 return key, limit
             if busy and not (key[0] == 0 and self._background_runs_next()):
-                continue  # the model is busy: only a full batch is worth preparing ahead (or a query's)
+                # The model is busy: only a full batch is worth preparing ahead (or a query's), but not one of a
+                # younger lane: with every lane at one priority (MMSEARCH_QUERY_PRIORITY=false), a full document
+                # lane was prepared ahead of an older partial query lane batch after batch, and the query waited
+                # until its queue timeout.
+                break
             if self.coalesce_s <= 0 or queued >= self._target(key, limit, now):
                 return key, limit
             deadline = max(self._idle_since, self._queues[key][0].enqueued) + self.coalesce_s

@@ -198,6 +198,26 @@ class Staged(Recorder):
         return [p * 10 for p in payloads]
 
 
+def test_a_younger_full_lane_is_not_prepared_ahead_of_an_older_partial_one() -> None:
+    """At one priority (query priority off) lanes are served by age: a document lane that is always full must not
+    be prepared ahead, batch after batch, of a lone query queued before it (it starved to its queue timeout)."""
+
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=4)
+        first = await _blocked_start(b, rec)
+        query = asyncio.create_task(b.submit("query", [99], priority=1))
+        await asyncio.sleep(0.01)
+        docs = asyncio.create_task(b.submit("doc", list(range(8)), priority=1))
+        await asyncio.sleep(0.01)
+        rec.gate.set()
+        await asyncio.gather(first, query, docs)
+        assert [lane for lane, _ in rec.batches[1:]] == ["query", "doc", "doc"]
+        await b.aclose()
+
+    asyncio.run(go())
+
+
 def test_next_batch_is_prepared_in_its_own_thread_while_the_model_runs() -> None:
     async def go() -> None:
         rec = Staged()
