@@ -88,25 +88,19 @@ def build_gapped(search_server: BentoServer) -> dict[str, object]:
     return {"collection": coll, "relevant": relevant, "total": len(docs)}
 
 
+def vector_search(server: BentoServer, gapped: dict[str, object], query: object, **options: object) -> dict:
+    """A vector search of the gapped collection, no rerank, every document a possible hit."""
+    body = {"collection": gapped["collection"], "query": query, "mode": "vector", "rerank": False}
+    return post(server, "/search", {**body, "top_k": gapped["total"], **options})
+
+
 def kept_shares(server: BentoServer, gapped: dict[str, object], min_score: float) -> dict[str, float]:
     """Share of the relevant text and image documents every topic query keeps at ``min_score``."""
     kept = {"text": 0, "image": 0}
     total = {"text": 0, "image": 0}
     relevant: dict[int, list[str]] = gapped["relevant"]  # type: ignore[assignment]
     for t, query in enumerate(TOPICS):
-        body = post(
-            server,
-            "/search",
-            {
-                "collection": gapped["collection"],
-                "query": query,
-                "mode": "vector",
-                "rerank": False,
-                "top_k": gapped["total"],
-                "candidates": gapped["total"],
-                "min_score": min_score,
-            },
-        )
+        body = vector_search(server, gapped, query, candidates=gapped["total"], min_score=min_score)
         ids = {h["id"] for h in body["hits"]}
         for doc_id in relevant[t]:
             modality = doc_id.split("_")[0]
@@ -119,19 +113,7 @@ def raw_cosines(server: BentoServer, gapped: dict[str, object], modality: str) -
     relevant: dict[int, list[str]] = gapped["relevant"]  # type: ignore[assignment]
     out = []
     for t, query in enumerate(TOPICS):
-        body = post(
-            server,
-            "/search",
-            {
-                "collection": gapped["collection"],
-                "query": query,
-                "mode": "vector",
-                "rerank": False,
-                "balance": "off",
-                "top_k": gapped["total"],
-                "filter": {"$modality": modality},
-            },
-        )
+        body = vector_search(server, gapped, query, balance="off", filter={"$modality": modality})
         out += [h["score"] for h in body["hits"] if h["id"] in relevant[t]]
     return sorted(out)
 
