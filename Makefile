@@ -16,6 +16,9 @@ PORT ?= 3000
 # A machine without a GPU: `make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU-only torch
 # build (~200 MB) instead of PyPI's default wheel, which pulls ~3 GB of CUDA libraries.
 TORCH_INDEX ?=
+# `make test` runs the suite on this many pytest-xdist workers: one unit per test module (tests/conftest.py), most of
+# a unit's time waits on the servers it starts, so two workers keep a 2-core machine busy. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-test serve serve-embedder serve-reranker stop test lint typecheck bento clean
 
@@ -59,7 +62,7 @@ typecheck: install-test
 	$(BIN)/mypy --strict clients/python/mmsearch_client
 
 test: install-test lint typecheck
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 # Build the bento (no Docker needed). The client package travels as a wheel; the service imports its schemas.
 bento: install-test

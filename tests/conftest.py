@@ -25,6 +25,19 @@ os.environ["MMSEARCH_PROFILE"] = "tiny"
 BENTOML = [str(Path(sys.executable).with_name("bentoml")), "serve"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns xdist_group marks into work units
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Work units for ``make test``'s parallel workers (pytest-xdist ``--dist loadgroup``).
+
+    One unit per test module, so a module's servers start in one worker only; every test that uses the real Milvus
+    server in one unit of its own, since only one Milvus standalone runs per machine (see ``milvus_server``).
+    Without xdist the marks change nothing."""
+    for item in items:
+        uses_milvus_server = "milvus_server" in item.nodeid or "milvus_server" in getattr(item, "fixturenames", ())
+        group = "milvus-server" if uses_milvus_server else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def tiny_models():  # type: ignore[no-untyped-def]
     from service.tiny import ensure_tiny_models

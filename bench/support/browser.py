@@ -67,9 +67,11 @@ def chromium_path() -> str:
     tmp = NODE_MODULES / ".cache" / "chromium"
     tmp.mkdir(parents=True, exist_ok=True)
     script = "import('@sparticuz/chromium').then(async m => console.log(await m.default.executablePath()))"
-    out = subprocess.check_output(
-        ["node", "-e", script], cwd=BROWSER_DIR, env={**os.environ, "TMPDIR": str(tmp)}, text=True, timeout=120
-    )
+    with open(tmp.parent / "chromium.lock", "w") as guard:  # parallel test workers never unpack at once
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        out = subprocess.check_output(
+            ["node", "-e", script], cwd=BROWSER_DIR, env={**os.environ, "TMPDIR": str(tmp)}, text=True, timeout=120
+        )
     return out.strip().splitlines()[-1]
 
 
