@@ -61,7 +61,10 @@ typecheck: install-test
 	$(BIN)/mypy service
 	$(BIN)/mypy --strict clients/python/mmsearch_client
 
+# The suite starts ~200 Python processes (bentos, workers, CLIs): bytecode is cached (in .pytest_cache, gitignored)
+# even where the environment sets PYTHONDONTWRITEBYTECODE, so each compiles the repository's modules once, not each time.
 test: install-test lint typecheck
+	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/.pytest_cache/pycache \
 	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 # Build the bento (no Docker needed). The client package travels as a wheel; the service imports its schemas.
