@@ -15,7 +15,7 @@ from sentence_transformers import SentenceTransformer
 from bench.support.images import data_uri, decode, make_image, png_bytes
 from bench.support.metrics import metric_sum
 from bench.support.servers import BentoServer, StaticServer
-from tests.support.batched import lane_calls, singles_behind_bulk
+from tests.support.batched import singles_behind_bulk
 from tests.support.hostile import FETCH_DEADLINE_S, hostile_images, hostile_server
 
 pytestmark = pytest.mark.e2e
@@ -137,8 +137,7 @@ def test_concurrent_requests_are_batched(embedder_server: BentoServer, clip: Sen
         {"inputs": [f"bulk {r} page {i}: revenue by region" for i in range(256)], "input_type": "query"}
         for r in range(15)  # 3,904 inputs with the singles: within the queue's 4,096
     ]
-    before = lane_calls(embedder_server.url, "embedder", "query/text")
-    bulk_out, responses = singles_behind_bulk(
+    run = singles_behind_bulk(
         embedder_server.url,
         "/encode",
         bulk,
@@ -147,9 +146,9 @@ def test_concurrent_requests_are_batched(embedder_server: BentoServer, clip: Sen
         "query/text",
         MAX_BATCH,
     )
-    assert all(r.status_code == 200 for r in [*bulk_out, *responses])
-    after = lane_calls(embedder_server.url, "embedder", "query/text")
-    calls, inputs = after[0] - before[0], after[1] - before[1]
+    responses = run.singles
+    assert all(r.status_code == 200 for r in [*run.bulk, *responses])
+    calls, inputs = run.calls, run.inputs
     assert inputs == 15 * 256 + 64
     assert calls == 15 * 256 / MAX_BATCH + math.ceil(64 / MAX_BATCH), f"{calls:.0f} model calls for {inputs:.0f} inputs"
     want = local(clip, [{"text": t} for t in texts], "query")

@@ -11,7 +11,7 @@ from sentence_transformers import CrossEncoder
 
 from bench.support.images import data_uri, decode, make_image, png_bytes
 from bench.support.servers import BentoServer, StaticServer
-from tests.support.batched import lane_calls, singles_behind_bulk
+from tests.support.batched import singles_behind_bulk
 from tests.test_embedder_e2e import run_hostile_battery
 
 pytestmark = pytest.mark.e2e
@@ -116,8 +116,7 @@ def test_concurrent_requests_share_batches(reranker_server: BentoServer, vlm_ce:
     queries = [f"query {i}" for i in range(24)]
     docs = ["doc a", "doc b", "doc c"]
     bulk = [{"query": f"bulk {r}", "documents": [f"bulk doc {i}" for i in range(256)]} for r in range(4)]
-    before = lane_calls(reranker_server.url, "reranker", "text/text")
-    bulk_out, responses = singles_behind_bulk(
+    run = singles_behind_bulk(
         reranker_server.url,
         "/rerank",
         bulk,
@@ -126,9 +125,9 @@ def test_concurrent_requests_share_batches(reranker_server: BentoServer, vlm_ce:
         "text/text",
         MAX_BATCH,
     )
-    assert all(r.status_code == 200 for r in [*bulk_out, *responses])
-    after = lane_calls(reranker_server.url, "reranker", "text/text")
-    calls, pairs = after[0] - before[0], after[1] - before[1]
+    responses = run.singles
+    assert all(r.status_code == 200 for r in [*run.bulk, *responses])
+    calls, pairs = run.calls, run.inputs
     assert pairs == 4 * 256 + 24 * 3
     assert calls == 4 * 256 / MAX_BATCH + 3, f"{calls:.0f} model calls for {pairs:.0f} pairs"
     for q, r in zip(queries, responses, strict=True):
