@@ -58,24 +58,8 @@ from lancedb.index import FTS, HnswSq, LabelList
 from lancedb.query import MatchQuery
 
 from service import objectstore
-from service.index import filters
-from service.index.base import (
-    CollectionMismatch,
-    CollectionNotFound,
-    Filter,
-    IndexedCollection,
-    IndexHit,
-    IndexRecord,
-    VectorIndex,
-    check_collection_name,
-    check_ids,
-    check_property,
-    check_search_args,
-    declared_modality,
-    keyword_text,
-    order_by_ids,
-    prepare_docs,
-)
+from service.index import base, filters
+from service.index.base import Filter, IndexedCollection, IndexHit, IndexRecord, VectorIndex
 from service.index.maintenance import Maintenance
 from service.ocr import lines_from_json, lines_to_json
 
@@ -262,16 +246,16 @@ class LanceIndex(VectorIndex):
         )
 
     def _table(self, name: str) -> Any:
-        check_collection_name(name)
+        base.check_collection_name(name)
         table = self._tables.get(name)
         if table is not None:
             return table
         try:
             table = self._db.open_table(name)
         except (ValueError, FileNotFoundError) as e:
-            raise CollectionNotFound(name) from e
+            raise base.CollectionNotFound(name) from e
         if self._info(name, table, count=False) is None:
-            raise CollectionNotFound(name)
+            raise base.CollectionNotFound(name)
         if PRIMARY_KEY not in (table.schema.field("id").metadata or {}):
             try:  # a table written before the key was recorded: record it (see _schema)
                 table.set_unenforced_primary_key("id")  # type: ignore[attr-defined]
@@ -317,7 +301,7 @@ class LanceIndex(VectorIndex):
         and the call made once more on a table of that name created since, else ``CollectionNotFound``."""
         try:
             return op(self._table(name))
-        except CollectionNotFound:
+        except base.CollectionNotFound:
             raise
         except Exception as e:
             if not _missing(e):
@@ -325,12 +309,12 @@ class LanceIndex(VectorIndex):
             self._forget(name)
         try:
             return op(self._table(name))
-        except CollectionNotFound:
+        except base.CollectionNotFound:
             raise
         except Exception as e:
             if _missing(e):
                 self._forget(name)
-                raise CollectionNotFound(name) from None
+                raise base.CollectionNotFound(name) from None
             raise
 
     def _commit(self, what: str, fn: Callable[[], T]) -> T:
@@ -351,7 +335,7 @@ class LanceIndex(VectorIndex):
         return int(table.schema.metadata[DIMENSION_KEY])
 
     def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
-        check_collection_name(name)
+        base.check_collection_name(name)
         if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
             raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
         if not model:
@@ -360,7 +344,7 @@ class LanceIndex(VectorIndex):
             try:
                 table = self._table(name)
                 info = self._info(name, table)
-            except CollectionNotFound:
+            except base.CollectionNotFound:
                 table = self._create(name, dimension, model)
                 info = self._info(name, table)
             except Exception as e:
@@ -370,9 +354,9 @@ class LanceIndex(VectorIndex):
                 table = self._create(name, dimension, model)
                 info = self._info(name, table)
             if info is None:
-                raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
             if info.dimension != dimension or info.model != model:
-                raise CollectionMismatch(
+                raise base.CollectionMismatch(
                     f"collection {name!r} holds dimension {info.dimension} from model {info.model!r}; "
                     f"requested dimension {dimension} from model {model!r}"
                 )
@@ -400,7 +384,7 @@ class LanceIndex(VectorIndex):
 
     def read_property(self, name: str, key: str) -> str | None:
         """Properties live in the ``vector`` field's metadata (schema metadata cannot be updated in place)."""
-        check_property(key, None)
+        base.check_property(key, None)
 
         def read(table: Any) -> str | None:
             raw = (table.schema.field(VECTOR).metadata or {}).get(key.encode())
@@ -409,7 +393,7 @@ class LanceIndex(VectorIndex):
         return self._guard(name, read)
 
     def write_property(self, name: str, key: str, value: str | None) -> None:
-        check_property(key, value)
+        base.check_property(key, value)
 
         def write(table: Any) -> None:
             update = {"path": VECTOR, "metadata": {key: value or ""}}  # "" reads as unset
@@ -419,17 +403,17 @@ class LanceIndex(VectorIndex):
         self._guard(name, write)
 
     def drop_collection(self, name: str) -> bool:
-        check_collection_name(name)
+        base.check_collection_name(name)
         with self._write_lock:
             try:
                 self._table(name)
-            except CollectionNotFound:
+            except base.CollectionNotFound:
                 self._forget(name)
                 try:
                     self._db.open_table(name)
                 except Exception:
                     return False
-                raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch") from None
+                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch") from None
             self._forget(name)
             self._maintenance.forget(name)
             try:
@@ -453,7 +437,7 @@ class LanceIndex(VectorIndex):
         for name in sorted(set(names)):
             try:
                 infos.append(self.get_collection(name))
-            except (CollectionNotFound, ValueError):
+            except (base.CollectionNotFound, ValueError):
                 continue  # not ours
         return infos
 
@@ -464,7 +448,7 @@ class LanceIndex(VectorIndex):
 
     def _upsert(self, name: str, table: Any, docs: Sequence[IndexRecord]) -> None:
         dimension = self._dimension(table)
-        batch = prepare_docs(docs, dimension)
+        batch = base.prepare_docs(docs, dimension)
         if not batch:
             return
         vectors = np.asarray([d.embedding for d in batch], dtype=np.float32).reshape(-1)
@@ -476,11 +460,11 @@ class LanceIndex(VectorIndex):
                 "image": pa.array([d.image for d in batch], pa.utf8()),
                 METADATA: pa.array([_dump_metadata(d) for d in batch], pa.json_(pa.utf8())),
                 TERMS: pa.array(
-                    [filters.document_terms(d.metadata, declared_modality(d)) for d in batch], pa.list_(pa.utf8())
+                    [filters.document_terms(d.metadata, base.declared_modality(d)) for d in batch], pa.list_(pa.utf8())
                 ),
                 OCR_TEXT: pa.array([d.ocr_text for d in batch], pa.utf8()),
                 OCR_LINES: pa.array([lines_to_json(d.ocr_lines) for d in batch], pa.utf8()),
-                FTS_COLUMN: pa.array([keyword_text(d.text, d.ocr_text) for d in batch], pa.utf8()),
+                FTS_COLUMN: pa.array([base.keyword_text(d.text, d.ocr_text) for d in batch], pa.utf8()),
             },
             # The table's field flags (non-nullable primary key) but the *logical* JSON type: the table reports its
             # metadata column in storage form (large_binary), and rows cast to that are not JSONB (range filters fail).
@@ -575,7 +559,7 @@ class LanceIndex(VectorIndex):
             else:
                 table.optimize(cleanup_older_than=self._retention)
             return True
-        except CollectionNotFound:
+        except base.CollectionNotFound:
             self._maintenance.forget(name)
             return True
         except Exception as e:
@@ -589,11 +573,11 @@ class LanceIndex(VectorIndex):
         """A table handle of its own for a maintenance pass: LanceDB's handle holds its dataset exclusively while
         it builds an index or optimizes (measured: an upsert through the same handle waited 358 s for a 50k-row
         build), so requests keep theirs."""
-        check_collection_name(name)
+        base.check_collection_name(name)
         try:
             return self._db.open_table(name)
         except (ValueError, FileNotFoundError) as e:
-            raise CollectionNotFound(name) from e
+            raise base.CollectionNotFound(name) from e
 
     def _build_ann(self, name: str, table: Any) -> None:
         """Build the IVF_HNSW_SQ cosine index (and the filter-term index) in a child process
@@ -649,7 +633,7 @@ class LanceIndex(VectorIndex):
         return rows
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
-        wanted = list(dict.fromkeys(check_ids(ids)))
+        wanted = list(dict.fromkeys(base.check_ids(ids)))
         return self._guard(name, lambda table: self._delete(name, table, wanted))
 
     def _delete(self, name: str, table: Any, wanted: list[str]) -> int:
@@ -674,7 +658,7 @@ class LanceIndex(VectorIndex):
         return self._maintenance.wait_idle(timeout)
 
     def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
-        wanted = check_ids(ids)
+        wanted = base.check_ids(ids)
         return self._guard(name, lambda table: self._get(table, wanted))
 
     def image_refs(self, name: str) -> set[str]:
@@ -701,7 +685,7 @@ class LanceIndex(VectorIndex):
             )
             for row in self._rows_by_id(table, wanted, [*HIT_COLUMNS, VECTOR])
         }
-        return order_by_ids(wanted, found)
+        return base.order_by_ids(wanted, found)
 
     def _exact_matrix(self, name: str, table: Any) -> _Matrix | None:
         """The collection's unit vectors (and hit columns) in RAM for exact search, refreshed per table version.
@@ -763,7 +747,7 @@ class LanceIndex(VectorIndex):
             filters.parse_filter({filters.MODALITY_KEY: {"$in": list(modalities)}} if modalities else None)
 
             def draw(table: Any) -> dict[str, list[IndexHit]] | None:
-                query_vector = check_search_args(vector, k, self._dimension(table))
+                query_vector = base.check_search_args(vector, k, self._dimension(table))
                 with self._lock:
                     matrix = self._exact_matrix(name, table)
                 if matrix is None:
@@ -807,7 +791,7 @@ class LanceIndex(VectorIndex):
         return self._guard(name, lambda table: self._search(name, table, vector, k, where))
 
     def _search(self, name: str, table: Any, vector: Sequence[float], k: int, where: str | None) -> list[IndexHit]:
-        query_vector = check_search_args(vector, k, self._dimension(table))
+        query_vector = base.check_search_args(vector, k, self._dimension(table))
         if where is None:
             with self._lock:
                 matrix = self._exact_matrix(name, table)

@@ -49,24 +49,8 @@ from typing import Any, TypeVar
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from service.index import filters
-from service.index.base import (
-    CollectionMismatch,
-    CollectionNotFound,
-    DimensionMismatch,
-    Filter,
-    IndexedCollection,
-    IndexHit,
-    IndexRecord,
-    VectorIndex,
-    check_collection_name,
-    check_ids,
-    check_property,
-    check_search_args,
-    declared_modality,
-    order_by_ids,
-    prepare_docs,
-)
+from service.index import base, filters
+from service.index.base import Filter, IndexedCollection, IndexHit, IndexRecord, VectorIndex
 from service.index.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
@@ -221,20 +205,20 @@ class MilvusIndex(VectorIndex):
         self._ann.discard(name)
 
     def _meta(self, name: str) -> _Meta:
-        check_collection_name(name)
+        base.check_collection_name(name)
         known = self._known.get(name)
         if known is not None:
             return known
         if not self._client.has_collection(name):
-            raise CollectionNotFound(name)
+            raise base.CollectionNotFound(name)
         try:
             described = self._describe(name)
         except MilvusException as e:
             if _gone(e):
-                raise CollectionNotFound(name) from None
+                raise base.CollectionNotFound(name) from None
             raise
         if described is None:
-            raise CollectionNotFound(name)
+            raise base.CollectionNotFound(name)
         self._known[name] = described
         return described
 
@@ -243,7 +227,7 @@ class MilvusIndex(VectorIndex):
         forget it and run once more with a fresh one."""
         try:
             return op(self._meta(name))
-        except (MilvusException, DimensionMismatch, _StaleView) as e:
+        except (MilvusException, base.DimensionMismatch, _StaleView) as e:
             if isinstance(e, MilvusException) and not _stale(e):
                 raise
             self._forget(name)
@@ -252,7 +236,7 @@ class MilvusIndex(VectorIndex):
         except MilvusException as e:
             if _gone(e):
                 self._forget(name)
-                raise CollectionNotFound(name) from None
+                raise base.CollectionNotFound(name) from None
             raise
 
     def _ensure_loaded(self, name: str) -> None:
@@ -331,7 +315,7 @@ class MilvusIndex(VectorIndex):
             delay = min(delay * 2, 0.5)
 
     def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
-        check_collection_name(name)
+        base.check_collection_name(name)
         if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
             raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
         if not model:
@@ -346,10 +330,10 @@ class MilvusIndex(VectorIndex):
                         raise
             described = self._describe(name)
             if described is None:
-                raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
             if (described.dimension, described.model) != (dimension, model):
                 self._forget(name)
-                raise CollectionMismatch(
+                raise base.CollectionMismatch(
                     f"collection {name!r} holds dimension {described.dimension} from model {described.model!r}; "
                     f"requested dimension {dimension} from model {model!r}"
                 )
@@ -372,13 +356,13 @@ class MilvusIndex(VectorIndex):
         for name in sorted(self._client.list_collections()):
             try:
                 infos.append(self.get_collection(name))
-            except (CollectionNotFound, ValueError):
+            except (base.CollectionNotFound, ValueError):
                 continue  # not ours, or dropped meanwhile
         return infos
 
     def read_property(self, name: str, key: str) -> str | None:
         """Properties are Milvus collection properties (kept by Milvus Lite and servers alike)."""
-        check_property(key, None)
+        base.check_property(key, None)
 
         def read(_: _Meta) -> str | None:
             props = self._client.describe_collection(name).get("properties") or {}
@@ -387,12 +371,12 @@ class MilvusIndex(VectorIndex):
         return self._fresh(name, read)
 
     def write_property(self, name: str, key: str, value: str | None) -> None:
-        check_property(key, value)
+        base.check_property(key, value)
         with self._write_lock:
             self._fresh(name, lambda _: self._client.alter_collection_properties(name, properties={key: value or ""}))
 
     def drop_collection(self, name: str) -> bool:
-        check_collection_name(name)
+        base.check_collection_name(name)
         with self._write_lock:
             self._forget(name)
             self._unflushed.pop(name, None)
@@ -400,7 +384,7 @@ class MilvusIndex(VectorIndex):
             if not self._client.has_collection(name):
                 return False
             if self._describe(name) is None:
-                raise CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
             try:
                 self._client.drop_collection(name)
             except MilvusException as e:
@@ -426,7 +410,7 @@ class MilvusIndex(VectorIndex):
             "text": doc.text,
             "image": doc.image,
             METADATA: doc.metadata,
-            TERMS: filters.document_terms(doc.metadata, declared_modality(doc)),
+            TERMS: filters.document_terms(doc.metadata, base.declared_modality(doc)),
         }
         if meta.format != "1":
             row.update(text=doc.text or "", image=doc.image or "")
@@ -458,7 +442,7 @@ class MilvusIndex(VectorIndex):
             self._fresh(name, lambda meta: self._upsert(name, docs, meta))
 
     def _upsert(self, name: str, docs: Sequence[IndexRecord], meta: _Meta) -> None:
-        rows = [self._row(d, meta) for d in prepare_docs(docs, meta.dimension)]
+        rows = [self._row(d, meta) for d in base.prepare_docs(docs, meta.dimension)]
         if not rows:
             return
         self._ensure_loaded(name)
@@ -495,7 +479,7 @@ class MilvusIndex(VectorIndex):
                 return True
             with self._write_lock:
                 self._fresh(name, lambda _: self._maybe_build_ann(name))
-        except CollectionNotFound:
+        except base.CollectionNotFound:
             self._maintenance.forget(name)
         return True
 
@@ -534,7 +518,7 @@ class MilvusIndex(VectorIndex):
         return rows
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
-        wanted = check_ids(ids)
+        wanted = base.check_ids(ids)
         with self._write_lock:
             return self._fresh(name, lambda _: self._delete(name, wanted))
 
@@ -547,7 +531,7 @@ class MilvusIndex(VectorIndex):
         return len(existing)
 
     def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
-        wanted = check_ids(ids)
+        wanted = base.check_ids(ids)
         return self._fresh(name, lambda meta: self._get(name, wanted, meta))
 
     def image_refs(self, name: str) -> set[str]:
@@ -578,7 +562,7 @@ class MilvusIndex(VectorIndex):
                 embedding=[float(x) for x in row[VECTOR]],
                 modality=filters.stored_modality(text, image, row.get(TERMS)),
             )
-        return order_by_ids(wanted, found)
+        return base.order_by_ids(wanted, found)
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         clauses = filters.parse_filter(filter)
@@ -589,7 +573,7 @@ class MilvusIndex(VectorIndex):
         return filters.to_milvus_expr(clauses, terms_field=TERMS, json_field=METADATA, content=content)
 
     def _search(self, name: str, vector: Sequence[float], k: int, expr: str | None, meta: _Meta) -> list[IndexHit]:
-        query_vector = check_search_args(vector, k, meta.dimension)
+        query_vector = base.check_search_args(vector, k, meta.dimension)
         self._ensure_loaded(name)
         limit = min(k, MAX_TOPK)
         # ef is ignored by FLAT; always sent, so a collection another process switched to HNSW is searched right.
