@@ -88,7 +88,19 @@ class CollectionNotFound(Exception):
 
 
 class CollectionMismatch(Exception):
-    """The collection exists with a different embedding dimension or model."""
+    """The collection exists with a different embedding dimension or model, or was not created by mmsearch."""
+
+    @classmethod
+    def foreign(cls, name: str) -> CollectionMismatch:
+        return cls(f"collection {name!r} exists but was not created by mmsearch")
+
+    @classmethod
+    def embedding(cls, name: str, held: tuple[int, str], requested: tuple[int, str]) -> CollectionMismatch:
+        """``held`` and ``requested``: (dimension, model)."""
+        return cls(
+            f"collection {name!r} holds dimension {held[0]} from model {held[1]!r}; "
+            f"requested dimension {requested[0]} from model {requested[1]!r}"
+        )
 
 
 class DimensionMismatch(CollectionMismatch, ValueError):
@@ -118,6 +130,15 @@ def check_collection_name(name: str) -> str:
         return fields.check_collection_name(name)
     except ValueError as e:
         raise InvalidCollectionName(str(e)) from None
+
+
+def check_collection_args(name: str, dimension: int, model: str) -> None:
+    """``ensure_collection``'s arguments: a valid name, a positive integer dimension and a model name."""
+    check_collection_name(name)
+    if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+        raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
+    if not model:
+        raise ValueError("model must be a non-empty string")
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:

@@ -335,11 +335,7 @@ class LanceIndex(VectorIndex):
         return int(table.schema.metadata[DIMENSION_KEY])
 
     def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
-        base.check_collection_name(name)
-        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
-            raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
-        if not model:
-            raise ValueError("model must be a non-empty string")
+        base.check_collection_args(name, dimension, model)
         with self._lock:
             try:
                 table = self._table(name)
@@ -354,12 +350,9 @@ class LanceIndex(VectorIndex):
                 table = self._create(name, dimension, model)
                 info = self._info(name, table)
             if info is None:
-                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+                raise base.CollectionMismatch.foreign(name)
             if info.dimension != dimension or info.model != model:
-                raise base.CollectionMismatch(
-                    f"collection {name!r} holds dimension {info.dimension} from model {info.model!r}; "
-                    f"requested dimension {dimension} from model {model!r}"
-                )
+                raise base.CollectionMismatch.embedding(name, (info.dimension, info.model), (dimension, model))
             self._tables[name] = table
             return info
 
@@ -413,7 +406,7 @@ class LanceIndex(VectorIndex):
                     self._db.open_table(name)
                 except Exception:
                     return False
-                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch") from None
+                raise base.CollectionMismatch.foreign(name) from None
             self._forget(name)
             self._maintenance.forget(name)
             try:

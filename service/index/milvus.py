@@ -315,11 +315,7 @@ class MilvusIndex(VectorIndex):
             delay = min(delay * 2, 0.5)
 
     def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
-        base.check_collection_name(name)
-        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
-            raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
-        if not model:
-            raise ValueError("model must be a non-empty string")
+        base.check_collection_args(name, dimension, model)
         with self._write_lock:
             if not self._client.has_collection(name):
                 self._forget(name)
@@ -330,12 +326,11 @@ class MilvusIndex(VectorIndex):
                         raise
             described = self._describe(name)
             if described is None:
-                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+                raise base.CollectionMismatch.foreign(name)
             if (described.dimension, described.model) != (dimension, model):
                 self._forget(name)
-                raise base.CollectionMismatch(
-                    f"collection {name!r} holds dimension {described.dimension} from model {described.model!r}; "
-                    f"requested dimension {dimension} from model {model!r}"
+                raise base.CollectionMismatch.embedding(
+                    name, (described.dimension, described.model), (dimension, model)
                 )
             if self._known.get(name) != described:
                 self._forget(name)  # re-created elsewhere since we last looked
@@ -384,7 +379,7 @@ class MilvusIndex(VectorIndex):
             if not self._client.has_collection(name):
                 return False
             if self._describe(name) is None:
-                raise base.CollectionMismatch(f"collection {name!r} exists but was not created by mmsearch")
+                raise base.CollectionMismatch.foreign(name)
             try:
                 self._client.drop_collection(name)
             except MilvusException as e:

@@ -163,7 +163,7 @@ class MemoryIndex(base.VectorIndex):
     def ensure_collection(self, name: str, dimension: int, model: str) -> IndexedCollection:
         c = self.collections.setdefault(name, _Collection(dimension, model))
         if (c.dimension, c.model) != (dimension, model):
-            raise base.CollectionMismatch(f"collection {name!r} holds dimension {c.dimension} from model {c.model!r}")
+            raise base.CollectionMismatch.embedding(name, (c.dimension, c.model), (dimension, model))
         return self.get_collection(name)
 
     def get_collection(self, name: str) -> IndexedCollection:
