@@ -47,33 +47,31 @@ class S3Settings:
             session_token=e.get("AWS_SESSION_TOKEN") or None,
         )
 
+    def _credentials(self) -> dict[str, str | None]:
+        """The keys boto3 and object_store name alike."""
+        return {
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "aws_session_token": self.session_token,
+        }
+
     def lance_storage_options(self) -> dict[str, str]:
         """Options for ``lancedb.connect(..., storage_options=...)`` (object_store's S3 keys)."""
-        opts: dict[str, str] = {}
-        if self.endpoint:
-            opts["aws_endpoint"] = self.endpoint
-            if self.endpoint.startswith("http://"):
-                opts["allow_http"] = "true"
-        for key, value in (
-            ("aws_region", self.region),
-            ("aws_access_key_id", self.access_key_id),
-            ("aws_secret_access_key", self.secret_access_key),
-            ("aws_session_token", self.session_token),
-        ):
-            if value:
-                opts[key] = value
-        return opts
+        plain_http = self.endpoint is not None and self.endpoint.startswith("http://")
+        return _set_only(
+            {
+                "aws_endpoint": self.endpoint,
+                "allow_http": "true" if plain_http else None,
+                "aws_region": self.region,
+                **self._credentials(),
+            }
+        )
 
     def boto3_kwargs(self) -> dict[str, str]:
         """Keyword arguments for ``boto3.client("s3", ...)`` (unset ones are left to boto3's own chain)."""
-        kw: dict[str, str] = {}
-        for key, value in (
-            ("endpoint_url", self.endpoint),
-            ("region_name", self.region),
-            ("aws_access_key_id", self.access_key_id),
-            ("aws_secret_access_key", self.secret_access_key),
-            ("aws_session_token", self.session_token),
-        ):
-            if value:
-                kw[key] = value
-        return kw
+        return _set_only({"endpoint_url": self.endpoint, "region_name": self.region, **self._credentials()})
+
+
+def _set_only(options: dict[str, str | None]) -> dict[str, str]:
+    """The options with a value (an unset or empty one is left to the SDK's defaults)."""
+    return {key: value for key, value in options.items() if value}
