@@ -40,8 +40,8 @@ JSON_TYPES = frozenset({"application/json", "application/vnd.bentoml+pickle", ""
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class Refusal(Exception):
-    """A request refused by the guard: status, machine code, message and extra headers."""
+class Refusal(ApiError):
+    """A request refused by the guard, before the service sees it: an ``ApiError`` with extra headers."""
 
     def __init__(
         self,
@@ -51,22 +51,17 @@ class Refusal(Exception):
         headers: list[tuple[bytes, bytes]] | None = None,
         field: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or []
-        self.field = field
+        super().__init__(status, code, message, field=field)
+        self.extra_headers = headers or []
 
 
 async def _reply(scope: Scope, send: Send, refusal: Refusal) -> None:
-    """Refuse in the shape of the route's API family (native, OpenAI or Cohere): ``service.errors.render``."""
-    error = ApiError(refusal.status, refusal.code, refusal.message, field=refusal.field)
-    body = render(error, family_for_path(scope.get("path", "")))
+    """Refuse in the shape of the route's API family (native, OpenAI or Cohere): ``service.errors.render``, with
+    ``ApiError.headers()`` (``Retry-After`` on a 429 or 503)."""
+    body = render(refusal, family_for_path(scope.get("path", "")))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if refusal.status in (429, 503):
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers + refusal.headers})
+    headers += [(name.lower().encode(), value.encode()) for name, value in refusal.headers().items()]
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers + refusal.extra_headers})
     await send({"type": "http.response.body", "body": body})
 
 
