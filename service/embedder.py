@@ -63,9 +63,7 @@ upload_app = Starlette(routes=[Route("/encode", _upload_encode, methods=["POST"]
 class Embedder:
     """Encodes inputs with the query or document prompt of a sentence-transformers model, batched adaptively."""
 
-    @bentoml.on_deployment
-    def _arm_fatal_exit() -> None:
-        lifecycle.arm()
+    _arm_fatal_exit = bentoml.on_deployment(lifecycle.arm)
 
     def __init__(self) -> None:
         self.settings = get_settings()

@@ -37,9 +37,7 @@ from service.runtime import QUERY_PRIORITY, ModelRuntime
 class Reranker:
     """Scores query-document pairs; pairs from concurrent requests share model batches."""
 
-    @bentoml.on_deployment
-    def _arm_fatal_exit() -> None:
-        lifecycle.arm()
+    _arm_fatal_exit = bentoml.on_deployment(lifecycle.arm)
 
     def __init__(self) -> None:
         self.settings = get_settings()

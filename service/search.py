@@ -113,9 +113,8 @@ class Search:
     reranker = bentoml.depends(Reranker, url=settings.reranker_url)
     reader = bentoml.depends(Reader, url=settings.reader_url)
 
-    @bentoml.on_deployment
-    def _arm_fatal_exit() -> None:
-        lifecycle.arm()  # before the dependencies' workers are created: they inherit it
+    # in the main process, before the dependencies' workers are created: they inherit it
+    _arm_fatal_exit = bentoml.on_deployment(lifecycle.arm)
 
     def __init__(self) -> None:
         self.settings = get_settings()
