@@ -71,6 +71,9 @@ ID_CHUNK = 1000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
 MIN_EF = 200
+# A filter leaves HNSW fewer neighbours that pass: a filtered search explores wider (recall@10 at a 10 % filter on
+# 10k random 64-d vectors: 0.945-1.0 with ef 200 across graph builds; tests/test_index_exactness.py).
+MIN_FILTERED_EF = 800
 LITE_LOCK_WAIT_S = 5.0
 INDEX_BUILD_TIMEOUT_S = 3600.0
 LITE_FLUSH_ROWS = 1024
@@ -572,7 +575,8 @@ class MilvusIndex(VectorIndex):
         self._ensure_loaded(name)
         limit = min(k, MAX_TOPK)
         # ef is ignored by FLAT; always sent, so a collection another process switched to HNSW is searched right.
-        params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": max(MIN_EF, limit)}}
+        ef = max(MIN_FILTERED_EF if expr else MIN_EF, limit)
+        params: dict[str, Any] = {"metric_type": "COSINE", "params": {"ef": ef}}
         result = self._client.search(
             name,
             data=[query_vector],
