@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from bench.support.images import data_uri, make_image
 from bench.support.servers import BentoServer
 from tests.conftest import serve_bento
+from tests.support.batched import send_at_once
 
 pytestmark = pytest.mark.e2e
 KEYS = ("key-one-0123456789", "key-two-9876543210")
@@ -113,11 +114,9 @@ def test_oom_single_item_fails_alone(guarded_embedder: BentoServer) -> None:
 def test_overload_429_with_retry_after(guarded_embedder: BentoServer) -> None:
     img = data_uri(make_image(5, size=(96, 96)))  # 4 per request stay under the body limit
 
-    async def go() -> list[httpx.Response]:
-        async with httpx.AsyncClient(
-            base_url=guarded_embedder.url, headers=AUTH, timeout=120, limits=httpx.Limits(max_connections=100)
-        ) as c:
-            return await asyncio.gather(*(c.post("/encode", json={"inputs": [{"image": img}] * 4}) for _ in range(64)))
+    async def go() -> list[httpx.Response]:  # all 64 sent at once: the queue of 16 must overflow, however loaded
+        bodies = [{"inputs": [{"image": img}] * 4} for _ in range(64)]
+        return list(await asyncio.gather(*await send_at_once(guarded_embedder.url, "/encode", bodies, AUTH)))
 
     responses = asyncio.run(go())
     codes = Counter(r.status_code for r in responses)

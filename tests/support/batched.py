@@ -62,19 +62,6 @@ def singles_behind_bulk(
     def received() -> float:
         return metric_sum(url, "mmsearch_inputs_total", service=service)
 
-    host, port = httpx.URL(url).host, httpx.URL(url).port
-
-    async def send_at_once(bodies: list[dict[str, Any]]) -> list[asyncio.Task[httpx.Response]]:
-        """Open one connection per request, then write every request in one pass of the event loop: the requests
-        leave within a millisecond however loaded the machine (httpx would connect and encode them one task at a
-        time, which on a starved machine outlasts the bulk)."""
-        streams = [await asyncio.open_connection(host, port) for _ in bodies]
-        for (_, writer), body in zip(streams, bodies, strict=True):
-            data = json.dumps(body).encode()
-            head = f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            writer.write(f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
-        return [asyncio.create_task(_response(reader, writer)) for reader, writer in streams]
-
     async def attempt(c: httpx.AsyncClient) -> Batched | str:
         start, before = received(), lane_calls(url, service, lane)
         bulk_tasks = [asyncio.create_task(c.post(route, json=b)) for b in bulk]
@@ -83,7 +70,7 @@ def singles_behind_bulk(
         while received() - start < n_bulk:
             assert loop.time() < give_up, "the bulk never reached the service"
             await asyncio.sleep(0.005)
-        single_tasks = await send_at_once(singles)
+        single_tasks = await send_at_once(url, route, singles)
         while received() - start < n_bulk + len(singles):
             assert loop.time() < give_up, "the single requests never reached the service"
             await asyncio.sleep(0.005)
@@ -107,6 +94,22 @@ def singles_behind_bulk(
         raise AssertionError(f"the singles never queued behind the bulk ({'; '.join(failures)}): make the bulk larger")
 
     return asyncio.run(go())
+
+
+async def send_at_once(
+    url: str, route: str, bodies: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> list[asyncio.Task[httpx.Response]]:
+    """POST each of ``bodies`` on a connection of its own, opened first, then all written in one pass of the event
+    loop: the requests leave within a millisecond however loaded the machine (httpx would connect and encode them
+    one task at a time, which on a starved machine spreads them over seconds). Tasks of the responses."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    streams = [await asyncio.open_connection(host, port) for _ in bodies]
+    for (_, writer), body in zip(streams, bodies, strict=True):
+        data = json.dumps(body).encode()
+        head = f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
+        writer.write(f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    return [asyncio.create_task(_response(reader, writer)) for reader, writer in streams]
 
 
 async def _response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> httpx.Response:
