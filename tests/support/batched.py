@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import h11
 import httpx
 
 from bench.support.metrics import metric_sum
@@ -101,36 +102,30 @@ async def send_at_once(
 ) -> list[asyncio.Task[httpx.Response]]:
     """POST each of ``bodies`` on a connection of its own, opened first, then all written in one pass of the event
     loop: the requests leave within a millisecond however loaded the machine (httpx would connect and encode them
-    one task at a time, which on a starved machine spreads them over seconds). Tasks of the responses."""
+    one task at a time, which on a starved machine spreads them over seconds). Tasks of the responses (HTTP/1.1
+    framing by h11, the parser the service's transport uses)."""
     host, port = httpx.URL(url).host, httpx.URL(url).port
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     streams = [await asyncio.open_connection(host, port) for _ in bodies]
-    for (_, writer), body in zip(streams, bodies, strict=True):
+    conns = [h11.Connection(our_role=h11.CLIENT) for _ in bodies]
+    for (_, writer), conn, body in zip(streams, conns, bodies, strict=True):
         data = json.dumps(body).encode()
-        head = f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
-        writer.write(f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
-    return [asyncio.create_task(_response(reader, writer)) for reader, writer in streams]
+        fields = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        request = h11.Request(method="POST", target=route, headers=[*fields, *(headers or {}).items()])
+        writer.write(conn.send(request) + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+    return [asyncio.create_task(_response(r, w, conn)) for (r, w), conn in zip(streams, conns, strict=True)]
 
 
-async def _response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> httpx.Response:
-    """Read one HTTP/1.1 response (``Connection: close``: the body is what follows the head) into an httpx.Response."""
+async def _response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: h11.Connection) -> httpx.Response:
+    """Read the one response of ``conn`` into an httpx.Response."""
+    status, headers, body = 0, [], b""
     try:
-        head, _, body = (await asyncio.wait_for(reader.read(), timeout=300)).partition(b"\r\n\r\n")
+        while (event := conn.next_event()) is not h11.PAUSED and not isinstance(event, h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                conn.receive_data(await asyncio.wait_for(reader.read(65536), timeout=300))
+            elif isinstance(event, h11.Response):
+                status, headers = event.status_code, [(k.decode(), v.decode()) for k, v in event.headers]
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
     finally:
         writer.close()
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = [tuple(h.split(": ", 1)) for h in header_lines]
-    if ("transfer-encoding", "chunked") in [(k.lower(), v.lower()) for k, v in headers]:
-        body = _dechunk(body)
-    return httpx.Response(int(status_line.split()[1]), headers=headers, content=body)
-
-
-def _dechunk(body: bytes) -> bytes:
-    out, rest = b"", body
-    while rest:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out, rest = out + rest[:size], rest[size + 2 :]
-    return out
+    return httpx.Response(status, headers=headers, content=body)
