@@ -25,9 +25,13 @@ from service.config import Settings
 class PriorityGate:
     """Counts interactive requests in flight; background work yields to them (bounded)."""
 
-    def __init__(self, max_hold_s: float, recent_s: float = 1.0) -> None:
+    def __init__(
+        self, max_hold_s: float, recent_s: float = 1.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock``: what "recently" is measured on (a test steps a fake one instead of sleeping)."""
         self.max_hold_s = max_hold_s
         self.recent_s = recent_s
+        self._clock = clock
         self._active = 0
         self._last_seen = -float("inf")
         self._clear = asyncio.Event()
@@ -58,7 +62,7 @@ class PriorityGate:
 
     def recently_active(self) -> bool:
         """An interactive request is in flight or finished within ``recent_s``."""
-        return self.enabled and (self._active > 0 or time.monotonic() - self._last_seen < self.recent_s)
+        return self.enabled and (self._active > 0 or self._clock() - self._last_seen < self.recent_s)
 
     @contextlib.asynccontextmanager
     async def interactive(self) -> AsyncIterator[None]:
@@ -69,7 +73,7 @@ class PriorityGate:
             yield
         finally:
             self._active -= 1
-            self._last_seen = time.monotonic()
+            self._last_seen = self._clock()
             if self._active == 0:
                 self._clear.set()
                 for fn in self._on_clear:

@@ -100,13 +100,14 @@ def test_document_batches_are_short_while_queries_arrive_and_full_otherwise() ->
     async def go() -> None:
         # a query batch takes ~10 ms, a document ~4 ms per input: while querying, ~2 documents per batch
         model = Timed({"query": 0.010, "doc": 0.004})
-        gate = PriorityGate(max_hold_s=1.0, recent_s=0.3)
+        now = [0.0]  # the gate's clock: "recently" must not depend on how fast a loaded machine runs this test
+        gate = PriorityGate(max_hold_s=1.0, recent_s=0.3, clock=lambda: now[0])
         b = _batcher(model, gate)
         await b.submit("doc", list(range(8)), priority=1)  # no query seen yet: one full batch
         async with gate.interactive():
             await b.submit("query", [0], priority=0)
         await b.submit("doc", list(range(16)), priority=1)  # a query finished just now
-        await asyncio.sleep(0.35)  # no query for longer than recent_s
+        now[0] += 0.35  # no query for longer than recent_s
         await b.submit("doc", list(range(16)), priority=1)
         sizes = [n for lane, n, _ in model.batches if lane == "doc"]
         assert sizes[0] == 8
