@@ -206,3 +206,28 @@ def test_format_2_table_is_migrated_in_place_when_opened(
     assert (table.schema.field(lance.MODALITY).metadata or {}).get(lance.FORMAT_KEY) == b"3"
     for f in FILTERS:
         assert _ids(table, lance._where(table, filters.parse_filter(f))) == _ids(table, _null_tests(f))
+
+
+def test_ann_index_has_one_partition_per_modality(built: tuple[LanceIndex, str], vectors: np.ndarray) -> None:
+    """Four modalities of over 5 % each: four IVF partitions (k-means puts modalities that cluster apart in
+    partitions of their own, so a ``$modality`` search walks its own modality's graphs)."""
+    _, path = built
+    table = lancedb.connect(path).open_table("c")
+    assert lance.ann_partition_size(table) == N // 4
+    plan = table.search(vectors[0], vector_column_name=lance.VECTOR).limit(5).analyze_plan()
+    assert "partitions_searched=4" in plan
+
+
+def test_partitions_follow_the_modalities_that_hold_a_share(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    with LanceIndex(str(tmp_path / "lance"), ann_threshold=10_000) as index:
+        index.ensure_collection("one", DIM, "m")
+        index.upsert("one", [IndexRecord(f"t{i}", "t", None, {}, rng.normal(size=DIM).tolist()) for i in range(100)])
+        index.ensure_collection("few", DIM, "m")
+        few = [IndexRecord(f"t{i}", "t", None, {}, rng.normal(size=DIM).tolist()) for i in range(100)]
+        few += [IndexRecord(f"i{i}", None, "media://x.png", {}, rng.normal(size=DIM).tolist()) for i in range(4)]
+        index.upsert("few", few)  # images: under 5 % of the rows
+        index.ensure_collection("two", DIM, "m")
+        index.upsert("two", few + [IndexRecord(f"j{i}", None, "media://x.png", {}, few[i].embedding) for i in range(4)])
+        db = lancedb.connect(str(tmp_path / "lance"))
+        assert [lance.ann_partition_size(db.open_table(n)) for n in ("one", "few", "two")] == [None, None, 54]
