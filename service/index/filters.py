@@ -317,12 +317,23 @@ class _Dialect:
     range: Callable[[Clause, str, str, str], str]
 
 
-def _compile(clauses: list[Clause], d: _Dialect, terms: str, json: str, content: Content | None) -> str | None:
+def _compile(
+    clauses: list[Clause],
+    d: _Dialect,
+    terms: str,
+    json: str,
+    content: Content | None,
+    modality_column: str | None = None,
+) -> str | None:
     """The clauses (all must hold) as one expression in dialect ``d`` (None when there are none). ``content``:
-    how the collection tells text and image rows apart (None: it cannot, and a modality clause is refused)."""
+    how the collection tells text and image rows apart (None: it cannot, and a modality clause is refused);
+    ``modality_column``: a column that stores each row's modality, tested instead where the collection has it."""
     parts: list[str] = []
     for c in clauses:
         if c.op == "modality":  # its terms are modalities, not generated filter terms
+            if modality_column is not None:
+                parts.append(modality_in(c.terms, modality_column))
+                continue
             if content is None:
                 raise InvalidFilter(
                     f"filter key {MODALITY_KEY!r}: this collection was written in Milvus format 1, which cannot "
@@ -383,9 +394,22 @@ def milvus_content(terms_field: str, has_text: str, has_image: str) -> Content:
     )
 
 
-def to_lance_sql(clauses: list[Clause], *, terms_column: str, json_column: str) -> str | None:
-    """A LanceDB ``where`` predicate for the clauses (None when there are none)."""
-    return _compile(clauses, _LANCE_SQL, terms_column, json_column, lance_content(terms_column))
+def modality_in(modalities: tuple[str, ...], column: str) -> str:
+    """``column`` (a stored modality, ``stored_modality`` of the row) holds one of ``modalities``: a comparison a
+    scalar index answers, where the content tests of ``modality_expr`` make a prefilter read every row."""
+    for m in modalities:  # defence in depth: parse_filter admits only these
+        if m not in MODALITY_VALUES:
+            raise AssertionError(f"unknown modality {m!r}")
+    values = ", ".join(f"{_SQL_QUOTE}{m}{_SQL_QUOTE}" for m in modalities)
+    return f"({column} = {values})" if len(modalities) == 1 else f"({column} IN ({values}))"
+
+
+def to_lance_sql(
+    clauses: list[Clause], *, terms_column: str, json_column: str, modality_column: str | None = None
+) -> str | None:
+    """A LanceDB ``where`` predicate for the clauses (None when there are none). ``modality_column``: the table's
+    stored modality column, where it has one (a ``$modality`` clause then tests it instead of the content)."""
+    return _compile(clauses, _LANCE_SQL, terms_column, json_column, lance_content(terms_column), modality_column)
 
 
 def to_milvus_expr(

@@ -6,8 +6,9 @@
   ``where(..., prefilter=True)``, so they restrict the candidate set before the top-k is taken.
 * Search is exact (flat scan) until a collection holds more than ``ann_threshold`` rows; once it does, the
   background maintenance thread (:mod:`service.index.maintenance`, never the upsert) builds an IVF_HNSW_SQ cosine
-  index (plus a LABEL_LIST index on the filter terms); until it exists search stays exact. Rows written later are
-  searched exactly until ``optimize()`` folds them into the index, which that thread runs as they accumulate.
+  index (plus a LABEL_LIST index on the filter terms and a BITMAP index on the stored modality); until it
+  exists search stays exact. Rows written later are searched exactly until ``optimize()`` folds them into the
+  indexes, which that thread runs as they accumulate.
 * Exact search runs on an in-memory copy of the vectors and hit columns, per table version. Writers hold their own
   lock (a query never waits for a commit) and patch that copy with the rows they wrote, so queries during an
   ingest do not re-read the table after every write.
@@ -31,6 +32,12 @@
   reading a version being removed; the retention must exceed the longest read (minutes by default).
 * Format 2 (OCR and keyword columns). A collection written by format 1 is migrated when opened: the new columns
   are added (``fts`` from ``text``), the index built, and the ``fts`` column's metadata records format 2.
+* Format 3 (a ``modality`` column: each row's ``filters.stored_modality``, written by upsert). ``$modality``
+  filters compare it (a BITMAP index lookup once the ANN index exists) instead of testing the ``text``/``image``
+  columns for null, which a prefilter evaluates on every row of every search. A format-1 or 2 table gets the
+  column when opened, filled from its content columns and declared-modality terms (no row moves, the ANN index
+  stays valid), and the BITMAP index at once if its ANN index exists (the null tests stay for a table without
+  the column). Processes from before format 3 must not write to a migrated table: their rows would lack it.
 """
 
 from __future__ import annotations
@@ -54,8 +61,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col
-from lancedb.index import FTS, HnswSq, LabelList
+from lancedb.index import FTS, Bitmap, HnswSq, LabelList
 from lancedb.query import MatchQuery
+from mmsearch_client import fields
 
 from service import objectstore
 from service.index import base, filters
@@ -69,7 +77,7 @@ T = TypeVar("T")
 MODEL_KEY = b"mmsearch.model"
 DIMENSION_KEY = b"mmsearch.dimension"
 FORMAT_KEY = b"mmsearch.format"
-FORMAT_VERSION = b"2"
+FORMAT_VERSION = b"3"
 CREATED_KEY = b"mmsearch.created"
 PRIMARY_KEY = b"lance-schema:unenforced-primary-key"
 COMMIT_RETRY_S = 120.0
@@ -79,16 +87,44 @@ METADATA = "metadata"
 OCR_TEXT = "ocr_text"
 OCR_LINES = "ocr_lines"
 FTS_COLUMN = "fts"
+MODALITY = "modality"
 VECTOR_INDEX = "vector_idx"
 TERMS_INDEX = "terms_idx"
 FTS_INDEX = "fts_idx"
+MODALITY_INDEX = "modality_idx"
 HIT_COLUMNS = ["id", "text", "image", METADATA, OCR_TEXT, OCR_LINES, TERMS]
 """What a hit carries (the exact-search cache keeps these in memory too)."""
 FORMAT_2_COLUMNS = {OCR_TEXT: "CAST(NULL AS STRING)", OCR_LINES: "CAST(NULL AS STRING)", FTS_COLUMN: "text"}
 """Columns format 2 added, and how a format-1 table's rows get them."""
+
+
+def _stored_modality_sql() -> str:
+    """``filters.stored_modality`` of a row in Lance SQL (content first, else the declared term, else ``""``):
+    how format 3 fills the ``modality`` column of the rows an older format wrote. (Lance's ``add_columns`` refuses
+    a bare ``CASE``; inside ``concat`` it is accepted.)"""
+    content = [
+        ("text IS NOT NULL AND image IS NOT NULL", "text+image"),
+        ("image IS NOT NULL", "image"),
+        ("text IS NOT NULL", "text"),
+    ]
+    declared = [(f"array_has({TERMS}, '{filters.modality_term(m)}')", m) for m in fields.MODALITIES]
+    cases = " ".join(f"WHEN {test} THEN '{m}'" for test, m in content + declared)
+    return f"concat(CASE {cases} ELSE '' END)"
+
+
+FORMAT_3_COLUMNS = {MODALITY: _stored_modality_sql()}
+"""Format 3 stores each row's modality (``$modality`` filters test it, with a BITMAP index beside the ANN index)."""
 ID_CHUNK = 1000
 REFINE_FACTOR = 4
 MIN_EF = 200
+MIN_FILTERED_EF = 800
+"""ef of a filtered ANN search. A modality filter on an index partitioned by modality (``ann_partition_size``) searches
+one partition's graph: at 100k rows (half text, half image, 384-d random, gap 1.0) ef 400 found 0.39 of the exact
+top-50 images, ef 800 0.57 at the same latency (one graph for both: 0.51 at 5x the cost; bench/RESULTS.md 15)."""
+MIN_PARTITION_SHARE = 0.05
+"""A modality holding at least this share of the rows gets an IVF partition of its own (``ann_partition_size``)."""
+MAX_PARTITION_ROWS = 1_000_000
+"""Rows per IVF partition at most where ``ann_partition_size`` sets it (each partition one HNSW graph, built in RAM)."""
 MAX_SMALL_FRAGMENTS = 32
 DEFAULT_VERSION_RETENTION = timedelta(minutes=5)
 """Table versions younger than this are kept (readers in other processes may be on them)."""
@@ -114,6 +150,7 @@ def _schema(dimension: int, model: str) -> pa.Schema:
             pa.field(OCR_TEXT, pa.utf8()),
             pa.field(OCR_LINES, pa.utf8()),
             pa.field(FTS_COLUMN, pa.utf8()),
+            pa.field(MODALITY, pa.utf8()),
         ],
         metadata={
             MODEL_KEY: model.encode(),
@@ -151,6 +188,20 @@ def _load_metadata(raw: Any) -> dict[str, Any]:
         return {}
     value = json.loads(raw) if isinstance(raw, str | bytes) else raw
     return value if isinstance(value, dict) else {}
+
+
+def _where(table: Any, clauses: list[filters.Clause]) -> str | None:
+    """The table's ``where`` predicate for the clauses: ``$modality`` tests the stored modality column (answered by
+    its BITMAP index once the ANN index is built), or the content columns in a table without it."""
+    column = MODALITY if MODALITY in table.schema.names else None
+    return filters.to_lance_sql(clauses, terms_column=TERMS, json_column=METADATA, modality_column=column)
+
+
+def _ensure_modality_index(table: Any) -> None:
+    """The BITMAP index on the stored modality: a ``$modality`` prefilter is then an index lookup (~1 ms at 100k
+    rows) instead of null tests evaluated on every row (~15 ms, bench/RESULTS.md section 15)."""
+    if MODALITY in table.schema.names and not any(list(i.columns) == [MODALITY] for i in table.list_indices()):
+        table.create_index(MODALITY, config=Bitmap(), name=MODALITY_INDEX)
 
 
 def _hit(row: dict[str, Any], score: float) -> IndexHit:
@@ -261,28 +312,38 @@ class LanceIndex(VectorIndex):
                 table.set_unenforced_primary_key("id")  # type: ignore[attr-defined]
             except Exception:
                 log.warning("could not record the primary key of collection %r", name, exc_info=True)
-        if FTS_COLUMN not in table.schema.names:
+        if FTS_COLUMN not in table.schema.names or MODALITY not in table.schema.names:
             table = self._upgrade(name, table)
         self._tables[name] = table
         return table
 
     def _upgrade(self, name: str, table: Any) -> Any:
-        """Migrate a format-1 table: add the OCR and keyword columns and the full-text index.
+        """Migrate a format-1 or 2 table: add the OCR and keyword columns and the full-text index (format 2), and
+        the stored modality column (format 3; with its BITMAP index if the ANN index exists already). Adding a
+        column writes a new data file per fragment and moves no row, so the ANN index stays valid.
 
         Several processes may open it at once: a writer that loses the race finds the columns there on reopening.
         """
         with self._write_lock:
             try:
-                missing = {c: sql for c, sql in FORMAT_2_COLUMNS.items() if c not in table.schema.names}
-                if missing:
-                    table.add_columns(missing)
-                    log.info("collection %r migrated to format %s: added %s", name, FORMAT_VERSION.decode(), missing)
+                names = table.schema.names
+                format_2 = {c: sql for c, sql in FORMAT_2_COLUMNS.items() if c not in names}
+                if format_2:
+                    table.add_columns(format_2)
+                    log.info("collection %r migrated to format 2: added %s", name, sorted(format_2))
                 self._ensure_fts_index(table)
-                table.update_field_metadata({"path": FTS_COLUMN, "metadata": {FORMAT_KEY.decode(): "2"}})
+                if format_2:
+                    table.update_field_metadata({"path": FTS_COLUMN, "metadata": {FORMAT_KEY.decode(): "2"}})
+                if MODALITY not in table.schema.names:
+                    table.add_columns(FORMAT_3_COLUMNS)
+                    table.update_field_metadata({"path": MODALITY, "metadata": {FORMAT_KEY.decode(): "3"}})
+                    log.info("collection %r migrated to format 3: added %s", name, MODALITY)
+                if self._vector_index(table) is not None:
+                    _ensure_modality_index(table)
             except Exception:
                 log.warning("migrating collection %r raced another writer; reopening", name, exc_info=True)
                 table = self._db.open_table(name)
-                if FTS_COLUMN not in table.schema.names:
+                if FTS_COLUMN not in table.schema.names or MODALITY not in table.schema.names:
                     raise
         return table
 
@@ -362,7 +423,8 @@ class LanceIndex(VectorIndex):
                 table = self._db.create_table(name, schema=_schema(dimension, model))
             except ValueError:  # created concurrently by another process, or a foreign table
                 table = self._db.open_table(name)
-                if self._info(name, table, count=False) is None or FTS_COLUMN in table.schema.names:
+                names = table.schema.names
+                if self._info(name, table, count=False) is None or (FTS_COLUMN in names and MODALITY in names):
                     return table
                 return self._upgrade(name, table)
             self._ensure_fts_index(table)
@@ -458,6 +520,9 @@ class LanceIndex(VectorIndex):
                 OCR_TEXT: pa.array([d.ocr_text for d in batch], pa.utf8()),
                 OCR_LINES: pa.array([lines_to_json(d.ocr_lines) for d in batch], pa.utf8()),
                 FTS_COLUMN: pa.array([base.keyword_text(d.text, d.ocr_text) for d in batch], pa.utf8()),
+                MODALITY: pa.array(
+                    [fields.modality_of(d.text, d.image, base.declared_modality(d)) for d in batch], pa.utf8()
+                ),
             },
             # The table's field flags (non-nullable primary key) but the *logical* JSON type: the table reports its
             # metadata column in storage form (large_binary), and rows cast to that are not JSONB (range filters fail).
@@ -757,12 +822,11 @@ class LanceIndex(VectorIndex):
         return super().search_by_modality(name, vector, k, modalities, filter)
 
     def modality_sample(self, name: str, modality: str, n: int) -> tuple[int, np.ndarray]:
-        where = filters.to_lance_sql(
-            filters.parse_filter({filters.MODALITY_KEY: modality}), terms_column=TERMS, json_column=METADATA
-        )
+        clauses = filters.parse_filter({filters.MODALITY_KEY: modality})
 
         def sample(table: Any) -> tuple[int, np.ndarray]:
             dimension = self._dimension(table)
+            where = _where(table, clauses)
             with self._lock:
                 matrix = self._exact_matrix(name, table)
             if matrix is not None:
@@ -780,8 +844,8 @@ class LanceIndex(VectorIndex):
         return self._guard(name, sample)
 
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
-        where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)
-        return self._guard(name, lambda table: self._search(name, table, vector, k, where))
+        clauses = filters.parse_filter(filter)
+        return self._guard(name, lambda table: self._search(name, table, vector, k, _where(table, clauses)))
 
     def _search(self, name: str, table: Any, vector: Sequence[float], k: int, where: str | None) -> list[IndexHit]:
         query_vector = base.check_search_args(vector, k, self._dimension(table))
@@ -799,7 +863,8 @@ class LanceIndex(VectorIndex):
         if where is not None:
             query = query.where(where, prefilter=True)
         # Only used when an ANN index exists: oversample from the quantised index, then re-rank exactly.
-        query = query.ef(max(MIN_EF, 2 * k * REFINE_FACTOR)).refine_factor(REFINE_FACTOR)
+        ef = max(MIN_FILTERED_EF if where is not None else MIN_EF, 2 * k * REFINE_FACTOR)
+        query = query.ef(ef).refine_factor(REFINE_FACTOR)
         hits = [_hit(row, 1.0 - float(row["_distance"])) for row in query.to_arrow().to_pylist()]
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
@@ -819,11 +884,11 @@ class LanceIndex(VectorIndex):
     def keyword_search(self, name: str, query: str, k: int, filter: Filter | None = None) -> list[IndexHit]:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        where = filters.to_lance_sql(filters.parse_filter(filter), terms_column=TERMS, json_column=METADATA)
+        clauses = filters.parse_filter(filter)
         if not query.strip():
             self._table(name)  # still 404 for an unknown collection
             return []
-        return self._guard(name, lambda table: self._keyword_search(table, query, k, where))
+        return self._guard(name, lambda table: self._keyword_search(table, query, k, _where(table, clauses)))
 
     def _keyword_search(self, table: Any, query: str, k: int, where: str | None) -> list[IndexHit]:
         # MatchQuery: the text is analysed (tokenised, stemmed, stop words dropped), never parsed as query syntax
@@ -846,15 +911,45 @@ class LanceIndex(VectorIndex):
             self._tables.clear()
 
 
+def ann_partition_size(table: Any) -> int | None:
+    """Target rows per IVF partition of the collection's ANN index: at build time, one partition per modality that
+    holds at least ``MIN_PARTITION_SHARE`` of the rows (at most ``MAX_PARTITION_ROWS`` rows each); None (Lance's
+    default: one partition up to about a million rows) where fewer than two modalities qualify. A target size, not
+    a count: LanceDB's ``optimize()`` retrains the index as rows accumulate and keeps the target (measured: with
+    ``num_partitions=2`` it went back to one partition, and took 192 s instead of 19 s at 120k rows).
+
+    Embeddings of different modalities cluster apart (the modality gap), so k-means puts each modality in
+    partitions of its own, each an HNSW graph, and a ``$modality`` search (balanced retrieval draws one per
+    modality) walks only its modality's graph. In one graph for all, a search for the modality far from the query
+    wades through the other's nodes (filtered out one by one): at 100k rows (half text, half image, gap 1.0) the
+    image-filtered search took 56 ms of graph search against 1.6 ms unfiltered (Lance's ``analyze_plan``). Where
+    modalities do not cluster apart, the partitions mix them, and a filtered search finds allowed rows nearby."""
+    if MODALITY not in table.schema.names:
+        return None
+    rows = table.count_rows()
+    counts = [table.count_rows(filters.modality_in((m,), MODALITY)) for m in filters.MODALITY_VALUES]
+    modalities = sum(1 for c in counts if rows and c >= MIN_PARTITION_SHARE * rows)
+    return min(-(-rows // modalities), MAX_PARTITION_ROWS) if modalities > 1 else None
+
+
 def build_ann_index(path: str, name: str) -> None:
     """Build collection ``name``'s ANN and filter-term indexes (run in a child process by ``_build_ann``)."""
     options = objectstore.S3Settings.from_env().lance_storage_options() if objectstore.is_s3(path) else {}
     table = lancedb.connect(path, storage_options=options or None).open_table(name)
-    table.create_index(VECTOR, config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
-    try:
-        table.create_index(TERMS, config=LabelList(), name=TERMS_INDEX)
-    except Exception as e:  # an optimisation only; filters work without it
-        print(f"could not build the filter-term index of collection {name!r}: {e}", file=sys.stderr)
+    table.create_index(
+        VECTOR,
+        config=HnswSq(distance_type="cosine", target_partition_size=ann_partition_size(table)),
+        name=VECTOR_INDEX,
+    )
+    scalar: tuple[tuple[str, LabelList | Bitmap, str], ...] = (
+        (TERMS, LabelList(), TERMS_INDEX),
+        (MODALITY, Bitmap(), MODALITY_INDEX),
+    )
+    for column, config, index in scalar:
+        try:
+            table.create_index(column, config=config, name=index)
+        except Exception as e:  # an optimisation only; filters work without it
+            print(f"could not build the {column} index of collection {name!r}: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
