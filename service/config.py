@@ -67,8 +67,9 @@ ProcessorKwargs = Annotated[JsonObject, AfterValidator(_processor_kwargs)]
 
 
 LITE_REDUNDANCY_WEIGHT = 0.25
-"""``redundancy_weight=auto`` in the lite profile with bge-small-en-v1.5: the middle of the weights (0.1 to 0.5)
-that never ranked worse than no penalty on the screenshot set (``service.redundancy``)."""
+"""``redundancy_weight=auto`` in the lite profile with bge-small-en-v1.5: in the range (0.1 to 0.25, any of 3 to 10
+neighbours) that never ranked worse than no penalty on the screenshot set; 0.5 lost a query twice
+(``bench/redundancy.py``, bench/RESULTS.md section 12)."""
 
 # The served names of the tiny profile's random models: every response says they are random.
 TINY_NAMES = {"embedder": "mmsearch/tiny-random-clip", "reranker": "mmsearch/tiny-random-qwen2vl-reranker"}

@@ -9,9 +9,10 @@ its ``neighbours`` most similar fellow candidates, and the candidates are ordere
 
 Only the query's own candidates are compared (their stored vectors, fetched once per search), so the penalty
 needs no collection statistics, does not depend on ingest order, and costs one ``(n, n)`` product for ``n``
-candidates. Measured on the screenshot set (``bench/RESULTS.md`` section 12): lite (bge-small-en-v1.5) paraphrase
-R@1 0.846 -> 0.885 in process at weight 0.25 with 10 neighbours; every weight from 0.1 to 0.5 and 3 to 10
-neighbours is at least as good as none, on two seeds and with 52 to 320 distractors.
+candidates. Measured on the screenshot set (``bench/redundancy.py``, ``bench/RESULTS.md`` section 12): lite
+(bge-small-en-v1.5) paraphrase R@1 0.846 -> 0.885 at weight 0.25 with 10 neighbours, end to end; in process,
+every weight of 0.1 or 0.25 with 3 to 10 neighbours is at least as good as none on two seeds of the set, with 52 or
+320 distractors (0.5 loses a query in two of twelve settings).
 """
 
 from __future__ import annotations
