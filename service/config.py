@@ -66,6 +66,11 @@ ModelKwargs = Annotated[JsonObject, AfterValidator(_model_kwargs)]
 ProcessorKwargs = Annotated[JsonObject, AfterValidator(_processor_kwargs)]
 
 
+LITE_REDUNDANCY_WEIGHT = 0.25
+"""``redundancy_weight=auto`` in the lite profile with bge-small-en-v1.5: in the range (0.1 to 0.25, any of 3 to 10
+neighbours) that never ranked worse than no penalty on the screenshot set; 0.5 lost a query twice
+(``bench/redundancy.py``, bench/RESULTS.md section 12)."""
+
 # The served names of the tiny profile's random models: every response says they are random.
 TINY_NAMES = {"embedder": "mmsearch/tiny-random-clip", "reranker": "mmsearch/tiny-random-qwen2vl-reranker"}
 
@@ -144,6 +149,18 @@ class Settings(BaseSettings):
     balance_stats_ttl_s: float = Field(default=30.0, ge=0, le=86_400)
     """How long a collection's per-modality counts and vector sample are reused (this process forgets them at once
     after its own writes)."""
+    balance_text_only: bool = False
+    """Balance per modality also when the embedder reads text only. Off by default: such an embedder (the lite
+    profile's) embeds an image by the text read from it, in the same space as text documents, so there is no
+    modality gap to correct, and standardising each modality on its own cost the lite profile's ranking (screenshot
+    set, hybrid paraphrase R@1 0.731 balanced vs 0.846 not: bench/RESULTS.md section 12)."""
+
+    # --- redundancy penalty (service.redundancy) ---------------------------------------------------------------
+    redundancy_weight: Annotated[float, Field(ge=0, le=10)] | Literal["auto"] = "auto"
+    """Vector candidates are ordered by their cosine less this weight times their mean cosine to their
+    ``redundancy_neighbours`` most similar fellow candidates (near-copies of many others move down). ``auto``:
+    0.25 in the lite profile with bge-small-en-v1.5 (measured: bench/RESULTS.md section 12), 0 (off) otherwise."""
+    redundancy_neighbours: int = Field(default=10, ge=1, le=1000)
 
     # --- batching and limits ------------------------------------------------------------------------------
     max_batch_size: int = Field(default=32, ge=1, le=4096)
@@ -319,6 +336,13 @@ class Settings(BaseSettings):
         if self.reranker_model:
             return self.reranker_model
         return DEFAULT_GPU_RERANKER if self.resolved_device() == "cuda" else DEFAULT_CPU_RERANKER
+
+    def redundancy(self) -> tuple[float, int]:
+        """The redundancy penalty's weight (``auto`` resolved) and neighbour count."""
+        if self.redundancy_weight != "auto":
+            return float(self.redundancy_weight), self.redundancy_neighbours
+        lite_bge = self.profile == "lite" and not self.embedder_model and self.lite_embedder == "bge-small"
+        return (LITE_REDUNDANCY_WEIGHT if lite_bge else 0.0), self.redundancy_neighbours
 
     def has_reranker(self) -> bool:
         """False in the lite profile unless a reranker (or a model factory) is configured."""

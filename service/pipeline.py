@@ -64,6 +64,7 @@ from service.ocr import OcrPage
 from service.ports import EmbedderPort, Embeddings, ReaderPort, RerankerPort
 from service.priority import PriorityGate
 from service.reading import TextReader, modality_paths
+from service.redundancy import Redundancy
 from service.retrieval import Balance, Candidate, Mode, ModeError, Query, choose_mode, query_modality, retrieve
 from service.storage import StorageHealth, is_storage_fault
 
@@ -644,11 +645,13 @@ class SearchPipeline:
         query = Query(run.text, qvec.tolist() if qvec is not None else None)
         try:
             how = await self._balance(run, mode, qvec)
+            penalty, neighbours = self.settings.redundancy()
             fn = functools.partial(
                 retrieve,
                 fusion=fusion,
                 keyword_weight=weight if weight is not None else self.settings.hybrid_keyword_weight,
                 balance=how,
+                redundancy=Redundancy(penalty, neighbours) if penalty > 0 else None,
             )
             found = await self.in_thread(fn, self.index, req.collection, mode, query, req.candidates, req.filter)
         except ApiError as e:
@@ -661,11 +664,14 @@ class SearchPipeline:
         return await self._apply_min_score(run, qvec, [_search_hit(c) for c in found])
 
     async def _balance(self, run: SearchRun, mode: Mode, qvec: np.ndarray | None) -> Balance | None:
-        """How this search draws per modality, or None for one raw draw: ``balance`` off, a keyword search, or
-        fewer than two modalities in the collection (among those the filter's ``$modality`` allows)."""
+        """How this search draws per modality, or None for one raw draw: ``balance`` off, a keyword search, an
+        embedder that reads text only (unless ``balance_text_only``), or fewer than two modalities in the collection
+        (among those the filter's ``$modality`` allows)."""
         req = run.req
         if req.balance == "off" or mode == "keyword" or qvec is None:
             return None
+        if not self.settings.balance_text_only and self.text_only_embedder(await self.embedder_info()):
+            return None  # every document it embedded (an image by its text) lies in the one text space: no gap
         try:
             wanted = [c for c in index_filters.parse_filter(req.filter) if c.op == "modality"]
         except index_base.InvalidFilter as e:

@@ -20,6 +20,7 @@ from service.evidence import Line, find_evidence
 from service.fusion import DEFAULT_FUSION, Fusion, fuse
 from service.index.base import Filter, IndexHit, UnsupportedMode, VectorIndex
 from service.keywords import coverage, term_set
+from service.redundancy import Redundancy
 
 Mode = Literal["vector", "keyword", "hybrid"]
 
@@ -64,19 +65,31 @@ class Balance:
 
 
 def balanced_vector(
-    index: VectorIndex, collection: str, vector: Sequence[float], k: int, filter: Filter | None, how: Balance
+    index: VectorIndex,
+    collection: str,
+    vector: Sequence[float],
+    k: int,
+    filter: Filter | None,
+    how: Balance,
+    redundancy: Redundancy | None = None,
 ) -> list[tuple[IndexHit, float]]:
     """The ``k`` best of the per-modality draws on the shared scale (each modality keeping its minimum share),
-    best first, with their fused scores; hits keep their raw cosine."""
+    best first, with their fused scores; hits keep their raw cosine. ``redundancy``: every drawn candidate's cosine
+    less its penalty (among all the draws) is what goes onto the shared scale."""
     lists = index.search_by_modality(collection, vector, k, how.modalities, filter)
     hits = {h.id: h for found in lists.values() for h in found}
-    ranked = bal.fuse({m: [(h.id, h.score) for h in found] for m, found in lists.items()}, how.scorers)
+    penalty = redundancy.penalise(index, collection, list(hits.values())) if redundancy else {}
+    scored = {
+        m: sorted(((h.id, h.score - penalty.get(h.id, 0.0)) for h in found), key=lambda p: -p[1])
+        for m, found in lists.items()
+    }
+    ranked = bal.fuse(scored, how.scorers)
     chosen = bal.shortlist(ranked, k, how.min_share)
     # A duplicate of the query (cosine ~1) goes first whatever the scale says: no offset between modalities
     # makes it less relevant, and a model that maps a whole modality close together (a random tiny one) would
     # otherwise let another modality's stand-out pass it.
-    duplicates = sorted((r for r in chosen if r.raw >= DUPLICATE_COSINE), key=lambda r: -r.raw)
-    rest = [r for r in chosen if r.raw < DUPLICATE_COSINE]
+    duplicates = sorted((r for r in chosen if hits[r.id].score >= DUPLICATE_COSINE), key=lambda r: -hits[r.id].score)
+    rest = [r for r in chosen if hits[r.id].score < DUPLICATE_COSINE]
     return [(hits[r.id], r.fused) for r in [*duplicates, *rest]]
 
 
@@ -109,14 +122,16 @@ def retrieve(
     fusion: Fusion = DEFAULT_FUSION,
     keyword_weight: float | None = None,
     balance: Balance | None = None,
+    redundancy: Redundancy | None = None,
 ) -> list[Candidate]:
     """The best ``k`` candidates of ``mode`` (filters applied inside the index on both sides), with evidence;
-    ``balance``: the vector side drawn per modality (see the module docstring)."""
+    ``balance``: the vector side drawn per modality (see the module docstring); ``redundancy``: vector candidates
+    ordered by their cosine less their redundancy penalty (``service.redundancy``)."""
     vector: list[IndexHit] = []
     keyword: list[IndexHit] = []
     fused: dict[str, float] = {}
     if mode != "keyword":
-        vector, fused = _vector_side(index, collection, mode, query, k, filter, balance)
+        vector, fused = _vector_side(index, collection, mode, query, k, filter, balance, redundancy)
     if mode != "vector" and query.text:
         keyword = index.keyword_search(collection, query.text, k, filter)
     terms = term_set([query.text]) if query.text else set()
@@ -139,13 +154,20 @@ def _vector_side(
     k: int,
     filter: Filter | None,
     balance: Balance | None,
+    redundancy: Redundancy | None = None,
 ) -> tuple[list[IndexHit], dict[str, float]]:
-    """The vector hits and, when drawn per modality, each hit's fused (balanced) score."""
+    """The vector hits in their order and, when it is not the raw cosine's, each hit's score on it (``fused``):
+    the balanced scale, and/or the cosine less the redundancy penalty."""
     if query.vector is None:
         raise ValueError(f"mode {mode!r} needs a query vector")
     if balance is None:
-        return index.search(collection, query.vector, k, filter), {}
-    drawn = balanced_vector(index, collection, query.vector, k, filter, balance)
+        hits = index.search(collection, query.vector, k, filter)
+        if redundancy is None or len(hits) < 2:
+            return hits, {}
+        penalty = redundancy.penalise(index, collection, hits)
+        order = {h.id: h.score - penalty[h.id] for h in hits}
+        return sorted(hits, key=lambda h: -order[h.id]), order
+    drawn = balanced_vector(index, collection, query.vector, k, filter, balance, redundancy)
     return [h for h, _ in drawn], {h.id: f for h, f in drawn}
 
 

@@ -264,6 +264,25 @@ def test_get_preserves_order_and_skips_missing(index: VectorIndex, coll: str) ->
     assert index.get(coll, []) == []
 
 
+def test_vectors_are_the_stored_ones_and_follow_a_replacement(index: VectorIndex, coll: str) -> None:
+    """What the redundancy penalty compares: read cold, after a search (LanceDB then answers from its in-memory
+    matrix) and after an upsert replaced a document."""
+    docs = [doc("a", [1, 0, 0, 0]), doc("b", [1, 1, 0, 0]), doc("c", [0, 0, 1, 2])]
+    index.upsert(coll, docs)
+    for step in ("cold", "searched", "replaced"):
+        if step == "searched":
+            index.search(coll, unit(1, 0, 0, 0), 3)
+        if step == "replaced":
+            docs[1] = doc("b", [0, 1, 0, 0])
+            index.upsert(coll, [docs[1]])
+            index.search(coll, unit(1, 0, 0, 0), 3)
+        got = index.vectors(coll, ["c", "missing", "b"])
+        assert set(got) == {"c", "b"}, step
+        for d in (docs[1], docs[2]):
+            assert got[d.id].dtype == np.float32 and got[d.id] == pytest.approx(d.embedding, abs=1e-6), step
+    assert index.vectors(coll, []) == {}
+
+
 def test_delete_returns_number_deleted(index: VectorIndex, coll: str) -> None:
     index.upsert(coll, [doc(i, [1, n, 0, 0]) for n, i in enumerate("abcd")])
     assert index.delete(coll, ["a", "missing", "c", "a"]) == 2

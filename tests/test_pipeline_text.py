@@ -32,12 +32,14 @@ BANNER_PAGE = page(("Nightly backup failed", (30, 60, 280, 90)))
 
 
 class Rig:
-    def __init__(self, tmp: Path, *, text_only: bool = True, reader: bool = True, index: Any = None) -> None:
+    def __init__(
+        self, tmp: Path, *, text_only: bool = True, reader: bool = True, index: Any = None, **settings: Any
+    ) -> None:
         self.embedder = FakeEmbedder(DIM, modalities=["text"] if text_only else ["text", "image"])
         self.reranker = FakeReranker()
         self.reader = FakeReader({INVOICE: INVOICE_PAGE, BANNER: BANNER_PAGE})
         self.index = index if index is not None else open_index(str(tmp / "index"))
-        settings = Settings(media_dir=tmp / "media")
+        settings = Settings(media_dir=tmp / "media", **settings)
         self.pipeline = SearchPipeline(
             settings,
             embedder=self.embedder,
@@ -186,6 +188,21 @@ def test_ocr_off_keeps_images_for_a_multimodal_embedder(tmp_path: Path) -> None:
     assert res.ocr_images == 0 and r.reader.calls == []
     assert r.embedder.calls[0][1] == [Item(image=INVOICE)]
     assert r.search({"image": INVOICE}).mode == "vector"
+
+
+@pytest.mark.parametrize(
+    ("text_only", "settings", "balanced"),
+    [(True, {}, False), (True, {"balance_text_only": True}, True), (False, {}, True)],
+)
+def test_a_text_only_embedder_does_not_balance_its_one_text_space(
+    tmp_path: Path, text_only: bool, settings: dict[str, Any], balanced: bool
+) -> None:
+    """Images embedded by their OCR text lie in the text documents' space: no modality gap, one raw draw (unless
+    ``balance_text_only``); a multimodal embedder's mixed collection is balanced."""
+    r = Rig(tmp_path, text_only=text_only, **settings)
+    r.upsert(DOCS)
+    for mode in ("vector", "hybrid"):
+        assert r.search("invoice Porto", mode=mode).balanced is balanced
 
 
 def test_describe_says_which_path_each_modality_takes(rig: Rig) -> None:

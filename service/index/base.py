@@ -240,6 +240,11 @@ class VectorIndex(ABC):
     def search(self, name: str, vector: Sequence[float], k: int, filter: Filter | None = None) -> list[IndexHit]:
         """Top-``k`` documents by cosine similarity (descending), restricted to those matching ``filter``."""
 
+    def vectors(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors (float32) of the documents of ``ids`` that exist: what the redundancy penalty compares
+        (``service.redundancy``). A backend may answer from memory; this default reads the documents."""
+        return {r.id: np.asarray(r.embedding, dtype=np.float32) for r in self.get(name, ids) if r.embedding is not None}
+
     def modality_sample(self, name: str, modality: str, n: int) -> tuple[int, np.ndarray]:
         """How many documents of ``modality`` (``""``: unlabelled) the collection holds, and up to ``n`` of their
         vectors (``(m, dimension)`` float32): balanced retrieval's collection statistics."""

@@ -235,6 +235,11 @@ class _Matrix:
         return int(self.vectors.nbytes + self.payload.nbytes)
 
     @cached_property
+    def rows(self) -> dict[str, int]:
+        """Row number of each document id."""
+        return {d: i for i, d in enumerate(self.payload["id"].to_pylist())}
+
+    @cached_property
     def modalities(self) -> dict[str, np.ndarray]:
         """Row numbers of each modality present (``filters.stored_modality`` of every row)."""
         text = self.payload["text"].is_valid().to_numpy(zero_copy_only=False)
@@ -689,6 +694,22 @@ class LanceIndex(VectorIndex):
             query = table.search().where(col("id").isin(chunk)).select(columns).limit(len(chunk))
             rows.extend(query.to_arrow().to_pylist())
         return rows
+
+    def vectors(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """From the in-memory matrix while exact search keeps one (unit vectors, ~0.1 ms for 50), else the id and
+        vector columns only (reading whole documents for 50 hits took ~10x a search: bench/RESULTS.md section 12)."""
+        wanted = base.check_ids(ids)
+
+        def read(table: Any) -> dict[str, np.ndarray]:
+            with self._lock:
+                matrix = self._exact_matrix(name, table)
+            if matrix is not None:
+                at = matrix.rows
+                return {d: matrix.vectors[at[d]] for d in wanted if d in at}
+            rows = self._rows_by_id(table, wanted, ["id", VECTOR])
+            return {row["id"]: np.asarray(row[VECTOR], dtype=np.float32) for row in rows}
+
+        return self._guard(name, read)
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
         wanted = list(dict.fromkeys(base.check_ids(ids)))

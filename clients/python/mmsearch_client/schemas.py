@@ -392,9 +392,11 @@ class SearchHit(BaseModel):
     """BM25, when the document was a keyword candidate."""
     rerank_score: float | None = None
     fused_score: float | None = None
-    """Balanced retrieval (``balanced`` in the response): the score on the scale all modalities share (the
-    per-modality standardised cosine, or the calibrated probability of relevance), by which candidates were
-    ordered and shortlisted; ``score`` and ``vector_score`` keep the raw cosine."""
+    """The score by which vector candidates were ordered and shortlisted when it is not the raw cosine: with
+    balanced retrieval (``balanced`` in the response) the score on the scale all modalities share (the
+    per-modality standardised cosine, or the calibrated probability of relevance); with the redundancy penalty
+    (``MMSEARCH_REDUNDANCY_WEIGHT``, on in the lite profile) the cosine less the penalty. ``score`` and
+    ``vector_score`` keep the raw cosine."""
     calibrated_score: float | None = None
     """On a calibrated collection: the probability of relevance of the vector score for this (query modality ->
     document modality) pair, which ``min_score`` compares."""
