@@ -242,10 +242,11 @@ def test_client_and_cli_calibrate_and_list_the_calibration(
     assert "platt on 'topics'" in capsys.readouterr().out
 
 
-def test_the_calibration_survives_a_restart_of_the_service(tmp_path: Path, tiny_models: object) -> None:
-    """Stored with the collection: a Search process started afresh on the same index finds and applies it."""
+def test_the_calibration_survives_a_restart_of_the_service(tmp_path: Path, model_urls: dict[str, str]) -> None:
+    """Stored with the collection: a Search process started afresh on the same index finds and applies it.
+    (Search alone, wired to the session's model services: the restart under test is Search's.)"""
     cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service.search:Search"]
-    first = BentoServer(cmd, bento_env(tmp_path), tmp_path / "first.log").start()
+    first = BentoServer(cmd, bento_env(tmp_path, **model_urls), tmp_path / "first.log").start()
     try:
         built = build_gapped(first)
         queries = calibration_queries(built)
@@ -253,7 +254,7 @@ def test_the_calibration_survives_a_restart_of_the_service(tmp_path: Path, tiny_
         before = kept_shares(first, built, 0.5)
     finally:
         first.stop()
-    second = BentoServer(cmd, bento_env(tmp_path), tmp_path / "second.log").start()
+    second = BentoServer(cmd, bento_env(tmp_path, **model_urls), tmp_path / "second.log").start()
     try:
         listed = post(second, "/collections", {})["collections"]
         assert next(c for c in listed if c["name"] == built["collection"])["calibration"]["set"] == "r"
