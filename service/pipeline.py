@@ -672,14 +672,8 @@ class SearchPipeline:
             return None
         if not self.settings.balance_text_only and self.text_only_embedder(await self.embedder_info()):
             return None  # every document it embedded (an image by its text) lies in the one text space: no gap
-        try:
-            wanted = [c for c in index_filters.parse_filter(req.filter) if c.op == "modality"]
-        except index_base.InvalidFilter as e:
-            raise ApiError(400, "invalid_filter", f"filter: {e}", field="filter") from None
         stats = await self.modality_stats(req.collection)
-        allowed = [m for m, s in stats.items() if s.count > 0]
-        for clause in wanted:
-            allowed = [m for m in allowed if m in clause.terms]
+        allowed = _allowed_modalities(req.filter, stats)
         if len(allowed) < 2:
             return None
         scorers = await self._balance_scorers(run, qvec, {m: stats[m] for m in allowed})
@@ -1033,6 +1027,18 @@ def _image_fields(stored: str | None) -> ImageFields:
     image, source = split_ref(stored)
     thumb = thumbnail_name(image) if image is not None else None
     return ImageFields(image=image, source=source, thumbnail=f"/media/{thumb}" if thumb else None)
+
+
+def _allowed_modalities(filter_: index_filters.Filter | None, stats: dict[str, balance.GroupStats]) -> list[str]:
+    """The collection's non-empty modalities that the filter's ``$modality`` clauses allow."""
+    try:
+        wanted = [c for c in index_filters.parse_filter(filter_) if c.op == "modality"]
+    except index_base.InvalidFilter as e:
+        raise ApiError(400, "invalid_filter", f"filter: {e}", field="filter") from None
+    allowed = [m for m, s in stats.items() if s.count > 0]
+    for clause in wanted:
+        allowed = [m for m in allowed if m in clause.terms]
+    return allowed
 
 
 def _comparable(hit: SearchHit) -> float:

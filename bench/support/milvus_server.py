@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import time
 from collections.abc import Mapping
@@ -39,6 +40,19 @@ RECOMMENDED = {
     # deploy/kubernetes/README.md gives the same setting for the Milvus Helm chart.
     "queryNode.segcore.interimIndex.enableIndex": "false",
 }
+
+
+CAUSE = re.compile(
+    r"^(panic:|fatal error:|SIG[A-Z]+:|signal arrived|terminate called|what\(\):|F\d{8} |\[\d{4}/.*\[(FATAL|ERROR)\])"
+)
+
+
+class ServerDied(RuntimeError):
+    """The server process exited before it answered."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def holder_of_pid_lock() -> int | None:
@@ -99,7 +113,20 @@ class MilvusServer:
         self.metrics_port, sock = config.resolve_port(9091)
         sock.close()
 
-    def start(self, timeout: float = 180.0, lock_wait: float = 600.0) -> MilvusServer:
+    def start(self, timeout: float = 180.0, lock_wait: float = 600.0, attempts: int = 2) -> MilvusServer:
+        """Start the server and wait until it answers. A server that dies while starting is started again (up to
+        ``attempts`` times, same data and ports): Milvus 2.3.5 once aborted (SIGABRT) during start-up in CI and
+        then started fine. The error names the cause the log gives (panic, fatal error, abort)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout, lock_wait)
+            except ServerDied as e:
+                if attempt == attempts:
+                    raise RuntimeError(str(e)) from None
+                print(f"Milvus died while starting (attempt {attempt}/{attempts}), starting it again: {e.cause}")
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float, lock_wait: float) -> MilvusServer:
         deadline = time.monotonic() + lock_wait  # another test run on this machine may hold the one server slot
         while (holder := holder_of_pid_lock()) is not None:
             if time.monotonic() > deadline:
@@ -129,7 +156,9 @@ class MilvusServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"milvus exited with {self.proc.returncode}:\n{self.tail()}")
+                code, cause = self.proc.returncode, self.cause()
+                self._reap()
+                raise ServerDied(f"milvus exited with {code} while starting; cause: {cause}\n{self.tail()}", cause)
             if self._answers():
                 return self
             time.sleep(0.5)
@@ -151,6 +180,20 @@ class MilvusServer:
         finally:
             with contextlib.suppress(Exception):
                 client.close()
+
+    def cause(self) -> str:
+        """The lines of the log's last run that say why the server died (Go panic or fatal error, SIGABRT, C++
+        terminate, glog FATAL), or a note that it gives none."""
+        try:
+            lines = (self.data_dir / "server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "no server.log"
+        starts = [i for i, line in enumerate(lines) if "Welcome to use Milvus!" in line]
+        run = lines[starts[-1] :] if starts else lines
+        found = [line.strip() for line in run if CAUSE.search(line)]
+        fatal = [line for line in found if "[ERROR]" not in line]
+        chosen = fatal[:6] or found[-3:]  # a crash line first; else the last logged errors
+        return " | ".join(chosen) if chosen else "none in the log"
 
     def tail(self, n: int = 40) -> str:
         out = []
