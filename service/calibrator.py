@@ -19,6 +19,8 @@ from mmsearch_client.schemas import (
     CalibrateResponse,
     Item,
     SearchRequest,
+    UncalibrateRequest,
+    UncalibrateResponse,
 )
 
 from service import balance, calibration
@@ -80,6 +82,13 @@ async def calibrate(pipeline: SearchPipeline, req: CalibrateRequest) -> Calibrat
         ) from None
     await pipeline.store_calibration(name, calib)
     return CalibrateResponse(collection=name, calibration=calib.describe())
+
+
+async def uncalibrate(pipeline: SearchPipeline, req: UncalibrateRequest) -> UncalibrateResponse:
+    """Remove the collection's calibration (404 for a missing collection; ``removed`` False if it had none)."""
+    await pipeline.collection_dimension(req.collection)  # 404 for a collection that does not exist
+    removed = await pipeline.store_calibration(req.collection, None)
+    return UncalibrateResponse(collection=req.collection, removed=removed)
 
 
 async def _relevant_documents(pipeline: SearchPipeline, req: CalibrateRequest) -> dict[str, IndexRecord]:

@@ -741,12 +741,17 @@ class SearchPipeline:
         self._calibrations[collection] = (now, found)
         return found
 
-    async def store_calibration(self, collection: str, calib: calibration.Calibration) -> None:
-        """Store a calibration with the collection (durable, seen by every process on its next read)."""
+    async def store_calibration(self, collection: str, calib: calibration.Calibration | None) -> bool:
+        """Store a calibration with the collection, or remove it (``None``): durable, seen by every process on its
+        next read (other replicas within ``balance_stats_ttl_s``). Returns whether the collection had one."""
 
-        def write() -> None:
+        def write() -> bool:
             try:
-                self.index.write_property(collection, calibration.PROPERTY, calibration.dump(calib))
+                had = self.index.read_property(collection, calibration.PROPERTY) is not None
+                self.index.write_property(
+                    collection, calibration.PROPERTY, calibration.dump(calib) if calib is not None else None
+                )
+                return had
             except NotImplementedError:
                 raise unprocessable(
                     f"collection: the {self.index.backend} index cannot store a calibration",
@@ -755,8 +760,9 @@ class SearchPipeline:
                 ) from None
 
         async with self._lock(collection):
-            await self.in_thread(write)
+            had = await self.in_thread(write)
         self._calibrations[collection] = (time.monotonic(), calib)
+        return had
 
     async def embed_query(self, req: SearchRequest) -> np.ndarray:
         """A query's vector as ``/search`` computes it (its image's text read first when the embedder needs it)."""

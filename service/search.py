@@ -33,6 +33,8 @@ from mmsearch_client.schemas import (
     RerankResponse,
     SearchRequest,
     SearchResponse,
+    UncalibrateRequest,
+    UncalibrateResponse,
     UpsertRequest,
     UpsertResponse,
 )
@@ -218,6 +220,12 @@ class Search:
         """Fit the collection's score calibration from labelled queries and store it with the collection:
         ``/search`` then applies it to ``min_score`` and to the fused order of a balanced search."""
         return await calibrator.calibrate(self.pipeline, validated(CalibrateRequest, kw))
+
+    @bentoml.api(route="/uncalibrate", input_spec=UncalibrateRequest)
+    @handle_api_errors
+    async def uncalibrate(self, **kw: Any) -> UncalibrateResponse:
+        """Remove the collection's score calibration: ``/search`` scores it as an uncalibrated collection again."""
+        return await calibrator.uncalibrate(self.pipeline, validated(UncalibrateRequest, kw))
 
     # ------------------------------------------------------------------------------------------- proxies
     @bentoml.api(route="/encode", input_spec=EncodeRequest)

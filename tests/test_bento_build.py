@@ -27,7 +27,17 @@ EMBEDDER_ROUTES = {"/encode", "/v1/embeddings", "/info"}
 RERANKER_ROUTES = {"/rerank", "/v1/rerank", "/v2/rerank", "/info"}
 # Search serves every public route (its own and its dependencies'; /upload/encode is a mounted app, not an API)
 READER_ROUTES = {"/ocr", "/info"}
-SEARCH_ROUTES = {"/search", "/upsert", "/delete", "/drop", "/get", "/collections", "/calibrate", "/info"}
+SEARCH_ROUTES = {
+    "/search",
+    "/upsert",
+    "/delete",
+    "/drop",
+    "/get",
+    "/collections",
+    "/calibrate",
+    "/uncalibrate",
+    "/info",
+}
 SEARCH_ROUTES |= EMBEDDER_ROUTES | RERANKER_ROUTES | READER_ROUTES
 # What the Deployments in deploy/kubernetes run as (the image's `bentoml` user).
 BENTO_UID = 1034

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mmsearch_client import AsyncClient, CalibrationQuery, Client
+from mmsearch_client import AsyncClient, CalibrationQuery, Client, NotFoundError
 from mmsearch_client.cli import main as cli_main
 from mmsearch_client.eval.gap import construct_gap, unit
 
@@ -240,6 +240,52 @@ def test_client_and_cli_calibrate_and_list_the_calibration(
     assert "calibrated (platt) on 'topics'" in out and "text->image" in out
     assert cli_main(["collections", "--url", search_server.url]) == 0
     assert "platt on 'topics'" in capsys.readouterr().out
+
+
+def test_uncalibrate_removes_the_calibration_through_http_clients_and_cli(
+    search_server: BentoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``POST /uncalibrate``, ``Client.uncalibrate``, ``AsyncClient.uncalibrate`` and ``mmsearch uncalibrate``:
+    the collection is searched uncalibrated again (no ``calibrated_score``, ``min_score`` on the raw cosine)."""
+    own = build_gapped(search_server)  # its own collection: the module's is calibrated by the other tests
+    coll = str(own["collection"])
+    url = search_server.url
+    post(search_server, "/calibrate", {"collection": coll, "queries": calibration_queries(own)})
+    assert post(search_server, "/uncalibrate", {"collection": coll}) == {"collection": coll, "removed": True}
+    listed = post(search_server, "/collections", {})["collections"]
+    assert next(c for c in listed if c["name"] == coll)["calibration"] is None
+    body = vector_search(search_server, own, TOPICS[0], min_score=0.5)
+    assert body["hits"] and all(h["calibrated_score"] is None and h["score"] >= 0.5 for h in body["hits"])
+    assert post(search_server, "/uncalibrate", {"collection": coll}) == {"collection": coll, "removed": False}
+
+    with Client(url) as client:
+        client.calibrate(calibration_queries(own), collection=coll)
+        assert client.uncalibrate(collection=coll).removed is True
+        with pytest.raises(NotFoundError):
+            client.uncalibrate(collection="absent_" + uuid.uuid4().hex[:6])
+        client.calibrate(calibration_queries(own), collection=coll)
+
+    async def run_async() -> tuple[bool, bool]:
+        async with AsyncClient(url) as client:
+            first = (await client.uncalibrate(collection=coll)).removed
+            return first, (await client.uncalibrate(collection=coll)).removed
+
+    assert asyncio.run(run_async()) == (True, False)
+    post(search_server, "/calibrate", {"collection": coll, "queries": calibration_queries(own)})
+    assert cli_main(["uncalibrate", "--collection", coll, "--url", url]) == 0
+    assert f"'{coll}': calibration removed" in capsys.readouterr().out
+    assert cli_main(["uncalibrate", "-c", coll, "--url", url]) == 0
+    assert f"'{coll}' was not calibrated" in capsys.readouterr().out
+
+
+def test_uncalibrate_refuses_bad_input_naming_the_field(search_server: BentoServer) -> None:
+    url = f"{search_server.url}/uncalibrate"
+    resp = httpx.post(url, json={"collection": "absent_" + uuid.uuid4().hex[:6]}, timeout=60)
+    assert resp.status_code == 404 and resp.json()["code"] == "collection_not_found", resp.text
+    resp = httpx.post(url, json={"collection": "no spaces allowed"}, timeout=60)
+    assert resp.status_code in (400, 422) and "collection" in resp.text, resp.text
+    resp = httpx.post(url, json={"collection": "x", "remove": True}, timeout=60)
+    assert resp.status_code in (400, 422) and "remove" in resp.text, resp.text
 
 
 def test_the_calibration_survives_a_restart_of_the_service(tmp_path: Path, model_urls: dict[str, str]) -> None:

@@ -71,6 +71,7 @@ from mmsearch_client.schemas import (
     SearchResponse,
     SearchTimings,
     StoredDocument,
+    UncalibrateResponse,
     UpsertResponse,
 )
 
@@ -121,6 +122,7 @@ __all__ = [
     "SearchTimings",
     "ServiceUnavailableError",
     "StoredDocument",
+    "UncalibrateResponse",
     "UpsertResponse",
     "UpsertSummary",
     "__version__",

@@ -51,6 +51,7 @@ from mmsearch_client.schemas import (
     RerankResponse,
     SearchMode,
     SearchResponse,
+    UncalibrateResponse,
     UpsertDocument,
     UpsertResponse,
 )
@@ -498,6 +499,9 @@ class BaseClient(Generic[HttpT]):
         items = [q.model_dump(exclude_none=True) if isinstance(q, CalibrationQuery) else dict(q) for q in queries]
         body = {"collection": collection, "queries": items, "method": method, "name": name, "candidates": candidates}
         return RequestSpec("POST", "/calibrate", body, _model(CalibrateResponse))
+
+    def _uncalibrate_spec(self, collection: str) -> RequestSpec[UncalibrateResponse]:
+        return RequestSpec("POST", "/uncalibrate", {"collection": collection}, _model(UncalibrateResponse))
 
     def _collections_spec(self) -> RequestSpec[CollectionsResponse]:
         return RequestSpec("POST", "/collections", {}, _model(CollectionsResponse))

@@ -37,6 +37,7 @@ from mmsearch_client.schemas import (
     RerankResponse,
     SearchMode,
     SearchResponse,
+    UncalibrateResponse,
     UpsertResponse,
 )
 
@@ -234,6 +235,11 @@ class Client(BaseClient[httpx.Client]):
         to ``min_score`` and to the fused order of balanced retrieval. ``method``: ``platt`` or ``isotonic``;
         ``name``: what the labelled set is called (shown by ``collections()``)."""
         return self._run(self._calibrate_spec(queries, collection, method, name, candidates))
+
+    def uncalibrate(self, *, collection: str = "default") -> UncalibrateResponse:
+        """Remove the collection's score calibration (``removed=False`` if it had none); a missing collection
+        raises ``NotFoundError``."""
+        return self._run(self._uncalibrate_spec(collection))
 
     def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""
@@ -472,6 +478,11 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         to ``min_score`` and to the fused order of balanced retrieval. ``method``: ``platt`` or ``isotonic``;
         ``name``: what the labelled set is called (shown by ``collections()``)."""
         return await self._run(self._calibrate_spec(queries, collection, method, name, candidates))
+
+    async def uncalibrate(self, *, collection: str = "default") -> UncalibrateResponse:
+        """Remove the collection's score calibration (``removed=False`` if it had none); a missing collection
+        raises ``NotFoundError``."""
+        return await self._run(self._uncalibrate_spec(collection))
 
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""

@@ -8,6 +8,7 @@
     mmsearch rerank "red bike" "a red bicycle" "a blue car"
     mmsearch calibrate ./labelled --collection docs          # eval-format set: queries.jsonl + qrels.tsv
     mmsearch search "red bicycle" -c docs --min-score 0.5     # calibrated: one threshold for every modality
+    mmsearch uncalibrate -c docs                              # remove the calibration
     mmsearch health
 
 The server and key come from ``--url`` / ``--api-key`` or ``$MMSEARCH_URL`` / ``$MMSEARCH_API_KEY``.
@@ -356,6 +357,17 @@ def cmd_calibrate(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_uncalibrate(client: Client, args: argparse.Namespace) -> int:
+    res = client.uncalibrate(collection=args.collection)
+    if args.json:
+        print(res.model_dump_json(indent=2))
+    elif res.removed:
+        print(f"{res.collection!r}: calibration removed")
+    else:
+        print(f"{res.collection!r} was not calibrated")
+    return 0
+
+
 def cmd_drop(client: Client, args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
@@ -435,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=_positive, default=50, help="candidates drawn per modality and query")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("uncalibrate", parents=[common], help="remove a collection's score calibration")
+    p.add_argument("--collection", "-c", default="default")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_uncalibrate)
 
     p = sub.add_parser("embed", parents=[common], help="embed a text and/or an image")
     p.add_argument("text", nargs="?")

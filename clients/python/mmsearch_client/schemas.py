@@ -316,6 +316,20 @@ class CalibrateResponse(BaseModel):
     calibration: CalibrationInfo
 
 
+class UncalibrateRequest(BaseModel):
+    """Remove a collection's score calibration: ``/search`` then scores it as an uncalibrated one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: CollectionName = "default"
+
+
+class UncalibrateResponse(BaseModel):
+    collection: str
+    removed: bool
+    """False when the collection had no calibration."""
+
+
 class CollectionInfo(BaseModel):
     name: str
     count: int
