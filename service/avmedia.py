@@ -22,10 +22,11 @@ duration, as Qwen2-VL's processor does) and scaled down to fit ``video_frame_pix
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +155,7 @@ def _open(data: bytes, settings: Settings, policy: _Policy, deadline: _Deadline)
         allowed = ", ".join(policy.containers)
         raise AVMediaError(
             "container_not_allowed",
-            f"not a {policy.kind} container allowed here ({policy.kind}_containers: {allowed})",
+            f"not in a container allowed for {policy.kind} ({policy.kind}_containers: {allowed})",
             field,
         ) from None
     except av.error.ExitError:
@@ -190,12 +191,15 @@ def _check_codec(stream: Any, policy: _Policy, field: str | None) -> None:
 
 
 def _declared_duration(container: Any, stream: Any) -> float | None:
-    """Seconds the stream's header declares (the container's when the stream is its only one), if any."""
+    """Seconds the stream's header declares (the container's when the stream is its only one), if any (> 0)."""
+    seconds = None
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None and len(container.streams) == 1:
-        return float(container.duration / av.time_base)
-    return None
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None and len(container.streams) == 1:
+        seconds = float(container.duration / av.time_base)
+    if seconds is None or math.isnan(seconds) or seconds <= 0:
+        return None  # nonsense is no declaration: the decoded timestamps are checked all the same
+    return seconds
 
 
 def _check_duration(seconds: float | None, settings: Settings, field: str | None, decoded: bool = False) -> None:
@@ -226,20 +230,48 @@ def _prepare(stream: Any, settings: Settings) -> None:
         ctx.thread_type = "AUTO"
 
 
-def _frames(container: Any, stream: Any, deadline: _Deadline) -> Iterator[Any]:
-    """Decoded frames of ``stream`` (others are skipped undecoded); damage is ``corrupt``, slowness a refusal."""
-    try:
-        for packet in container.demux(stream):
-            deadline.check()
-            for frame in packet.decode():
-                deadline.check()
-                if getattr(frame, "is_corrupt", False):
-                    raise AVMediaError("corrupt", "a frame is damaged (corrupt packet)", deadline.field)
-                yield frame
-    except av.error.ExitError:
-        raise deadline.error() from None
-    except (av.error.FFmpegError, ValueError) as e:
-        raise AVMediaError("corrupt", f"decoding failed: {type(e).__name__}", deadline.field) from None
+@dataclass(frozen=True)
+class _Opened:
+    """An open container, the stream to decode (its header checked) and what the header declares."""
+
+    container: Any
+    stream: Any
+    declared: float | None
+    deadline: _Deadline
+
+    def feed(self, settings: Settings, add: Callable[[Any], None]) -> None:
+        """Decode the stream (others are skipped undecoded), handing each frame to ``add``.
+
+        Damage (an FFmpeg error, a frame flagged corrupt, a frame the resampler or scaler cannot take) is
+        ``corrupt``; the deadline is checked between packets and frames."""
+        _prepare(self.stream, settings)
+        field = self.deadline.field
+        try:
+            for packet in self.container.demux(self.stream):
+                self.deadline.check()
+                for frame in packet.decode():
+                    self.deadline.check()
+                    if frame.is_corrupt:
+                        raise AVMediaError("corrupt", "a frame is damaged (corrupt packet)", field)
+                    add(frame)
+        except av.error.ExitError:
+            raise self.deadline.error() from None
+        except (av.error.FFmpegError, ValueError) as e:
+            raise AVMediaError("corrupt", f"decoding failed: {type(e).__name__}", field) from None
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, settings: Settings, kind: str, field: str | None) -> Iterator[_Opened]:
+    """Open ``data`` and run the checks audio and video share: bytes, container, streams, codec, duration."""
+    deadline = _Deadline(settings.av_decode_timeout_s, field)
+    policy = _policy(settings, kind)
+    with _open(data, settings, policy, deadline) as container:
+        _check_container(container, settings, policy, field)
+        stream = (_audio_stream if kind == "audio" else _video_stream)(container, settings, field)
+        _check_codec(stream, policy, field)
+        declared = _declared_duration(container, stream)
+        _check_duration(declared, settings, field)
+        yield _Opened(container, stream, declared, deadline)
 
 
 # --- audio ---------------------------------------------------------------------------------------------------
@@ -303,7 +335,10 @@ class _AudioSink:
         self.chunks.append(chunk)
 
     def finish(self) -> np.ndarray:
-        self.add(None)
+        try:
+            self.add(None)  # what the resampler still holds
+        except (av.error.FFmpegError, ValueError):
+            raise AVMediaError("corrupt", "resampling failed", self.field) from None
         if not self.chunks:
             raise AVMediaError("undecodable", "no audio could be decoded", self.field)
         out = np.concatenate(self.chunks, axis=-1).astype(np.float32, copy=False)
@@ -315,20 +350,12 @@ def decode_audio(data: bytes, settings: Settings, *, rate: int, channels: int = 
     """Decode the first audio stream of ``data`` to float32 at ``rate`` Hz, mono (1) or stereo (2) channels."""
     if channels not in (1, 2) or rate <= 0:
         raise ValueError("channels must be 1 or 2 and rate positive")
-    deadline = _Deadline(settings.av_decode_timeout_s, field)
-    policy = _policy(settings, "audio")
-    with _open(data, settings, policy, deadline) as container:
-        _check_container(container, settings, policy, field)
-        stream = _audio_stream(container, settings, field)
-        _check_codec(stream, policy, field)
-        declared = _declared_duration(container, stream)
-        _check_duration(declared, settings, field)
+    with _opened(data, settings, "audio", field) as item:
+        declared = item.declared
         if declared is not None and declared * rate * channels > settings.max_audio_samples:
             raise _samples_error(math.ceil(declared * rate * channels), settings, field, planned=True)
-        _prepare(stream, settings)
-        sink = _AudioSink(stream, settings, rate, channels, field)
-        for frame in _frames(container, stream, deadline):
-            sink.add(frame)
+        sink = _AudioSink(item.stream, settings, rate, channels, field)
+        item.feed(settings, sink.add)
         samples = sink.finish()
     _check_complete(samples.shape[-1] / rate, declared, field)
     return Audio(samples, rate)
@@ -382,7 +409,7 @@ def _plan(
     w, h = _scaled(stream.codec_context.width, stream.codec_context.height, settings.video_frame_pixels)
     if declared:
         fps = min(fps, max(max_frames - 1, 1) / declared)
-    planned = min(max_frames, math.floor((declared or 0) * fps + _EPS_S) + 1)
+    planned = min(max_frames, max(1, math.ceil((declared or 0) * fps - _EPS_S)))  # sampling times before the end
     need = planned * w * h
     if need > settings.max_video_pixels:
         raise AVMediaError(
@@ -407,12 +434,12 @@ class _FrameSink:
         _check_source_pixels(frame.width, frame.height, self.settings, self.field)
         t = self._time(frame)
         _check_duration(t, self.settings, self.field, decoded=True)
-        self.end = max(self.end, t + float(frame.duration * frame.time_base if frame.duration else 0))
+        shown = frame.duration * frame.time_base if frame.duration and frame.time_base else 0
+        self.end = max(self.end, t + float(shown))
         if t + _EPS_S < self.next_t:
             return
         self._take(frame, t)
-        while self.next_t <= t + _EPS_S:
-            self.next_t += 1 / self.plan.fps
+        self.next_t = (math.floor((t + _EPS_S) * self.plan.fps) + 1) / self.plan.fps  # the next time after t
 
     def _time(self, frame: Any) -> float:
         t = frame.time
@@ -462,19 +489,11 @@ def decode_video(
     """
     fps = min(fps or settings.video_fps, settings.video_fps)
     max_frames = min(max_frames or settings.max_video_frames, settings.max_video_frames)
-    deadline = _Deadline(settings.av_decode_timeout_s, field)
-    policy = _policy(settings, "video")
-    with _open(data, settings, policy, deadline) as container:
-        _check_container(container, settings, policy, field)
-        stream = _video_stream(container, settings, field)
-        _check_codec(stream, policy, field)
-        declared = _declared_duration(container, stream)
-        _check_duration(declared, settings, field)
+    with _opened(data, settings, "video", field) as item:
+        declared, stream = item.declared, item.stream
         plan = _plan(stream, declared, settings, fps, max_frames, field)
-        _prepare(stream, settings)
         sink = _FrameSink(plan, settings, _start_time(stream), field)
-        for frame in _frames(container, stream, deadline):
-            sink.add(frame)
+        item.feed(settings, sink.add)
         size = (stream.codec_context.width, stream.codec_context.height)
     if not sink.frames:
         raise AVMediaError("undecodable", "no video frame could be decoded", field)

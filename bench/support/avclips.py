@@ -63,10 +63,10 @@ def video(
     return buf.getvalue()
 
 
-def tone(seconds: float, rate: int, freq: float, channels: int = 1) -> np.ndarray:
-    """A sine of ``freq`` Hz, float32 ``(channels, n)`` at amplitude 0.5."""
+def tone(seconds: float, rate: int, freqs: Sequence[float]) -> np.ndarray:
+    """Sines at amplitude 0.5, one row (channel) per frequency: float32 ``(len(freqs), n)``."""
     t = np.arange(round(seconds * rate)) / rate
-    return np.repeat((0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)[None, :], channels, axis=0)
+    return np.stack([0.5 * np.sin(2 * np.pi * f * t) for f in freqs]).astype(np.float32)
 
 
 _LAYOUTS = {1: "mono", 2: "stereo", 16: "hexadecagonal"}
@@ -78,16 +78,16 @@ def audio(
     fmt: str = "wav",
     codec: str = "pcm_s16le",
     rate: int = 16_000,
-    freq: float = 440.0,
+    freq: float | Sequence[float] = 440.0,
     channels: int = 1,
     streams: int = 1,
 ) -> bytes:
-    """A sine tone of ``freq`` Hz in ``streams`` identical audio streams of ``channels`` channels."""
+    """A sine of ``freq`` Hz (or one per channel) in ``streams`` identical streams of ``channels`` channels."""
     layout = _LAYOUTS[channels]
     buf = io.BytesIO()
     with av.open(buf, "w", format=fmt) as out:
         outs = [out.add_stream(codec, rate=rate, layout=layout) for _ in range(streams)]
-        samples = tone(seconds, rate, freq, channels)
+        samples = tone(seconds, rate, [freq] * channels if isinstance(freq, int | float) else freq)
         for stream in outs:
             _encode_audio(out, stream, samples, rate, layout)
     return buf.getvalue()
@@ -98,7 +98,8 @@ def _encode_audio(
 ) -> None:
     step = 1024
     for i in range(0, x.shape[1], step):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, i : i + step]), format="fltp", layout=layout)
+        packed = np.ascontiguousarray(x[:, i : i + step].T).reshape(1, -1)  # packed: >8 planes trip PyAV
+        frame = av.AudioFrame.from_ndarray(packed, format="flt", layout=layout)
         frame.sample_rate, frame.pts = rate, i
         for packet in stream.encode(frame):
             out.mux(packet)
