@@ -41,9 +41,11 @@ def video(
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
-    noise: bool = False,
+    content: str = "solid",
 ) -> bytes:
-    """``seconds`` at ``rate`` fps: solid colours changing every ``colour_s`` s (or random pixels: ``noise``)."""
+    """``seconds`` at ``rate`` fps of ``content``: ``solid`` colours changing every ``colour_s`` s, ``noise``
+    (random pixels: every byte matters to the decoder) or ``moving`` (a gradient sliding over the colours: a
+    bitrate closer to real footage, for benchmarks)."""
     w, h = size
     buf = io.BytesIO()
     rng = np.random.default_rng(0)
@@ -51,16 +53,24 @@ def video(
         stream = out.add_stream(codec, rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         for i in range(round(seconds * rate)):
-            if noise:
-                img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            else:
-                img = np.empty((h, w, 3), np.uint8)
-                img[:] = colour_at(i / rate, colour_s)
+            img = _picture(content, i / rate, colour_s, (h, w), rng)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue()
+
+
+def _picture(content: str, t: float, colour_s: float, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    h, w = shape
+    if content == "noise":
+        return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = colour_at(t, colour_s)
+    if content == "moving":
+        ramp = (np.arange(w)[None, :] + np.arange(h)[:, None] + int(t * 120)) % 256
+        img[..., 0] = ramp.astype(np.uint8)
+    return img
 
 
 def tone(seconds: float, rate: int, freqs: Sequence[float]) -> np.ndarray:

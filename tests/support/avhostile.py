@@ -81,7 +81,7 @@ def image(fmt: str) -> bytes:
 
 def noisy_h264(seconds: float = 3.0) -> bytes:
     """Random-pixel H.264: every byte of it matters, so flipped bytes are seen by the decoder."""
-    return avclips.video(seconds, size=(128, 96), noise=True)
+    return avclips.video(seconds, size=(128, 96), content="noise")
 
 
 # --- the set -------------------------------------------------------------------------------------------------
