@@ -250,7 +250,8 @@ class Settings(BaseSettings):
     """Streams in one container (the demuxer itself stops creating them one past this)."""
     av_decode_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     """Wall time to open and decode one item, checked between packets and frames. Every frame is decoded (the
-    sampled ones are picked by timestamp): a 10-minute 720p H.264 clip took ~40 s on one loaded vCPU (RESULTS 18)."""
+    sampled ones are picked by timestamp): 720p H.264 decoded at ~15x real time on one loaded vCPU, so a 10-minute
+    clip needs ~40 s (bench/RESULTS.md section 18)."""
     av_decode_threads: int = Field(default=1, ge=0, le=64)
     """FFmpeg threads per decode (0: FFmpeg's choice). 1: parallelism comes from decoding items side by side."""
     max_audio_sample_rate: int = Field(default=192_000, ge=8000, le=1_000_000)
