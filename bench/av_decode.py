@@ -82,27 +82,26 @@ def measure(shape: Shape, data: bytes, threads: int, repeats: int) -> dict[str, 
     return result
 
 
+def _row(r: dict[str, Any]) -> list[Any]:
+    out = "x".join(map(str, r.get("frames_out") or r["samples_out"]))
+    return [r["shape"], r["threads"], r["bytes"], r["clips_per_s"], r["media_s_per_s"], r["ms_per_clip"], out,
+            r["host"]["loadavg_1m"]]  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = base_parser(__doc__ or "")
     p.add_argument("--repeats", type=int, default=None, help="decodes per shape (default 5; --tiny 1)")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (1 if args.tiny else 5)
     results: dict[str, Any] = {**run_header(args), "points": []}
-    rows = []
     for shape in shapes(args.tiny):
         data = shape.make(shape.seconds)
         for threads in (1, 0) if shape.kind == "video" else (1,):
-            r = measure(shape, data, threads, args.repeats)
-            results["points"].append(r)
-            out = r.get("frames_out") or r["samples_out"]
-            rows.append([shape.name, threads, r["bytes"], r["clips_per_s"], r["media_s_per_s"], r["ms_per_clip"],
-                         "x".join(map(str, out)), r["host"]["loadavg_1m"]])  # fmt: skip
-            print(f"  {shape.name} threads={threads}: {r['clips_per_s']} clips/s", flush=True)
-    print_table(
-        "service.avmedia decode (video: 2 fps sampled, scaled to 602,112 px; audio: 16 kHz mono float32)",
-        ["clip", "threads", "bytes", "clips/s", "media s/s", "ms/clip", "output", "load 1m"],
-        rows,
-    )
+            results["points"].append(measure(shape, data, threads, args.repeats))
+            print(f"  {shape.name} threads={threads}: {results['points'][-1]['clips_per_s']} clips/s", flush=True)
+    title = "service.avmedia decode (video: 2 fps sampled, scaled to 602,112 px; audio: 16 kHz mono float32)"
+    headers = ["clip", "threads", "bytes", "clips/s", "media s/s", "ms/clip", "output", "load 1m"]
+    print_table(title, headers, [_row(r) for r in results["points"]])
     write_results(args.out, "av_decode" + ("-tiny" if args.tiny else ""), results)
     return results
 

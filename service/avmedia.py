@@ -15,8 +15,14 @@ is an error, not a concealed frame), the duration again from the decoded timesta
 budgets again, and a wall-time deadline checked between packets and frames (PyAV's open/read timeouts too). A
 stream that ends well before its declared duration is refused as truncated.
 
+Not refused, by design or by what FFmpeg reports: damage a demuxer resyncs past (a FLAC frame, an Ogg page with a
+bad CRC) is dropped; a cut WAV or Ogg file declares no length FFmpeg keeps, so it decodes as the shorter file it is;
+a stream running past a short declared duration is decoded (within the duration, frame and output caps). The
+whole container's bytes are in memory (``max_*_bytes``); the output is built in a list and stacked once (peak:
+twice ``max_video_pixels`` x 3 bytes, or twice ``max_audio_samples`` x 4 bytes).
+
 Video frames are sampled at ``video_fps`` (lowered for a long video so that ``max_video_frames`` span its declared
-duration, as Qwen2-VL's processor does) and scaled down to fit ``video_frame_pixels`` (aspect kept); frames above
+duration, as qwen-vl-utils does) and scaled down to fit ``video_frame_pixels`` (aspect kept); frames above
 ``max_video_source_pixels`` are refused rather than scaled, since decoding them is the cost to avoid.
 """
 
