@@ -268,13 +268,12 @@ class _Opened:
 
 @contextlib.contextmanager
 def _opened(data: bytes, settings: Settings, kind: str, field: str | None) -> Iterator[_Opened]:
-    """Open ``data`` and run the checks audio and video share: bytes, container, streams, codec, duration."""
+    """Open ``data``, pick the stream and check it (bytes, container, streams, codec, header fields, duration)."""
     deadline = _Deadline(settings.av_decode_timeout_s, field)
     policy = _policy(settings, kind)
     with _open(data, settings, policy, deadline) as container:
         _check_container(container, settings, policy, field)
-        stream = (_audio_stream if kind == "audio" else _video_stream)(container, settings, field)
-        _check_codec(stream, policy, field)
+        stream = (_audio_stream if kind == "audio" else _video_stream)(container, settings, policy, field)
         declared = _declared_duration(container, stream)
         _check_duration(declared, settings, field)
         yield _Opened(container, stream, declared, deadline)
@@ -283,10 +282,12 @@ def _opened(data: bytes, settings: Settings, kind: str, field: str | None) -> It
 # --- audio ---------------------------------------------------------------------------------------------------
 
 
-def _audio_stream(container: Any, settings: Settings, field: str | None) -> Any:
+def _audio_stream(container: Any, settings: Settings, policy: _Policy, field: str | None) -> Any:
+    """The first audio stream, its codec, sample rate and channels checked."""
     if not container.streams.audio:
         raise AVMediaError("no_audio_stream", "the file has no audio stream", field)
     stream = container.streams.audio[0]
+    _check_codec(stream, policy, field)  # first: a stream FFmpeg has no decoder for has no codec context
     rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
     if not rate or not channels:
         raise AVMediaError("undecodable", "the audio stream declares no sample rate or channels", field)
@@ -370,12 +371,13 @@ def decode_audio(data: bytes, settings: Settings, *, rate: int, channels: int = 
 # --- video ---------------------------------------------------------------------------------------------------
 
 
-def _video_stream(container: Any, settings: Settings, field: str | None) -> Any:
-    """The first video stream that is not a cover picture, its coded size checked against the pixel cap."""
+def _video_stream(container: Any, settings: Settings, policy: _Policy, field: str | None) -> Any:
+    """The first video stream that is not a cover picture, its codec and coded size checked."""
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not streams:
         raise AVMediaError("no_video_stream", "the file has no video stream", field)
     stream = streams[0]
+    _check_codec(stream, policy, field)
     w, h = stream.codec_context.width, stream.codec_context.height
     if not w or not h:
         raise AVMediaError("undecodable", "the video stream declares no frame size", field)

@@ -73,6 +73,20 @@ def flac_total_samples(data: bytes, samples: int) -> bytes:
     return data[:at] + word.to_bytes(8, "big") + data[at + 8 :]
 
 
+def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    """One random damage: cut at a random point, overwrite a few random bytes, or insert random bytes."""
+    out = bytearray(data)
+    op = rng.integers(0, 3)
+    if op == 0:
+        return bytes(out[: rng.integers(0, len(out))])
+    if op == 1:
+        for _ in range(rng.integers(1, 20)):
+            out[rng.integers(0, len(out))] = rng.integers(0, 256)
+        return bytes(out)
+    i = rng.integers(0, len(out))
+    return bytes(out[:i] + rng.bytes(int(rng.integers(1, 200))) + out[i:])
+
+
 def image(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 20, 20)).save(buf, fmt)
