@@ -98,6 +98,15 @@ def test_nonsense_declared_durations_are_ignored(declared: float) -> None:
     np.testing.assert_allclose(video.timestamps, np.arange(8) * 0.5, atol=1e-3)
 
 
+def test_mp4_duration_boxes_that_lie_are_not_trusted() -> None:
+    """mvhd and mdhd say 5 hours; FFmpeg times an MP4 by its sample tables, so the 4 s clip decodes as 4 s."""
+    clip = avclips.video(4.0)
+    lying = avhostile.mp4_durations(clip, 5 * 3600)
+    assert len(lying) == len(clip) and lying != clip
+    video = decode_video(lying, settings())
+    np.testing.assert_allclose(video.timestamps, np.arange(8) * 0.5, atol=1e-3)
+
+
 def test_planned_pixels_are_refused_before_decoding() -> None:
     """8 frames of 64x48 = 24,576 pixels: over a budget of 20,000, refused from the header (the plan)."""
     err = refusal(decode_video, avclips.video(4.0), settings(max_video_pixels=20_000))

@@ -87,6 +87,16 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(out[:i] + rng.bytes(int(rng.integers(1, 200))) + out[i:])
 
 
+def mp4_durations(data: bytes, seconds: int) -> bytes:
+    """An MP4 (version-0 boxes) whose ``mvhd`` and ``mdhd`` durations say ``seconds`` (the sample tables do not)."""
+    out = bytearray(data)
+    for box in (b"mvhd", b"mdhd"):
+        i = out.index(box)
+        timescale = struct.unpack(">I", out[i + 16 : i + 20])[0]
+        out[i + 20 : i + 24] = struct.pack(">I", timescale * seconds)
+    return bytes(out)
+
+
 def image(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 20, 20)).save(buf, fmt)
@@ -122,6 +132,7 @@ def _cases() -> list[tuple[str, str, Callable[[], bytes], str, dict[str, Any]]]:
             "codec_not_allowed",
             {},
         ),
+        ("png_frames_in_mp4", v, lambda: avclips.video(1.0, codec="png", pix_fmt="rgb24"), "codec_not_allowed", {}),
         ("mulaw_codec", a, lambda: avclips.audio(1.0, codec="pcm_mulaw", rate=8000), "codec_not_allowed", {}),
         ("mp4_truncated", v, lambda: half(avclips.video(4.0)), "undecodable", {}),
         (
