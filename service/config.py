@@ -71,6 +71,13 @@ LITE_REDUNDANCY_WEIGHT = 0.25
 neighbours) that never ranked worse than no penalty on the screenshot set; 0.5 lost a query twice
 (``bench/redundancy.py``, bench/RESULTS.md section 12)."""
 
+# Audio and video accepted by default (service/avmedia.py): FFmpeg's demuxer and codec names.
+AUDIO_CONTAINERS = ("wav", "flac", "mp3", "ogg", "mp4", "m4a", "webm", "matroska")
+VIDEO_CONTAINERS = ("mp4", "mov", "webm", "matroska")
+AUDIO_CODECS = ("aac", "mp3", "opus", "vorbis", "flac", "alac", "pcm_s16le", "pcm_s24le", "pcm_f32le", "pcm_u8")
+VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4")
+_AV_LISTS = ("audio_containers", "video_containers", "audio_codecs", "video_codecs")
+
 # The served names of the tiny profile's random models: every response says they are random.
 TINY_NAMES = {"embedder": "mmsearch/tiny-random-clip", "reranker": "mmsearch/tiny-random-qwen2vl-reranker"}
 
@@ -234,6 +241,39 @@ class Settings(BaseSettings):
     """Fetch only from hosts admitted by ``fetch_allow`` (closed networks; public addresses refused too)."""
     image_formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
+    # --- audio and video decoding (service/avmedia.py; not served yet: issue #21) ----------------------------
+    max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_video_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_av_duration_s: float = Field(default=600.0, gt=0, le=86_400)
+    """Longest audio or video item: checked from the container header, and again on the decoded timestamps."""
+    max_av_streams: int = Field(default=16, ge=1, le=999)
+    """Streams in one container (the demuxer itself stops creating them one past this)."""
+    av_decode_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    """Wall time to open and decode one item, checked between packets and frames. Every frame is decoded (the
+    sampled ones are picked by timestamp): 720p H.264 decoded at ~15x real time on one loaded vCPU, so a 10-minute
+    clip needs ~40 s (bench/RESULTS.md section 18)."""
+    av_decode_threads: int = Field(default=1, ge=0, le=64)
+    """FFmpeg threads per decode (0: FFmpeg's choice). 1: parallelism comes from decoding items side by side."""
+    max_audio_sample_rate: int = Field(default=192_000, ge=8000, le=1_000_000)
+    max_audio_channels: int = Field(default=8, ge=1, le=64)
+    max_audio_samples: int = Field(default=32_000_000, ge=1)
+    """Decoded (resampled) samples of one audio item, all channels: float32, so 128 MB at the default."""
+    max_video_source_pixels: int = Field(default=3840 * 2160, ge=1)
+    """Pixels of a video's frames as coded (from the stream header, before decoding): larger is refused."""
+    video_frame_pixels: int = Field(default=602_112, ge=1)
+    """Sampled frames larger than this are scaled down (aspect kept) to fit: Qwen2-VL's video pixel budget."""
+    video_fps: float = Field(default=2.0, gt=0, le=120)
+    """Frames sampled per second of video (lowered for long videos so that ``max_video_frames`` cover them)."""
+    max_video_frames: int = Field(default=64, ge=1, le=10_000)
+    max_video_pixels: int = Field(default=48_000_000, ge=1)
+    """Pixels of all the sampled frames of one video item (RGB uint8: 144 MB at the default)."""
+    audio_containers: Annotated[tuple[str, ...], NoDecode] = AUDIO_CONTAINERS
+    """Accepted containers, as FFmpeg's demuxers name them (probed from the bytes, never from a name or MIME type)."""
+    video_containers: Annotated[tuple[str, ...], NoDecode] = VIDEO_CONTAINERS
+    audio_codecs: Annotated[tuple[str, ...], NoDecode] = AUDIO_CODECS
+    """Accepted codecs, as FFmpeg names them (``h264``, ``opus``; not a decoder's name such as ``libdav1d``)."""
+    video_codecs: Annotated[tuple[str, ...], NoDecode] = VIDEO_CODECS
+
     # --- security -----------------------------------------------------------------------------------------
     api_keys: str | None = Field(default=None, repr=False)
     """Comma-separated API keys; when set (or ``api_keys_file``), every API route needs one. Rotate by listing two."""
@@ -278,7 +318,7 @@ class Settings(BaseSettings):
     breaker_open_s: float = Field(default=5.0, gt=0, le=3600)
     """How long a tripped dependency is answered 503 at once before one probe request may try it again."""
 
-    @field_validator("fetch_allow", "image_formats", mode="before")
+    @field_validator("fetch_allow", "image_formats", *_AV_LISTS, mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
@@ -300,6 +340,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(f.upper() for f in v)
+
+    @field_validator(*_AV_LISTS)
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f.lower() for f in v)
 
     def api_keys_list(self) -> list[str]:
         """Every configured API key (from ``api_keys`` and ``api_keys_file``), blanks dropped."""

@@ -282,3 +282,19 @@ def test_gap_latency(out: Path) -> None:
         r = body["results"][backend]
         assert positive(r["raw"]["p50_ms"]) and positive(r["balanced"]["p50_ms"]) and positive(r["ratio_p50"])
         assert "met" in body["goal"][backend]
+
+
+def test_av_decode(out: Path) -> None:
+    from bench import av_decode
+
+    av_decode.main(["--tiny", "--out", str(out)])
+    body = load(out / "av_decode-tiny.json")
+    points = {(p["shape"], p["threads"]): p for p in body["points"]}
+    assert set(points) == {
+        ("video h264 320x180 30fps", 1),
+        ("video h264 320x180 30fps", 0),
+        ("audio mp3 44.1k stereo", 1),
+    }
+    assert all(positive(p["clips_per_s"]) and positive(p["media_s_per_s"]) for p in points.values())
+    assert points[("video h264 320x180 30fps", 1)]["frames_out"] == [2, 180, 320, 3]  # 1 s at 2 fps
+    assert points[("audio mp3 44.1k stereo", 1)]["samples_out"] == [32_000]  # 2 s at 16 kHz mono
