@@ -5,15 +5,17 @@ inside its wheel), and never hands PyAV a path or a URL: it reads from ``io.Byte
 ``AVMediaError`` (a ``service.media.MediaError``) with a reason code, a 4xx status and a message naming the limit
 (``Settings`` fields, ``MMSEARCH_*`` variables) and its value.
 
-Defences, in order: a byte cap; the container probed from the bytes and opened only by an allowed demuxer
-(FFmpeg's ``format_whitelist``: a playlist, concat script or image never reaches a demuxer that could open other
-files); the demuxer stops creating streams one past ``max_av_streams``; decoders refuse frames above
-``max_video_source_pixels`` even while FFmpeg probes the stream; then, from the headers and before any sample is
-decoded: stream count, codec allowlist, declared duration, sample rate and channels, frame size and the planned
-output (samples, or frames x pixels) against its budget. While decoding: strict error detection (a corrupt packet
-is an error, not a concealed frame), the duration again from the decoded timestamps (headers lie), the output
-budgets again, and a wall-time deadline checked between packets and frames (PyAV's open/read timeouts too). A
-stream that ends well before its declared duration is refused as truncated.
+Defences, in order: a byte cap; the container probed from the bytes and opened only by an allowed demuxer (FFmpeg's
+``format_whitelist``: a playlist, concat script or image never reaches a demuxer that could open other files); the
+demuxer stops creating streams one past ``max_av_streams``; decoders refuse frames above ``max_video_source_pixels``
+even while FFmpeg probes the stream; then, from the headers and before any sample is decoded: stream count, codec
+allowlist, declared duration, sample rate (both ways: a very low one would be upsampled many-fold) and channels,
+frame size and the planned output (samples, or frames x pixels) against its budget. While decoding: strict error
+detection (a corrupt packet is an error, not a concealed frame), the duration again from the decoded timestamps
+(headers lie), the output budgets again (an audio frame's resampled size before the resampler allocates it), at most
+``max_video_source_fps`` decoded frames per second of video, and a wall-time deadline checked between packets and
+frames (PyAV's open/read timeouts too). A stream that ends well before its declared duration is refused as
+truncated.
 
 Not refused, by design or by what FFmpeg reports: damage a demuxer resyncs past (a FLAC frame, an Ogg page with a
 bad CRC) is dropped; a cut WAV or Ogg file declares no length FFmpeg keeps, so it decodes as the shorter file it is;
@@ -22,8 +24,10 @@ whole container's bytes are in memory (``max_*_bytes``); the output is built in 
 twice ``max_video_pixels`` x 3 bytes, or twice ``max_audio_samples`` x 4 bytes).
 
 Video frames are sampled at ``video_fps`` (lowered for a long video so that ``max_video_frames`` span its declared
-duration, as qwen-vl-utils does) and scaled down to fit ``video_frame_pixels`` (aspect kept); frames above
-``max_video_source_pixels`` are refused rather than scaled, since decoding them is the cost to avoid.
+duration, as qwen-vl-utils does; a video that declares no duration, such as a live capture, is thinned instead:
+every other frame dropped and the rate halved each time the frames fill the cap) and scaled down to fit
+``video_frame_pixels`` (aspect kept); frames above ``max_video_source_pixels`` are refused rather than scaled, since
+decoding them is the cost to avoid.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ _STATUS: dict[str, int] = {
     "too_many_streams": 413,
     "too_many_channels": 413,
     "sample_rate_too_high": 413,
+    "sample_rate_too_low": 422,
+    "frame_rate_too_high": 413,
     "too_many_samples": 413,
     "too_many_pixels": 413,
     "too_many_frames": 413,
@@ -291,17 +297,29 @@ def _audio_stream(container: Any, settings: Settings, policy: _Policy, field: st
     rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
     if not rate or not channels:
         raise AVMediaError("undecodable", "the audio stream declares no sample rate or channels", field)
+    _check_rate(rate, settings, field)
+    if channels > settings.max_audio_channels:
+        raise AVMediaError(
+            "too_many_channels", f"{channels} channels, over max_audio_channels={settings.max_audio_channels}", field
+        )
+    return stream
+
+
+def _check_rate(rate: int, settings: Settings, field: str | None) -> None:
+    """A source sample rate within [min_audio_sample_rate, max_audio_sample_rate]: a very low one would be
+    upsampled many-fold (1 Hz to 16 kHz: every source sample becomes 16,000) before any budget sees the output."""
     if rate > settings.max_audio_sample_rate:
         raise AVMediaError(
             "sample_rate_too_high",
             f"sample rate {rate} Hz, over max_audio_sample_rate={settings.max_audio_sample_rate}",
             field,
         )
-    if channels > settings.max_audio_channels:
+    if rate < settings.min_audio_sample_rate:
         raise AVMediaError(
-            "too_many_channels", f"{channels} channels, over max_audio_channels={settings.max_audio_channels}", field
+            "sample_rate_too_low",
+            f"sample rate {rate} Hz, under min_audio_sample_rate={settings.min_audio_sample_rate}",
+            field,
         )
-    return stream
 
 
 def _samples_error(n: int, settings: Settings, field: str | None, planned: bool) -> AVMediaError:
@@ -327,6 +345,11 @@ class _AudioSink:
         self.n = 0
 
     def add(self, frame: Any) -> None:
+        if frame is not None:  # None flushes the resampler
+            _check_rate(frame.sample_rate, self.settings, self.field)  # a stream may change rate mid-way
+            coming = self.n + math.ceil(frame.samples * self.rate / frame.sample_rate)
+            if coming * self.channels > self.settings.max_audio_samples:  # before the resampler allocates it
+                raise _samples_error(coming * self.channels, self.settings, self.field, planned=False)
         for out in self.resampler.resample(frame):
             self._keep(out.to_ndarray())
 
@@ -431,23 +454,47 @@ def _plan(
 class _FrameSink:
     """Frames taken at the sampling times, with the frame cap, pixel budget and duration enforced as they come."""
 
-    def __init__(self, plan: _Plan, settings: Settings, start: float | None, field: str | None) -> None:
+    def __init__(
+        self, plan: _Plan, settings: Settings, start: float | None, field: str | None, *, thin: bool = False
+    ) -> None:
         self.plan, self.settings, self.start, self.field = plan, settings, start, field
+        self.fps = plan.fps
+        self.thin = thin
+        """No declared duration: when the frame cap is reached, keep every other frame and halve the rate."""
         self.frames: list[np.ndarray] = []
         self.times: list[float] = []
         self.next_t = 0.0
         self.end = 0.0
+        self.decoded = 0
 
     def add(self, frame: Any) -> None:
         _check_source_pixels(frame.width, frame.height, self.settings, self.field)
         t = self._time(frame)
         _check_duration(t, self.settings, self.field, decoded=True)
+        self.decoded += 1
+        if self.decoded > (t + 1.0) * self.settings.max_video_source_fps:  # decoding work stays duration x fps
+            raise AVMediaError(
+                "frame_rate_too_high",
+                f"{self.decoded} frames in the first {t:.3g} s, over max_video_source_fps="
+                f"{self.settings.max_video_source_fps:g}",
+                self.field,
+            )
         shown = frame.duration * frame.time_base if frame.duration and frame.time_base else 0
         self.end = max(self.end, t + float(shown))
         if t + _EPS_S < self.next_t:
             return
+        if self.thin and len(self.frames) >= self.plan.max_frames:
+            self._halve()
+            if t + _EPS_S < self.next_t:
+                return
         self._take(frame, t)
-        self.next_t = (math.floor((t + _EPS_S) * self.plan.fps) + 1) / self.plan.fps  # the next time after t
+        self.next_t = (math.floor((t + _EPS_S) * self.fps) + 1) / self.fps  # the next time after t
+
+    def _halve(self) -> None:
+        """Keep the frames at the sampling times of half the rate (every other one)."""
+        self.fps /= 2
+        self.frames, self.times = self.frames[::2], self.times[::2]  # taken at k/fps: the even k are k'/(fps/2)
+        self.next_t = (math.floor((self.times[-1] + _EPS_S) * self.fps) + 1) / self.fps
 
     def _time(self, frame: Any) -> float:
         t = frame.time
@@ -462,7 +509,7 @@ class _FrameSink:
         if len(self.frames) >= self.plan.max_frames:
             raise AVMediaError(
                 "too_many_frames",
-                f"more than max_video_frames={self.plan.max_frames} frames at {self.plan.fps:.3g} fps: "
+                f"more than max_video_frames={self.plan.max_frames} frames at {self.fps:.3g} fps: "
                 "the stream runs past its declared duration",
                 self.field,
             )
@@ -495,15 +542,19 @@ def decode_video(
     ``fps`` and ``max_frames`` (a model processor's) default to, and are capped by, ``video_fps`` and
     ``max_video_frames``.
     """
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError("fps must be positive and finite")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError("max_frames must be at least 1")
     fps = min(fps or settings.video_fps, settings.video_fps)
     max_frames = min(max_frames or settings.max_video_frames, settings.max_video_frames)
     with _opened(data, settings, "video", field) as item:
         declared, stream = item.declared, item.stream
         plan = _plan(stream, declared, settings, fps, max_frames, field)
-        sink = _FrameSink(plan, settings, _start_time(stream), field)
+        sink = _FrameSink(plan, settings, _start_time(stream), field, thin=declared is None)
         item.feed(settings, sink.add)
         size = (stream.codec_context.width, stream.codec_context.height)
     if not sink.frames:
         raise AVMediaError("undecodable", "no video frame could be decoded", field)
     _check_complete(sink.end, declared, field)
-    return Video(np.stack(sink.frames), np.asarray(sink.times, dtype=np.float64), plan.fps, size)
+    return Video(np.stack(sink.frames), np.asarray(sink.times, dtype=np.float64), sink.fps, size)

@@ -255,11 +255,17 @@ class Settings(BaseSettings):
     av_decode_threads: int = Field(default=1, ge=0, le=64)
     """FFmpeg threads per decode (0: FFmpeg's choice). 1: parallelism comes from decoding items side by side."""
     max_audio_sample_rate: int = Field(default=192_000, ge=8000, le=1_000_000)
+    min_audio_sample_rate: int = Field(default=4000, ge=1, le=192_000)
+    """Lower source rates are refused: resampling up to the model's rate would multiply the samples before the
+    ``max_audio_samples`` budget could see them (1 Hz to 16 kHz is 16,000x)."""
     max_audio_channels: int = Field(default=8, ge=1, le=64)
     max_audio_samples: int = Field(default=32_000_000, ge=1)
     """Decoded (resampled) samples of one audio item, all channels: float32, so 128 MB at the default."""
-    max_video_source_pixels: int = Field(default=3840 * 2160, ge=1)
+    max_video_source_pixels: int = Field(default=3840 * 2160, ge=1, le=2**31 - 1)  # FFmpeg's max_pixels: an int
     """Pixels of a video's frames as coded (from the stream header, before decoding): larger is refused."""
+    max_video_source_fps: float = Field(default=240.0, gt=0, le=10_000)
+    """Frames decoded per second of video, at most (counted on the decoded timestamps): every frame is decoded, so
+    this and ``max_av_duration_s`` bound a video's decoding work (a 1,000 fps stream of tiny frames is refused)."""
     video_frame_pixels: int = Field(default=602_112, ge=1)
     """Sampled frames larger than this are scaled down (aspect kept) to fit: Qwen2-VL's video pixel budget."""
     video_fps: float = Field(default=2.0, gt=0, le=120)

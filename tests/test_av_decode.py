@@ -77,6 +77,31 @@ def test_long_video_is_sampled_sparser_to_fit_the_frame_cap() -> None:
     assert steps.min() >= 2.5 and steps.max() <= 3.5
 
 
+def test_video_without_a_declared_duration_is_thinned_to_the_frame_cap() -> None:
+    """A 100 s capture written where the muxer could not seek back (no duration in the header): the frame cap is
+    kept by dropping every other frame and halving the rate each time it fills, so the whole clip is spanned."""
+    clip = avclips.video(100.0, fmt="matroska", rate=2, colour_s=10.0, seekable=False)
+    video = decode_video(clip, settings(max_video_frames=16))
+    assert video.fps == pytest.approx(2.0 / 2**4)  # 2 -> 1 -> 0.5 -> 0.25 -> 0.125 fps
+    assert len(video.frames) <= 16
+    np.testing.assert_allclose(video.timestamps, np.arange(len(video.frames)) * 8.0, atol=1e-3)
+    assert video.timestamps[-1] >= 90.0
+    for t, got in zip(video.timestamps, avclips.mean_colours(video.frames), strict=True):
+        assert np.abs(np.subtract(got, avclips.colour_at(t, 10.0))).max() <= COLOUR_TOLERANCE, (t, got)
+
+
+def test_a_header_duration_that_lies_short_is_still_refused_not_thinned() -> None:
+    clip = avhostile.mkv_duration(avclips.video(20.0, fmt="matroska", rate=2), 1.0)
+    assert refusal(decode_video, clip, settings(max_video_frames=8)).reason == "too_many_frames"
+
+
+def test_decode_video_refuses_nonsense_arguments() -> None:
+    clip = avclips.video(1.0)
+    for kwargs in ({"fps": -1.0}, {"fps": float("nan")}, {"max_frames": 0}):
+        with pytest.raises(ValueError):
+            decode_video(clip, settings(), **kwargs)
+
+
 def test_large_frames_are_scaled_down_to_the_frame_pixels() -> None:
     clip = avclips.video(1.0, size=(640, 480))
     video = decode_video(clip, settings(video_frame_pixels=320 * 240))

@@ -42,12 +42,14 @@ def video(
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
     content: str = "solid",
+    seekable: bool = True,
 ) -> bytes:
     """``seconds`` at ``rate`` fps of ``content``: ``solid`` colours changing every ``colour_s`` s, ``noise``
     (random pixels: every byte matters to the decoder) or ``moving`` (a gradient sliding over the colours: a
-    bitrate closer to real footage, for benchmarks)."""
+    bitrate closer to real footage, for benchmarks). ``seekable=False`` writes as a live capture does: the
+    muxer cannot go back to fill in the duration."""
     w, h = size
-    buf = io.BytesIO()
+    buf: io.BytesIO | _Unseekable = io.BytesIO() if seekable else _Unseekable()
     rng = np.random.default_rng(0)
     with av.open(buf, "w", format=fmt, options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=rate, options=options or {})
@@ -59,6 +61,13 @@ def video(
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue()
+
+
+class _Unseekable(io.BytesIO):
+    """A write-only stream the muxer cannot seek in (a pipe, a socket)."""
+
+    def seekable(self) -> bool:
+        return False
 
 
 def _picture(content: str, t: float, colour_s: float, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -7,6 +7,7 @@ defaults unless a case needs a small limit to show a mechanism) and the refusal 
 
 from __future__ import annotations
 
+import fractions
 import io
 import json
 import struct
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 from PIL import Image
 
@@ -100,6 +102,18 @@ def mp4_durations(data: bytes, seconds: int) -> bytes:
 def image(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 20, 20)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def low_rate_audio(samples: int = 4096) -> bytes:
+    """8-bit PCM at 1 Hz in Matroska: a few KB that upsampled to 16 kHz would be ``samples`` x 16,000 floats."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream("pcm_u8", rate=1, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.full((1, samples), 128, dtype=np.uint8), format="u8", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 1, 0, fractions.Fraction(1, 1)
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
     return buf.getvalue()
 
 
@@ -204,6 +218,15 @@ def _cases() -> list[tuple[str, str, Callable[[], bytes], str, dict[str, Any]]]:
         ),
         ("channels_16", a, lambda: avclips.audio(0.5, channels=16), "too_many_channels", {}),
         ("rate_384k", a, lambda: avclips.audio(0.2, rate=384_000), "sample_rate_too_high", {}),
+        ("rate_1hz", a, lambda: mkv_duration(low_rate_audio(), 0.001), "sample_rate_too_low", {}),
+        (  # the rate floor lifted: the resampled size is refused before the resampler allocates it
+            "rate_1hz_upsampled",
+            a,
+            lambda: mkv_duration(low_rate_audio(), 0.001),
+            "too_many_samples",
+            {"min_audio_sample_rate": 1},
+        ),
+        ("fps_1000", v, lambda: avclips.video(2.0, size=(32, 32), rate=1000), "frame_rate_too_high", {}),
         ("corrupt_h264", v, lambda: flip(noisy_h264()), "corrupt", {}),
         ("corrupt_mp3", a, lambda: flip(avclips.audio(3.0, fmt="mp3", codec="libmp3lame", rate=44_100)), "corrupt", {}),
         ("corrupt_aac", a, lambda: flip(avclips.audio(3.0, fmt="mp4", codec="aac")), "corrupt", {}),
@@ -216,6 +239,8 @@ def _cases() -> list[tuple[str, str, Callable[[], bytes], str, dict[str, Any]]]:
 
 STATUS = {  # the status each refusal must carry (issue #21: 413 too large, 415 not allowed, 422 unreadable)
     **dict.fromkeys(("undecodable", "corrupt", "truncated", "no_audio_stream", "no_video_stream"), 422),
+    "sample_rate_too_low": 422,
+    "frame_rate_too_high": 413,
     **dict.fromkeys(("container_not_allowed", "codec_not_allowed"), 415),
     **dict.fromkeys(("too_large", "too_long", "too_many_frames", "too_many_pixels", "too_many_streams"), 413),
     **dict.fromkeys(("too_many_channels", "sample_rate_too_high", "too_many_samples", "decode_too_slow"), 413),
