@@ -185,6 +185,8 @@ class SearchPipeline:
         self._dimensions: dict[str, tuple[int, str]] = {}
         self._modality_stats: dict[str, tuple[float, dict[str, balance.GroupStats]]] = {}
         self._calibrations: dict[str, tuple[float, calibration.Calibration | None]] = {}
+        self._generations: dict[str, int] = {}
+        """Per collection, how many times its cached statistics were forgotten (see ``forget_statistics``)."""
 
     # ------------------------------------------------------------------------------------------- plumbing
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -715,7 +717,9 @@ class SearchPipeline:
         return [h for h in hits if h.vector_score is None or _comparable(h) >= floor]
 
     def forget_statistics(self, collection: str) -> None:
-        """Drop the cached modality statistics and calibration of a collection (written, dropped or calibrated)."""
+        """Drop the cached modality statistics and calibration of a collection (written, dropped or calibrated).
+        A read that started before this does not cache what it read (its generation is stale)."""
+        self._generations[collection] = self._generations.get(collection, 0) + 1
         self._modality_stats.pop(collection, None)
         self._calibrations.pop(collection, None)
 
@@ -723,7 +727,7 @@ class SearchPipeline:
         """The collection's stored calibration (``POST /calibrate``), reused for ``balance_stats_ttl_s``; an
         unreadable one is logged and ignored, a backend that cannot store one has none."""
         cached = self._calibrations.get(collection)
-        now = time.monotonic()
+        now, generation = time.monotonic(), self._generations.get(collection, 0)
         if cached is not None and now - cached[0] < self.settings.balance_stats_ttl_s:
             return cached[1]
 
@@ -738,7 +742,8 @@ class SearchPipeline:
         except calibration.CalibrationError as e:
             log.warning("collection %r: %s; searching it uncalibrated", collection, e)
             found = None
-        self._calibrations[collection] = (now, found)
+        if self._generations.get(collection, 0) == generation:  # else a write since: this read may predate it
+            self._calibrations[collection] = (now, found)
         return found
 
     async def store_calibration(self, collection: str, calib: calibration.Calibration | None) -> bool:
@@ -761,6 +766,7 @@ class SearchPipeline:
 
         async with self._lock(collection):
             had = await self.in_thread(write)
+        self.forget_statistics(collection)  # reads in flight must not cache what they read before this write
         self._calibrations[collection] = (time.monotonic(), calib)
         return had
 
@@ -775,7 +781,7 @@ class SearchPipeline:
         """Each modality's document count and vector sample (``service.balance``), reused for
         ``balance_stats_ttl_s`` and forgotten after this process writes to the collection."""
         cached = self._modality_stats.get(collection)
-        now = time.monotonic()
+        now, generation = time.monotonic(), self._generations.get(collection, 0)
         if cached is not None and now - cached[0] < self.settings.balance_stats_ttl_s:
             return cached[1]
 
@@ -790,7 +796,8 @@ class SearchPipeline:
             return out
 
         stats = await self.in_thread(measure)
-        self._modality_stats[collection] = (now, stats)
+        if self._generations.get(collection, 0) == generation:
+            self._modality_stats[collection] = (now, stats)
         return stats
 
     async def _rerank_stage(self, run: SearchRun, hits: list[SearchHit]) -> tuple[list[SearchHit], bool]:
