@@ -22,10 +22,12 @@ import contextlib
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
@@ -91,6 +93,8 @@ class MilvusServer:
         self.extra = {f"{role}.ip": "127.0.0.1" for role in ROLES} | RECOMMENDED | dict(extra_config or {})
         self.metrics_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
+        self._log_offset = 0
 
     def _configure(self) -> None:
         """Write ``<data>/configs/milvus.yaml`` (ports, paths, extra settings) and link the unpacked binary."""
@@ -145,6 +149,7 @@ class MilvusServer:
             "LD_LIBRARY_PATH": os.pathsep.join([str(binary.parent), os.environ.get("LD_LIBRARY_PATH", "")]),
         }
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self._log, self._log_offset = log, log.seek(0, os.SEEK_END)  # this run's lines start here
         self.proc = subprocess.Popen(
             [str(binary), "run", "standalone"],
             cwd=self.data_dir,
@@ -157,6 +162,8 @@ class MilvusServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 code, cause = self.proc.returncode, self.cause()
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # children in its session would hold the ports
                 self._reap()
                 raise ServerDied(f"milvus exited with {code} while starting; cause: {cause}\n{self.tail()}", cause)
             if self._answers():
@@ -182,10 +189,13 @@ class MilvusServer:
                 client.close()
 
     def cause(self) -> str:
-        """The lines of the log's last run that say why the server died (Go panic or fatal error, SIGABRT, C++
-        terminate, glog FATAL), or a note that it gives none."""
+        """The lines of the last run's log that say why the server died (Go panic or fatal error, SIGABRT, C++
+        terminate, glog FATAL), or a note that it gives none. The last run: what this object's last start wrote
+        (even if it died before its banner), else what follows the last "Welcome to use Milvus!" banner."""
         try:
-            lines = (self.data_dir / "server.log").read_text(errors="replace").splitlines()
+            with open(self.data_dir / "server.log", "rb") as f:
+                f.seek(self._log_offset)
+                lines = f.read().decode(errors="replace").splitlines()
         except OSError:
             return "no server.log"
         starts = [i for i, line in enumerate(lines) if "Welcome to use Milvus!" in line]
@@ -239,3 +249,6 @@ class MilvusServer:
             with contextlib.suppress(Exception):
                 self.proc.wait(timeout=5)
         self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
