@@ -283,9 +283,9 @@ def test_uncalibrate_refuses_bad_input_naming_the_field(search_server: BentoServ
     resp = httpx.post(url, json={"collection": "absent_" + uuid.uuid4().hex[:6]}, timeout=60)
     assert resp.status_code == 404 and resp.json()["code"] == "collection_not_found", resp.text
     resp = httpx.post(url, json={"collection": "no spaces allowed"}, timeout=60)
-    assert resp.status_code in (400, 422) and "collection" in resp.text, resp.text
+    assert resp.status_code in (400, 422) and resp.json()["field"] == "collection", resp.text
     resp = httpx.post(url, json={"collection": "x", "remove": True}, timeout=60)
-    assert resp.status_code in (400, 422) and "remove" in resp.text, resp.text
+    assert resp.status_code in (400, 422) and resp.json()["field"] == "remove", resp.text
 
 
 def test_the_calibration_survives_a_restart_of_the_service(tmp_path: Path, model_urls: dict[str, str]) -> None:

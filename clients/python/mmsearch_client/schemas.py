@@ -327,7 +327,7 @@ class UncalibrateRequest(BaseModel):
 class UncalibrateResponse(BaseModel):
     collection: str
     removed: bool
-    """False when the collection had no calibration."""
+    """False when the collection had no calibration (informative only: a retry after a lost answer sees it gone)."""
 
 
 class CollectionInfo(BaseModel):
