@@ -135,11 +135,10 @@ def checkpoint_dir(spec: ModelSpec, settings: Settings) -> Path | None:
     if local.is_dir():
         return local
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(spec.source, revision=spec.revision, local_files_only=True))
-    except (LocalEntryNotFoundError, HfHubHTTPError, ValueError, OSError):
+    except (OSError, ValueError):  # not cached (or incompletely), a malformed id: its errors derive from these
         return None
 
 
@@ -158,7 +157,7 @@ def estimate(spec: ModelSpec, settings: Settings) -> Estimate:
 
 
 def describe_estimate(e: Estimate) -> str:
-    return f"{e.bytes / MB:.1f} MB ({e.how})" if e.bytes is not None else f"size unknown ({e.how})"
+    return f"{e.bytes / MB:.2f} MB ({e.how})" if e.bytes is not None else f"size unknown ({e.how})"
 
 
 def check_budget(settings: Settings, service: str, specs: Sequence[ModelSpec]) -> list[Estimate]:
@@ -172,7 +171,7 @@ def check_budget(settings: Settings, service: str, specs: Sequence[ModelSpec]) -
     unknown = any(e.bytes is None for e in estimates)
     if known > budget * MB or unknown:
         listed = "; ".join(f"{e.name}: {describe_estimate(e)}" for e in estimates)
-        verdict = "cannot be checked" if unknown else f"is exceeded: {known / MB:.1f} MB of weights"
+        verdict = "cannot be checked" if unknown else f"is exceeded: {known / MB:.2f} MB of weights"
         raise ModelMemoryError(
             f"MMSEARCH_MODEL_MEMORY_BUDGET_MB={budget} {verdict} for the {service}'s models ({listed}); raise the "
             "budget, serve fewer or smaller models (model_kwargs dtype), or unset it to skip the check"

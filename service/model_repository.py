@@ -176,9 +176,10 @@ class ServedModel:
 class ModelNotFound(ApiError):
     """404 ``model_not_found`` for a request's ``model``: the message lists the served names (``served``)."""
 
-    def __init__(self, role: Role, name: str, served: Sequence[str]) -> None:
+    def __init__(self, role: Role, name: str | None, served: Sequence[str]) -> None:
+        what = f"no {role} named {name!r}" if name is not None else f"no {role} is served"
         listed = ", ".join(served) if served else "none"
-        super().__init__(404, "model_not_found", f"model: no {role} named {name!r}; served: {listed}", field="model")
+        super().__init__(404, "model_not_found", f"model: {what}; served: {listed}", field="model")
         self.served = tuple(served)
 
 
@@ -204,7 +205,7 @@ class ModelRepository:
         """The model a request's ``model`` field names, the default when it names none; else ``ModelNotFound``."""
         model = self.default(role) if name is None else next((m for m in self.models(role) if m.name == name), None)
         if model is None:
-            raise ModelNotFound(role, "(default)" if name is None else name, self.names(role))
+            raise ModelNotFound(role, name, self.names(role))
         return model
 
     @classmethod
@@ -294,11 +295,9 @@ def _yaml_load(text: str) -> Any:
 
     def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
         keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
-        seen = {k for k in keys if keys.count(k) > 1}
-        if seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {sorted(map(str, seen))[0]!r}", node.start_mark
-            )
+        repeated = [k for i, k in enumerate(keys) if k in keys[:i]]  # keys may be unhashable: no set
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {repeated[0]!r}", node.start_mark)
         return loader.construct_mapping(node, deep=True)
 
     UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
@@ -377,19 +376,19 @@ def openai_models_list(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m service.model_repository [FILE]``: validate a repository (default: the environment's) and print
     its models with their estimated weights, checked against ``MMSEARCH_MODEL_MEMORY_BUDGET_MB`` when set."""
-    from service.config import load_settings
+    from service.config import ConfigError, load_settings
     from service.model_memory import ModelMemoryError, check_budget, describe_estimate, estimate
 
     args = list(sys.argv[1:] if argv is None else argv)
-    settings = load_settings()
     try:
+        settings = load_settings()
         repo = load_repository(Path(args[0]), settings) if args else ModelRepository.from_settings(settings)
         for role in ROLES:
             for m in repo.models(role):
                 mark = " (default)" if m.default else ""
                 print(f"{role} {m.name}{mark}: {describe_estimate(estimate(m.spec, settings))}")
             check_budget(settings, role.capitalize(), [m.spec for m in repo.models(role)])
-    except (ModelRepositoryError, ModelMemoryError) as e:
+    except (ConfigError, ModelRepositoryError, ModelMemoryError) as e:
         print(e, file=sys.stderr)
         return 2
     return 0
