@@ -108,6 +108,14 @@ def without_origin(m: ServedModel) -> ServedModel:
     return dataclasses.replace(m, spec=dataclasses.replace(m.spec, origin=None))
 
 
+def test_the_readme_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("### Several models", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    repo = repo_of(tmp_path, example)
+    assert (repo.names("embedder"), repo.names("reranker")) == (["clip", "wiki"], ["minilm"])
+    assert repo.resolve("embedder", None).limits.max_batch_size == 64
+
+
 def test_rerankers_may_be_left_out(tmp_path: Path) -> None:
     repo = repo_of(tmp_path, "embedders:\n  e:\n    source: org/e\n")
     assert repo.rerankers == () and repo.default("reranker") is None
