@@ -80,6 +80,7 @@ _AV_LISTS = ("audio_containers", "video_containers", "audio_codecs", "video_code
 
 # The served names of the tiny profile's random models: every response says they are random.
 TINY_NAMES = {"embedder": "mmsearch/tiny-random-clip", "reranker": "mmsearch/tiny-random-qwen2vl-reranker"}
+TINY_MODELS = {"embedder": "clip", "reranker": "vlm_reranker"}  # attributes of service.tiny.TinyModels
 
 
 class Settings(BaseSettings):
@@ -123,6 +124,12 @@ class Settings(BaseSettings):
     """``package.module:function`` building the model adapters instead of sentence-transformers (benchmarks and
     tests: ``bench.gpu_shaped:factory``); see ``service.models.model_factory``."""
     trust_remote_code: bool = False
+    models: Path | None = None
+    """A model repository file (YAML or JSON) listing several models per service (``service.model_repository``;
+    issue #23: validated, not served yet). Exclusive with the single-model variables above."""
+    model_memory_budget_mb: int | None = Field(default=None, ge=1)
+    """Weights one model service may load, in MB (10^6 bytes), estimated from the checkpoint files before loading
+    (``service.model_memory``); a service whose models exceed it refuses to start. Unset: no check."""
 
     # --- OCR (the Reader service) --------------------------------------------------------------------------
     ocr: Literal["auto", "on", "off"] = "auto"
@@ -471,11 +478,13 @@ class ModelSpec:
     processor_kwargs: dict[str, Any]
     onnx_pooling: Literal["cls", "mean"] | None = None
     """Set for an ONNX export (``service.onnx_embedder``), which sentence-transformers cannot load."""
+    origin: str | None = None
+    """Where the source was configured when not ``MMSEARCH_<KIND>_MODEL`` (a model repository file's entry)."""
 
     @property
     def variable(self) -> str:
-        """The environment variable that chose the source."""
-        return f"MMSEARCH_{self.kind.upper()}_MODEL"
+        """The environment variable (or repository file entry) that chose the source."""
+        return self.origin or f"MMSEARCH_{self.kind.upper()}_MODEL"
 
     def describe(self) -> dict[str, Any]:
         """What ``/info`` shows: never a filesystem path."""

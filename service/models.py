@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from service.adapters import CrossEncoderScorer, EmbedderAdapter, ModelAdapter, SentenceTransformerEmbedder
-from service.config import ModelSpec, Settings
+from service.config import TINY_MODELS, ModelSpec, Settings
 from service.cpus import ThreadPlan, plan_threads, quiet_thread_pools
 
 log = logging.getLogger("mmsearch.models")
@@ -99,9 +99,6 @@ def model_factory(settings: Settings) -> Callable[[str, Settings], Any] | None:
     return fn
 
 
-TINY_MODELS = {"embedder": "clip", "reranker": "vlm_reranker"}  # attributes of service.tiny.TinyModels
-
-
 def _load(cls: Any, settings: Settings, spec: ModelSpec) -> tuple[Any, str]:
     """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says; any failure is a ``ModelLoadError``."""
     if not spec.source:  # the tiny profile, no model configured
@@ -168,6 +165,7 @@ def load_embedder(settings: Settings) -> EmbedderAdapter:
 
     def build() -> EmbedderAdapter:
         spec = _embedder_spec(settings)
+        _check_budget(settings, spec)
         if spec.onnx_pooling:
             return _load_onnx(settings, spec)
         from sentence_transformers import SentenceTransformer
@@ -218,13 +216,34 @@ def load_reranker(settings: Settings) -> ModelAdapter | None:
     def build() -> ModelAdapter:
         from sentence_transformers import CrossEncoder
 
-        return CrossEncoderScorer(*_load(CrossEncoder, settings, settings.model_spec("reranker")))
+        spec = settings.model_spec("reranker")
+        _check_budget(settings, spec)
+        return CrossEncoderScorer(*_load(CrossEncoder, settings, spec))
 
     return _adapter("reranker", settings, build)
 
 
+def _check_budget(settings: Settings, spec: ModelSpec) -> None:
+    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB``, checked from the checkpoint's files before loading it."""
+    from service.model_memory import ModelMemoryError, check_budget
+
+    try:
+        check_budget(settings, spec.kind.capitalize(), [spec])
+    except ModelMemoryError as e:
+        raise ModelLoadError(str(e)) from None
+
+
 def _adapter(kind: str, settings: Settings, build: Callable[[], Any]) -> Any:
-    """Torch's threads planned for the service, then ``MMSEARCH_MODEL_FACTORY``'s adapter or ``build()``'s."""
+    """Torch's threads planned for the service, then ``MMSEARCH_MODEL_FACTORY``'s adapter or ``build()``'s.
+
+    ``MMSEARCH_MODELS`` stops the service: the repository file is validated (``python -m service.model_repository``)
+    but the services do not serve several models yet (issue #23), and serving other models than the file's would
+    be worse than not starting."""
+    if settings.models is not None:
+        raise ModelLoadError(
+            f"MMSEARCH_MODELS={settings.models}: several models per service are not served yet (issue #23); check the "
+            "file with `python -m service.model_repository`, and unset MMSEARCH_MODELS to serve one model"
+        )
     plan = configure_torch(settings, kind.capitalize())
     factory = model_factory(settings)
     adapter = factory(kind, settings) if factory is not None else build()

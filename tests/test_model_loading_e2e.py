@@ -133,3 +133,28 @@ def test_model_that_cannot_load_stops_the_server(
     assert len({line.split(f"{variable}=", 1)[1] for line in lines}) == 1
     assert len(lines) <= 3, lines  # no restart loop
     assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("refusal", ["budget", "repository"])
+def test_start_up_refuses_models_over_budget_and_repository_files(
+    tmp_path: Path,
+    tiny_models,  # type: ignore[no-untyped-def]
+    refusal: str,
+) -> None:
+    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB`` (a model of ~2.2 MB against 1 MB) and ``MMSEARCH_MODELS`` (not served
+    yet, issue #23) stop the Embedder with one line, before any weights load."""
+    from tests.test_model_memory import padded
+
+    if refusal == "budget":
+        big = padded(tmp_path / "models", Path(tiny_models.clip), 2_000_000)
+        env = {"MMSEARCH_EMBEDDER_MODEL": str(big), "MMSEARCH_MODEL_MEMORY_BUDGET_MB": "1"}
+        says = "MMSEARCH_MODEL_MEMORY_BUDGET_MB=1 is exceeded: 2.24 MB of weights for the Embedder's models (clip:"
+    else:
+        (tmp_path / "models.yaml").write_text(f"embedders:\n  clip: {{source: {tiny_models.clip}}}\n")
+        env = {"MMSEARCH_MODELS": str(tmp_path / "models.yaml")}
+        says = "several models per service are not served yet (issue #23)"
+    status, log = run_until_exit(tmp_path / "server", "service.embedder:Embedder", **env)
+    assert status != 0
+    lines = [line for line in log.splitlines() if says in line]
+    assert lines and any("stopped" in line for line in lines), log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
