@@ -37,6 +37,24 @@ def guarded_embedder(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> I
 
 
 @pytest.fixture(scope="module")
+def slow_embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoServer]:
+    """An Embedder whose every batch takes 1.5 s (the GPU-shaped model, ``bench.gpu_shaped``): requests arrive far
+    faster than batches finish however loaded the machine, so a queue of 16 inputs must overflow. (With the tiny
+    model on a starved machine the server's own request parsing and image decoding can be slower than its batches,
+    and the queue never fills: that failed once in CI.)"""
+    yield from serve_bento(
+        tmp_path_factory.mktemp("slow-embedder"),
+        "service.embedder:Embedder",
+        MMSEARCH_API_KEYS=",".join(KEYS),
+        MMSEARCH_MAX_QUEUE_SIZE="16",
+        MMSEARCH_MAX_BATCH_SIZE="16",
+        MMSEARCH_MAX_REQUEST_BYTES="200000",
+        MMSEARCH_MODEL_FACTORY="bench.gpu_shaped:factory",
+        MMSEARCH_GPU_SHAPED="fixed_ms=1500,item_ms=0",
+    )
+
+
+@pytest.fixture(scope="module")
 def guarded_search(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> Iterator[BentoServer]:  # type: ignore[no-untyped-def]
     yield from serve_bento(
         tmp_path_factory.mktemp("guarded-search"),
@@ -111,12 +129,12 @@ def test_oom_single_item_fails_alone(guarded_embedder: BentoServer) -> None:
     assert httpx.get(f"{guarded_embedder.url}/readyz").status_code == 200
 
 
-def test_overload_429_with_retry_after(guarded_embedder: BentoServer) -> None:
+def test_overload_429_with_retry_after(slow_embedder: BentoServer) -> None:
     img = data_uri(make_image(5, size=(96, 96)))  # 4 per request stay under the body limit
 
-    async def go() -> list[httpx.Response]:  # all 64 sent at once: the queue of 16 must overflow, however loaded
+    async def go() -> list[httpx.Response]:  # all 64 sent at once, 1.5 s a batch: the queue of 16 must overflow
         bodies = [{"inputs": [{"image": img}] * 4} for _ in range(64)]
-        return list(await asyncio.gather(*await send_at_once(guarded_embedder.url, "/encode", bodies, AUTH)))
+        return list(await asyncio.gather(*await send_at_once(slow_embedder.url, "/encode", bodies, AUTH)))
 
     responses = asyncio.run(go())
     codes = Counter(r.status_code for r in responses)
@@ -126,8 +144,8 @@ def test_overload_429_with_retry_after(guarded_embedder: BentoServer) -> None:
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["Retry-After"]) >= 1 and r.json()["code"] == "overloaded"
-    assert httpx.get(f"{guarded_embedder.url}/readyz").status_code == 200
-    again = httpx.post(f"{guarded_embedder.url}/encode", json={"inputs": ["after the storm"]}, headers=AUTH)
+    assert httpx.get(f"{slow_embedder.url}/readyz").status_code == 200
+    again = httpx.post(f"{slow_embedder.url}/encode", json={"inputs": ["after the storm"]}, headers=AUTH, timeout=60)
     assert again.status_code == 200
 
 
