@@ -6,7 +6,8 @@ stopped by PID: SIGTERM (graceful), SIGKILL after a timeout. A restart reuses th
 same ports (the wrapper would pick new ones while the old ones are in TIME_WAIT, and the restarted server then
 waits for coordinators registered at the old addresses). Facts that shape this:
 
-* The proxy port is chosen here; the config writer picks free ports for the rest (probing 127.0.0.1 upwards from
+* The proxy and root-coordinator ports are chosen here, below the ephemeral range (``low_free_port``); the
+  config writer picks free ports for the rest (probing 127.0.0.1 upwards from
   the defaults 2379, 19529, 19531, 13333, 21121-21124, 53100; metrics from 9091).
 * Embedded etcd listens on 127.0.0.1. The gRPC ports of the internal components and the metrics port listen on all
   interfaces: Milvus 2.3 has no bind-address setting (``<role>.ip``, set to 127.0.0.1 here, only changes the
@@ -23,6 +24,7 @@ import fcntl
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -31,7 +33,7 @@ from typing import BinaryIO
 
 import psutil
 
-from bench.support.servers import REPO, free_port
+from bench.support.servers import REPO
 from service.stop import stop, wait_exited
 
 PID_FILES = (Path("/run/milvus/standalone.pid"), Path("/tmp/milvus/standalone.pid"))
@@ -55,6 +57,26 @@ class ServerDied(RuntimeError):
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+# Ports below Linux's ephemeral range (32768-60999), which the kernel never hands to an outgoing connection or a
+# port-0 bind: the config writer's default for the root coordinator, 53100, lies inside it, and in CI another
+# process's connection held it between the writer's probe and the server's bind ("panic: listen tcp :53100: bind:
+# address already in use", exit -6). The writer's other defaults are already below it.
+PROXY_PORTS = range(24000, 25000)
+ROOT_COORD_PORTS = range(25000, 26000)
+
+
+def low_free_port(ports: range) -> int:
+    """The first port of ``ports`` free on 127.0.0.1 and on every interface (the server listens on all)."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def holder_of_pid_lock() -> int | None:
@@ -88,7 +110,7 @@ class MilvusServer:
 
     def __init__(self, data_dir: Path, extra_config: Mapping[str, str | int] | None = None) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = low_free_port(PROXY_PORTS)
         self.uri = f"http://127.0.0.1:{self.port}"
         self.extra = {f"{role}.ip": "127.0.0.1" for role in ROLES} | RECOMMENDED | dict(extra_config or {})
         self.metrics_port = 0
@@ -110,6 +132,7 @@ class MilvusServer:
         config.configs.update(data_dir=str(self.data_dir))
         config.resolve_storage()
         config.set("proxy_port", self.port)
+        config.set("root_coord_port", low_free_port(ROOT_COORD_PORTS))  # its default, 53100, is an ephemeral port
         for key, value in self.extra.items():
             config.set(key, value)
         config.resolve()
