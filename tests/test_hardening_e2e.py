@@ -20,6 +20,12 @@ from tests.support.batched import send_at_once
 pytestmark = pytest.mark.e2e
 KEYS = ("key-one-0123456789", "key-two-9876543210")
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+GUARDED = {  # the guarded Embedders' small limits, so that each behaviour shows in a few requests
+    "MMSEARCH_API_KEYS": ",".join(KEYS),
+    "MMSEARCH_MAX_QUEUE_SIZE": "16",
+    "MMSEARCH_MAX_BATCH_SIZE": "16",
+    "MMSEARCH_MAX_REQUEST_BYTES": "200000",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +33,9 @@ def guarded_embedder(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> I
     yield from serve_bento(
         tmp_path_factory.mktemp("guarded-embedder"),
         "service.embedder:Embedder",
-        MMSEARCH_API_KEYS=",".join(KEYS),
-        MMSEARCH_MAX_QUEUE_SIZE="16",
-        MMSEARCH_MAX_BATCH_SIZE="16",
+        **GUARDED,
         MMSEARCH_OOM_SIMULATE_BATCH_OVER="4",
         MMSEARCH_OOM_SIMULATE_TEXT_CHARS="5000",
-        MMSEARCH_MAX_REQUEST_BYTES="200000",
     )
 
 
@@ -45,10 +48,7 @@ def slow_embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoSer
     yield from serve_bento(
         tmp_path_factory.mktemp("slow-embedder"),
         "service.embedder:Embedder",
-        MMSEARCH_API_KEYS=",".join(KEYS),
-        MMSEARCH_MAX_QUEUE_SIZE="16",
-        MMSEARCH_MAX_BATCH_SIZE="16",
-        MMSEARCH_MAX_REQUEST_BYTES="200000",
+        **GUARDED,
         MMSEARCH_MODEL_FACTORY="bench.gpu_shaped:factory",
         MMSEARCH_GPU_SHAPED="fixed_ms=1500,item_ms=0",
     )
