@@ -142,8 +142,9 @@ class MilvusServer:
 
     def start(self, timeout: float = 180.0, lock_wait: float = 600.0, attempts: int = 2) -> MilvusServer:
         """Start the server and wait until it answers. A server that dies while starting is started again (up to
-        ``attempts`` times, same data and ports): Milvus 2.3.5 once aborted (SIGABRT) during start-up in CI and
-        then started fine. The error names the cause the log gives (panic, fatal error, abort)."""
+        ``attempts`` times, same data and ports), and the error names the cause the log gives (panic, fatal error,
+        abort). The one such death seen in CI, a port taken between the config writer's probe and the server's bind,
+        would repeat on the same ports: the ports below the ephemeral range (``low_free_port``) are its fix."""
         for attempt in range(1, attempts + 1):
             try:
                 return self._start_once(timeout, lock_wait)
