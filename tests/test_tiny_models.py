@@ -321,6 +321,8 @@ def test_audio_padding_changes_a_clip_vector(av_models: Any) -> None:
 def test_video_embedder_encodes_video_and_pairs(av_models: Any, models: TinyModels, embedder: Any) -> None:
     from sentence_transformers import SentenceTransformer
 
+    from service.adapters import embedder_modalities
+
     model = SentenceTransformer(str(av_models.video_embedder), device="cpu")
     assert model.supports("video") and model.supports(("text", "video"))
     frames = np.random.default_rng(4).integers(0, 256, (4, 32, 48, 3), dtype=np.uint8)
@@ -333,10 +335,12 @@ def test_video_embedder_encodes_video_and_pairs(av_models: Any, models: TinyMode
     # the same weights as the tiny VLM embedder: only the chat template differs (text and images agree)
     np.testing.assert_allclose(embedder.encode_document(mixed[2:]), emb[2:], atol=1e-6)
     assert _tensors(models.vlm_embedder).keys() == _tensors(av_models.video_embedder).keys()
-    # the VLM embedder declares video too, but its template has no video branch
+    # the VLM embedder declares video too, but its template has no video branch: the Embedder does not serve it
     assert embedder.supports("video")
     with pytest.raises(ValueError):
         embedder.encode_document([video])
+    assert embedder_modalities(embedder) == ["text", "image", "text+image"]
+    assert embedder_modalities(model) == ["text", "image", "video", "text+image", "text+video"]
 
 
 def test_video_embedder_is_bit_reproducible(av_models: Any, tmp_path: Path) -> None:
