@@ -203,6 +203,19 @@ def _of(value: Audio | Video | None, cls: type[Any]) -> Any:
     return value if isinstance(value, cls) else None
 
 
+def refuse_av(item: str | Item, path: str) -> None:
+    """422 for an audio or video item where audio and video are not served yet (``/rerank``, ``/search``)."""
+    media = item.media if isinstance(item, Item) else None
+    if media in ("audio", "video"):
+        raise ApiError(
+            422,
+            "unsupported_modality",
+            f"{path}: {media} inputs are accepted by the Embedder's /encode and /v1/embeddings only (not yet "
+            "by /rerank, /search or /upsert)",
+            field=f"{path}.{media}",
+        )
+
+
 def _check_item(
     path: str,
     item: Item,
@@ -213,14 +226,8 @@ def _check_item(
     *,
     served_av: bool,
 ) -> None:
-    if item.media in ("audio", "video") and not served_av:
-        raise ApiError(
-            422,
-            "unsupported_modality",
-            f"{path}: {item.media} inputs are accepted by the Embedder's /encode and /v1/embeddings only (not yet "
-            "by /rerank, /search or /upsert)",
-            field=f"{path}.{item.media}",
-        )
+    if not served_av:
+        refuse_av(item, path)
     check_supported(path, modality, supported, model)
     check_text_length(path, item.text, settings)
 
