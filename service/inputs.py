@@ -226,9 +226,9 @@ def _check_item(
     *,
     served_av: bool,
 ) -> None:
-    if not served_av:
-        refuse_av(item, path)
     check_supported(path, modality, supported, model)
+    if not served_av:  # a model that takes audio or video, served where they are not wired (yet)
+        refuse_av(item, path)
     check_text_length(path, item.text, settings)
 
 

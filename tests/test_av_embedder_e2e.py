@@ -124,6 +124,7 @@ def test_audio_vectors_equal_in_process_sentence_transformers(
     )
     assert r.status_code == 200, r.text
     assert np.abs(np.asarray([d["embedding"] for d in r.json()["data"]]) - got[:2]).max() <= TOL
+    assert r.json()["usage"]["prompt_tokens"] == 2  # one per clip
 
 
 def test_audio_model_lists_its_modalities_and_refuses_others_with_422(audio_server: BentoServer) -> None:

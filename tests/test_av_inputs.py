@@ -140,10 +140,13 @@ def test_video_items_resolve_to_sampled_frames(clips: str) -> None:
 def test_av_not_served_or_not_supported_is_422_naming_what_is() -> None:
     s = _settings()
     audio = Item(audio=uri("audio", "wav", WAV))
-    with pytest.raises(ApiError) as e:  # a service that does not serve audio/video (the reranker, search)
-        run(_resolve(["x", audio], s, supported=["text", "image"], av=None))
+    with pytest.raises(ApiError) as e:  # where audio/video are not served (the reranker), for a model that takes them
+        run(_resolve(["x", audio], s, supported=["text", "audio"], av=None))
     assert e.value.status == 422 and e.value.code == "unsupported_modality" and e.value.field == "inputs[1].audio"
     assert "/encode" in e.value.message
+    with pytest.raises(ApiError) as e:  # ... and for one that would not: its modalities named
+        run(_resolve(["x", audio], s, supported=["text", "image"], av=None))
+    assert e.value.field == "inputs[1]" and "(supported: text, image)" in e.value.message
     with pytest.raises(ApiError) as e:  # the model does not take audio
         run(_resolve([audio], s, supported=["text", "image", "text+image"]))
     assert e.value.status == 422 and e.value.field == "inputs[0]"
