@@ -150,11 +150,26 @@ def _same_length(inputs: list[Any]) -> list[list[int]]:
 
 def embedder_modalities(model: Any) -> list[str]:
     """The wire modalities an embedder serves: what it declares (``model_modalities``), less video when its processor
-    cannot render a video (a chat template with no video branch: the tiny Qwen2-VL embedder's declares video)."""
+    cannot render a video (a chat template with no video branch: the tiny Qwen2-VL embedder's declares video), and
+    less text+audio when the text would not reach the model as input: sentence-transformers declares
+    ``("audio", "text")`` for every wav2vec2-class model, whose processor turns the text into CTC ``labels`` that
+    the embedding ignores (the vector would silently be the audio's alone)."""
     out = model_modalities(model, av=True)
     if "video" in out and not _renders_video(model):
         out = [m for m in out if m not in ("video", "text+video")]
+    if "text+audio" in out and not _text_with_audio_is_input(model):
+        out.remove("text+audio")
     return out
+
+
+def _text_with_audio_is_input(model: Any) -> bool:
+    """Whether preprocessing 0.1 s of silence with a text gives the model the text as input (``input_ids``)."""
+    silence = {"array": np.zeros(1600, dtype=np.float32), "sampling_rate": AVTarget.of(model).audio_rate}
+    try:
+        features = model.preprocess([{"audio": silence, "text": "probe"}])
+    except Exception:  # any failure of the processor
+        return False
+    return "input_ids" in features
 
 
 def _renders_video(model: Any) -> bool:

@@ -129,16 +129,22 @@ def test_audio_vectors_equal_in_process_sentence_transformers(
 
 def test_audio_model_lists_its_modalities_and_refuses_others_with_422(audio_server: BentoServer) -> None:
     info = httpx.post(f"{audio_server.url}/info", json={}, timeout=10).json()
-    assert info["modalities"] == ["audio", "text+audio"]
+    assert info["modalities"] == ["audio"]  # its audio+text pair would ignore the text (CTC labels): not offered
     assert info["model_modalities"] == ["audio", ["audio", "text"]]  # as sentence-transformers reports them
     for i, item in enumerate(
-        [{"video": uri("video", "mp4", MP4)}, {"image": data_uri(make_image(3))}, "plain text", {"text": "t"}]
+        [
+            {"video": uri("video", "mp4", MP4)},
+            {"image": data_uri(make_image(3))},
+            "plain text",
+            {"text": "t"},
+            {"text": "a caption", "audio": uri("audio", "wav", WAV)},
+        ]
     ):
         r = _encode(audio_server, [{"audio": uri("audio", "wav", WAV)}, item])
         assert r.status_code == 422, r.text
         body = r.json()
         assert body["code"] == "unsupported_modality" and body["field"] == "inputs[1]", (i, body)
-        assert "(supported: audio, text+audio)" in body["error"]
+        assert "(supported: audio)" in body["error"]
 
 
 def _hostile_audio() -> dict[str, tuple[bytes, str, int]]:
