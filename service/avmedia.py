@@ -1,4 +1,4 @@
-"""Decode audio and video bytes into arrays, under the media policy (issue #21; not yet served by any route).
+"""Decode audio and video bytes into arrays, under the media policy (issue #21; served through ``service.avload``).
 
 The caller fetches the bytes (``service.media`` keeps the fetch path); this module only decodes, with PyAV (FFmpeg
 inside its wheel), and never hands PyAV a path or a URL: it reads from ``io.BytesIO``. Every refusal is an

@@ -1,4 +1,6 @@
-"""Turn user-supplied image references (http(s) URLs, ``data:image/...;base64,`` URIs, uploads) into images.
+"""Turn user-supplied image references (http(s) URLs, ``data:image/...;base64,`` URIs, uploads) into images, and
+fetch the bytes of audio and video items (``fetch_av``: the same fetch path, their own byte caps; ``service.avload``
+decodes them).
 
 The only module that fetches or decodes user media: the embedder, reranker and search services call it and
 hand the models nothing but decoded RGB ``PIL.Image`` objects. Every hostile input becomes a ``MediaError``
