@@ -26,7 +26,7 @@ from service.compat import (
 )
 from service.config import get_settings
 from service.errors import bad_request, handle_api_errors
-from service.inputs import ModelInput, check_count, item_paths, resolve_items
+from service.inputs import ModelInput, check_av_count, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
 from service.models import load_embedder, load_or_exit
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY, ModelRuntime
@@ -114,6 +114,7 @@ class Embedder:
         check_count(field, len(items), max_inputs or self.settings.max_inputs_per_request)
         with_images = sum(1 for x in items if isinstance(x, Item) and x.image is not None)
         check_count(field, with_images, self.settings.max_inputs_per_request, "inputs with an image")
+        check_av_count(field, items, self.settings)
         self._check_dimensions(dimensions)
         loader = self.runtime.loader
         # a query: document work yields to this request at every stage until it answers. The pixel lease holds
@@ -132,6 +133,7 @@ class Embedder:
                 uploads=uploads,
                 background=input_type == "document",
                 lease=lease,
+                av=getattr(self.adapter, "av", None),
             )
             emb = await self.embed(resolved, input_type, timeout)
             del resolved
@@ -187,6 +189,7 @@ class Embedder:
             "loading": self.spec.describe(),
             "dimension": self.dimension,
             "modalities": self.modalities,
+            "model_modalities": getattr(self.adapter, "declared_modalities", None),
             **self.runtime.info(),
             "max_inputs_per_request": self.settings.max_inputs_per_request,
             "max_embeddings_inputs": self.settings.max_embeddings_inputs,
