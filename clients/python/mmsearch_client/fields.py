@@ -70,7 +70,14 @@ def check_av_ref(value: str, kind: str) -> str:
         return value
     if head.startswith(f"data:{kind}/") and ";base64," in head:
         return value
-    raise ValueError(f"{kind} must be an http(s):// URL or a data:{kind}/...;base64, URI")
+    if _STORED_AV.fullmatch(value):
+        return value
+    raise ValueError(
+        f"{kind} must be an http(s):// URL, a data:{kind}/...;base64, URI or a stored clip's media://<sha256>.<ext>"
+    )
+
+
+_STORED_AV = re.compile(r"media://[0-9a-f]{64}\.(?:mp4|webm|mov|mkv|wav|flac|mp3|ogg|m4a)")
 
 
 def _has_control(s: str) -> bool:

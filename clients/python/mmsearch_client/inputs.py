@@ -209,12 +209,12 @@ def to_items(inputs: InputLike | Sequence[InputLike]) -> list[str | Item]:
     return [to_item(v) for v in cast("Sequence[InputLike]", inputs)]
 
 
-def item_to_json(item: str | Item) -> str | dict[str, str]:
+def item_to_json(item: str | Item) -> str | dict[str, str | float]:
     """The JSON form of a wire input (``None`` fields left out)."""
     if isinstance(item, str):
         return item
-    out: dict[str, str] = {}
-    for key in ("text", "image", "audio", "video"):
+    out: dict[str, str | float] = {}
+    for key in ("text", "image", "audio", "video", "t0", "t1"):
         value = getattr(item, key)
         if value is not None:
             out[key] = value

@@ -39,6 +39,9 @@ class Item(BaseModel):
     image: str | None = None
     audio: str | None = None
     video: str | None = None
+    t0: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """With ``audio`` or ``video``: encode only the clip's time range from ``t0`` to ``t1`` seconds (a segment)."""
+    t1: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("audio", "video")
     @classmethod
@@ -52,7 +55,19 @@ class Item(BaseModel):
             raise ValueError("an item needs 'text', 'image', 'audio' or 'video'")
         if len(media) > 1:
             raise ValueError(f"an item holds one medium, with or without text (got {' and '.join(media)})")
+        if (self.t0 is None) != (self.t1 is None):
+            raise ValueError("a time range needs both 't0' and 't1'")
+        if self.t0 is not None and self.t1 is not None:
+            if self.media not in ("audio", "video"):
+                raise ValueError("a time range ('t0', 't1') applies to 'audio' or 'video' only")
+            if self.t0 >= self.t1:
+                raise ValueError(f"'t0' must be before 't1' (got {self.t0:g} and {self.t1:g})")
         return self
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """The time range to encode, ``(t0, t1)`` s (``None``: the whole clip)."""
+        return (self.t0, self.t1) if self.t0 is not None and self.t1 is not None else None
 
     @property
     def media(self) -> MediaKind | None:
