@@ -11,8 +11,8 @@ layer knows no segments: the rows are ordinary rows.
 * The stored media reference of every row names the clip and the window:
   ``media://<sha256>.<ext>?t=<t0>,<t1>&n=<n>&d=<duration>`` (``n`` windows in all; a clip within one window is
   stored as ``?t=0,<duration>&n=1&d=<duration>``), followed as for images by ``#<source URL>`` when it was
-  fetched. The index layer needs no new column on either backend. The first row therefore tells how many rows the document has: deleting or
-  replacing it removes them all.
+  fetched. The index layer needs no new column on either backend. The first row therefore tells how many rows
+  the document has: deleting or replacing it removes them all.
 """
 
 from __future__ import annotations

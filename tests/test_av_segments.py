@@ -143,7 +143,9 @@ class WindowEmbedder:
 
 
 class Rig:
-    def __init__(self, tmp: Path, modalities: Sequence[str] = ("text", "image", "video", "audio", "text+audio")) -> None:
+    def __init__(
+        self, tmp: Path, modalities: Sequence[str] = ("text", "image", "video", "audio", "text+audio")
+    ) -> None:
         self.settings = Settings(media_dir=tmp / "media", segment_seconds=SEGMENT_S, segment_overlap_s=OVERLAP_S)
         self.media = MediaStore(self.settings.media_dir)
         self.embedder = WindowEmbedder(modalities)
@@ -180,7 +182,9 @@ def clip() -> bytes:
 
 def test_a_long_video_is_indexed_as_segments_and_found_at_one(tmp_path: Path, clip: bytes) -> None:
     rig = Rig(tmp_path)
-    rig.upsert([{"id": "film", "video": _uri("video", clip, "mp4"), "metadata": {"lang": "en"}}, {"id": "t", "text": "x"}])
+    rig.upsert(
+        [{"id": "film", "video": _uri("video", clip, "mp4"), "metadata": {"lang": "en"}}, {"id": "t", "text": "x"}]
+    )
     stored = "media://" + hashlib.sha256(clip).hexdigest() + ".mp4"
     # the Embedder got each window of the stored clip, never the bytes again
     sent = [i for call in rig.embedder.calls for i in call if i.video is not None]

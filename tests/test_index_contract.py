@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service import segments
 from service.index import (
     CollectionMismatch,
     CollectionNotFound,
@@ -23,7 +24,6 @@ from service.index import (
     InvalidFilter,
     VectorIndex,
 )
-from service import segments
 from service.index.factory import open_index
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
