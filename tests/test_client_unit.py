@@ -542,8 +542,11 @@ def test_cli_search_sends_a_video_or_audio_query(tmp_path: Path, capsys: Any) ->
     (tmp_path / "q.mp4").write_bytes(b"mp4-bytes")
     queries: list[Any] = []
 
+    bodies: list[dict[str, Any]] = []
+
     def handler(request: httpx.Request) -> httpx.Response:
-        queries.append(json.loads(request.content)["query"])
+        bodies.append(json.loads(request.content))
+        queries.append(bodies[-1]["query"])
         hit = {"id": "film", "score": 0.9, "retrieval_score": 0.9, "video": "media://x", "t0": 24, "t1": 34}
         return httpx.Response(
             200,
@@ -559,8 +562,15 @@ def test_cli_search_sends_a_video_or_audio_query(tmp_path: Path, capsys: Any) ->
     assert cmd_search(_client(handler), args) == 0
     assert queries[0] == {"text": "red", "video": "data:video/mp4;base64," + base64.b64encode(b"mp4-bytes").decode()}
     assert "@ 24-34 s" in capsys.readouterr().out
+    res = _client(handler).search({"video": "media://" + "a" * 64 + ".mp4", "t0": 1, "t1": 2}, segments="all")
+    assert (
+        res.hits[0].t0 == 24
+        and bodies[-1]["segments"] == "all"
+        and queries[-1] == {"video": "media://" + "a" * 64 + ".mp4", "t0": 1.0, "t1": 2.0}
+    )
+    queries.clear()
     args = build_parser().parse_args(["search", "--audio", "https://h/a.wav"])
-    assert cmd_search(_client(handler), args) == 0 and queries[1] == {"audio": "https://h/a.wav"}
+    assert cmd_search(_client(handler), args) == 0 and queries[0] == {"audio": "https://h/a.wav"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "--audio", "a.wav", "--video", "v.mp4"])
 
