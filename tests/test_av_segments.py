@@ -30,7 +30,7 @@ from mmsearch_client.schemas import (
 from pydantic import ValidationError
 
 from bench.support import avclips
-from service import segments
+from service import mediagc, segments
 from service.avmedia import AVMediaError, decode_audio, decode_video, plan_video, probe_clip
 from service.config import Settings
 from service.errors import ApiError
@@ -199,6 +199,10 @@ def test_a_long_video_is_indexed_as_segments_and_found_at_one(tmp_path: Path, cl
     assert [h.id for h in hits].count("film") == 1
     assert hits[0].thumbnail == f"/media/{hashlib.sha256(clip).hexdigest()}.t16000.thumb.jpeg"
     assert rig.media.read(hits[0].thumbnail.removeprefix("/media/")) is not None
+    stored_names = set(rig.media.blobs.names())
+    assert len(stored_names) == 1 + 8  # the clip and one preview per window
+    assert mediagc.collect(rig.index, rig.media, 0.0) == 0  # every row keeps its clip and its preview
+    assert set(rig.media.blobs.names()) == stored_names
     every = rig.search({"video": stored, "t0": 16, "t1": 26}, segments="all", filter={"$modality": "video"}).hits
     assert len(every) == 8 and {h.id for h in every} == {"film"} and every[0].t0 == 16
     assert rig.search("x", filter={"$modality": "image"}, mode="vector").hits == []
@@ -211,6 +215,8 @@ def test_a_long_video_is_indexed_as_segments_and_found_at_one(tmp_path: Path, cl
     assert rig.run(rig.pipeline.delete(DeleteRequest(collection="c", ids=["film", "t"]))).deleted == 2
     assert rig.index.get_collection("c").count == 0
     assert rig.search("x", segments="all", mode="vector").hits == []
+    assert mediagc.collect(rig.index, rig.media, 0.0) == 1 + 8 + 1 + 2  # both clips and their previews
+    assert list(rig.media.blobs.names()) == []
 
 
 def test_a_short_clip_is_one_row_and_audio_has_no_preview(tmp_path: Path) -> None:
