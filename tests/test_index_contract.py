@@ -513,8 +513,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from service.index import IndexRecord
-    from service import segments
-from service.index.factory import open_index
+    from service.index.factory import open_index
 
     index = open_index(sys.argv[1])
     index.ensure_collection("durable", 4, "m")
@@ -573,8 +572,7 @@ CONCURRENT_WRITER = textwrap.dedent(
     """
     import sys
     from service.index import IndexRecord
-    from service import segments
-from service.index.factory import open_index
+    from service.index.factory import open_index
 
     uri, worker = sys.argv[1], int(sys.argv[2])
     index = open_index(uri)
