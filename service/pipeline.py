@@ -73,6 +73,8 @@ T = TypeVar("T")
 log = logging.getLogger("mmsearch.search")
 _WITH_TEXT: dict[str, Modality] = {"audio": "text+audio", "video": "text+video"}
 STAGES = ("read", "embed", "retrieve", "rerank", "total")
+SEGMENT_DRAW_FACTOR = 4
+"""How many more rows a search draws, once, when one document's segments crowd its shortlist (``_draw``)."""
 MAX_RERANK_ROUNDS = 4
 """Reranker calls per search at most when it refuses candidates one by one (their media unreadable)."""
 
@@ -755,7 +757,7 @@ class SearchPipeline:
                 balance=how,
                 redundancy=Redundancy(penalty, neighbours) if penalty > 0 else None,
             )
-            found = await self.in_thread(fn, self.index, req.collection, mode, query, req.candidates, req.filter)
+            found = await self._draw(fn, req, mode, query)
         except ApiError as e:
             if e.code in ("collection_not_found", "collection_mismatch"):
                 self._dimensions.pop(req.collection, None)  # dropped or re-created, possibly by another replica
@@ -764,7 +766,25 @@ class SearchPipeline:
         run.balanced = how is not None
         run.ocr_text = {c.hit.id: c.hit.ocr_text for c in found}
         hits = await self._apply_min_score(run, qvec, [_search_hit(c) for c in found])
-        return _group(hits, req.segments)
+        return _group(hits, req.segments)[: req.candidates]
+
+    async def _draw(
+        self, fn: Callable[..., list[Candidate]], req: SearchRequest, mode: Mode, query: Query
+    ) -> list[Candidate]:
+        """``candidates`` rows; when segments of one document fill them (``segments: "best"`` keeps one per
+        document), up to ``SEGMENT_DRAW_FACTOR`` times as many rows (at most ``max_candidates``), once, so the
+        shortlist still holds ``candidates`` documents where the collection has them."""
+        found: list[Candidate] = await self.in_thread(
+            fn, self.index, req.collection, mode, query, req.candidates, req.filter
+        )
+        more = min(req.candidates * SEGMENT_DRAW_FACTOR, self.settings.max_candidates)
+        if req.segments != "best" or len(found) < req.candidates or more <= req.candidates:
+            return found
+        documents = {segments.document_id(c.hit.id) for c in found}
+        if len(documents) == len(found):
+            return found
+        drawn: list[Candidate] = await self.in_thread(fn, self.index, req.collection, mode, query, more, req.filter)
+        return drawn
 
     async def _balance(self, run: SearchRun, mode: Mode, qvec: np.ndarray | None) -> Balance | None:
         """How this search draws per modality, or None for one raw draw: ``balance`` off, a keyword search, an

@@ -219,6 +219,36 @@ def test_a_long_video_is_indexed_as_segments_and_found_at_one(tmp_path: Path, cl
     assert list(rig.media.blobs.names()) == []
 
 
+class CrowdingEmbedder(WindowEmbedder):
+    """Every window of a clip lies next to the text "q" (the others are far): one document's segments would fill
+    a shortlist."""
+
+    async def encode(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> Embeddings:
+        self.calls.append(list(items))
+        out = []
+        for i in items:
+            if i.video is not None or i.text == "q":
+                v = unit_vector("clip", DIM) + 0.01 * unit_vector(f"{i.t0}", DIM)
+                out.append(v / np.linalg.norm(v))
+            else:
+                out.append(unit_vector(str(i.text), DIM))
+        return Embeddings(np.stack(out), "fake-av")
+
+
+def test_segments_of_one_document_do_not_crowd_the_shortlist(tmp_path: Path, clip: bytes) -> None:
+    """candidates=4: the 4 nearest rows are all segments of the film; grouped, the shortlist would hold one
+    document, so the search draws more rows and answers 4 documents, the film first."""
+    rig = Rig(tmp_path)
+    rig.embedder = CrowdingEmbedder(rig.embedder.modalities)
+    rig.pipeline.embedder = rig.embedder
+    texts = [{"id": f"t{k}", "text": f"note {k}"} for k in range(3)]
+    rig.upsert([{"id": "film", "video": _uri("video", clip, "mp4")}, *texts])
+    hits = rig.search("q", top_k=4, candidates=4, mode="vector", balance="off").hits
+    assert hits[0].id == "film" and sorted(h.id for h in hits) == ["film", "t0", "t1", "t2"]
+    every = rig.search("q", top_k=4, candidates=4, mode="vector", balance="off", segments="all").hits
+    assert [h.id for h in every] == ["film"] * 4  # asked for every segment: the rows as they rank
+
+
 def test_a_short_clip_is_one_row_and_audio_has_no_preview(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     wav = avclips.audio(4.0)
