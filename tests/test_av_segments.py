@@ -84,6 +84,13 @@ def test_segment_settings_are_validated() -> None:
     assert Settings().segment_seconds == 10.0 and Settings().segment_overlap_s == 2.0
 
 
+def test_info_says_how_audio_and_video_are_searched() -> None:
+    from service.reading import modality_paths
+
+    paths = modality_paths(["text", "image", "video", "text+video"], ocr=False)
+    assert "segment" in paths["video"] and "t0/t1" in paths["text+video"] and "audio" not in paths
+
+
 def test_item_time_range_rules() -> None:
     uri = "data:video/mp4;base64,AAAA"
     assert Item(video=uri, t0=1, t1=2).window == (1.0, 2.0)
