@@ -11,6 +11,7 @@ from typing import Any
 
 import cohere
 import httpx
+import mmsearch_client
 import numpy as np
 import openai
 import pytest
@@ -121,6 +122,18 @@ def test_openai_sdk_routes_by_model(embedder: BentoServer, local: dict[str, Any]
     listed = client.models.list()
     assert [m.id for m in listed.data] == ["clip", "wiki"]
     assert {m.owned_by for m in listed.data} == {"mmsearch"} and client.models.retrieve("wiki").id == "wiki"
+
+
+def test_typed_client_routes_by_model(embedder: BentoServer, reranker: BentoServer, local: dict[str, Any]) -> None:
+    with mmsearch_client.Client(embedder.url) as client:
+        res = client.encode_query(TEXTS, model="wiki")
+        assert res.model == "wiki" and res.dimensions == 24
+        assert np.abs(np.asarray(res.embeddings) - encode_local(local["wiki"], TEXTS, "query")).max() <= TOL
+        with pytest.raises(mmsearch_client.NotFoundError) as e:
+            client.encode("x", model="nope")
+        assert (e.value.code, e.value.field) == ("model_not_found", "model")
+    with mmsearch_client.Client(reranker.url) as client:
+        assert client.rerank("q", ["d"], model="vlm-rerank").model == "vlm-rerank"
 
 
 def test_unknown_model_is_404_in_each_shape(embedder: BentoServer) -> None:
