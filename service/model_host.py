@@ -65,7 +65,6 @@ class HostedModel(Generic[T, R]):
 
     def describe(self) -> dict[str, Any]:
         """The model's entry in ``/info``: name, default, dimension, modalities, loading options and limits."""
-        served = self.served.describe()
         return {
             "name": self.name,
             "default": self.served.default,
@@ -73,7 +72,7 @@ class HostedModel(Generic[T, R]):
             "modalities": self.modalities,
             "max_tokens": self.max_tokens,
             "loading": self.served.spec.describe(),
-            "device": served["device"],
+            "device": self.served.device,
             "max_queue_size": self.served.limits.max_queue_size,
             "max_queue_wait_ms": self.served.limits.max_queue_wait_ms,
             "max_inputs_per_request": self.served.limits.max_inputs_per_request,
