@@ -77,14 +77,15 @@ class Reranker:
 
     def _model(self, name: str | None) -> Scoring:
         """The model ``name`` chooses (404 ``model_not_found`` when none is served under it); 501 ``no_reranker``
-        when the profile has none (lite, unless configured)."""
+        when none is served (the lite profile unless one is configured; a repository file without rerankers)."""
         if self.host.default is None:
-            raise ApiError(
-                501,
-                "no_reranker",
-                f"no reranker is configured (MMSEARCH_PROFILE={self.settings.profile}): set MMSEARCH_RERANKER_MODEL "
-                "to a cross-encoder (hub id or local path)",
+            message = (
+                f"no reranker is configured: MMSEARCH_MODELS={self.settings.models} lists no rerankers"
+                if self.settings.models is not None
+                else f"no reranker is configured (MMSEARCH_PROFILE={self.settings.profile}): set "
+                "MMSEARCH_RERANKER_MODEL to a cross-encoder (hub id or local path)"
             )
+            raise ApiError(501, "no_reranker", message)
         return self.host.get(name)
 
     async def _rank(
