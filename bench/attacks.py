@@ -41,11 +41,11 @@ import psutil
 from bench.common import (
     HostLoad,
     base_parser,
-    bench_env,
     bento,
     percentile,
     print_table,
     run_header,
+    search_env,
     write_results,
 )
 from bench.profile_service import PY_SPY, summarize
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {**run_header(args), "phases": {}}
     with tempfile.TemporaryDirectory(prefix="mmsearch-attacks-") as tmp:
         workdir = Path(tmp)
-        env = bench_env(workdir, MMSEARCH_INDEX_URI=str(workdir / "index"), MMSEARCH_API_KEYS=KEY)
+        env = search_env(workdir, MMSEARCH_INDEX_URI=str(workdir / "index"), MMSEARCH_API_KEYS=KEY)
         with bento("service.search:Search", env, workdir) as server:
             url = server.url
             docs = [{"id": f"d{i}", "text": f"slide {i} about revenue and churn"} for i in range(30)]

@@ -33,11 +33,11 @@ import httpx
 from bench.common import (
     HostLoad,
     base_parser,
-    bench_env,
     bento,
     latency_summary,
     print_table,
     run_header,
+    search_env,
     write_results,
 )
 from bench.support.browser import chromium
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (workdir / "baseline").mkdir()
         (workdir / "baseline" / "index.html").write_text(BASELINE_HTML)
         with (
-            bento("service.search:Search", bench_env(workdir, MMSEARCH_API_KEYS=KEY), workdir) as server,
+            bento("service.search:Search", search_env(workdir, MMSEARCH_API_KEYS=KEY), workdir) as server,
             StaticServer(workdir / "baseline").running() as static,
         ):
             seed(server.url, 60, 20)

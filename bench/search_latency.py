@@ -32,12 +32,12 @@ from bench import data
 from bench.common import (
     HostLoad,
     base_parser,
-    bench_env,
     bento,
     latency_summary,
     percentile,
     print_table,
     run_header,
+    search_env,
     write_results,
 )
 
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mmsearch-bench-") as tmp:
         workdir = Path(tmp)
         index_uri = str(workdir / ("index.db" if args.index == "milvus" else "index"))
-        env = bench_env(
+        env = search_env(
             workdir,
             MMSEARCH_INDEX_URI=index_uri,
             MMSEARCH_MAX_INPUTS_PER_REQUEST=str(max(args.ingest_batch, 256)),

@@ -35,12 +35,12 @@ from bench.common import (  # noqa: E402
     RESULTS_DIR,
     HostLoad,
     StaticProcess,
-    bench_env,
     bento,
     histogram_delta,
     print_table,
     run_header,
     scrape_batch_histogram,
+    search_env,
     stop_quickly,
     write_results,
 )
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mmsearch-loadtest-") as tmp:
         workdir = args.workdir or Path(tmp)
         data.write_images(workdir / "images", 64)
-        env = bench_env(
+        env = search_env(
             workdir,
             MMSEARCH_TORCH_THREADS=str(args.threads),
             OMP_NUM_THREADS=str(args.threads),

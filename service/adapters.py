@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.avload import AVTarget
 from service.cpus import ThreadPlan
 from service.inputs import model_modalities
 
@@ -74,11 +75,23 @@ class _SentenceTransformersBase:
             return dict(self.model(batch_to_device(features, self.device), **kwargs))
 
 
+AUDIO_LANES = frozenset({"audio", "text+audio"})
+
+
 class SentenceTransformerEmbedder(_SentenceTransformersBase):
-    """A ``SentenceTransformer``; lanes are ``(input_type, modality)`` with ``input_type`` query or document."""
+    """A ``SentenceTransformer``; lanes are ``(input_type, modality)`` with ``input_type`` query or document.
+
+    Audio: a batch is run as groups of clips of one length. Audio models pool over frames without a frame mask
+    (sentence-transformers' Pooling reads the sample-level mask only when its length matches), so a padded clip's
+    vector would depend on the longest clip of its batch; unpadded, it is the vector of the clip alone.
+    """
 
     def __init__(self, model: Any, name: str) -> None:
         super().__init__(model, name)
+        self.modalities = embedder_modalities(model)
+        self.declared_modalities = [list(m) if isinstance(m, tuple) else m for m in getattr(model, "modalities", [])]
+        """``model.modalities`` as sentence-transformers reports them (pairs as lists), for ``/info``."""
+        self.av = AVTarget.of(model)
         self.dimension = int(model.get_embedding_dimension() or 0)
         prompts = model.prompts or {}
         doc_prompt = next((p for p in ("document", "passage", "corpus") if p in prompts), None)
@@ -90,9 +103,25 @@ class SentenceTransformerEmbedder(_SentenceTransformersBase):
 
     def prepare(self, lane: Hashable, inputs: list[Any]) -> Any:
         prompt, task = self._prompts[lane[0]]  # type: ignore[index]
+        if lane[1] in AUDIO_LANES:  # type: ignore[index]
+            groups = _same_length(inputs)
+            if len(groups) > 1:
+                prep = self.model.preprocess
+                return _Groups(
+                    len(inputs), [(i, prep([inputs[k] for k in i], prompt=prompt, task=task)) for i in groups]
+                )
         return self.model.preprocess(inputs, prompt=prompt, task=task)
 
     def run(self, lane: Hashable, features: Any) -> Sequence[np.ndarray]:
+        if not isinstance(features, _Groups):
+            return self._run(lane, features)
+        out: list[np.ndarray] = [np.empty(0, np.float32)] * features.n
+        for idx, part in features.parts:
+            for i, row in zip(idx, self._run(lane, part), strict=True):
+                out[i] = row
+        return out
+
+    def _run(self, lane: Hashable, features: Any) -> list[np.ndarray]:
         from sentence_transformers.util.tensor import _tensor_to_numpy
 
         _, task = self._prompts[lane[0]]  # type: ignore[index]
@@ -101,6 +130,56 @@ class SentenceTransformerEmbedder(_SentenceTransformersBase):
         if self.model.truncate_dim is not None:
             emb = emb[:, : self.model.truncate_dim]
         return list(_tensor_to_numpy(emb.detach()).astype(np.float32, copy=False))
+
+
+class _Groups:
+    """A batch prepared as groups: ``parts`` of (input positions, features); ``n`` inputs in all."""
+
+    def __init__(self, n: int, parts: list[tuple[list[int], Any]]) -> None:
+        self.n = n
+        self.parts = parts
+
+
+def _same_length(inputs: list[Any]) -> list[list[int]]:
+    """Positions of audio inputs (``{"audio": {"array": ...}}``, see ``ModelInput.to_st``) grouped by length."""
+    groups: dict[int, list[int]] = {}
+    for i, x in enumerate(inputs):
+        groups.setdefault(int(np.shape(x["audio"]["array"])[-1]), []).append(i)
+    return list(groups.values())
+
+
+def embedder_modalities(model: Any) -> list[str]:
+    """The wire modalities an embedder serves: what it declares (``model_modalities``), less video when its processor
+    cannot render a video (a chat template with no video branch: the tiny Qwen2-VL embedder's declares video), and
+    less text+audio when the text would not reach the model as input: sentence-transformers declares
+    ``("audio", "text")`` for every wav2vec2-class model, whose processor turns the text into CTC ``labels`` that
+    the embedding ignores (the vector would silently be the audio's alone)."""
+    out = model_modalities(model, av=True)
+    if "video" in out and not _renders_video(model):
+        out = [m for m in out if m not in ("video", "text+video")]
+    if "text+audio" in out and not _text_with_audio_is_input(model):
+        out.remove("text+audio")
+    return out
+
+
+def _text_with_audio_is_input(model: Any) -> bool:
+    """Whether preprocessing 0.1 s of silence with a text gives the model the text as input (``input_ids``)."""
+    silence = {"array": np.zeros(1600, dtype=np.float32), "sampling_rate": AVTarget.of(model).audio_rate}
+    try:
+        features = model.preprocess([{"audio": silence, "text": "probe"}])
+    except Exception:  # any failure of the processor
+        return False
+    return "input_ids" in features
+
+
+def _renders_video(model: Any) -> bool:
+    """Whether preprocessing a 2-frame 32x32 video succeeds (no forward pass: milliseconds)."""
+    frames = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    try:
+        model.preprocess([{"video": frames}])
+    except Exception:  # any failure of the processor or its template
+        return False
+    return True
 
 
 class CrossEncoderScorer(_SentenceTransformersBase):

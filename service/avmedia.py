@@ -1,4 +1,4 @@
-"""Decode audio and video bytes into arrays, under the media policy (issue #21; not yet served by any route).
+"""Decode audio and video bytes into arrays, under the media policy (issue #21; served through ``service.avload``).
 
 The caller fetches the bytes (``service.media`` keeps the fetch path); this module only decodes, with PyAV (FFmpeg
 inside its wheel), and never hands PyAV a path or a URL: it reads from ``io.BytesIO``. Every refusal is an
@@ -47,7 +47,7 @@ import numpy as np
 from service.config import Settings
 from service.media import MediaError
 
-__all__ = ["AVMediaError", "Audio", "Video", "decode_audio", "decode_video"]
+__all__ = ["AVMediaError", "Audio", "Video", "decode_audio", "decode_video", "plan_audio", "plan_video"]
 
 _STATUS: dict[str, int] = {
     "too_large": 413,
@@ -431,6 +431,8 @@ class _Plan:
     max_frames: int
     size: tuple[int, int]
     """(width, height) of the sampled frames."""
+    planned: int = 1
+    """Sampling times before the declared end (1 when no duration is declared)."""
 
 
 def _plan(
@@ -448,7 +450,7 @@ def _plan(
             f"{planned} frames of {w}x{h} need {need} pixels, over max_video_pixels={settings.max_video_pixels}",
             field,
         )
-    return _Plan(fps, max_frames, (w, h))
+    return _Plan(fps, max_frames, (w, h), planned)
 
 
 class _FrameSink:
@@ -542,12 +544,7 @@ def decode_video(
     ``fps`` and ``max_frames`` (a model processor's) default to, and are capped by, ``video_fps`` and
     ``max_video_frames``.
     """
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise ValueError("fps must be positive and finite")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError("max_frames must be at least 1")
-    fps = min(fps or settings.video_fps, settings.video_fps)
-    max_frames = min(max_frames or settings.max_video_frames, settings.max_video_frames)
+    fps, max_frames = _sampling(settings, fps, max_frames)
     with _opened(data, settings, "video", field) as item:
         declared, stream = item.declared, item.stream
         plan = _plan(stream, declared, settings, fps, max_frames, field)
@@ -558,3 +555,57 @@ def decode_video(
         raise AVMediaError("undecodable", "no video frame could be decoded", field)
     _check_complete(sink.end, declared, field)
     return Video(np.stack(sink.frames), np.asarray(sink.times, dtype=np.float64), sink.fps, size)
+
+
+def _sampling(settings: Settings, fps: float | None, max_frames: int | None) -> tuple[float, int]:
+    """The sampling rate and frame cap in force: a model processor's, capped by ``video_fps``/``max_video_frames``."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError("fps must be positive and finite")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError("max_frames must be at least 1")
+    return min(fps or settings.video_fps, settings.video_fps), min(
+        max_frames or settings.max_video_frames, settings.max_video_frames
+    )
+
+
+# --- plans: what an item will decode to, from its headers (budget reservations) ------------------------------
+
+PLAN_SLACK_S = 0.5
+"""A stream may run this much past its declared duration within its plan (muxers round durations)."""
+
+
+def plan_audio(data: bytes, settings: Settings, *, rate: int, channels: int = 1, field: str | None = None) -> int:
+    """The most samples (all channels) ``decode_audio(data, ..., rate, channels)`` may keep, read from the headers
+    with every header check of ``decode_audio``; nothing is decoded. The declared duration plus
+    ``PLAN_SLACK_S`` at ``rate``, or ``max_audio_samples`` when none is declared. Decode under a
+    ``max_audio_samples`` of this plan to hold the decoder to it."""
+    if channels not in (1, 2) or rate <= 0:
+        raise ValueError("channels must be 1 or 2 and rate positive")
+    with _opened(data, settings, "audio", field) as item:
+        declared = item.declared
+    if declared is None:
+        return settings.max_audio_samples
+    if declared * rate * channels > settings.max_audio_samples:
+        raise _samples_error(math.ceil(declared * rate * channels), settings, field, planned=True)
+    return min(math.ceil((declared + PLAN_SLACK_S) * rate) * channels, settings.max_audio_samples)
+
+
+def plan_video(
+    data: bytes,
+    settings: Settings,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    field: str | None = None,
+) -> int:
+    """The most pixels (frames x width x height) ``decode_video(data, ..., fps, max_frames)`` may keep, read from
+    the headers with every header check of ``decode_video``; nothing is decoded. The frames sampled before the
+    declared end plus one, or ``max_frames`` when no duration is declared; at most ``max_video_pixels``. Decode
+    under a ``max_video_pixels`` of this plan to hold the decoder to it."""
+    fps, max_frames = _sampling(settings, fps, max_frames)
+    with _opened(data, settings, "video", field) as item:
+        plan = _plan(item.stream, item.declared, settings, fps, max_frames, field)
+        declared = item.declared
+    w, h = plan.size
+    frames = max_frames if declared is None else min(max_frames, plan.planned + 1)
+    return min(frames * w * h, settings.max_video_pixels)

@@ -78,9 +78,10 @@ class OpenAIEmbeddingsResponse(BaseModel):
 
 
 def estimate_tokens(items: list[str | Item]) -> int:
-    """``usage`` is an estimate (whitespace words + 1 per image): OpenAI clients only display it."""
+    """``usage`` is an estimate (whitespace words + 1 per image, audio clip or video): OpenAI clients only display
+    it."""
     normalized = (Item(text=i) if isinstance(i, str) else i for i in items)
-    return sum(len((x.text or "").split()) + (1 if x.image else 0) for x in normalized)
+    return sum(len((x.text or "").split()) + (1 if x.media else 0) for x in normalized)
 
 
 # --------------------------------------------------------------------------------------------------- Cohere

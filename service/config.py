@@ -249,7 +249,10 @@ class Settings(BaseSettings):
     """Fetch only from hosts admitted by ``fetch_allow`` (closed networks; public addresses refused too)."""
     image_formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
-    # --- audio and video decoding (service/avmedia.py; not served yet: issue #21) ----------------------------
+    # --- audio and video decoding (service/avmedia.py; served by the Embedder's /encode and /v1/embeddings) ----
+    max_av_inputs_per_request: int = Field(default=8, ge=1, le=1000)
+    """Audio and video items per request: each is fetched and decoded (one thread each, up to
+    ``av_decode_timeout_s``) and its decoded samples or frames reserved in the pixel budget before decoding."""
     max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_video_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_av_duration_s: float = Field(default=600.0, gt=0, le=86_400)

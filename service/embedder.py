@@ -28,7 +28,7 @@ from service.compat import (
 )
 from service.config import get_settings
 from service.errors import bad_request, handle_api_errors
-from service.inputs import ModelInput, check_count, item_paths, resolve_items
+from service.inputs import ModelInput, check_av_count, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
 from service.model_host import HostedModel, ModelHost, host_models, openai_models_app
 from service.models import load_embedder, load_or_exit
@@ -132,6 +132,7 @@ class Embedder:
         check_count(field, len(items), max_inputs or per_request)
         with_images = sum(1 for x in items if isinstance(x, Item) and x.image is not None)
         check_count(field, with_images, per_request, "inputs with an image")
+        check_av_count(field, items, self.settings)
         self._check_dimensions(m, dimensions)
         loader = self.host.loader
         # a query: document work yields to this request at every stage until it answers. The pixel lease holds
@@ -150,6 +151,7 @@ class Embedder:
                 uploads=uploads,
                 background=input_type == "document",
                 lease=lease,
+                av=getattr(m.adapter, "av", None),
             )
             emb = await self.embed(resolved, input_type, timeout, m)
             del resolved
@@ -205,6 +207,7 @@ class Embedder:
             "loading": default.served.spec.describe(),
             "dimension": default.dimension,
             "modalities": default.modalities,
+            "model_modalities": getattr(default.adapter, "declared_modalities", None),
             **default.runtime.info(),
             "max_inputs_per_request": default.served.limits.max_inputs_per_request,
             "max_embeddings_inputs": self.settings.max_embeddings_inputs,

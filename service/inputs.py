@@ -2,11 +2,13 @@
 
 User strings never reach sentence-transformers as raw strings: it would treat ``http://...png`` or an existing
 file path as an image and fetch or open it. Text is wrapped as ``{"text": s}``; images are fetched and decoded by
-``service.media`` and passed as PIL images only.
+``service.media`` and passed as PIL images only; audio and video are fetched by ``service.media`` and decoded by
+``service.avmedia`` (``service.avload``) and passed as arrays only: float32 samples with their rate, uint8 frames.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,32 +17,51 @@ import numpy as np
 from mmsearch_client.schemas import Item, Modality, as_item
 from PIL import Image
 
+from service.avload import AVRef, AVTarget, decode_planned, plan_refs
+from service.avmedia import Audio, Video
 from service.config import Settings
 from service.errors import ApiError, bad_request, too_many
 from service.media import MediaLoader
 from service.pixels import Lease
 
+_WITH_TEXT: dict[str, Modality] = {"image": "text+image", "audio": "text+audio", "video": "text+video"}
+
 
 @dataclass(frozen=True, eq=False)
 class ModelInput:
-    """A validated input: text, a decoded image, or both."""
+    """A validated input: text, one decoded medium (image, audio or video), or text with it."""
 
     text: str | None = None
     image: Image.Image | None = None
+    audio: Audio | None = None
+    video: Video | None = None
 
     @property
     def modality(self) -> Modality:
-        if self.text is not None and self.image is not None:
-            return "text+image"
-        return "image" if self.image is not None else "text"
+        media: Modality | None = None
+        if self.image is not None:
+            media = "image"
+        elif self.audio is not None:
+            media = "audio"
+        elif self.video is not None:
+            media = "video"
+        if media is None:
+            return "text"
+        return media if self.text is None else _WITH_TEXT[media]
 
     def to_st(self, text_only: bool = False) -> str | dict[str, Any] | Image.Image:
         """The sentence-transformers input.
 
         Multimodal models get text as ``{"text": s}`` so that a URL- or path-like string is never fetched or
         opened. Text-only models take plain strings (their modules reject dicts); they are safe because
-        sentence-transformers classifies every string as text when the model has no image modality.
+        sentence-transformers classifies every string as text when the model has no image modality. Audio is
+        ``{"audio": {"array": float32 samples, "sampling_rate": rate}}``, video ``{"video": {"array": uint8
+        (T, H, W, 3) frames, "video_metadata": ...}}`` (the frames are already sampled: their rate and indices),
+        with ``"text"`` beside it for a pair: the dict forms sentence-transformers reads.
         """
+        if self.audio is not None or self.video is not None:
+            out = av_to_st(self.audio, self.video)
+            return out if self.text is None else {"text": self.text, **out}
         if self.image is None:
             if text_only:
                 return self.text or ""
@@ -48,6 +69,16 @@ class ModelInput:
         if self.text is None:
             return self.image
         return {"text": self.text, "image": self.image}
+
+
+def av_to_st(audio: Audio | None, video: Video | None) -> dict[str, Any]:
+    """The sentence-transformers form of decoded audio or video (see ``ModelInput.to_st``)."""
+    if audio is not None:
+        return {"audio": {"array": audio.samples, "sampling_rate": audio.rate}}
+    assert video is not None
+    n = int(video.frames.shape[0])
+    metadata = {"fps": video.fps, "total_num_frames": n, "duration": n / video.fps, "frames_indices": list(range(n))}
+    return {"video": {"array": video.frames, "video_metadata": metadata}}
 
 
 def check_count(field: str, n: int, limit: int, what: str = "inputs") -> None:
@@ -94,6 +125,12 @@ def unit_vector(values: Sequence[float]) -> np.ndarray:
     return (v / np.sqrt(squared)).astype(np.float32)
 
 
+def check_av_count(field: str, items: Sequence[str | Item], settings: Settings) -> None:
+    """``MMSEARCH_MAX_AV_INPUTS_PER_REQUEST``: audio and video items of one request."""
+    n = sum(1 for x in items if isinstance(x, Item) and x.media in ("audio", "video"))
+    check_count(field, n, settings.max_av_inputs_per_request, "audio and video inputs")
+
+
 def check_supported(field: str, modality: Modality, supported: Sequence[str], model: str) -> None:
     """Refuse a modality the loaded model cannot encode, naming what it can."""
     if modality not in supported:
@@ -116,25 +153,27 @@ async def resolve_items(
     uploads: dict[int, bytes] | None = None,
     background: bool = False,
     lease: Lease | None = None,
+    av: AVTarget | None = None,
 ) -> list[ModelInput]:
-    """Validate items (modality, text size), fetch/decode their images concurrently, and build model inputs.
+    """Validate items (modality, text size), fetch/decode their media concurrently, and build model inputs.
 
     ``paths`` names each item in errors (``inputs[3]``, ``query``), e.g. ``inputs[3].image``. ``uploads`` maps an
     index to the bytes of an uploaded image. ``lease``: the request's pixel lease, which holds the decoded pixels
-    until the request ends (``service.pixels``). ``background``: bulk (document) work, whose image decoding yields
-    to in-flight queries.
+    (and audio samples) until the request ends (``service.pixels``). ``background``: bulk (document) work, whose
+    decoding yields to in-flight queries. ``av``: what the model takes of audio and video (``service.avload``);
+    ``None`` where audio and video are not served (422).
     """
     normalized = [as_item(x) for x in items]
     refs: list[tuple[str | bytes, str]] = []
     ref_index: list[int] = []
+    av_refs: list[AVRef] = []
     for i, item in enumerate(normalized):
         path = paths[i]
         upload = uploads.get(i) if uploads is not None else None
         modality: Modality = item.modality
         if upload is not None:
             modality = "text+image" if item.text is not None else "image"
-        check_supported(path, modality, supported, model)
-        check_text_length(path, item.text, settings)
+        _check_item(path, item, modality, supported, model, settings, served_av=av is not None)
         if upload is not None:
             refs.append((upload, path))
             ref_index.append(i)
@@ -143,11 +182,81 @@ async def resolve_items(
                 raise bad_request(f"{path}.image: empty image reference", f"{path}.image")
             refs.append((item.image, f"{path}.image"))
             ref_index.append(i)
+        elif item.media is not None:
+            av_refs.append(AVRef(i, item.media, str(getattr(item, item.media)), f"{path}.{item.media}"))
+    async with contextlib.AsyncExitStack() as stack:
+        if lease is None and av_refs:
+            lease = await stack.enter_async_context(loader.pixels.lease())
+        images, media = await _load(refs, ref_index, av_refs, loader, settings, av, background, lease)
+    return [
+        ModelInput(
+            text=item.text,
+            image=images.get(i),
+            audio=_of(media.get(i), Audio),
+            video=_of(media.get(i), Video),
+        )
+        for i, item in enumerate(normalized)
+    ]
+
+
+def _of(value: Audio | Video | None, cls: type[Any]) -> Any:
+    return value if isinstance(value, cls) else None
+
+
+def refuse_av(item: str | Item, path: str) -> None:
+    """422 for an audio or video item where audio and video are not served yet (``/rerank``, ``/search``)."""
+    media = item.media if isinstance(item, Item) else None
+    if media in ("audio", "video"):
+        raise ApiError(
+            422,
+            "unsupported_modality",
+            f"{path}: {media} inputs are accepted by the Embedder's /encode and /v1/embeddings only (not yet "
+            "by /rerank, /search or /upsert)",
+            field=f"{path}.{media}",
+        )
+
+
+def _check_item(
+    path: str,
+    item: Item,
+    modality: Modality,
+    supported: Sequence[str],
+    model: str,
+    settings: Settings,
+    *,
+    served_av: bool,
+) -> None:
+    check_supported(path, modality, supported, model)
+    if not served_av:  # a model that takes audio or video, served where they are not wired (yet)
+        refuse_av(item, path)
+    check_text_length(path, item.text, settings)
+
+
+async def _load(
+    refs: list[tuple[str | bytes, str]],
+    ref_index: list[int],
+    av_refs: list[AVRef],
+    loader: MediaLoader,
+    settings: Settings,
+    av: AVTarget | None,
+    background: bool,
+    lease: Lease | None,
+) -> tuple[dict[int, Image.Image], dict[int, Audio | Video]]:
+    """Plan the audio/video (bytes and headers), reserve it with the images in one reservation, decode both."""
+    planned = await plan_refs(av_refs, loader, settings, av, background=background) if av and av_refs else []
+    also = [(p.units, p.ref.field) for p in planned]
     images: dict[int, Image.Image] = {}
     if refs:
-        loaded = await loader.load_many(refs, background=background, lease=lease)
+        loaded = await loader.load_many(refs, background=background, lease=lease, also=also)
         images = dict(zip(ref_index, loaded, strict=True))
-    return [ModelInput(text=item.text, image=images.get(i)) for i, item in enumerate(normalized)]
+    elif planned:
+        assert lease is not None
+        await loader.reserve(lease, also)
+    if not planned:
+        return images, {}
+    assert av is not None
+    decoded = await decode_planned(planned, loader, settings, av, background=background)
+    return images, {p.ref.index: d for p, d in zip(planned, decoded, strict=True)}
 
 
 def item_paths(field: str, n: int) -> list[str]:
@@ -155,9 +264,11 @@ def item_paths(field: str, n: int) -> list[str]:
     return [f"{field}[{i}]" for i in range(n)]
 
 
-def model_modalities(model: Any) -> list[str]:
-    """The wire modalities (``text``, ``image``, ``text+image``) a sentence-transformers model accepts."""
-    out = [m for m in ("text", "image") if model.supports(m)]
-    if model.supports(("image", "text")):
-        out.append("text+image")
-    return out
+def model_modalities(model: Any, *, av: bool = False) -> list[str]:
+    """The wire modalities (``text``, ``image``, ``text+image``; with ``av`` also ``audio``, ``video``,
+    ``text+audio``, ``text+video``) a sentence-transformers model declares (``model.supports``)."""
+    singles = ("text", "image", "audio", "video") if av else ("text", "image")
+    pairs: list[tuple[tuple[str, str], str]] = [(("image", "text"), "text+image")]
+    if av:
+        pairs += [(("audio", "text"), "text+audio"), (("text", "video"), "text+video")]
+    return [m for m in singles if model.supports(m)] + [name for key, name in pairs if model.supports(key)]

@@ -1,4 +1,6 @@
-"""Turn user-supplied image references (http(s) URLs, ``data:image/...;base64,`` URIs, uploads) into images.
+"""Turn user-supplied image references (http(s) URLs, ``data:image/...;base64,`` URIs, uploads) into images, and
+fetch the bytes of audio and video items (``fetch_av``: the same fetch path, their own byte caps; ``service.avload``
+decodes them).
 
 The only module that fetches or decodes user media: the embedder, reranker and search services call it and
 hand the models nothing but decoded RGB ``PIL.Image`` objects. Every hostile input becomes a ``MediaError``
@@ -50,6 +52,10 @@ USER_AGENT = "mmsearch/0.1"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _DATA_URI = re.compile(r"data:image/[a-z0-9.+-]+(?:;[a-z0-9.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
+_AV_DATA_URIS = {
+    kind: re.compile(rf"data:{kind}/[a-z0-9.+-]+(?:;[a-z0-9.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
+    for kind in ("audio", "video")
+}
 _FORMAT_ALIASES = {"MPO": "JPEG"}  # Pillow reports multi-picture JPEGs (most phone photos) as MPO
 
 _STATUS: dict[str, int] = {
@@ -225,7 +231,12 @@ class MediaLoader:
         return (await self.load_many([(ref, field)], background=background, lease=lease))[0]
 
     async def load_many(
-        self, refs: Sequence[tuple[str | bytes, str]], *, background: bool = False, lease: Lease | None = None
+        self,
+        refs: Sequence[tuple[str | bytes, str]],
+        *,
+        background: bool = False,
+        lease: Lease | None = None,
+        also: Sequence[tuple[int, str]] = (),
     ) -> list[Image.Image]:
         """Load ``(ref, field)`` pairs concurrently (at most ``fetch_concurrency`` fetches at once), in order. A
         ``ref`` is an image reference (URL or data URI) or the bytes of an uploaded file.
@@ -235,6 +246,8 @@ class MediaLoader:
         budget, 503 when the worker's in-flight budget stays full); only then are pixels decoded. Without a
         ``lease`` the reservation ends when this returns. ``background``: bulk work, whose decodes run on the
         document pool after in-flight queries. On failure raises the error of the first failing input by position.
+        ``also``: ``(pixels, field)`` of the request's other media (audio, video; ``service.avload``), reserved in
+        the same reservation as the images.
         """
         probed = await _first_failure([self._guarded(field, self._obtain(ref, background)) for ref, field in refs])
         return await self._decode_all(
@@ -242,6 +255,7 @@ class MediaLoader:
             [pixels for _, pixels in probed],
             background,
             lease,
+            also,
         )
 
     async def decode_upload(self, data: bytes, field: str, *, background: bool = False) -> Image.Image:
@@ -257,18 +271,28 @@ class MediaLoader:
         self._bump("ok")
         return img
 
+    async def reserve(self, lease: Lease, sizes: Sequence[tuple[int, str]]) -> None:
+        """Reserve ``(pixels, field)`` sizes on ``lease`` at once: 413 naming the field that crossed the per-request
+        budget, 503 when the worker's in-flight budget stays full."""
+        try:
+            await lease.reserve([n for n, _ in sizes])
+        except TooManyPixels as e:
+            raise self._refused(MediaError("too_many_pixels", str(e)), sizes[e.index][1]) from None
+        except PixelBudgetBusy as e:
+            raise self._refused(MediaError("pixel_budget_busy", str(e)), sizes[0][1] if sizes else "") from None
+
     async def _decode_all(
-        self, items: Sequence[tuple[bytes, str]], sizes: Sequence[int], background: bool, lease: Lease | None
+        self,
+        items: Sequence[tuple[bytes, str]],
+        sizes: Sequence[int],
+        background: bool,
+        lease: Lease | None,
+        also: Sequence[tuple[int, str]] = (),
     ) -> list[Image.Image]:
         async with contextlib.AsyncExitStack() as stack:
             if lease is None:
                 lease = await stack.enter_async_context(self.pixels.lease())
-            try:
-                await lease.reserve(sizes)
-            except TooManyPixels as e:
-                raise self._refused(MediaError("too_many_pixels", str(e)), items[e.index][1]) from None
-            except PixelBudgetBusy as e:
-                raise self._refused(MediaError("pixel_budget_busy", str(e)), items[0][1] if items else "") from None
+            await self.reserve(lease, [*zip(sizes, (field for _, field in items), strict=True), *also])
             images = await _first_failure(
                 [self._guarded(field, self._in_thread(background, self._decode, data)) for data, field in items]
             )
@@ -311,6 +335,28 @@ class MediaLoader:
         """``fetch_image`` for ``(ref, field)`` pairs concurrently, in order; the first failure by position."""
         return await _first_failure([self.fetch_image(ref, field) for ref, field in refs])
 
+    async def fetch_av(self, ref: str, field: str, kind: str) -> bytes:
+        """The bytes of one audio or video item (``kind``): fetched from an http(s) URL under the fetch policy, or
+        a ``data:<kind>/...;base64,`` URI, at most ``max_<kind>_bytes``. Nothing is decoded here (``avmedia``)."""
+        return await self._guarded(field, self._obtain_av(ref, kind))
+
+    async def _obtain_av(self, ref: str, kind: str) -> bytes:
+        cap = self.settings.max_audio_bytes if kind == "audio" else self.settings.max_video_bytes
+        head = ref[:8].lower() if isinstance(ref, str) else ""
+        if head.startswith("data:"):
+            return await asyncio.to_thread(self._data_uri_bytes, ref, kind, cap)
+        if head.startswith(("http://", "https://")):
+            return await self._fetch(ref, kind, cap)
+        raise MediaError("bad_scheme", f"{kind} must be an http(s) URL or a data:{kind}/...;base64 URI")
+
+    async def run_decode(self, background: bool, fn: Callable[[], T]) -> T:
+        """``fn()`` in a decoding thread, as images are decoded (documents: after in-flight queries)."""
+        return await self._in_thread(background, lambda _: fn(), None)
+
+    def refuse(self, e: MediaError, field: str) -> MediaError:
+        """``e`` for ``field``, counted as a refusal (stats and ``on_refusal``)."""
+        return self._refused(e, field)
+
     def _stored_probed(self, ref: str) -> tuple[bytes, int]:
         data = self._stored_bytes(ref)
         return data, self._probe(data)
@@ -333,7 +379,7 @@ class MediaLoader:
             raise MediaError("media_unavailable", f"stored image {ref} is missing from the media store")
         return data
 
-    async def _in_thread(self, background: bool, fn: Callable[[Any], Image.Image], arg: Any) -> Image.Image:
+    async def _in_thread(self, background: bool, fn: Callable[[Any], T], arg: Any) -> T:
         """Decode in a worker thread. Bulk (document) work runs on its own small pool, and each decode first
         waits at ``gate`` for in-flight queries; interactive work uses the default pool and never waits."""
         if not background:
@@ -387,15 +433,15 @@ class MediaLoader:
             )
         return self._client
 
-    def _parse_url(self, ref: str) -> httpx.URL:
+    def _parse_url(self, ref: str, kind: str = "image") -> httpx.URL:
         try:
             url = httpx.URL(ref)
         except (httpx.InvalidURL, ValueError, TypeError):
-            raise MediaError("bad_url", "image URL is malformed") from None
+            raise MediaError("bad_url", f"{kind} URL is malformed") from None
         if url.scheme not in _DEFAULT_PORTS:
-            raise MediaError("bad_scheme", "image must be an http(s) URL or a data:image/...;base64 URI")
+            raise MediaError("bad_scheme", f"{kind} must be an http(s) URL or a data:{kind}/...;base64 URI")
         if not url.host:
-            raise MediaError("bad_url", "image URL has no host")
+            raise MediaError("bad_url", f"{kind} URL has no host")
         return url
 
     async def _vet(self, host: str, port: int) -> list[IPAddress]:
@@ -417,7 +463,8 @@ class MediaLoader:
                 raise MediaError("blocked_address", f"image host {name!r} is not in MMSEARCH_FETCH_ALLOW")
         return addrs
 
-    async def _fetch(self, ref: str) -> bytes:
+    async def _fetch(self, ref: str, kind: str = "image", cap: int | None = None) -> bytes:
+        """GET ``ref`` under the fetch policy: at most ``cap`` bytes (default ``max_image_bytes``)."""
         s = self.settings
         if self._sem is None:
             self._sem = asyncio.Semaphore(s.fetch_concurrency)
@@ -425,22 +472,24 @@ class MediaLoader:
         token = _PINS.set(pins)
         try:
             async with self._sem, asyncio.timeout(s.fetch_deadline_s):
-                return await self._fetch_hops(self._parse_url(ref), pins)
+                return await self._fetch_hops(self._parse_url(ref, kind), pins, kind, cap or s.max_image_bytes)
         except TimeoutError:
-            raise MediaError("timeout", f"image fetch exceeded {s.fetch_deadline_s:g} s") from None
+            raise MediaError("timeout", f"{kind} fetch exceeded {s.fetch_deadline_s:g} s") from None
         except httpx.TimeoutException:
-            raise MediaError("timeout", "image server timed out") from None
+            raise MediaError("timeout", f"{kind} server timed out") from None
         except httpx.ConnectError:
-            raise MediaError("connect_error", "could not connect to the image server") from None
+            raise MediaError("connect_error", f"could not connect to the {kind} server") from None
         except httpx.HTTPError:
-            raise MediaError("http_error", "image server sent an invalid response") from None
+            raise MediaError("http_error", f"{kind} server sent an invalid response") from None
         finally:
             _PINS.reset(token)
 
-    async def _fetch_hops(self, url: httpx.URL, pins: dict[tuple[str, int], list[IPAddress]]) -> bytes:
+    async def _fetch_hops(
+        self, url: httpx.URL, pins: dict[tuple[str, int], list[IPAddress]], kind: str, cap: int
+    ) -> bytes:
         s = self.settings
         client = self._http()
-        headers = {"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"}
+        headers = {"User-Agent": USER_AGENT, "Accept": f"{kind}/*", "Accept-Encoding": "identity"}
         for _hop in range(s.fetch_max_redirects + 1):
             host = url.raw_host.decode("ascii").lower()
             port = url.port or _DEFAULT_PORTS[url.scheme]
@@ -449,41 +498,41 @@ class MediaLoader:
             try:
                 if resp.status_code in _REDIRECTS and "location" in resp.headers:
                     try:
-                        url = self._parse_url(str(url.join(resp.headers["location"])))
+                        url = self._parse_url(str(url.join(resp.headers["location"])), kind)
                     except httpx.InvalidURL:
-                        raise MediaError("bad_url", "image redirect location is malformed") from None
+                        raise MediaError("bad_url", f"{kind} redirect location is malformed") from None
                     continue
                 if resp.status_code != 200:
-                    raise MediaError("http_error", f"image server answered HTTP {resp.status_code}")
-                return await self._read_capped(resp)
+                    raise MediaError("http_error", f"{kind} server answered HTTP {resp.status_code}")
+                return await self._read_capped(resp, kind, cap)
             finally:
                 await resp.aclose()
-        raise MediaError("too_many_redirects", f"image URL redirected more than {s.fetch_max_redirects} times")
+        raise MediaError("too_many_redirects", f"{kind} URL redirected more than {s.fetch_max_redirects} times")
 
-    async def _read_capped(self, resp: httpx.Response) -> bytes:
-        cap = self.settings.max_image_bytes
+    async def _read_capped(self, resp: httpx.Response, kind: str, cap: int) -> bytes:
         declared = resp.headers.get("content-length", "")
         if declared.strip().isdigit() and int(declared) > cap:
-            raise MediaError("too_large", f"image is larger than {cap} bytes")
+            raise MediaError("too_large", f"{kind} is larger than {cap} bytes")
         buf = bytearray()
         # aiter_raw: no content-decoding, so a gzip bomb cannot expand past the cap inside one chunk.
         async for chunk in resp.aiter_raw():
             buf += chunk
             if len(buf) > cap:
-                raise MediaError("too_large", f"image is larger than {cap} bytes")
+                raise MediaError("too_large", f"{kind} is larger than {cap} bytes")
         self._bump("fetched_bytes", len(buf))
         return bytes(buf)
 
     # decoding (worker threads) ------------------------------------------------------------------------------
 
-    def _data_uri_bytes(self, ref: str) -> bytes:
-        m = _DATA_URI.match(ref)
+    def _data_uri_bytes(self, ref: str, kind: str = "image", cap: int | None = None) -> bytes:
+        m = (_DATA_URI if kind == "image" else _AV_DATA_URIS[kind]).match(ref)
         if m is None:
-            raise MediaError("bad_scheme", "data URIs must be data:image/<format>;base64,<payload>")
+            raise MediaError("bad_scheme", f"data URIs must be data:{kind}/<format>;base64,<payload>")
         payload = ref[m.end() :]
         size = len(payload) // 4 * 3 - (len(payload) - len(payload.rstrip("=")))
-        if size > self.settings.max_image_bytes:
-            raise MediaError("too_large", f"image is larger than {self.settings.max_image_bytes} bytes")
+        cap = cap or self.settings.max_image_bytes
+        if size > cap:
+            raise MediaError("too_large", f"{kind} is larger than {cap} bytes")
         try:
             return base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):

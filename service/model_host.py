@@ -64,12 +64,14 @@ class HostedModel(Generic[T, R]):
         return int(getattr(getattr(self.adapter, "model", self.adapter), "max_seq_length", 0) or 0)
 
     def describe(self) -> dict[str, Any]:
-        """The model's entry in ``/info``: name, default, dimension, modalities, loading options and limits."""
+        """The model's entry in ``/info``: name, default, dimension, modalities (``model_modalities``: what
+        sentence-transformers declares, for embedders), loading options and limits."""
         return {
             "name": self.name,
             "default": self.served.default,
             **({"dimension": self.dimension} if self.served.role == "embedder" else {}),
             "modalities": self.modalities,
+            "model_modalities": getattr(self.adapter, "declared_modalities", None),
             "max_tokens": self.max_tokens,
             "loading": self.served.spec.describe(),
             "device": self.served.device,

@@ -56,7 +56,7 @@ from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, Loc, unprocessable
 from service.index import base as index_base
 from service.index import filters as index_filters
-from service.inputs import check_count, check_text_length, unit_vector
+from service.inputs import check_count, check_text_length, refuse_av, unit_vector
 from service.media import MediaError, MediaLoader, content_hash
 from service.mediastore import SCHEME as MEDIA_SCHEME
 from service.mediastore import MediaStore, content_type, join_ref, name_of, split_ref, thumbnail_name
@@ -534,6 +534,7 @@ class SearchPipeline:
     def check_search(self, req: SearchRequest) -> None:
         """Refuse shortlist sizes the service does not serve (before any work). A shortlist smaller than ``top_k``
         is raised to it (``search``), as every client and the CLI expect."""
+        refuse_av(req.query, "query")
         if req.top_k > self.settings.max_candidates:
             raise unprocessable(
                 f"top_k: at most {self.settings.max_candidates} (MMSEARCH_MAX_CANDIDATES; got {req.top_k})", "top_k"

@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "TinyAVModels",
     "TinyModels",
     "build_clip_vit_b32",
+    "build_tiny_audio_embedder",
     "build_tiny_clip",
     "build_tiny_text_embedder",
     "build_tiny_text_reranker",
+    "build_tiny_video_embedder",
     "build_tiny_vlm_embedder",
     "build_tiny_vlm_reranker",
+    "ensure_tiny_av_models",
     "ensure_tiny_models",
     "ensure_tiny_text_embedder",
 ]
@@ -71,6 +75,13 @@ _EMBED_TEMPLATE = (
     "{%- endfor -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
 )
+# The same, with a branch for ``{"type": "video"}`` parts (Qwen2-VL's own templates have one): without it the
+# processor finds no <|video_pad|> token to expand and encoding a video fails.
+_VIDEO_RENDER_MACRO = _RENDER_MACRO.replace(
+    "{%- elif part.type == 'text' -%}",
+    "{%- elif part.type == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>{%- elif part.type == 'text' -%}",
+)
+_VIDEO_EMBED_TEMPLATE = _EMBED_TEMPLATE.replace(_RENDER_MACRO, _VIDEO_RENDER_MACRO, 1)
 _EMBED_PROMPTS = {
     "query": "Retrieve images or text relevant to the user's query.",
     "document": _EMBED_DEFAULT_INSTRUCTION,
@@ -310,14 +321,26 @@ def build_tiny_vlm_embedder(out: Path) -> Path:
     sentence-transformers injects the ``query``/``document`` prompt as the system message, so ``encode_query``
     and ``encode_document`` differ.
     """
+    return _build_vlm_embedder(Path(out), _EMBED_TEMPLATE)
+
+
+def build_tiny_video_embedder(out: Path) -> Path:
+    """Build the tiny Qwen2-VL embedder of :func:`build_tiny_vlm_embedder` (same seeded weights) whose chat template
+    renders video parts, at ``out``: sentence-transformers encodes ``{"video": uint8 (T, H, W, 3) frames}`` and
+    ``{"text": ..., "video": ...}`` with it. The video processor caps pixels per frame as qwen-vl-utils does."""
+    return _build_vlm_embedder(Path(out), _VIDEO_EMBED_TEMPLATE, cap_pixels_per_frame=True)
+
+
+def _build_vlm_embedder(out: Path, template: str, *, cap_pixels_per_frame: bool | None = None) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
     from transformers import Qwen2VLModel
 
-    out = Path(out)
-    processor, ids = _qwen_vl_processor([], _EMBED_TEMPLATE)
+    processor, ids = _qwen_vl_processor([], template)
+    if cap_pixels_per_frame is not None:
+        processor.video_processor.cap_pixels_per_frame = cap_pixels_per_frame
     config = _qwen_vl_config(ids, tie_word_embeddings=False)  # no LM head to tie
     torch.manual_seed(SEED)
     model = Qwen2VLModel(config).eval()
@@ -325,6 +348,70 @@ def build_tiny_vlm_embedder(out: Path) -> Path:
         transformer = Transformer(raw)  # right padding: last-token pooling reads the attention mask
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken"), Normalize()]
         SentenceTransformer(modules=modules, prompts=dict(_EMBED_PROMPTS), device="cpu").save(str(out))
+    _warn_in_card(out)
+    return out
+
+
+AUDIO_RATE = 16_000
+"""Sample rate of the tiny audio embedder's feature extractor (wav2vec2's)."""
+
+
+def build_tiny_audio_embedder(out: Path) -> Path:
+    """Build a tiny random wav2vec2 SentenceTransformer (32-d, mean pooling) at ``out``; audio in at 16 kHz.
+
+    A ``Wav2Vec2Model`` (hidden 32, 2 layers, 2 conv layers: 20 ms frames) saved with a ``Wav2Vec2Processor`` (a
+    16 kHz feature extractor and a CTC tokenizer over a small character vocabulary; without the tokenizer
+    sentence-transformers cannot load the processor). sentence-transformers loads it with modalities
+    ``['audio', ('audio', 'text')]``; input: ``{"audio": {"array": float32 mono samples, "sampling_rate": 16000}}``.
+    Mean pooling reads no frame mask, so padding changes a clip's vector: clips batch only with clips of their length
+    (``service.adapters``).
+    """
+    import json
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Model,
+        Wav2Vec2Processor,
+    )
+
+    out = Path(out)
+    letters = "abcdefghijklmnopqrstuvwxyz'"
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "|", *letters])}
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        conv_dim=(32, 32),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",  # with do_stable_layer_norm: takes the attention mask (padding masked)
+        do_stable_layer_norm=True,
+        mask_time_prob=0.0,
+    )
+    torch.manual_seed(SEED)
+    model = Wav2Vec2Model(config).eval()
+    with tempfile.TemporaryDirectory() as raw:
+        vocab_file = Path(raw) / "vocab.json"
+        vocab_file.write_text(json.dumps(vocab))
+        extractor = Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=AUDIO_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
+        )
+        processor = Wav2Vec2Processor(feature_extractor=extractor, tokenizer=Wav2Vec2CTCTokenizer(str(vocab_file)))
+        model.save_pretrained(raw)
+        processor.save_pretrained(raw)
+        transformer = Transformer(raw)
+        modules = [transformer, Pooling(transformer.get_embedding_dimension(), "mean")]
+        SentenceTransformer(modules=modules, device="cpu").save(str(out))
     _warn_in_card(out)
     return out
 
@@ -474,3 +561,22 @@ def ensure_tiny_text_embedder(root: Path) -> Path:
     root = Path(root) / f"v{TINY_FORMAT}"
     root.mkdir(parents=True, exist_ok=True)
     return _ensure(root, "text_embedder", build_tiny_text_embedder)
+
+
+@dataclass(frozen=True)
+class TinyAVModels:
+    """Paths of the tiny random-weight audio and video embedders built by :func:`ensure_tiny_av_models`."""
+
+    audio_embedder: Path
+    video_embedder: Path
+
+
+def ensure_tiny_av_models(root: Path) -> TinyAVModels:
+    """Build the tiny audio and video embedders under ``root`` once (process-safe), beside
+    :func:`ensure_tiny_models`' models (built only by what serves audio or video)."""
+    root = Path(root) / f"v{TINY_FORMAT}"
+    root.mkdir(parents=True, exist_ok=True)
+    return TinyAVModels(
+        audio_embedder=_ensure(root, "audio_embedder", build_tiny_audio_embedder),
+        video_embedder=_ensure(root, "video_embedder", build_tiny_video_embedder),
+    )

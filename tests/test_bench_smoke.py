@@ -28,6 +28,15 @@ def _shared_tiny_models(monkeypatch: pytest.MonkeyPatch, tiny_models: object) ->
     monkeypatch.setenv("MMSEARCH_TINY_DIR", str(tiny_dir()))
 
 
+@pytest.fixture
+def wired(monkeypatch: pytest.MonkeyPatch, model_urls: dict[str, str]) -> None:
+    """A harness whose figures do not depend on its model services' settings wires its Search to the session's
+    model services (``bench.common.search_env``): Search's worker only, instead of a composed bento's four."""
+    from bench.common import WIRE_VAR
+
+    monkeypatch.setenv(WIRE_VAR, json.dumps(model_urls))
+
+
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bench-results")
@@ -71,11 +80,13 @@ def test_serving_and_batching(out: Path) -> None:
     assert gain["embedder/text"]["c32"]["batches"]
 
 
+@pytest.mark.usefixtures("wired")
 def test_search_latency(out: Path) -> None:
     from bench import search_latency
 
     search_latency.main(["--tiny", "--out", str(out)])
     body = load(out / "search_latency-lancedb-tiny.json")
+    assert body["settings"]["wired"] is True
     entry = body["collections"]["1000"]
     assert positive(entry["ingest"]["docs_per_s"])
     for key in ("rerank_off", "rerank_on"):
@@ -159,11 +170,13 @@ def test_priority(out: Path) -> None:
     assert set(body["goal"]) == {"ratio_max", "met"}
 
 
+@pytest.mark.usefixtures("wired")
 def test_loadtest_run(out: Path) -> None:
     from loadtest import run
 
     run.main(["--tiny", "--out", str(out)])
     body = load(out / "loadtest-MixedUser-tiny.json")
+    assert body["settings"]["wired"] is True
     agg = next(r for r in body["stats"] if r["name"] == "Aggregated")
     assert agg["requests"] > 0 and agg["failures"] == 0, body["failures"]
     assert positive(agg["rps"]) and positive(agg["p50_ms"])
@@ -249,22 +262,26 @@ def test_gpu_script_parses_and_2b_config_builds(capsys: pytest.CaptureFixture[st
     assert 2.0 < billions < 2.3  # Qwen3-VL-2B
 
 
+@pytest.mark.usefixtures("wired")
 def test_page(out: Path) -> None:
     from bench import page
 
     page.main(["--tiny", "--out", str(out)])
     body = load(out / "page-tiny.json")
+    assert body["settings"]["wired"] is True
     for name in ("first_contentful_paint", "baseline_first_contentful_paint", "ready"):
         assert body["page_load"][name]["n"] == 5 and positive(body["page_load"][name]["p50_ms"]), name
     assert body["search"]["cards"] == 50 and body["search"]["render"]["n"] == 5
     assert positive(body["search"]["images_drawn"]["p50_ms"])
 
 
+@pytest.mark.usefixtures("wired")
 def test_attacks(out: Path) -> None:
     from bench import attacks
 
     attacks.main(["--tiny", "--seconds", "2", "--phases", "baseline,filter-cost,huge-array", "--out", str(out)])
     body = load(out / "attacks-tiny.json")
+    assert body["settings"]["wired"] is True
     assert set(body["phases"]) == {"baseline", "filter-cost", "huge-array"}
     for phase in body["phases"].values():
         assert phase["rerank_off"]["n"] >= 1 and positive(phase["p95_ms"]) and phase["ok_fraction"] == 1.0

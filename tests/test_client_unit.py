@@ -52,6 +52,7 @@ from mmsearch_client.cli import scan
 from mmsearch_client.errors import MMSearchError, field_to_loc, loc_to_field, parse_error_body, parse_retry_after
 from mmsearch_client.inputs import detect_image_mime, item_to_json, to_items, to_wire_document, to_wire_image
 from mmsearch_client.results import decode_embedding
+from mmsearch_client.schemas import EncodeRequest
 from PIL import Image as PILImage
 
 CLIENT_DIR = Path(__file__).resolve().parents[1] / "clients" / "python"
@@ -152,6 +153,40 @@ def test_pairs(tmp_path: Path) -> None:
     assert [item_to_json(i) if isinstance(i, str) else sorted(item_to_json(i)) for i in mixed] == [
         "t", ["text"], ["image", "text"], ["image"],
     ]  # fmt: skip
+
+
+def test_audio_and_video_items() -> None:
+    """``audio``/``video``: an http(s) URL or a data URI of their own kind, one medium per item, sent as given."""
+    wav = "data:audio/wav;base64,UklGRg=="
+    mp4 = "data:video/mp4;base64,AAAAGGZ0eXA="
+    assert Item(audio=wav).modality == "audio" and Item(audio=wav).media == "audio"
+    assert Item(text="a clip", video=mp4).modality == "text+video"
+    assert Item(text="t", audio="https://h/a.flac").modality == "text+audio"
+    assert Item(video="http://h/v.webm").modality == "video" and Item(text="t").media is None
+    assert item_to_json(Item(text="t", video=mp4)) == {"text": "t", "video": mp4}
+    assert to_items([{"audio": wav}]) == [Item(audio=wav)]
+    sent: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"embeddings": [[1.0]], "model": "m", "dimensions": 1})
+
+    with _client(handler) as client:
+        client.encode([Item(audio=wav)])
+    assert sent[0]["inputs"] == [{"audio": wav}]
+    for bad, match in [
+        ({"audio": "/etc/passwd"}, "audio must be an http"),
+        ({"video": "file:///etc/passwd"}, "video must be an http"),
+        ({"audio": mp4}, "data:audio/"),  # a video data URI given as audio
+        ({"video": "data:video/mp4,notbase64"}, "base64"),
+        ({"image": "https://h/i.png", "audio": wav}, "one medium"),
+        ({"audio": wav, "video": mp4}, "one medium"),
+        ({}, "'audio' or 'video'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Item.model_validate(bad)
+    req = EncodeRequest.model_validate({"inputs": ["x", {"video": "https://h/v.mp4"}]})
+    assert [i if isinstance(i, str) else i.modality for i in req.inputs] == ["x", "video"]
 
 
 def test_documents_convert_every_image_kind(tmp_path: Path) -> None:

@@ -146,3 +146,16 @@ def test_hostile_inputs_are_refused(reranker_server: BentoServer) -> None:
     run_hostile_battery(
         reranker_server.url, "/rerank", lambda img: {"query": {"image": img}, "documents": ["ok"]}, "query.image"
     )
+
+
+def test_audio_and_video_are_refused_naming_the_modalities(reranker_server: BentoServer) -> None:
+    """Reranking audio/video is not wired yet (issue #21): a 422 naming what the reranker takes, before any fetch."""
+    info = httpx.post(f"{reranker_server.url}/info", json={}, timeout=10).json()
+    for body, field in [
+        ({"query": "q", "documents": ["ok", {"video": "http://127.0.0.1:9/clip.mp4"}]}, "documents[1]"),
+        ({"query": {"text": "q", "audio": "data:audio/wav;base64,UklGRg=="}, "documents": ["ok"]}, "query"),
+    ]:
+        r = rerank(reranker_server, body)
+        assert r.status_code == 422, r.text
+        assert (r.json()["code"], r.json()["field"]) == ("unsupported_modality", field)
+        assert f"(supported: {', '.join(info['modalities'])})" in r.json()["error"]

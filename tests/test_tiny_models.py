@@ -17,10 +17,13 @@ from PIL import Image
 from service.tiny import (
     TINY_FORMAT,
     TinyModels,
+    build_tiny_audio_embedder,
     build_tiny_clip,
     build_tiny_text_reranker,
+    build_tiny_video_embedder,
     build_tiny_vlm_embedder,
     build_tiny_vlm_reranker,
+    ensure_tiny_av_models,
     ensure_tiny_models,
 )
 
@@ -228,9 +231,9 @@ def test_ensure_is_process_safe_and_cached(models: TinyModels, tmp_path: Path) -
 
     root = tmp_path / "shared"
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Manager().Barrier(3)
-    with ctx.Pool(3) as pool:
-        results = pool.starmap(_ensure_in_child, [(str(root), barrier)] * 3)
+    barrier = ctx.Manager().Barrier(2)  # two builders racing for every model: each child imports torch (~8 CPU-s)
+    with ctx.Pool(2) as pool:
+        results = pool.starmap(_ensure_in_child, [(str(root), barrier)] * 2)
     built = root / f"v{TINY_FORMAT}"
     assert all(r == {name: str(built / name) for name in NAMES} for r in results)
     assert not list(built.glob(".building-*"))
@@ -267,3 +270,79 @@ def test_abandoned_partial_build_is_never_used(tmp_path: Path) -> None:
     assert (models.clip / "model.safetensors").is_file()
     assert json.loads((models.clip / "config.json").read_text())["projection_dim"] == 16
     assert not list(built.glob(".building-*"))
+
+
+# --- audio and video embedders (issue #21) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def av_models(models: TinyModels) -> Any:
+    return ensure_tiny_av_models(models.clip.parent.parent)  # the same root (v<TINY_FORMAT> is added again)
+
+
+def _clip_audio(seed: int, n: int) -> dict[str, Any]:
+    samples = (0.1 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
+    return {"audio": {"array": samples, "sampling_rate": 16_000}}
+
+
+def test_audio_embedder_is_audio_capable_by_sentence_transformers_own_account(av_models: Any, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    assert av_models.audio_embedder.parent == av_models.video_embedder.parent
+    assert 0 < _dir_bytes(av_models.audio_embedder) < 1_000_000
+    assert "RANDOM WEIGHTS" in (av_models.audio_embedder / "README.md").read_text()
+    model = SentenceTransformer(str(av_models.audio_embedder), device="cpu")
+    assert model.modalities == ["audio", ("audio", "text")]
+    assert model.supports("audio") and not model.supports("text") and not model.supports("image")
+    clips = [_clip_audio(1, 16_000), _clip_audio(2, 16_000)]
+    emb = model.encode_document(clips)
+    assert emb.shape == (2, 32) and np.all(np.isfinite(emb))
+    assert np.abs(emb[0] - emb[1]).max() > 1e-3, "different clips, different vectors"
+    with pytest.raises(ValueError, match="Modality 'text' is not supported"):
+        model.encode_document(["some text"])
+    again = SentenceTransformer(str(build_tiny_audio_embedder(tmp_path / "audio")), device="cpu")
+    first, second = _tensors(av_models.audio_embedder), _tensors(tmp_path / "audio")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    np.testing.assert_array_equal(again.encode_document(clips), emb)
+
+
+def test_audio_padding_changes_a_clip_vector(av_models: Any) -> None:
+    """Why the Embedder batches audio clips by length (service.adapters): mean pooling reads no frame mask, so a
+    clip padded to a longer batch-mate's length gets another vector; clips of one length batch exactly."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(av_models.audio_embedder), device="cpu")
+    short, long_, same = _clip_audio(1, 8_000), _clip_audio(2, 16_000), _clip_audio(3, 8_000)
+    alone = model.encode_document([short])[0]
+    assert np.abs(model.encode_document([short, long_])[0] - alone).max() > 1e-3
+    assert np.abs(model.encode_document([short, same])[0] - alone).max() <= 1e-6
+
+
+def test_video_embedder_encodes_video_and_pairs(av_models: Any, models: TinyModels, embedder: Any) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from service.adapters import embedder_modalities
+
+    model = SentenceTransformer(str(av_models.video_embedder), device="cpu")
+    assert model.supports("video") and model.supports(("text", "video"))
+    frames = np.random.default_rng(4).integers(0, 256, (4, 32, 48, 3), dtype=np.uint8)
+    video = {"video": {"array": frames, "video_metadata": None}}
+    mixed = [video, {"text": "a clip", "video": frames}, {"text": "only text"}, _image(5)]
+    emb = model.encode_document(mixed)
+    assert emb.shape == (4, 32) and np.all(np.isfinite(emb))
+    for i, x in enumerate(mixed):  # a mixed batch gives each input its own vector
+        assert np.abs(model.encode_document([x])[0] - emb[i]).max() <= 1e-5
+    # the same weights as the tiny VLM embedder: only the chat template differs (text and images agree)
+    np.testing.assert_allclose(embedder.encode_document(mixed[2:]), emb[2:], atol=1e-6)
+    assert _tensors(models.vlm_embedder).keys() == _tensors(av_models.video_embedder).keys()
+    # the VLM embedder declares video too, but its template has no video branch: the Embedder does not serve it
+    assert embedder.supports("video")
+    with pytest.raises(ValueError):
+        embedder.encode_document([video])
+    assert embedder_modalities(embedder) == ["text", "image", "text+image"]
+    assert embedder_modalities(model) == ["text", "image", "video", "text+image", "text+video"]
+
+
+def test_video_embedder_is_bit_reproducible(av_models: Any, tmp_path: Path) -> None:
+    first, second = _tensors(av_models.video_embedder), _tensors(build_tiny_video_embedder(tmp_path / "video"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

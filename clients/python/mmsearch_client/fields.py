@@ -62,6 +62,17 @@ def check_declared_modality(text: str | None, image: str | None, declared: str |
     return declared
 
 
+def check_av_ref(value: str, kind: str) -> str:
+    """An ``audio``/``video`` reference: an ``http(s)://`` URL or a ``data:<kind>/...;base64,`` URI (the server
+    reads nothing else: never a path)."""
+    head = value[:64].lower()
+    if head.startswith(("http://", "https://")):
+        return value
+    if head.startswith(f"data:{kind}/") and ";base64," in head:
+        return value
+    raise ValueError(f"{kind} must be an http(s):// URL or a data:{kind}/...;base64, URI")
+
+
 def _has_control(s: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cs") for c in s)
 

@@ -214,10 +214,10 @@ def item_to_json(item: str | Item) -> str | dict[str, str]:
     if isinstance(item, str):
         return item
     out: dict[str, str] = {}
-    if item.text is not None:
-        out["text"] = item.text
-    if item.image is not None:
-        out["image"] = item.image
+    for key in ("text", "image", "audio", "video"):
+        value = getattr(item, key)
+        if value is not None:
+            out[key] = value
     return out
 
 

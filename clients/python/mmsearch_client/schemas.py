@@ -9,43 +9,71 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from mmsearch_client import fields
 
 InputType = Literal["query", "document"]
 SearchMode = Literal["vector", "keyword", "hybrid"]
 EncodingFormat = Literal["float", "base64"]
-Modality = Literal["text", "image", "text+image"]
+Modality = Literal["text", "image", "text+image", "audio", "video", "text+audio", "text+video"]
+MediaKind = Literal["image", "audio", "video"]
 
 DocumentId = Annotated[str, AfterValidator(fields.check_id)]
 
 
 class Item(BaseModel):
-    """One input: text, an image, or both.
+    """One input: text, one medium (an image, an audio clip or a video), or text with one medium.
 
     ``image`` is an ``http(s)://`` URL (fetched by the server under its media policy), a
     ``data:image/...;base64,`` URI or a stored image's ``media://<sha256>.<ext>``
-    reference. A plain string given where an ``Item`` is accepted always means text.
+    reference. ``audio`` and ``video`` are an ``http(s)://`` URL or a ``data:audio/...;base64,`` /
+    ``data:video/...;base64,`` URI (decoded by the server under its audio/video limits; ``/encode`` and
+    ``/v1/embeddings`` only, for models that declare the modality). A plain string given where an ``Item`` is
+    accepted always means text.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = None
     image: str | None = None
+    audio: str | None = None
+    video: str | None = None
+
+    @field_validator("audio", "video")
+    @classmethod
+    def _av_ref(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return fields.check_av_ref(v, str(info.field_name)) if v is not None else None
 
     @model_validator(mode="after")
     def _not_empty(self) -> Item:
-        if self.text is None and self.image is None:
-            raise ValueError("an item needs 'text', 'image' or both")
+        media = [k for k in ("image", "audio", "video") if getattr(self, k) is not None]
+        if self.text is None and not media:
+            raise ValueError("an item needs 'text', 'image', 'audio' or 'video'")
+        if len(media) > 1:
+            raise ValueError(f"an item holds one medium, with or without text (got {' and '.join(media)})")
         return self
 
     @property
-    def modality(self) -> Modality:
-        if self.text is not None and self.image is not None:
-            return "text+image"
-        return "image" if self.image is not None else "text"
+    def media(self) -> MediaKind | None:
+        """Which medium the item holds (``None``: text only)."""
+        if self.image is not None:
+            return "image"
+        if self.audio is not None:
+            return "audio"
+        return "video" if self.video is not None else None
 
+    @property
+    def modality(self) -> Modality:
+        media = self.media
+        if media is None:
+            return "text"
+        if self.text is None:
+            return media
+        return _WITH_TEXT[media]
+
+
+_WITH_TEXT: dict[MediaKind, Modality] = {"image": "text+image", "audio": "text+audio", "video": "text+video"}
 
 ItemLike = Annotated[str | Item, Field(union_mode="left_to_right")]
 

@@ -1,0 +1,216 @@
+"""The Embedder serving audio and video (issue #21): real bento processes on 127.0.0.1, tiny seeded models.
+
+One Embedder serves the tiny wav2vec2 (audio), one the tiny Qwen2-VL embedder whose template renders video. Media are
+made here with PyAV and sent as data URIs (and one URL, from a static server on loopback). Served vectors are
+compared with in-process sentence-transformers on the arrays ``service.avmedia`` decodes from the same bytes, each
+input encoded alone.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from bench.support import avclips
+from bench.support.images import data_uri, decode, make_image, png_bytes
+from bench.support.servers import BentoServer, StaticServer, tiny_dir
+from service.avmedia import decode_audio, decode_video
+from service.config import Settings
+from service.inputs import ModelInput
+from service.tiny import TinyAVModels, ensure_tiny_av_models
+from tests.conftest import serve_bento
+from tests.support import avhostile
+
+pytestmark = pytest.mark.e2e
+TOL = 1e-5
+RATE = 16_000
+
+
+def uri(kind: str, subtype: str, data: bytes) -> str:
+    return f"data:{kind}/{subtype};base64,{base64.b64encode(data).decode()}"
+
+
+WAV = avclips.audio(1.0, freq=440.0)
+MP3 = avclips.audio(1.6, fmt="mp3", codec="libmp3lame", rate=44_100, freq=300.0)
+FLAC = avclips.audio(0.6, fmt="flac", codec="flac", rate=22_050, freq=880.0, channels=2)
+OGG = avclips.audio(0.8, fmt="ogg", codec="libopus", rate=48_000, freq=660.0)
+MP4 = avclips.video(3.0, colour_s=0.5)
+WEBM = avclips.video(1.5, fmt="webm", codec="libvpx-vp9", size=(48, 32))
+
+
+@pytest.fixture(scope="module")
+def av_models() -> TinyAVModels:
+    return ensure_tiny_av_models(tiny_dir())
+
+
+@pytest.fixture(scope="module")
+def clip_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticServer]:
+    root = tmp_path_factory.mktemp("clips")
+    (root / "tone.ogg").write_bytes(OGG)
+    (root / "clip.webm").write_bytes(WEBM)
+    with StaticServer(root).running() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def audio_server(tmp_path_factory: pytest.TempPathFactory, av_models: TinyAVModels) -> Iterator[BentoServer]:
+    yield from serve_bento(
+        tmp_path_factory.mktemp("audio-embedder"),
+        "service.embedder:Embedder",
+        MMSEARCH_EMBEDDER_MODEL=str(av_models.audio_embedder),
+    )
+
+
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory: pytest.TempPathFactory, av_models: TinyAVModels) -> Iterator[BentoServer]:
+    yield from serve_bento(
+        tmp_path_factory.mktemp("video-embedder"),
+        "service.embedder:Embedder",
+        MMSEARCH_EMBEDDER_MODEL=str(av_models.video_embedder),
+    )
+
+
+def _encode(server: BentoServer, inputs: list[Any], input_type: str = "document") -> httpx.Response:
+    return httpx.post(f"{server.url}/encode", json={"inputs": inputs, "input_type": input_type}, timeout=120)
+
+
+def _alone(model: Any, input_type: str, x: Any) -> np.ndarray:
+    fn = model.encode_query if input_type == "query" else model.encode_document
+    return np.asarray(fn([x])[0], dtype=np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("input_type", ["query", "document"])
+def test_audio_vectors_equal_in_process_sentence_transformers(
+    audio_server: BentoServer, clip_server: StaticServer, av_models: TinyAVModels, input_type: str
+) -> None:
+    """WAV, MP3, stereo FLAC and Opus (by URL) of four lengths in one request: each served vector is the vector
+    in-process sentence-transformers gives the decoded clip alone (so batching by length kept padding out)."""
+    wire = [
+        {"audio": uri("audio", "wav", WAV)},
+        {"audio": uri("audio", "mpeg", MP3)},
+        {"audio": uri("audio", "flac", FLAC)},
+        {"audio": f"{clip_server.url}/tone.ogg"},
+        {"audio": uri("audio", "wav", WAV)},
+    ]
+    r = _encode(audio_server, wire, input_type)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dimensions"] == 32 and len(body["embeddings"]) == 5
+    got = np.asarray(body["embeddings"], dtype=np.float32)
+    model = SentenceTransformer(str(av_models.audio_embedder), device="cpu")
+    settings = Settings()
+    lengths = set()
+    for row, data in zip(got, (WAV, MP3, FLAC, OGG, WAV), strict=True):
+        audio = decode_audio(data, settings, rate=RATE)
+        lengths.add(audio.samples.shape[0])
+        want = _unit(_alone(model, input_type, {"audio": {"array": audio.samples, "sampling_rate": RATE}}))
+        assert np.abs(row - want).max() <= TOL
+    assert len(lengths) == 4, "the clips differ in length: a padded batch would have changed their vectors"
+    # the OpenAI route takes the same items
+    r = httpx.post(
+        f"{audio_server.url}/v1/embeddings",
+        json={"input": wire[:2], "model": "m", "input_type": input_type},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert np.abs(np.asarray([d["embedding"] for d in r.json()["data"]]) - got[:2]).max() <= TOL
+    assert r.json()["usage"]["prompt_tokens"] == 2  # one per clip
+
+
+def test_audio_model_lists_its_modalities_and_refuses_others_with_422(audio_server: BentoServer) -> None:
+    info = httpx.post(f"{audio_server.url}/info", json={}, timeout=10).json()
+    assert info["modalities"] == ["audio"]  # its audio+text pair would ignore the text (CTC labels): not offered
+    assert info["model_modalities"] == ["audio", ["audio", "text"]]  # as sentence-transformers reports them
+    for i, item in enumerate(
+        [
+            {"video": uri("video", "mp4", MP4)},
+            {"image": data_uri(make_image(3))},
+            "plain text",
+            {"text": "t"},
+            {"text": "a caption", "audio": uri("audio", "wav", WAV)},
+        ]
+    ):
+        r = _encode(audio_server, [{"audio": uri("audio", "wav", WAV)}, item])
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["code"] == "unsupported_modality" and body["field"] == "inputs[1]", (i, body)
+        assert "(supported: audio)" in body["error"]
+
+
+def _hostile_audio() -> dict[str, tuple[bytes, str, int]]:
+    mp3 = avclips.audio(4.0, fmt="mp3", codec="libmp3lame", rate=44_100)
+    flac = avclips.audio(3.0, fmt="flac", codec="flac")
+    return {
+        "truncated_mp3": (avhostile.half(mp3), "truncated", 422),
+        "png_as_audio": (avhostile.image("PNG"), "container_not_allowed", 415),
+        "ffconcat": (b"ffconcat version 1.0\nfile '/etc/passwd'\n", "container_not_allowed", 415),
+        "flac_10_hours": (avhostile.flac_total_samples(flac, RATE * 36_000), "too_long", 413),
+        "channels_16": (avclips.audio(0.5, channels=16), "too_many_channels", 413),
+        "corrupt_flac": (avhostile.flip(flac, at=0.3, n=64), "corrupt", 422),
+        "zero_length": (b"", "undecodable", 422),
+    }
+
+
+HOSTILE = _hostile_audio()
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_audio_is_a_4xx_naming_the_item(audio_server: BentoServer, name: str) -> None:
+    data, code, status = HOSTILE[name]
+    r = _encode(audio_server, [{"audio": uri("audio", "wav", WAV)}, {"audio": uri("audio", "x-any", data)}])
+    assert (r.status_code, r.json()["code"], r.json()["field"]) == (status, code, "inputs[1].audio"), (name, r.text)
+    assert _encode(audio_server, [{"audio": uri("audio", "wav", WAV)}]).status_code == 200  # still serving
+
+
+def test_audio_count_limit_and_schema_refusal(audio_server: BentoServer) -> None:
+    r = _encode(audio_server, [{"audio": uri("audio", "wav", WAV)}] * 9)
+    assert r.status_code == 413 and r.json()["field"] == "inputs", r.text
+    assert "audio and video inputs" in r.json()["error"]
+    r = _encode(audio_server, [{"audio": "/etc/passwd"}])  # never a path: refused by the schema
+    assert (r.status_code, r.json()["code"], r.json()["field"]) == (400, "validation_error", "inputs[0]"), r.text
+
+
+@pytest.mark.parametrize("input_type", ["query", "document"])
+def test_video_vectors_equal_in_process_sentence_transformers(
+    video_server: BentoServer, clip_server: StaticServer, av_models: TinyAVModels, input_type: str
+) -> None:
+    """H.264 MP4 (data URI) and VP9 WebM (URL), alone and with text, beside text and an image in one request."""
+    img = make_image(5)
+    wire: list[Any] = [
+        {"video": uri("video", "mp4", MP4)},
+        {"text": "a clip of colours", "video": f"{clip_server.url}/clip.webm"},
+        "a text query",
+        {"image": data_uri(img)},
+    ]
+    r = _encode(video_server, wire, input_type)
+    assert r.status_code == 200, r.text
+    got = np.asarray(r.json()["embeddings"], dtype=np.float32)
+    model = SentenceTransformer(str(av_models.video_embedder), device="cpu")
+    settings = Settings()
+    mp4, webm = decode_video(MP4, settings), decode_video(WEBM, settings)
+    assert mp4.frames.shape[0] == 6 and webm.frames.shape[0] == 3  # 2 fps
+    local = [
+        ModelInput(video=mp4).to_st(),
+        ModelInput(text="a clip of colours", video=webm).to_st(),
+        {"text": "a text query"},
+        decode(png_bytes(img)),
+    ]
+    assert isinstance(local[0], dict) and local[0]["video"]["array"] is mp4.frames  # arrays, never a reference
+    for row, x in zip(got, local, strict=True):
+        assert np.abs(row - _alone(model, input_type, x)).max() <= TOL
+    info = httpx.post(f"{video_server.url}/info", json={}, timeout=10).json()
+    assert info["modalities"] == ["text", "image", "video", "text+image", "text+video"]
+    r = _encode(video_server, [{"audio": uri("audio", "wav", WAV)}])
+    assert r.status_code == 422 and "audio inputs are not supported" in r.json()["error"]
+    r = _encode(video_server, [{"video": uri("video", "mp4", avhostile.half(MP4))}])
+    assert r.status_code == 422 and r.json()["field"] == "inputs[0].video", r.text

@@ -1,0 +1,297 @@
+"""Audio and video items resolved to model arrays (``service.inputs`` + ``service.avload``), in process.
+
+The items are data URIs and URLs of clips made here with PyAV; a real HTTP server on 127.0.0.1 serves the URL ones.
+Each resolved array is compared with ``service.avmedia``'s decoding of the same bytes, and what the lease holds with
+the plans read from the headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+import torch
+from mmsearch_client.schemas import Item
+from PIL import Image as PILImage
+
+from bench.support import avclips
+from bench.support.servers import StaticServer
+from service.avload import AVTarget, budget_units
+from service.avmedia import Audio, Video, decode_audio, decode_video, plan_audio, plan_video
+from service.config import Settings
+from service.errors import ApiError
+from service.inputs import ModelInput, av_to_st, check_av_count, item_paths, resolve_items
+from service.media import MediaError, MediaLoader
+from tests.support import avhostile
+
+T = TypeVar("T")
+torch.set_num_threads(1)
+
+AUDIO_MODEL = ["audio", "text+audio"]
+TARGET = AVTarget(audio_rate=16_000)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def uri(kind: str, subtype: str, data: bytes) -> str:
+    return f"data:{kind}/{subtype};base64,{base64.b64encode(data).decode()}"
+
+
+WAV = avclips.audio(1.0, freq=440.0)
+MP3 = avclips.audio(1.3, fmt="mp3", codec="libmp3lame", rate=44_100, freq=300.0)
+FLAC = avclips.audio(0.7, fmt="flac", codec="flac", rate=22_050, freq=880.0, channels=2)
+MP4 = avclips.video(2.0)
+
+
+def _settings(**kw: Any) -> Settings:
+    return Settings(fetch_allow=("127.0.0.1/32",), fetch_allow_only=True, **kw)
+
+
+async def _resolve(
+    items: list[str | Item],
+    settings: Settings,
+    supported: list[str] = AUDIO_MODEL,
+    av: AVTarget | None = TARGET,
+) -> tuple[list[ModelInput], int]:
+    """Resolve ``items`` in one lease; the inputs and what the lease held."""
+    loader = MediaLoader(settings)
+    try:
+        async with loader.pixels.lease() as lease:
+            got = await resolve_items(
+                items,
+                paths=item_paths("inputs", len(items)),
+                loader=loader,
+                settings=settings,
+                supported=supported,
+                model="m",
+                lease=lease,
+                av=av,
+            )
+            return got, lease.held
+    finally:
+        await loader.aclose()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("clips")
+    (root / "tone.flac").write_bytes(FLAC)
+    (root / "clip.mp4").write_bytes(MP4)
+    (root / "big.wav").write_bytes(avclips.audio(3.0))
+    with StaticServer(root).running() as server:
+        yield server.url
+
+
+def test_audio_items_resolve_to_the_decoders_arrays_and_reserve_their_plans(clips: str) -> None:
+    s = _settings()
+    items: list[str | Item] = [
+        Item(audio=uri("audio", "wav", WAV)),
+        Item(audio=uri("audio", "mpeg", MP3), text="a caption"),
+        Item(audio=f"{clips}/tone.flac"),
+    ]
+    got, held = run(_resolve(items, s))
+    assert [x.modality for x in got] == ["audio", "text+audio", "audio"]
+    for x, data in zip(got, (WAV, MP3, FLAC), strict=True):
+        assert isinstance(x.audio, Audio) and x.image is None and x.video is None
+        want = decode_audio(data, s, rate=16_000)
+        assert x.audio.rate == 16_000 and x.audio.samples.dtype == np.float32 and x.audio.samples.ndim == 1
+        np.testing.assert_array_equal(x.audio.samples, want.samples)  # mono, resampled, bit for bit
+    # what sentence-transformers is handed: arrays in its dict form, the text beside them; never a string medium
+    st = got[1].to_st()
+    assert isinstance(st, dict) and st["text"] == "a caption" and set(st["audio"]) == {"array", "sampling_rate"}
+    assert st["audio"]["array"] is got[1].audio.samples and st["audio"]["sampling_rate"] == 16_000
+    # the lease held every item's plan (declared duration + slack at 16 kHz), float32 samples at 4/3 pixel each
+    plans = [plan_audio(d, s, rate=16_000) for d in (WAV, MP3, FLAC)]
+    assert plans[0] == math.ceil(1.5 * 16_000)
+    assert held == sum(budget_units("audio", p) for p in plans) == sum(math.ceil(p * 4 / 3) for p in plans)
+    assert all(x.audio is not None and x.audio.samples.size <= p for x, p in zip(got, plans, strict=True))
+
+
+def test_video_items_resolve_to_sampled_frames(clips: str) -> None:
+    s = _settings()
+    items: list[str | Item] = [Item(video=uri("video", "mp4", MP4)), Item(video=f"{clips}/clip.mp4", text="t")]
+    got, held = run(_resolve(items, s, supported=["text", "video", "text+video"]))
+    want = decode_video(MP4, s)
+    for x in got:
+        assert isinstance(x.video, Video)
+        np.testing.assert_array_equal(x.video.frames, want.frames)
+    assert got[0].video is not None and got[0].video.frames.shape == (4, 48, 64, 3)  # 2 s at video_fps=2
+    st = got[1].to_st()
+    assert isinstance(st, dict) and st["text"] == "t"
+    assert st["video"]["array"].dtype == np.uint8
+    assert st["video"]["video_metadata"] == {
+        "fps": 2.0,
+        "total_num_frames": 4,
+        "duration": 2.0,
+        "frames_indices": [0, 1, 2, 3],
+    }
+    assert held == 2 * plan_video(MP4, s) == 2 * 5 * 64 * 48  # 4 sampling times before the end, plus one
+
+
+def test_av_not_served_or_not_supported_is_422_naming_what_is() -> None:
+    s = _settings()
+    audio = Item(audio=uri("audio", "wav", WAV))
+    with pytest.raises(ApiError) as e:  # where audio/video are not served (the reranker), for a model that takes them
+        run(_resolve(["x", audio], s, supported=["text", "audio"], av=None))
+    assert e.value.status == 422 and e.value.code == "unsupported_modality" and e.value.field == "inputs[1].audio"
+    assert "/encode" in e.value.message
+    with pytest.raises(ApiError) as e:  # ... and for one that would not: its modalities named
+        run(_resolve(["x", audio], s, supported=["text", "image"], av=None))
+    assert e.value.field == "inputs[1]" and "(supported: text, image)" in e.value.message
+    with pytest.raises(ApiError) as e:  # the model does not take audio
+        run(_resolve([audio], s, supported=["text", "image", "text+image"]))
+    assert e.value.status == 422 and e.value.field == "inputs[0]"
+    assert "audio inputs are not supported" in e.value.message and "text, image, text+image" in e.value.message
+    with pytest.raises(ApiError) as e:  # nor video, nor text
+        run(_resolve([Item(video=uri("video", "mp4", MP4))], s))
+    assert "(supported: audio, text+audio)" in e.value.message
+    with pytest.raises(ApiError):
+        run(_resolve(["plain text"], s))
+
+
+@pytest.mark.parametrize(
+    ("ref", "settings", "reason", "status"),
+    [
+        (uri("audio", "wav", WAV)[:-8] + "!!!!!!!!", {}, "bad_base64", 400),
+        (uri("audio", "wav", WAV), {"max_audio_bytes": 1000}, "too_large", 413),
+        ("ftp://127.0.0.1/a.wav", {}, "bad_scheme", 400),
+        ("http://10.0.0.1/a.wav", {}, "blocked_address", 400),
+        ("{clips}/missing.wav", {}, "http_error", 422),
+        ("{clips}/big.wav", {"max_audio_bytes": 50_000}, "too_large", 413),
+        (uri("audio", "wav", avclips.video(1.0)), {}, "no_audio_stream", 422),  # a silent MP4 sent as audio
+        (uri("audio", "wav", avhostile.image("PNG")), {}, "container_not_allowed", 415),
+        (uri("audio", "wav", avhostile.half(MP3)), {}, "truncated", 422),
+        (uri("audio", "flac", avhostile.flac_total_samples(FLAC, 36_000 * 22_050)), {}, "too_long", 413),
+    ],
+    ids=lambda v: v[:40] if isinstance(v, str) else None,
+)
+def test_audio_refusals_name_the_item(clips: str, ref: str, settings: dict[str, Any], reason: str, status: int) -> None:
+    s = _settings(**settings)
+    # constructed without the schema's check: the server's own refusal is what is tested
+    loader_items: list[str | Item] = ["ok", Item.model_construct(audio=ref.format(clips=clips))]
+    with pytest.raises(MediaError) as e:
+        run(_resolve(loader_items, s, supported=["text", *AUDIO_MODEL]))
+    assert (e.value.reason, e.value.status, e.value.field) == (reason, status, "inputs[1].audio")
+
+
+def test_request_budget_counts_audio_with_images_and_holds_the_decoder_to_its_plan() -> None:
+    wav = Item(audio=uri("audio", "wav", WAV))
+    need = budget_units("audio", plan_audio(WAV, Settings(), rate=16_000))
+    with pytest.raises(MediaError) as e:  # the second clip crosses the per-request budget: refused before decoding
+        run(_resolve([wav, wav], _settings(max_request_pixels=need + 10)))
+    assert (e.value.reason, e.value.status, e.value.field) == ("too_many_pixels", 413, "inputs[1].audio")
+    buf = io.BytesIO()
+    PILImage.new("RGB", (1, 1), "red").save(buf, "PNG")
+    png = uri("image", "png", buf.getvalue())
+    with pytest.raises(MediaError) as e:  # one reservation for the image and the clip: the clip crosses it
+        run(_resolve([Item(image=png), wav], _settings(max_request_pixels=need), supported=["image", "audio"]))
+    assert (e.value.reason, e.value.field) == ("too_many_pixels", "inputs[1].audio")
+    got, held = run(_resolve([Item(image=png), wav], _settings(max_request_pixels=need + 1), ["image", "audio"]))
+    assert held == need + 1 and got[0].image is not None and got[1].audio is not None
+    # a FLAC whose header says 1 s but which runs 20 s: reserved for 1.5 s, its decoder stops there
+    liar = avhostile.flac_total_samples(avclips.audio(20.0, fmt="flac", codec="flac"), 16_000)
+    with pytest.raises(MediaError) as e:
+        run(_resolve([Item(audio=uri("audio", "flac", liar))], _settings()))
+    assert (e.value.reason, e.value.status, e.value.field) == ("too_many_samples", 413, "inputs[0].audio")
+    assert f"more than the {math.ceil(1.5 * 16_000)} samples its header declared" in e.value.message
+
+
+HOSTILE = (
+    "zero_length", "png_as_video", "ffconcat_local_file", "mjpeg_codec", "webm_truncated", "flac_declares_10_hours",
+    "frames_8k", "streams_1000", "channels_16", "rate_1hz", "fps_1000", "corrupt_mp3", "video_only_as_audio",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hostile() -> dict[str, avhostile.Case]:
+    return {
+        name: avhostile.Case(name, kind, make(), reason, avhostile.STATUS[reason], s)
+        for name, kind, make, reason, s in avhostile._cases()
+        if name in HOSTILE
+    }
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_media_refused_with_its_reason(hostile: dict[str, avhostile.Case], name: str) -> None:
+    """Part of the hostile set through the request path: fetch, plan, reserve, decode (all of it runs against
+    ``avmedia`` alone in test_av_decode.py)."""
+    case = hostile[name]
+    item = Item(**{case.kind: uri(case.kind, "x-any", case.data)})
+    supported = AUDIO_MODEL if case.kind == "audio" else ["video"]
+    with pytest.raises(MediaError) as e:
+        run(_resolve([item], _settings(**case.settings), supported=supported))
+    assert (e.value.reason, e.value.status, e.value.field) == (case.reason, case.status, f"inputs[0].{case.kind}")
+
+
+def test_av_count_per_request() -> None:
+    s = Settings(max_av_inputs_per_request=2)
+    a = Item(audio="https://h/a.wav")
+    check_av_count("inputs", ["x", a, Item(video="https://h/v.mp4"), Item(image="https://h/i.png")], s)
+    with pytest.raises(ApiError) as e:
+        check_av_count("inputs", [a, a, a], s)
+    assert e.value.status == 413 and e.value.field == "inputs" and "audio and video" in e.value.message
+
+
+def test_av_to_st_forms() -> None:
+    samples = np.zeros(160, np.float32)
+    assert av_to_st(Audio(samples, 16_000), None) == {"audio": {"array": samples, "sampling_rate": 16_000}}
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    out = av_to_st(None, Video(frames, np.array([0.0, 0.5, 1.0]), 2.0, (4, 4)))
+    assert out["video"]["array"] is frames and out["video"]["video_metadata"]["total_num_frames"] == 3
+
+
+def test_audio_batches_by_length_give_each_clip_its_own_vector(tmp_path: Path) -> None:
+    """The adapter runs an audio batch as groups of one length: a clip's vector is the clip's alone, whatever its
+    batch-mates (mean pooling over padded frames would make it depend on the longest one)."""
+    from sentence_transformers import SentenceTransformer
+
+    from service.adapters import SentenceTransformerEmbedder
+    from service.tiny import build_tiny_audio_embedder
+
+    model = SentenceTransformer(str(build_tiny_audio_embedder(tmp_path / "audio")), device="cpu")
+    adapter = SentenceTransformerEmbedder(model, "tiny-audio")
+    assert adapter.av == AVTarget(audio_rate=16_000)
+    assert adapter.declared_modalities == ["audio", ["audio", "text"]]
+    # sentence-transformers declares audio+text, but wav2vec2's processor makes the text CTC labels, which the
+    # embedding ignores: the pair's vector is the clip's alone, so the Embedder does not offer text+audio
+    assert adapter.modalities == ["audio"]
+    clip = {"array": np.ones(4000, np.float32) * 0.1, "sampling_rate": 16_000}
+    np.testing.assert_array_equal(
+        model.encode_document([{"audio": clip, "text": "any caption"}]), model.encode_document([{"audio": clip}])
+    )
+    rng = np.random.default_rng(0)
+    clips = [Audio((0.1 * rng.standard_normal(n)).astype(np.float32), 16_000) for n in (8000, 16000, 8000, 12000)]
+    inputs = [ModelInput(audio=a).to_st() for a in clips]
+    for input_type in ("query", "document"):
+        lane = (input_type, "audio")
+        rows = adapter.run(lane, adapter.prepare(lane, inputs))
+        encode = model.encode_query if input_type == "query" else model.encode_document
+        for row, x in zip(rows, inputs, strict=True):
+            assert np.abs(row - encode([x])[0]).max() <= 1e-6
+    padded = model.encode_document(inputs, batch_size=4)
+    assert np.abs(padded[0] - rows[0]).max() > 1e-3, "plain batching pads: the grouping is what keeps parity"
+
+
+def test_search_refuses_audio_and_video_queries_before_any_work() -> None:
+    from types import SimpleNamespace
+
+    from mmsearch_client.schemas import SearchRequest
+
+    from service.pipeline import SearchPipeline
+
+    stub: Any = SimpleNamespace(settings=Settings())
+    SearchPipeline.check_search(stub, SearchRequest(query={"text": "a red bike"}))
+    for kind in ("audio", "video"):
+        with pytest.raises(ApiError) as e:
+            SearchPipeline.check_search(stub, SearchRequest(query={"text": "t", kind: f"https://h/x.{kind}"}))
+        assert (e.value.status, e.value.code, e.value.field) == (422, "unsupported_modality", f"query.{kind}")
+        assert "/encode" in e.value.message
