@@ -125,8 +125,9 @@ class Settings(BaseSettings):
     tests: ``bench.gpu_shaped:factory``); see ``service.models.model_factory``."""
     trust_remote_code: bool = False
     models: Path | None = None
-    """A model repository file (YAML or JSON) listing several models per service (``service.model_repository``;
-    issue #23: validated, not served yet). Exclusive with the single-model variables above."""
+    """A model repository file (YAML or JSON) listing the models each service hosts, chosen per request by
+    ``model`` (``service.model_repository``, ``service.model_host``). Exclusive with the single-model variables
+    above."""
     model_memory_budget_mb: int | None = Field(default=None, ge=1)
     """Weights one model service may load, in MB (10^6 bytes), estimated from the checkpoint files before loading
     (``service.model_memory``); a service whose models exceed it refuses to start. Unset: no check."""

@@ -1,4 +1,6 @@
-"""Embedder service: text, images and text+image documents -> vectors in one space."""
+"""Embedder service: text, images and text+image documents -> vectors in one space.
+
+It hosts every embedder of the model repository (``service.model_host``); a request chooses one with ``model``."""
 
 from __future__ import annotations
 
@@ -28,9 +30,12 @@ from service.config import get_settings
 from service.errors import bad_request, handle_api_errors
 from service.inputs import ModelInput, check_av_count, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
+from service.model_host import HostedModel, ModelHost, host_models, openai_models_app
 from service.models import load_embedder, load_or_exit
-from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY, ModelRuntime
+from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY
 from service.uploads import read_upload_form
+
+Embedding = HostedModel[Any, np.ndarray]
 
 
 def postprocess(emb: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
@@ -58,6 +63,10 @@ async def _upload_encode(request: Request) -> Response:
 upload_app = Starlette(routes=[Route("/encode", _upload_encode, methods=["POST"])])
 
 
+models_app = openai_models_app()
+
+
+@bentoml.asgi_app(models_app, path="/v1")
 @bentoml.asgi_app(upload_app, path="/upload")
 @bentoml.service(name="Embedder", **model_service_options())
 class Embedder:
@@ -67,33 +76,38 @@ class Embedder:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.adapter = load_or_exit(load_embedder, self.settings)
-        self.spec = self.settings.model_spec("embedder")
-        # lanes are (input_type, modality): one prompt per batch, and CLIP cannot mix text and images
-        self.model_name = self.adapter.name
-        self.modalities = self.adapter.modalities
-        self.text_only = self.modalities == ["text"]
-        self.dimension = self.adapter.dimension
-        self.runtime: ModelRuntime[Any, np.ndarray] = ModelRuntime("embedder", self.settings, self.adapter)
+        self.host: ModelHost[Any, np.ndarray] = load_or_exit(
+            lambda s: host_models("Embedder", "embedder", s, load_embedder), self.settings
+        )
+        default = self.host.default
+        assert default is not None  # a repository has at least one embedder
+        # the default model's, as before several were served (Search reads /info's top level)
+        self.adapter, self.runtime, self.model_name = default.adapter, default.runtime, default.name
+        self.dimension, self.modalities = default.dimension, default.modalities
 
     async def embed(
-        self, inputs: Sequence[ModelInput], input_type: InputType, timeout: float | None = None
+        self,
+        inputs: Sequence[ModelInput],
+        input_type: InputType,
+        timeout: float | None = None,
+        model: Embedding | None = None,
     ) -> np.ndarray:
-        """Encode resolved inputs, each in the lane of its modality; rows come back in input order."""
-        count = self.runtime.metrics.inputs
+        """Encode resolved inputs with ``model`` (default: the default model), each in the lane of its modality
+        (``(input_type, modality)``: one prompt per batch, and CLIP cannot mix text and images); rows come back in
+        input order."""
+        m = model or self.host.get(None)
         for x in inputs:
-            count.labels("embedder", x.modality, input_type).inc()
+            m.runtime.count_input(x.modality, input_type)
         priority = QUERY_PRIORITY if input_type == "query" else DOCUMENT_PRIORITY
-        lanes = [((input_type, x.modality), x.to_st(self.text_only)) for x in inputs]
-        rows = await self.runtime.run_lanes(lanes, priority=priority, timeout=timeout)
-        return (
-            np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, self.dimension), dtype=np.float32)
-        )
+        lanes = [((input_type, x.modality), x.to_st(m.text_only)) for x in inputs]
+        rows = await m.runtime.run_lanes(lanes, priority=priority, timeout=timeout)
+        return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, m.dimension), dtype=np.float32)
 
-    def _check_dimensions(self, dimensions: int | None) -> None:
-        if dimensions is not None and dimensions > self.dimension:
+    @staticmethod
+    def _check_dimensions(m: Embedding, dimensions: int | None) -> None:
+        if dimensions is not None and dimensions > m.dimension:
             raise bad_request(
-                f"dimensions: at most {self.dimension} for model {self.model_name!r} (got {dimensions})",
+                f"dimensions: at most {m.dimension} for model {m.name!r} (got {dimensions})",
                 "dimensions",
             )
 
@@ -108,15 +122,19 @@ class Embedder:
         uploads: dict[int, bytes] | None = None,
         timeout: float | None = None,
         max_inputs: int | None = None,
-    ) -> np.ndarray:
-        """Encode ``items`` (at most ``max_inputs``, default ``max_inputs_per_request``; those with an image always
-        count against ``max_inputs_per_request``)."""
-        check_count(field, len(items), max_inputs or self.settings.max_inputs_per_request)
+        model: str | None = None,
+    ) -> tuple[np.ndarray, str]:
+        """Encode ``items`` with the model ``model`` names (at most ``max_inputs``, default the model's
+        ``max_inputs_per_request``; those with an image always count against ``max_inputs_per_request``); the
+        vectors and the model's name."""
+        m = self.host.get(model)
+        per_request = m.served.limits.max_inputs_per_request
+        check_count(field, len(items), max_inputs or per_request)
         with_images = sum(1 for x in items if isinstance(x, Item) and x.image is not None)
-        check_count(field, with_images, self.settings.max_inputs_per_request, "inputs with an image")
+        check_count(field, with_images, per_request, "inputs with an image")
         check_av_count(field, items, self.settings)
-        self._check_dimensions(dimensions)
-        loader = self.runtime.loader
+        self._check_dimensions(m, dimensions)
+        loader = self.host.loader
         # a query: document work yields to this request at every stage until it answers. The pixel lease holds
         # the decoded images' budget until the model has run.
         async with (
@@ -128,35 +146,32 @@ class Embedder:
                 paths=item_paths(field, len(items)),
                 loader=loader,
                 settings=self.settings,
-                supported=self.modalities,
-                model=self.model_name,
+                supported=m.modalities,
+                model=m.name,
                 uploads=uploads,
                 background=input_type == "document",
                 lease=lease,
-                av=getattr(self.adapter, "av", None),
+                av=getattr(m.adapter, "av", None),
             )
-            emb = await self.embed(resolved, input_type, timeout)
+            emb = await self.embed(resolved, input_type, timeout, m)
             del resolved
-            return postprocess(emb, dimensions, normalize)
+            return postprocess(emb, dimensions, normalize), m.name
 
     @bentoml.api(route="/encode", input_spec=EncodeRequest)
     @handle_api_errors
     async def encode(self, **kw: Any) -> EncodeResponse:
         """Encode texts, images (URL or data URI) and text+image items with the query or document prompt."""
         req = validated(EncodeRequest, kw)
-        emb = await self._encode(
+        emb, name = await self._encode(
             req.inputs,
             field="inputs",
             input_type=req.input_type,
             normalize=req.normalize,
             dimensions=req.dimensions,
             timeout=req.timeout,
+            model=req.model,
         )
-        return EncodeResponse(
-            embeddings=encode_vectors(emb, req.encoding_format),
-            model=self.model_name,
-            dimensions=emb.shape[1],
-        )
+        return EncodeResponse(embeddings=encode_vectors(emb, req.encoding_format), model=name, dimensions=emb.shape[1])
 
     @bentoml.api(route="/v1/embeddings", input_spec=OpenAIEmbeddingsRequest)
     @handle_api_errors
@@ -164,38 +179,42 @@ class Embedder:
         """OpenAI-compatible embeddings (``input_type`` extension, default ``document``)."""
         req = validated(OpenAIEmbeddingsRequest, kw)
         items = req.items()
-        emb = await self._encode(
+        emb, name = await self._encode(
             items,
             field="input",
             input_type=req.input_type,
             normalize=True,
             dimensions=req.dimensions,
             max_inputs=self.settings.max_embeddings_inputs,
+            model=req.model,
         )
         vectors: list[list[float] | str] = list(encode_vectors(emb, req.encoding_format))
         tokens = estimate_tokens(items)
         return OpenAIEmbeddingsResponse(
             data=[OpenAIEmbedding(index=i, embedding=v) for i, v in enumerate(vectors)],
-            model=self.model_name,
+            model=name,
             usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens),
         )
 
     @bentoml.api(route="/info")
     async def info(self) -> dict[str, Any]:
-        """Model name, dimension, modalities and batching limits."""
+        """The default model's name, dimension, modalities and batching limits at the top level (as with one
+        model), and every model the Embedder hosts under ``models``."""
+        default = self.host.get(None)
         return {
             "service": "Embedder",
-            "model": self.model_name,
-            "loading": self.spec.describe(),
-            "dimension": self.dimension,
-            "modalities": self.modalities,
-            "model_modalities": getattr(self.adapter, "declared_modalities", None),
-            **self.runtime.info(),
-            "max_inputs_per_request": self.settings.max_inputs_per_request,
+            "model": default.name,
+            "loading": default.served.spec.describe(),
+            "dimension": default.dimension,
+            "modalities": default.modalities,
+            "model_modalities": getattr(default.adapter, "declared_modalities", None),
+            **default.runtime.info(),
+            "max_inputs_per_request": default.served.limits.max_inputs_per_request,
             "max_embeddings_inputs": self.settings.max_embeddings_inputs,
-            "max_tokens": int(getattr(getattr(self.adapter, "model", self.adapter), "max_seq_length", 0) or 0),
+            "max_tokens": default.max_tokens,
             "max_text_chars": self.settings.max_text_chars,
             "tiny_random_weights": self.settings.profile == "tiny",
+            "models": self.host.describe(),
         }
 
     @handle_api_errors
@@ -205,17 +224,16 @@ class Embedder:
         uploads: dict[int, bytes] = dict(enumerate(form.images))  # decoded under the request's pixel lease
         texts = form.texts
         items: list[str | Item] = [Item(text=texts[i] if texts else None, image="upload:") for i in range(len(uploads))]
-        emb = await self._encode(
+        emb, name = await self._encode(
             items,
             field="image",
             input_type=form.input_type,
             normalize=form.normalize,
             dimensions=form.dimensions,
             uploads=uploads,
+            model=form.model,
         )
-        body = EncodeResponse(
-            embeddings=encode_vectors(emb, form.encoding_format), model=self.model_name, dimensions=emb.shape[1]
-        )
+        body = EncodeResponse(embeddings=encode_vectors(emb, form.encoding_format), model=name, dimensions=emb.shape[1])
         return JSONResponse(body.model_dump())
 
 

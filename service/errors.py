@@ -3,8 +3,8 @@
 Three API families share the public port, and each answers errors the way its clients expect:
 
 - **native** (``/search``, ``/encode``, ...): ``{"error": "...", "code": "...", "field": "..."}``;
-- **OpenAI** (``/v1/embeddings``): ``{"error": {"message", "type", "param", "code"}}``, which the ``openai`` SDK
-  turns into exceptions carrying ``.code`` / ``.param``;
+- **OpenAI** (``/v1/embeddings``, ``/v1/models``): ``{"error": {"message", "type", "param", "code"}}``, which the
+  ``openai`` SDK turns into exceptions carrying ``.code`` / ``.param``;
 - **Cohere** (``/v1/rerank``, ``/v2/rerank``): ``{"id": "...", "message": "..."}``.
 
 :func:`render` is the one place that turns an :class:`ApiError` into a response body for a family. Handlers raise
@@ -38,7 +38,7 @@ class Family(enum.Enum):
     COHERE = "cohere"
 
 
-OPENAI_ROUTES = frozenset({"/v1/embeddings"})
+OPENAI_ROUTES = frozenset({"/v1/embeddings", "/v1/models"})
 COHERE_ROUTES = frozenset({"/v1/rerank", "/v2/rerank"})
 
 # Default machine codes for answers that carry none (plain-text 404/405, BentoML's own errors).
@@ -63,7 +63,7 @@ DEFAULT_CODES: dict[int, str] = {
 def family_for_path(path: str) -> Family:
     """The API family a request path belongs to (trailing slashes ignored)."""
     path = path.rstrip("/") or "/"
-    if path in OPENAI_ROUTES:
+    if path in OPENAI_ROUTES or path.startswith("/v1/models/"):
         return Family.OPENAI
     if path in COHERE_ROUTES:
         return Family.COHERE

@@ -1,7 +1,9 @@
 """Prometheus metrics of mmsearch, exported through BentoML's ``/metrics``.
 
 Created on first use inside the worker (after BentoML has set ``PROMETHEUS_MULTIPROC_DIR``), never at import.
-Each metric is declared once, as a field of ``Metrics``: its type, name, help text, labels and options.
+Each metric is declared once, as a field of ``Metrics``: its type, name, help text, labels and options. Model-level
+metrics carry the served model's name (``model``: a service may host several, ``service.model_host``); the
+service-level ones (refusals at the edge or while fetching media, priority holds, torch threads) do not.
 """
 
 from __future__ import annotations
@@ -33,18 +35,18 @@ class Metrics:
     inputs: Counter = _metric(
         "Counter",
         "mmsearch_inputs_total",
-        "Inputs received, by service, modality and input type",
-        ("service", "modality", "input_type"),
+        "Inputs received, by service, modality, input type and model",
+        ("service", "modality", "input_type", "model"),
     )
     model_batch_size: Histogram = _metric(
         "Histogram",
         "mmsearch_model_batch_size",
         "Inputs per model call, as the model received them",
-        ("service", "lane"),
+        ("service", "lane", "model"),
         buckets=BATCH_BUCKETS,
     )
     model_batch_seconds: Histogram = _metric(
-        "Histogram", "mmsearch_model_batch_seconds", "Duration of one model call", ("service", "lane")
+        "Histogram", "mmsearch_model_batch_seconds", "Duration of one model call", ("service", "lane", "model")
     )
     refusals: Counter = _metric(
         "Counter",
@@ -56,7 +58,7 @@ class Metrics:
         "Gauge",
         "mmsearch_queue_depth",
         "Inputs waiting for a model batch",
-        ("service",),
+        ("service", "model"),
         multiprocess_mode="livesum",
     )
     search_stage_seconds: Histogram = _metric(

@@ -1,4 +1,9 @@
-"""The model repository: which models each model service hosts (issue #23, first slice: configuration only).
+"""The model repository: which models each model service hosts (issue #23).
+
+This module is the configuration: the file's schema and validation, names, defaults, per-model limits, and the
+404 ``model_not_found`` for a name no model has. The Embedder and the Reranker load every model of their role and
+route requests by their ``model`` field with ``service.model_host`` (one batcher per model, one query-first gate
+per service); Search embeds and reranks with the defaults (collections bound to a model come next).
 
 A deployment serves either the models of the file named by ``MMSEARCH_MODELS`` (YAML or JSON)::
 
@@ -22,7 +27,8 @@ Every model entry takes ``source`` (required), ``revision``, ``model_kwargs`` an
 their ``MMSEARCH_*`` variables are), ``device`` and the per-service limits (``max_batch_size``, ``max_queue_size``,
 ``max_queue_wait_ms``, ``max_inputs_per_request``, ``max_model_tokens``; unset: the ``MMSEARCH_*`` value), and
 ``default``. At least one embedder; no reranker means no reranker is served (as in the lite profile). Exactly one
-model per role is the default, or the only one. Names are unique across both roles.
+model per role is the default, or the only one. Names are unique across both roles. A request's ``model`` must name
+a model of the file (else 404); in the one-model case any name gets the one model (``service.model_host``).
 """
 
 from __future__ import annotations

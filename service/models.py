@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.adapters import CrossEncoderScorer, EmbedderAdapter, ModelAdapter, SentenceTransformerEmbedder
 from service.config import TINY_MODELS, ModelSpec, Settings
 from service.cpus import ThreadPlan, plan_threads, quiet_thread_pools
+
+if TYPE_CHECKING:
+    from service.model_repository import ServedModel
 
 log = logging.getLogger("mmsearch.models")
 A = TypeVar("A")
@@ -99,8 +102,18 @@ def model_factory(settings: Settings) -> Callable[[str, Settings], Any] | None:
     return fn
 
 
-def _load(cls: Any, settings: Settings, spec: ModelSpec) -> tuple[Any, str]:
-    """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says; any failure is a ``ModelLoadError``."""
+def resolve_device(device: str) -> str:
+    """``auto``: ``cuda`` when torch sees a GPU, else ``cpu``; any other device as it is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | None = None) -> tuple[Any, str]:
+    """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says (on ``served``'s device, with its token
+    limit, when it is a repository's model); any failure is a ``ModelLoadError``."""
     if not spec.source:  # the tiny profile, no model configured
         log.warning(TINY_WARNING)
         try:
@@ -118,7 +131,7 @@ def _load(cls: Any, settings: Settings, spec: ModelSpec) -> tuple[Any, str]:
     try:
         model = cls(
             path,
-            device=settings.resolved_device(),
+            device=resolve_device(served.device) if served is not None else settings.resolved_device(),
             trust_remote_code=settings.trust_remote_code,
             **_loading_kwargs(spec),
         )
@@ -127,7 +140,7 @@ def _load(cls: Any, settings: Settings, spec: ModelSpec) -> tuple[Any, str]:
         where = f"{spec.variable}={spec.source or '(tiny)'}"
         raise ModelLoadError(f"{where}: cannot load the {spec.kind} model: {cause}") from e
     model.eval()
-    limit_tokens(model, settings.max_model_tokens)
+    limit_tokens(model, served.limits.max_model_tokens if served is not None else settings.max_model_tokens)
     settle_pixel_kwargs(model, spec.processor_kwargs)
     return model, name
 
@@ -159,20 +172,22 @@ def settle_pixel_kwargs(model: Any, processor_kwargs: dict[str, Any]) -> None:
                 tokenizer.init_kwargs.pop(key, None)
 
 
-def load_embedder(settings: Settings) -> EmbedderAdapter:
-    """Load the SentenceTransformer (or ``MMSEARCH_MODEL_FACTORY``'s embedder). The name says ``tiny-random``
-    for the tiny profile."""
+def load_embedder(settings: Settings, served: ServedModel | None = None) -> EmbedderAdapter:
+    """Load the SentenceTransformer (or ``MMSEARCH_MODEL_FACTORY``'s embedder): ``served`` (a model of the
+    repository, whose memory budget its service checked for all its models at once), else the single-model
+    variables' (checked here). The name says ``tiny-random`` for the tiny profile."""
 
     def build() -> EmbedderAdapter:
-        spec = _embedder_spec(settings)
-        _check_budget(settings, spec)
+        spec = served.spec if served is not None else _embedder_spec(settings)
+        if served is None:
+            _check_budget(settings, spec)
         if spec.onnx_pooling:
             return _load_onnx(settings, spec)
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformerEmbedder(*_load(SentenceTransformer, settings, spec))
+        return SentenceTransformerEmbedder(*_load(SentenceTransformer, settings, spec, served))
 
-    adapter: EmbedderAdapter = _adapter("embedder", settings, build)
+    adapter: EmbedderAdapter = _adapter("embedder", settings, build, served)
     return adapter
 
 
@@ -206,21 +221,23 @@ def _load_onnx(settings: Settings, spec: ModelSpec) -> EmbedderAdapter:
         raise ModelLoadError(f"MMSEARCH_LITE_EMBEDDER: cannot load the embedder {spec.name}: {cause}") from e
 
 
-def load_reranker(settings: Settings) -> ModelAdapter | None:
+def load_reranker(settings: Settings, served: ServedModel | None = None) -> ModelAdapter | None:
     """Load the CrossEncoder (VLM any-to-any with a yes/no head, or a classic text cross-encoder), or
-    ``MMSEARCH_MODEL_FACTORY``'s reranker; ``None`` in the lite profile unless ``MMSEARCH_RERANKER_MODEL`` names
-    one (no reranker ships in a wheel)."""
-    if not settings.has_reranker():
+    ``MMSEARCH_MODEL_FACTORY``'s reranker: ``served`` (as for ``load_embedder``), else the single-model
+    variables'; ``None`` then in the lite profile unless ``MMSEARCH_RERANKER_MODEL`` names one (no reranker
+    ships in a wheel)."""
+    if served is None and not settings.has_reranker():
         return None
 
     def build() -> ModelAdapter:
         from sentence_transformers import CrossEncoder
 
-        spec = settings.model_spec("reranker")
-        _check_budget(settings, spec)
-        return CrossEncoderScorer(*_load(CrossEncoder, settings, spec))
+        spec = served.spec if served is not None else settings.model_spec("reranker")
+        if served is None:
+            _check_budget(settings, spec)
+        return CrossEncoderScorer(*_load(CrossEncoder, settings, spec, served))
 
-    return _adapter("reranker", settings, build)
+    return _adapter("reranker", settings, build, served)
 
 
 def _check_budget(settings: Settings, spec: ModelSpec) -> None:
@@ -233,20 +250,16 @@ def _check_budget(settings: Settings, spec: ModelSpec) -> None:
         raise ModelLoadError(str(e)) from None
 
 
-def _adapter(kind: str, settings: Settings, build: Callable[[], Any]) -> Any:
+def _adapter(kind: str, settings: Settings, build: Callable[[], Any], served: ServedModel | None = None) -> Any:
     """Torch's threads planned for the service, then ``MMSEARCH_MODEL_FACTORY``'s adapter or ``build()``'s.
 
-    ``MMSEARCH_MODELS`` stops the service: the repository file is validated (``python -m service.model_repository``)
-    but the services do not serve several models yet (issue #23), and serving other models than the file's would
-    be worse than not starting."""
-    if settings.models is not None:
-        raise ModelLoadError(
-            f"MMSEARCH_MODELS={settings.models}: several models per service are not served yet (issue #23); check the "
-            "file with `python -m service.model_repository`, and unset MMSEARCH_MODELS to serve one model"
-        )
+    A factory is called once per model; with a repository file (``MMSEARCH_MODELS``) its adapter is served under
+    the entry's name."""
     plan = configure_torch(settings, kind.capitalize())
     factory = model_factory(settings)
     adapter = factory(kind, settings) if factory is not None else build()
+    if factory is not None and served is not None and settings.models is not None:
+        adapter.name = served.name
     adapter.threads = plan
     return adapter
 

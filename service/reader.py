@@ -56,7 +56,7 @@ class Reader:
                 items, field=field, supported=MODALITIES, model=self.model_name, input_type=input_type, lease=lease
             )
             for _ in resolved:
-                self.runtime.metrics.inputs.labels("reader", "image", input_type).inc()
+                self.runtime.count_input("image", input_type)
             priority = QUERY_PRIORITY if input_type == "query" else DOCUMENT_PRIORITY
             return await self.runtime.run(
                 (input_type, "image"), [x.image for x in resolved], priority=priority, timeout=timeout

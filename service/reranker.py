@@ -4,6 +4,8 @@ Scores are the model's activation of its relevance logit: for the VLM rerankers 
 ``LogitScore`` head) ``sigmoid(logit[yes] - logit[no])`` in (0, 1); for classic cross-encoders the sigmoid of the
 single logit. They rank documents for one query. Absolute values are NOT comparable across modality pairs (the
 modality gap: text-text pairs score differently from text-image pairs), so mmsearch applies no thresholds.
+
+It hosts every reranker of the model repository (``service.model_host``); a request chooses one with ``model``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,17 @@ from service.config import get_settings
 from service.errors import ApiError, handle_api_errors
 from service.inputs import ModelInput, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
+from service.model_host import HostedModel, ModelHost, host_models, openai_models_app
 from service.models import load_or_exit, load_reranker
-from service.runtime import QUERY_PRIORITY, ModelRuntime
+from service.runtime import QUERY_PRIORITY
+
+Scoring = HostedModel[Any, float]
 
 
+models_app = openai_models_app()
+
+
+@bentoml.asgi_app(models_app, path="/v1")
 @bentoml.service(name="Reranker", **model_service_options())
 class Reranker:
     """Scores query-document pairs; pairs from concurrent requests share model batches."""
@@ -41,36 +50,43 @@ class Reranker:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        adapter = load_or_exit(load_reranker, self.settings)
         # the lite profile has no reranker unless one is configured: /info says so and /rerank answers 501
-        self.adapter: ModelAdapter = adapter if adapter is not None else NoModel()
-        self.model_name: str | None = adapter.name if adapter is not None else None
-        self.spec = self.settings.model_spec("reranker")
+        self.host: ModelHost[Any, float] = load_or_exit(
+            lambda s: host_models("Reranker", "reranker", s, load_reranker), self.settings
+        )
+        default = self.host.default
+        self.adapter: ModelAdapter = default.adapter if default is not None else NoModel()
+        self.model_name: str | None = default.name if default is not None else None
         self.modalities = self.adapter.modalities
-        self.text_only = self.modalities == ["text"]
-        self.runtime: ModelRuntime[Any, float] = ModelRuntime("reranker", self.settings, self.adapter)
 
     async def score(
-        self, query: ModelInput, documents: Sequence[ModelInput], timeout: float | None = None
+        self,
+        query: ModelInput,
+        documents: Sequence[ModelInput],
+        timeout: float | None = None,
+        model: Scoring | None = None,
     ) -> list[float]:
-        """Score resolved documents against a resolved query; one lane per (query, document) modality pair."""
-        count = self.runtime.metrics.inputs
+        """Score resolved documents against a resolved query with ``model`` (default: the default model); one lane
+        per (query, document) modality pair."""
+        m = model or self._model(None)
         for d in documents:
-            count.labels("reranker", f"{query.modality}->{d.modality}", "pair").inc()
-        q = query.to_st(self.text_only)
-        pairs = [((query.modality, d.modality), (q, d.to_st(self.text_only))) for d in documents]
-        return await self.runtime.run_lanes(pairs, priority=QUERY_PRIORITY, timeout=timeout)
+            m.runtime.count_input(f"{query.modality}->{d.modality}", "pair")
+        q = query.to_st(m.text_only)
+        pairs = [((query.modality, d.modality), (q, d.to_st(m.text_only))) for d in documents]
+        return await m.runtime.run_lanes(pairs, priority=QUERY_PRIORITY, timeout=timeout)
 
-    def _require_model(self) -> str:
-        """The model's name; 501 ``no_reranker`` when the profile has none (lite, unless configured)."""
-        if self.model_name is None:
-            raise ApiError(
-                501,
-                "no_reranker",
-                f"no reranker is configured (MMSEARCH_PROFILE={self.settings.profile}): set MMSEARCH_RERANKER_MODEL "
-                "to a cross-encoder (hub id or local path)",
+    def _model(self, name: str | None) -> Scoring:
+        """The model ``name`` chooses (404 ``model_not_found`` when none is served under it); 501 ``no_reranker``
+        when none is served (the lite profile unless one is configured; a repository file without rerankers)."""
+        if self.host.default is None:
+            message = (
+                f"no reranker is configured: MMSEARCH_MODELS={self.settings.models} lists no rerankers"
+                if self.settings.models is not None
+                else f"no reranker is configured (MMSEARCH_PROFILE={self.settings.profile}): set "
+                "MMSEARCH_RERANKER_MODEL to a cross-encoder (hub id or local path)"
             )
-        return self.model_name
+            raise ApiError(501, "no_reranker", message)
+        return self.host.get(name)
 
     async def _rank(
         self,
@@ -79,26 +95,28 @@ class Reranker:
         top_n: int | None,
         return_documents: bool,
         timeout: float | None = None,
-    ) -> list[RerankResult]:
-        model_name = self._require_model()
+        model: str | None = None,
+    ) -> tuple[list[RerankResult], str]:
+        """The documents ranked by the model ``model`` names, and its name."""
+        m = self._model(model)
         check_count("documents", len(documents), self.settings.max_documents_per_request, "documents")
         if not documents:
-            return []
-        loader = self.runtime.loader
+            return [], m.name
+        loader = self.host.loader
         async with loader.pixels.lease() as lease:  # one reservation for the query's and the documents' images
             resolved = await resolve_items(
                 [query, *documents],
                 paths=["query", *item_paths("documents", len(documents))],
                 loader=loader,
                 settings=self.settings,
-                supported=self.modalities,
-                model=model_name,
+                supported=m.modalities,
+                model=m.name,
                 lease=lease,
             )
-            scores = await self.score(resolved[0], resolved[1:], timeout)
+            scores = await self.score(resolved[0], resolved[1:], timeout, m)
             del resolved
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[: top_n or None]
-        return [
+        results = [
             RerankResult(
                 index=i,
                 relevance_score=scores[i],
@@ -106,32 +124,36 @@ class Reranker:
             )
             for i in order
         ]
+        return results, m.name
 
     @bentoml.api(route="/rerank", input_spec=RerankRequest)
     @handle_api_errors
     async def rerank(self, **kw: Any) -> RerankResponse:
         """Score every document against the query; results sorted by ``relevance_score`` (highest first)."""
         req = validated(RerankRequest, kw)
-        results = await self._rank(req.query, req.documents, req.top_n, req.return_documents, req.timeout)
-        return RerankResponse(results=results, model=self._require_model())
+        results, name = await self._rank(
+            req.query, req.documents, req.top_n, req.return_documents, req.timeout, model=req.model
+        )
+        return RerankResponse(results=results, model=name)
 
     @bentoml.api(route="/v1/rerank", input_spec=CohereRerankRequest)
     @handle_api_errors
     async def cohere_rerank(self, **kw: Any) -> CohereRerankResponse:
         """Cohere v1 (and Jina) compatible rerank: ``cohere.Client.rerank`` works unchanged."""
         req = validated(CohereRerankRequest, kw)
-        results = await self._rank(req.query, req.documents, req.top_n, req.return_documents)
-        return self._cohere_response(results, "1")
+        results, name = await self._rank(req.query, req.documents, req.top_n, req.return_documents, model=req.model)
+        return self._cohere_response(results, "1", name)
 
     @bentoml.api(route="/v2/rerank", input_spec=CohereV2RerankRequest)
     @handle_api_errors
     async def cohere_rerank_v2(self, **kw: Any) -> CohereRerankResponse:
         """Cohere v2 compatible rerank: ``cohere.ClientV2.rerank`` works unchanged (no documents echoed)."""
         req = validated(CohereV2RerankRequest, kw)
-        results = await self._rank(req.query, req.documents, req.top_n, False)
-        return self._cohere_response(results, "2")
+        results, name = await self._rank(req.query, req.documents, req.top_n, False, model=req.model)
+        return self._cohere_response(results, "2", name)
 
-    def _cohere_response(self, results: list[RerankResult], version: str) -> CohereRerankResponse:
+    @staticmethod
+    def _cohere_response(results: list[RerankResult], version: str, model: str) -> CohereRerankResponse:
         return CohereRerankResponse(
             id=str(uuid.uuid4()),
             results=[
@@ -142,23 +164,26 @@ class Reranker:
                 )
                 for r in results
             ],
-            model=self._require_model(),
+            model=model,
             meta={"api_version": {"version": version}, "billed_units": {"search_units": 1}},
         )
 
     @bentoml.api(route="/info")
     async def info(self) -> dict[str, Any]:
-        """Model name (``null``: no reranker configured), modalities and limits."""
+        """The default model's name (``null``: no reranker configured), modalities and limits at the top level (as
+        with one model), and every model the Reranker hosts under ``models``."""
+        default = self.host.default
         return {
             "service": "Reranker",
             "model": self.model_name,
-            "loading": self.spec.describe() if self.model_name is not None else None,
+            "loading": default.served.spec.describe() if default is not None else None,
             "modalities": self.modalities,
-            **self.runtime.info(),
+            **(default.runtime.info() if default is not None else {}),
             "max_documents_per_request": self.settings.max_documents_per_request,
-            "max_tokens": int(getattr(getattr(self.adapter, "model", None), "max_seq_length", 0) or 0),
+            "max_tokens": default.max_tokens if default is not None else 0,
             "max_text_chars": self.settings.max_text_chars,
             "tiny_random_weights": self.settings.profile == "tiny",
+            "models": self.host.describe(),
         }
 
 

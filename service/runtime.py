@@ -60,7 +60,7 @@ def media_loader(service: str, settings: Settings, gate: PriorityGate) -> MediaL
 
 
 class ModelRuntime(Generic[T, R]):
-    """Batches model calls for one service and records what the model actually received.
+    """Batches model calls for one model of a service and records what the model actually received.
 
     The batcher prepares a batch with ``adapter.prepare`` in its preprocessing thread and runs it with
     ``adapter.run`` in the model thread (``service.adapters``).
@@ -74,15 +74,24 @@ class ModelRuntime(Generic[T, R]):
         *,
         max_batch_size: int | None = None,
         max_queue_wait_ms: int | None = None,
+        max_queue_size: int | None = None,
+        gate: PriorityGate | None = None,
+        loader: MediaLoader | None = None,
+        model: str | None = None,
     ):
-        """``max_batch_size`` / ``max_queue_wait_ms``: when the service's own setting differs from
-        ``MMSEARCH_MAX_BATCH_SIZE`` / ``MMSEARCH_MAX_QUEUE_WAIT_MS`` (the Reader's ``MMSEARCH_OCR_*``)."""
+        """``max_batch_size`` / ``max_queue_wait_ms`` / ``max_queue_size``: when the model's own limit differs from
+        ``MMSEARCH_MAX_BATCH_SIZE`` / ``MMSEARCH_MAX_QUEUE_WAIT_MS`` / ``MMSEARCH_MAX_QUEUE_SIZE`` (the Reader's
+        ``MMSEARCH_OCR_*``, a model repository entry's). ``gate`` and ``loader``: the service's, shared by every
+        model it hosts (queries keep priority across models; one pixel budget); default: new ones. ``model``: the
+        ``model`` label of its metrics (default: the adapter's name)."""
         self.service = service
         self.settings = settings
         self.adapter = adapter
+        self.model = model or adapter.name
         self.metrics = get_metrics()
-        self.gate = PriorityGate.for_service(settings, service)
-        self.loader = media_loader(service, settings, self.gate)  # document images decode after in-flight queries
+        self.gate = gate or PriorityGate.for_service(settings, service)
+        # document images decode after in-flight queries
+        self.loader = loader or media_loader(service, settings, self.gate)
         fault = oom_check(settings)  # test-only; None in production, which then runs the adapter's own calls
         prepare: Any = adapter.prepare
         run: Any = adapter.run
@@ -100,11 +109,11 @@ class ModelRuntime(Generic[T, R]):
             prepare=prepare,
             coalesce_s=settings.coalesce_s(adapter.accelerated),
             max_batch_size=max_batch_size or settings.max_batch_size,
-            max_queue_size=settings.max_queue_size,
+            max_queue_size=max_queue_size or settings.max_queue_size,
             max_wait_s=(max_queue_wait_ms or settings.max_queue_wait_ms) / 1000,
             is_oom=is_oom,
             on_batch=self._observe,
-            on_depth=self.metrics.queue_depth.labels(service).set,
+            on_depth=self.metrics.queue_depth.labels(service, self.model).set,
             gate=self.gate,
             background_budget=settings.query_priority_batch_budget,
             name=service,
@@ -126,8 +135,12 @@ class ModelRuntime(Generic[T, R]):
 
     def _observe(self, lane: Hashable, size: int, seconds: float) -> None:
         label = "/".join(map(str, lane)) if isinstance(lane, tuple) else str(lane)
-        self.metrics.model_batch_size.labels(self.service, label).observe(size)
-        self.metrics.model_batch_seconds.labels(self.service, label).observe(seconds)
+        self.metrics.model_batch_size.labels(self.service, label, self.model).observe(size)
+        self.metrics.model_batch_seconds.labels(self.service, label, self.model).observe(seconds)
+
+    def count_input(self, modality: str, input_type: str) -> None:
+        """``mmsearch_inputs_total{service, modality, input_type, model}``."""
+        self.metrics.inputs.labels(self.service, modality, input_type, self.model).inc()
 
     def scope(self, input_type: InputType) -> contextlib.AbstractAsyncContextManager[Any]:
         """Around a request's work: a query marks itself in flight, so document work yields to it at every stage."""

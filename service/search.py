@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -100,6 +101,15 @@ media_app = Starlette(routes=[Route("/{name}", _media, methods=["GET"])])
 upload_app = Starlette(routes=[Route("/encode", _upload_encode, methods=["POST"])])
 
 
+async def _openai_models(request: Request) -> Response:
+    svc: Search = bentoml.get_current_service()
+    return await svc.openai_models(request.path_params.get("model"))
+
+
+models_app = Starlette(routes=[Route(p, _openai_models, methods=["GET"]) for p in ("/models", "/models/{model:path}")])
+
+
+@bentoml.asgi_app(models_app, path="/v1")
 @bentoml.asgi_app(media_app, path="/media")
 @bentoml.asgi_app(upload_app, path="/upload")
 @bentoml.asgi_app(page_app, path="/", name="page")  # the search page (service/static) at /
@@ -108,7 +118,8 @@ class Search:
     """Owns the vector index; embeds with the Embedder and reranks with the Reranker.
 
     Every public route of the three services is served here (one port): the Embedder's ``/encode``,
-    ``/v1/embeddings`` and ``/upload/encode``, the Reranker's ``/rerank``, ``/v1/rerank`` and ``/v2/rerank``.
+    ``/v1/embeddings`` and ``/upload/encode``, the Reranker's ``/rerank``, ``/v1/rerank`` and ``/v2/rerank``, and
+    ``/v1/models`` listing the models of both.
     """
 
     embedder = bentoml.depends(Embedder, url=settings.embedder_url)
@@ -120,6 +131,7 @@ class Search:
 
     def __init__(self) -> None:
         self.settings = get_settings()
+        self.created = int(time.time())  # /v1/models' created
         self.index = open_index(
             self.settings.index_uri,
             ann_threshold=self.settings.ann_threshold,
@@ -279,6 +291,7 @@ class Search:
                     normalize=form.normalize,
                     dimensions=form.dimensions,
                     encoding_format=form.encoding_format,
+                    model=form.model,
                 ),
             )
         except ApiError as e:
@@ -286,6 +299,25 @@ class Search:
             upload = e.relocate("inputs", lambda k, rest: ("image", k, *(rest[1:] if rest[:1] == ("image",) else rest)))
             raise upload from None
         return JSONResponse(resp.model_dump())
+
+    @handle_api_errors
+    async def openai_models(self, name: str | None) -> Response:
+        """``GET /v1/models``: the Embedder's and the Reranker's models in OpenAI's list shape (from their
+        ``/info``); ``GET /v1/models/{name}``: one of them, or 404 ``model_not_found``."""
+        data: list[dict[str, Any]] = []
+        for stage, dep in (("embedder", self.embedder), ("reranker", self.reranker)):
+            info: dict[str, Any] = await self._call(stage, dep.to_async.info(), timeout=3)
+            data += [
+                {"id": m["name"], "object": "model", "created": self.created, "owned_by": "mmsearch"}
+                for m in info.get("models") or []
+            ]
+        if name is None:
+            return JSONResponse({"object": "list", "data": data})
+        found = next((m for m in data if m["id"] == name), None)
+        if found is None:
+            served = ", ".join(m["id"] for m in data)
+            raise ApiError(404, "model_not_found", f"model: no model named {name!r}; served: {served}", field="model")
+        return JSONResponse(found)
 
     @bentoml.api(route="/ocr", input_spec=OcrRequest)
     @handle_api_errors

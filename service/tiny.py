@@ -25,12 +25,14 @@ __all__ = [
     "build_clip_vit_b32",
     "build_tiny_audio_embedder",
     "build_tiny_clip",
+    "build_tiny_text_embedder",
     "build_tiny_text_reranker",
     "build_tiny_video_embedder",
     "build_tiny_vlm_embedder",
     "build_tiny_vlm_reranker",
     "ensure_tiny_av_models",
     "ensure_tiny_models",
+    "ensure_tiny_text_embedder",
 ]
 
 SEED = 0
@@ -383,10 +385,7 @@ def build_tiny_audio_embedder(out: Path) -> Path:
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "|", *letters])}
     config = Wav2Vec2Config(
         vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        **_tiny_dims(32),
         conv_dim=(32, 32),
         conv_stride=(5, 4),
         conv_kernel=(10, 8),
@@ -418,20 +417,13 @@ def build_tiny_text_reranker(out: Path) -> Path:
     """Build a tiny random BERT text-pair CrossEncoder (one logit, sigmoid) at ``out``."""
     import torch
     from sentence_transformers import CrossEncoder
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+    from transformers import BertConfig, BertForSequenceClassification
 
     out = Path(out)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
-    words = ["a", "the", "is", "of", "and", "in", "on", "to", "cat", "dog", "car", "red", "blue", "photo"]
-    tokens = list(dict.fromkeys([*specials, *chars, *("##" + c for c in chars), *words]))
-    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    tokenizer = _tiny_bert_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokens),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        vocab_size=len(tokenizer.vocab),
+        **_tiny_dims(32),
         max_position_embeddings=512,
         pad_token_id=0,
     )
@@ -444,6 +436,55 @@ def build_tiny_text_reranker(out: Path) -> Path:
         CrossEncoder(raw, device="cpu").save(str(out))
     _warn_in_card(out)
     return out
+
+
+def _tiny_bert_tokenizer() -> Any:
+    """A WordPiece tokenizer over printable ASCII characters and a few words (``vocab=``: transformers 5 maps
+    everything to ``[UNK]`` with ``vocab_file=``)."""
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    words = ["a", "the", "is", "of", "and", "in", "on", "to", "cat", "dog", "car", "red", "blue", "photo"]
+    tokens = list(dict.fromkeys([*specials, *chars, *("##" + c for c in chars), *words]))
+    return BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+
+
+TEXT_EMBEDDER_PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
+def build_tiny_text_embedder(out: Path) -> Path:
+    """Build a tiny random BERT SentenceTransformer (text only, 24-d, mean pooling, normalized, ``query: `` /
+    ``passage: `` prompts) at ``out``: the text-only model beside the tiny CLIP in multi-model tests."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from transformers import BertConfig, BertModel
+
+    out = Path(out)
+    tokenizer = _tiny_bert_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        **_tiny_dims(24),
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    torch.manual_seed(SEED)
+    model = BertModel(config).eval()
+    with tempfile.TemporaryDirectory() as raw:
+        model.save_pretrained(raw)
+        tokenizer.save_pretrained(raw)
+        transformer = Transformer(raw, max_seq_length=128)
+        modules = [transformer, Pooling(transformer.get_embedding_dimension(), "mean"), Normalize()]
+        SentenceTransformer(modules=modules, prompts=dict(TEXT_EMBEDDER_PROMPTS), device="cpu").save(str(out))
+    _warn_in_card(out)
+    return out
+
+
+def _tiny_dims(hidden: int) -> dict[str, int]:
+    """The size of the tiny BERT and wav2vec2 encoders: two layers of two heads, ``hidden`` wide."""
+    return {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
 def _warn_in_card(out: Path) -> None:
@@ -504,6 +545,14 @@ def ensure_tiny_models(root: Path) -> TinyModels:
         text_reranker=_ensure(root, "text_reranker", build_tiny_text_reranker),
         vlm_embedder=_ensure(root, "vlm_embedder", build_tiny_vlm_embedder),
     )
+
+
+def ensure_tiny_text_embedder(root: Path) -> Path:
+    """Build the tiny text-only embedder (:func:`build_tiny_text_embedder`) under ``root`` once and return its
+    path (beside :func:`ensure_tiny_models`' models)."""
+    root = Path(root) / f"v{TINY_FORMAT}"
+    root.mkdir(parents=True, exist_ok=True)
+    return _ensure(root, "text_embedder", build_tiny_text_embedder)
 
 
 @dataclass(frozen=True)

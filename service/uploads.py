@@ -27,6 +27,7 @@ class UploadForm:
     dimensions: int | None
     normalize: bool
     encoding_format: EncodingFormat
+    model: str | None = None
 
 
 async def read_upload_form(request: Request, settings: Settings) -> UploadForm:
@@ -59,10 +60,11 @@ async def read_upload_form(request: Request, settings: Settings) -> UploadForm:
         dimensions=options.dimensions,
         normalize=options.normalize,
         encoding_format=options.encoding_format,
+        model=options.model,
     )
 
 
-OPTIONS = ("input_type", "dimensions", "normalize", "encoding_format")
+OPTIONS = ("input_type", "dimensions", "normalize", "encoding_format", "model")
 """The ``/encode`` options an upload takes as form fields (an empty field: the default)."""
 
 

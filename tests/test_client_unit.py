@@ -446,6 +446,22 @@ def test_encode_requests_base64_and_decodes_it(monkeypatch: Any) -> None:
     assert res.model == "tiny" and res.dimensions == 3 and len(res) == 2
     for got, want in zip(res.embeddings, vectors, strict=True):
         assert got == pytest.approx(want, rel=1e-6)
+    with _client(handler) as client:
+        client.encode_document("a", model="wiki")
+    assert seen["body"]["model"] == "wiki" and seen["body"]["input_type"] == "document"
+
+
+def test_rerank_sends_model_only_when_given() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={"results": [{"index": 0, "relevance_score": 0.5}], "model": "ce"})
+
+    with _client(handler) as client:
+        client.rerank("q", ["d"])
+        client.rerank("q", ["d"], model="ce")
+    assert "model" not in seen[0] and seen[1]["model"] == "ce"
 
 
 def test_constructor_settings_from_env(monkeypatch: Any) -> None:

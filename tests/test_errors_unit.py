@@ -12,6 +12,7 @@ from service.errors import ApiError, ErrorShapeMiddleware, Family, family_for_pa
 def test_family_by_route() -> None:
     assert family_for_path("/v1/embeddings") is Family.OPENAI
     assert family_for_path("/v1/embeddings/") is Family.OPENAI
+    assert family_for_path("/v1/models") is Family.OPENAI and family_for_path("/v1/models/org/name") is Family.OPENAI
     assert family_for_path("/v1/rerank") is Family.COHERE and family_for_path("/v2/rerank") is Family.COHERE
     assert family_for_path("/search") is Family.NATIVE and family_for_path("/upload/encode") is Family.NATIVE
 

@@ -141,8 +141,8 @@ def test_start_up_refuses_models_over_budget_and_repository_files(
     tiny_models,  # type: ignore[no-untyped-def]
     refusal: str,
 ) -> None:
-    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB`` (a model of ~2.2 MB against 1 MB) and ``MMSEARCH_MODELS`` (not served
-    yet, issue #23) stop the Embedder with one line, before any weights load."""
+    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB`` (a model of ~2.2 MB against 1 MB) and an invalid ``MMSEARCH_MODELS`` file
+    (two defaults) stop the Embedder with one line, before any weights load."""
     from tests.test_model_memory import padded
 
     if refusal == "budget":
@@ -150,9 +150,10 @@ def test_start_up_refuses_models_over_budget_and_repository_files(
         env = {"MMSEARCH_EMBEDDER_MODEL": str(big), "MMSEARCH_MODEL_MEMORY_BUDGET_MB": "1"}
         says = "MMSEARCH_MODEL_MEMORY_BUDGET_MB=1 is exceeded: 2.24 MB of weights for the Embedder's models (clip:"
     else:
-        (tmp_path / "models.yaml").write_text(f"embedders:\n  clip: {{source: {tiny_models.clip}}}\n")
+        entry = f"{{source: {tiny_models.clip}, default: true}}"
+        (tmp_path / "models.yaml").write_text(f"embedders:\n  clip: {entry}\n  again: {entry}\n")
         env = {"MMSEARCH_MODELS": str(tmp_path / "models.yaml")}
-        says = "several models per service are not served yet (issue #23)"
+        says = "invalid model repository: embedders: exactly one model may be the default, got clip, again"
     status, log = run_until_exit(tmp_path / "server", "service.embedder:Embedder", **env)
     assert status != 0
     lines = [line for line in log.splitlines() if says in line]

@@ -28,7 +28,6 @@ from service.model_repository import (
     one_model_repository,
     openai_models_list,
 )
-from service.models import ModelLoadError, load_embedder
 from tests.test_model_settings import _no_mmsearch_env  # noqa: F401 (autouse: no MMSEARCH_* of the shell)
 
 TWO_EMBEDDERS = """
@@ -219,12 +218,6 @@ def test_the_file_and_single_model_variables_exclude_each_other(
     assert str(e.value).startswith(
         f"MMSEARCH_MODELS={path} and MMSEARCH_EMBEDDER_MODEL, MMSEARCH_RERANKER_MODEL_KWARGS are both set"
     )
-
-
-def test_services_refuse_a_file_until_they_serve_it(tmp_path: Path) -> None:
-    """Serving the single-model variables' model while a repository file is set would serve the wrong models."""
-    with pytest.raises(ModelLoadError, match="several models per service are not served yet"):
-        load_embedder(settings(models=write(tmp_path, TWO_EMBEDDERS)))
 
 
 # ------------------------------------------------------------------------------------------ the one-model case

@@ -48,15 +48,17 @@ def test_defaults_and_options(client: TestClient) -> None:
         "dimensions": None,
         "normalize": True,
         "encoding_format": "float",
+        "model": None,
         "sizes": [10],
     }
     opts = {"input_type": "query", "dimensions": "8", "normalize": "false", "encoding_format": "base64", "text": "a"}
-    got = _post(client, opts).json()
-    assert (got["input_type"], got["dimensions"], got["normalize"], got["encoding_format"]) == (
+    got = _post(client, {**opts, "model": "wiki"}).json()
+    assert (got["input_type"], got["dimensions"], got["normalize"], got["encoding_format"], got["model"]) == (
         "query",
         8,
         False,
         "base64",
+        "wiki",
     )
     assert got["texts"] == ["a"]
     assert _post(client, {"dimensions": ""}).json()["dimensions"] is None  # an empty field: the default

@@ -383,6 +383,7 @@ class BaseClient(Generic[HttpT]):
         input_type: InputType,
         normalize: bool,
         dimensions: int | None,
+        model: str | None = None,
     ) -> RequestSpec[EncodeResult]:
         body: dict[str, Any] = {
             "inputs": [item_to_json(i) for i in to_items(inputs)],
@@ -392,10 +393,17 @@ class BaseClient(Generic[HttpT]):
         }
         if dimensions is not None:
             body["dimensions"] = dimensions
+        if model is not None:
+            body["model"] = model
         return RequestSpec("POST", "/encode", body, _parse_encode)
 
     def _rerank_spec(
-        self, query: InputLike, documents: Sequence[InputLike], top_n: int | None, return_documents: bool
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        top_n: int | None,
+        return_documents: bool,
+        model: str | None = None,
     ) -> RequestSpec[RerankResponse]:
         if isinstance(documents, str):
             raise TypeError("documents must be a list (a str is one text document: wrap it in a list)")
@@ -406,6 +414,8 @@ class BaseClient(Generic[HttpT]):
         }
         if top_n is not None:
             body["top_n"] = top_n
+        if model is not None:
+            body["model"] = model
         return RequestSpec("POST", "/rerank", body, _model(RerankResponse))
 
     def _upsert_spec(

@@ -116,21 +116,33 @@ class Client(BaseClient[httpx.Client]):
         input_type: InputType = "document",
         normalize: bool = True,
         dimensions: int | None = None,
+        model: str | None = None,
     ) -> EncodeResult:
-        """Embed texts, images and text+image pairs (``str`` is always text). Vectors come back in order."""
-        return self._run(self._encode_spec(inputs, input_type, normalize, dimensions))
+        """Embed texts, images and text+image pairs (``str`` is always text). Vectors come back in order.
+        ``model``: one of the served embedders (``/v1/models``); default: the default model."""
+        return self._run(self._encode_spec(inputs, input_type, normalize, dimensions, model))
 
     def encode_query(
-        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        model: str | None = None,
     ) -> EncodeResult:
         """``encode`` with the query prompt (for search queries)."""
-        return self.encode(inputs, input_type="query", normalize=normalize, dimensions=dimensions)
+        return self.encode(inputs, input_type="query", normalize=normalize, dimensions=dimensions, model=model)
 
     def encode_document(
-        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        model: str | None = None,
     ) -> EncodeResult:
         """``encode`` with the document prompt (for indexed content)."""
-        return self.encode(inputs, input_type="document", normalize=normalize, dimensions=dimensions)
+        return self.encode(inputs, input_type="document", normalize=normalize, dimensions=dimensions, model=model)
 
     def rerank(
         self,
@@ -139,9 +151,11 @@ class Client(BaseClient[httpx.Client]):
         *,
         top_n: int | None = None,
         return_documents: bool = False,
+        model: str | None = None,
     ) -> RerankResponse:
-        """Score ``documents`` against ``query``; results are sorted by ``relevance_score``, best first."""
-        return self._run(self._rerank_spec(query, documents, top_n, return_documents))
+        """Score ``documents`` against ``query``; results are sorted by ``relevance_score``, best first.
+        ``model``: one of the served rerankers; default: the default model."""
+        return self._run(self._rerank_spec(query, documents, top_n, return_documents, model))
 
     # ----------------------------------------------------------------------------------------------- index
     def upsert(
@@ -359,21 +373,33 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         input_type: InputType = "document",
         normalize: bool = True,
         dimensions: int | None = None,
+        model: str | None = None,
     ) -> EncodeResult:
-        """Embed texts, images and text+image pairs (``str`` is always text). Vectors come back in order."""
-        return await self._run(self._encode_spec(inputs, input_type, normalize, dimensions))
+        """Embed texts, images and text+image pairs (``str`` is always text). Vectors come back in order.
+        ``model``: one of the served embedders (``/v1/models``); default: the default model."""
+        return await self._run(self._encode_spec(inputs, input_type, normalize, dimensions, model))
 
     async def encode_query(
-        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        model: str | None = None,
     ) -> EncodeResult:
         """``encode`` with the query prompt (for search queries)."""
-        return await self.encode(inputs, input_type="query", normalize=normalize, dimensions=dimensions)
+        return await self.encode(inputs, input_type="query", normalize=normalize, dimensions=dimensions, model=model)
 
     async def encode_document(
-        self, inputs: InputLike | Sequence[InputLike], *, normalize: bool = True, dimensions: int | None = None
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        model: str | None = None,
     ) -> EncodeResult:
         """``encode`` with the document prompt (for indexed content)."""
-        return await self.encode(inputs, input_type="document", normalize=normalize, dimensions=dimensions)
+        return await self.encode(inputs, input_type="document", normalize=normalize, dimensions=dimensions, model=model)
 
     async def rerank(
         self,
@@ -382,9 +408,11 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         *,
         top_n: int | None = None,
         return_documents: bool = False,
+        model: str | None = None,
     ) -> RerankResponse:
-        """Score ``documents`` against ``query``; results are sorted by ``relevance_score``, best first."""
-        return await self._run(self._rerank_spec(query, documents, top_n, return_documents))
+        """Score ``documents`` against ``query``; results are sorted by ``relevance_score``, best first.
+        ``model``: one of the served rerankers; default: the default model."""
+        return await self._run(self._rerank_spec(query, documents, top_n, return_documents, model))
 
     # ----------------------------------------------------------------------------------------------- index
     async def upsert(

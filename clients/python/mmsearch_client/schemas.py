@@ -120,6 +120,7 @@ class EncodeRequest(BaseModel):
     dimensions: int | None = Field(default=None, ge=1, description="Truncate (Matryoshka) to this many dims.")
     encoding_format: EncodingFormat = "float"
     timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds (504 after).")
+    model: str | None = Field(default=None, description="The served embedder to use (default: the default model).")
 
 
 class EncodeResponse(BaseModel):
@@ -138,6 +139,7 @@ class RerankRequest(BaseModel):
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     timeout: float | None = Field(default=None, ge=0.0001, le=600, description="Deadline in seconds (504 after).")
+    model: str | None = Field(default=None, description="The served reranker to use (default: the default model).")
 
 
 class RerankResult(BaseModel):
