@@ -41,7 +41,7 @@ class Item(BaseModel):
     video: str | None = None
     t0: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """With ``audio`` or ``video``: encode only the clip's time range from ``t0`` to ``t1`` seconds (a segment)."""
-    t1: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    t1: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # > t0 (checked below); not gt: OpenAPI 3.0
 
     @field_validator("audio", "video")
     @classmethod
