@@ -315,3 +315,14 @@ def test_av_decode(out: Path) -> None:
     assert all(positive(p["clips_per_s"]) and positive(p["media_s_per_s"]) for p in points.values())
     assert points[("video h264 320x180 30fps", 1)]["frames_out"] == [2, 180, 320, 3]  # 1 s at 2 fps
     assert points[("audio mp3 44.1k stereo", 1)]["samples_out"] == [32_000]  # 2 s at 16 kHz mono
+
+
+def test_idle_model(out: Path) -> None:
+    from bench import idle_model
+
+    idle_model.main(["--tiny", "--out", str(out)])
+    body = load(out / "idle_model-tiny.json")
+    for setup in ("alone", "with-idle"):
+        (r,) = body["setups"][setup]["rounds"]
+        assert positive(r["rps"]) and positive(r["p50_ms"]) and r["errors"] == 0, (setup, r)
+    assert positive(body["ratio"]) and "met" in body["goal"]
