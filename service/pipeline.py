@@ -50,7 +50,7 @@ from mmsearch_client.schemas import (
     as_item,
 )
 
-from service import balance, calibration, mediagc
+from service import balance, bindings, calibration, mediagc
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, Loc, unprocessable
@@ -258,6 +258,35 @@ class SearchPipeline:
             known = self._dimensions[name] = (info.dimension, info.model)
         return known
 
+    async def _binding(self, collection: str, requested: str | None, *, refresh: bool = False) -> bindings.Binding:
+        """The model an upsert into ``collection`` embeds with: the collection's own, else the requested one."""
+        info = await self.embedder_info(refresh=refresh)
+        if refresh:
+            self._dimensions.pop(collection, None)
+        try:
+            held: tuple[int, str] | None = await self._collection(collection)
+        except ApiError as e:
+            if e.code != "collection_not_found":
+                raise
+            held = None
+        return bindings.choose(info, collection, held, requested)
+
+    async def _rebind(self, req: UpsertRequest, bound: bindings.Binding, embedded: Embeddings) -> bindings.Binding:
+        """The Embedder answered with another model than the binding's (replaced behind Search): a new collection
+        takes the model that answered, if /info now says so; an existing one keeps its own (409)."""
+        answered = (embedded.model, embedded.vectors.shape[1])
+        if not bound.new:
+            self.embedder_info_stale()
+            raise bindings.mismatch(req.collection, bound.name, embedded.model, answered=True)
+        bound = await self._binding(req.collection, req.model, refresh=True)
+        if answered != (bound.name, bound.dimension):
+            raise ApiError(503, "embedder_changed", "the embedder changed model during the request", retry_after=1)
+        return bound
+
+    def embedder_info_stale(self) -> None:
+        """Ask the Embedder's /info again next time (it answered with a model /info did not list)."""
+        self._embedder_info = None
+
     def _lock(self, collection: str) -> asyncio.Lock:
         return self._write_locks.setdefault(collection, asyncio.Lock())
 
@@ -265,20 +294,18 @@ class SearchPipeline:
     async def upsert(self, req: UpsertRequest) -> UpsertResponse:
         """Embed (document prompt) and store documents; an existing id is replaced."""
         self._check_upsert(req)
-        info = await self.embedder_info()
-        dim, model = int(info["dimension"]), str(info["model"])
+        bound = await self._binding(req.collection, req.model)
+        dim, model = bound.dimension, bound.name
         batch = [IngestDoc(i, d) for i, d in enumerate(req.documents)]
         self._take_supplied_embeddings(batch, dim, model)
         await self._store_media(batch)
         await self._read_text(batch)
-        embedded = await self._embed_documents(batch, self.text_only_embedder(info), model, dim)
+        embedded = await self._embed_documents(batch, bound.text_only, model, dim)
         if embedded is not None and (embedded.model, embedded.vectors.shape[1]) != (model, dim):
-            info = await self.embedder_info(refresh=True)  # the Embedder was replaced by another model
-            dim, model = int(info["dimension"]), str(info["model"])
-            if (embedded.model, embedded.vectors.shape[1]) != (model, dim):
-                raise ApiError(503, "embedder_changed", "the embedder changed model during the request", retry_after=1)
+            bound = await self._rebind(req, bound, embedded)  # the Embedder was replaced by another model
+            dim, model = bound.dimension, bound.name
             self._take_supplied_embeddings(batch, dim, model)
-        await self._write(req.collection, batch, dim, model)
+        await self._write(req.collection, batch, dim, model, bound.revision if bound.new else None)
         self.schedule_media_gc()  # a replaced document may have left its old image unreferenced
         read = [d.ocr for d in batch if d.ocr is not None]
         return UpsertResponse(
@@ -363,7 +390,7 @@ class SearchPipeline:
         if not send:
             return None
         try:
-            out = await self.embedder.encode([items[i] for i in send], "document", None)
+            out = await self.embedder.encode([items[i] for i in send], "document", None, model)
         except ApiError as e:
             raise remap_inputs(e, [todo[i].position for i in send], "documents") from None
         by_key = {keys[i]: v for i, v in zip(send, out.vectors, strict=True)}
@@ -417,7 +444,10 @@ class SearchPipeline:
             image = str(d.doc.image)
             d.source = image if image[:8].lower().startswith(("http://", "https://")) else None
 
-    async def _write(self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str) -> None:
+    async def _write(
+        self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str, revision: str | None = None
+    ) -> None:
+        """``revision``: the model's, recorded with the collection when this write creates it."""
         stored = [
             index_base.IndexRecord(
                 id=d.doc.id,
@@ -433,6 +463,8 @@ class SearchPipeline:
         ]
         async with self._lock(collection):
             await self.in_thread(self.index.ensure_collection, collection, dim, model)
+            if revision is not None:
+                await self.in_thread(bindings.record_revision, self.index, collection, revision)
             await self.gate.background_turn("index")
             self.forget_statistics(collection)
             await self.in_thread(self.index.upsert, collection, stored)
@@ -517,14 +549,16 @@ class SearchPipeline:
         for c in infos:
             try:
                 calib = await self.collection_calibration(c.name)
+                revision = await self.in_thread(bindings.read_revision, self.index, c.name)
             except ApiError:
-                calib = None  # dropped meanwhile
+                calib, revision = None, None  # dropped meanwhile
             out.append(
                 CollectionInfo(
                     name=c.name,
                     count=c.count,
                     dimension=c.dimension,
                     model=c.model,
+                    revision=revision,
                     calibration=calib.describe() if calib is not None else None,
                 )
             )
@@ -561,12 +595,12 @@ class SearchPipeline:
 
     async def _search(self, run: SearchRun) -> SearchResponse:
         req = run.req
-        await self.collection_dimension(req.collection)  # 404 before any model work
-        text_only = self.text_only_embedder(await self.embedder_info())
+        _, model = await self._collection(req.collection)  # 404 before any model work
+        text_only = bindings.text_only(await self.embedder_info(), model)
         await self._read_query(run, text_only)
         run.mark("read")
         mode = await self.in_thread(choose_mode, req.mode, self.index, req.collection, run.text)
-        qvec = None if mode == "keyword" else await self._embed_query(run, text_only)
+        qvec = None if mode == "keyword" else await self._embed_query(run, text_only, model)
         run.mark("embed")
         hits = await self._retrieve(run, mode, qvec)
         run.mark("retrieve")
@@ -583,6 +617,8 @@ class SearchPipeline:
             balanced=run.balanced,
             timings_ms=timings,
             warnings=run.warnings,
+            collection=req.collection,
+            model=model,
         )
 
     async def _read_query(self, run: SearchRun, text_only: bool) -> None:
@@ -600,7 +636,8 @@ class SearchPipeline:
             raise remap_inputs(e, [0], "query", single=True) from None
         run.text = index_base.keyword_text(query.text, pages[0].text)
 
-    async def _embed_query(self, run: SearchRun, text_only: bool) -> np.ndarray:
+    async def _embed_query(self, run: SearchRun, text_only: bool, model: str) -> np.ndarray:
+        """The query's vector by ``model`` (its collection's)."""
         item = run.query
         if text_only and item.image is not None and self.reader.enabled:
             if not run.text:
@@ -613,7 +650,7 @@ class SearchPipeline:
                 )
             item = Item(text=run.text)
         try:
-            out = await self.embedder.encode([item], "query", run.remaining())
+            out = await self.embedder.encode([item], "query", run.remaining(), model)
         except ApiError as e:
             raise remap_inputs(e, [0], "query", single=True) from None
         qvec: np.ndarray = out.vectors[0]
@@ -774,9 +811,10 @@ class SearchPipeline:
     async def embed_query(self, req: SearchRequest) -> np.ndarray:
         """A query's vector as ``/search`` computes it (its image's text read first when the embedder needs it)."""
         run = SearchRun(req, as_item(req.query), None, self.clock)
-        text_only = self.text_only_embedder(await self.embedder_info())
+        _, model = await self._collection(req.collection)
+        text_only = bindings.text_only(await self.embedder_info(), model)
         await self._read_query(run, text_only)
-        return await self._embed_query(run, text_only)
+        return await self._embed_query(run, text_only, model)
 
     async def modality_stats(self, collection: str) -> dict[str, balance.GroupStats]:
         """Each modality's document count and vector sample (``service.balance``), reused for

@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import calibrator, lifecycle
+from service import bindings, calibrator, lifecycle
 from service.bento_options import search_service_options, validated
 from service.breaker import CircuitBreaker
 from service.compat import (
@@ -193,7 +193,8 @@ class Search:
     @bentoml.api(route="/upsert", input_spec=UpsertRequest)
     @handle_api_errors
     async def upsert(self, **kw: Any) -> UpsertResponse:
-        """Embed (document prompt) and store documents; an existing id is replaced."""
+        """Embed (document prompt) and store documents; an existing id is replaced. A new collection is bound to
+        ``model`` (default: the Embedder's default model), an existing one embeds with its own."""
         return await self.pipeline.upsert(validated(UpsertRequest, kw))
 
     @bentoml.api(route="/delete", input_spec=DeleteRequest)
@@ -330,7 +331,7 @@ class Search:
     async def info(self) -> dict[str, Any]:
         """Index backend and limits, and every dependency: its own /info (models, loading options) or why it is
         unavailable, with the state of its circuit breaker; OCR, keyword search and which path each modality
-        takes (``modality_paths``)."""
+        takes (``modality_paths``); every collection with the model it is bound to (``collections``)."""
         deps: dict[str, dict[str, Any]] = {}
         for stage, dep in (("embedder", self.embedder), ("reranker", self.reranker), ("reader", self.reader)):
             try:
@@ -341,12 +342,17 @@ class Search:
                 meta["available"] = True
             meta["circuit"] = self.breakers[stage].snapshot()
             deps[stage] = meta
+        try:
+            collections = bindings.describe(await self.pipeline.in_thread(self.index.list_collections))
+        except ApiError:
+            collections = None  # the storage is faulty: /info still answers
         return {
             "service": "Search",
             **deps,
             **self.pipeline.describe(deps["embedder"].get("modalities") or []),
             "index_uri_kind": type(self.index).__name__,
             "max_candidates": self.settings.max_candidates,
+            "collections": collections,
         }
 
 

@@ -254,33 +254,75 @@ def test_reranker_models_info_and_metrics(reranker: BentoServer) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- Search
-def test_search_uses_the_default_models(
-    tmp_path_factory: pytest.TempPathFactory, embedder: BentoServer, reranker: BentoServer, local: dict[str, Any]
-) -> None:
-    """Search, unchanged, wired to the two multi-model services by URL: collections get the default embedder
-    (CLIP, 16-d), searches are reranked by the default reranker, ``/encode`` through Search forwards ``model``,
-    and Search's ``/v1/models`` lists both services' models."""
+@pytest.fixture(scope="module")
+def search(
+    tmp_path_factory: pytest.TempPathFactory, embedder: BentoServer, reranker: BentoServer
+) -> Iterator[BentoServer]:
+    """One Search wired to the two multi-model services by URL (each test uses its own collections)."""
     urls = {"MMSEARCH_EMBEDDER_URL": embedder.url, "MMSEARCH_RERANKER_URL": reranker.url, "MMSEARCH_OCR": "off"}
-    for search in serve_wired_search(tmp_path_factory.mktemp("multi-search"), urls):
-        docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
-        up = post(search, "/upsert", {"collection": "c", "documents": docs})
-        assert up.status_code == 200, up.text
-        found = post(search, "/search", {"collection": "c", "query": "red square", "top_k": 2, "rerank": True})
+    yield from serve_wired_search(tmp_path_factory.mktemp("multi-search"), urls)
+
+
+def test_search_uses_the_default_models(search: BentoServer, local: dict[str, Any]) -> None:
+    """Search wired to the two multi-model services by URL: a collection created without ``model`` gets the
+    default embedder (CLIP, 16-d), searches are reranked by the default reranker, ``/encode`` through Search
+    forwards ``model``, and Search's ``/v1/models`` lists both services' models."""
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    up = post(search, "/upsert", {"collection": "c", "documents": docs})
+    assert up.status_code == 200, up.text
+    found = post(search, "/search", {"collection": "c", "query": "red square", "top_k": 2, "rerank": True})
+    assert found.status_code == 200, found.text
+    hits = found.json()["hits"]
+    assert found.json()["reranked"] is True and len(hits) == 2, found.text
+    by_id = {d["id"]: d["text"] for d in docs}
+    want = local["text-rerank"].predict([("red square", by_id[h["id"]]) for h in hits], convert_to_numpy=True)
+    assert np.abs(np.asarray([h["score"] for h in hits]) - want).max() <= TOL
+    (col,) = [c for c in post(search, "/collections", {}).json()["collections"] if c["name"] == "c"]
+    assert (col["model"], col["dimension"]) == ("clip", 16)
+    via = post(search, "/encode", {"inputs": ["x"], "model": "wiki"})
+    assert via.status_code == 200 and via.json()["model"] == "wiki" and via.json()["dimensions"] == 24, via.text
+    missing = post(search, "/encode", {"inputs": ["x"], "model": "nope"})
+    assert missing.status_code == 404 and missing.json()["code"] == "model_not_found", missing.text
+    client = openai.OpenAI(api_key="none", base_url=f"{search.url}/v1")
+    assert [m.id for m in client.models.list().data] == ["clip", "wiki", "vlm-rerank", "text-rerank"]
+    assert client.models.retrieve("text-rerank").id == "text-rerank"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("nope")
+    assert e.value.code == "model_not_found"
+
+
+def test_two_collections_on_two_models_in_one_search(search: BentoServer, local: dict[str, Any]) -> None:
+    """Collections bound to their model: ``screens`` on the default CLIP (16-d), ``pages`` on the text model
+    (24-d), the same texts in both. Each stores its model's vectors (parity with in-process sentence-transformers),
+    each search embeds the query with its collection's model (the top hit's score is the cosine of the two local
+    vectors) and says which collection and model answered; later upserts keep the collection's model, naming another
+    is a 409 naming both, an unknown model is a 404; /collections and /info show each collection's model."""
+    docs = [{"id": f"p{i}", "text": t} for i, t in enumerate(TEXTS)]
+    assert post(search, "/upsert", {"collection": "screens", "documents": docs}).status_code == 200
+    up = post(search, "/upsert", {"collection": "pages", "documents": docs, "model": "wiki"})
+    assert up.status_code == 200, up.text
+    cols = {c["name"]: c for c in post(search, "/collections", {}).json()["collections"]}
+    assert (cols["screens"]["model"], cols["screens"]["dimension"]) == ("clip", 16)
+    assert (cols["pages"]["model"], cols["pages"]["dimension"]) == ("wiki", 24)
+    info = {c["name"]: c["model"] for c in post(search, "/info", {}).json()["collections"]}
+    assert (info["screens"], info["pages"]) == ("clip", "wiki")
+    for name, model in (("screens", "clip"), ("pages", "wiki")):
+        got = post(search, "/get", {"collection": name, "ids": ["p1"], "include_embedding": True}).json()
+        stored = np.asarray(got["documents"][0]["embedding"])
+        want = encode_local(local[model], [TEXTS[1]], "document")[0]
+        assert np.abs(stored - want).max() <= TOL, name
+        found = post(search, "/search", {"collection": name, "query": TEXTS[1], "rerank": False, "mode": "vector"})
         assert found.status_code == 200, found.text
-        hits = found.json()["hits"]
-        assert found.json()["reranked"] is True and len(hits) == 2, found.text
-        by_id = {d["id"]: d["text"] for d in docs}
-        want = local["text-rerank"].predict([("red square", by_id[h["id"]]) for h in hits], convert_to_numpy=True)
-        assert np.abs(np.asarray([h["score"] for h in hits]) - want).max() <= TOL
-        (col,) = post(search, "/collections", {}).json()["collections"]
-        assert (col["model"], col["dimension"]) == ("clip", 16)
-        via = post(search, "/encode", {"inputs": ["x"], "model": "wiki"})
-        assert via.status_code == 200 and via.json()["model"] == "wiki" and via.json()["dimensions"] == 24, via.text
-        missing = post(search, "/encode", {"inputs": ["x"], "model": "nope"})
-        assert missing.status_code == 404 and missing.json()["code"] == "model_not_found", missing.text
-        client = openai.OpenAI(api_key="none", base_url=f"{search.url}/v1")
-        assert [m.id for m in client.models.list().data] == ["clip", "wiki", "vlm-rerank", "text-rerank"]
-        assert client.models.retrieve("text-rerank").id == "text-rerank"
-        with pytest.raises(openai.NotFoundError) as e:
-            client.models.retrieve("nope")
-        assert e.value.code == "model_not_found"
+        body = found.json()
+        assert (body["collection"], body["model"]) == (name, model)
+        q = encode_local(local[model], [TEXTS[1]], "query")[0]
+        assert body["hits"][0]["id"] == "p1" and abs(body["hits"][0]["score"] - float(q @ want)) <= 1e-4, name
+    again = post(search, "/upsert", {"collection": "pages", "documents": [{"id": "n", "text": "new page"}]})
+    assert again.status_code == 200, again.text
+    new = post(search, "/get", {"collection": "pages", "ids": ["n"], "include_embedding": True}).json()
+    assert len(new["documents"][0]["embedding"]) == 24
+    refused = post(search, "/upsert", {"collection": "pages", "documents": docs[:1], "model": "clip"})
+    assert refused.status_code == 409 and refused.json()["code"] == "collection_mismatch", refused.text
+    assert "'wiki'" in refused.json()["error"] and "'clip'" in refused.json()["error"], refused.text
+    unknown = post(search, "/upsert", {"collection": "other", "documents": docs[:1], "model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found", unknown.text

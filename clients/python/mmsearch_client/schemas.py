@@ -220,6 +220,12 @@ class UpsertRequest(BaseModel):
 
     collection: CollectionName = "default"
     documents: list[UpsertDocument] = Field(min_length=1)
+    model: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The embedder a new collection is bound to (default: the Embedder's default model); for an "
+        "existing collection it must be the one the collection holds (409 collection_mismatch otherwise).",
+    )
 
 
 class UpsertResponse(BaseModel):
@@ -365,6 +371,9 @@ class CollectionInfo(BaseModel):
     count: int
     dimension: int
     model: str
+    """The embedder the collection is bound to: every upsert and search embeds with it."""
+    revision: str | None = None
+    """The model's revision when the collection was created (when the Embedder's /info gave one)."""
     calibration: CalibrationInfo | None = None
     """Set when the collection is calibrated (``POST /calibrate``)."""
 
@@ -485,3 +494,7 @@ class SearchResponse(BaseModel):
     collection)."""
     timings_ms: SearchTimings
     warnings: list[SearchWarning] = Field(default_factory=list)
+    collection: str | None = None
+    """The collection that answered (an alias resolved to its collection)."""
+    model: str | None = None
+    """The embedder that collection is bound to (the query was embedded with it)."""
