@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import functools
 import logging
 import math
@@ -37,6 +38,8 @@ from mmsearch_client.schemas import (
     Evidence,
     GetRequest,
     GetResponse,
+    IdsRequest,
+    IdsResponse,
     Item,
     SearchHit,
     SearchRequest,
@@ -51,6 +54,7 @@ from mmsearch_client.schemas import (
 )
 
 from service import balance, bindings, calibration, mediagc
+from service.aliases import ALIASES_COLLECTION, AliasStore
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, Loc, unprocessable
@@ -163,6 +167,7 @@ class SearchPipeline:
         self.reranker = reranker
         self.reader = TextReader(reader)
         self.index = index
+        self.aliases = AliasStore(index)
         self.media = media
         self.loader = loader  # validates inline images that skip the embedder
         self.gate = gate  # ingest work (storing images, index writes) yields to in-flight searches
@@ -287,6 +292,10 @@ class SearchPipeline:
         """Ask the Embedder's /info again next time (it answered with a model /info did not list)."""
         self._embedder_info = None
 
+    async def resolve(self, name: str) -> str:
+        """The collection a request's ``collection`` names: an alias's target, else the name itself."""
+        return await self.in_thread(self.aliases.resolve, name)
+
     def _lock(self, collection: str) -> asyncio.Lock:
         return self._write_locks.setdefault(collection, asyncio.Lock())
 
@@ -294,6 +303,7 @@ class SearchPipeline:
     async def upsert(self, req: UpsertRequest) -> UpsertResponse:
         """Embed (document prompt) and store documents; an existing id is replaced."""
         self._check_upsert(req)
+        req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         bound = await self._binding(req.collection, req.model)
         dim, model = bound.dimension, bound.name
         batch = [IngestDoc(i, d) for i, d in enumerate(req.documents)]
@@ -473,6 +483,7 @@ class SearchPipeline:
     async def delete(self, req: DeleteRequest) -> DeleteResponse:
         """Delete documents by id; ``deleted`` counts those that existed."""
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
+        req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         async with self._lock(req.collection):
             n = await self.in_thread(self.index.delete, req.collection, req.ids)
             self.forget_statistics(req.collection)
@@ -481,7 +492,8 @@ class SearchPipeline:
         return DeleteResponse(collection=req.collection, deleted=n)
 
     async def drop(self, req: DropRequest) -> DropResponse:
-        """Drop a collection (404 if it does not exist)."""
+        """Drop a collection (404 if it does not exist; 409 while an alias points at it)."""
+        await self.in_thread(self.aliases.check_droppable, req.collection)
         async with self._lock(req.collection):
             self._dimensions.pop(req.collection, None)
             self.forget_statistics(req.collection)
@@ -496,6 +508,7 @@ class SearchPipeline:
     async def get(self, req: GetRequest) -> GetResponse:
         """Documents by id, in the order asked (missing ids are skipped)."""
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
+        req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         found = await self.in_thread(self.index.get, req.collection, req.ids)
         return GetResponse(
             collection=req.collection,
@@ -512,6 +525,15 @@ class SearchPipeline:
                 for d in found
             ],
         )
+
+    async def ids(self, req: IdsRequest) -> IdsResponse:
+        """A page of the collection's ids in id order (each page lists the collection again: a reindex's reads)."""
+        name = await self.resolve(req.collection)
+        every = await self.in_thread(self.index.ids, name)
+        start = bisect.bisect_right(every, req.after) if req.after is not None else 0
+        page = every[start : start + req.limit]
+        more = start + req.limit < len(every)
+        return IdsResponse(collection=name, ids=page, next=page[-1] if more and page else None)
 
     def schedule_media_gc(self) -> None:
         """Collect unreferenced media in the background (``service.mediagc``), at most once per
@@ -547,6 +569,8 @@ class SearchPipeline:
         infos = await self.in_thread(self.index.list_collections)
         out = []
         for c in infos:
+            if c.name == ALIASES_COLLECTION:
+                continue
             try:
                 calib = await self.collection_calibration(c.name)
                 revision = await self.in_thread(bindings.read_revision, self.index, c.name)
@@ -584,8 +608,10 @@ class SearchPipeline:
         ``req.timeout`` bounds the whole search (504); its deadline also travels to the model services.
         """
         self.check_search(req)
+        update: dict[str, Any] = {"collection": await self.resolve(req.collection)}  # once: one collection answers
         if req.top_k > req.candidates:  # the shortlist is never smaller than the answer
-            req = req.model_copy(update={"candidates": req.top_k})
+            update["candidates"] = req.top_k
+        req = req.model_copy(update=update)
         deadline = time.monotonic() + req.timeout if req.timeout else None
         try:
             async with asyncio.timeout(req.timeout), self.gate.interactive():

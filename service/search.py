@@ -16,6 +16,12 @@ from typing import Any, TypeVar
 
 import bentoml
 from mmsearch_client.schemas import (
+    AliasDeleteRequest,
+    AliasDeleteResponse,
+    AliasesResponse,
+    AliasInfo,
+    AliasRequest,
+    AliasResponse,
     CalibrateRequest,
     CalibrateResponse,
     CollectionsResponse,
@@ -27,6 +33,8 @@ from mmsearch_client.schemas import (
     EncodeResponse,
     GetRequest,
     GetResponse,
+    IdsRequest,
+    IdsResponse,
     Item,
     OcrRequest,
     OcrResponse,
@@ -45,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import bindings, calibrator, lifecycle
+from service.aliases import ALIASES_COLLECTION
 from service.bento_options import search_service_options, validated
 from service.breaker import CircuitBreaker
 from service.compat import (
@@ -215,11 +224,41 @@ class Search:
         """Documents by id, in the order asked (missing ids are skipped)."""
         return await self.pipeline.get(validated(GetRequest, kw))
 
+    @bentoml.api(route="/ids", input_spec=IdsRequest)
+    @handle_api_errors
+    async def ids(self, **kw: Any) -> IdsResponse:
+        """One page of a collection's document ids in id order (``next``: the ``after`` of the next page)."""
+        return await self.pipeline.ids(validated(IdsRequest, kw))
+
     @bentoml.api(route="/collections")
     @handle_api_errors
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension, embedding model and calibration (if any)."""
         return await self.pipeline.collections()
+
+    @bentoml.api(route="/aliases")
+    @handle_api_errors
+    async def aliases(self) -> AliasesResponse:
+        """Every alias with the collection it points at."""
+        table = await self.pipeline.in_thread(self.pipeline.aliases.table)
+        return AliasesResponse(aliases=[AliasInfo(alias=a, collection=c) for a, c in sorted(table.items())])
+
+    @bentoml.api(route="/aliases/set", input_spec=AliasRequest)
+    @handle_api_errors
+    async def set_alias(self, **kw: Any) -> AliasResponse:
+        """Point an alias at a collection: created, or switched in one atomic write (``previous``: its old target).
+        An alias cannot shadow a collection (409) nor point at another alias (422)."""
+        req = validated(AliasRequest, kw)
+        previous = await self.pipeline.in_thread(self.pipeline.aliases.set, req.alias, req.collection)
+        return AliasResponse(alias=req.alias, collection=req.collection, previous=previous)
+
+    @bentoml.api(route="/aliases/delete", input_spec=AliasDeleteRequest)
+    @handle_api_errors
+    async def delete_alias(self, **kw: Any) -> AliasDeleteResponse:
+        """Delete an alias (``deleted`` False if there was none); its collection stays."""
+        req = validated(AliasDeleteRequest, kw)
+        deleted = await self.pipeline.in_thread(self.pipeline.aliases.delete, req.alias)
+        return AliasDeleteResponse(alias=req.alias, deleted=deleted)
 
     @bentoml.api(route="/search", input_spec=SearchRequest)
     @handle_api_errors
@@ -343,7 +382,8 @@ class Search:
             meta["circuit"] = self.breakers[stage].snapshot()
             deps[stage] = meta
         try:
-            collections = bindings.describe(await self.pipeline.in_thread(self.index.list_collections))
+            listed = await self.pipeline.in_thread(self.index.list_collections)
+            collections = bindings.describe([c for c in listed if c.name != ALIASES_COLLECTION])
         except ApiError:
             collections = None  # the storage is faulty: /info still answers
         return {

@@ -570,3 +570,45 @@ def test_drop_collection_missing_ok_and_errors() -> None:
             c.drop_collection("gone")
         assert err.value.code == "collection_not_found"
     assert seen[0] == ("/drop", {"collection": "there"})
+
+
+def test_upsert_model_and_alias_routes_sync_and_async() -> None:
+    """``upsert(model=)`` sends ``model`` only when given; the alias methods post to ``/aliases*`` and parse."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append((request.url.path, body))
+        answers: dict[str, Any] = {
+            "/upsert": {"collection": body.get("collection"), "upserted": 1, "ids": ["a"]},
+            "/aliases": {"aliases": [{"alias": "live", "collection": "v2"}]},
+            "/aliases/set": {"alias": "live", "collection": "v2", "previous": "v1"},
+            "/aliases/delete": {"alias": "live", "deleted": True},
+        }
+        return httpx.Response(200, json=answers[request.url.path])
+
+    with _client(handler) as c:
+        c.upsert({"id": "a", "text": "x"}, collection="v2")
+        c.upsert({"id": "a", "text": "x"}, collection="v2", model="wiki")
+        assert c.set_alias("live", "v2").previous == "v1"
+        assert [(a.alias, a.collection) for a in c.aliases().aliases] == [("live", "v2")]
+        assert c.delete_alias("live").deleted is True
+    assert "model" not in seen[0][1] and seen[1][1]["model"] == "wiki"
+    assert seen[2:] == [
+        ("/aliases/set", {"alias": "live", "collection": "v2"}),
+        ("/aliases", {}),
+        ("/aliases/delete", {"alias": "live"}),
+    ]
+
+    async def run() -> None:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with AsyncClient("http://mmsearch.test", http_client=http, max_retries=0) as c:
+            await c.upsert({"id": "a", "text": "x"}, collection="v2", model="wiki")
+            assert (await c.set_alias("live", "v2")).collection == "v2"
+            assert (await c.aliases()).aliases[0].alias == "live"
+            assert (await c.delete_alias("live")).deleted is True
+
+    seen.clear()
+    asyncio.run(run())
+    assert [p for p, _ in seen] == ["/upsert", "/aliases/set", "/aliases", "/aliases/delete"]
+    assert seen[0][1]["model"] == "wiki"

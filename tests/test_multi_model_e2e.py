@@ -326,3 +326,34 @@ def test_two_collections_on_two_models_in_one_search(search: BentoServer, local:
     assert "'wiki'" in refused.json()["error"] and "'clip'" in refused.json()["error"], refused.text
     unknown = post(search, "/upsert", {"collection": "other", "documents": docs[:1], "model": "nope"})
     assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found", unknown.text
+
+
+def test_aliases_through_the_client_and_the_cli(search: BentoServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """An alias created with the CLI, switched atomically with the typed client from a CLIP collection to a text
+    model's one: each search through it says which collection and model answered; an alias cannot shadow a
+    collection, an aliased collection is not dropped, and a deleted alias is a 404 again."""
+    from mmsearch_client.cli import main as cli
+
+    docs = [{"id": f"a{i}", "text": t} for i, t in enumerate(TEXTS)]
+    assert post(search, "/upsert", {"collection": "al_clip", "documents": docs}).status_code == 200
+    assert post(search, "/upsert", {"collection": "al_wiki", "documents": docs, "model": "wiki"}).status_code == 200
+    assert cli(["alias", "set", "al_live", "al_clip", "--url", search.url]) == 0
+    assert "'al_live' -> 'al_clip'" in capsys.readouterr().out
+    with mmsearch_client.Client(search.url) as client:
+        first = client.search(TEXTS[1], collection="al_live", rerank=False, mode="vector")
+        assert (first.collection, first.model, first.hits[0].id) == ("al_clip", "clip", "a1")
+        assert client.set_alias("al_live", "al_wiki").previous == "al_clip"
+        then = client.search(TEXTS[1], collection="al_live", rerank=False, mode="vector")
+        assert (then.collection, then.model, then.hits[0].id) == ("al_wiki", "wiki", "a1")
+        assert [d.id for d in client.get(["a1"], collection="al_live").documents] == ["a1"]
+        assert ("al_live", "al_wiki") in [(a.alias, a.collection) for a in client.aliases().aliases]
+        with pytest.raises(mmsearch_client.ConflictError) as e:
+            client.set_alias("al_clip", "al_wiki")
+        assert e.value.code == "alias_conflict"
+        with pytest.raises(mmsearch_client.ConflictError) as e:
+            client.drop_collection("al_wiki")
+        assert e.value.code == "collection_aliased"
+        assert "al_live" not in [c.name for c in client.collections().collections]
+    assert cli(["alias", "delete", "al_live", "--url", search.url]) == 0
+    gone = post(search, "/search", {"collection": "al_live", "query": "x", "rerank": False})
+    assert gone.status_code == 404 and gone.json()["code"] == "collection_not_found", gone.text

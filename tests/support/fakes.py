@@ -212,6 +212,9 @@ class MemoryIndex(base.VectorIndex):
     def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
         return base.order_by_ids(ids, self._get(name).docs)
 
+    def ids(self, name: str) -> list[str]:
+        return sorted(self._get(name).docs)
+
     def image_refs(self, name: str) -> set[str]:
         return {d.image for d in self._get(name).docs.values() if d.image}
 

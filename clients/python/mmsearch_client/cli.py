@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from mmsearch_client._base import DEFAULT_BASE_URL, __version__
 from mmsearch_client._client import Client
 from mmsearch_client._progress import rich_available
@@ -331,6 +333,34 @@ def cmd_collections(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alias(client: Client, args: argparse.Namespace) -> int:
+    """``alias list``, ``alias set ALIAS COLLECTION`` (created or switched atomically), ``alias delete ALIAS``."""
+    if args.action != "list" and (not args.alias or (args.action == "set") != bool(args.collection)):
+        want = "ALIAS COLLECTION" if args.action == "set" else "ALIAS"
+        print(f"mmsearch alias {args.action}: give {want}", file=sys.stderr)
+        return 2
+    if args.action == "set":
+        res: BaseModel = client.set_alias(args.alias, args.collection)
+    elif args.action == "delete":
+        res = client.delete_alias(args.alias)
+    else:
+        listed = client.aliases()
+        if not args.json:
+            _print_table(None, ["alias", "collection"], [[a.alias, a.collection] for a in listed.aliases])
+            return 0
+        res = listed
+    print(res.model_dump_json(indent=2) if args.json else _alias_line(res))
+    return 0
+
+
+def _alias_line(res: BaseModel) -> str:
+    d = res.model_dump()
+    if "deleted" in d:
+        return f"alias {d['alias']!r} {'deleted' if d['deleted'] else 'did not exist'}"
+    was = f" (was {d['previous']!r})" if d.get("previous") else ""
+    return f"alias {d['alias']!r} -> {d['collection']!r}{was}"
+
+
 def cmd_calibrate(client: Client, args: argparse.Namespace) -> int:
     from mmsearch_client.eval.dataset import load_dataset
     from mmsearch_client.eval.runner import query_input
@@ -475,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collections", parents=[common], help="list collections")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_collections)
+
+    p = sub.add_parser("alias", parents=[common], help="list, set (create or switch atomically) or delete aliases")
+    p.add_argument("action", choices=["list", "set", "delete"])
+    p.add_argument("alias", nargs="?", default=None)
+    p.add_argument("collection", nargs="?", default=None, help="the collection the alias points at (set)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alias)
 
     p = sub.add_parser("drop", parents=[common], help="drop a collection and all its documents")
     p.add_argument("collection")

@@ -272,6 +272,24 @@ class GetRequest(BaseModel):
     include_embedding: bool = False
 
 
+class IdsRequest(BaseModel):
+    """One page of a collection's document ids, in id order: the ids after ``after`` (None: from the first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: CollectionName = "default"
+    after: str | None = Field(default=None, max_length=1000)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class IdsResponse(BaseModel):
+    collection: str
+    """The collection read (an alias resolved)."""
+    ids: list[str]
+    next: str | None = None
+    """Pass as ``after`` for the next page; None: this was the last."""
+
+
 class StoredDocument(BaseModel):
     id: str
     text: str | None = None
@@ -380,6 +398,42 @@ class CollectionInfo(BaseModel):
 
 class CollectionsResponse(BaseModel):
     collections: list[CollectionInfo]
+
+
+class AliasRequest(BaseModel):
+    """Point ``alias`` at ``collection`` (created, or replaced in one atomic switch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: CollectionName
+    collection: CollectionName
+
+
+class AliasResponse(BaseModel):
+    alias: str
+    collection: str
+    previous: str | None = None
+    """The collection the alias pointed at before (None: new alias)."""
+
+
+class AliasDeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: CollectionName
+
+
+class AliasDeleteResponse(BaseModel):
+    alias: str
+    deleted: bool
+
+
+class AliasInfo(BaseModel):
+    alias: str
+    collection: str
+
+
+class AliasesResponse(BaseModel):
+    aliases: list[AliasInfo]
 
 
 class HybridOptions(BaseModel):
@@ -495,6 +549,6 @@ class SearchResponse(BaseModel):
     timings_ms: SearchTimings
     warnings: list[SearchWarning] = Field(default_factory=list)
     collection: str | None = None
-    """The collection that answered (an alias resolved to its collection)."""
+    """The collection that answered (an alias is resolved to its collection once, at the start)."""
     model: str | None = None
     """The embedder that collection is bound to (the query was embedded with it)."""
