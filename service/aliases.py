@@ -112,7 +112,7 @@ class AliasStore:
             return True
 
     def _write(self, table: dict[str, str]) -> None:
-        self.index.ensure_collection(ALIASES_COLLECTION, 1, "mmsearch-aliases")
+        self.index.ensure_collection(ALIASES_COLLECTION, 2, "mmsearch-aliases")  # Milvus: dim >= 2
         self.index.write_property(ALIASES_COLLECTION, PROPERTY, json.dumps(table, sort_keys=True))
         self._cached = (self.clock(), dict(table))
 
