@@ -37,7 +37,7 @@ from mmsearch_client.schemas import CalibrationInfo, Item
 
 __all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "build_parser", "main", "scan"]
 
-INGEST_COMMANDS = frozenset({"index", "eval", "calibrate"})
+INGEST_COMMANDS = frozenset({"index", "eval", "calibrate", "reindex"})
 INGEST_TIMEOUT_S = 600.0
 """HTTP timeout of commands that upload images: with OCR on, a batch of images takes about 2 s each to read."""
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
@@ -361,6 +361,28 @@ def _alias_line(res: BaseModel) -> str:
     return f"alias {d['alias']!r} -> {d['collection']!r}{was}"
 
 
+def cmd_reindex(client: Client, args: argparse.Namespace) -> int:
+    """Re-embed a collection (or an alias's) with another model into a new collection, then switch the alias."""
+    from mmsearch_client.reindex import reindex
+
+    try:
+        res = reindex(client, args.collection, args.model, into=args.into, batch_size=args.batch_size)
+    except ValueError as e:
+        print(f"mmsearch reindex: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(res.__dict__, indent=2))
+        return 0
+    print(f"copied {res.copied} documents from {res.source!r} into {res.target!r} (model {res.model!r})")
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} embedding-only documents: {', '.join(res.skipped[:10])}")
+    if res.alias:
+        print(f"alias {res.alias!r} -> {res.target!r}; drop {res.source!r} when nothing reads it")
+    else:
+        print(f"{args.collection!r} is a collection, not an alias: point an alias at {res.target!r} to switch")
+    return 0
+
+
 def cmd_calibrate(client: Client, args: argparse.Namespace) -> int:
     from mmsearch_client.eval.dataset import load_dataset
     from mmsearch_client.eval.runner import query_input
@@ -512,6 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("collection", nargs="?", default=None, help="the collection the alias points at (set)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser(
+        "reindex", parents=[common], help="re-embed a collection with another model, then switch its alias"
+    )
+    p.add_argument("collection", metavar="COLLECTION_OR_ALIAS")
+    p.add_argument("--model", required=True, help="the embedder the new collection is bound to")
+    p.add_argument("--into", help="the new collection (default: <collection>_<model>)")
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("drop", parents=[common], help="drop a collection and all its documents")
     p.add_argument("collection")
