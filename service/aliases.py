@@ -59,9 +59,17 @@ class AliasStore:
 
     def resolve(self, name: str) -> str:
         """The collection ``name`` stands for (itself when it is no alias); the reserved name is refused."""
+        fresh = self.cached(name)
+        return fresh if fresh is not None else self.table().get(name, name)
+
+    def cached(self, name: str) -> str | None:
+        """``resolve`` from the cached table without I/O; None when the cached copy is older than ``ttl_s``."""
         if name == ALIASES_COLLECTION:
             raise reserved(name)
-        return self.table().get(name, name)
+        cached = self._cached
+        if cached is None or self.clock() - cached[0] >= self.ttl_s:
+            return None
+        return cached[1].get(name, name)
 
     def set(self, alias: str, collection: str) -> str | None:
         """Point ``alias`` at ``collection`` (created or replaced in one write); the previous target or None."""

@@ -293,8 +293,10 @@ class SearchPipeline:
         self._embedder_info = None
 
     async def resolve(self, name: str) -> str:
-        """The collection a request's ``collection`` names: an alias's target, else the name itself."""
-        return await self.in_thread(self.aliases.resolve, name)
+        """The collection a request's ``collection`` names: an alias's target, else the name itself (from the
+        cached table without a thread hop while it is fresh)."""
+        fresh = self.aliases.cached(name)
+        return fresh if fresh is not None else await self.in_thread(self.aliases.resolve, name)
 
     def _lock(self, collection: str) -> asyncio.Lock:
         return self._write_locks.setdefault(collection, asyncio.Lock())
