@@ -14,6 +14,7 @@ Units: the pixel budget counts RGB pixels (3 bytes); an audio sample is float32 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -77,6 +78,8 @@ class AVRef:
     kind: str
     ref: str
     field: str
+    window: tuple[float, float] | None = None
+    """``(t0, t1)`` s: only that time range of the clip (a segment)."""
 
 
 @dataclass(frozen=True)
@@ -102,13 +105,26 @@ async def plan_refs(
 ) -> list[Planned]:
     """Fetch every item's bytes and read its plan from the headers, concurrently; the first refusal by position."""
 
+    fetched: dict[tuple[str, str], asyncio.Task[bytes]] = {}
+
     async def one(ref: AVRef) -> Planned:
-        data = await loader.fetch_av(ref.ref, ref.field, ref.kind)
+        key = (ref.kind, ref.ref)  # a clip's segments share one fetch (one read of a stored clip)
+        if key not in fetched:
+            fetched[key] = asyncio.ensure_future(loader.fetch_av(ref.ref, ref.field, ref.kind))
+        data = await asyncio.shield(fetched[key])
         if ref.kind == "audio":
-            fn = functools.partial(plan_audio, data, settings, rate=target.audio_rate, field=ref.field)
+            fn = functools.partial(
+                plan_audio, data, settings, rate=target.audio_rate, field=ref.field, window=ref.window
+            )
         else:
             fn = functools.partial(
-                plan_video, data, settings, fps=target.video_fps, max_frames=target.video_max_frames, field=ref.field
+                plan_video,
+                data,
+                settings,
+                fps=target.video_fps,
+                max_frames=target.video_max_frames,
+                field=ref.field,
+                window=ref.window,
             )
         return Planned(ref, data, await _counted(loader, ref.field, loader.run_decode(background, fn)))
 
@@ -125,11 +141,19 @@ async def decode_planned(
         fn: Callable[[], Audio | Video]
         if ref.kind == "audio":
             held = settings.model_copy(update={"max_audio_samples": p.limit})
-            fn = functools.partial(decode_audio, p.data, held, rate=target.audio_rate, field=ref.field)
+            fn = functools.partial(
+                decode_audio, p.data, held, rate=target.audio_rate, field=ref.field, window=ref.window
+            )
         else:
             held = settings.model_copy(update={"max_video_pixels": p.limit})
             fn = functools.partial(
-                decode_video, p.data, held, fps=target.video_fps, max_frames=target.video_max_frames, field=ref.field
+                decode_video,
+                p.data,
+                held,
+                fps=target.video_fps,
+                max_frames=target.video_max_frames,
+                field=ref.field,
+                window=ref.window,
             )
         try:
             return await _counted(loader, ref.field, loader.run_decode(background, fn))

@@ -38,7 +38,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import av
 import av.error
@@ -47,7 +47,18 @@ import numpy as np
 from service.config import Settings
 from service.media import MediaError
 
-__all__ = ["AVMediaError", "Audio", "Video", "decode_audio", "decode_video", "plan_audio", "plan_video"]
+__all__ = [
+    "AVMediaError",
+    "Audio",
+    "Probe",
+    "Video",
+    "decode_audio",
+    "decode_video",
+    "keyframes",
+    "plan_audio",
+    "plan_video",
+    "probe_clip",
+]
 
 _STATUS: dict[str, int] = {
     "too_large": 413,
@@ -68,6 +79,9 @@ _STATUS: dict[str, int] = {
     "no_video_stream": 422,
     "corrupt": 422,
     "truncated": 422,
+    "bad_window": 422,
+    "no_duration": 422,
+    "too_many_segments": 413,
 }
 
 # Decoder options: report damage instead of concealing it (FFmpeg's err_detect flags).
@@ -75,6 +89,7 @@ _STRICT = "crccheck+bitstream+buffer+explode"
 # A decoded stream may end this much before its declared duration (share of it, or seconds) and not be "truncated".
 _TRUNCATION_SLACK = (0.1, 0.5)
 _EPS_S = 1e-3  # timestamp rounding when matching frames to sampling times
+T = TypeVar("T")
 
 
 class AVMediaError(MediaError):
@@ -251,14 +266,18 @@ class _Opened:
     declared: float | None
     deadline: _Deadline
 
-    def feed(self, settings: Settings, add: Callable[[Any], None]) -> None:
-        """Decode the stream (others are skipped undecoded), handing each frame to ``add``.
+    def feed(self, settings: Settings, add: Callable[[Any], None], seek_s: float = 0.0) -> None:
+        """Decode the stream (others are skipped undecoded), handing each frame to ``add`` until it raises
+        ``_Enough``; from the keyframe at or before ``seek_s`` s when that is positive (a window).
 
         Damage (an FFmpeg error, a frame flagged corrupt, a frame the resampler or scaler cannot take) is
         ``corrupt``; the deadline is checked between packets and frames."""
-        _prepare(self.stream, settings)
+        if not self.stream.codec_context.is_open:
+            _prepare(self.stream, settings)
         field = self.deadline.field
         try:
+            if seek_s > 0:
+                self._seek(seek_s)
             for packet in self.container.demux(self.stream):
                 self.deadline.check()
                 for frame in packet.decode():
@@ -266,10 +285,25 @@ class _Opened:
                     if frame.is_corrupt:
                         raise AVMediaError("corrupt", "a frame is damaged (corrupt packet)", field)
                     add(frame)
+        except _Enough:
+            return
         except av.error.ExitError:
             raise self.deadline.error() from None
         except (av.error.FFmpegError, ValueError) as e:
             raise AVMediaError("corrupt", f"decoding failed: {type(e).__name__}", field) from None
+
+    def _seek(self, seconds: float) -> None:
+        """Position the demuxer at the last keyframe at or before ``seconds`` s from the stream's start: a window
+        costs its own length plus at most one group of pictures, not everything before it."""
+        stream = self.stream
+        if stream.time_base is None:
+            return
+        start = stream.start_time or 0
+        self.container.seek(start + int(seconds / stream.time_base), stream=stream, backward=True, any_frame=False)
+
+
+class _Enough(Exception):
+    """A sink has every frame of its window: decoding stops."""
 
 
 @contextlib.contextmanager
@@ -336,15 +370,29 @@ class _AudioSink:
     stereo from mono repeats the channel; more than two channels go to stereo by FFmpeg's standard downmix.
     """
 
-    def __init__(self, stream: Any, settings: Settings, rate: int, channels: int, field: str | None) -> None:
+    def __init__(
+        self,
+        stream: Any,
+        settings: Settings,
+        rate: int,
+        channels: int,
+        field: str | None,
+        window: tuple[float, float] | None = None,
+    ) -> None:
         self.settings, self.rate, self.channels, self.field = settings, rate, channels, field
         source = stream.codec_context.layout
         layout = "stereo" if channels == 2 and source.nb_channels > 1 else source
         self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
         self.chunks: list[np.ndarray] = []
         self.n = 0
+        self.window = window
+        self.start = _start_time(stream) or 0.0
+        self.first: float | None = None
+        """Seconds (from the stream's start) of the first sample kept: a window is cut from there."""
 
     def add(self, frame: Any) -> None:
+        if frame is not None and self.window is not None and not self._in_window(frame):
+            return
         if frame is not None:  # None flushes the resampler
             _check_rate(frame.sample_rate, self.settings, self.field)  # a stream may change rate mid-way
             coming = self.n + math.ceil(frame.samples * self.rate / frame.sample_rate)
@@ -352,6 +400,21 @@ class _AudioSink:
                 raise _samples_error(coming * self.channels, self.settings, self.field, planned=False)
         for out in self.resampler.resample(frame):
             self._keep(out.to_ndarray())
+
+    def _in_window(self, frame: Any) -> bool:
+        """Whether a frame reaches into the window (``_Enough`` once frames start past its end)."""
+        assert self.window is not None
+        t0, t1 = self.window
+        t = float(frame.time - self.start) if frame.time is not None else None
+        if t is None:
+            raise AVMediaError("corrupt", "an audio frame has no timestamp", self.field)
+        if t >= t1:
+            raise _Enough
+        if t + frame.samples / frame.sample_rate <= t0:
+            return False
+        if self.first is None:
+            self.first = t
+        return True
 
     def _keep(self, chunk: np.ndarray) -> None:
         if self.channels == 1 and chunk.shape[0] > 1:
@@ -373,22 +436,75 @@ class _AudioSink:
             raise AVMediaError("undecodable", "no audio could be decoded", self.field)
         out = np.concatenate(self.chunks, axis=-1).astype(np.float32, copy=False)
         self.chunks.clear()
+        if self.window is not None:
+            t0, t1 = self.window
+            skip = max(0, round((t0 - (self.first or 0.0)) * self.rate))
+            out = out[..., skip : skip + round((t1 - t0) * self.rate)]
         return out[0] if self.channels == 1 else out
 
+    def end_s(self, n: int) -> float:
+        """Where ``n`` kept samples end, in seconds from the stream's start."""
+        return (self.window[0] if self.window is not None else 0.0) + n / self.rate
 
-def decode_audio(data: bytes, settings: Settings, *, rate: int, channels: int = 1, field: str | None = None) -> Audio:
-    """Decode the first audio stream of ``data`` to float32 at ``rate`` Hz, mono (1) or stereo (2) channels."""
+
+def decode_audio(
+    data: bytes,
+    settings: Settings,
+    *,
+    rate: int,
+    channels: int = 1,
+    field: str | None = None,
+    window: tuple[float, float] | None = None,
+) -> Audio:
+    """Decode the first audio stream of ``data`` to float32 at ``rate`` Hz, mono (1) or stereo (2) channels;
+    only the ``window`` ``(t0, t1)`` s of it when given (from the packet at or before ``t0``: see ``_seek``)."""
     if channels not in (1, 2) or rate <= 0:
         raise ValueError("channels must be 1 or 2 and rate positive")
+    window = _check_window(window, field)
     with _opened(data, settings, "audio", field) as item:
         declared = item.declared
-        if declared is not None and declared * rate * channels > settings.max_audio_samples:
-            raise _samples_error(math.ceil(declared * rate * channels), settings, field, planned=True)
-        sink = _AudioSink(item.stream, settings, rate, channels, field)
-        item.feed(settings, sink.add)
+        span = _located(lambda: _span(declared, window), field)
+        if span is not None and span * rate * channels > settings.max_audio_samples:
+            raise _samples_error(math.ceil(span * rate * channels), settings, field, planned=True)
+        sink = _AudioSink(item.stream, settings, rate, channels, field, window)
+        item.feed(settings, sink.add, window[0] if window else 0.0)
         samples = sink.finish()
-    _check_complete(samples.shape[-1] / rate, declared, field)
+    _check_complete(sink.end_s(samples.shape[-1]), _window_end(declared, window), field)
     return Audio(samples, rate)
+
+
+def _check_window(window: tuple[float, float] | None, field: str | None) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    t0, t1 = (float(t) for t in window)
+    if not (math.isfinite(t0) and math.isfinite(t1) and 0 <= t0 < t1):
+        raise AVMediaError("bad_window", f"the time range must satisfy 0 <= t0 < t1 (got {t0:g}, {t1:g})", field)
+    return t0, t1
+
+
+def _span(declared: float | None, window: tuple[float, float] | None) -> float | None:
+    """Seconds to decode: the declared duration, or the window (within the declared duration)."""
+    if window is None:
+        return declared
+    t0, t1 = window
+    if declared is not None and t0 >= declared:
+        raise AVMediaError("bad_window", f"the time range starts at {t0:g} s, past the end ({declared:.3f} s)")
+    return (min(t1, declared) if declared is not None else t1) - t0
+
+
+def _located(fn: Callable[[], T], field: str | None) -> T:
+    try:
+        return fn()
+    except AVMediaError as e:
+        e.field = field
+        raise
+
+
+def _window_end(declared: float | None, window: tuple[float, float] | None) -> float | None:
+    """Where the decoded data should end: the declared end, or the window's end within it."""
+    if window is None or declared is None:
+        return declared
+    return min(declared, window[1])
 
 
 # --- video ---------------------------------------------------------------------------------------------------
@@ -438,7 +554,8 @@ class _Plan:
 def _plan(
     stream: Any, declared: float | None, settings: Settings, fps: float, max_frames: int, field: str | None
 ) -> _Plan:
-    """Sampling rate and output size; refuses when the declared duration's frames would exceed the pixel budget."""
+    """Sampling rate and output size; refuses when the declared duration's frames would exceed the pixel budget.
+    ``declared``: the seconds to sample (a window's, for a window)."""
     w, h = _scaled(stream.codec_context.width, stream.codec_context.height, settings.video_frame_pixels)
     if declared:
         fps = min(fps, max(max_frames - 1, 1) / declared)
@@ -457,7 +574,14 @@ class _FrameSink:
     """Frames taken at the sampling times, with the frame cap, pixel budget and duration enforced as they come."""
 
     def __init__(
-        self, plan: _Plan, settings: Settings, start: float | None, field: str | None, *, thin: bool = False
+        self,
+        plan: _Plan,
+        settings: Settings,
+        start: float | None,
+        field: str | None,
+        *,
+        thin: bool = False,
+        window: tuple[float, float] | None = None,
     ) -> None:
         self.plan, self.settings, self.start, self.field = plan, settings, start, field
         self.fps = plan.fps
@@ -465,13 +589,16 @@ class _FrameSink:
         """No declared duration: when the frame cap is reached, keep every other frame and halve the rate."""
         self.frames: list[np.ndarray] = []
         self.times: list[float] = []
-        self.next_t = 0.0
+        self.t0, self.t1 = window if window is not None else (0.0, math.inf)
+        self.next_t = self.t0
         self.end = 0.0
         self.decoded = 0
 
     def add(self, frame: Any) -> None:
         _check_source_pixels(frame.width, frame.height, self.settings, self.field)
         t = self._time(frame)
+        if t + _EPS_S >= self.t1:
+            raise _Enough
         _check_duration(t, self.settings, self.field, decoded=True)
         self.decoded += 1
         if self.decoded > (t + 1.0) * self.settings.max_video_source_fps:  # decoding work stays duration x fps
@@ -490,7 +617,8 @@ class _FrameSink:
             if t + _EPS_S < self.next_t:
                 return
         self._take(frame, t)
-        self.next_t = (math.floor((t + _EPS_S) * self.fps) + 1) / self.fps  # the next time after t
+        # the next sampling time after t (the window's times are t0 + k / fps)
+        self.next_t = self.t0 + (math.floor((t - self.t0 + _EPS_S) * self.fps) + 1) / self.fps
 
     def _halve(self) -> None:
         """Keep the frames at the sampling times of half the rate (every other one)."""
@@ -538,22 +666,26 @@ def decode_video(
     fps: float | None = None,
     max_frames: int | None = None,
     field: str | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Video:
-    """Decode the first video stream of ``data`` into frames sampled at ``fps`` (at most ``max_frames``).
+    """Decode the first video stream of ``data`` into frames sampled at ``fps`` (at most ``max_frames``); only
+    the ``window`` ``(t0, t1)`` s of it when given, sampled from ``t0`` (from the keyframe at or before ``t0``).
 
     ``fps`` and ``max_frames`` (a model processor's) default to, and are capped by, ``video_fps`` and
     ``max_video_frames``.
     """
     fps, max_frames = _sampling(settings, fps, max_frames)
+    window = _check_window(window, field)
     with _opened(data, settings, "video", field) as item:
         declared, stream = item.declared, item.stream
-        plan = _plan(stream, declared, settings, fps, max_frames, field)
-        sink = _FrameSink(plan, settings, _start_time(stream), field, thin=declared is None)
-        item.feed(settings, sink.add)
+        span = _located(lambda: _span(declared, window), field)
+        plan = _plan(stream, span, settings, fps, max_frames, field)
+        sink = _FrameSink(plan, settings, _start_time(stream), field, thin=span is None, window=window)
+        item.feed(settings, sink.add, window[0] if window else 0.0)
         size = (stream.codec_context.width, stream.codec_context.height)
     if not sink.frames:
         raise AVMediaError("undecodable", "no video frame could be decoded", field)
-    _check_complete(sink.end, declared, field)
+    _check_complete(sink.end, _window_end(declared, window), field)
     return Video(np.stack(sink.frames), np.asarray(sink.times, dtype=np.float64), sink.fps, size)
 
 
@@ -574,20 +706,30 @@ PLAN_SLACK_S = 0.5
 """A stream may run this much past its declared duration within its plan (muxers round durations)."""
 
 
-def plan_audio(data: bytes, settings: Settings, *, rate: int, channels: int = 1, field: str | None = None) -> int:
+def plan_audio(
+    data: bytes,
+    settings: Settings,
+    *,
+    rate: int,
+    channels: int = 1,
+    field: str | None = None,
+    window: tuple[float, float] | None = None,
+) -> int:
     """The most samples (all channels) ``decode_audio(data, ..., rate, channels)`` may keep, read from the headers
     with every header check of ``decode_audio``; nothing is decoded. The declared duration plus
     ``PLAN_SLACK_S`` at ``rate``, or ``max_audio_samples`` when none is declared. Decode under a
     ``max_audio_samples`` of this plan to hold the decoder to it."""
     if channels not in (1, 2) or rate <= 0:
         raise ValueError("channels must be 1 or 2 and rate positive")
+    window = _check_window(window, field)
     with _opened(data, settings, "audio", field) as item:
-        declared = item.declared
+        declared = _located(lambda: _span(item.declared, window), field)
     if declared is None:
         return settings.max_audio_samples
     if declared * rate * channels > settings.max_audio_samples:
         raise _samples_error(math.ceil(declared * rate * channels), settings, field, planned=True)
-    return min(math.ceil((declared + PLAN_SLACK_S) * rate) * channels, settings.max_audio_samples)
+    slack = PLAN_SLACK_S * (2 if window else 1)  # a window also keeps the frame that straddles its start
+    return min(math.ceil((declared + slack) * rate) * channels, settings.max_audio_samples)
 
 
 def plan_video(
@@ -597,15 +739,73 @@ def plan_video(
     fps: float | None = None,
     max_frames: int | None = None,
     field: str | None = None,
+    window: tuple[float, float] | None = None,
 ) -> int:
     """The most pixels (frames x width x height) ``decode_video(data, ..., fps, max_frames)`` may keep, read from
     the headers with every header check of ``decode_video``; nothing is decoded. The frames sampled before the
     declared end plus one, or ``max_frames`` when no duration is declared; at most ``max_video_pixels``. Decode
     under a ``max_video_pixels`` of this plan to hold the decoder to it."""
     fps, max_frames = _sampling(settings, fps, max_frames)
+    window = _check_window(window, field)
     with _opened(data, settings, "video", field) as item:
-        plan = _plan(item.stream, item.declared, settings, fps, max_frames, field)
-        declared = item.declared
+        declared = _located(lambda: _span(item.declared, window), field)
+        plan = _plan(item.stream, declared, settings, fps, max_frames, field)
     w, h = plan.size
     frames = max_frames if declared is None else min(max_frames, plan.planned + 1)
     return min(frames * w * h, settings.max_video_pixels)
+
+
+# --- ingest: a clip's length and its keyframes (Search, service.avingest) -------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a clip's headers say: its declared ``duration`` (s, None if none) and the file extension its container
+    and codec are stored under (``service.mediastore.AV_CONTENT_TYPES``)."""
+
+    duration: float | None
+    ext: str
+
+
+_WEB_CODECS = {"vp8", "vp9", "av1", "opus", "vorbis"}
+
+
+def probe_clip(data: bytes, settings: Settings, kind: str, field: str | None = None) -> Probe:
+    """Read a clip's headers with every header check of ``decode_*`` (nothing decoded)."""
+    with _opened(data, settings, kind, field) as item:
+        names = set(item.container.format.name.split(","))
+        codec = _codec_name(item.stream)
+        return Probe(item.declared, _extension(names, codec, kind))
+
+
+def _extension(names: set[str], codec: str, kind: str) -> str:
+    for name, ext in (("wav", "wav"), ("flac", "flac"), ("mp3", "mp3"), ("ogg", "ogg")):
+        if name in names:
+            return ext
+    if "matroska" in names or "webm" in names:
+        return "webm" if codec in _WEB_CODECS else "mkv"
+    if kind == "audio":
+        return "m4a"
+    return "mov" if names == {"mov"} else "mp4"
+
+
+def keyframes(data: bytes, settings: Settings, times: list[float], field: str | None = None) -> list[Any]:
+    """The first frame at or after each of ``times`` (s), as PIL images scaled to ``video_frame_pixels`` at most
+    (None where none could be decoded): a video segment's thumbnail. One seek per time, under the item's
+    decoding deadline."""
+    out: list[Any] = []
+    with _opened(data, settings, "video", field) as item:
+        stream = item.stream
+        w, h = _scaled(stream.codec_context.width, stream.codec_context.height, settings.video_frame_pixels)
+        start = _start_time(stream) or 0.0
+        for t in times:
+            found: list[Any] = []
+
+            def first(frame: Any, t: float = t, found: list[Any] = found) -> None:
+                if frame.time is not None and frame.time - start + _EPS_S >= t:
+                    found.append(frame.reformat(width=w, height=h, format="rgb24").to_image())
+                    raise _Enough
+
+            item.feed(settings, first, t)
+            out.append(found[0] if found else None)
+    return out

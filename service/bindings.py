@@ -113,6 +113,12 @@ def text_only(info: Mapping[str, Any], model: str) -> bool:
     return entry is not None and list(entry.get("modalities") or []) == ["text"]
 
 
+def model_info(info: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """``model`` (a collection's) as the Embedder's one-model ``/info`` shows it: ``model`` and ``modalities``."""
+    entry = served_entry(info, model) or {}
+    return {"model": model, "modalities": entry.get("modalities")}
+
+
 def describe(collections: Sequence[Any]) -> list[dict[str, Any]]:
     """``/info``'s ``collections``: each collection's name, model and dimension."""
     return [{"name": c.name, "model": c.model, "dimension": c.dimension} for c in collections]

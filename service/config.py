@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Defaults for real deployments. Weights are loaded from a hub id or a local path; nothing is downloaded in tests
@@ -290,6 +290,13 @@ class Settings(BaseSettings):
     audio_codecs: Annotated[tuple[str, ...], NoDecode] = AUDIO_CODECS
     """Accepted codecs, as FFmpeg names them (``h264``, ``opus``; not a decoder's name such as ``libdav1d``)."""
     video_codecs: Annotated[tuple[str, ...], NoDecode] = VIDEO_CODECS
+    segment_seconds: float = Field(default=10.0, ge=1.0, le=600.0)
+    """Search: an audio or video document longer than this is indexed as segments of this length (one vector per
+    window; a hit names the best one's ``t0``/``t1``; service/segments.py)."""
+    segment_overlap_s: float = Field(default=2.0, ge=0.0, le=300.0)
+    """How much consecutive segments overlap (less than ``segment_seconds``)."""
+    max_segments_per_document: int = Field(default=1000, ge=1, le=10_000)
+    """Segments of one document at most (a longer clip is refused with a 413 naming it)."""
 
     # --- security -----------------------------------------------------------------------------------------
     api_keys: str | None = Field(default=None, repr=False)
@@ -334,6 +341,14 @@ class Settings(BaseSettings):
     """Consecutive failures (refused, timed out, 5xx) after which Search stops calling a dependency."""
     breaker_open_s: float = Field(default=5.0, gt=0, le=3600)
     """How long a tripped dependency is answered 503 at once before one probe request may try it again."""
+
+    @field_validator("segment_overlap_s")
+    @classmethod
+    def _overlap_below_segment(cls, v: float, info: ValidationInfo) -> float:
+        seconds = info.data.get("segment_seconds")
+        if seconds is not None and v >= seconds:
+            raise ValueError(f"must be less than MMSEARCH_SEGMENT_SECONDS ({seconds:g}), got {v:g}")
+        return v
 
     @field_validator("fetch_allow", "image_formats", *_AV_LISTS, mode="before")
     @classmethod

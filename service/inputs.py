@@ -183,7 +183,7 @@ async def resolve_items(
             refs.append((item.image, f"{path}.image"))
             ref_index.append(i)
         elif item.media is not None:
-            av_refs.append(AVRef(i, item.media, str(getattr(item, item.media)), f"{path}.{item.media}"))
+            av_refs.append(AVRef(i, item.media, str(getattr(item, item.media)), f"{path}.{item.media}", item.window))
     async with contextlib.AsyncExitStack() as stack:
         if lease is None and av_refs:
             lease = await stack.enter_async_context(loader.pixels.lease())
@@ -204,14 +204,14 @@ def _of(value: Audio | Video | None, cls: type[Any]) -> Any:
 
 
 def refuse_av(item: str | Item, path: str) -> None:
-    """422 for an audio or video item where audio and video are not served yet (``/rerank``, ``/search``)."""
+    """422 for an audio or video item where audio and video are not served yet (``/rerank``)."""
     media = item.media if isinstance(item, Item) else None
     if media in ("audio", "video"):
         raise ApiError(
             422,
             "unsupported_modality",
-            f"{path}: {media} inputs are accepted by the Embedder's /encode and /v1/embeddings only (not yet "
-            "by /rerank, /search or /upsert)",
+            f"{path}: {media} inputs are accepted by the Embedder's /encode and /v1/embeddings, by /search and "
+            "/upsert (not yet by /rerank)",
             field=f"{path}.{media}",
         )
 

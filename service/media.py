@@ -347,6 +347,11 @@ class MediaLoader:
             return await asyncio.to_thread(self._data_uri_bytes, ref, kind, cap)
         if head.startswith(("http://", "https://")):
             return await self._fetch(ref, kind, cap)
+        if head.startswith(MEDIA_SCHEME):  # a stored clip (Search sends a document's segments so)
+            data = await asyncio.to_thread(self._stored_bytes, ref)
+            if len(data) > cap:
+                raise MediaError("too_large", f"{kind} is larger than {cap} bytes")
+            return data
         raise MediaError("bad_scheme", f"{kind} must be an http(s) URL or a data:{kind}/...;base64 URI")
 
     async def run_decode(self, background: bool, fn: Callable[[], T]) -> T:

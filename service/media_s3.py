@@ -17,7 +17,7 @@ from typing import Any
 
 from service import objectstore
 
-_KEY_SAFE = re.compile(r"^[0-9a-f]{64}\.[a-z.]{3,12}\Z")  # content hash + extension: no '/', no '..'
+_KEY_SAFE = re.compile(r"^[0-9a-f]{64}\.[a-z0-9.]{3,24}\Z")  # content hash + extension (mp4, t8000.thumb.jpeg): no "/"
 
 
 def _is_missing(e: Exception) -> bool:

@@ -41,7 +41,23 @@ _HEX8 = re.compile(r"^[0-9a-f]{8}")
 THUMB_SIDE = 256
 """Longest side of a thumbnail, in pixels."""
 THUMB_SUFFIX = ".thumb.jpeg"
-_NAME_RE = re.compile(r"^[0-9a-f]{64}\.(png|jpeg|webp|gif|bmp|tiff|thumb\.jpeg)\Z")
+AV_CONTENT_TYPES = {
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+    "mov": "video/quicktime",
+    "mkv": "video/x-matroska",
+    "m4a": "audio/mp4",
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "ogg": "audio/ogg",
+}
+"""Stored audio and video clips by extension (``put_clip``)."""
+_NAME_RE = re.compile(
+    r"^[0-9a-f]{64}\.(png|jpeg|webp|gif|bmp|tiff|thumb\.jpeg|t\d{1,10}\.thumb\.jpeg|"
+    + "|".join(AV_CONTENT_TYPES)
+    + r")\Z"
+)
 _EXT = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 CONTENT_TYPES = {
     "png": "image/png",
@@ -50,6 +66,7 @@ CONTENT_TYPES = {
     "gif": "image/gif",
     "bmp": "image/bmp",
     "tiff": "image/tiff",
+    **AV_CONTENT_TYPES,
 }
 
 
@@ -62,17 +79,40 @@ def content_type(name: str) -> str:
 
 
 def name_of(ref: str) -> str | None:
-    """The stored name behind a ``media://`` reference (or a bare name); None if it is not one."""
+    """The stored name behind a ``media://`` reference (or a bare name; a clip's ``?t=...`` window left out);
+    None if it is not one."""
     name = ref[len(SCHEME) :] if ref.startswith(SCHEME) else ref
+    name = name.split("?", 1)[0]
     return name if valid_name(name) else None
 
 
+def is_clip(name: str) -> bool:
+    """Whether a stored name is an audio or video clip."""
+    return name.rsplit(".", 1)[-1] in AV_CONTENT_TYPES
+
+
+def is_video(name: str) -> bool:
+    return AV_CONTENT_TYPES.get(name.rsplit(".", 1)[-1], "").startswith("video/")
+
+
+def segment_thumbnail_name(digest: str, t0: float) -> str:
+    """A video segment's keyframe preview: ``<sha256>.t<milliseconds>.thumb.jpeg``."""
+    return f"{digest}.t{round(t0 * 1000)}{THUMB_SUFFIX}"
+
+
 def thumbnail_name(ref: str) -> str | None:
-    """The thumbnail's stored name for an image reference (None for anything else)."""
+    """The thumbnail's stored name for an image reference or a video segment's (``?t=<t0>,...``); None for
+    anything else (audio, a thumbnail)."""
     name = name_of(ref)
     if name is None or name.endswith(THUMB_SUFFIX):
         return None
-    return name.split(".", 1)[0] + THUMB_SUFFIX
+    digest = name.split(".", 1)[0]
+    if is_clip(name):
+        from service.segments import parse_ref
+
+        seg = parse_ref(ref)
+        return segment_thumbnail_name(digest, seg.t0) if seg is not None and is_video(name) else None
+    return digest + THUMB_SUFFIX
 
 
 def join_ref(ref: str, source: str | None) -> str:
@@ -291,6 +331,21 @@ class MediaStore:
                 self.blobs.put(digest + THUMB_SUFFIX, preview)
             self.blobs.put(name, data)  # last: a stored image always has its thumbnail
         return StoredImage(SCHEME + name, thumb)
+
+    def put_clip(self, data: bytes, ext: str, thumbnails: dict[float, bytes] | None = None) -> str:
+        """Store validated audio or video bytes (``ext``: a key of ``AV_CONTENT_TYPES``) and their segments'
+        keyframe previews (JPEG bytes by segment start); returns the clip's reference. Blocking."""
+        if ext not in AV_CONTENT_TYPES:
+            raise ValueError(f"unsupported clip type: {ext}")
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{digest}.{ext}"
+        with self.lock_for(name):
+            for t0, jpeg in (thumbnails or {}).items():
+                thumb = segment_thumbnail_name(digest, t0)
+                if not self.blobs.touch(thumb):
+                    self.blobs.put(thumb, jpeg)
+            self.blobs.put(name, data)  # last: a stored clip always has its previews (put touches a known one)
+        return SCHEME + name
 
     def read(self, ref: str) -> bytes | None:
         """The bytes behind a reference or stored name; None if malformed or missing. Blocking."""

@@ -41,6 +41,7 @@ from mmsearch_client.schemas import (
     IdsRequest,
     IdsResponse,
     Item,
+    Modality,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -53,14 +54,14 @@ from mmsearch_client.schemas import (
     as_item,
 )
 
-from service import balance, bindings, calibration, mediagc
+from service import avingest, balance, bindings, calibration, mediagc, segments
 from service.aliases import ALIASES_COLLECTION, AliasStore
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, Loc, unprocessable
 from service.index import base as index_base
 from service.index import filters as index_filters
-from service.inputs import check_count, check_text_length, refuse_av, unit_vector
+from service.inputs import check_count, check_supported, check_text_length, unit_vector
 from service.media import MediaError, MediaLoader, content_hash
 from service.mediastore import SCHEME as MEDIA_SCHEME
 from service.mediastore import MediaStore, content_type, join_ref, name_of, split_ref, thumbnail_name
@@ -74,7 +75,10 @@ from service.storage import StorageHealth, is_storage_fault
 
 T = TypeVar("T")
 log = logging.getLogger("mmsearch.search")
+_WITH_TEXT: dict[str, Modality] = {"audio": "text+audio", "video": "text+video"}
 STAGES = ("read", "embed", "retrieve", "rerank", "total")
+SEGMENT_DRAW_FACTOR = 4
+"""How many more rows a search draws, once, when one document's segments crowd its shortlist (``_draw``)."""
 MAX_RERANK_ROUNDS = 4
 """Reranker calls per search at most when it refuses candidates one by one (their media unreadable)."""
 
@@ -96,6 +100,28 @@ class IngestDoc:
     vector: np.ndarray | None = None
     ocr: OcrPage | None = None
     """The text read from the image (OCR on)."""
+    clip: avingest.Clip | None = None
+    """An audio or video document's stored clip and its windows (``service.avingest``)."""
+    vectors: list[np.ndarray] = field(default_factory=list)
+    """One vector per window of ``clip``."""
+
+    @property
+    def is_clip(self) -> bool:
+        """An audio or video document (embedded per window, ``_embed_windows``)."""
+        return self.doc.media in ("audio", "video")
+
+    @property
+    def needs_vector(self) -> bool:
+        """A document ``_embed_documents`` embeds: no vector yet, not a clip."""
+        return self.vector is None and not self.is_clip
+
+    @property
+    def modality(self) -> str:
+        """``audio``, ``video`` (or with ``text+``) for a clip document, else ``""`` (the index derives it)."""
+        if self.clip is None:
+            return self.doc.modality or ""
+        kind = self.clip.source.kind
+        return kind if self.doc.text is None else f"text+{kind}"
 
 
 @dataclass
@@ -308,11 +334,14 @@ class SearchPipeline:
         req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         bound = await self._binding(req.collection, req.model)
         dim, model = bound.dimension, bound.name
+        self._check_clip_documents(req, bindings.model_info(await self.embedder_info(), model))
         batch = [IngestDoc(i, d) for i, d in enumerate(req.documents)]
         self._take_supplied_embeddings(batch, dim, model)
         await self._store_media(batch)
+        await self._store_clips(batch)
         await self._read_text(batch)
         embedded = await self._embed_documents(batch, bound.text_only, model, dim)
+        await self._embed_windows(batch, model)
         if embedded is not None and (embedded.model, embedded.vectors.shape[1]) != (model, dim):
             bound = await self._rebind(req, bound, embedded)  # the Embedder was replaced by another model
             dim, model = bound.dimension, bound.name
@@ -338,6 +367,71 @@ class SearchPipeline:
             raise ApiError(400, "duplicate_id", "documents: ids must be unique within a request", field="documents")
         for i, d in enumerate(docs):
             check_text_length(f"documents[{i}]", d.text, self.settings)
+
+    def _check_clip_documents(self, req: UpsertRequest, info: dict[str, Any]) -> None:
+        """Audio and video documents: a modality the Embedder serves (422 naming its modalities), an id that leaves
+        room for its segment rows' suffix, at most ``max_av_inputs_per_request`` clips per request."""
+        clips = 0
+        for i, d in enumerate(req.documents):
+            kind = d.media
+            if kind not in ("audio", "video"):
+                continue
+            clips += 1
+            path = f"documents[{i}]"
+            modality: Modality = kind if d.text is None else _WITH_TEXT[kind]
+            check_supported(f"{path}.{kind}", modality, list(info.get("modalities") or []), str(info.get("model")))
+            if len(d.id) > segments.MAX_DOCUMENT_ID_CHARS:
+                raise unprocessable(
+                    f"{path}.id: an audio or video document's id has at most {segments.MAX_DOCUMENT_ID_CHARS} "
+                    "characters (its segments' rows add a suffix)",
+                    f"{path}.id",
+                )
+        check_count("documents", clips, self.settings.max_av_inputs_per_request, "audio and video documents")
+
+    async def _store_clips(self, batch: Sequence[IngestDoc]) -> None:
+        """Fetch every clip once under the media policy, check its headers, cut it into windows and store it (with
+        a keyframe preview per video window) in the media store: searches and the Embedder read it there."""
+        todo = [d for d in batch if d.doc.media in ("audio", "video")]
+        if not todo:
+            return
+        refs = [
+            avingest.ClipRef(
+                str(getattr(d.doc, str(d.doc.media))), str(d.doc.media), f"documents[{d.position}].{d.doc.media}"
+            )
+            for d in todo
+        ]
+        try:
+            clips = await avingest.fetch_clips(refs, self.loader, self.settings)
+        except MediaError as e:
+            raise ApiError(e.status, e.reason, str(e), field=e.field) from None
+        await self.gate.background_turn("store")
+        try:
+            await self.in_thread(avingest.store_clips, self.media, clips)
+        except ApiError:
+            raise
+        except Exception as e:  # object storage unreachable or refusing
+            raise ApiError(
+                503, "storage_unavailable", f"the media store cannot be written ({type(e).__name__})", retry_after=5
+            ) from None
+        for d, clip in zip(todo, clips, strict=True):
+            d.clip = clip
+            ref = clip.source.ref
+            d.source = ref if ref[:8].lower().startswith(("http://", "https://")) else None
+
+    async def _embed_windows(self, batch: Sequence[IngestDoc], model: str | None = None) -> None:
+        """One vector per window of every clip: the Embedder reads the stored clip and decodes only the window
+        (``t0``/``t1`` items), in requests of at most ``max_av_inputs_per_request`` windows."""
+        todo = [(d, w) for d in batch if d.clip is not None for w in d.clip.windows]
+        chunk = self.settings.max_av_inputs_per_request
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            items = [_window_item(d, w) for d, w in part]
+            try:
+                out = await self.embedder.encode(items, "document", None, model)
+            except ApiError as e:
+                raise remap_inputs(e, [d.position for d, _ in part], "documents") from None
+            for (d, _), v in zip(part, out.vectors, strict=True):
+                d.vectors.append(v)
 
     def _take_supplied_embeddings(self, batch: Sequence[IngestDoc], dim: int, model: str) -> None:
         """Check and normalise the embeddings callers supplied (they skip the embedder)."""
@@ -392,7 +486,7 @@ class SearchPipeline:
     ) -> Embeddings | None:
         """Embed the documents without a vector. With the embedding cache, inputs already seen (same model, image
         bytes and text, under any id or URL) are not sent to the model, and one request's duplicates are sent once."""
-        todo = [d for d in batch if d.vector is None]
+        todo = [d for d in batch if d.needs_vector]
         if not todo:
             return None
         items = [self._embedding_item(d, text_only, model) for d in todo]
@@ -459,27 +553,32 @@ class SearchPipeline:
     async def _write(
         self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str, revision: str | None = None
     ) -> None:
-        """``revision``: the model's, recorded with the collection when this write creates it."""
-        stored = [
-            index_base.IndexRecord(
-                id=d.doc.id,
-                text=d.doc.text,
-                image=join_ref(d.image, d.source) if d.image is not None else None,
-                metadata=dict(d.doc.metadata),
-                embedding=np.asarray(d.vector).tolist(),
-                ocr_text=d.ocr.text if d.ocr is not None else None,
-                ocr_lines=list(d.ocr.lines) if d.ocr is not None else [],
-                modality=d.doc.modality or "",
-            )
-            for d in batch
-        ]
+        """Write the documents' rows (a clip document: one per window); rows of the former versions' segments
+        beyond the new ones are deleted after the write, so a replaced document never leaves one behind.
+        ``revision``: the model's, recorded with the collection when this write creates it."""
+        stored = [row for d in batch for row in _rows(d)]
         async with self._lock(collection):
             await self.in_thread(self.index.ensure_collection, collection, dim, model)
             if revision is not None:
                 await self.in_thread(bindings.record_revision, self.index, collection, revision)
             await self.gate.background_turn("index")
             self.forget_statistics(collection)
+            before = await self._segment_rows(collection, [d.doc.id for d in batch])
             await self.in_thread(self.index.upsert, collection, stored)
+            written = {r.id for r in stored}
+            stale = [rid for rid in before if rid not in written]
+            if stale:
+                await self.in_thread(self.index.delete, collection, stale)
+
+    async def _segment_rows(self, collection: str, ids: Sequence[str]) -> list[str]:
+        """The continuation rows (``service.segments``) the stored versions of these documents have."""
+        firsts = await self.in_thread(self.index.get, collection, list(ids))
+        out: list[str] = []
+        for r in firsts:
+            seg = segments.parse_ref(split_ref(r.image)[0])
+            if seg is not None and seg.n > 1:
+                out.extend(segments.row_ids(r.id, seg.n)[1:])
+        return out
 
     # ------------------------------------------------------------------------------------------- documents
     async def delete(self, req: DeleteRequest) -> DeleteResponse:
@@ -487,7 +586,10 @@ class SearchPipeline:
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
         req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         async with self._lock(req.collection):
+            more = await self._segment_rows(req.collection, req.ids)
             n = await self.in_thread(self.index.delete, req.collection, req.ids)
+            if more:  # a segmented document's other rows: it counts once
+                await self.in_thread(self.index.delete, req.collection, more)
             self.forget_statistics(req.collection)
         if n:
             self.schedule_media_gc()
@@ -518,7 +620,7 @@ class SearchPipeline:
                 StoredDocument(
                     id=d.id,
                     text=d.text,
-                    **_image_fields(d.image),
+                    **_stored_media_fields(d.image, d.modality),
                     ocr_text=d.ocr_text,
                     modality=d.modality,
                     metadata=d.metadata,
@@ -594,7 +696,6 @@ class SearchPipeline:
     def check_search(self, req: SearchRequest) -> None:
         """Refuse shortlist sizes the service does not serve (before any work). A shortlist smaller than ``top_k``
         is raised to it (``search``), as every client and the CLI expect."""
-        refuse_av(req.query, "query")
         if req.top_k > self.settings.max_candidates:
             raise unprocessable(
                 f"top_k: at most {self.settings.max_candidates} (MMSEARCH_MAX_CANDIDATES; got {req.top_k})", "top_k"
@@ -721,7 +822,7 @@ class SearchPipeline:
                 balance=how,
                 redundancy=Redundancy(penalty, neighbours) if penalty > 0 else None,
             )
-            found = await self.in_thread(fn, self.index, req.collection, mode, query, req.candidates, req.filter)
+            found = await self._draw(fn, req, mode, query)
         except ApiError as e:
             if e.code in ("collection_not_found", "collection_mismatch"):
                 self._dimensions.pop(req.collection, None)  # dropped or re-created, possibly by another replica
@@ -729,7 +830,26 @@ class SearchPipeline:
             raise
         run.balanced = how is not None
         run.ocr_text = {c.hit.id: c.hit.ocr_text for c in found}
-        return await self._apply_min_score(run, qvec, [_search_hit(c) for c in found])
+        hits = await self._apply_min_score(run, qvec, [_search_hit(c) for c in found])
+        return _group(hits, req.segments)[: req.candidates]
+
+    async def _draw(
+        self, fn: Callable[..., list[Candidate]], req: SearchRequest, mode: Mode, query: Query
+    ) -> list[Candidate]:
+        """``candidates`` rows; when segments of one document fill them (``segments: "best"`` keeps one per
+        document), up to ``SEGMENT_DRAW_FACTOR`` times as many rows (at most ``max_candidates``), once, so the
+        shortlist still holds ``candidates`` documents where the collection has them."""
+        found: list[Candidate] = await self.in_thread(
+            fn, self.index, req.collection, mode, query, req.candidates, req.filter
+        )
+        more = min(req.candidates * SEGMENT_DRAW_FACTOR, self.settings.max_candidates)
+        if req.segments != "best" or len(found) < req.candidates or more <= req.candidates:
+            return found
+        documents = {segments.document_id(c.hit.id) for c in found}
+        if len(documents) == len(found):
+            return found
+        drawn: list[Candidate] = await self.in_thread(fn, self.index, req.collection, mode, query, more, req.filter)
+        return drawn
 
     async def _balance(self, run: SearchRun, mode: Mode, qvec: np.ndarray | None) -> Balance | None:
         """How this search draws per modality, or None for one raw draw: ``balance`` off, a keyword search, an
@@ -738,7 +858,8 @@ class SearchPipeline:
         req = run.req
         if req.balance == "off" or mode == "keyword" or qvec is None:
             return None
-        if not self.settings.balance_text_only and self.text_only_embedder(await self.embedder_info()):
+        model = (await self._collection(req.collection))[1]
+        if not self.settings.balance_text_only and bindings.text_only(await self.embedder_info(), model):
             return None  # every document it embedded (an image by its text) lies in the one text space: no gap
         stats = await self.modality_stats(req.collection)
         allowed = _allowed_modalities(req.filter, stats)
@@ -764,7 +885,7 @@ class SearchPipeline:
         this query's modality (none when it is not calibrated)."""
         collection = run.req.collection
         calib = await self.collection_calibration(collection)
-        if calib is None:
+        if calib is None or run.query.media in ("audio", "video"):  # calibrations pair text and image queries
             return {}
         stats = {m: s for m, s in (await self.modality_stats(collection)).items() if s.count > 0}
         modality = query_modality(run.query.text, run.query.image)
@@ -873,6 +994,11 @@ class SearchPipeline:
         req = run.req
         if req.rerank is False or not hits:
             return hits, False
+        if run.query.media in ("audio", "video"):
+            run.warn(
+                None, "not_reranked", f"{run.query.media} queries are not reranked yet: hits are in retrieval order"
+            )
+            return hits, False
         info = await self.reranker_info()
         if info is not None and info.get("model") is None:
             if req.rerank is True:
@@ -915,6 +1041,8 @@ class SearchPipeline:
         if text_only and hit.image is not None:
             text = index_base.keyword_text(hit.text, run.ocr_text.get(hit.id))
             return Item(text=text[: self.settings.max_text_chars]) if text is not None else None
+        if hit.audio is not None or hit.video is not None:
+            return None  # the Reranker does not take audio or video yet: kept in retrieval order after the others
         if hit.text is None and hit.image is None:
             return None
         if hit.text is not None and len(hit.text) > self.settings.max_text_chars:
@@ -1102,6 +1230,94 @@ class ImageFields(TypedDict):
     thumbnail: str | None
 
 
+def _window_item(d: IngestDoc, w: segments.Window) -> Item:
+    """What the Embedder gets for one window of a clip document: the stored clip, the window, the text."""
+    assert d.clip is not None and d.clip.stored is not None
+    return Item(text=d.doc.text, **{d.clip.source.kind: d.clip.stored}, t0=w.t0, t1=w.t1)
+
+
+def _rows(d: IngestDoc) -> list[index_base.IndexRecord]:
+    """A document's index rows: one, or one per window of its clip (``service.segments``)."""
+    common: dict[str, Any] = {"text": d.doc.text, "metadata": dict(d.doc.metadata), "modality": d.modality}
+    if d.clip is not None:
+        assert d.clip.stored is not None
+        n = len(d.clip.windows)
+        return [
+            index_base.IndexRecord(
+                id=segments.row_id(d.doc.id, k),
+                image=join_ref(segments.stored_ref(d.clip.stored, w, n, d.clip.duration), d.source),
+                embedding=np.asarray(v).tolist(),
+                **common,
+            )
+            for k, (w, v) in enumerate(zip(d.clip.windows, d.vectors, strict=True))
+        ]
+    return [
+        index_base.IndexRecord(
+            id=d.doc.id,
+            image=join_ref(d.image, d.source) if d.image is not None else None,
+            embedding=np.asarray(d.vector).tolist(),
+            ocr_text=d.ocr.text if d.ocr is not None else None,
+            ocr_lines=list(d.ocr.lines) if d.ocr is not None else [],
+            **common,
+        )
+    ]
+
+
+class MediaFields(TypedDict, total=False):
+    image: str | None
+    source: str | None
+    thumbnail: str | None
+    audio: str | None
+    video: str | None
+    t0: float | None
+    t1: float | None
+
+
+def _media_fields(stored: str | None, modality: str) -> MediaFields:
+    """A row's media as the API shows it: an image (``_image_fields``), or an audio or video clip with the row's
+    window (``t0``/``t1``) and, for video, the window's keyframe preview."""
+    kind = modality.removeprefix("text+")
+    if kind not in ("audio", "video"):
+        return MediaFields(**_image_fields(stored))
+    ref, source = split_ref(stored)
+    seg = segments.parse_ref(ref)
+    out = MediaFields(image=None, source=source, thumbnail=None)
+    if seg is None:  # not written by this version: shown as stored
+        out[kind] = ref  # type: ignore[literal-required]
+        return out
+    thumb = thumbnail_name(ref or "")
+    out["thumbnail"] = f"/media/{thumb}" if thumb else None
+    out["t0"], out["t1"] = seg.t0, seg.t1
+    out[kind] = seg.ref  # type: ignore[literal-required]
+    return out
+
+
+def _stored_media_fields(stored: str | None, modality: str) -> dict[str, Any]:
+    """``/get``'s media fields: a clip document's whole clip (its first row names the segment count)."""
+    fields_ = dict(_media_fields(stored, modality))
+    t0, t1 = fields_.pop("t0", None), fields_.pop("t1", None)
+    seg = segments.parse_ref(split_ref(stored)[0]) if t0 is not None else None
+    if seg is not None and t1 is not None:
+        fields_["segments"], fields_["duration"] = seg.n, seg.duration
+    return fields_
+
+
+def _group(hits: list[SearchHit], how: str) -> list[SearchHit]:
+    """Segment hits named by their document; ``best``: each document once, at its first (best) hit."""
+    out: list[SearchHit] = []
+    seen: set[str] = set()
+    for h in hits:
+        doc = segments.document_id(h.id)
+        if doc != h.id:
+            h.id = doc
+        if how == "best" and h.t0 is not None:
+            if doc in seen:
+                continue
+            seen.add(doc)
+        out.append(h)
+    return out
+
+
 def _image_fields(stored: str | None) -> ImageFields:
     """``image``, ``source`` and ``thumbnail`` (a path under ``/media/``) of a stored ``image`` value."""
     image, source = split_ref(stored)
@@ -1139,7 +1355,7 @@ def _search_hit(c: Candidate) -> SearchHit:
         fused_score=c.fused_score,
         modality=h.modality,
         text=h.text,
-        **_image_fields(h.image),
+        **_media_fields(h.image, h.modality),
         metadata=h.metadata,
         evidence=[Evidence(source=e.source, text=e.text, box=list(e.box) if e.box else None) for e in c.evidence],
     )

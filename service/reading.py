@@ -98,4 +98,7 @@ def modality_paths(embedder_modalities: Sequence[str], ocr: bool) -> dict[str, s
         paths["text+image"] = "text + OCR text -> text embedding; keyword-searchable, cited as evidence"
     else:
         paths["text+image"] = "unsupported by the embedder"
+    for m in ("audio", "video", "text+audio", "text+video"):
+        if m in supported:  # service.segments
+            paths[m] = "one embedding per segment (MMSEARCH_SEGMENT_SECONDS); hits name the best segment's t0/t1"
     return paths

@@ -385,10 +385,7 @@ def build_tiny_audio_embedder(out: Path) -> Path:
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "|", *letters])}
     config = Wav2Vec2Config(
         vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        **_tiny_dims(32),
         conv_dim=(32, 32),
         conv_stride=(5, 4),
         conv_kernel=(10, 8),
@@ -420,20 +417,13 @@ def build_tiny_text_reranker(out: Path) -> Path:
     """Build a tiny random BERT text-pair CrossEncoder (one logit, sigmoid) at ``out``."""
     import torch
     from sentence_transformers import CrossEncoder
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+    from transformers import BertConfig, BertForSequenceClassification
 
     out = Path(out)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
-    words = ["a", "the", "is", "of", "and", "in", "on", "to", "cat", "dog", "car", "red", "blue", "photo"]
-    tokens = list(dict.fromkeys([*specials, *chars, *("##" + c for c in chars), *words]))
-    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    tokenizer = _tiny_bert_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokens),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        vocab_size=len(tokenizer.vocab),
+        **_tiny_dims(32),
         max_position_embeddings=512,
         pad_token_id=0,
     )
@@ -476,10 +466,7 @@ def build_tiny_text_embedder(out: Path) -> Path:
     tokenizer = _tiny_bert_tokenizer()
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=24,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        **_tiny_dims(24),
         max_position_embeddings=128,
         pad_token_id=0,
     )
@@ -493,6 +480,11 @@ def build_tiny_text_embedder(out: Path) -> Path:
         SentenceTransformer(modules=modules, prompts=dict(TEXT_EMBEDDER_PROMPTS), device="cpu").save(str(out))
     _warn_in_card(out)
     return out
+
+
+def _tiny_dims(hidden: int) -> dict[str, int]:
+    """The size of the tiny BERT and wav2vec2 encoders: two layers of two heads, ``hidden`` wide."""
+    return {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
 def _warn_in_card(out: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,22 +59,21 @@ def clip_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticServ
         yield srv
 
 
+def _embedder(tmp_path_factory: pytest.TempPathFactory, model: Path) -> Iterator[BentoServer]:
+    """An Embedder serving ``model`` for the module's life."""
+    yield from serve_bento(
+        tmp_path_factory.mktemp(f"{model.name}-server"), "service.embedder:Embedder", MMSEARCH_EMBEDDER_MODEL=str(model)
+    )
+
+
 @pytest.fixture(scope="module")
 def audio_server(tmp_path_factory: pytest.TempPathFactory, av_models: TinyAVModels) -> Iterator[BentoServer]:
-    yield from serve_bento(
-        tmp_path_factory.mktemp("audio-embedder"),
-        "service.embedder:Embedder",
-        MMSEARCH_EMBEDDER_MODEL=str(av_models.audio_embedder),
-    )
+    yield from _embedder(tmp_path_factory, Path(av_models.audio_embedder))
 
 
 @pytest.fixture(scope="module")
 def video_server(tmp_path_factory: pytest.TempPathFactory, av_models: TinyAVModels) -> Iterator[BentoServer]:
-    yield from serve_bento(
-        tmp_path_factory.mktemp("video-embedder"),
-        "service.embedder:Embedder",
-        MMSEARCH_EMBEDDER_MODEL=str(av_models.video_embedder),
-    )
+    yield from _embedder(tmp_path_factory, Path(av_models.video_embedder))
 
 
 def _encode(server: BentoServer, inputs: list[Any], input_type: str = "document") -> httpx.Response:

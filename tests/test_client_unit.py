@@ -518,6 +518,95 @@ def test_cli_scan_and_offline_failures(tmp_path: Path, capsys: Any) -> None:
     assert cli_main(["index", str(tmp_path / "missing"), "--url", "http://127.0.0.1:9"]) == 1
 
 
+def test_cli_index_sends_audio_and_video_files_one_clip_per_request(tmp_path: Path, capsys: Any) -> None:
+    """``mmsearch index`` picks up .mp4/.webm/.mov/.mkv and .wav/.flac/.mp3/.ogg, sends each clip as a data URI of
+    its own type in a request of its own (a clip is large; the server takes few per request), the rest batched."""
+    from mmsearch_client.cli import build_parser, cmd_index
+
+    files = {"a.txt": b"hello", "b.png": PNG_1x1, "c.mp4": b"mp4-bytes", "d.WAV": b"wav-bytes", "e.flac": b"flac"}
+    files |= {"f.mkv": b"mkv", "g.ogg": b"ogg", "h.mp3": b"mp3", "i.webm": b"webm", "j.mov": b"mov"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    assert len(list(scan([str(tmp_path)]))) == len(files)
+    upserts: list[list[dict[str, Any]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/get":
+            return httpx.Response(200, json={"collection": "default", "documents": []})
+        upserts.append(body["documents"])
+        ids = [d["id"] for d in body["documents"]]
+        return httpx.Response(200, json={"collection": "default", "upserted": len(ids), "ids": ids})
+
+    args = build_parser().parse_args(["index", str(tmp_path), "--no-progress"])
+    assert cmd_index(_client(handler), args) == 0
+    assert "indexed 10," in capsys.readouterr().out
+    sent = {d["metadata"]["filename"]: d for batch in upserts for d in batch}
+    assert [len(b) for b in upserts if "text" in b[0] or "image" in b[0]] == [2]
+    assert sorted(len(b) for b in upserts if "text" not in b[0] and "image" not in b[0]) == [1] * 8
+    assert sent["c.mp4"]["video"] == "data:video/mp4;base64," + base64.b64encode(b"mp4-bytes").decode()
+    assert sent["d.WAV"]["audio"] == "data:audio/wav;base64," + base64.b64encode(b"wav-bytes").decode()
+    assert sent["f.mkv"]["video"].startswith("data:video/x-matroska;base64,")
+    assert sent["j.mov"]["video"].startswith("data:video/quicktime;base64,")
+    assert sent["h.mp3"]["audio"].startswith("data:audio/mpeg;base64,")
+    assert sent["g.ogg"]["audio"].startswith("data:audio/ogg;base64,") and "video" not in sent["g.ogg"]
+
+
+def test_cli_search_sends_a_video_or_audio_query(tmp_path: Path, capsys: Any) -> None:
+    from mmsearch_client.cli import build_parser, cmd_search
+
+    (tmp_path / "q.mp4").write_bytes(b"mp4-bytes")
+    queries: list[Any] = []
+
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        queries.append(bodies[-1]["query"])
+        hit = {"id": "film", "score": 0.9, "retrieval_score": 0.9, "video": "media://x", "t0": 24, "t1": 34}
+        return httpx.Response(
+            200,
+            json={
+                "hits": [hit],
+                "mode": "vector",
+                "reranked": False,
+                "timings_ms": {"embed": 1, "retrieve": 1, "rerank": 0, "total": 2},
+            },
+        )
+
+    args = build_parser().parse_args(["search", "red", "--video", str(tmp_path / "q.mp4")])
+    assert cmd_search(_client(handler), args) == 0
+    assert queries[0] == {"text": "red", "video": "data:video/mp4;base64," + base64.b64encode(b"mp4-bytes").decode()}
+    assert "@ 24-34 s" in capsys.readouterr().out
+    res = _client(handler).search({"video": "media://" + "a" * 64 + ".mp4", "t0": 1, "t1": 2}, segments="all")
+    assert (
+        res.hits[0].t0 == 24
+        and bodies[-1]["segments"] == "all"
+        and queries[-1] == {"video": "media://" + "a" * 64 + ".mp4", "t0": 1.0, "t1": 2.0}
+    )
+    queries.clear()
+    args = build_parser().parse_args(["search", "--audio", "https://h/a.wav"])
+    assert cmd_search(_client(handler), args) == 0 and queries[0] == {"audio": "https://h/a.wav"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--audio", "a.wav", "--video", "v.mp4"])
+
+
+def test_search_hits_carry_segment_times() -> None:
+    from mmsearch_client.schemas import SearchHit
+
+    hit = SearchHit.model_validate(
+        {
+            "id": "film",
+            "score": 0.9,
+            "retrieval_score": 0.9,
+            "video": "media://" + "a" * 64 + ".mp4",
+            "t0": 24,
+            "t1": 34,
+        }
+    )
+    assert (hit.t0, hit.t1, hit.video, hit.audio, hit.image) == (24.0, 34.0, "media://" + "a" * 64 + ".mp4", None, None)
+
+
 # -------------------------------------------------------------------------------------------- packaging
 def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service import segments
 from service.index import (
     CollectionMismatch,
     CollectionNotFound,
@@ -211,6 +212,37 @@ def test_upsert_mixes_documents_with_and_without_text_and_image(index: VectorInd
     assert hits == got
 
 
+def test_segment_rows_are_ordinary_rows_counted_once_with_their_clip_modality(index: VectorIndex, coll: str) -> None:
+    """A segmented audio/video document (``service.segments``): rows ``d``, ``d\\x1f1``, ``d\\x1f2`` whose clip
+    reference is in ``image`` and whose modality is stored: the collection counts one document, ``$modality``
+    tells video and text+audio rows from images (on every backend, with or without a modality column), and
+    ``modality_sample`` (balanced retrieval) sees them as their own group."""
+    clip = "media://" + "a" * 64 + ".mp4?t=0,10&n=3&d=26"
+    rows = [doc(segments.row_id("d", k), unit(1, k, 0, 0), image=clip, lang="en") for k in range(3)]
+    voice = doc("v", unit(0, 0, 1, 0), text="a note", image="media://" + "b" * 64 + ".wav?t=0,4&n=1&d=4")
+    pic = doc("p", unit(0, 0, 0, 1), image="only.png")
+    for r in rows:
+        r.modality = "video"
+    voice.modality = "text+audio"
+    index.upsert(coll, [*rows, voice, pic])
+    assert index.get_collection(coll).count == 3
+    assert [c.count for c in index.list_collections() if c.name == coll] == [3]
+    got = index.get(coll, [r.id for r in rows] + ["v", "p"])
+    assert [(d.id, d.modality) for d in got] == [(r.id, "video") for r in rows] + [("v", "text+audio"), ("p", "image")]
+
+    def found(flt: dict[str, Any]) -> set[str]:
+        return {h.id for h in index.search(coll, unit(1, 1, 1, 1), 10, flt)}
+
+    assert found({"$modality": "video"}) == {r.id for r in rows}
+    assert found({"$modality": "image"}) == {"p"}
+    assert found({"$modality": {"$in": ["text+audio", "text+image"]}}) == {"v"}
+    assert found({"$modality": "video", "lang": "en"}) == {r.id for r in rows}
+    assert index.modality_sample(coll, "video", 10)[0] == 3
+    assert index.modality_sample(coll, "image", 10)[0] == 1
+    assert index.delete(coll, [r.id for r in rows[1:]]) == 2
+    assert index.get_collection(coll).count == 3
+
+
 def test_every_document_has_a_modality_returned_in_hits_and_usable_in_filters(index: VectorIndex, coll: str) -> None:
     """Modality from the content (text, image, both) or, for an embedding-only document, the one it declares
     (none: unlabelled ``""``); the same on every path and filterable with ``$modality`` next to metadata."""
@@ -238,7 +270,7 @@ def test_every_document_has_a_modality_returned_in_hits_and_usable_in_filters(in
     docs[1].text = None  # replaced by an embedding-only document: its modality follows
     index.upsert(coll, [docs[1]])
     assert found({"$modality": ""}) == {"bare", "text"}
-    for bad in ("audio", {"$in": []}, {"$gt": "text"}, ["image"]):
+    for bad in ("sound", {"$in": []}, {"$gt": "text"}, ["image"]):
         with pytest.raises(InvalidFilter, match=r"\$modality"):
             index.search(coll, unit(1, 0, 0, 0), 5, {"$modality": bad})
 

@@ -69,8 +69,33 @@ class IndexHit:
 
 
 def declared_modality(doc: IndexRecord) -> str | None:
-    """The modality an embedding-only document declares (stored as a reserved filter term), else None."""
+    """The modality stored as a reserved filter term: an audio or video row's, or the one an embedding-only
+    document declares; else None."""
+    if doc.modality in fields.AV_MODALITIES:
+        return doc.modality
     return doc.modality or None if doc.text is None and doc.image is None else None
+
+
+def record_modality(doc: IndexRecord) -> str:
+    """The modality a row is stored with (``filters.stored_modality`` reads it back)."""
+    if doc.modality in fields.AV_MODALITIES:
+        return doc.modality
+    return fields.modality_of(doc.text, doc.image, declared_modality(doc))
+
+
+SEGMENT_SEPARATOR = "\x1f"
+CONTINUATION_TERM = "0segment_more"
+"""The reserved filter term of a document's segment rows after its first (``service.segments``): counts leave them
+out. Their ids are ``<document id>\\x1f<k>``: no document id holds a control character."""
+
+
+def is_continuation(row_id: str) -> bool:
+    return SEGMENT_SEPARATOR in row_id
+
+
+def extra_terms(doc: IndexRecord) -> list[str]:
+    """Reserved terms a row carries besides ``filters.document_terms`` (a segment row's after the first)."""
+    return [CONTINUATION_TERM] if is_continuation(doc.id) else []
 
 
 def keyword_text(text: str | None, ocr_text: str | None) -> str | None:
@@ -142,13 +167,17 @@ def check_collection_args(name: str, dimension: int, model: str) -> None:
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:
-    """Validate document ids (``mmsearch_client.fields.check_id``: 1-512 characters, no control characters)."""
+    """Validate document ids (``mmsearch_client.fields.check_id``: 1-512 characters, no control characters), or
+    a segment row's (``<document id>\\x1f<k>``, see ``service.segments``)."""
     if isinstance(ids, str):
         raise TypeError("ids must be a sequence of strings, not a single string")
     out = list(ids)
     for i in out:
+        doc_id, sep, k = i.partition(SEGMENT_SEPARATOR) if isinstance(i, str) else (i, "", "")
         try:
-            fields.check_id(i)
+            if sep and not (k.isdigit() and k.isascii() and len(i) <= fields.MAX_ID_CHARS):
+                raise ValueError("a segment row id is <document id>\\x1f<number>, at most 512 characters")
+            fields.check_id(doc_id)
         except ValueError as e:
             raise ValueError(f"invalid document id {i!r}: {e}") from None
     return out

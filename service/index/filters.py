@@ -61,8 +61,16 @@ def modality_term(modality: str) -> str:
     return _MODALITY_TERM + modality.replace("+", "_")
 
 
+AV_TERMS = {modality_term(m): m for m in fields.AV_MODALITIES}
+"""The reserved terms of audio and video rows (their clip is in the ``image`` column: the term says what it is)."""
+
+
 def stored_modality(text: str | None, image: str | None, terms: Any) -> str:
-    """A stored row's modality: from its content, else the one its reserved term declares (``""``: none)."""
+    """A stored row's modality: an audio or video row's term, else from its content, else the one its reserved
+    term declares (``""``: none)."""
+    for term in terms or ():
+        if term in AV_TERMS:
+            return AV_TERMS[term]
     held = fields.modality_of(text, image)
     if held or not terms:
         return held
@@ -89,12 +97,16 @@ class Content:
 
 def modality_expr(modalities: tuple[str, ...], c: Content) -> str:
     """An expression that holds for rows whose modality is one of ``modalities`` (see the module docstring)."""
+    not_av = f"{c.negate}{c.any_term(tuple(AV_TERMS))}"  # an audio or video row keeps its clip in ``image``
     both = {
         "text": (c.has_text, c.no_image),
-        "image": (c.has_image, c.no_text),
-        "text+image": (c.has_text, c.has_image),
+        "image": (c.has_image, c.no_text, not_av),
+        "text+image": (c.has_text, c.has_image, not_av),
     }
     parts = [f"({c.conj.join(both[m])})" for m in modalities if m in both]
+    av = tuple(modality_term(m) for m in modalities if m in fields.AV_MODALITIES)
+    if av:
+        parts.append(f"({c.any_term(av)})")
     empty = c.conj.join((c.no_text, c.no_image))
     declared = tuple(modality_term(m) for m in modalities if m in both)
     if declared:

@@ -136,6 +136,14 @@ LOCKED_AFTER_FAILURES = 3
 """Failed maintenance passes in a row after which a compaction holds the writers' lock (see ``_maintain``)."""
 
 
+def _documents(table: Any) -> int:
+    """Rows less a segmented document's continuation rows (``service.segments``): the documents."""
+    rows = int(table.count_rows())
+    if not rows:
+        return 0
+    return rows - int(table.count_rows(f"array_has({TERMS}, '{base.CONTINUATION_TERM}')"))
+
+
 def _schema(dimension: int, model: str) -> pa.Schema:
     return pa.schema(
         [
@@ -252,6 +260,10 @@ class _Matrix:
         if len(bare):
             terms = self.payload[TERMS].take(pa.array(bare)).to_pylist()
             rows[bare] = [filters.stored_modality(None, None, t) for t in terms]
+        terms = self.payload[TERMS].combine_chunks()
+        flat, parents = pc.list_flatten(terms), pc.list_parent_indices(terms)
+        for term, m in filters.AV_TERMS.items():  # audio and video rows keep their clip in ``image``
+            rows[parents.filter(pc.equal(flat, term)).to_numpy(zero_copy_only=False)] = m
         return {str(m): np.flatnonzero(rows == m) for m in np.unique(rows)}
 
 
@@ -298,7 +310,7 @@ class LanceIndex(VectorIndex):
             name=name,
             dimension=int(meta[DIMENSION_KEY]),
             model=meta[MODEL_KEY].decode(),
-            count=table.count_rows() if count else 0,
+            count=_documents(table) if count else 0,
         )
 
     def _table(self, name: str) -> Any:
@@ -520,14 +532,16 @@ class LanceIndex(VectorIndex):
                 "image": pa.array([d.image for d in batch], pa.utf8()),
                 METADATA: pa.array([_dump_metadata(d) for d in batch], pa.json_(pa.utf8())),
                 TERMS: pa.array(
-                    [filters.document_terms(d.metadata, base.declared_modality(d)) for d in batch], pa.list_(pa.utf8())
+                    [
+                        filters.document_terms(d.metadata, base.declared_modality(d)) + base.extra_terms(d)
+                        for d in batch
+                    ],
+                    pa.list_(pa.utf8()),
                 ),
                 OCR_TEXT: pa.array([d.ocr_text for d in batch], pa.utf8()),
                 OCR_LINES: pa.array([lines_to_json(d.ocr_lines) for d in batch], pa.utf8()),
                 FTS_COLUMN: pa.array([base.keyword_text(d.text, d.ocr_text) for d in batch], pa.utf8()),
-                MODALITY: pa.array(
-                    [fields.modality_of(d.text, d.image, base.declared_modality(d)) for d in batch], pa.utf8()
-                ),
+                MODALITY: pa.array([base.record_modality(d) for d in batch], pa.utf8()),
             },
             # The table's field flags (non-nullable primary key) but the *logical* JSON type: the table reports its
             # metadata column in storage form (large_binary), and rows cast to that are not JSONB (range filters fail).

@@ -274,6 +274,15 @@ class MilvusIndex(VectorIndex):
         rows = self._client.query(name, filter="", output_fields=["count(*)"], **self._read)
         return int(rows[0]["count(*)"]) if rows else 0
 
+    def _documents(self, name: str) -> int:
+        """Rows less a segmented document's continuation rows (``service.segments``): the documents."""
+        rows = self._count(name)
+        if not rows:
+            return 0
+        expr = f'array_contains({TERMS}, "{base.CONTINUATION_TERM}")'
+        more = self._client.query(name, filter=expr, output_fields=["count(*)"], **self._read)
+        return rows - (int(more[0]["count(*)"]) if more else 0)
+
     def _create(self, name: str, dimension: int, model: str, fmt: str = FORMAT_VERSION) -> None:
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
@@ -341,7 +350,7 @@ class MilvusIndex(VectorIndex):
             return IndexedCollection(name=name, dimension=dimension, model=model, count=self._fresh_count(name))
 
     def _fresh_count(self, name: str) -> int:
-        return self._fresh(name, lambda _: self._count(name))
+        return self._fresh(name, lambda _: self._documents(name))
 
     def get_collection(self, name: str) -> IndexedCollection:
         meta = self._meta(name)
@@ -408,7 +417,7 @@ class MilvusIndex(VectorIndex):
             "text": doc.text,
             "image": doc.image,
             METADATA: doc.metadata,
-            TERMS: filters.document_terms(doc.metadata, base.declared_modality(doc)),
+            TERMS: filters.document_terms(doc.metadata, base.declared_modality(doc)) + base.extra_terms(doc),
         }
         if meta.format != "1":
             row.update(text=doc.text or "", image=doc.image or "")

@@ -471,6 +471,7 @@ class BaseClient(Generic[HttpT]):
         hybrid: Mapping[str, Any] | None = None,
         balance: Literal["auto", "off"] | None = None,
         min_score: float | None = None,
+        segments: Literal["best", "all"] | None = None,
     ) -> RequestSpec[SearchResponse]:
         body: dict[str, Any] = {
             "collection": collection,
@@ -484,6 +485,7 @@ class BaseClient(Generic[HttpT]):
             ("hybrid", dict(hybrid) if hybrid else None),
             ("balance", balance),
             ("min_score", min_score),
+            ("segments", segments),
         )
         for key, value in options:
             if value is not None:

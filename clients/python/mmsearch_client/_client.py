@@ -300,6 +300,7 @@ class Client(BaseClient[httpx.Client]):
         hybrid: Mapping[str, Any] | None = None,
         balance: Literal["auto", "off"] | None = None,
         min_score: float | None = None,
+        segments: Literal["best", "all"] | None = None,
     ) -> SearchResponse:
         """Retrieve ``candidates`` (at least ``top_k``: the server raises a smaller shortlist; ``mode``:
         ``vector``, ``keyword`` or ``hybrid``, default the server's choice), rerank them, return the best
@@ -311,9 +312,11 @@ class Client(BaseClient[httpx.Client]):
         seconds (504 when exceeded). ``balance``: ``"auto"`` (the server's default) draws candidates per document
         modality on a mixed collection, ``"off"`` takes one top-``candidates`` by raw cosine. ``min_score``: drop
         vector candidates below it (the calibrated probability on a calibrated collection, else the raw cosine).
+        ``segments``: audio and video documents indexed as segments come back once at their best segment
+        (``"best"``, the server's default) or once per matching segment (``"all"``); hits carry ``t0``/``t1``.
         """
         spec = self._search_spec(
-            query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance, min_score
+            query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance, min_score, segments
         )
         return self._run(spec)
 
@@ -579,10 +582,11 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         hybrid: Mapping[str, Any] | None = None,
         balance: Literal["auto", "off"] | None = None,
         min_score: float | None = None,
+        segments: Literal["best", "all"] | None = None,
     ) -> SearchResponse:
         """Retrieve ``candidates`` (``mode``), rerank them, return the best ``top_k`` (see :meth:`Client.search`)."""
         spec = self._search_spec(
-            query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance, min_score
+            query, collection, top_k, candidates, rerank, filter, timeout, mode, hybrid, balance, min_score, segments
         )
         return await self._run(spec)
 

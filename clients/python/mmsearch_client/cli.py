@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -31,17 +31,30 @@ from mmsearch_client._client import Client
 from mmsearch_client._progress import rich_available
 from mmsearch_client.errors import APIStatusError, MMSearchError, NotFoundError, field_to_loc
 from mmsearch_client.eval.command import add_eval_parser
-from mmsearch_client.inputs import Document, Image, InputLike, content_id, pair
+from mmsearch_client.inputs import Document, Image, InputLike, content_id, pair, to_wire_clip
 from mmsearch_client.results import BatchFailure
 from mmsearch_client.schemas import CalibrationInfo, Item
 
-__all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "build_parser", "main", "scan"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "TEXT_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "build_parser",
+    "main",
+    "scan",
+]
 
 INGEST_COMMANDS = frozenset({"index", "eval", "calibrate", "reindex"})
 INGEST_TIMEOUT_S = 600.0
 """HTTP timeout of commands that upload images: with OCR on, a batch of images takes about 2 s each to read."""
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 TEXT_EXTENSIONS = frozenset({".txt", ".md"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mov", ".mkv"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg"})
+CLIP_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
+"""Sent one per request (a clip is large, and the server takes at most ``MMSEARCH_MAX_AV_INPUTS_PER_REQUEST``)."""
+SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS | TEXT_EXTENSIONS | CLIP_EXTENSIONS
 
 
 class CLIError(Exception):
@@ -96,6 +109,11 @@ def _describe(text: str | None, image: str | None, metadata: dict[str, Any] | No
     return " | ".join(parts) or "-"
 
 
+def _segment(t0: float | None, t1: float | None) -> str:
+    """Where in an audio or video document the hit is."""
+    return "" if t0 is None or t1 is None else f" @ {t0:g}-{t1:g} s"
+
+
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -117,7 +135,7 @@ def scan(paths: Sequence[str], unsupported: list[Path] | None = None) -> Iterato
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
         for p in candidates:
-            if p.suffix.lower() in IMAGE_EXTENSIONS | TEXT_EXTENSIONS:
+            if p.suffix.lower() in SUPPORTED_EXTENSIONS:
                 yield p
             elif unsupported is not None:
                 unsupported.append(p)
@@ -135,9 +153,14 @@ class _Pending:
     def __iter__(self) -> Iterator[Document]:
         for doc_id, path in self.entries:
             meta: dict[str, Any] = {"path": str(path), "filename": path.name}
-            if path.suffix.lower() in TEXT_EXTENSIONS:
+            suffix = path.suffix.lower()
+            if suffix in TEXT_EXTENSIONS:
                 text = path.read_bytes().decode("utf-8", errors="replace")
                 yield Document(doc_id, text=text, metadata=meta)
+            elif suffix in VIDEO_EXTENSIONS:
+                yield Document(doc_id, video=path, metadata=meta)
+            elif suffix in AUDIO_EXTENSIONS:
+                yield Document(doc_id, audio=path, metadata=meta)
             else:
                 yield Document(doc_id, image=path, metadata=meta)
 
@@ -162,17 +185,21 @@ def cmd_index(client: Client, args: argparse.Namespace) -> int:
     todo = [e for e in entries if e[0] not in existing]
     skipped += len(entries) - len(todo)
     indexed = failed = ocr_images = ocr_lines = 0
-    if todo:
+    clips = [e for e in todo if e[1].suffix.lower() in CLIP_EXTENSIONS]
+    others = [e for e in todo if e[1].suffix.lower() not in CLIP_EXTENSIONS]
+    for part, batch_size in ((others, args.batch_size), (clips, 1)):
+        if not part:
+            continue
         summary = client.upsert_many(
-            _Pending(todo),
+            _Pending(part),
             collection=args.collection,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             concurrency=args.concurrency,
             progress=not args.no_progress,
         )
-        indexed, failed = summary.upserted, summary.failed
-        ocr_images, ocr_lines = summary.ocr_images, summary.ocr_lines
-        _print_failures(summary.failures[:20], dict(todo))
+        indexed, failed = indexed + summary.upserted, failed + summary.failed
+        ocr_images, ocr_lines = ocr_images + summary.ocr_images, ocr_lines + summary.ocr_lines
+        _print_failures(summary.failures[:20], dict(part))
     if unsupported:
         kinds = ", ".join(sorted({p.suffix.lower() or "(no extension)" for p in unsupported}))
         print(f"mmsearch: skipped {len(unsupported)} file(s) of an unsupported type ({kinds})", file=sys.stderr)
@@ -232,6 +259,18 @@ def _query(text: str | None, image: str | None) -> InputLike:
     return text
 
 
+def _search_query(args: argparse.Namespace) -> InputLike:
+    """The query of ``mmsearch search``: text, an image, or a clip (``--video``/``--audio``), with or without text."""
+    kind: Literal["audio", "video"] | None = "video" if args.video else "audio" if args.audio else None
+    if kind is None:
+        return _query(args.text, args.image)
+    if args.image:
+        raise UsageError(f"give --image or --{kind}, not both")
+    ref = getattr(args, kind)
+    clip = ref if ref.startswith(("http://", "https://")) else to_wire_clip(Path(ref), kind)
+    return Item.model_validate({"text": args.text, kind: clip})
+
+
 def cmd_search(client: Client, args: argparse.Namespace) -> int:
     filt = None
     if args.filter:
@@ -240,7 +279,7 @@ def cmd_search(client: Client, args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(f"--filter is not valid JSON: {e}") from None
     res = client.search(
-        _query(args.text, args.image),
+        _search_query(args),
         collection=args.collection,
         top_k=args.top_k,
         candidates=args.candidates,  # the server raises the shortlist to top_k, as for every client
@@ -260,7 +299,7 @@ def cmd_search(client: Client, args: argparse.Namespace) -> int:
             _score(hit.score),
             _score(hit.retrieval_score),
             _score(hit.rerank_score),
-            _describe(hit.text, hit.image, hit.metadata),
+            _describe(hit.text, hit.image, hit.metadata) + _segment(hit.t0, hit.t1),
         ]
         for rank, hit in enumerate(res.hits, 1)
     ]
@@ -470,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common], help="search a collection")
     p.add_argument("text", nargs="?", help="query text")
     p.add_argument("--image", help="query image: a local path or an http(s) URL")
+    media = p.add_mutually_exclusive_group()
+    media.add_argument("--video", help="query video: a local path or an http(s) URL (where the model reads video)")
+    media.add_argument("--audio", help="query audio clip: a local path or an http(s) URL (where the model reads audio)")
     p.add_argument("--collection", "-c", default="default")
     p.add_argument("--top-k", "-k", type=_positive, default=10)
     p.add_argument("--candidates", type=_positive, default=50)

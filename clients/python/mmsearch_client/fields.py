@@ -30,9 +30,12 @@ MAX_METADATA_VALUES = 4096
 MAX_METADATA_BYTES = 65_536
 """A document's metadata as compact JSON."""
 INT64 = (-(2**63), 2**63 - 1)
-MODALITIES = ("text", "image", "text+image")
-"""A stored document's modality: what it holds (``text``, ``image`` or both). A document that brings only its
-embedding holds neither: it has the modality it declares, or none (``""``, the *unlabelled* group)."""
+AV_MODALITIES = ("audio", "video", "text+audio", "text+video")
+"""The modalities of audio and video documents (with or without text)."""
+MODALITIES = ("text", "image", "text+image", *AV_MODALITIES)
+"""A stored document's modality: what it holds (``text``, ``image``, ``audio``, ``video``, or text with one of
+them). A document that brings only its embedding holds none: it has the modality it declares, or none (``""``,
+the *unlabelled* group)."""
 MODALITY_FILTER_KEY = "$modality"
 """The filter key that selects documents by modality (``{"$modality": "image"}``; ``$in`` and ``$ne`` work too).
 Not a metadata key (those cannot start with ``$``), so it never clashes with a document's own metadata."""
@@ -70,7 +73,14 @@ def check_av_ref(value: str, kind: str) -> str:
         return value
     if head.startswith(f"data:{kind}/") and ";base64," in head:
         return value
-    raise ValueError(f"{kind} must be an http(s):// URL or a data:{kind}/...;base64, URI")
+    if _STORED_AV.fullmatch(value):
+        return value
+    raise ValueError(
+        f"{kind} must be an http(s):// URL, a data:{kind}/...;base64, URI or a stored clip's media://<sha256>.<ext>"
+    )
+
+
+_STORED_AV = re.compile(r"media://[0-9a-f]{64}\.(?:mp4|webm|mov|mkv|wav|flac|mp3|ogg|m4a)")
 
 
 def _has_control(s: str) -> bool:

@@ -209,12 +209,12 @@ def to_items(inputs: InputLike | Sequence[InputLike]) -> list[str | Item]:
     return [to_item(v) for v in cast("Sequence[InputLike]", inputs)]
 
 
-def item_to_json(item: str | Item) -> str | dict[str, str]:
+def item_to_json(item: str | Item) -> str | dict[str, str | float]:
     """The JSON form of a wire input (``None`` fields left out)."""
     if isinstance(item, str):
         return item
-    out: dict[str, str] = {}
-    for key in ("text", "image", "audio", "video"):
+    out: dict[str, str | float] = {}
+    for key in ("text", "image", "audio", "video", "t0", "t1"):
         value = getattr(item, key)
         if value is not None:
             out[key] = value
@@ -227,11 +227,42 @@ def content_id(data: bytes | str) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
+CLIP_TYPES = {
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".m4a": "audio/mp4",
+}
+"""Audio and video files the client sends as data URIs, by extension (the server reads the container from the
+bytes, never from this type)."""
+
+ClipLike: TypeAlias = "str | os.PathLike[str]"
+"""An audio or video clip: an ``http(s)://`` URL, a ``data:`` URI, a stored ``media://`` clip, or a local file."""
+
+
+def to_wire_clip(clip: ClipLike, kind: Literal["audio", "video"]) -> str:
+    """A clip as the wire takes it: a string as given, a local file read now into a ``data:<kind>/...`` URI."""
+    if isinstance(clip, str):
+        return clip
+    path = Path(clip)
+    mime = CLIP_TYPES.get(path.suffix.lower(), f"{kind}/octet-stream")
+    if not mime.startswith(kind):
+        mime = f"{kind}/{mime.split('/', 1)[1]}"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
 @dataclass(slots=True)
 class Document:
-    """A document to upsert: text, an image (any :data:`ImageLike`), or both, plus metadata.
+    """A document to upsert: text, one medium (an image, any :data:`ImageLike`; an audio or video clip, any
+    :data:`ClipLike`), or text with it, plus metadata.
 
         Document("doc-1", text="a red bicycle", image=Path("bike.jpg"), metadata={"shop": "north"})
+        Document("talk", video=Path("talk.mp4"))  # indexed as segments when longer than the server's segment
 
     ``embedding`` stores a precomputed vector instead of embedding the content server-side.
     """
@@ -243,13 +274,17 @@ class Document:
     embedding: list[float] | None = None
     modality: Literal["text", "image", "text+image"] | None = None
     """Only for an embedding-only document: the modality its embedding was made from."""
+    audio: ClipLike | None = None
+    video: ClipLike | None = None
 
     def to_wire(self) -> UpsertDocument:
-        """The ``schemas.UpsertDocument`` sent on the wire (images read and encoded now)."""
+        """The ``schemas.UpsertDocument`` sent on the wire (images and clips read and encoded now)."""
         return UpsertDocument.model_construct(
             id=self.id,
             text=self.text,
             image=None if self.image is None else to_wire_image(self.image),
+            audio=None if self.audio is None else to_wire_clip(self.audio, "audio"),
+            video=None if self.video is None else to_wire_clip(self.video, "video"),
             metadata=dict(self.metadata),
             embedding=self.embedding,
             modality=self.modality,
@@ -270,14 +305,18 @@ def to_wire_document(doc: DocumentLike) -> dict[str, Any]:
         d = dict(doc)
         if d.get("image") is not None:
             d["image"] = to_wire_image(d["image"])
+        for kind in ("audio", "video"):
+            if d.get(kind) is not None:
+                d[kind] = to_wire_clip(d[kind], kind)
         return {k: v for k, v in d.items() if v is not None}
     else:
         raise TypeError(f"not a document: {type(doc).__name__}")
     out: dict[str, Any] = {"id": wire.id}
     if wire.text is not None:
         out["text"] = wire.text
-    if wire.image is not None:
-        out["image"] = wire.image
+    for key in ("image", "audio", "video"):
+        if getattr(wire, key) is not None:
+            out[key] = getattr(wire, key)
     if wire.metadata:
         out["metadata"] = dict(wire.metadata)
     if wire.embedding is not None:

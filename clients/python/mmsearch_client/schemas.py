@@ -39,6 +39,9 @@ class Item(BaseModel):
     image: str | None = None
     audio: str | None = None
     video: str | None = None
+    t0: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """With ``audio`` or ``video``: encode only the clip's time range from ``t0`` to ``t1`` seconds (a segment)."""
+    t1: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("audio", "video")
     @classmethod
@@ -52,7 +55,19 @@ class Item(BaseModel):
             raise ValueError("an item needs 'text', 'image', 'audio' or 'video'")
         if len(media) > 1:
             raise ValueError(f"an item holds one medium, with or without text (got {' and '.join(media)})")
+        if (self.t0 is None) != (self.t1 is None):
+            raise ValueError("a time range needs both 't0' and 't1'")
+        if self.t0 is not None and self.t1 is not None:
+            if self.media not in ("audio", "video"):
+                raise ValueError("a time range ('t0', 't1') applies to 'audio' or 'video' only")
+            if self.t0 >= self.t1:
+                raise ValueError(f"'t0' must be before 't1' (got {self.t0:g} and {self.t1:g})")
         return self
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """The time range to encode, ``(t0, t1)`` s (``None``: the whole clip)."""
+        return (self.t0, self.t1) if self.t0 is not None and self.t1 is not None else None
 
     @property
     def media(self) -> MediaKind | None:
@@ -187,6 +202,12 @@ class UpsertDocument(BaseModel):
     id: DocumentId
     text: str | None = None
     image: str | None = None
+    audio: str | None = None
+    """An audio clip (``http(s)://`` URL, ``data:audio/...;base64,`` URI or a stored ``media://`` clip): fetched once,
+    stored by Search, embedded by the Embedder; a clip longer than the server's segment length is indexed as
+    segments (hits name the best one's ``t0``/``t1``)."""
+    video: str | None = None
+    """A video, as ``audio``; each segment also gets a keyframe ``thumbnail``."""
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     embedding: list[float] | None = None
     modality: Literal["text", "image", "text+image"] | None = None
@@ -207,12 +228,33 @@ class UpsertDocument(BaseModel):
             fields.check_stored_text(v, "image")
         return v
 
+    @field_validator("audio", "video")
+    @classmethod
+    def _av_ref(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return fields.check_av_ref(v, str(info.field_name)) if v is not None else None
+
     @model_validator(mode="after")
     def _has_content(self) -> UpsertDocument:
-        if self.text is None and self.image is None and self.embedding is None:
-            raise ValueError("a document needs 'text', 'image' or 'embedding'")
+        media = [k for k in ("image", "audio", "video") if getattr(self, k) is not None]
+        if self.text is None and not media and self.embedding is None:
+            raise ValueError("a document needs 'text', 'image', 'audio', 'video' or 'embedding'")
+        if len(media) > 1:
+            raise ValueError(f"a document holds one medium, with or without text (got {' and '.join(media)})")
+        if media and media[0] != "image" and (self.embedding is not None or self.modality is not None):
+            raise ValueError("an audio or video document is embedded by the server (no 'embedding' or 'modality')")
         fields.check_declared_modality(self.text, self.image, self.modality)
         return self
+
+    @property
+    def media(self) -> MediaKind | None:
+        """Which medium the document holds (``None``: none)."""
+        return (
+            "image"
+            if self.image is not None
+            else "audio"
+            if self.audio is not None
+            else ("video" if self.video is not None else None)
+        )
 
 
 class UpsertRequest(BaseModel):
@@ -299,6 +341,14 @@ class StoredDocument(BaseModel):
     """The URL the image was fetched from at ingest."""
     thumbnail: str | None = None
     """A preview path under ``/media/``."""
+    audio: str | None = None
+    """The stored copy of an audio document's clip (``media://<sha256>.<ext>``)."""
+    video: str | None = None
+    """The stored copy of a video document's clip (``media://<sha256>.<ext>``)."""
+    segments: int | None = None
+    """An audio or video document's segments (one vector each; 1 for a clip within one segment)."""
+    duration: float | None = None
+    """An audio or video document's length in seconds (the end of its last segment)."""
     ocr_text: str | None = None
     modality: str = ""
     """``text``, ``image``, ``text+image``, or an embedding-only document's declared modality (``""``: none)."""
@@ -464,11 +514,15 @@ class SearchRequest(BaseModel):
     Default: rerank when a reranker is configured (like ``true``), else retrieval only (a warning says so)."""
     filter: dict[str, Any] | None = None
     """Metadata conditions (``{"key": value}``, ``$in``, ``$ne``, ranges), and ``"$modality"`` for the document
-    modality (``"text"``, ``"image"``, ``"text+image"``)."""
+    modality (``"text"``, ``"image"``, ``"text+image"``, ``"audio"``, ``"video"``, ``"text+audio"``,
+    ``"text+video"``)."""
     balance: Literal["auto", "off"] = "auto"
     """``auto``: when the collection holds more than one document modality, draw candidates per modality and fuse
     them on a shared scale, each keeping a minimum share (the modality gap cannot crowd one out); ``off``: one
     top-``candidates`` by raw cosine."""
+    segments: Literal["best", "all"] = "best"
+    """Audio and video documents indexed as segments: ``best`` returns each document once, at its best segment
+    (``t0``/``t1``); ``all`` returns every matching segment as its own hit (the document's id repeats)."""
     min_score: float | None = Field(default=None, ge=-1, le=1)
     """Drop vector candidates scoring below it (before reranking): on a calibrated collection the calibrated
     probability of relevance (one threshold means the same for every modality), else the raw cosine. Candidates
@@ -515,7 +569,16 @@ class SearchHit(BaseModel):
     source: str | None = None
     """The URL the image was fetched from at ingest (never fetched again)."""
     thumbnail: str | None = None
-    """A preview (longest side at most 256 px) to GET on the service, e.g. ``/media/<sha256>.thumb.jpeg``."""
+    """A preview (longest side at most 256 px) to GET on the service, e.g. ``/media/<sha256>.thumb.jpeg``; for a
+    video hit, the keyframe at the start of its segment (``/media/<sha256>.t<ms>.thumb.jpeg``)."""
+    audio: str | None = None
+    """An audio document's stored clip (``media://<sha256>.<ext>``, GET ``/media/<sha256>.<ext>``)."""
+    video: str | None = None
+    """A video document's stored clip."""
+    t0: float | None = None
+    """Audio or video: where the matching segment starts, in seconds (the best one of the document when grouped)."""
+    t1: float | None = None
+    """Where it ends."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     evidence: list[Evidence] = Field(default_factory=list)
     """The lines that contain query terms (best first): where in a screenshot the answer is."""
