@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import functools
 import logging
 import math
@@ -37,6 +38,8 @@ from mmsearch_client.schemas import (
     Evidence,
     GetRequest,
     GetResponse,
+    IdsRequest,
+    IdsResponse,
     Item,
     Modality,
     SearchHit,
@@ -51,7 +54,8 @@ from mmsearch_client.schemas import (
     as_item,
 )
 
-from service import avingest, balance, calibration, mediagc, segments
+from service import avingest, balance, bindings, calibration, mediagc, segments
+from service.aliases import ALIASES_COLLECTION, AliasStore
 from service.config import Settings
 from service.embedcache import EmbeddingCache, cache_key
 from service.errors import ApiError, Loc, unprocessable
@@ -189,6 +193,7 @@ class SearchPipeline:
         self.reranker = reranker
         self.reader = TextReader(reader)
         self.index = index
+        self.aliases = AliasStore(index)
         self.media = media
         self.loader = loader  # validates inline images that skip the embedder
         self.gate = gate  # ingest work (storing images, index writes) yields to in-flight searches
@@ -284,6 +289,41 @@ class SearchPipeline:
             known = self._dimensions[name] = (info.dimension, info.model)
         return known
 
+    async def _binding(self, collection: str, requested: str | None, *, refresh: bool = False) -> bindings.Binding:
+        """The model an upsert into ``collection`` embeds with: the collection's own, else the requested one."""
+        info = await self.embedder_info(refresh=refresh)
+        if refresh:
+            self._dimensions.pop(collection, None)
+        try:
+            held: tuple[int, str] | None = await self._collection(collection)
+        except ApiError as e:
+            if e.code != "collection_not_found":
+                raise
+            held = None
+        return bindings.choose(info, collection, held, requested)
+
+    async def _rebind(self, req: UpsertRequest, bound: bindings.Binding, embedded: Embeddings) -> bindings.Binding:
+        """The Embedder answered with another model than the binding's (replaced behind Search): a new collection
+        takes the model that answered, if /info now says so; an existing one keeps its own (409)."""
+        answered = (embedded.model, embedded.vectors.shape[1])
+        if not bound.new:
+            self.embedder_info_stale()
+            raise bindings.mismatch(req.collection, bound.name, embedded.model, answered=True)
+        bound = await self._binding(req.collection, req.model, refresh=True)
+        if answered != (bound.name, bound.dimension):
+            raise ApiError(503, "embedder_changed", "the embedder changed model during the request", retry_after=1)
+        return bound
+
+    def embedder_info_stale(self) -> None:
+        """Ask the Embedder's /info again next time (it answered with a model /info did not list)."""
+        self._embedder_info = None
+
+    async def resolve(self, name: str) -> str:
+        """The collection a request's ``collection`` names: an alias's target, else the name itself (from the
+        cached table without a thread hop while it is fresh)."""
+        fresh = self.aliases.cached(name)
+        return fresh if fresh is not None else await self.in_thread(self.aliases.resolve, name)
+
     def _lock(self, collection: str) -> asyncio.Lock:
         return self._write_locks.setdefault(collection, asyncio.Lock())
 
@@ -291,23 +331,22 @@ class SearchPipeline:
     async def upsert(self, req: UpsertRequest) -> UpsertResponse:
         """Embed (document prompt) and store documents; an existing id is replaced."""
         self._check_upsert(req)
-        info = await self.embedder_info()
-        dim, model = int(info["dimension"]), str(info["model"])
-        self._check_clip_documents(req, info)
+        req = req.model_copy(update={"collection": await self.resolve(req.collection)})
+        bound = await self._binding(req.collection, req.model)
+        dim, model = bound.dimension, bound.name
+        self._check_clip_documents(req, bindings.model_info(await self.embedder_info(), model))
         batch = [IngestDoc(i, d) for i, d in enumerate(req.documents)]
         self._take_supplied_embeddings(batch, dim, model)
         await self._store_media(batch)
         await self._store_clips(batch)
         await self._read_text(batch)
-        embedded = await self._embed_documents(batch, self.text_only_embedder(info), model, dim)
-        await self._embed_windows(batch)
+        embedded = await self._embed_documents(batch, bound.text_only, model, dim)
+        await self._embed_windows(batch, model)
         if embedded is not None and (embedded.model, embedded.vectors.shape[1]) != (model, dim):
-            info = await self.embedder_info(refresh=True)  # the Embedder was replaced by another model
-            dim, model = int(info["dimension"]), str(info["model"])
-            if (embedded.model, embedded.vectors.shape[1]) != (model, dim):
-                raise ApiError(503, "embedder_changed", "the embedder changed model during the request", retry_after=1)
+            bound = await self._rebind(req, bound, embedded)  # the Embedder was replaced by another model
+            dim, model = bound.dimension, bound.name
             self._take_supplied_embeddings(batch, dim, model)
-        await self._write(req.collection, batch, dim, model)
+        await self._write(req.collection, batch, dim, model, bound.revision if bound.new else None)
         self.schedule_media_gc()  # a replaced document may have left its old image unreferenced
         read = [d.ocr for d in batch if d.ocr is not None]
         return UpsertResponse(
@@ -379,7 +418,7 @@ class SearchPipeline:
             ref = clip.source.ref
             d.source = ref if ref[:8].lower().startswith(("http://", "https://")) else None
 
-    async def _embed_windows(self, batch: Sequence[IngestDoc]) -> None:
+    async def _embed_windows(self, batch: Sequence[IngestDoc], model: str | None = None) -> None:
         """One vector per window of every clip: the Embedder reads the stored clip and decodes only the window
         (``t0``/``t1`` items), in requests of at most ``max_av_inputs_per_request`` windows."""
         todo = [(d, w) for d in batch if d.clip is not None for w in d.clip.windows]
@@ -388,7 +427,7 @@ class SearchPipeline:
             part = todo[start : start + chunk]
             items = [_window_item(d, w) for d, w in part]
             try:
-                out = await self.embedder.encode(items, "document", None)
+                out = await self.embedder.encode(items, "document", None, model)
             except ApiError as e:
                 raise remap_inputs(e, [d.position for d, _ in part], "documents") from None
             for (d, _), v in zip(part, out.vectors, strict=True):
@@ -457,7 +496,7 @@ class SearchPipeline:
         if not send:
             return None
         try:
-            out = await self.embedder.encode([items[i] for i in send], "document", None)
+            out = await self.embedder.encode([items[i] for i in send], "document", None, model)
         except ApiError as e:
             raise remap_inputs(e, [todo[i].position for i in send], "documents") from None
         by_key = {keys[i]: v for i, v in zip(send, out.vectors, strict=True)}
@@ -511,12 +550,17 @@ class SearchPipeline:
             image = str(d.doc.image)
             d.source = image if image[:8].lower().startswith(("http://", "https://")) else None
 
-    async def _write(self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str) -> None:
+    async def _write(
+        self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str, revision: str | None = None
+    ) -> None:
         """Write the documents' rows (a clip document: one per window); rows of the former versions' segments
-        beyond the new ones are deleted after the write, so a replaced document never leaves one behind."""
+        beyond the new ones are deleted after the write, so a replaced document never leaves one behind.
+        ``revision``: the model's, recorded with the collection when this write creates it."""
         stored = [row for d in batch for row in _rows(d)]
         async with self._lock(collection):
             await self.in_thread(self.index.ensure_collection, collection, dim, model)
+            if revision is not None:
+                await self.in_thread(bindings.record_revision, self.index, collection, revision)
             await self.gate.background_turn("index")
             self.forget_statistics(collection)
             before = await self._segment_rows(collection, [d.doc.id for d in batch])
@@ -540,6 +584,7 @@ class SearchPipeline:
     async def delete(self, req: DeleteRequest) -> DeleteResponse:
         """Delete documents by id; ``deleted`` counts those that existed."""
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
+        req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         async with self._lock(req.collection):
             more = await self._segment_rows(req.collection, req.ids)
             n = await self.in_thread(self.index.delete, req.collection, req.ids)
@@ -551,7 +596,8 @@ class SearchPipeline:
         return DeleteResponse(collection=req.collection, deleted=n)
 
     async def drop(self, req: DropRequest) -> DropResponse:
-        """Drop a collection (404 if it does not exist)."""
+        """Drop a collection (404 if it does not exist; 409 while an alias points at it)."""
+        await self.in_thread(self.aliases.check_droppable, req.collection)
         async with self._lock(req.collection):
             self._dimensions.pop(req.collection, None)
             self.forget_statistics(req.collection)
@@ -566,6 +612,7 @@ class SearchPipeline:
     async def get(self, req: GetRequest) -> GetResponse:
         """Documents by id, in the order asked (missing ids are skipped)."""
         check_count("ids", len(req.ids), self.settings.max_ids_per_request, "ids")
+        req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         found = await self.in_thread(self.index.get, req.collection, req.ids)
         return GetResponse(
             collection=req.collection,
@@ -582,6 +629,15 @@ class SearchPipeline:
                 for d in found
             ],
         )
+
+    async def ids(self, req: IdsRequest) -> IdsResponse:
+        """A page of the collection's ids in id order (each page lists the collection again: a reindex's reads)."""
+        name = await self.resolve(req.collection)
+        every = await self.in_thread(self.index.ids, name)
+        start = bisect.bisect_right(every, req.after) if req.after is not None else 0
+        page = every[start : start + req.limit]
+        more = start + req.limit < len(every)
+        return IdsResponse(collection=name, ids=page, next=page[-1] if more and page else None)
 
     def schedule_media_gc(self) -> None:
         """Collect unreferenced media in the background (``service.mediagc``), at most once per
@@ -617,16 +673,20 @@ class SearchPipeline:
         infos = await self.in_thread(self.index.list_collections)
         out = []
         for c in infos:
+            if c.name == ALIASES_COLLECTION:
+                continue
             try:
                 calib = await self.collection_calibration(c.name)
+                revision = await self.in_thread(bindings.read_revision, self.index, c.name)
             except ApiError:
-                calib = None  # dropped meanwhile
+                calib, revision = None, None  # dropped meanwhile
             out.append(
                 CollectionInfo(
                     name=c.name,
                     count=c.count,
                     dimension=c.dimension,
                     model=c.model,
+                    revision=revision,
                     calibration=calib.describe() if calib is not None else None,
                 )
             )
@@ -651,8 +711,10 @@ class SearchPipeline:
         ``req.timeout`` bounds the whole search (504); its deadline also travels to the model services.
         """
         self.check_search(req)
+        update: dict[str, Any] = {"collection": await self.resolve(req.collection)}  # once: one collection answers
         if req.top_k > req.candidates:  # the shortlist is never smaller than the answer
-            req = req.model_copy(update={"candidates": req.top_k})
+            update["candidates"] = req.top_k
+        req = req.model_copy(update=update)
         deadline = time.monotonic() + req.timeout if req.timeout else None
         try:
             async with asyncio.timeout(req.timeout), self.gate.interactive():
@@ -662,12 +724,12 @@ class SearchPipeline:
 
     async def _search(self, run: SearchRun) -> SearchResponse:
         req = run.req
-        await self.collection_dimension(req.collection)  # 404 before any model work
-        text_only = self.text_only_embedder(await self.embedder_info())
+        _, model = await self._collection(req.collection)  # 404 before any model work
+        text_only = bindings.text_only(await self.embedder_info(), model)
         await self._read_query(run, text_only)
         run.mark("read")
         mode = await self.in_thread(choose_mode, req.mode, self.index, req.collection, run.text)
-        qvec = None if mode == "keyword" else await self._embed_query(run, text_only)
+        qvec = None if mode == "keyword" else await self._embed_query(run, text_only, model)
         run.mark("embed")
         hits = await self._retrieve(run, mode, qvec)
         run.mark("retrieve")
@@ -684,6 +746,8 @@ class SearchPipeline:
             balanced=run.balanced,
             timings_ms=timings,
             warnings=run.warnings,
+            collection=req.collection,
+            model=model,
         )
 
     async def _read_query(self, run: SearchRun, text_only: bool) -> None:
@@ -701,7 +765,8 @@ class SearchPipeline:
             raise remap_inputs(e, [0], "query", single=True) from None
         run.text = index_base.keyword_text(query.text, pages[0].text)
 
-    async def _embed_query(self, run: SearchRun, text_only: bool) -> np.ndarray:
+    async def _embed_query(self, run: SearchRun, text_only: bool, model: str) -> np.ndarray:
+        """The query's vector by ``model`` (its collection's)."""
         item = run.query
         if text_only and item.image is not None and self.reader.enabled:
             if not run.text:
@@ -714,7 +779,7 @@ class SearchPipeline:
                 )
             item = Item(text=run.text)
         try:
-            out = await self.embedder.encode([item], "query", run.remaining())
+            out = await self.embedder.encode([item], "query", run.remaining(), model)
         except ApiError as e:
             raise remap_inputs(e, [0], "query", single=True) from None
         qvec: np.ndarray = out.vectors[0]
@@ -793,7 +858,8 @@ class SearchPipeline:
         req = run.req
         if req.balance == "off" or mode == "keyword" or qvec is None:
             return None
-        if not self.settings.balance_text_only and self.text_only_embedder(await self.embedder_info()):
+        model = (await self._collection(req.collection))[1]
+        if not self.settings.balance_text_only and bindings.text_only(await self.embedder_info(), model):
             return None  # every document it embedded (an image by its text) lies in the one text space: no gap
         stats = await self.modality_stats(req.collection)
         allowed = _allowed_modalities(req.filter, stats)
@@ -894,9 +960,10 @@ class SearchPipeline:
     async def embed_query(self, req: SearchRequest) -> np.ndarray:
         """A query's vector as ``/search`` computes it (its image's text read first when the embedder needs it)."""
         run = SearchRun(req, as_item(req.query), None, self.clock)
-        text_only = self.text_only_embedder(await self.embedder_info())
+        _, model = await self._collection(req.collection)
+        text_only = bindings.text_only(await self.embedder_info(), model)
         await self._read_query(run, text_only)
-        return await self._embed_query(run, text_only)
+        return await self._embed_query(run, text_only, model)
 
     async def modality_stats(self, collection: str) -> dict[str, balance.GroupStats]:
         """Each modality's document count and vector sample (``service.balance``), reused for

@@ -37,8 +37,11 @@ class EmbedderPort(Protocol):
         """At least ``model`` (name) and ``dimension``."""
         ...
 
-    async def encode(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> Embeddings:
-        """Normalised embeddings of ``items`` in order; refusals raise ``ApiError`` with ``inputs[k]`` paths."""
+    async def encode(
+        self, items: Sequence[Item], input_type: InputType, timeout: float | None, model: str | None = None
+    ) -> Embeddings:
+        """Normalised embeddings of ``items`` in order by ``model`` (None: the default); refusals raise ``ApiError``
+        with ``inputs[k]`` paths (an unknown model: 404 ``model_not_found``)."""
         ...
 
 
@@ -116,9 +119,14 @@ class RemoteEmbedder(_Remote):
 
     stage = "embedder"
 
-    async def encode(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> Embeddings:
+    async def encode(
+        self, items: Sequence[Item], input_type: InputType, timeout: float | None, model: str | None = None
+    ) -> Embeddings:
+        chosen = {"model": model} if model is not None else {}
         resp: EncodeResponse = await call_dependency(
-            self._dep.to_async.encode(inputs=list(items), input_type=input_type, normalize=True, timeout=timeout),
+            self._dep.to_async.encode(
+                inputs=list(items), input_type=input_type, normalize=True, timeout=timeout, **chosen
+            ),
             stage="embedder",
             breaker=self._breaker,
         )

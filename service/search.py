@@ -16,6 +16,12 @@ from typing import Any, TypeVar
 
 import bentoml
 from mmsearch_client.schemas import (
+    AliasDeleteRequest,
+    AliasDeleteResponse,
+    AliasesResponse,
+    AliasInfo,
+    AliasRequest,
+    AliasResponse,
     CalibrateRequest,
     CalibrateResponse,
     CollectionsResponse,
@@ -27,6 +33,8 @@ from mmsearch_client.schemas import (
     EncodeResponse,
     GetRequest,
     GetResponse,
+    IdsRequest,
+    IdsResponse,
     Item,
     OcrRequest,
     OcrResponse,
@@ -44,7 +52,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import calibrator, lifecycle
+from service import bindings, calibrator, lifecycle
+from service.aliases import ALIASES_COLLECTION
 from service.bento_options import search_service_options, validated
 from service.breaker import CircuitBreaker
 from service.compat import (
@@ -193,7 +202,8 @@ class Search:
     @bentoml.api(route="/upsert", input_spec=UpsertRequest)
     @handle_api_errors
     async def upsert(self, **kw: Any) -> UpsertResponse:
-        """Embed (document prompt) and store documents; an existing id is replaced."""
+        """Embed (document prompt) and store documents; an existing id is replaced. A new collection is bound to
+        ``model`` (default: the Embedder's default model), an existing one embeds with its own."""
         return await self.pipeline.upsert(validated(UpsertRequest, kw))
 
     @bentoml.api(route="/delete", input_spec=DeleteRequest)
@@ -214,11 +224,41 @@ class Search:
         """Documents by id, in the order asked (missing ids are skipped)."""
         return await self.pipeline.get(validated(GetRequest, kw))
 
+    @bentoml.api(route="/ids", input_spec=IdsRequest)
+    @handle_api_errors
+    async def ids(self, **kw: Any) -> IdsResponse:
+        """One page of a collection's document ids in id order (``next``: the ``after`` of the next page)."""
+        return await self.pipeline.ids(validated(IdsRequest, kw))
+
     @bentoml.api(route="/collections")
     @handle_api_errors
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension, embedding model and calibration (if any)."""
         return await self.pipeline.collections()
+
+    @bentoml.api(route="/aliases")
+    @handle_api_errors
+    async def aliases(self) -> AliasesResponse:
+        """Every alias with the collection it points at."""
+        table = await self.pipeline.in_thread(self.pipeline.aliases.table)
+        return AliasesResponse(aliases=[AliasInfo(alias=a, collection=c) for a, c in sorted(table.items())])
+
+    @bentoml.api(route="/aliases/set", input_spec=AliasRequest)
+    @handle_api_errors
+    async def set_alias(self, **kw: Any) -> AliasResponse:
+        """Point an alias at a collection: created, or switched in one atomic write (``previous``: its old target).
+        An alias cannot shadow a collection (409) nor point at another alias (422)."""
+        req = validated(AliasRequest, kw)
+        previous = await self.pipeline.in_thread(self.pipeline.aliases.set, req.alias, req.collection)
+        return AliasResponse(alias=req.alias, collection=req.collection, previous=previous)
+
+    @bentoml.api(route="/aliases/delete", input_spec=AliasDeleteRequest)
+    @handle_api_errors
+    async def delete_alias(self, **kw: Any) -> AliasDeleteResponse:
+        """Delete an alias (``deleted`` False if there was none); its collection stays."""
+        req = validated(AliasDeleteRequest, kw)
+        deleted = await self.pipeline.in_thread(self.pipeline.aliases.delete, req.alias)
+        return AliasDeleteResponse(alias=req.alias, deleted=deleted)
 
     @bentoml.api(route="/search", input_spec=SearchRequest)
     @handle_api_errors
@@ -330,7 +370,7 @@ class Search:
     async def info(self) -> dict[str, Any]:
         """Index backend and limits, and every dependency: its own /info (models, loading options) or why it is
         unavailable, with the state of its circuit breaker; OCR, keyword search and which path each modality
-        takes (``modality_paths``)."""
+        takes (``modality_paths``); every collection with the model it is bound to (``collections``)."""
         deps: dict[str, dict[str, Any]] = {}
         for stage, dep in (("embedder", self.embedder), ("reranker", self.reranker), ("reader", self.reader)):
             try:
@@ -341,12 +381,18 @@ class Search:
                 meta["available"] = True
             meta["circuit"] = self.breakers[stage].snapshot()
             deps[stage] = meta
+        try:
+            listed = await self.pipeline.in_thread(self.index.list_collections)
+            collections = bindings.describe([c for c in listed if c.name != ALIASES_COLLECTION])
+        except ApiError:
+            collections = None  # the storage is faulty: /info still answers
         return {
             "service": "Search",
             **deps,
             **self.pipeline.describe(deps["embedder"].get("modalities") or []),
             "index_uri_kind": type(self.index).__name__,
             "max_candidates": self.settings.max_candidates,
+            "collections": collections,
         }
 
 

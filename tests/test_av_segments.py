@@ -143,7 +143,9 @@ class WindowEmbedder:
     async def info(self) -> dict[str, Any]:
         return {"model": "fake-av", "dimension": DIM, "modalities": self.modalities}
 
-    async def encode(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> Embeddings:
+    async def encode(
+        self, items: Sequence[Item], input_type: InputType, timeout: float | None, model: str | None = None
+    ) -> Embeddings:
         self.calls.append(list(items))
         keys = [f"{i.text}|{i.image}|{i.audio}|{i.video}|{i.t0}|{i.t1}" for i in items]
         return Embeddings(np.stack([unit_vector(k, DIM) for k in keys]), "fake-av")
@@ -230,7 +232,9 @@ class CrowdingEmbedder(WindowEmbedder):
     """Every window of a clip lies next to the text "q" (the others are far): one document's segments would fill
     a shortlist."""
 
-    async def encode(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> Embeddings:
+    async def encode(
+        self, items: Sequence[Item], input_type: InputType, timeout: float | None, model: str | None = None
+    ) -> Embeddings:
         self.calls.append(list(items))
         out = []
         for i in items:

@@ -659,3 +659,91 @@ def test_drop_collection_missing_ok_and_errors() -> None:
             c.drop_collection("gone")
         assert err.value.code == "collection_not_found"
     assert seen[0] == ("/drop", {"collection": "there"})
+
+
+def test_upsert_model_and_alias_routes_sync_and_async() -> None:
+    """``upsert(model=)`` sends ``model`` only when given; the alias methods post to ``/aliases*`` and parse."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append((request.url.path, body))
+        answers: dict[str, Any] = {
+            "/upsert": {"collection": body.get("collection"), "upserted": 1, "ids": ["a"]},
+            "/aliases": {"aliases": [{"alias": "live", "collection": "v2"}]},
+            "/aliases/set": {"alias": "live", "collection": "v2", "previous": "v1"},
+            "/aliases/delete": {"alias": "live", "deleted": True},
+        }
+        return httpx.Response(200, json=answers[request.url.path])
+
+    with _client(handler) as c:
+        c.upsert({"id": "a", "text": "x"}, collection="v2")
+        c.upsert({"id": "a", "text": "x"}, collection="v2", model="wiki")
+        assert c.set_alias("live", "v2").previous == "v1"
+        assert [(a.alias, a.collection) for a in c.aliases().aliases] == [("live", "v2")]
+        assert c.delete_alias("live").deleted is True
+    assert "model" not in seen[0][1] and seen[1][1]["model"] == "wiki"
+    assert seen[2:] == [
+        ("/aliases/set", {"alias": "live", "collection": "v2"}),
+        ("/aliases", {}),
+        ("/aliases/delete", {"alias": "live"}),
+    ]
+
+    async def run() -> None:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with AsyncClient("http://mmsearch.test", http_client=http, max_retries=0) as c:
+            await c.upsert({"id": "a", "text": "x"}, collection="v2", model="wiki")
+            assert (await c.set_alias("live", "v2")).collection == "v2"
+            assert (await c.aliases()).aliases[0].alias == "live"
+            assert (await c.delete_alias("live")).deleted is True
+
+    seen.clear()
+    asyncio.run(run())
+    assert [p for p, _ in seen] == ["/upsert", "/aliases/set", "/aliases", "/aliases/delete"]
+    assert seen[0][1]["model"] == "wiki"
+
+
+def test_reindex_pages_copies_splits_on_413_and_switches_the_alias() -> None:
+    """``mmsearch_client.reindex``: the alias's target is read page by page (``/ids`` then ``/get``), documents
+    with content are upserted into the new collection with ``model`` (a batch answered 413 is halved),
+    embedding-only ones are skipped, and the alias is switched last."""
+    from mmsearch_client.reindex import default_target, reindex
+
+    stored = {f"d{i}": {"id": f"d{i}", "text": f"t{i}", "metadata": {"n": i}} for i in range(5)}
+    stored["e"] = {"id": "e", "embedding": None}
+    order = sorted(stored)
+    calls: list[tuple[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        path = request.url.path
+        calls.append((path, body))
+        if path == "/aliases":
+            return httpx.Response(200, json={"aliases": [{"alias": "live", "collection": "old"}]})
+        if path == "/ids":
+            start = order.index(body["after"]) + 1 if body.get("after") else 0
+            page = order[start : start + body["limit"]]
+            more = start + body["limit"] < len(order)
+            return httpx.Response(200, json={"collection": "old", "ids": page, "next": page[-1] if more else None})
+        if path == "/get":
+            docs = [{k: v for k, v in stored[i].items() if v is not None} for i in body["ids"]]
+            return httpx.Response(200, json={"collection": "old", "documents": docs})
+        if path == "/upsert":
+            if len(body["documents"]) > 2:
+                err = {"error": "inputs: at most 2", "code": "too_many_inputs", "field": "inputs"}
+                return httpx.Response(413, json=err)
+            ids = [d["id"] for d in body["documents"]]
+            return httpx.Response(200, json={"collection": body["collection"], "upserted": len(ids), "ids": ids})
+        assert path == "/aliases/set"
+        return httpx.Response(200, json={**body, "previous": "old"})
+
+    with _client(handler) as c:
+        res = reindex(c, "live", "wiki", batch_size=4)
+    assert (res.source, res.target, res.copied, res.skipped, res.alias) == ("old", "old_wiki", 5, ["e"], "live")
+    upserted = [b for p, b in calls if p == "/upsert"]
+    assert all(b["model"] == "wiki" and b["collection"] == "old_wiki" for b in upserted)
+    ok = [d["id"] for b in upserted if len(b["documents"]) <= 2 for d in b["documents"]]
+    assert sorted(ok) == [f"d{i}" for i in range(5)]
+    assert upserted[0]["documents"][0] == {"id": "d0", "text": "t0", "metadata": {"n": 0}}
+    assert calls[-1] == ("/aliases/set", {"alias": "live", "collection": "old_wiki"})
+    assert default_target("pages", "bge-small.v1.5") == "pages_bge_small_v1_5"

@@ -315,6 +315,15 @@ def test_vectors_are_the_stored_ones_and_follow_a_replacement(index: VectorIndex
     assert index.vectors(coll, []) == {}
 
 
+def test_ids_lists_every_document_sorted_and_follows_deletes(index: VectorIndex, coll: str) -> None:
+    """``ids`` (``/ids``' pages, a reindex's reads): every id once, in order, none after a delete."""
+    assert index.ids(coll) == []
+    index.upsert(coll, [doc(i, [1.0] * DIM) for i in "cab"])
+    assert index.ids(coll) == ["a", "b", "c"]
+    index.delete(coll, ["b"])
+    assert index.ids(coll) == ["a", "c"]
+
+
 def test_delete_returns_number_deleted(index: VectorIndex, coll: str) -> None:
     index.upsert(coll, [doc(i, [1, n, 0, 0]) for n, i in enumerate("abcd")])
     assert index.delete(coll, ["a", "missing", "c", "a"]) == 2

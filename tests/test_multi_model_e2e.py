@@ -254,33 +254,164 @@ def test_reranker_models_info_and_metrics(reranker: BentoServer) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- Search
-def test_search_uses_the_default_models(
-    tmp_path_factory: pytest.TempPathFactory, embedder: BentoServer, reranker: BentoServer, local: dict[str, Any]
-) -> None:
-    """Search, unchanged, wired to the two multi-model services by URL: collections get the default embedder
-    (CLIP, 16-d), searches are reranked by the default reranker, ``/encode`` through Search forwards ``model``,
-    and Search's ``/v1/models`` lists both services' models."""
+@pytest.fixture(scope="module")
+def search(
+    tmp_path_factory: pytest.TempPathFactory, embedder: BentoServer, reranker: BentoServer
+) -> Iterator[BentoServer]:
+    """One Search wired to the two multi-model services by URL (each test uses its own collections)."""
     urls = {"MMSEARCH_EMBEDDER_URL": embedder.url, "MMSEARCH_RERANKER_URL": reranker.url, "MMSEARCH_OCR": "off"}
-    for search in serve_wired_search(tmp_path_factory.mktemp("multi-search"), urls):
-        docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
-        up = post(search, "/upsert", {"collection": "c", "documents": docs})
-        assert up.status_code == 200, up.text
-        found = post(search, "/search", {"collection": "c", "query": "red square", "top_k": 2, "rerank": True})
+    yield from serve_wired_search(tmp_path_factory.mktemp("multi-search"), urls)
+
+
+def test_search_uses_the_default_models(search: BentoServer, local: dict[str, Any]) -> None:
+    """Search wired to the two multi-model services by URL: a collection created without ``model`` gets the
+    default embedder (CLIP, 16-d), searches are reranked by the default reranker, ``/encode`` through Search
+    forwards ``model``, and Search's ``/v1/models`` lists both services' models."""
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    up = post(search, "/upsert", {"collection": "c", "documents": docs})
+    assert up.status_code == 200, up.text
+    found = post(search, "/search", {"collection": "c", "query": "red square", "top_k": 2, "rerank": True})
+    assert found.status_code == 200, found.text
+    hits = found.json()["hits"]
+    assert found.json()["reranked"] is True and len(hits) == 2, found.text
+    by_id = {d["id"]: d["text"] for d in docs}
+    want = local["text-rerank"].predict([("red square", by_id[h["id"]]) for h in hits], convert_to_numpy=True)
+    assert np.abs(np.asarray([h["score"] for h in hits]) - want).max() <= TOL
+    (col,) = [c for c in post(search, "/collections", {}).json()["collections"] if c["name"] == "c"]
+    assert (col["model"], col["dimension"]) == ("clip", 16)
+    via = post(search, "/encode", {"inputs": ["x"], "model": "wiki"})
+    assert via.status_code == 200 and via.json()["model"] == "wiki" and via.json()["dimensions"] == 24, via.text
+    missing = post(search, "/encode", {"inputs": ["x"], "model": "nope"})
+    assert missing.status_code == 404 and missing.json()["code"] == "model_not_found", missing.text
+    client = openai.OpenAI(api_key="none", base_url=f"{search.url}/v1")
+    assert [m.id for m in client.models.list().data] == ["clip", "wiki", "vlm-rerank", "text-rerank"]
+    assert client.models.retrieve("text-rerank").id == "text-rerank"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("nope")
+    assert e.value.code == "model_not_found"
+
+
+def test_two_collections_on_two_models_in_one_search(search: BentoServer, local: dict[str, Any]) -> None:
+    """Collections bound to their model: ``screens`` on the default CLIP (16-d), ``pages`` on the text model
+    (24-d), the same texts in both. Each stores its model's vectors (parity with in-process sentence-transformers),
+    each search embeds the query with its collection's model (the top hit's score is the cosine of the two local
+    vectors) and says which collection and model answered; later upserts keep the collection's model, naming another
+    is a 409 naming both, an unknown model is a 404; /collections and /info show each collection's model."""
+    docs = [{"id": f"p{i}", "text": t} for i, t in enumerate(TEXTS)]
+    assert post(search, "/upsert", {"collection": "screens", "documents": docs}).status_code == 200
+    up = post(search, "/upsert", {"collection": "pages", "documents": docs, "model": "wiki"})
+    assert up.status_code == 200, up.text
+    cols = {c["name"]: c for c in post(search, "/collections", {}).json()["collections"]}
+    assert (cols["screens"]["model"], cols["screens"]["dimension"]) == ("clip", 16)
+    assert (cols["pages"]["model"], cols["pages"]["dimension"]) == ("wiki", 24)
+    info = {c["name"]: c["model"] for c in post(search, "/info", {}).json()["collections"]}
+    assert (info["screens"], info["pages"]) == ("clip", "wiki")
+    for name, model in (("screens", "clip"), ("pages", "wiki")):
+        got = post(search, "/get", {"collection": name, "ids": ["p1"], "include_embedding": True}).json()
+        stored = np.asarray(got["documents"][0]["embedding"])
+        want = encode_local(local[model], [TEXTS[1]], "document")[0]
+        assert np.abs(stored - want).max() <= TOL, name
+        found = post(search, "/search", {"collection": name, "query": TEXTS[1], "rerank": False, "mode": "vector"})
         assert found.status_code == 200, found.text
-        hits = found.json()["hits"]
-        assert found.json()["reranked"] is True and len(hits) == 2, found.text
-        by_id = {d["id"]: d["text"] for d in docs}
-        want = local["text-rerank"].predict([("red square", by_id[h["id"]]) for h in hits], convert_to_numpy=True)
-        assert np.abs(np.asarray([h["score"] for h in hits]) - want).max() <= TOL
-        (col,) = post(search, "/collections", {}).json()["collections"]
-        assert (col["model"], col["dimension"]) == ("clip", 16)
-        via = post(search, "/encode", {"inputs": ["x"], "model": "wiki"})
-        assert via.status_code == 200 and via.json()["model"] == "wiki" and via.json()["dimensions"] == 24, via.text
-        missing = post(search, "/encode", {"inputs": ["x"], "model": "nope"})
-        assert missing.status_code == 404 and missing.json()["code"] == "model_not_found", missing.text
-        client = openai.OpenAI(api_key="none", base_url=f"{search.url}/v1")
-        assert [m.id for m in client.models.list().data] == ["clip", "wiki", "vlm-rerank", "text-rerank"]
-        assert client.models.retrieve("text-rerank").id == "text-rerank"
-        with pytest.raises(openai.NotFoundError) as e:
-            client.models.retrieve("nope")
-        assert e.value.code == "model_not_found"
+        body = found.json()
+        assert (body["collection"], body["model"]) == (name, model)
+        q = encode_local(local[model], [TEXTS[1]], "query")[0]
+        assert body["hits"][0]["id"] == "p1" and abs(body["hits"][0]["score"] - float(q @ want)) <= 1e-4, name
+    again = post(search, "/upsert", {"collection": "pages", "documents": [{"id": "n", "text": "new page"}]})
+    assert again.status_code == 200, again.text
+    new = post(search, "/get", {"collection": "pages", "ids": ["n"], "include_embedding": True}).json()
+    assert len(new["documents"][0]["embedding"]) == 24
+    refused = post(search, "/upsert", {"collection": "pages", "documents": docs[:1], "model": "clip"})
+    assert refused.status_code == 409 and refused.json()["code"] == "collection_mismatch", refused.text
+    assert "'wiki'" in refused.json()["error"] and "'clip'" in refused.json()["error"], refused.text
+    unknown = post(search, "/upsert", {"collection": "other", "documents": docs[:1], "model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found", unknown.text
+
+
+def test_aliases_through_the_client_and_the_cli(search: BentoServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """An alias created with the CLI, switched atomically with the typed client from a CLIP collection to a text
+    model's one: each search through it says which collection and model answered; an alias cannot shadow a
+    collection, an aliased collection is not dropped, and a deleted alias is a 404 again."""
+    from mmsearch_client.cli import main as cli
+
+    docs = [{"id": f"a{i}", "text": t} for i, t in enumerate(TEXTS)]
+    assert post(search, "/upsert", {"collection": "al_clip", "documents": docs}).status_code == 200
+    assert post(search, "/upsert", {"collection": "al_wiki", "documents": docs, "model": "wiki"}).status_code == 200
+    assert cli(["alias", "set", "al_live", "al_clip", "--url", search.url]) == 0
+    assert "'al_live' -> 'al_clip'" in capsys.readouterr().out
+    with mmsearch_client.Client(search.url) as client:
+        first = client.search(TEXTS[1], collection="al_live", rerank=False, mode="vector")
+        assert (first.collection, first.model, first.hits[0].id) == ("al_clip", "clip", "a1")
+        assert client.set_alias("al_live", "al_wiki").previous == "al_clip"
+        then = client.search(TEXTS[1], collection="al_live", rerank=False, mode="vector")
+        assert (then.collection, then.model, then.hits[0].id) == ("al_wiki", "wiki", "a1")
+        assert [d.id for d in client.get(["a1"], collection="al_live").documents] == ["a1"]
+        assert ("al_live", "al_wiki") in [(a.alias, a.collection) for a in client.aliases().aliases]
+        with pytest.raises(mmsearch_client.ConflictError) as e:
+            client.set_alias("al_clip", "al_wiki")
+        assert e.value.code == "alias_conflict"
+        with pytest.raises(mmsearch_client.ConflictError) as e:
+            client.drop_collection("al_wiki")
+        assert e.value.code == "collection_aliased"
+        assert "al_live" not in [c.name for c in client.collections().collections]
+    assert cli(["alias", "delete", "al_live", "--url", search.url]) == 0
+    gone = post(search, "/search", {"collection": "al_live", "query": "x", "rerank": False})
+    assert gone.status_code == 404 and gone.json()["code"] == "collection_not_found", gone.text
+
+
+def test_reindex_through_an_alias_under_search_load(search: BentoServer, local: dict[str, Any]) -> None:
+    """``mmsearch reindex rx_live --model wiki``: a CLIP collection behind an alias is copied page by page into a
+    collection bound to the text model, then the alias is switched, while a thread searches through the alias
+    without pause. Every search succeeds and says it was answered by exactly one of the two collections with its
+    own model; once the text model answered, CLIP never answers again; the copy holds every document, embedded by
+    the text model (parity with sentence-transformers)."""
+    import threading
+
+    from mmsearch_client.cli import main as cli
+
+    texts = [f"{t} {i}" for i in range(3) for t in TEXTS]
+    docs = [{"id": f"r{i:02d}", "text": t, "metadata": {"n": i}} for i, t in enumerate(texts)]
+    assert post(search, "/upsert", {"collection": "rx_clip", "documents": docs}).status_code == 200
+    assert post(search, "/aliases/set", {"alias": "rx_live", "collection": "rx_clip"}).status_code == 200
+    answers: list[tuple[int, str | None, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=search.url, timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post("/search", json={"collection": "rx_live", "query": "red", "rerank": False})
+                    body = r.json()
+                except httpx.HTTPError as e:
+                    answers.append((-1, type(e).__name__, None))
+                    continue
+                answers.append((r.status_code, body.get("collection"), body.get("model")))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        while len(answers) < 3:  # searches were under way before the reindex began
+            stop.wait(0.05)
+        # batches of 6 exceed the text model's 4 inputs per request: the copy splits them on its 413
+        argv = ["reindex", "rx_live", "--model", "wiki", "--into", "rx_wiki", "--batch-size", "6"]
+        assert cli([*argv, "--url", search.url]) == 0
+        n = len(answers)
+        for _ in range(1200):  # a few searches after the switch (at most 60 s)
+            if len(answers) >= n + 3:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    assert answers and all(status == 200 for status, _, _ in answers), answers
+    seen = [(c, m) for _, c, m in answers]
+    assert set(seen) == {("rx_clip", "clip"), ("rx_wiki", "wiki")}, set(seen)
+    first_wiki = seen.index(("rx_wiki", "wiki"))
+    assert all(s == ("rx_wiki", "wiki") for s in seen[first_wiki:]), seen  # one switch, never back
+    cols = {c["name"]: c for c in post(search, "/collections", {}).json()["collections"]}
+    assert (cols["rx_wiki"]["model"], cols["rx_wiki"]["count"]) == ("wiki", len(docs))
+    got = post(search, "/get", {"collection": "rx_live", "ids": ["r07"], "include_embedding": True}).json()
+    (doc,) = got["documents"]
+    assert (doc["text"], doc["metadata"]) == (texts[7], {"n": 7})
+    want = encode_local(local["wiki"], [texts[7]], "document")[0]
+    assert np.abs(np.asarray(doc["embedding"]) - want).max() <= TOL

@@ -236,6 +236,11 @@ class VectorIndex(ABC):
         """Every distinct stored ``image`` value of the collection (the media garbage collector's mark phase)."""
         raise NotImplementedError(f"{self.backend} cannot list image references")
 
+    def ids(self, name: str) -> list[str]:
+        """Every document id of the collection, sorted (``/ids``' pages; a reindex reads a collection through
+        them)."""
+        raise NotImplementedError(f"{self.backend} cannot list document ids")
+
     def wait_for_maintenance(self, timeout: float = 60.0) -> bool:
         """Block until background maintenance (ANN index builds, compaction) has nothing running or pending;
         ``False`` on timeout. Writes never wait for it; tests and benchmarks that need the index call this."""

@@ -764,6 +764,15 @@ class LanceIndex(VectorIndex):
 
         return self._guard(name, scan)
 
+    def ids(self, name: str) -> list[str]:
+        def scan(table: Any) -> list[str]:
+            rows = table.count_rows()
+            if not rows:
+                return []
+            return sorted(table.search().select(["id"]).limit(rows).to_arrow().column("id").to_pylist())
+
+        return self._guard(name, scan)
+
     def _get(self, table: Any, wanted: list[str]) -> list[IndexRecord]:
         found = {
             row["id"]: IndexRecord(

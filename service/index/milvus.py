@@ -556,6 +556,20 @@ class MilvusIndex(VectorIndex):
 
         return self._fresh(name, scan)
 
+    def ids(self, name: str) -> list[str]:
+        def scan(meta: _Meta) -> list[str]:
+            self._ensure_loaded(name)
+            it = self._client.query_iterator(name, batch_size=1000, filter='id != ""', output_fields=["id"])
+            found: list[str] = []
+            try:
+                while batch := it.next():
+                    found.extend(row["id"] for row in batch)
+            finally:
+                it.close()
+            return sorted(found)
+
+        return self._fresh(name, scan)
+
     def _get(self, name: str, wanted: list[str], meta: _Meta) -> list[IndexRecord]:
         rows = self._query_ids(name, wanted, ["id", VECTOR, *self._content_fields(meta)])
         found = {}

@@ -60,20 +60,44 @@ class FakeEmbedder:
     calls: list[tuple[InputType, list[Item]]] = field(default_factory=list)
     modalities: list[str] | None = None
     """What ``info`` says the model takes (``["text"]``: a text-only embedder like the lite profile's)."""
+    others: dict[str, int] = field(default_factory=dict)
+    """More served models, name -> dimension (text-only); with any, ``info`` lists ``models`` and an unknown
+    ``model`` is 404 ``model_not_found``. Without, any name is the one model (the real one-model rule)."""
+    models_asked: list[str | None] = field(default_factory=list)
 
     async def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"model": self.model, "dimension": self.dim}
         if self.modalities is not None:
             info["modalities"] = self.modalities
+        if self.others:
+            info["models"] = [
+                {"name": self.model, "dimension": self.dim, "modalities": self.modalities, "default": True},
+                *(
+                    {"name": n, "dimension": d, "modalities": ["text"], "loading": {"revision": f"rev-{n}"}}
+                    for n, d in self.others.items()
+                ),
+            ]
         return info
 
-    async def encode(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> Embeddings:
+    def _chosen(self, model: str | None) -> tuple[str, int]:
+        if model is None or not self.others or model == self.model:
+            return self.model, self.dim
+        if model not in self.others:
+            raise ApiError(404, "model_not_found", f"model: no embedder named {model!r}", field="model")
+        return model, self.others[model]
+
+    async def encode(
+        self, items: Sequence[Item], input_type: InputType, timeout: float | None, model: str | None = None
+    ) -> Embeddings:
         self.calls.append((input_type, list(items)))
+        self.models_asked.append(model)
         if self.clock is not None:
             self.clock.tick(self.seconds)
         if self.fail is not None:
             raise self.fail
-        return Embeddings(np.stack([unit_vector(item_key(i), self.dim) for i in items]), self.model)
+        name, dim = self._chosen(model)
+        prefix = "" if name == self.model else f"{name}|"  # the default model's vectors as they always were
+        return Embeddings(np.stack([unit_vector(prefix + item_key(i), dim) for i in items]), name)
 
 
 @dataclass
@@ -187,6 +211,9 @@ class MemoryIndex(base.VectorIndex):
 
     def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
         return base.order_by_ids(ids, self._get(name).docs)
+
+    def ids(self, name: str) -> list[str]:
+        return sorted(self._get(name).docs)
 
     def image_refs(self, name: str) -> set[str]:
         return {d.image for d in self._get(name).docs.values() if d.image}

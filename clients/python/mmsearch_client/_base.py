@@ -40,6 +40,9 @@ from mmsearch_client.inputs import (
 )
 from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, UpsertSummary, decode_embedding
 from mmsearch_client.schemas import (
+    AliasDeleteResponse,
+    AliasesResponse,
+    AliasResponse,
     CalibrateResponse,
     CalibrationQuery,
     CollectionsResponse,
@@ -47,6 +50,7 @@ from mmsearch_client.schemas import (
     DropResponse,
     EncodeResponse,
     GetResponse,
+    IdsResponse,
     InputType,
     RerankResponse,
     SearchMode,
@@ -419,14 +423,16 @@ class BaseClient(Generic[HttpT]):
         return RequestSpec("POST", "/rerank", body, _model(RerankResponse))
 
     def _upsert_spec(
-        self, documents: DocumentLike | Sequence[DocumentLike], collection: str
+        self, documents: DocumentLike | Sequence[DocumentLike], collection: str, model: str | None = None
     ) -> RequestSpec[UpsertResponse]:
         docs = (
             [cast("DocumentLike", documents)]
             if _is_single_document(documents)
             else list(cast("Sequence[DocumentLike]", documents))
         )
-        body = {"collection": collection, "documents": [to_wire_document(d) for d in docs]}
+        body: dict[str, Any] = {"collection": collection, "documents": [to_wire_document(d) for d in docs]}
+        if model is not None:
+            body["model"] = model
         return RequestSpec("POST", "/upsert", body, _model(UpsertResponse))
 
     def _upsert_wire_spec(self, docs: list[dict[str, Any]], collection: str) -> RequestSpec[UpsertResponse]:
@@ -517,6 +523,21 @@ class BaseClient(Generic[HttpT]):
 
     def _collections_spec(self) -> RequestSpec[CollectionsResponse]:
         return RequestSpec("POST", "/collections", {}, _model(CollectionsResponse))
+
+    def _ids_spec(self, collection: str, after: str | None, limit: int) -> RequestSpec[IdsResponse]:
+        body: dict[str, Any] = {"collection": collection, "limit": limit}
+        if after is not None:
+            body["after"] = after
+        return RequestSpec("POST", "/ids", body, _model(IdsResponse))
+
+    def _aliases_spec(self) -> RequestSpec[AliasesResponse]:
+        return RequestSpec("POST", "/aliases", {}, _model(AliasesResponse))
+
+    def _set_alias_spec(self, alias: str, collection: str) -> RequestSpec[AliasResponse]:
+        return RequestSpec("POST", "/aliases/set", {"alias": alias, "collection": collection}, _model(AliasResponse))
+
+    def _delete_alias_spec(self, alias: str) -> RequestSpec[AliasDeleteResponse]:
+        return RequestSpec("POST", "/aliases/delete", {"alias": alias}, _model(AliasDeleteResponse))
 
     def _info_spec(self) -> RequestSpec[dict[str, Any]]:
         return RequestSpec("POST", "/info", {}, _parse_dict)

@@ -27,12 +27,16 @@ from mmsearch_client.errors import MMSearchError
 from mmsearch_client.inputs import DocumentLike, InputLike
 from mmsearch_client.results import BatchFailure, EncodeResult, HealthStatus, UpsertSummary
 from mmsearch_client.schemas import (
+    AliasDeleteResponse,
+    AliasesResponse,
+    AliasResponse,
     CalibrateResponse,
     CalibrationQuery,
     CollectionsResponse,
     DeleteResponse,
     DropResponse,
     GetResponse,
+    IdsResponse,
     InputType,
     RerankResponse,
     SearchMode,
@@ -159,10 +163,15 @@ class Client(BaseClient[httpx.Client]):
 
     # ----------------------------------------------------------------------------------------------- index
     def upsert(
-        self, documents: DocumentLike | Sequence[DocumentLike], *, collection: str = "default"
+        self,
+        documents: DocumentLike | Sequence[DocumentLike],
+        *,
+        collection: str = "default",
+        model: str | None = None,
     ) -> UpsertResponse:
-        """Embed and store documents in one request; an existing id is replaced."""
-        return self._run(self._upsert_spec(documents, collection))
+        """Embed and store documents in one request; an existing id is replaced. ``model``: the embedder a new
+        collection is bound to (default: the server's default); for an existing one it must be its own (409)."""
+        return self._run(self._upsert_spec(documents, collection, model))
 
     def _upsert_batch(self, collection: str, batch: list[DocumentLike]) -> tuple[BatchOutcome, list[BatchFailure]]:
         docs, failures = convert_documents(batch)
@@ -258,6 +267,23 @@ class Client(BaseClient[httpx.Client]):
     def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""
         return self._run(self._collections_spec())
+
+    def ids(self, *, collection: str = "default", after: str | None = None, limit: int = 100) -> IdsResponse:
+        """One page of the collection's document ids in id order; pass ``next`` as ``after`` for the next."""
+        return self._run(self._ids_spec(collection, after, limit))
+
+    def aliases(self) -> AliasesResponse:
+        """Every alias with the collection it points at."""
+        return self._run(self._aliases_spec())
+
+    def set_alias(self, alias: str, collection: str) -> AliasResponse:
+        """Point ``alias`` at ``collection``: created, or switched atomically (``previous``: the old target).
+        Search, get, upsert and delete take the alias where a collection name goes."""
+        return self._run(self._set_alias_spec(alias, collection))
+
+    def delete_alias(self, alias: str) -> AliasDeleteResponse:
+        """Delete an alias (``deleted=False`` if there was none); its collection stays."""
+        return self._run(self._delete_alias_spec(alias))
 
     # ---------------------------------------------------------------------------------------------- search
     def search(
@@ -416,10 +442,15 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
 
     # ----------------------------------------------------------------------------------------------- index
     async def upsert(
-        self, documents: DocumentLike | Sequence[DocumentLike], *, collection: str = "default"
+        self,
+        documents: DocumentLike | Sequence[DocumentLike],
+        *,
+        collection: str = "default",
+        model: str | None = None,
     ) -> UpsertResponse:
-        """Embed and store documents in one request; an existing id is replaced."""
-        spec = await asyncio.to_thread(self._upsert_spec, documents, collection)  # reads image files
+        """Embed and store documents in one request; an existing id is replaced. ``model``: the embedder a new
+        collection is bound to (default: the server's default); for an existing one it must be its own (409)."""
+        spec = await asyncio.to_thread(self._upsert_spec, documents, collection, model)  # reads image files
         return await self._run(spec)
 
     async def _upsert_batch(
@@ -518,6 +549,23 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension and embedding model."""
         return await self._run(self._collections_spec())
+
+    async def ids(self, *, collection: str = "default", after: str | None = None, limit: int = 100) -> IdsResponse:
+        """One page of the collection's document ids in id order; pass ``next`` as ``after`` for the next."""
+        return await self._run(self._ids_spec(collection, after, limit))
+
+    async def aliases(self) -> AliasesResponse:
+        """Every alias with the collection it points at."""
+        return await self._run(self._aliases_spec())
+
+    async def set_alias(self, alias: str, collection: str) -> AliasResponse:
+        """Point ``alias`` at ``collection``: created, or switched atomically (``previous``: the old target).
+        Search, get, upsert and delete take the alias where a collection name goes."""
+        return await self._run(self._set_alias_spec(alias, collection))
+
+    async def delete_alias(self, alias: str) -> AliasDeleteResponse:
+        """Delete an alias (``deleted=False`` if there was none); its collection stays."""
+        return await self._run(self._delete_alias_spec(alias))
 
     # ---------------------------------------------------------------------------------------------- search
     async def search(

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from mmsearch_client._base import DEFAULT_BASE_URL, __version__
 from mmsearch_client._client import Client
 from mmsearch_client._progress import rich_available
@@ -43,7 +45,7 @@ __all__ = [
     "scan",
 ]
 
-INGEST_COMMANDS = frozenset({"index", "eval", "calibrate"})
+INGEST_COMMANDS = frozenset({"index", "eval", "calibrate", "reindex"})
 INGEST_TIMEOUT_S = 600.0
 """HTTP timeout of commands that upload images: with OCR on, a batch of images takes about 2 s each to read."""
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
@@ -370,6 +372,56 @@ def cmd_collections(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alias(client: Client, args: argparse.Namespace) -> int:
+    """``alias list``, ``alias set ALIAS COLLECTION`` (created or switched atomically), ``alias delete ALIAS``."""
+    if args.action != "list" and (not args.alias or (args.action == "set") != bool(args.collection)):
+        want = "ALIAS COLLECTION" if args.action == "set" else "ALIAS"
+        print(f"mmsearch alias {args.action}: give {want}", file=sys.stderr)
+        return 2
+    if args.action == "set":
+        res: BaseModel = client.set_alias(args.alias, args.collection)
+    elif args.action == "delete":
+        res = client.delete_alias(args.alias)
+    else:
+        listed = client.aliases()
+        if not args.json:
+            _print_table(None, ["alias", "collection"], [[a.alias, a.collection] for a in listed.aliases])
+            return 0
+        res = listed
+    print(res.model_dump_json(indent=2) if args.json else _alias_line(res))
+    return 0
+
+
+def _alias_line(res: BaseModel) -> str:
+    d = res.model_dump()
+    if "deleted" in d:
+        return f"alias {d['alias']!r} {'deleted' if d['deleted'] else 'did not exist'}"
+    was = f" (was {d['previous']!r})" if d.get("previous") else ""
+    return f"alias {d['alias']!r} -> {d['collection']!r}{was}"
+
+
+def cmd_reindex(client: Client, args: argparse.Namespace) -> int:
+    """Re-embed a collection (or an alias's) with another model into a new collection, then switch the alias."""
+    from mmsearch_client.reindex import reindex
+
+    try:
+        res = reindex(client, args.collection, args.model, into=args.into, batch_size=args.batch_size)
+    except ValueError as e:
+        print(f"mmsearch reindex: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(res.__dict__, indent=2))
+        return 0
+    print(f"copied {res.copied} documents from {res.source!r} into {res.target!r} (model {res.model!r})")
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} embedding-only documents: {', '.join(res.skipped[:10])}")
+    if res.alias:
+        print(f"alias {res.alias!r} -> {res.target!r}; drop {res.source!r} when nothing reads it")
+    else:
+        print(f"{args.collection!r} is a collection, not an alias: point an alias at {res.target!r} to switch")
+    return 0
+
+
 def cmd_calibrate(client: Client, args: argparse.Namespace) -> int:
     from mmsearch_client.eval.dataset import load_dataset
     from mmsearch_client.eval.runner import query_input
@@ -517,6 +569,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collections", parents=[common], help="list collections")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_collections)
+
+    p = sub.add_parser("alias", parents=[common], help="list, set (create or switch atomically) or delete aliases")
+    p.add_argument("action", choices=["list", "set", "delete"])
+    p.add_argument("alias", nargs="?", default=None)
+    p.add_argument("collection", nargs="?", default=None, help="the collection the alias points at (set)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser(
+        "reindex", parents=[common], help="re-embed a collection with another model, then switch its alias"
+    )
+    p.add_argument("collection", metavar="COLLECTION_OR_ALIAS")
+    p.add_argument("--model", required=True, help="the embedder the new collection is bound to")
+    p.add_argument("--into", help="the new collection (default: <collection>_<model>)")
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("drop", parents=[common], help="drop a collection and all its documents")
     p.add_argument("collection")

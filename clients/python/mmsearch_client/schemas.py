@@ -262,6 +262,12 @@ class UpsertRequest(BaseModel):
 
     collection: CollectionName = "default"
     documents: list[UpsertDocument] = Field(min_length=1)
+    model: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The embedder a new collection is bound to (default: the Embedder's default model); for an "
+        "existing collection it must be the one the collection holds (409 collection_mismatch otherwise).",
+    )
 
 
 class UpsertResponse(BaseModel):
@@ -306,6 +312,24 @@ class GetRequest(BaseModel):
     collection: CollectionName = "default"
     ids: list[DocumentId] = Field(min_length=1)
     include_embedding: bool = False
+
+
+class IdsRequest(BaseModel):
+    """One page of a collection's document ids, in id order: the ids after ``after`` (None: from the first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: CollectionName = "default"
+    after: str | None = Field(default=None, max_length=1000)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class IdsResponse(BaseModel):
+    collection: str
+    """The collection read (an alias resolved)."""
+    ids: list[str]
+    next: str | None = None
+    """Pass as ``after`` for the next page; None: this was the last."""
 
 
 class StoredDocument(BaseModel):
@@ -415,12 +439,51 @@ class CollectionInfo(BaseModel):
     count: int
     dimension: int
     model: str
+    """The embedder the collection is bound to: every upsert and search embeds with it."""
+    revision: str | None = None
+    """The model's revision when the collection was created (when the Embedder's /info gave one)."""
     calibration: CalibrationInfo | None = None
     """Set when the collection is calibrated (``POST /calibrate``)."""
 
 
 class CollectionsResponse(BaseModel):
     collections: list[CollectionInfo]
+
+
+class AliasRequest(BaseModel):
+    """Point ``alias`` at ``collection`` (created, or replaced in one atomic switch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: CollectionName
+    collection: CollectionName
+
+
+class AliasResponse(BaseModel):
+    alias: str
+    collection: str
+    previous: str | None = None
+    """The collection the alias pointed at before (None: new alias)."""
+
+
+class AliasDeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: CollectionName
+
+
+class AliasDeleteResponse(BaseModel):
+    alias: str
+    deleted: bool
+
+
+class AliasInfo(BaseModel):
+    alias: str
+    collection: str
+
+
+class AliasesResponse(BaseModel):
+    aliases: list[AliasInfo]
 
 
 class HybridOptions(BaseModel):
@@ -548,3 +611,7 @@ class SearchResponse(BaseModel):
     collection)."""
     timings_ms: SearchTimings
     warnings: list[SearchWarning] = Field(default_factory=list)
+    collection: str | None = None
+    """The collection that answered (an alias is resolved to its collection once, at the start)."""
+    model: str | None = None
+    """The embedder that collection is bound to (the query was embedded with it)."""
