@@ -340,7 +340,7 @@ class SearchPipeline:
         await self._store_media(batch)
         await self._store_clips(batch)
         await self._read_text(batch)
-        embedded = await self._embed_documents(batch, bound.text_only, model, dim)
+        embedded = await self._embed_documents(batch, bound.text_only, model, dim, bound.revision)
         await self._embed_windows(batch, model)
         if embedded is not None and (embedded.model, embedded.vectors.shape[1]) != (model, dim):
             bound = await self._rebind(req, bound, embedded)  # the Embedder was replaced by another model
@@ -482,15 +482,17 @@ class SearchPipeline:
         return Item(text=text)
 
     async def _embed_documents(
-        self, batch: Sequence[IngestDoc], text_only: bool, model: str, dim: int
+        self, batch: Sequence[IngestDoc], text_only: bool, model: str, dim: int, revision: str | None = None
     ) -> Embeddings | None:
-        """Embed the documents without a vector. With the embedding cache, inputs already seen (same model, image
-        bytes and text, under any id or URL) are not sent to the model, and one request's duplicates are sent once."""
+        """Embed the documents without a vector. With the embedding cache, inputs already seen (same model and
+        served revision, image bytes and text, under any id or URL) are not sent to the model, and one request's
+        duplicates are sent once."""
         todo = [d for d in batch if d.needs_vector]
         if not todo:
             return None
         items = [self._embedding_item(d, text_only, model) for d in todo]
-        keys = [cache_key(model, "document", _image_sha(d.image), it.text) for d, it in zip(todo, items, strict=True)]
+        weights = _weights(model, revision)
+        keys = [cache_key(weights, "document", _image_sha(d.image), it.text) for d, it in zip(todo, items, strict=True)]
         await self._take_cached(todo, keys, dim)
         send = _first_of_each_key(todo, keys)
         if not send:
@@ -1323,6 +1325,12 @@ def _image_fields(stored: str | None) -> ImageFields:
     image, source = split_ref(stored)
     thumb = thumbnail_name(image) if image is not None else None
     return ImageFields(image=image, source=source, thumbnail=f"/media/{thumb}" if thumb else None)
+
+
+def _weights(model: str, revision: str | None) -> str:
+    """What the embedding cache keys a model's vectors by: its name and served revision (a new revision under the
+    same name computes new vectors)."""
+    return model if revision is None else f"{model}@{revision}"
 
 
 def _allowed_modalities(filter_: index_filters.Filter | None, stats: dict[str, balance.GroupStats]) -> list[str]:

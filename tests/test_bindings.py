@@ -112,3 +112,27 @@ def test_two_collections_on_two_models_side_by_side(tmp_path: Path) -> None:
     assert (e.value.status, e.value.code) == (409, "collection_mismatch")
     assert "'wiki'" in e.value.message and "'clip'" in e.value.message
     assert [d.text for d in rig.index.get("wiki", ["wiki0"])] == ["green"]  # nothing written by the refusal
+
+
+def test_the_embedding_cache_is_keyed_by_the_served_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors cached for one revision of a model are not reused when the Embedder serves another revision under
+    the same name (the cache outlives a redeployment: it is a file)."""
+    rig = Rig(tmp_path)
+    rig.upsert("w", ["red square"], model="wiki")
+    rig.upsert("w", ["red square"])  # the same input and revision: from the cache
+    assert rig.embedder.models_asked == ["wiki"]
+    served = FakeEmbedder.info
+
+    async def redeployed(self: FakeEmbedder) -> dict[str, Any]:
+        info = await served(self)
+        for m in info["models"]:
+            if m["name"] == "wiki":
+                m["loading"] = {"revision": "rev-2"}
+        return info
+
+    monkeypatch.setattr(FakeEmbedder, "info", redeployed)
+    rig.pipeline._embedder_info = None  # as a restarted Search reads the Embedder's /info again
+    rig.upsert("w", ["red square"])
+    assert rig.embedder.models_asked == ["wiki", "wiki"]  # embedded again by the new revision
+    rig.upsert("w", ["red square"])
+    assert rig.embedder.models_asked == ["wiki", "wiki"]  # and that revision's vector is cached in turn
