@@ -5,7 +5,8 @@
 
 Two Embedder bentos run side by side from ``MMSEARCH_MODELS`` files (issue #23): ``alone`` serves the tiny CLIP
 (``clip``), ``with-idle`` serves the same CLIP plus the tiny text embedder (``wiki``), which gets no request. Rounds
-alternate between the two (A B A B ...), so both see the same background noise; only one is loaded at a time.
+alternate between the two (A B, then B A, ...), so both see the same background noise and a trend cancels;
+only one is loaded at a time.
 Each phase is a closed loop of ``--clients`` clients sending one-text ``input_type=query`` requests to ``clip``
 (``bench.common.closed_loop``). Figures: requests/s and latency per round, and ``ratio`` = median requests/s with the
 idle model / median alone (goal >= 0.95: an idle model costs memory, not throughput).
@@ -72,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ]
         with bentos(specs, root) as servers:
             load = HostLoad().start()
-            for _ in range(args.rounds):
-                for setup, server in zip(SETUPS, servers, strict=True):
+            for k in range(args.rounds):
+                pairs = list(zip(SETUPS, servers, strict=True))
+                for setup, server in pairs if k % 2 == 0 else pairs[::-1]:  # A B, B A, ...: a trend cancels
                     res = closed_loop(f"{server.url}/encode", bodies, concurrency=args.clients, duration_s=args.seconds)
                     rounds[setup].append(res.summary())
             results["host_load"] = load.stop()
