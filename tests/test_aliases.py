@@ -1,6 +1,6 @@
-"""Collection aliases (``service.aliases``) over a real LanceDB index: the table's rules, what a second process on
-the same index sees, and the pipeline's routes resolving an alias where a collection name goes. The e2e through a
-real Search is in tests/test_multi_model_e2e.py."""
+"""Collection aliases (``service.aliases``): the table on every backend (the real Milvus server too), its rules,
+what a second process on the same index sees, and the pipeline's routes resolving an alias where a collection name
+goes, over LanceDB. The e2e through a real Search is in tests/test_multi_model_e2e.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from service.errors import ApiError
 from service.index import base
 from service.index.factory import open_index
 from tests.test_bindings import Rig
+from tests.test_index_contract import BACKENDS, backend_uri
 
 
 class Clock:
@@ -25,12 +26,18 @@ class Clock:
         return self.now
 
 
-def test_set_replace_delete_and_what_another_replica_sees(tmp_path: Path) -> None:
-    index = open_index(str(tmp_path / "index"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_set_replace_delete_and_what_another_replica_sees(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """On every backend (the real Milvus server too): the reserved collection holding the table is created by the
+    first alias, and a second handle on the same index is another replica."""
+    uri = backend_uri(backend, request, tmp_path)
+    index = open_index(uri)
     for name in ("v1", "v2"):
         index.ensure_collection(name, 4, "m")
     clock = Clock()
-    mine, other = AliasStore(index, clock=clock), AliasStore(open_index(str(tmp_path / "index")), clock=clock)
+    mine, other = AliasStore(index, clock=clock), AliasStore(open_index(uri), clock=clock)
     assert other.resolve("live") == "live"  # no alias: the name itself (cached for ttl_s)
     assert mine.set("live", "v1") is None
     assert mine.resolve("live") == "v1" and mine.table() == {"live": "v1"}
@@ -40,7 +47,7 @@ def test_set_replace_delete_and_what_another_replica_sees(tmp_path: Path) -> Non
     assert mine.set("live", "v2") == "v1"  # replaced in one write, the old target returned
     clock.now += 1.0
     assert other.resolve("live") == "v2"
-    assert AliasStore(open_index(str(tmp_path / "index"))).table() == {"live": "v2"}  # durable: a restart sees it
+    assert AliasStore(open_index(uri)).table() == {"live": "v2"}  # durable: a restart sees it
     assert mine.delete("live") is True and mine.delete("live") is False
     assert mine.resolve("live") == "live"
 

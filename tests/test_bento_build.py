@@ -37,6 +37,10 @@ SEARCH_ROUTES = {
     "/calibrate",
     "/uncalibrate",
     "/info",
+    "/aliases",
+    "/aliases/set",
+    "/aliases/delete",
+    "/ids",
 }
 SEARCH_ROUTES |= EMBEDDER_ROUTES | RERANKER_ROUTES | READER_ROUTES
 # What the Deployments in deploy/kubernetes run as (the image's `bentoml` user).

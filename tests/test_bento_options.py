@@ -23,8 +23,8 @@ def test_every_api_input_spec_is_the_model_it_builds() -> None:
             # BentoML's IO descriptor subclasses the input_spec model: the model built must be among its bases
             assert model in {c.__name__ for c in api.input_spec.__mro__}, (service.name, name, model)
             checked += 1
-    assert checked == 13  # /encode, /v1/embeddings, 3 rerank routes, /ocr, Search's 5 document routes, /calibrate,
-    # /uncalibrate
+    assert checked == 16  # /encode, /v1/embeddings, 3 rerank routes, /ocr, Search's 5 document routes, /ids,
+    # /calibrate, /uncalibrate, /aliases/set, /aliases/delete
 
 
 def test_validated_does_not_validate_again() -> None:

@@ -113,7 +113,7 @@ def test_balanced_draws_keep_the_filters_and_a_minimum_share(search_server: Bent
     assert only["hits"][0]["id"] == "image_rel"
     bad = httpx.post(
         f"{search_server.url}/search",
-        json={"collection": coll, "query": QUERY, "filter": {"$modality": "audio"}},
+        json={"collection": coll, "query": QUERY, "filter": {"$modality": "hologram"}},
         timeout=60,
     )
     assert bad.status_code == 400 and "$modality" in bad.json()["error"]
