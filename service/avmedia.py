@@ -447,6 +447,31 @@ class _AudioSink:
         return (self.window[0] if self.window is not None else 0.0) + n / self.rate
 
 
+def _audio_window(
+    rate: int, channels: int, window: tuple[float, float] | None, field: str | None
+) -> tuple[float, float] | None:
+    """The arguments of ``decode_audio`` and ``plan_audio`` checked; the window as ``_check_window`` returns it."""
+    if channels not in (1, 2) or rate <= 0:
+        raise ValueError("channels must be 1 or 2 and rate positive")
+    return _check_window(window, field)
+
+
+def _audio_span(
+    item: _Opened,
+    settings: Settings,
+    rate: int,
+    channels: int,
+    field: str | None,
+    window: tuple[float, float] | None,
+) -> float | None:
+    """The declared seconds to keep (the window's, when given; None: none declared), refused with
+    ``too_many_samples`` when they cannot fit ``max_audio_samples`` at ``rate`` and ``channels``."""
+    span = _located(lambda: _span(item.declared, window), field)
+    if span is not None and span * rate * channels > settings.max_audio_samples:
+        raise _samples_error(math.ceil(span * rate * channels), settings, field, planned=True)
+    return span
+
+
 def decode_audio(
     data: bytes,
     settings: Settings,
@@ -458,18 +483,13 @@ def decode_audio(
 ) -> Audio:
     """Decode the first audio stream of ``data`` to float32 at ``rate`` Hz, mono (1) or stereo (2) channels;
     only the ``window`` ``(t0, t1)`` s of it when given (from the packet at or before ``t0``: see ``_seek``)."""
-    if channels not in (1, 2) or rate <= 0:
-        raise ValueError("channels must be 1 or 2 and rate positive")
-    window = _check_window(window, field)
+    window = _audio_window(rate, channels, window, field)
     with _opened(data, settings, "audio", field) as item:
-        declared = item.declared
-        span = _located(lambda: _span(declared, window), field)
-        if span is not None and span * rate * channels > settings.max_audio_samples:
-            raise _samples_error(math.ceil(span * rate * channels), settings, field, planned=True)
+        _audio_span(item, settings, rate, channels, field, window)
         sink = _AudioSink(item.stream, settings, rate, channels, field, window)
         item.feed(settings, sink.add, window[0] if window else 0.0)
         samples = sink.finish()
-    _check_complete(sink.end_s(samples.shape[-1]), _window_end(declared, window), field)
+    _check_complete(sink.end_s(samples.shape[-1]), _window_end(item.declared, window), field)
     return Audio(samples, rate)
 
 
@@ -719,15 +739,11 @@ def plan_audio(
     with every header check of ``decode_audio``; nothing is decoded. The declared duration plus
     ``PLAN_SLACK_S`` at ``rate``, or ``max_audio_samples`` when none is declared. Decode under a
     ``max_audio_samples`` of this plan to hold the decoder to it."""
-    if channels not in (1, 2) or rate <= 0:
-        raise ValueError("channels must be 1 or 2 and rate positive")
-    window = _check_window(window, field)
+    window = _audio_window(rate, channels, window, field)
     with _opened(data, settings, "audio", field) as item:
-        declared = _located(lambda: _span(item.declared, window), field)
+        declared = _audio_span(item, settings, rate, channels, field, window)
     if declared is None:
         return settings.max_audio_samples
-    if declared * rate * channels > settings.max_audio_samples:
-        raise _samples_error(math.ceil(declared * rate * channels), settings, field, planned=True)
     slack = PLAN_SLACK_S * (2 if window else 1)  # a window also keeps the frame that straddles its start
     return min(math.ceil((declared + slack) * rate) * channels, settings.max_audio_samples)
 
