@@ -275,9 +275,6 @@ class SearchPipeline:
             "hybrid_fusion": self.settings.hybrid_fusion,
         }
 
-    def text_only_embedder(self, info: dict[str, Any]) -> bool:
-        return list(info.get("modalities") or []) == ["text"]
-
     async def collection_dimension(self, name: str) -> int:
         """A collection's dimension (404 if unknown), looked up once: a search must not count rows every time."""
         return (await self._collection(name))[0]
