@@ -111,16 +111,19 @@ def test_text_against_video_scores_equal_in_process_cross_encoder(
         {"video": ref},
         {"text": "a caption", "video": uri(MP4)},
         "a text document",
+        {"video": ref, "t0": 0.5, "t1": 1.5},  # a segment of the stored clip, as Search sends its candidates
     ]
     settings = Settings()
     mp4, webm, other = (decode_video(x, settings) for x in (MP4, WEBM, OTHER))
-    assert (mp4.frames.shape[0], webm.frames.shape[0], other.frames.shape[0]) == (6, 3, 4)  # 2 fps
+    window = decode_video(OTHER, settings, window=(0.5, 1.5))
+    assert (mp4.frames.shape[0], webm.frames.shape[0], other.frames.shape[0], window.frames.shape[0]) == (6, 3, 4, 2)
     local_docs = [
         ModelInput(video=mp4).to_pair_st(),
         ModelInput(video=webm).to_pair_st(),
         ModelInput(video=other).to_pair_st(),
         ModelInput(text="a caption", video=mp4).to_pair_st(),
         {"text": "a text document"},
+        ModelInput(video=window).to_pair_st(),
     ]
     assert isinstance(local_docs[0], dict) and local_docs[0]["video"] is mp4.frames  # arrays, never a reference
     query = "a clip of changing colours"
