@@ -342,7 +342,6 @@ def run_all(kinds: dict[str, tuple[Path, list[Workload]]], args: Any, workdir: P
     """Start every service, then per service: load its model in this process too, and per workload measure the
     raw sweep, the service sweep and the paired rounds. An idle server or an idle in-process model costs only
     memory, so each measurement has the CPU to itself (apart from other jobs on the machine)."""
-    big = max(args.batches)
     targets = {"embedder": "service.embedder:Embedder", "reranker": "service.reranker:Reranker"}
     specs = [(targets[k], service_env(workdir / k, k, p, args, args.tiny)) for k, (p, _) in kinds.items()]
     out: dict[str, Any] = {}
@@ -352,20 +351,27 @@ def run_all(kinds: dict[str, tuple[Path, list[Workload]]], args: Any, workdir: P
             run = load_raw(kind, path, args)
             try:
                 for w in workloads:
-                    res: dict[str, Any] = {"raw": []}
-                    out[kind]["workloads"][w.name] = res
-                    for b in args.batches:
-                        res["raw"].append(measure_raw(run, w.model_inputs, b, args.raw_duration))
-                        _print_raw(kind, w.name, res["raw"][-1])
-                    res["service"] = measure_service(server.url, w, args.concurrency, args.duration, args.min_warmup)
-                    if args.rounds:
-                        res["paired"] = paired_rounds(run, server.url, w, big, args)
-                    finish(res, big)
+                    out[kind]["workloads"][w.name] = measure_workload(run, server.url, w, args)
             finally:
                 del run
                 gc.collect()
                 _empty_cuda()
     return out
+
+
+def measure_workload(run: Callable[[list[Any]], Any], url: str, w: Workload, args: Any) -> dict[str, Any]:
+    """One workload: the raw sweep (``args.batches``), the service sweep (``args.concurrency``) against the service
+    at ``url``, the paired rounds (``args.rounds``), and the ratios (``finish``)."""
+    big = max(args.batches)
+    res: dict[str, Any] = {"raw": []}
+    for b in args.batches:
+        res["raw"].append(measure_raw(run, w.model_inputs, b, args.raw_duration))
+        _print_raw(w.service, w.name, res["raw"][-1])
+    res["service"] = measure_service(url, w, args.concurrency, args.duration, args.min_warmup)
+    if args.rounds:
+        res["paired"] = paired_rounds(run, url, w, big, args)
+    finish(res, big)
+    return res
 
 
 def _empty_cuda() -> None:
