@@ -152,11 +152,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--size", default=None, help="clip frame WxH (default 160x120; --tiny 64x48)")
     p.add_argument("--batches", default=None, help="raw batch sizes (default 1,8,32; --tiny 1,8)")
     p.add_argument("--concurrency", default=None, help="service clients (default 1,8,32; --tiny 1,8)")
-    p.add_argument("--duration", type=float, default=None, help="measured window per service point, s")
-    p.add_argument("--raw-duration", type=float, default=None, help="measured time per raw batch size, s")
-    p.add_argument("--rounds", type=int, default=None, help="paired raw/service rounds (default 2; --tiny 1)")
-    p.add_argument("--paired-duration", type=float, default=None, help="seconds per paired window (default 8)")
-    p.add_argument("--threads", default="auto", help="torch threads: auto (both sides at their defaults) or N")
+    serving.add_timing_args(p)
     args = p.parse_args(argv)
     t = args.tiny
     args.clips = args.clips or (4 if t else 32)
@@ -164,13 +160,8 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     args.size = tuple(int(x) for x in (args.size or ("64x48" if t else "160x120")).split("x"))
     args.batches = [int(x) for x in (args.batches or ("1,8" if t else "1,8,32")).split(",")]
     args.concurrency = [int(x) for x in (args.concurrency or ("1,8" if t else "1,8,32")).split(",")]
-    args.duration = args.duration or (0.5 if t else 10.0)
-    args.raw_duration = args.raw_duration or (0.3 if t else 8.0)
-    args.rounds = args.rounds if args.rounds is not None else (1 if t else 2)
-    args.paired_duration = args.paired_duration or (0.3 if t else 8.0)
+    serving.timing_defaults(args)
     args.paired_concurrency = max(args.concurrency)
-    args.min_warmup = 0.2 if t else 3.0
-    args.threads = args.threads if args.threads == "auto" else int(args.threads)
     args.device, args.dtype, args.max_batch_size = "cpu", "auto", 32  # what bench.serving's helpers read
     return args
 
