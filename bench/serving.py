@@ -342,7 +342,6 @@ def run_all(kinds: dict[str, tuple[Path, list[Workload]]], args: Any, workdir: P
     """Start every service, then per service: load its model in this process too, and per workload measure the
     raw sweep, the service sweep and the paired rounds. An idle server or an idle in-process model costs only
     memory, so each measurement has the CPU to itself (apart from other jobs on the machine)."""
-    big = max(args.batches)
     targets = {"embedder": "service.embedder:Embedder", "reranker": "service.reranker:Reranker"}
     specs = [(targets[k], service_env(workdir / k, k, p, args, args.tiny)) for k, (p, _) in kinds.items()]
     out: dict[str, Any] = {}
@@ -352,20 +351,27 @@ def run_all(kinds: dict[str, tuple[Path, list[Workload]]], args: Any, workdir: P
             run = load_raw(kind, path, args)
             try:
                 for w in workloads:
-                    res: dict[str, Any] = {"raw": []}
-                    out[kind]["workloads"][w.name] = res
-                    for b in args.batches:
-                        res["raw"].append(measure_raw(run, w.model_inputs, b, args.raw_duration))
-                        _print_raw(kind, w.name, res["raw"][-1])
-                    res["service"] = measure_service(server.url, w, args.concurrency, args.duration, args.min_warmup)
-                    if args.rounds:
-                        res["paired"] = paired_rounds(run, server.url, w, big, args)
-                    finish(res, big)
+                    out[kind]["workloads"][w.name] = measure_workload(run, server.url, w, args)
             finally:
                 del run
                 gc.collect()
                 _empty_cuda()
     return out
+
+
+def measure_workload(run: Callable[[list[Any]], Any], url: str, w: Workload, args: Any) -> dict[str, Any]:
+    """One workload: the raw sweep (``args.batches``), the service sweep (``args.concurrency``) against the service
+    at ``url``, the paired rounds (``args.rounds``), and the ratios (``finish``)."""
+    big = max(args.batches)
+    res: dict[str, Any] = {"raw": []}
+    for b in args.batches:
+        res["raw"].append(measure_raw(run, w.model_inputs, b, args.raw_duration))
+        _print_raw(w.service, w.name, res["raw"][-1])
+    res["service"] = measure_service(url, w, args.concurrency, args.duration, args.min_warmup)
+    if args.rounds:
+        res["paired"] = paired_rounds(run, url, w, big, args)
+    finish(res, big)
+    return res
 
 
 def _empty_cuda() -> None:
@@ -423,18 +429,13 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--model", default=None, choices=["vitb32", "tiny", "qwen3vl-2b", "qwen3vl-tiny"])
     p.add_argument("--reranker", default=None, choices=["small", "tiny", "none"])
     p.add_argument("--modalities", default="text,image")
-    p.add_argument("--threads", default="auto", help="torch threads: auto (both sides at their defaults) or N (both)")
     p.add_argument("--batches", default=None, help="raw batch sizes (default 1,8,32)")
     p.add_argument("--concurrency", default=None, help="service clients (default 1,8,32,64)")
-    p.add_argument("--duration", type=float, default=None, help="measured window per service point, s")
-    p.add_argument("--raw-duration", type=float, default=None, help="measured time per raw batch size, s")
-    p.add_argument("--min-warmup", type=float, default=None)
+    add_timing_args(p)
     p.add_argument("--image-source", choices=["inline", "url"], default="inline")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--max-batch-size", type=int, default=32, help="MMSEARCH_MAX_BATCH_SIZE")
-    p.add_argument("--rounds", type=int, default=None, help="paired raw/service rounds (default 2; 0: none)")
-    p.add_argument("--paired-duration", type=float, default=None, help="seconds per paired window (default 8)")
     p.add_argument("--paired-concurrency", type=int, default=None, help="service clients in the paired rounds (32)")
     p.add_argument("--name", default=None, help="result file name (default serving-<model>)")
     args = p.parse_args(argv)
@@ -443,16 +444,32 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     args.reranker = args.reranker or ("tiny" if t else "small")
     args.batches = [int(x) for x in (args.batches or ("1,8" if t else "1,8,32")).split(",")]
     args.concurrency = [int(x) for x in (args.concurrency or ("1,32" if t else "1,8,32,64")).split(",")]
+    timing_defaults(args)
+    args.paired_concurrency = args.paired_concurrency or (max(args.concurrency) if t else 32)
+    args.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    args.name = args.name or f"serving-{args.model}" + ("-tiny" if t and args.model != "tiny" else "")
+    return args
+
+
+def add_timing_args(p: Any) -> None:
+    """The measurement options this harness shares with ``bench.av_serving`` (defaults: ``timing_defaults``)."""
+    p.add_argument("--threads", default="auto", help="torch threads: auto (both sides at their defaults) or N (both)")
+    p.add_argument("--duration", type=float, default=None, help="measured window per service point, s")
+    p.add_argument("--raw-duration", type=float, default=None, help="measured time per raw batch size, s")
+    p.add_argument("--min-warmup", type=float, default=None)
+    p.add_argument("--rounds", type=int, default=None, help="paired raw/service rounds (default 2; 0: none)")
+    p.add_argument("--paired-duration", type=float, default=None, help="seconds per paired window (default 8)")
+
+
+def timing_defaults(args: Any) -> None:
+    """Fill in ``add_timing_args``' options: full size, or the smoke size with ``args.tiny``."""
+    t = args.tiny
     args.duration = args.duration or (0.5 if t else 10.0)
     args.raw_duration = args.raw_duration or (0.3 if t else 8.0)
     args.rounds = args.rounds if args.rounds is not None else (1 if t else 2)
     args.paired_duration = args.paired_duration or (0.3 if t else 8.0)
-    args.paired_concurrency = args.paired_concurrency or (max(args.concurrency) if t else 32)
     args.threads = args.threads if args.threads == "auto" else int(args.threads)
     args.min_warmup = args.min_warmup if args.min_warmup is not None else (0.2 if t else 3.0)
-    args.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    args.name = args.name or f"serving-{args.model}" + ("-tiny" if t and args.model != "tiny" else "")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

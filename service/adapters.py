@@ -63,6 +63,9 @@ class _SentenceTransformersBase:
         self.model = model
         self.name = name
         self.modalities = model_modalities(model)
+        self.declared_modalities = [list(m) if isinstance(m, tuple) else m for m in getattr(model, "modalities", [])]
+        """``model.modalities`` as sentence-transformers reports them (pairs as lists), for ``/info``."""
+        self.av = AVTarget.of(model)
         self.device = model.device
         self.accelerated = self.device.type != "cpu"
         self.threads: ThreadPlan | None = None
@@ -89,9 +92,6 @@ class SentenceTransformerEmbedder(_SentenceTransformersBase):
     def __init__(self, model: Any, name: str) -> None:
         super().__init__(model, name)
         self.modalities = embedder_modalities(model)
-        self.declared_modalities = [list(m) if isinstance(m, tuple) else m for m in getattr(model, "modalities", [])]
-        """``model.modalities`` as sentence-transformers reports them (pairs as lists), for ``/info``."""
-        self.av = AVTarget.of(model)
         self.dimension = int(model.get_embedding_dimension() or 0)
         prompts = model.prompts or {}
         doc_prompt = next((p for p in ("document", "passage", "corpus") if p in prompts), None)
@@ -172,14 +172,33 @@ def _text_with_audio_is_input(model: Any) -> bool:
     return "input_ids" in features
 
 
-def _renders_video(model: Any) -> bool:
-    """Whether preprocessing a 2-frame 32x32 video succeeds (no forward pass: milliseconds)."""
-    frames = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+def _renders_video(model: Any, *, pair: bool = False) -> bool:
+    """Whether preprocessing a 2-frame 32x32 video (``pair``: as the document of a ``(text, video)`` pair, as a
+    CrossEncoder takes it) succeeds (no forward pass: milliseconds)."""
+    video = {"video": np.zeros((2, 32, 32, 3), dtype=np.uint8)}
+    return _preprocesses(model, ("probe", video) if pair else video)
+
+
+def _preprocesses(model: Any, x: Any) -> bool:
     try:
-        model.preprocess([{"video": frames}])
+        model.preprocess([x])
     except Exception:  # any failure of the processor or its template
         return False
     return True
+
+
+def reranker_modalities(model: Any) -> list[str]:
+    """The wire modalities a CrossEncoder serves on either side of a pair: what it declares (``model_modalities``),
+    less video when its processor cannot render a ``(text, video)`` pair (the tiny Qwen2-VL image reranker declares
+    video, its chat template has no video branch), less audio when it cannot preprocess a ``(text, audio)`` pair.
+    Both probes send the media bare, as ``ModelInput.to_pair_st`` does."""
+    out = model_modalities(model, av=True)
+    if "video" in out and not _renders_video(model, pair=True):
+        out = [m for m in out if m not in ("video", "text+video")]
+    silence = {"audio": np.zeros(1600, dtype=np.float32)}
+    if "audio" in out and not _preprocesses(model, ("probe", silence)):
+        out = [m for m in out if m not in ("audio", "text+audio")]
+    return out
 
 
 class CrossEncoderScorer(_SentenceTransformersBase):
@@ -187,6 +206,7 @@ class CrossEncoderScorer(_SentenceTransformersBase):
 
     def __init__(self, model: Any, name: str) -> None:
         super().__init__(model, name)
+        self.modalities = reranker_modalities(model)
         self._prompt = model._resolve_prompt(None, None)
 
     def prepare(self, lane: Hashable, pairs: list[Any]) -> Any:

@@ -59,8 +59,18 @@ class ModelInput:
         (T, H, W, 3) frames, "video_metadata": ...}}`` (the frames are already sampled: their rate and indices),
         with ``"text"`` beside it for a pair: the dict forms sentence-transformers reads.
         """
+        return self._st(text_only, bare=False)
+
+    def to_pair_st(self, text_only: bool = False) -> str | dict[str, Any] | Image.Image:
+        """One side of a CrossEncoder pair: ``to_st``, but audio and video bare, ``{"audio": float32 samples}``
+        (already at the model's rate) and ``{"video": uint8 (T, H, W, 3) frames}`` (already sampled): in a pair,
+        sentence-transformers (6.2) hands each side's dict to the processor as it is, unwrapping no ``{"array":
+        ...}`` dict (which the processor cannot read)."""
+        return self._st(text_only, bare=True)
+
+    def _st(self, text_only: bool, *, bare: bool) -> str | dict[str, Any] | Image.Image:
         if self.audio is not None or self.video is not None:
-            out = av_to_st(self.audio, self.video)
+            out = av_to_st(self.audio, self.video, bare=bare)
             return out if self.text is None else {"text": self.text, **out}
         if self.image is None:
             if text_only:
@@ -71,11 +81,14 @@ class ModelInput:
         return {"text": self.text, "image": self.image}
 
 
-def av_to_st(audio: Audio | None, video: Video | None) -> dict[str, Any]:
-    """The sentence-transformers form of decoded audio or video (see ``ModelInput.to_st``)."""
+def av_to_st(audio: Audio | None, video: Video | None, *, bare: bool = False) -> dict[str, Any]:
+    """The sentence-transformers form of decoded audio or video (see ``ModelInput.to_st``; ``bare``:
+    ``ModelInput.to_pair_st``'s)."""
     if audio is not None:
-        return {"audio": {"array": audio.samples, "sampling_rate": audio.rate}}
+        return {"audio": audio.samples if bare else {"array": audio.samples, "sampling_rate": audio.rate}}
     assert video is not None
+    if bare:
+        return {"video": video.frames}
     n = int(video.frames.shape[0])
     metadata = {"fps": video.fps, "total_num_frames": n, "duration": n / video.fps, "frames_indices": list(range(n))}
     return {"video": {"array": video.frames, "video_metadata": metadata}}
@@ -204,14 +217,14 @@ def _of(value: Audio | Video | None, cls: type[Any]) -> Any:
 
 
 def refuse_av(item: str | Item, path: str) -> None:
-    """422 for an audio or video item where audio and video are not served yet (``/rerank``)."""
+    """422 for an audio or video item where audio and video are not decoded (a resolve without an ``AVTarget``)."""
     media = item.media if isinstance(item, Item) else None
     if media in ("audio", "video"):
         raise ApiError(
             422,
             "unsupported_modality",
-            f"{path}: {media} inputs are accepted by the Embedder's /encode and /v1/embeddings, by /search and "
-            "/upsert (not yet by /rerank)",
+            f"{path}: {media} inputs are accepted by the Embedder's /encode and /v1/embeddings, the Reranker's "
+            "/rerank, /v1/rerank and /v2/rerank, and by /search and /upsert",
             field=f"{path}.{media}",
         )
 

@@ -993,12 +993,14 @@ class SearchPipeline:
         req = run.req
         if req.rerank is False or not hits:
             return hits, False
-        if run.query.media in ("audio", "video"):
+        info = await self.reranker_info()
+        if run.query.media in ("audio", "video") and run.query.modality not in _rerank_modalities(info):
             run.warn(
-                None, "not_reranked", f"{run.query.media} queries are not reranked yet: hits are in retrieval order"
+                None,
+                "not_reranked",
+                f"the reranker does not take {run.query.modality} queries: hits are in retrieval order",
             )
             return hits, False
-        info = await self.reranker_info()
         if info is not None and info.get("model") is None:
             if req.rerank is True:
                 raise ApiError(
@@ -1030,18 +1032,21 @@ class SearchPipeline:
             run.warn(None, e.code, f"{e.message}: hits are in retrieval order")
         return hits, False
 
-    def _rerank_doc(self, run: SearchRun, hit: SearchHit, text_only: bool) -> Item | None:
+    def _rerank_doc(
+        self, run: SearchRun, hit: SearchHit, text_only: bool, modalities: Sequence[str] = ()
+    ) -> Item | None:
         """What the reranker scores for a candidate, or None when it cannot be scored: no content (an
         embedding-only document), an image for a text-only reranker with no text at all, content the
         reranker's request checks would refuse (a document stored before those checks covered every path must not
         fail the whole search), or an image that is not in the media store (stored before Search kept a copy of
         every image: never fetched from its source at query time; a warning names it). A text-only reranker scores
-        an image document by its text and OCR text."""
+        an image document by its text and OCR text. An audio or video candidate is scored as its stored clip at its
+        segment when the reranker takes that modality (``modalities``: the reranker's), else not at all."""
         if text_only and hit.image is not None:
             text = index_base.keyword_text(hit.text, run.ocr_text.get(hit.id))
             return Item(text=text[: self.settings.max_text_chars]) if text is not None else None
         if hit.audio is not None or hit.video is not None:
-            return None  # the Reranker does not take audio or video yet: kept in retrieval order after the others
+            return _clip_rerank_doc(hit, modalities, self.settings.max_text_chars)
         if hit.text is None and hit.image is None:
             return None
         if hit.text is not None and len(hit.text) > self.settings.max_text_chars:
@@ -1097,9 +1102,10 @@ class SearchPipeline:
     ) -> tuple[Item, list[tuple[SearchHit, Item]]]:
         """The query as the reranker takes it (an image query's text for a text-only reranker) and the candidates
         it can score, each with what it is sent."""
-        text_only = info is not None and list(info.get("modalities") or []) == ["text"]
+        modalities = _rerank_modalities(info)
+        text_only = modalities == ["text"]
         query = Item(text=run.text) if text_only and run.query.image is not None and run.text else run.query
-        return query, [(h, doc) for h in hits if (doc := self._rerank_doc(run, h, text_only)) is not None]
+        return query, [(h, doc) for h in hits if (doc := self._rerank_doc(run, h, text_only, modalities)) is not None]
 
     async def _after_refusal(
         self, run: SearchRun, todo: list[tuple[SearchHit, Item]], refused: _DocumentRefused, checked: bool
@@ -1169,7 +1175,7 @@ class SearchPipeline:
             if doc.image is not None and image is None:
                 run.warn(h.id, "media_unavailable", f"not reranked: stored image {doc.image} is missing")
             else:
-                kept.append((h, Item(text=doc.text, image=image)))
+                kept.append((h, doc if doc.image is None else Item(text=doc.text, image=image)))
         return kept
 
     async def _drop_missing_media(
@@ -1185,6 +1191,22 @@ class SearchPipeline:
             else:
                 run.warn(h.id, "media_unavailable", f"not reranked: stored image {doc.image} is missing")
         return kept
+
+
+def _rerank_modalities(info: dict[str, Any] | None) -> list[str]:
+    """The modalities the Reranker's ``/info`` lists (none while it cannot be asked)."""
+    return list(info.get("modalities") or []) if info is not None else []
+
+
+def _clip_rerank_doc(hit: SearchHit, modalities: Sequence[str], max_text_chars: int) -> Item | None:
+    """An audio or video candidate as the Reranker scores it: its stored clip at its segment (``t0``/``t1``; the
+    Reranker reads the clip from the media store and decodes that window), with the document's text when the
+    Reranker takes the pair; None when it takes neither."""
+    kind = "video" if hit.video is not None else "audio"
+    clip: dict[str, Any] = {kind: hit.video if kind == "video" else hit.audio, "t0": hit.t0, "t1": hit.t1}
+    if hit.text is not None and f"text+{kind}" in modalities and len(hit.text) <= max_text_chars:
+        return Item(text=hit.text, **clip)
+    return Item(**clip) if kind in modalities else None
 
 
 class _DocumentRefused(Exception):

@@ -29,7 +29,7 @@ from service.compat import (
 )
 from service.config import get_settings
 from service.errors import ApiError, handle_api_errors
-from service.inputs import ModelInput, check_count, item_paths, resolve_items
+from service.inputs import ModelInput, check_av_count, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
 from service.model_host import HostedModel, ModelHost, host_models, openai_models_app
 from service.models import load_or_exit, load_reranker
@@ -71,8 +71,8 @@ class Reranker:
         m = model or self._model(None)
         for d in documents:
             m.runtime.count_input(f"{query.modality}->{d.modality}", "pair")
-        q = query.to_st(m.text_only)
-        pairs = [((query.modality, d.modality), (q, d.to_st(m.text_only))) for d in documents]
+        q = query.to_pair_st(m.text_only)
+        pairs = [((query.modality, d.modality), (q, d.to_pair_st(m.text_only))) for d in documents]
         return await m.runtime.run_lanes(pairs, priority=QUERY_PRIORITY, timeout=timeout)
 
     def _model(self, name: str | None) -> Scoring:
@@ -102,8 +102,10 @@ class Reranker:
         check_count("documents", len(documents), self.settings.max_documents_per_request, "documents")
         if not documents:
             return [], m.name
+        check_av_count("documents", [query, *documents], self.settings)
         loader = self.host.loader
-        async with loader.pixels.lease() as lease:  # one reservation for the query's and the documents' images
+        # one reservation for the query's and the documents' images, audio samples and video pixels
+        async with loader.pixels.lease() as lease:
             resolved = await resolve_items(
                 [query, *documents],
                 paths=["query", *item_paths("documents", len(documents))],
@@ -112,6 +114,7 @@ class Reranker:
                 supported=m.modalities,
                 model=m.name,
                 lease=lease,
+                av=getattr(m.adapter, "av", None),
             )
             scores = await self.score(resolved[0], resolved[1:], timeout, m)
             del resolved

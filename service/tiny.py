@@ -28,6 +28,7 @@ __all__ = [
     "build_tiny_text_embedder",
     "build_tiny_text_reranker",
     "build_tiny_video_embedder",
+    "build_tiny_video_reranker",
     "build_tiny_vlm_embedder",
     "build_tiny_vlm_reranker",
     "ensure_tiny_av_models",
@@ -82,6 +83,7 @@ _VIDEO_RENDER_MACRO = _RENDER_MACRO.replace(
     "{%- elif part.type == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>{%- elif part.type == 'text' -%}",
 )
 _VIDEO_EMBED_TEMPLATE = _EMBED_TEMPLATE.replace(_RENDER_MACRO, _VIDEO_RENDER_MACRO, 1)
+_VIDEO_RERANK_TEMPLATE = _RERANK_TEMPLATE.replace(_RENDER_MACRO, _VIDEO_RENDER_MACRO, 1)
 _EMBED_PROMPTS = {
     "query": "Retrieve images or text relevant to the user's query.",
     "document": _EMBED_DEFAULT_INSTRUCTION,
@@ -292,14 +294,29 @@ def _raw_checkpoint(model: Any, processor: Any) -> Iterator[str]:
 def build_tiny_vlm_reranker(out: Path, sizes: QwenVLSizes = TINY_QWEN_VL) -> Path:
     """Build a random Qwen2-VL yes/no CrossEncoder (text, image or text+image per side) of ``sizes`` (default
     tiny) at ``out``."""
+    return _build_vlm_reranker(Path(out), _RERANK_TEMPLATE, sizes)
+
+
+def build_tiny_video_reranker(out: Path) -> Path:
+    """Build the tiny Qwen2-VL yes/no CrossEncoder of :func:`build_tiny_vlm_reranker` (same seeded weights) whose
+    chat template renders video parts, at ``out``: sentence-transformers scores ``(text, {"video": uint8 (T, H, W,
+    3) frames})`` pairs with it (and video queries or text+video items). The video processor caps pixels per frame
+    as qwen-vl-utils does, as the tiny video embedder's."""
+    return _build_vlm_reranker(Path(out), _VIDEO_RERANK_TEMPLATE, TINY_QWEN_VL, cap_pixels_per_frame=True)
+
+
+def _build_vlm_reranker(
+    out: Path, template: str, sizes: QwenVLSizes, *, cap_pixels_per_frame: bool | None = None
+) -> Path:
     import torch
     from sentence_transformers import CrossEncoder
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.cross_encoder.modules import LogitScore
     from transformers import Qwen2VLForConditionalGeneration
 
-    out = Path(out)
-    processor, ids = _qwen_vl_processor(["yes", "no"], _RERANK_TEMPLATE)
+    processor, ids = _qwen_vl_processor(["yes", "no"], template)
+    if cap_pixels_per_frame is not None:
+        processor.video_processor.cap_pixels_per_frame = cap_pixels_per_frame
     config = _qwen_vl_config(ids, tie_word_embeddings=True, sizes=sizes)
     torch.manual_seed(SEED)
     model = Qwen2VLForConditionalGeneration(config).eval()
@@ -557,18 +574,20 @@ def ensure_tiny_text_embedder(root: Path) -> Path:
 
 @dataclass(frozen=True)
 class TinyAVModels:
-    """Paths of the tiny random-weight audio and video embedders built by :func:`ensure_tiny_av_models`."""
+    """Paths of the tiny random-weight audio and video models built by :func:`ensure_tiny_av_models`."""
 
     audio_embedder: Path
     video_embedder: Path
+    video_reranker: Path
 
 
 def ensure_tiny_av_models(root: Path) -> TinyAVModels:
-    """Build the tiny audio and video embedders under ``root`` once (process-safe), beside
+    """Build the tiny audio and video embedders and the video reranker under ``root`` once (process-safe), beside
     :func:`ensure_tiny_models`' models (built only by what serves audio or video)."""
     root = Path(root) / f"v{TINY_FORMAT}"
     root.mkdir(parents=True, exist_ok=True)
     return TinyAVModels(
         audio_embedder=_ensure(root, "audio_embedder", build_tiny_audio_embedder),
         video_embedder=_ensure(root, "video_embedder", build_tiny_video_embedder),
+        video_reranker=_ensure(root, "video_reranker", build_tiny_video_reranker),
     )

@@ -30,11 +30,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Work units for ``make test``'s parallel workers (pytest-xdist ``--dist loadgroup``).
 
     One unit per test module, so a module's servers start in one worker only; every test that uses the real Milvus
-    server in one unit of its own, since only one Milvus standalone runs per machine (see ``milvus_server``).
-    Without xdist the marks change nothing."""
+    server in one unit of its own, since only one Milvus standalone runs per machine (see ``milvus_server``); every
+    test that uses the video Embedder (``video_embedder_server``: test_av_embedder_e2e.py and the video serving bench
+    smoke) in one unit, so that it starts once. Without xdist the marks change nothing."""
     for item in items:
-        uses_milvus_server = "milvus_server" in item.nodeid or "milvus_server" in getattr(item, "fixturenames", ())
+        fixtures = getattr(item, "fixturenames", ())
+        uses_milvus_server = "milvus_server" in item.nodeid or "milvus_server" in fixtures
         group = "milvus-server" if uses_milvus_server else item.nodeid.split("::", 1)[0]
+        if "video_embedder_server" in fixtures:  # one unit, so that the one video Embedder starts once
+            group = "video-embedder"
         item.add_marker(pytest.mark.xdist_group(group))
 
 
@@ -103,6 +107,18 @@ def text_reranker_server(tmp_path_factory: pytest.TempPathFactory, tiny_models) 
         tmp_path_factory.mktemp("text-reranker"),
         "service.reranker:Reranker",
         MMSEARCH_RERANKER_MODEL=str(tiny_models.text_reranker),
+    )
+
+
+@pytest.fixture(scope="session")
+def video_embedder_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoServer]:
+    """An Embedder serving the tiny Qwen2-VL video embedder (test_av_embedder_e2e.py, the ``bench.av_serving``
+    smoke in test_bench_smoke.py: one start for both; see ``pytest_collection_modifyitems``)."""
+    from service.tiny import ensure_tiny_av_models
+
+    model = ensure_tiny_av_models(tiny_dir()).video_embedder
+    yield from serve_bento(
+        tmp_path_factory.mktemp("video-embedder"), "service.embedder:Embedder", MMSEARCH_EMBEDDER_MODEL=str(model)
     )
 
 

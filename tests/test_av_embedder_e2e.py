@@ -72,8 +72,9 @@ def audio_server(tmp_path_factory: pytest.TempPathFactory, av_models: TinyAVMode
 
 
 @pytest.fixture(scope="module")
-def video_server(tmp_path_factory: pytest.TempPathFactory, av_models: TinyAVModels) -> Iterator[BentoServer]:
-    yield from _embedder(tmp_path_factory, Path(av_models.video_embedder))
+def video_server(video_embedder_server: BentoServer) -> BentoServer:
+    """The session's video Embedder (shared with the ``bench.av_serving`` smoke: one start)."""
+    return video_embedder_server
 
 
 def _encode(server: BentoServer, inputs: list[Any], input_type: str = "document") -> httpx.Response:

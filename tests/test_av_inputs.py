@@ -140,7 +140,7 @@ def test_video_items_resolve_to_sampled_frames(clips: str) -> None:
 def test_av_not_served_or_not_supported_is_422_naming_what_is() -> None:
     s = _settings()
     audio = Item(audio=uri("audio", "wav", WAV))
-    with pytest.raises(ApiError) as e:  # where audio/video are not served (the reranker), for a model that takes them
+    with pytest.raises(ApiError) as e:  # where audio/video are not decoded (no AVTarget), for a model that takes them
         run(_resolve(["x", audio], s, supported=["text", "audio"], av=None))
     assert e.value.status == 422 and e.value.code == "unsupported_modality" and e.value.field == "inputs[1].audio"
     assert "/encode" in e.value.message

@@ -1,11 +1,11 @@
 """Segment search, end to end (issue #21 acceptance): real bento processes on 127.0.0.1.
 
 One Search wired by URL to one Embedder serving the tiny seeded Qwen2-VL video embedder (the session's Reranker and
-Reader stay wired but unused: video is not reranked yet). Both share the session's media store, where Search keeps
-the clip and the Embedder reads each window. A 60 s video is generated here with PyAV, its colour changing every
-7.5 s (eight colours, none repeated); a query clip made of one window's colours (a new file: re-encoded, sampled
-from its own start) must return that window's ``t0``/``t1`` at rank 1, and deleting the document removes every
-segment.
+Reader stay wired but unused: that Reranker takes no video, and these searches ask for none). Both share the
+session's media store, where Search keeps the clip and the Embedder reads each window. A 60 s video is generated
+here with PyAV, its colour changing every 7.5 s (eight colours, none repeated); a query clip made of one window's
+colours (a new file: re-encoded, sampled from its own start) must return that window's ``t0``/``t1`` at rank 1,
+and deleting the document removes every segment.
 """
 
 from __future__ import annotations

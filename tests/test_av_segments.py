@@ -286,3 +286,46 @@ def test_refusals_name_the_document(tmp_path: Path, clip: bytes) -> None:
         rig.upsert([{"id": "x" * 510, "video": _uri("video", clip, "mp4")}])
     assert info.value.status == 422 and info.value.field == "documents[0].id"
     assert list(rig.media.blobs.names()) == []  # nothing stored for a refused request
+
+
+VIDEO_RERANKER = ["text", "image", "video", "text+image", "text+video"]
+
+
+def test_video_hits_are_reranked_at_their_segment_by_a_reranker_that_takes_video(tmp_path: Path, clip: bytes) -> None:
+    """Each video candidate goes to the Reranker as the stored clip at its window (which the Reranker decodes);
+    a reranker without video scores the others only, and a video query it cannot take is not reranked."""
+    rig = Rig(tmp_path)
+    rig.upsert([{"id": "film", "video": _uri("video", clip, "mp4")}, {"id": "t", "text": "a note"}])
+    stored = "media://" + hashlib.sha256(clip).hexdigest() + ".mp4"
+
+    def score(q: Item, d: Item) -> float:  # the window starting at 40 s is the best, the text third
+        return -abs((d.t0 or 0.0) - 41.0) if d.video is not None else -8.5
+
+    video = FakeReranker(score=score, modalities=VIDEO_RERANKER)
+    rig.pipeline.reranker = video
+    res = rig.search("x", rerank=True, segments="all", mode="vector")
+    assert res.reranked is True
+    assert [(h.id, h.t0) for h in res.hits[:4]] == [("film", 40), ("film", 48), ("t", None), ("film", 32)]
+    assert res.hits[0].rerank_score == -1.0 and len(res.hits) == 9
+    sent = video.calls[-1][1]
+    assert sorted((d.video, d.t0, d.t1) for d in sent if d.video) == [
+        (stored, w.t0, w.t1) for w in segments.windows(60, 10, 2)
+    ]
+    best = rig.search("x", rerank=True, mode="vector")  # grouped: the film's best-retrieved window is reranked
+    assert [h.id for h in best.hits].count("film") == 1 and best.reranked is True
+    q = {"video": stored, "t0": 40, "t1": 50}
+    res = rig.search(q, rerank=True)
+    assert res.reranked is True and video.calls[-1][0] == Item(**q)
+
+    images = FakeReranker(score=lambda q, d: 1.0)  # text, image and text+image only
+    rig.pipeline.reranker, rig.pipeline._reranker_info = images, None
+    res = rig.search("x", rerank=True, segments="all", mode="vector")
+    assert [d.text for d in images.calls[-1][1]] == ["a note"]  # the video candidates are not sent
+    assert res.hits[0].id == "t" and {h.id for h in res.hits[1:]} == {"film"}
+    assert all(h.rerank_score is None for h in res.hits[1:])  # unscored: retrieval order, after the scored
+    calls = len(images.calls)
+    res = rig.search(q, rerank=True)
+    assert res.reranked is False and len(images.calls) == calls
+    assert [(w.code, w.message) for w in res.warnings] == [
+        ("not_reranked", "the reranker does not take video queries: hits are in retrieval order")
+    ]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bench.support.milvus_server import MilvusServer
-from bench.support.servers import REPO, tiny_dir
+from bench.support.servers import REPO, BentoServer, tiny_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -315,6 +315,30 @@ def test_av_decode(out: Path) -> None:
     assert all(positive(p["clips_per_s"]) and positive(p["media_s_per_s"]) for p in points.values())
     assert points[("video h264 320x180 30fps", 1)]["frames_out"] == [2, 180, 320, 3]  # 1 s at 2 fps
     assert points[("audio mp3 44.1k stereo", 1)]["samples_out"] == [32_000]  # 2 s at 16 kHz mono
+
+
+def test_av_serving(out: Path, video_embedder_server: BentoServer) -> None:
+    """Video serving efficiency against the session's video Embedder (``--embedder-url``: no bento of its own)."""
+    from bench import av_serving
+
+    av_serving.main(["--tiny", "--out", str(out), "--embedder-url", video_embedder_server.url])
+    body = load(out / "av_serving-tiny.json")
+    assert body["frames_per_clip"] == [2, 48, 64, 3]  # 1 s at 2 fps, 64x48
+    assert body["parity_max_abs_diff"] <= 1e-5  # the service encoded the arrays the raw side encoded
+    excl, incl = body["decode_excluded"], body["decode_included"]
+    assert [r["batch"] for r in excl["raw"]] == [1, 8] and [r["batch"] for r in incl["raw"]] == [8]
+    assert all(positive(r["items_per_s"]) for r in excl["raw"] + incl["raw"])
+    assert [p["concurrency"] for p in excl["service"]] == [1, 8]
+    for p in excl["service"]:
+        assert positive(p["items_per_s"]) and p["errors"] == 0 and positive(p["ratio_vs_raw"]), p
+        assert sum(b["batches"] for b in p["model_batches"].values()) >= 1
+    assert positive(excl["paired"]["ratio"]) and positive(incl["paired"]["ratio"])
+    summary = body["summary"]
+    assert (summary["clients"], summary["batch"]) == (8, 8)
+    for key in ("service_clips_per_s", "raw_decode_excluded_clips_per_s", "raw_decode_included_clips_per_s"):
+        assert positive(summary[key]), key
+    assert summary["ratio"] == excl["ratio"] and summary["ratio_decode_included"] == incl["paired"]["ratio"]
+    assert len(body["loadavg_start"]) == 3 and body["raw_omp_wait_policy"]["value"] == "PASSIVE"
 
 
 def test_idle_model(out: Path) -> None:

@@ -21,6 +21,7 @@ from service.tiny import (
     build_tiny_clip,
     build_tiny_text_reranker,
     build_tiny_video_embedder,
+    build_tiny_video_reranker,
     build_tiny_vlm_embedder,
     build_tiny_vlm_reranker,
     ensure_tiny_av_models,
@@ -345,4 +346,40 @@ def test_video_embedder_encodes_video_and_pairs(av_models: Any, models: TinyMode
 
 def test_video_embedder_is_bit_reproducible(av_models: Any, tmp_path: Path) -> None:
     first, second = _tensors(av_models.video_embedder), _tensors(build_tiny_video_embedder(tmp_path / "video"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_video_reranker_scores_text_against_video(av_models: Any, models: TinyModels, vlm: Any) -> None:
+    """sentence-transformers loads the tiny video reranker as video-capable and scores (text, video) pairs given
+    bare frames (``ModelInput.to_pair_st``); the image reranker, same weights, declares video but cannot render it."""
+    from sentence_transformers import CrossEncoder
+
+    from service.adapters import reranker_modalities
+
+    model = CrossEncoder(str(av_models.video_reranker), device="cpu")
+    assert model.supports("video") and model.supports(("text", "video"))
+    frames = np.random.default_rng(5).integers(0, 256, (4, 32, 48, 3), dtype=np.uint8)
+    pairs = [
+        ({"text": "a clip"}, {"video": frames}),
+        ({"text": "a clip"}, {"text": "a caption", "video": frames[:2]}),
+        ({"video": frames}, {"text": "a caption"}),
+        ({"text": "a cat"}, {"text": "a cat sitting on a mat"}),
+    ]
+    scores = model.predict(pairs)
+    assert all(0.0 < float(x) < 1.0 for x in scores) and len({float(x) for x in scores}) == len(pairs)
+    for i, pair in enumerate(pairs):  # a mixed batch gives each pair its own score
+        assert abs(float(model.predict([pair])[0]) - float(scores[i])) <= 1e-5
+    assert abs(float(vlm.predict([pairs[3]])[0]) - float(scores[3])) <= 1e-6  # text pairs: the same weights
+    assert _tensors(models.vlm_reranker).keys() == _tensors(av_models.video_reranker).keys()
+    with pytest.raises(KeyError):  # ST 6.2 does not unwrap {"array": ...} video in a pair (when it does, pass metadata)
+        model.predict([({"text": "a clip"}, {"video": {"array": frames, "video_metadata": None}})])
+    assert vlm.supports("video")
+    with pytest.raises(ValueError):
+        vlm.predict([pairs[0]])
+    assert reranker_modalities(vlm) == ["text", "image", "text+image"]
+    assert reranker_modalities(model) == ["text", "image", "video", "text+image", "text+video"]
+
+
+def test_video_reranker_is_bit_reproducible(av_models: Any, tmp_path: Path) -> None:
+    first, second = _tensors(av_models.video_reranker), _tensors(build_tiny_video_reranker(tmp_path / "video"))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -28,9 +28,9 @@ class Item(BaseModel):
     ``image`` is an ``http(s)://`` URL (fetched by the server under its media policy), a
     ``data:image/...;base64,`` URI or a stored image's ``media://<sha256>.<ext>``
     reference. ``audio`` and ``video`` are an ``http(s)://`` URL or a ``data:audio/...;base64,`` /
-    ``data:video/...;base64,`` URI (decoded by the server under its audio/video limits; ``/encode`` and
-    ``/v1/embeddings`` only, for models that declare the modality). A plain string given where an ``Item`` is
-    accepted always means text.
+    ``data:video/...;base64,`` URI or a stored clip's ``media://`` reference (decoded by the server under its
+    audio/video limits, for models that take the modality). A plain string given where an ``Item`` is accepted
+    always means text.
     """
 
     model_config = ConfigDict(extra="forbid")
