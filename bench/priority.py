@@ -99,6 +99,19 @@ class Ingest:
     done: Any  # multiprocessing Value: inputs embedded so far
     errors: Any  # non-200 answers
 
+    @contextlib.contextmanager
+    def window(self, deadline_s: float = 60) -> Iterator[list[float]]:
+        """Documents/s over the block, appended to the yielded list on exit. The window is held open until at
+        least one more bulk request has completed: a short block (``--tiny``) can otherwise close between two
+        completions and read 0 documents/s while the ingest is running fine."""
+        out: list[float] = []
+        d0, t0 = self.done.value, time.monotonic()
+        yield out
+        deadline = time.monotonic() + deadline_s
+        while self.done.value == d0 and self.errors.value == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        out.append(float((self.done.value - d0) / (time.monotonic() - t0)))
+
 
 @contextlib.contextmanager
 def bulk_ingest(url: str, body: bytes, n_inputs: int, clients: int, route: str = "/encode") -> Iterator[Ingest]:
@@ -163,9 +176,9 @@ def measure_round(
     """Query p95 idle, then during a bulk ingest (see the module docstring). ``body``: from ``bulk_body``."""
     idle = query_latencies(url, queries, service)
     with bulk_ingest(url, body, images, clients, BULK_ROUTE[service]) as ingest:
-        d0, t0 = ingest.done.value, time.monotonic()
-        busy = query_latencies(url, queries, service)
-        rate = (ingest.done.value - d0) / (time.monotonic() - t0)
+        with ingest.window() as rate_box:
+            busy = query_latencies(url, queries, service)
+        rate = rate_box[0]
         errors = ingest.errors.value
     return Round(
         idle_p95_ms=percentile(idle, 95),
@@ -180,9 +193,9 @@ def measure_round(
 def ingest_rate(url: str, body: bytes, *, images: int, clients: int, seconds: float, service: str) -> float:
     """Documents/s of the bulk clients alone."""
     with bulk_ingest(url, body, images, clients, BULK_ROUTE[service]) as ingest:
-        d0, t0 = ingest.done.value, time.monotonic()
-        time.sleep(seconds)
-        return float((ingest.done.value - d0) / (time.monotonic() - t0))
+        with ingest.window() as rate_box:
+            time.sleep(seconds)
+        return rate_box[0]
 
 
 def parse_args(argv: Sequence[str] | None) -> Any:

@@ -3,6 +3,7 @@ emulator), Milvus Lite (a file) and the real Milvus standalone server (one per t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -25,6 +26,7 @@ from service.index import (
     VectorIndex,
 )
 from service.index.factory import open_index
+from tests.support.prepared import PreparedCollections, counter_names
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["lance", "lance_s3", "milvus", "milvus_server"]
@@ -64,10 +66,29 @@ def index(index_uri: str) -> Iterator[VectorIndex]:
         yield index
 
 
+@pytest.fixture(scope="module")
+def prepared(index_uri: str) -> Iterator[PreparedCollections | None]:
+    """On the Milvus server, empty collections made ahead (tests/support/prepared.py: ~2.5 s of load per collection
+    otherwise); elsewhere creating one is quick and ``coll`` makes its own."""
+    if not index_uri.startswith("http://"):
+        yield None
+        return
+    ahead = PreparedCollections(index_uri, counter_names("c", _names), DIM, "test-model")
+    try:
+        yield ahead
+    finally:
+        ahead.close()
+
+
 @pytest.fixture
-def coll(index: VectorIndex) -> str:
+def coll(index: VectorIndex, prepared: PreparedCollections | None) -> str:
+    """An empty DIM-d collection for one test, opened with ``ensure_collection`` on the module's index."""
     name = f"c{next(_names)}"
+    if prepared is not None:
+        with contextlib.suppress(Exception):  # its making failed (a test restarted the server): make one here
+            name = prepared.take()
     index.ensure_collection(name, DIM, "test-model")
+    assert index.get_collection(name).count == 0
     return name
 
 
