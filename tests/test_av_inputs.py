@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import math
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -369,3 +371,35 @@ def test_out_of_memory_on_audio_and_video_batches_is_split_and_retried(kind: str
     assert oom.attempts[0] == 7  # the three requests shared one batch
     assert np.abs(np.stack([*first, *last]) - np.stack(want)).max() <= 1e-5
     assert isinstance(alone, ApiError) and (alone.status, alone.code) == (413, "input_too_large"), alone
+
+
+def test_a_refused_clip_leaves_no_reference_cycle_holding_the_request() -> None:
+    """A refused audio item's error must not sit in a reference cycle with the request's frames: then only a gc pass
+    frees them, and a served Embedder kept a refused 34 MB data URI (and a copy of its payload) in its RSS until a
+    later request triggered one. Refused by size before decoding, and by the decoder."""
+
+    async def refused(ref: str) -> str:
+        try:
+            await _resolve([Item(audio=ref)], _settings(max_audio_bytes=20_000))
+        except MediaError as e:
+            return e.reason
+        return "accepted"
+
+    refs = [uri("audio", "wav", bytes(30_000)), uri("audio", "mpeg", avhostile.half(MP3))]
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        reasons = [run(refused(r)) for r in refs]
+        gc.collect()
+        held = [  # frames that hold a refused data URI (other garbage, e.g. another test's threads, may be there)
+            f.f_code.co_name
+            for f in gc.garbage
+            if isinstance(f, FrameType) and any(v is r for r in refs for v in f.f_locals.values())
+        ]
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+        gc.enable()
+    assert reasons == ["too_large", "truncated"]
+    assert held == [], f"frames kept alive by a reference cycle until a gc pass: {held}"
