@@ -128,7 +128,12 @@ async def plan_refs(
             )
         return Planned(ref, data, await _counted(loader, ref.field, loader.run_decode(background, fn)))
 
-    return await _first_failure([one(r) for r in refs])
+    try:
+        return await _first_failure([one(r) for r in refs])
+    finally:
+        # a failed fetch's task holds its error, whose traceback holds ``one``'s frame, which holds ``fetched``: a
+        # reference cycle that kept the refused request's frames (its data URI included) until a gc pass
+        fetched.clear()
 
 
 async def decode_planned(

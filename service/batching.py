@@ -26,10 +26,18 @@ memory. This batcher does all four (the design Infinity uses):
   first. A single client never waits: one request answered, one back.
 * Whole requests go into one batch where they fit (a reranked query's 20 pairs are scored together instead of
   straddling two batches); a request larger than a batch is split.
+* **Cost** (``cost``): besides the item count, a batch is bounded by what its items cost, for items whose model
+  time and memory grow with their size (audio: samples; video: sampled frames x pixels per frame;
+  ``service.runtime.media_cost`` gives each item its share of a batch). A batch's shares add up to at most
+  ``effective_max_batch_cost`` (1.0); an item whose share alone exceeds it runs in a batch of its own. So a batch
+  of long clips holds the model no longer than the budget (or one over-budget clip) takes, and a query that
+  arrives meanwhile waits for that batch only: the document batches behind it wait for the query's.
 * Bounded: more than ``max_queue_size`` waiting items -> ``Overloaded`` (429); an item waiting longer than
   ``max_wait_s`` -> ``QueueTimeout`` (503); past the request's deadline -> ``DeadlineExceeded`` (504).
-* Out of memory: the batch is split in halves and retried; the effective max batch size is lowered; a single item
-  that still does not fit fails alone with ``ItemTooLarge`` (413) and everything else is answered.
+* Out of memory: the batch is split in halves and retried; the effective max batch size is lowered (for a batch
+  with a cost, the cost budget instead: the measure that predicts its memory, leaving text and image batches at
+  their size); a single item that still does not fit fails alone with ``ItemTooLarge`` (413) and everything
+  else is answered.
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ class _Request(Generic[T, R]):
     futures: list[asyncio.Future[R]]
     enqueued: float
     deadline: float | None
+    costs: list[float] | None = None  # each item's share of a batch's cost budget; None: all 0
     taken: int = 0
 
     @property
@@ -132,7 +141,8 @@ class MicroBatcher(Generic[T, R]):
 
     ``prepare(lane, payloads)`` (optional; default: the payloads themselves) runs in a preprocessing thread and
     ``run(lane, prepared)`` in the model thread; ``run`` returns one result per payload, in order. ``prepare``
-    is never called from two threads at once. ``coalesce_s``: see the module docstring.
+    is never called from two threads at once. ``coalesce_s`` and ``cost`` (an item's share of a batch's cost
+    budget; 0 for items bounded by count only): see the module docstring.
     """
 
     def __init__(
@@ -149,12 +159,15 @@ class MicroBatcher(Generic[T, R]):
         on_depth: Callable[[int], None] | None = None,
         gate: PriorityGate | None = None,
         background_budget: float = 1.0,
+        cost: Callable[[T], float] | None = None,
         name: str = "model",
     ) -> None:
         self._run = run
         self._prepare = prepare
+        self._cost = cost
         self.max_batch_size = max_batch_size
         self.effective_max_batch_size = max_batch_size
+        self.effective_max_batch_cost = 1.0  # lowered by out-of-memory errors of batches with a cost
         self.coalesce_s = coalesce_s
         self._max_queue_size = max_queue_size
         self._max_wait_s = max_wait_s
@@ -209,7 +222,8 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         key: Key = (priority, lane)
         futures: list[asyncio.Future[R]] = [loop.create_future() for _ in payloads]
-        self._queues.setdefault(key, deque()).append(_Request(list(payloads), futures, time.monotonic(), deadline))
+        request = _Request(list(payloads), futures, time.monotonic(), deadline, self._costs(payloads))
+        self._queues.setdefault(key, deque()).append(request)
         self._lane_items[key] = self._lane_items.get(key, 0) + len(payloads)
         self._queued += len(payloads)
         self._came_back(key, len(payloads))
@@ -221,6 +235,13 @@ class MicroBatcher(Generic[T, R]):
             for f in futures:  # a cancelled request frees its queue slots
                 if not f.done():
                     f.cancel()
+
+    def _costs(self, payloads: Sequence[T]) -> list[float] | None:
+        """Each payload's share of a batch's cost budget; ``None`` when none has a cost."""
+        if self._cost is None:
+            return None
+        costs = [self._cost(p) for p in payloads]
+        return costs if any(costs) else None
 
     def _depth_changed(self) -> None:
         if self._on_depth is not None:
@@ -329,7 +350,7 @@ class MicroBatcher(Generic[T, R]):
                     return self._hold_until - now
             limit = self._limit(key)
             queued = self._lane_items[key]
-            if queued >= limit:
+            if queued >= limit or self._cost_full(key):
                 return key, limit
             if busy and not (key[0] == 0 and self._background_runs_next()):
                 # The model is busy: only a full batch is worth preparing ahead (or a query's), but not one of a
@@ -346,6 +367,17 @@ class MicroBatcher(Generic[T, R]):
             wait = deadline - now if wait is None else min(wait, deadline - now)
         return wait
 
+    def _cost_full(self, key: Key) -> bool:
+        """The items queued in lane ``key`` cost a whole batch's budget (checked when fewer than a batch's count
+        are queued: a scan of less than one batch)."""
+        total = 0.0
+        for req in self._queues[key]:
+            if req.costs is not None and not req.cancelled:
+                total += sum(req.costs[req.taken :])
+                if total >= self.effective_max_batch_cost:
+                    return True
+        return False
+
     def _background_runs_next(self) -> bool:
         """The model would run a document batch next: a query batch prepared now, even partial, goes first.
         Behind a query batch, a partial query batch is not prepared ahead: when the model frees up, coalescing
@@ -357,30 +389,46 @@ class MicroBatcher(Generic[T, R]):
         running = self._running_key
         return running is not None and running[0] > 0
 
+    @staticmethod
+    def _fit(req: _Request[T, R], room: int, budget: float) -> tuple[int, float]:
+        """How many of ``req``'s next items fit in ``room`` items and ``budget`` of cost, and their cost."""
+        n = min(req.remaining, room)
+        if req.costs is None:
+            return n, 0.0
+        spent = 0.0
+        for k, c in enumerate(req.costs[req.taken : req.taken + n]):
+            if spent + c > budget:
+                return k, spent
+            spent += c
+        return n, spent
+
     def _take(self, key: Key, limit: int) -> _Batch[T, R]:
-        """Up to ``limit`` items of lane ``key``: whole requests in queue order where they fit (a request that
-        does not fit waits for the next batch, which it heads); a request larger than ``limit`` is split."""
+        """Up to ``limit`` items of lane ``key`` costing at most the cost budget: whole requests in queue order
+        where they fit (a request that does not fit waits for the next batch, which it heads); a request larger
+        than a batch is split; an item over the cost budget alone heads a batch of its own."""
         queue = self._queues[key]
         batch: _Batch[T, R] = _Batch(key, [], [], [])
-        room = limit
+        room, budget = limit, self.effective_max_batch_cost
         kept: list[_Request[T, R]] = []
-        while queue and room > 0:
+        while queue and room > 0 and budget > 0:
             req = queue.popleft()
             if req.cancelled:
                 self._queued -= req.remaining
                 self._lane_items[key] -= req.remaining
                 continue
-            n = req.remaining
-            if n > room and (batch.payloads or kept):
+            take, spent = self._fit(req, room, budget)
+            if take < req.remaining and (batch.payloads or kept):
                 kept.append(req)  # does not fit: try the requests behind it
                 if len(kept) >= 64:
                     break
                 continue
-            take = min(n, room)
+            if take == 0 and req.costs is not None:  # its next item alone is over the cost budget: it runs alone
+                take, spent = 1, req.costs[req.taken]
             batch.payloads.extend(req.payloads[req.taken : req.taken + take])
             batch.futures.extend(req.futures[req.taken : req.taken + take])
             req.taken += take
             room -= take
+            budget -= spent
             if req.remaining:
                 kept.append(req)
             else:
@@ -595,8 +643,7 @@ class MicroBatcher(Generic[T, R]):
             if len(payloads) == 1:
                 return [ItemTooLarge("this input does not fit in model memory even alone")]
             half = len(payloads) // 2
-            self.effective_max_batch_size = max(1, min(self.effective_max_batch_size, half))
-            log.warning("out of memory at batch %d: split, max batch now %d", len(payloads), half)
+            self._lower_limits(payloads, half)
             out: list[R | BaseException] = []
             for part in (payloads[:half], payloads[half:]):
                 out += self._run_splitting(lane, part, self._prepare_locked(lane, part))
@@ -605,6 +652,23 @@ class MicroBatcher(Generic[T, R]):
             raise RuntimeError(f"model returned {len(results)} results for {len(payloads)} inputs")
         self.stats.record(len(payloads))
         return list(results)
+
+    def _lower_limits(self, payloads: list[T], half: int) -> None:
+        """After an out-of-memory error at ``payloads``: a batch with a cost lowers the cost budget to its larger
+        half's cost, any other batch the max batch size to ``half``."""
+        halves = self._costs(payloads[:half]), self._costs(payloads[half:])
+        if halves[0] is None and halves[1] is None:
+            self.effective_max_batch_size = max(1, min(self.effective_max_batch_size, half))
+            log.warning("out of memory at batch %d: split, max batch now %d", len(payloads), half)
+            return
+        larger = max(sum(h or ()) for h in halves)
+        self.effective_max_batch_cost = min(self.effective_max_batch_cost, larger)
+        log.warning(
+            "out of memory at batch %d costing %.3f: split, cost budget now %.3f",
+            len(payloads),
+            sum(sum(h or ()) for h in halves),
+            self.effective_max_batch_cost,
+        )
 
     async def aclose(self) -> None:
         for task in (self._worker, self._runner):

@@ -284,6 +284,13 @@ class Settings(BaseSettings):
     max_video_frames: int = Field(default=64, ge=1, le=10_000)
     max_video_pixels: int = Field(default=48_000_000, ge=1)
     """Pixels of all the sampled frames of one video item (RGB uint8: 144 MB at the default)."""
+    max_batch_video_pixels: int = Field(default=24_000_000, ge=1)
+    """Sampled video pixels (frames x pixels per frame, all the batch's clips) per model batch, besides
+    ``max_batch_size``: 40 frames at ``video_frame_pixels``, two 10 s segments at 2 fps. A clip over it runs in a
+    batch of its own (``service.batching``)."""
+    max_batch_audio_samples: int = Field(default=1_920_000, ge=1)
+    """Audio samples at the model's rate (seconds x rate, all the batch's clips) per model batch, besides
+    ``max_batch_size``: 120 s at 16 kHz, twelve 10 s segments. A clip over it runs in a batch of its own."""
     audio_containers: Annotated[tuple[str, ...], NoDecode] = AUDIO_CONTAINERS
     """Accepted containers, as FFmpeg's demuxers name them (probed from the bytes, never from a name or MIME type)."""
     video_containers: Annotated[tuple[str, ...], NoDecode] = VIDEO_CONTAINERS

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 from mmsearch_client.schemas import InputType, Item
 
 from service.adapters import ModelAdapter
@@ -47,6 +48,34 @@ def batch_error_to_api(e: BatchError) -> ApiError:
     if isinstance(e, ItemTooLarge):
         return ApiError(413, "input_too_large", str(e))
     return ApiError(503, "unavailable", str(e), retry_after=1)
+
+
+def media_cost(settings: Settings) -> Callable[[Any], float]:
+    """An item's share of a model batch's cost budget (``MicroBatcher``'s ``cost``), from the sentence-transformers
+    input a lane runs (``ModelInput.to_st`` / ``to_pair_st``; a pair costs its two sides): video, its sampled
+    frames x pixels per frame over ``max_batch_video_pixels``; audio, its samples over ``max_batch_audio_samples``;
+    anything else 0 (text and images are bounded by the batch's item count; images are resized to the model's pixel
+    budget before the model sees them)."""
+    video, audio = settings.max_batch_video_pixels, settings.max_batch_audio_samples
+
+    def cost(payload: Any) -> float:
+        if isinstance(payload, tuple):
+            return sum(cost(p) for p in payload)
+        if not isinstance(payload, dict):
+            return 0.0
+        share = 0.0
+        if "video" in payload:  # (frames, height, width, 3)
+            share += int(np.prod(np.shape(_array(payload["video"]))[:-1])) / video
+        if "audio" in payload:  # (samples,)
+            share += int(np.shape(_array(payload["audio"]))[-1]) / audio
+        return share
+
+    return cost
+
+
+def _array(media: Any) -> Any:
+    """The array of an audio or video input: ``{"array": ...}`` (``to_st``) or bare (``to_pair_st``)."""
+    return media["array"] if isinstance(media, dict) else media
 
 
 def media_loader(service: str, settings: Settings, gate: PriorityGate) -> MediaLoader:
@@ -116,6 +145,7 @@ class ModelRuntime(Generic[T, R]):
             on_depth=self.metrics.queue_depth.labels(service, self.model).set,
             gate=self.gate,
             background_budget=settings.query_priority_batch_budget,
+            cost=media_cost(settings),
             name=service,
         )
 
@@ -128,6 +158,9 @@ class ModelRuntime(Generic[T, R]):
         return {
             "max_batch_size": b.max_batch_size,
             "effective_max_batch_size": b.effective_max_batch_size,
+            # the cost budget per batch (lowered with the effective one after an out-of-memory error)
+            "max_batch_video_pixels": int(self.settings.max_batch_video_pixels * b.effective_max_batch_cost),
+            "max_batch_audio_samples": int(self.settings.max_batch_audio_samples * b.effective_max_batch_cost),
             "batch_coalesce_ms": round(b.coalesce_s * 1000, 3),
             "accelerated": self.adapter.accelerated,
             "torch_threads": self.adapter.threads.as_dict() if self.adapter.threads is not None else None,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import math
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -293,3 +295,111 @@ def test_search_takes_audio_and_video_queries_to_the_embedder() -> None:
     stub: Any = SimpleNamespace(settings=Settings())
     for kind in ("audio", "video"):
         SearchPipeline.check_search(stub, SearchRequest(query={"text": "t", kind: f"https://h/x.{kind}"}))
+
+
+class OomAbove:
+    """A model adapter that runs out of memory as CUDA does (``torch.OutOfMemoryError``) when a batch holds more than
+    ``over`` inputs or the ``poison`` one; otherwise the real adapter's batch. Records the size of every attempt."""
+
+    def __init__(self, inner: Any, over: int, poison: Any = None) -> None:
+        self.inner, self.over, self.poison = inner, over, poison
+        self.name, self.modalities, self.accelerated, self.threads = inner.name, inner.modalities, False, None
+        self.attempts: list[int] = []
+
+    def prepare(self, lane: Any, inputs: list[Any]) -> Any:
+        return inputs, self.inner.prepare(lane, inputs)
+
+    def run(self, lane: Any, prepared: Any) -> Any:
+        inputs, features = prepared
+        self.attempts.append(len(inputs))
+        if len(inputs) > self.over or any(x is self.poison for x in inputs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner.run(lane, features)
+
+
+def _av_inputs(kind: str, n: int) -> list[Any]:
+    """``n`` audio clips of three lengths, or ``n`` videos of two frame sizes, as the Embedder hands them on."""
+    rng = np.random.default_rng(7)
+    if kind == "audio":
+        clips = [Audio((0.1 * rng.standard_normal(4000 * (1 + i % 3))).astype(np.float32), 16_000) for i in range(n)]
+        return [ModelInput(audio=a).to_st() for a in clips]
+    frames = [rng.integers(0, 256, (2, 28 * (1 + i % 2), 28, 3), dtype=np.uint8) for i in range(n)]
+    return [ModelInput(video=Video(f, np.arange(2) / 2, 2.0, (28, 28))).to_st() for f in frames]
+
+
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_out_of_memory_on_audio_and_video_batches_is_split_and_retried(kind: str) -> None:
+    """A batch of clips that raises ``torch.OutOfMemoryError`` above 2 inputs is split and retried (through the
+    service's ``ModelRuntime``, the real tiny model's adapter): the vectors equal the unsplit run's and the cost
+    budget comes down; a clip that runs out of memory even alone fails alone with 413 ``input_too_large``, and the
+    requests that shared its batch are answered."""
+    from sentence_transformers import SentenceTransformer
+
+    from bench.support.servers import tiny_dir
+    from service.adapters import SentenceTransformerEmbedder
+    from service.runtime import DOCUMENT_PRIORITY, ModelRuntime
+    from service.tiny import ensure_tiny_av_models
+
+    models = ensure_tiny_av_models(tiny_dir())
+    path = models.audio_embedder if kind == "audio" else models.video_embedder
+    inner = SentenceTransformerEmbedder(SentenceTransformer(str(path), device="cpu"), "tiny")
+    inputs, lane = _av_inputs(kind, 6), ("document", kind)
+
+    async def encode(adapter: Any, *requests: list[Any]) -> tuple[list[Any], ModelRuntime[Any, Any]]:
+        runtime: ModelRuntime[Any, Any] = ModelRuntime("Embedder", Settings(max_batch_size=8), adapter)
+        try:
+            got = await asyncio.gather(
+                *(runtime.run(lane, r, priority=DOCUMENT_PRIORITY) for r in requests), return_exceptions=True
+            )
+            return list(got), runtime
+        finally:
+            await runtime.batcher.aclose()
+
+    (want,), _ = run(encode(inner, inputs))
+    oom = OomAbove(inner, over=2)
+    (got,), runtime = run(encode(oom, inputs))
+    assert oom.attempts[0] == 6 and max(oom.attempts) == 6 and runtime.batcher.stats.oom_splits >= 3
+    assert np.abs(np.stack(got) - np.stack(want)).max() <= 1e-5
+    assert runtime.batcher.effective_max_batch_cost < 1.0 and runtime.batcher.effective_max_batch_size == 8
+    assert runtime.info()["max_batch_video_pixels" if kind == "video" else "max_batch_audio_samples"] < (
+        Settings().max_batch_video_pixels if kind == "video" else Settings().max_batch_audio_samples
+    )
+
+    poison = _av_inputs(kind, 7)[6]
+    oom = OomAbove(inner, over=8, poison=poison)
+    (first, alone, last), _ = run(encode(oom, inputs[:3], [poison], inputs[3:]))
+    assert oom.attempts[0] == 7  # the three requests shared one batch
+    assert np.abs(np.stack([*first, *last]) - np.stack(want)).max() <= 1e-5
+    assert isinstance(alone, ApiError) and (alone.status, alone.code) == (413, "input_too_large"), alone
+
+
+def test_a_refused_clip_leaves_no_reference_cycle_holding_the_request() -> None:
+    """A refused audio item's error must not sit in a reference cycle with the request's frames: then only a gc pass
+    frees them, and a served Embedder kept a refused 34 MB data URI (and a copy of its payload) in its RSS until a
+    later request triggered one. Refused by size before decoding, and by the decoder."""
+
+    async def refused(ref: str) -> str:
+        try:
+            await _resolve([Item(audio=ref)], _settings(max_audio_bytes=20_000))
+        except MediaError as e:
+            return e.reason
+        return "accepted"
+
+    refs = [uri("audio", "wav", bytes(30_000)), uri("audio", "mpeg", avhostile.half(MP3))]
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        reasons = [run(refused(r)) for r in refs]
+        gc.collect()
+        held = [  # frames that hold a refused data URI (other garbage, e.g. another test's threads, may be there)
+            f.f_code.co_name
+            for f in gc.garbage
+            if isinstance(f, FrameType) and any(v is r for r in refs for v in f.f_locals.values())
+        ]
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+        gc.enable()
+    assert reasons == ["too_large", "truncated"]
+    assert held == [], f"frames kept alive by a reference cycle until a gc pass: {held}"

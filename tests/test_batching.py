@@ -433,3 +433,155 @@ def test_a_failing_prepare_fails_its_batch_only() -> None:
         await b.aclose()
 
     asyncio.run(go())
+
+
+# --- cost: audio and video batches bounded by what their items cost -------------------------------------------
+# A payload ``p`` >= 1000 is a clip costing ``(p % 1000) / 10`` of a batch's budget (its share); smaller ones cost
+# nothing (text), so that one batcher shows both rules. The cost function is the one thing the runtime supplies
+# (``service.runtime.media_cost``, tested below on real decoded arrays).
+
+
+def share(p: int) -> float:
+    return (p % 1000) / 10 if p >= 1000 else 0.0
+
+
+def clip(n: int, tenths: int) -> int:
+    """The ``n``-th clip of a request, costing ``tenths`` / 10 of a batch."""
+    return 1000 * (n + 1) + tenths
+
+
+def _cost(rec: Recorder, lane: str) -> list[float]:
+    return [round(sum(share(p) for p in payloads), 6) for got, payloads in rec.batches if got == lane]
+
+
+def test_batches_never_exceed_the_cost_budget_and_an_over_budget_clip_runs_alone() -> None:
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, cost=share)
+        first = await _blocked_start(b, rec)
+        tenths = [3, 3, 3, 3, 12, 2, 4, 4, 1, 1, 1]  # one clip (12) costs more than a batch
+        clips = asyncio.create_task(b.submit("video", [clip(i, t) for i, t in enumerate(tenths)]))
+        texts = asyncio.create_task(b.submit("text", list(range(16))))  # cost 0: bounded by count only
+        await asyncio.sleep(0.01)
+        rec.gate.set()
+        await asyncio.gather(first, clips, texts)
+        video = [p for lane, p in rec.batches if lane == "video"]
+        assert sorted(p for batch in video for p in batch) == sorted(clip(i, t) for i, t in enumerate(tenths))
+        assert [[share(p) * 10 for p in batch] for batch in video] == [[3, 3, 3], [3], [12], [2, 4, 4], [1, 1, 1]]
+        over = [c for c in _cost(rec, "video") if c > 1.0]
+        assert over == [1.2] and [len(p) for p in video if share(p[0]) > 1.0] == [1]  # alone
+        assert [len(p) for lane, p in rec.batches if lane == "text"] == [8, 8]
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_whole_requests_of_clips_are_packed_by_cost() -> None:
+    """Requests of clips go whole into a batch where their cost fits, as they do by count."""
+
+    async def go() -> None:
+        rec = Recorder()
+        b = make(rec, max_batch_size=32, cost=share)
+        first = await _blocked_start(b, rec)
+        reqs = [
+            asyncio.create_task(b.submit("audio", [clip(10 * r + i, t) for i in range(n)]))
+            for r, (n, t) in enumerate([(2, 3), (2, 3), (1, 4), (3, 5)])  # costs 0.6, 0.6, 0.4, 1.5
+        ]
+        await asyncio.sleep(0.01)
+        rec.gate.set()
+        await asyncio.gather(first, *reqs)
+        groups = [
+            sorted({(p // 1000 - 1) // 10 for p in payloads}) for lane, payloads in rec.batches if lane == "audio"
+        ]
+        # 0.6 + 0.6 does not fit: the 0.4 behind joins the first; 1.5 is split at the budget
+        assert groups == [[0, 2], [1], [3], [3]]
+        assert _cost(rec, "audio") == [1.0, 0.6, 1.0, 0.5]
+        await b.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_query_overtakes_the_document_clips_queued_before_it() -> None:
+    """Long document clips queued in batches of two by cost; a query clip submitted after them runs after the
+    document batch in the model only, before the remaining document batches (and before a full one prepared
+    ahead)."""
+
+    async def go() -> None:
+        rec = Staged()
+        b = MicroBatcher(
+            rec, prepare=rec.prepare, max_batch_size=32, max_queue_size=100, max_wait_s=30, cost=share, name="m"
+        )
+        rec.gate.clear()
+        docs = asyncio.create_task(b.submit("docs", [clip(i, 5) for i in range(8)], priority=1))
+        while len(rec.prepared) < 2:  # one document batch in the model, the next prepared ahead (full by cost)
+            await asyncio.sleep(0.001)
+        query = asyncio.create_task(b.submit("query", [clip(99, 9)], priority=0))
+        while len(rec.prepared) < 3:
+            await asyncio.sleep(0.001)
+        rec.gate.set()
+        await asyncio.gather(docs, query)
+        assert [(lane, len(p)) for lane, p in rec.batches] == [("docs", 2), ("query", 1)] + [("docs", 2)] * 3
+        await b.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), 20))  # without the cost rule no document batch is full: nothing prepared
+
+
+def test_media_cost_is_samples_and_frame_pixels_over_their_budgets() -> None:
+    """``service.runtime.media_cost`` on the inputs the Embedder (``to_st``) and the Reranker (pairs of
+    ``to_pair_st``) hand the batcher: video frames x height x width, audio samples, text and images 0."""
+    import numpy as np
+    from PIL import Image
+
+    from service.avmedia import Audio, Video
+    from service.config import Settings
+    from service.inputs import ModelInput
+    from service.runtime import media_cost
+
+    cost = media_cost(Settings(max_batch_video_pixels=4 * 32 * 48 * 2, max_batch_audio_samples=32_000))
+    video = Video(np.zeros((4, 32, 48, 3), np.uint8), np.arange(4) / 2, 2.0, (48, 32))
+    audio = Audio(np.zeros(8_000, np.float32), 16_000)
+    v, a, t = ModelInput(video=video), ModelInput(audio=audio, text="x"), ModelInput(text="x")
+    assert cost(v.to_st()) == cost(v.to_pair_st()) == 0.5
+    assert cost(a.to_st()) == cost(a.to_pair_st()) == 0.25
+    assert cost((t.to_pair_st(), v.to_pair_st())) == 0.5 and cost((a.to_pair_st(), v.to_pair_st())) == 0.75
+    assert cost(t.to_st()) == cost(ModelInput(image=Image.new("RGB", (8, 8))).to_st()) == cost("text") == 0.0
+
+
+class CostOOM(Recorder):
+    """Runs out of memory when a batch's clips cost more than ``over`` (memory grows with samples or pixels)."""
+
+    def __init__(self, over: float, oom_items: frozenset[int]) -> None:
+        super().__init__(oom_items=oom_items)
+        self.over = over
+
+    def __call__(self, lane: Hashable, payloads: list[int]) -> list[str]:
+        if sum(share(p) for p in payloads) > self.over:
+            raise MemoryError("simulated")
+        return super().__call__(lane, payloads)
+
+
+def test_out_of_memory_on_clips_lowers_the_cost_budget_not_the_batch_size() -> None:
+    """A batch of clips that runs out of memory is split and retried; the cost budget comes down to what ran,
+    while text batches keep their size; a clip that does not fit alone fails alone."""
+
+    async def go() -> None:
+        rec = CostOOM(over=0.5, oom_items=frozenset({clip(7, 1)}))
+        b = make(rec, max_batch_size=8, cost=share)
+        first = await _blocked_start(b, rec)
+        good = asyncio.create_task(b.submit("audio", [clip(i, 2) for i in range(5)]))  # 1.0: one batch of 5
+        bad = asyncio.create_task(b.submit("audio", [clip(7, 1)]))
+        await asyncio.sleep(0.01)
+        rec.gate.set()
+        assert await good == [f"audio:{clip(i, 2)}" for i in range(5)]
+        with pytest.raises(ItemTooLarge):
+            await bad
+        await first
+        assert b.stats.oom_splits >= 2 and b.effective_max_batch_cost <= 0.4 + 1e-9
+        assert b.effective_max_batch_size == 8
+        assert await b.submit("text", list(range(8))) == [f"text:{i}" for i in range(8)]  # one batch of 8 still
+        assert [len(p) for lane, p in rec.batches if lane == "text"] == [8]
+        assert await b.submit("audio", [clip(i, 2) for i in range(4)]) == [f"audio:{clip(i, 2)}" for i in range(4)]
+        assert _cost(rec, "audio")[-2:] == [0.4, 0.4]  # the lowered budget holds
+        await b.aclose()
+
+    asyncio.run(go())

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from bench.support.attacks import RssSampler, measure, start_slow_clients
+from bench.support.attacks import RssSampler, measure, settled_rss, start_slow_clients
 from bench.support.metrics import samples
 from bench.support.servers import BentoServer
 from service.index import IndexRecord
@@ -48,17 +48,6 @@ ENV = {
     "MMSEARCH_MAX_INFLIGHT_PIXELS": "20000000",
     "MMSEARCH_PIXEL_WAIT_S": "2",
 }
-
-
-def _worker(server: BentoServer) -> psutil.Process:
-    """The worker of the service that listens on the port (its dependencies, e.g. Search's Reader, run in
-    workers of their own: only the entry service's worker gets ``--backlog``)."""
-    assert server.proc is not None
-    children = psutil.Process(server.proc.pid).children(recursive=True)
-    workers = [c for c in children if "_bentoml_impl.worker" in " ".join(c.cmdline())]
-    entry = [c for c in workers if "--backlog" in c.cmdline()]
-    assert len(entry) == 1, [c.cmdline() for c in workers]
-    return entry[0]
 
 
 @pytest.fixture(scope="module")
@@ -126,20 +115,11 @@ def _bomb(side: int, seed: int) -> str:
 # --- 1. decoded-pixel budget ------------------------------------------------------------------------------------
 
 
-def _settled_rss(worker: psutil.Process, below: int, within_s: float = 10.0) -> int:
-    """The worker's RSS once it is under ``below`` (memory handed back after a burst), or after ``within_s``
-    (the caller's assertion then reports it): polled, where a fixed sleep was either too short or wasted."""
-    deadline = time.monotonic() + within_s
-    while (rss := int(worker.memory_info().rss)) >= below and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return rss
-
-
 def test_decoded_pixels_are_bounded_per_request_and_per_worker(embedder: BentoServer) -> None:
     """A few KB of PNG per image, 16 megapixels each: over the per-request budget -> 413 naming the image; many at
     once -> the worker holds at most its in-flight budget (the rest wait, then 503), and RSS returns to baseline."""
     url = embedder.url
-    worker = _worker(embedder)
+    worker = embedder.entry_worker()
     httpx.post(f"{url}/encode", json={"inputs": [{"image": _bomb(64, 0)}]}, timeout=60)  # warm up
     two = httpx.post(f"{url}/encode", json={"inputs": [{"image": _bomb(4000, 1)}, {"image": _bomb(4000, 2)}]})
     assert two.status_code == 413 and two.json()["field"] == "inputs[1].image", two.text
@@ -154,7 +134,7 @@ def test_decoded_pixels_are_bounded_per_request_and_per_worker(embedder: BentoSe
     before = worker.memory_info().rss
     with RssSampler([worker.pid]) as rss:
         responses = asyncio.run(burst())
-    after = _settled_rss(worker, before + 60 * MiB)
+    after = settled_rss(worker, before + 60 * MiB)
     codes = sorted(r.status_code for r in responses)
     print(
         f"\npixel burst: {codes}; worker RSS before {before / MiB:.0f} MiB, peak {rss.peak / MiB:.0f}, after "
@@ -227,7 +207,7 @@ def _chunked_post_without_key(port: int, mib: int) -> tuple[bytes, int]:
 
 
 def test_unauthenticated_bodies_are_refused_before_they_are_read(lance: BentoServer) -> None:
-    worker = _worker(lance)
+    worker = lance.entry_worker()
     before = worker.memory_info().rss
     with RssSampler([worker.pid]) as rss:
         results = [_chunked_post_without_key(lance.port, 60) for _ in range(8)]
@@ -272,7 +252,7 @@ def test_a_stored_document_cannot_break_search(lance: BentoServer, seeded: str, 
 
 
 def test_long_inputs_are_truncated_to_the_models_token_limit(reranker: BentoServer) -> None:
-    worker = _worker(reranker)
+    worker = reranker.entry_worker()
     info = httpx.post(f"{reranker.url}/info", json={}).json()
     assert info["max_tokens"] == 256  # the VLM reranker declares no limit of its own: MMSEARCH_MAX_MODEL_TOKENS
     long_query = "revenue " * 499  # 3,992 characters: within MMSEARCH_MAX_TEXT_CHARS
@@ -282,7 +262,7 @@ def test_long_inputs_are_truncated_to_the_models_token_limit(reranker: BentoServ
             f"{reranker.url}/rerank", json={"query": long_query, "documents": [long_query, "short"]}, timeout=120
         )
     assert r.status_code == 200, r.text
-    after = _settled_rss(worker, before + 60 * MiB)
+    after = settled_rss(worker, before + 60 * MiB)
     print(f"\nlong rerank: RSS before {before / MiB:.0f}, peak {rss.peak / MiB:.0f}, after {after / MiB:.0f} MiB")
     assert rss.peak - before < 200 * MiB  # tens of GB before the token limit
     assert after - before < 60 * MiB
@@ -464,7 +444,7 @@ def test_disk_full_and_read_only_index_answer_503_and_take_readyz_down(lance: Be
     import resource
 
     url = lance.url
-    worker = _worker(lance)
+    worker = lance.entry_worker()
     doc = {"collection": seeded, "documents": [{"id": "big", "text": "y" * 3000, "embedding": [1.0] * 16}]}
     limits = worker.rlimit(psutil.RLIMIT_FSIZE)
     worker.rlimit(psutil.RLIMIT_FSIZE, (2048, limits[1]))  # "disk full": every write past 2 KB fails (EFBIG)

@@ -104,6 +104,15 @@ def measure(call: Callable[[httpx.Client], httpx.Response], seconds: float, paus
     return out
 
 
+def settled_rss(worker: psutil.Process, below: int, within_s: float = 10.0) -> int:
+    """The worker's RSS once it is under ``below`` (memory handed back after a burst), or after ``within_s``
+    (the caller's assertion then reports it): polled, where a fixed sleep was either too short or wasted."""
+    deadline = time.monotonic() + within_s
+    while (rss := int(worker.memory_info().rss)) >= below and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return rss
+
+
 class RssSampler:
     """Peak RSS of a set of processes, sampled every 20 ms in a thread."""
 

@@ -71,6 +71,16 @@ class BentoServer:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def entry_worker(self) -> psutil.Process:
+        """The worker of the service that listens on the port (its dependencies, e.g. Search's Reader, run in
+        workers of their own: only the entry service's worker gets ``--backlog``)."""
+        assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        workers = [c for c in children if "_bentoml_impl.worker" in " ".join(c.cmdline())]
+        entry = [c for c in workers if "--backlog" in c.cmdline()]
+        assert len(entry) == 1, [c.cmdline() for c in workers]
+        return entry[0]
+
     def start(self, ready_timeout: float = 120.0) -> BentoServer:
         cmd = [*self.args, *(["--host", "127.0.0.1", "--port", str(self.port)] if self.listen else [])]
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
