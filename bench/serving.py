@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.serving                 # ViT-B/32-shaped CLIP + small VLM reranker, CPU (~9 min)
     .venv/bin/python -m bench.serving --tiny          # smoke size (tiny models, seconds)
+    .venv/bin/python -m bench.serving --tiny --embedder-url URL --reranker-url URL   # services already running
     .venv/bin/python -m bench.serving --model qwen3vl-2b --device cuda --dtype bfloat16   # see bench/gpu.sh
 
 For each modality (text, image; reranker: text->text and text->image pairs):
@@ -343,15 +344,27 @@ def run_all(kinds: dict[str, tuple[Path, list[Workload]]], args: Any, workdir: P
     raw sweep, the service sweep and the paired rounds. An idle server or an idle in-process model costs only
     memory, so each measurement has the CPU to itself (apart from other jobs on the machine)."""
     targets = {"embedder": "service.embedder:Embedder", "reranker": "service.reranker:Reranker"}
-    specs = [(targets[k], service_env(workdir / k, k, p, args, args.tiny)) for k, (p, _) in kinds.items()]
+    given = {"embedder": args.embedder_url, "reranker": args.reranker_url}
+    specs = [
+        (targets[k], service_env(workdir / k, k, p, args, args.tiny)) for k, (p, _) in kinds.items() if not given[k]
+    ]
     out: dict[str, Any] = {}
     with bentos(specs, workdir) as servers:
-        for (kind, (path, workloads)), server in zip(kinds.items(), servers, strict=True):
-            out[kind] = {"model_path": str(path), "server_ready_s": server.ready_s, "workloads": {}}
+        started = iter(servers)
+        for kind, (path, workloads) in kinds.items():
+            server = None if given[kind] else next(started)
+            url = given[kind].rstrip("/") if given[kind] else server.url
+            ready_s = server.ready_s if server is not None else None
+            out[kind] = {
+                "model_path": str(path),
+                "server_ready_s": ready_s,
+                "url_given": server is None,
+                "workloads": {},
+            }
             run = load_raw(kind, path, args)
             try:
                 for w in workloads:
-                    out[kind]["workloads"][w.name] = measure_workload(run, server.url, w, args)
+                    out[kind]["workloads"][w.name] = measure_workload(run, url, w, args)
             finally:
                 del run
                 gc.collect()
@@ -438,6 +451,8 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--max-batch-size", type=int, default=32, help="MMSEARCH_MAX_BATCH_SIZE")
     p.add_argument("--paired-concurrency", type=int, default=None, help="service clients in the paired rounds (32)")
     p.add_argument("--name", default=None, help="result file name (default serving-<model>)")
+    p.add_argument("--embedder-url", default=None, help="an Embedder already serving --model (none started)")
+    p.add_argument("--reranker-url", default=None, help="a Reranker already serving --reranker (none started)")
     args = p.parse_args(argv)
     t = args.tiny
     args.model = args.model or ("tiny" if t else "vitb32")

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m loadtest.run MixedUser -u 8 -r 4 -t 60     # the recorded mixed run
     .venv/bin/python -m loadtest.run RerankUser -u 4 -t 30
-    .venv/bin/python -m loadtest.run --tiny                        # smoke size: MixedUser, 2 users, 5 s
+    .venv/bin/python -m loadtest.run --tiny                        # smoke size: MixedUser, 2 users, 10 s
 
 Starts ``bentoml serve service.search:Search`` (Search + Embedder + Reranker, tiny random models, one torch
 thread per model service), a static image server (``img0.png`` ... ``img63.png``), seeds the collection
@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from mmsearch_client import Client  # noqa: E402
 
 from bench import data  # noqa: E402
 from bench.common import (  # noqa: E402
@@ -54,17 +54,17 @@ P99_GOAL_MS = 1000.0
 def seed(base: str, n_text: int, image_base: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     texts = data.texts(n_text, words=(6, 12), seed=13)
-    with httpx.Client(timeout=300) as client:
+    with Client(base, timeout=300) as client:  # retries a 429/503 after its Retry-After (a busy machine)
         for start in range(0, n_text, 250):
             docs = [
                 {"id": f"seed{i}", "text": texts[i], "metadata": {"n": i}}
                 for i in range(start, min(n_text, start + 250))
             ]
-            client.post(f"{base}/upsert", json={"collection": COLLECTION, "documents": docs}).raise_for_status()
+            client.upsert(docs, collection=COLLECTION)
         docs = [
             {"id": f"img{i}", "image": f"{image_base}/img{i}.png", "metadata": {"kind": "image"}} for i in range(64)
         ]
-        client.post(f"{base}/upsert", json={"collection": COLLECTION, "documents": docs}).raise_for_status()
+        client.upsert(docs, collection=COLLECTION)
     return {"documents": n_text + 64, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -127,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     args.profile = args.profile or "MixedUser"
     args.users = args.users or (2 if args.tiny else 8)
     args.spawn_rate = args.spawn_rate or max(1.0, args.users / 2)
-    args.run_time = args.run_time or (5 if args.tiny else 60)
+    args.run_time = args.run_time or (10 if args.tiny else 60)  # tiny: room for locust's start on a busy machine
     args.seed_docs = args.seed_docs if args.seed_docs is not None else (100 if args.tiny else 2000)
     args.name = args.name or f"loadtest-{args.profile}" + ("-tiny" if args.tiny else "")
     return args

@@ -55,11 +55,14 @@ def positive(x: float) -> bool:
     return isinstance(x, int | float) and not math.isnan(x) and x > 0
 
 
-def test_serving_and_batching(out: Path) -> None:
+def test_serving_and_batching(out: Path, embedder_server: BentoServer, reranker_server: BentoServer) -> None:
+    """Against the session's Embedder and Reranker (the tiny models at their defaults: no bentos of its own)."""
     from bench import batching, serving
 
-    serving.main(["--tiny", "--out", str(out)])
+    urls = ["--embedder-url", embedder_server.url, "--reranker-url", reranker_server.url]
+    serving.main(["--tiny", "--out", str(out), *urls])
     body = load(out / "serving-tiny.json")
+    assert body["embedder"]["url_given"] and body["reranker"]["url_given"]
     for kind, names in (("embedder", ("text", "image")), ("reranker", ("text->text", "text->image"))):
         for name in names:
             res = body[kind]["workloads"][name]

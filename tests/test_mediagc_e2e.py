@@ -1,4 +1,5 @@
-"""Media garbage collection through a real Search bento (tiny profile, LanceDB) on loopback (#13.8).
+"""Media garbage collection through a real Search bento (tiny profile, LanceDB, wired to the session's model
+services by URL) on loopback (#13.8).
 
 A deleted document's image and thumbnail leave the media directory once unreferenced for the grace period (1 s
 here); an image another document still references stays; re-upserting the collected bytes stores them again and
@@ -19,17 +20,19 @@ import pytest
 
 from bench.support.images import make_image, png_bytes
 from bench.support.servers import BentoServer
-from tests.conftest import serve_bento
+from tests.conftest import serve_wired_search
 
 GRACE_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory: pytest.TempPathFactory, tiny_models: object) -> Iterator[tuple[BentoServer, Path]]:
+def search(tmp_path_factory: pytest.TempPathFactory, model_urls: dict[str, str]) -> Iterator[tuple[BentoServer, Path]]:
+    """Search wired to the session's model services, its media in its own directory (not the shared bucket): the
+    collector's work is on that directory. Nothing here reranks."""
     tmp = tmp_path_factory.mktemp("mediagc-e2e")
-    for server in serve_bento(
-        tmp, "service.search:Search", MMSEARCH_MEDIA_GC_GRACE_S=str(GRACE_S), MMSEARCH_MEDIA_GC_INTERVAL_S="0"
-    ):
+    urls = {k: v for k, v in model_urls.items() if k != "MMSEARCH_MEDIA_URI"}
+    gc = {"MMSEARCH_MEDIA_GC_GRACE_S": str(GRACE_S), "MMSEARCH_MEDIA_GC_INTERVAL_S": "0"}
+    for server in serve_wired_search(tmp, urls, **gc):
         yield server, tmp / "media"
 
 
