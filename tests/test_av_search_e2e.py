@@ -13,7 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
+import wave
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import av
@@ -26,6 +29,7 @@ from bench.support.browser import PageSession
 from bench.support.servers import BentoServer, tiny_dir
 from service.tiny import TinyAVModels, ensure_tiny_av_models
 from tests.conftest import serve_bento, serve_wired_search
+from tests.test_eval_e2e import mmsearch
 
 pytest.importorskip("playwright")  # the test extra pins it (the page test below drives a real Chromium)
 from playwright.sync_api import expect
@@ -202,3 +206,55 @@ def test_the_page_plays_a_video_hit_from_its_segment(stack: BentoServer, browser
         session.check("video-player")
     finally:
         session.close()
+
+
+def write_av_evalset(root: Path) -> Path:
+    """A dataset judging text->text, text->video, video->video, text->audio and audio->audio: four one-colour 4 s
+    videos (each a video query too: the same file), two texts, a WAV tone (and its query)."""
+    (root / "media").mkdir(parents=True)
+    corpus: list[dict[str, Any]] = [{"_id": "note", "text": "meeting notes"}, {"_id": "memo", "text": "a memo"}]
+    queries: list[dict[str, Any]] = [{"_id": "q-note", "text": "notes of the meeting"}]
+    qrels = ["q-note\tnote\t1"]
+    for k, colour in enumerate(COLOURS[:4]):
+        (root / "media" / f"v{k}.mp4").write_bytes(make_clip(lambda t, c=colour: c, 4.0))
+        corpus.append({"_id": f"v{k}", "video": f"media/v{k}.mp4"})
+        queries += [{"_id": f"qv{k}", "video": f"media/v{k}.mp4"}, {"_id": f"qt{k}", "text": f"colour {k}"}]
+        qrels += [f"qv{k}\tv{k}\t1", f"qt{k}\tv{k}\t1"]
+    with wave.open(str(root / "media" / "tone.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(16000) * 0.1) * 8000).astype("<i2").tobytes())
+    corpus.append({"_id": "tone", "audio": "media/tone.wav"})
+    queries += [{"_id": "qa", "audio": "media/tone.wav"}, {"_id": "qa-text", "text": "a tone"}]
+    qrels += ["qa\ttone\t1", "qa-text\ttone\t1"]
+    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "qrels.tsv").write_text("\n".join(qrels) + "\n")
+    return root
+
+
+def test_eval_reports_the_video_pairs_and_skips_the_audio_ones(stack: BentoServer, tmp_path: Path) -> None:
+    """``mmsearch eval`` against the video embedder (video, text and their pair; no audio): the pairs with video are
+    measured, those with audio are skipped, each named with what the model lacks."""
+    dataset = write_av_evalset(tmp_path / "avset")
+    out = tmp_path / "run.json"
+    res = mmsearch("eval", str(dataset), "--json", str(out), "--no-progress", url=stack.url, timeout=300)
+    assert res.returncode == 0, res.stderr + res.stdout
+    report = json.loads(out.read_text())
+    reason = "the model does not embed audio"
+    assert report["modality_pairs"]["evaluated"] == ["text->text", "text->video", "video->video"]
+    assert report["modality_pairs"]["skipped"] == {"audio->audio": reason, "text->audio": reason}
+    assert "video" in report["modality_pairs"]["supported"] and "audio" not in report["modality_pairs"]["supported"]
+    assert report["skipped"]["documents"] == {"audio": 1} and report["skipped"]["queries"] == {"audio": 1}
+    assert report["ingest"]["upserted"] == 6 and report["ingest"]["failed"] == 0
+    for run in report["runs"].values():
+        assert run["errors"] == 0
+        assert set(run["by_pair"]) == {"text->text", "text->video", "video->video"}
+        assert run["by_pair"]["text->video"]["queries"] == 4
+    # the same clip as query and document: the same vector, rank 1 for any model, when not reranked
+    assert report["runs"]["rerank_off"]["by_pair"]["video->video"]["metrics"]["recall@1"] == 1.0
+    header = res.stdout.split("Retrieval quality")[0]
+    assert "modality pairs evaluated: text->text, text->video, video->video" in header
+    assert f"modality pair skipped: text->audio ({reason})" in header
+    assert f"skipping pairs audio->audio: {reason}; text->audio: {reason}" in res.stderr
