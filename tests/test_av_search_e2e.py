@@ -31,9 +31,6 @@ from service.tiny import TinyAVModels, ensure_tiny_av_models
 from tests.conftest import serve_bento, serve_wired_search
 from tests.test_eval_e2e import mmsearch
 
-pytest.importorskip("playwright")  # the test extra pins it (the page test below drives a real Chromium)
-from playwright.sync_api import expect
-
 pytestmark = pytest.mark.e2e
 BLOCK_S = 7.5
 """Seconds each colour is shown in the film: a window's colours and their shares tell it from every other."""
@@ -55,6 +52,7 @@ def make_clip(
     buf = io.BytesIO()
     with av.open(buf, "w", format=container[0]) as out:
         stream = out.add_stream(container[1], rate=rate)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for i in range(round(seconds * rate)):
             img = np.empty((48, 64, 3), np.uint8)
@@ -165,6 +163,7 @@ def test_the_page_plays_a_video_hit_from_its_segment(stack: BentoServer, browser
     stored clip from Search's /media/ and plays it from the hit's ``t0`` (media fragment), the segment's keyframe
     thumbnail as the poster. Which segment a text query picks is the tiny model's business: the card must show the
     one the response names."""
+    expect = pytest.importorskip("playwright.sync_api").expect  # the test extra pins it; not needed above
     film = make_clip(colour_at, 60.0, container=("webm", "libvpx"))
     digest = hashlib.sha256(film).hexdigest()
     doc = {"id": "film-webm", "video": "data:video/webm;base64," + base64.b64encode(film).decode()}
@@ -208,6 +207,10 @@ def test_the_page_plays_a_video_hit_from_its_segment(stack: BentoServer, browser
         session.close()
 
 
+def solid(colour: tuple[int, int, int]) -> Callable[[float], tuple[int, int, int]]:
+    return lambda _t: colour
+
+
 def write_av_evalset(root: Path) -> Path:
     """A dataset judging text->text, text->video, video->video, text->audio and audio->audio: four one-colour 4 s
     videos (each a video query too: the same file), two texts, a WAV tone (and its query)."""
@@ -216,7 +219,7 @@ def write_av_evalset(root: Path) -> Path:
     queries: list[dict[str, Any]] = [{"_id": "q-note", "text": "notes of the meeting"}]
     qrels = ["q-note\tnote\t1"]
     for k, colour in enumerate(COLOURS[:4]):
-        (root / "media" / f"v{k}.mp4").write_bytes(make_clip(lambda t, c=colour: c, 4.0))
+        (root / "media" / f"v{k}.mp4").write_bytes(make_clip(solid(colour), 4.0))
         corpus.append({"_id": f"v{k}", "video": f"media/v{k}.mp4"})
         queries += [{"_id": f"qv{k}", "video": f"media/v{k}.mp4"}, {"_id": f"qt{k}", "text": f"colour {k}"}]
         qrels += [f"qv{k}\tv{k}\t1", f"qt{k}\tv{k}\t1"]
