@@ -1,7 +1,8 @@
 """The search page: ``GET /`` and its static assets (``/ui/<file>``) from ``service/static``, no build step.
 
 The page is plain HTML, CSS and ES modules. Every response carries ``Content-Security-Policy: default-src 'self'``
-(plus directives that only tighten it), so the page can load nothing from elsewhere and run no inline code.
+(plus directives that only tighten it, and ``blob:`` for images and media: a clip the page plays is fetched with the key
+and played from an object URL), so the page can load nothing from elsewhere and run no inline code.
 
 The page and its assets are public even when API keys are on: they hold no data, and the page must load to ask for
 the key. ``/ui/config.json`` tells it whether to ask (a 401 says as much to anyone). Everything with data
@@ -22,7 +23,12 @@ from service.config import get_settings
 
 STATIC = Path(__file__).parent / "static"
 ASSET_PREFIX = "/ui/"
-CSP = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+# blob: for media only: a clip (and its poster) is fetched with the API key and played from an object URL, which
+# only the page's own scripts can mint.
+CSP = (
+    "default-src 'self'; img-src 'self' blob:; media-src 'self' blob:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'; object-src 'none'"
+)
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",

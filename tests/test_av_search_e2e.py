@@ -13,7 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
+import wave
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import av
@@ -22,9 +25,11 @@ import numpy as np
 import pytest
 
 from bench.support.avclips import COLOURS
+from bench.support.browser import PageSession
 from bench.support.servers import BentoServer, tiny_dir
 from service.tiny import TinyAVModels, ensure_tiny_av_models
 from tests.conftest import serve_bento, serve_wired_search
+from tests.test_eval_e2e import mmsearch
 
 pytestmark = pytest.mark.e2e
 BLOCK_S = 7.5
@@ -36,11 +41,18 @@ def colour_at(t: float) -> tuple[int, int, int]:
     return COLOURS[int(t / BLOCK_S + 1e-6) % len(COLOURS)]
 
 
-def make_clip(colour: Callable[[float], tuple[int, int, int]], seconds: float, rate: int = 2) -> bytes:
-    """An H.264 MP4 of solid frames, 64x48 at ``rate`` fps, whose colour at ``t`` s is ``colour(t)``."""
+def make_clip(
+    colour: Callable[[float], tuple[int, int, int]],
+    seconds: float,
+    rate: int = 2,
+    container: tuple[str, str] = ("mp4", "libx264"),
+) -> bytes:
+    """An H.264 MP4 (or ``container``: format and encoder) of solid frames, 64x48 at ``rate`` fps, whose colour at
+    ``t`` s is ``colour(t)``."""
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=rate)
+    with av.open(buf, "w", format=container[0]) as out:
+        stream = out.add_stream(container[1], rate=rate)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for i in range(round(seconds * rate)):
             img = np.empty((48, 64, 3), np.uint8)
@@ -138,3 +150,114 @@ def test_audio_documents_are_refused_naming_the_embedders_modalities(stack: Bent
     body = r.json()
     assert body["code"] == "unsupported_modality" and body["field"] == "documents[1].audio"
     assert "video" in body["error"] and "audio" in body["error"]
+
+
+def clock(t: float) -> str:
+    return f"{int(t) // 60}:{int(t) % 60:02d}"
+
+
+def test_the_page_plays_a_video_hit_from_its_segment(stack: BentoServer, browser: Any) -> None:
+    """The search page in a real headless Chromium (this module's Search is the suite's one with a video embedder;
+    the page's own tests run on the image model). A VP8 WebM (Chromium has no H.264 of its own) is indexed through
+    Search and found by text on the page: its card says the best segment's span, and its play button fetches the
+    stored clip from Search's /media/ and plays it from the hit's ``t0`` (media fragment), the segment's keyframe
+    thumbnail as the poster. Which segment a text query picks is the tiny model's business: the card must show the
+    one the response names."""
+    expect = pytest.importorskip("playwright.sync_api").expect  # the test extra pins it; not needed above
+    film = make_clip(colour_at, 60.0, container=("webm", "libvpx"))
+    digest = hashlib.sha256(film).hexdigest()
+    doc = {"id": "film-webm", "video": "data:video/webm;base64," + base64.b64encode(film).decode()}
+    r = post(stack, "/upsert", {"collection": "page", "documents": [doc]})
+    assert r.status_code == 200, r.text
+
+    session = PageSession(browser, stack.url, None)
+    try:
+        page = session.open()
+        page.select_option("#collection", "page")
+        page.uncheck("#rerank")
+        session.search("a coloured screen")
+        hit = session.last_search_response()["hits"][0]
+        assert hit["id"] == "film-webm" and hit["video"] == f"media://{digest}.webm", hit
+        t0, t1 = hit["t0"], hit["t1"]
+        assert t0 > 0, hit  # the seeded tiny model's best window here is a later one: playing from 0:00 would fail
+        card = page.locator('.card[data-id="film-webm"]')
+        expect(card.locator(".player .span")).to_have_text(f"Segment {clock(t0)}\u2013{clock(t1)}")
+        session.check("video-hit")
+
+        card.locator(".player .play").click()
+        video = card.locator(".player video")
+        expect(video).to_have_attribute("data-src", f"/media/{digest}.webm")
+        src, poster = video.evaluate("v => [v.src, v.poster]")
+        assert src.startswith(f"blob:{stack.url}/") and src.endswith(f"#t={t0:g},{t1:g}"), src
+        assert poster.startswith(f"blob:{stack.url}/"), poster
+        page.wait_for_function("v => v.readyState >= 1 && !v.seeking", arg=video.element_handle(), timeout=30_000)
+        assert video.evaluate("v => v.error") is None
+        start = video.evaluate("v => v.currentTime")
+        assert t0 <= start + 0.01 and start < t1, (start, t0, t1)  # at the segment, not at 0:00
+        expect(card.locator(".thumb")).to_be_hidden()  # the player shows the keyframe in its place
+
+        media = {r.url.removeprefix(stack.url): r.response() for r in session.requests if "/media/" in r.url}
+        clip = media[f"/media/{digest}.webm"]  # the stored clip, from Search
+        assert (clip.status, clip.headers["content-type"]) == (200, "video/webm")
+        assert int(clip.headers["content-length"]) == len(film)
+        assert httpx.get(f"{stack.url}/media/{digest}.webm", timeout=30).content == film
+        assert media[hit["thumbnail"]].status == 200
+        session.check("video-player")
+    finally:
+        session.close()
+
+
+def solid(colour: tuple[int, int, int]) -> Callable[[float], tuple[int, int, int]]:
+    return lambda _t: colour
+
+
+def write_av_evalset(root: Path) -> Path:
+    """A dataset judging text->text, text->video, video->video, text->audio and audio->audio: four one-colour 4 s
+    videos (each a video query too: the same file), two texts, a WAV tone (and its query)."""
+    (root / "media").mkdir(parents=True)
+    corpus: list[dict[str, Any]] = [{"_id": "note", "text": "meeting notes"}, {"_id": "memo", "text": "a memo"}]
+    queries: list[dict[str, Any]] = [{"_id": "q-note", "text": "notes of the meeting"}]
+    qrels = ["q-note\tnote\t1"]
+    for k, colour in enumerate(COLOURS[:4]):
+        (root / "media" / f"v{k}.mp4").write_bytes(make_clip(solid(colour), 4.0))
+        corpus.append({"_id": f"v{k}", "video": f"media/v{k}.mp4"})
+        queries += [{"_id": f"qv{k}", "video": f"media/v{k}.mp4"}, {"_id": f"qt{k}", "text": f"colour {k}"}]
+        qrels += [f"qv{k}\tv{k}\t1", f"qt{k}\tv{k}\t1"]
+    with wave.open(str(root / "media" / "tone.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(16000) * 0.1) * 8000).astype("<i2").tobytes())
+    corpus.append({"_id": "tone", "audio": "media/tone.wav"})
+    queries += [{"_id": "qa", "audio": "media/tone.wav"}, {"_id": "qa-text", "text": "a tone"}]
+    qrels += ["qa\ttone\t1", "qa-text\ttone\t1"]
+    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "qrels.tsv").write_text("\n".join(qrels) + "\n")
+    return root
+
+
+def test_eval_reports_the_video_pairs_and_skips_the_audio_ones(stack: BentoServer, tmp_path: Path) -> None:
+    """``mmsearch eval`` against the video embedder (video, text and their pair; no audio): the pairs with video are
+    measured, those with audio are skipped, each named with what the model lacks."""
+    dataset = write_av_evalset(tmp_path / "avset")
+    out = tmp_path / "run.json"
+    res = mmsearch("eval", str(dataset), "--json", str(out), "--no-progress", url=stack.url, timeout=300)
+    assert res.returncode == 0, res.stderr + res.stdout
+    report = json.loads(out.read_text())
+    reason = "the model does not embed audio"
+    assert report["modality_pairs"]["evaluated"] == ["text->text", "text->video", "video->video"]
+    assert report["modality_pairs"]["skipped"] == {"audio->audio": reason, "text->audio": reason}
+    assert "video" in report["modality_pairs"]["supported"] and "audio" not in report["modality_pairs"]["supported"]
+    assert report["skipped"]["documents"] == {"audio": 1} and report["skipped"]["queries"] == {"audio": 1}
+    assert report["ingest"]["upserted"] == 6 and report["ingest"]["failed"] == 0
+    for run in report["runs"].values():
+        assert run["errors"] == 0
+        assert set(run["by_pair"]) == {"text->text", "text->video", "video->video"}
+        assert run["by_pair"]["text->video"]["queries"] == 4
+    # the same clip as query and document: the same vector, rank 1 for any model, when not reranked
+    assert report["runs"]["rerank_off"]["by_pair"]["video->video"]["metrics"]["recall@1"] == 1.0
+    header = res.stdout.split("Retrieval quality")[0]
+    assert "modality pairs evaluated: text->text, text->video, video->video" in header
+    assert f"modality pair skipped: text->audio ({reason})" in header
+    assert f"skipping pairs audio->audio: {reason}; text->audio: {reason}" in res.stderr

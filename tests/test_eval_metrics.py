@@ -24,7 +24,7 @@ from mmsearch_client.eval.metrics import (
     summarize,
 )
 from mmsearch_client.eval.report import print_comparison, print_report
-from mmsearch_client.eval.runner import TINY_WARNING, EvalOptions, run_eval
+from mmsearch_client.eval.runner import TINY_WARNING, EvalOptions, modality_pairs, query_input, run_eval
 from mmsearch_client.eval.synthetic import GROUP_EXACT, write_synthetic
 from mmsearch_client.results import UpsertSummary
 from mmsearch_client.schemas import (
@@ -220,6 +220,67 @@ def test_loader_reports_every_problem_with_file_line_field(tmp_path: Path) -> No
     with pytest.raises(DatasetError) as info:
         load_dataset(tmp_path / "b")
     assert {(i.file, i.field) for i in info.value.issues} == {("corpus.jsonl", None), ("queries.jsonl", None)}
+
+
+def test_loader_takes_audio_and_video_and_the_pairs_they_make(tmp_path: Path) -> None:
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"not decoded by the client: the server reads the container")
+    (tmp_path / "clips" / "b.wav").write_bytes(b"RIFF")
+    ds = _write(
+        tmp_path,
+        [
+            {"_id": "v", "video": "clips/a.mp4", "text": "a talk"},
+            {"_id": "a", "audio": "clips/b.wav"},
+            {"_id": "u", "video": "https://example.com/c.webm"},
+            {"_id": "t", "text": "plain"},
+        ],
+        [{"_id": "qv", "video": "clips/a.mp4"}, {"_id": "qa", "audio": "data:audio/wav;base64,UklGRg=="}],
+        "qv\tv\t1\nqv\tu\t1\nqa\ta\t1\nqa\tt\t1\n",
+    )
+    loaded = load_dataset(ds)
+    assert {k: i.modality for k, i in loaded.corpus.items()} == {
+        "v": "text+video",
+        "a": "audio",
+        "u": "video",
+        "t": "text",
+    }
+    assert loaded.corpus["v"].clip == ("video", str((tmp_path / "clips" / "a.mp4").resolve()))
+    q = query_input(loaded.queries["qv"])
+    assert not isinstance(q, str) and q.video is not None and q.video.startswith("data:video/mp4;base64,")
+    q = query_input(loaded.queries["qa"])
+    assert not isinstance(q, str) and q.audio == "data:audio/wav;base64,UklGRg=="  # a data URI as given
+
+    pairs = modality_pairs(loaded, ["text", "image", "video", "text+video"])
+    assert pairs["evaluated"] == ["video->text+video", "video->video"]
+    assert pairs["skipped"] == {
+        "audio->audio": "the model does not embed audio",
+        "audio->text": "the model does not embed audio",
+    }
+    assert modality_pairs(loaded, None)["skipped"] == {}  # modalities unknown: every pair is tried
+
+    _write(
+        tmp_path / "bad",
+        [
+            {"_id": "d1", "image": "x.png", "video": "clips/a.mp4"},  # line 1: two media
+            {"_id": "d2", "video": "data:image/png;base64,AAAA"},  # line 2: not a video data URI
+            {"_id": "d3", "audio": "missing.wav"},  # line 3
+            {"_id": "d4", "video": "../clips/b.wav"},  # fine: the server reads what the bytes are
+            {"_id": "d5", "audio": "ftp://example.com/a.wav"},  # line 5
+        ],
+        [{"_id": "q", "text": "x"}],
+        "q\td4\t1\n",
+    )
+    (tmp_path / "bad" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError) as info:
+        load_dataset(tmp_path / "bad")
+    got = {(i.line, i.field): i.message for i in info.value.issues}
+    assert "one medium per item: image and video given" in got[(1, "video")]
+    assert "data:video/" in got[(2, "video")] and "audio file not found" in got[(3, "audio")]
+    assert "unsupported URL scheme" in got[(5, "audio")] and (4, "video") not in got
+    _write(tmp_path / "ext", [{"_id": "d", "audio": "notes.txt"}], [{"_id": "q", "text": "x"}], "q\td\t1\n")
+    (tmp_path / "ext" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match="not an audio or video file"):
+        load_dataset(tmp_path / "ext")
 
 
 def test_loader_missing_files_and_nothing_relevant(tmp_path: Path) -> None:

@@ -202,7 +202,8 @@ class PageSession:
         try:
             assert self.console.unexpected(self.allowed) == [], self.console.messages
             for r in self.requests:
-                assert r.url.startswith(self.url + "/"), r.url  # nothing from another origin (the internet)
+                # nothing from another origin (the internet); blob: URLs of this origin are minted by the page itself
+                assert r.url.startswith((self.url + "/", f"blob:{self.url}/")), r.url
                 assert not self.key or self.key not in r.url, r.url  # the key travels in a header only
         finally:
             self.context.close()

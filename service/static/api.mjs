@@ -72,16 +72,20 @@ export class Api {
     }
   }
 
+  /** A same-origin path as a Blob, fetched with the key; not cached (clips are played once, and may be large). */
+  async fetchBlob(path) {
+    const res = await this.send(path, {});
+    if (!res.ok) throw new ApiError(describeError(res.status, await res.text()));
+    return res.blob();
+  }
+
   /** A stored image (same-origin path) as a Blob, fetched with the key; recent ones are cached. */
   blob(path) {
     let pending = this.media.get(path);
     if (pending) {
       this.media.delete(path); // move to the most recent end
     } else {
-      pending = this.send(path, {}).then(async (res) => {
-        if (!res.ok) throw new ApiError(describeError(res.status, await res.text()));
-        return res.blob();
-      });
+      pending = this.fetchBlob(path);
       pending.catch(() => this.media.delete(path));
     }
     this.media.set(path, pending);

@@ -1,5 +1,5 @@
 // Images on the page. They are decoded from Blobs and drawn on <canvas>: media is fetched with the API key as a
-// header, and the page's CSP (default-src 'self') admits no blob: or data: image URLs.
+// header, and the page's CSP admits no data: image URLs (blob: only for a clip's poster: results.mjs).
 
 import { evidenceBoxes } from "./model.mjs";
 

@@ -127,6 +127,41 @@ export function cardImage(hit) {
   return mediaPath(hit?.thumbnail) ?? original;
 }
 
+/**
+ * The clip a hit plays, or null: `{kind: "video"|"audio", path, t0, t1, span}`. `path` is only ever a clip Search
+ * stores (a `media://` reference, served under /media/): a URL from anywhere else is never played. `t0`/`t1` are the
+ * hit's segment (null when it has none); `span` says it as text ("0:20–0:30").
+ */
+export function clipOf(hit) {
+  for (const kind of ["video", "audio"]) {
+    const ref = hit?.[kind];
+    if (typeof ref !== "string" || !ref.startsWith("media://")) continue;
+    const [t0, t1] = [hit.t0, hit.t1].map((t) => (typeof t === "number" && Number.isFinite(t) && t >= 0 ? t : null));
+    const timed = t0 !== null && t1 !== null && t1 > t0;
+    return {
+      kind,
+      path: mediaPath(ref.split("?", 1)[0]),
+      t0: timed ? t0 : null,
+      t1: timed ? t1 : null,
+      span: timed ? `${formatClock(t0)}–${formatClock(t1)}` : "",
+    };
+  }
+  return null;
+}
+
+/** A media fragment that starts playback at the segment and stops at its end (`#t=20,30`), or "" without one. */
+export function clipFragment(clip) {
+  return clip?.t0 === null || clip?.t0 === undefined ? "" : `#t=${clip.t0},${clip.t1}`;
+}
+
+/** Seconds as a clock: 0:07, 1:05, 1:02:03 (whole seconds, rounded down). */
+export function formatClock(seconds) {
+  const s = Math.max(0, Math.floor(Number(seconds) || 0));
+  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  const pad = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${pad(m)}:${pad(sec)}` : `${m}:${pad(sec)}`;
+}
+
 const STATUS_TEXT = {
   400: "Bad request",
   401: "Unauthorized",

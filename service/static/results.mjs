@@ -1,9 +1,10 @@
 // The result grid and the detail view. Cards are built with the DOM API (text only, never HTML from a response).
 
-import { cardImage, formatScore, formatValue, mediaPath, snippet, warningsById } from "./model.mjs";
+import { cardImage, clipFragment, clipOf, formatScore, formatValue, mediaPath, snippet, warningsById } from "./model.mjs";
 import { drawBlob, drawEvidence } from "./images.mjs";
 
 const META_IN_CARD = 6;
+const liveUrls = new Set(); // object URLs of the clips (and posters) the grid plays: revoked when it is redrawn
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -56,6 +57,8 @@ function warningList(list) {
 export function renderResults(grid, response, ctx) {
   const warnings = warningsById(response.warnings);
   const loads = [];
+  liveUrls.forEach((url) => URL.revokeObjectURL(url));
+  liveUrls.clear();
   const cards = response.hits.map((hit, rank) => {
     const title = el("button", { type: "button", class: "open", textContent: hit.id, "aria-haspopup": "dialog" });
     title.addEventListener("click", () => ctx.open(hit, title));
@@ -69,6 +72,8 @@ export function renderResults(grid, response, ctx) {
     } else if (hit.image) {
       card.append(el("p", { class: "hint external", textContent: `Image at ${snippet(hit.image, 80)} (not shown: another origin)` }));
     }
+    const clip = clipOf(hit);
+    if (clip) card.append(clipPlayer(hit, clip, ctx.api, card));
     card.append(
       el("h3", { class: "card-title" }, el("span", { class: "rank", textContent: `${rank + 1}.` }), " ", title),
       scoreList(hit, response.reranked),
@@ -88,6 +93,41 @@ export function renderResults(grid, response, ctx) {
   });
   grid.replaceChildren(...cards);
   return Promise.allSettled(loads);
+}
+
+/**
+ * A clip hit's player: its segment as text, and a button that fetches the stored clip (with the key, as images are:
+ * a media element cannot send it) and plays it from the segment's start, the keyframe thumbnail as its poster.
+ */
+function clipPlayer(hit, clip, api, card) {
+  const text = clip.span ? `Play ${clip.span}` : "Play";
+  const play = el("button", { type: "button", class: "secondary play", textContent: text, "aria-label": `${text}, the ${clip.kind} of ${hit.id}` });
+  const box = el("div", { class: "player", "data-kind": clip.kind }, clip.span ? el("p", { class: "span", textContent: `Segment ${clip.span}` }) : null, play);
+  play.addEventListener("click", () => startClip(box, play, hit, clip, api, card));
+  return box;
+}
+
+async function startClip(box, play, hit, clip, api, card) {
+  play.disabled = true;
+  box.querySelector(".hint")?.remove();
+  try {
+    const media = el(clip.kind, { controls: true, preload: "auto", "data-src": clip.path, "aria-label": `${clip.kind} of ${hit.id}` });
+    const poster = clip.kind === "video" ? mediaPath(hit.thumbnail) : null;
+    if (poster) media.poster = objectUrl(await api.blob(poster));
+    media.src = objectUrl(await api.fetchBlob(clip.path)) + clipFragment(clip); // the fragment starts it at t0, stops at t1
+    play.replaceWith(media);
+    card.querySelector(".thumb")?.setAttribute("hidden", ""); // the player shows the thumbnail as its poster
+    media.play().catch(() => {}); // a browser may refuse to start sound: the controls are there
+  } catch (err) {
+    play.disabled = false;
+    box.append(el("p", { class: "hint", textContent: `The clip could not be played: ${err.message}` }));
+  }
+}
+
+function objectUrl(blob) {
+  const url = URL.createObjectURL(blob);
+  liveUrls.add(url);
+  return url;
 }
 
 /** Fetch a stored image, draw it, then its evidence boxes; a failure leaves a readable note instead. */

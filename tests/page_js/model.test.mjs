@@ -7,10 +7,13 @@ import {
   buildFilter,
   buildSearchRequest,
   cardImage,
+  clipFragment,
+  clipOf,
   contentId,
   describeError,
   evidenceBoxes,
   fileKind,
+  formatClock,
   formatScore,
   hasBoxes,
   InputError,
@@ -217,4 +220,37 @@ test("runPool: every item once, at most `limit` at a time", async () => {
   });
   assert.deepEqual(seen.sort(), [1, 2, 3, 4, 5, 6, 7]);
   assert.equal(peak, 3);
+});
+
+test("formatClock: minutes and seconds, hours when there are any, whole seconds", () => {
+  assert.equal(formatClock(0), "0:00");
+  assert.equal(formatClock(7.9), "0:07");
+  assert.equal(formatClock(65), "1:05");
+  assert.equal(formatClock(3723), "1:02:03");
+  assert.equal(formatClock(-3), "0:00");
+  assert.equal(formatClock("x"), "0:00");
+});
+
+test("clipOf: a stored video or audio clip at its segment; never a URL from elsewhere", () => {
+  const digest = "a".repeat(64);
+  const video = clipOf({ video: `media://${digest}.webm`, t0: 20, t1: 30, thumbnail: "/media/x.thumb.jpeg" });
+  assert.deepEqual(video, { kind: "video", path: `/media/${digest}.webm`, t0: 20, t1: 30, span: "0:20–0:30" });
+  assert.equal(clipFragment(video), "#t=20,30");
+  const audio = clipOf({ audio: `media://${digest}.ogg`, t0: 7.5, t1: 17.5 });
+  assert.deepEqual([audio.kind, audio.path, audio.span, clipFragment(audio)], ["audio", `/media/${digest}.ogg`, "0:07–0:17", "#t=7.5,17.5"]);
+  // A short clip (no segment): played from its start, no span.
+  const whole = clipOf({ video: `media://${digest}.mp4`, t0: null, t1: null });
+  assert.deepEqual([whole.t0, whole.span, clipFragment(whole)], [null, "", ""]);
+  // A broken window is no window.
+  assert.equal(clipOf({ video: `media://${digest}.mp4`, t0: 30, t1: 20 }).span, "");
+  // Only clips Search stores are played: a URL, a data URI, another path or an image hit give no player.
+  for (const ref of ["https://evil.example/x.mp4", "//evil.example/x.mp4", "data:video/mp4;base64,AAAA", "/search", "javascript:alert(1)"]) {
+    assert.equal(clipOf({ video: ref, t0: 0, t1: 10 }), null, ref);
+    assert.equal(clipOf({ audio: ref }), null, ref);
+  }
+  assert.equal(clipOf({ image: `media://${digest}.png` }), null);
+  assert.equal(clipOf(null), null);
+  // The reference's window suffix is not part of the path; the name is URL-encoded as images' are.
+  assert.equal(clipOf({ video: `media://${digest}.mp4?t=1,2` }).path, `/media/${digest}.mp4`);
+  assert.equal(clipOf({ video: "media://../../etc/passwd" }).path, "/media/..%2F..%2Fetc%2Fpasswd");
 });

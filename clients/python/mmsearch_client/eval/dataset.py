@@ -5,10 +5,12 @@
       queries.jsonl   {"_id": "q1", "text": "...", "image": "...", "metadata": {"group": "..."}}  one per line
       qrels.tsv       query-id <TAB> corpus-id <TAB> score                                          header optional
 
-An item has ``text``, ``image`` or both (a corpus item may also carry a BEIR ``title``, put before its text).
-``image`` is a path relative to the dataset directory, an absolute path, an ``http(s)://`` URL (fetched by the
-server) or a ``data:image/`` URI. ``score`` is a graded relevance (``> 0`` relevant). A 4-column TREC qrels line
-(``query-id 0 corpus-id score``) is accepted too. A query's optional ``metadata.group`` names a subset reported
+An item has ``text``, one medium (``image``, ``audio`` or ``video``) or both (a corpus item may also carry a BEIR
+``title``, put before its text). A medium is a path relative to the dataset directory, an absolute path, an
+``http(s)://`` URL (fetched by the server) or a ``data:image/`` (``data:audio/``, ``data:video/``) URI; audio and
+video files are the ones ``mmsearch index`` takes (.mp4, .webm, .mov, .mkv, .wav, .flac, .mp3, .ogg, .m4a).
+``score`` is a graded relevance (``> 0`` relevant). A 4-column TREC qrels line (``query-id 0 corpus-id score``) is
+accepted too. A query's optional ``metadata.group`` names a subset reported
 on its own (e.g. ``exact_copy``).
 """
 
@@ -21,25 +23,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmsearch_client import fields
-from mmsearch_client.inputs import detect_image_mime
+from mmsearch_client.inputs import CLIP_TYPES, detect_image_mime
 
 __all__ = ["Dataset", "DatasetError", "EvalItem", "Issue", "load_dataset", "modality_of"]
 
-Modality = Literal["text", "image", "text+image"]
+Modality = Literal["text", "image", "text+image", "audio", "video", "text+audio", "text+video"]
+ClipKind = Literal["audio", "video"]
 
 CORPUS_FILE = "corpus.jsonl"
 QUERIES_FILE = "queries.jsonl"
 QRELS_FILE = "qrels.tsv"
 
-_CORPUS_FIELDS = frozenset({"_id", "text", "title", "image", "metadata"})
-_QUERY_FIELDS = frozenset({"_id", "text", "image", "metadata"})
+_CORPUS_FIELDS = frozenset({"_id", "text", "title", "image", "audio", "video", "metadata"})
+_QUERY_FIELDS = frozenset({"_id", "text", "image", "audio", "video", "metadata"})
+MEDIA_FIELDS = ("image", "audio", "video")
 _MAX_ISSUES_SHOWN = 20
 
 
-def modality_of(text: str | None, image: str | None) -> Modality:
-    if text is not None and image is not None:
-        return "text+image"
-    return "image" if image is not None else "text"
+def modality_of(text: str | None, image: str | None, audio: str | None = None, video: str | None = None) -> Modality:
+    medium = "image" if image is not None else "audio" if audio is not None else "video" if video is not None else None
+    if medium is None:
+        return "text"
+    return f"text+{medium}" if text is not None else medium  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +81,19 @@ class EvalItem:
     image: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     line: int = 0
+    audio: str | None = None
+    video: str | None = None
 
     @property
     def modality(self) -> Modality:
-        return modality_of(self.text, self.image)
+        return modality_of(self.text, self.image, self.audio, self.video)
+
+    @property
+    def clip(self) -> tuple[ClipKind, str] | None:
+        """``(kind, resolved value)`` of an audio or video item."""
+        if self.audio is not None:
+            return "audio", self.audio
+        return ("video", self.video) if self.video is not None else None
 
     @property
     def image_is_remote(self) -> bool:
@@ -128,21 +142,35 @@ def _read_jsonl(path: Path, issues: list[Issue]) -> Iterator[tuple[int, dict[str
             yield lineno, obj
 
 
-def _resolve_image(root: Path, value: str) -> tuple[str | None, str | None]:
-    """``(resolved, problem)`` for an ``image`` field value."""
-    if value.startswith(("http://", "https://")):
-        return value, None
-    if value.lower().startswith("data:image/"):
-        return value, None
+def _resolve_media(root: Path, value: str, kind: str) -> tuple[str | None, str | None, Path | None]:
+    """``(resolved, problem, local file)`` for an ``image``, ``audio`` or ``video`` field value."""
+    if value.startswith(("http://", "https://")) or value.lower().startswith(f"data:{kind}/"):
+        return value, None, None
     if value.startswith("data:"):
-        return None, "a data URI must be data:image/...;base64,..."
+        return None, f"a data URI must be data:{kind}/...;base64,...", None
     if "://" in value:
-        return None, f"unsupported URL scheme in {value!r} (use http(s)://, a data:image/ URI or a file path)"
+        return None, f"unsupported URL scheme in {value!r} (use http(s)://, a data:{kind}/ URI or a file path)", None
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = root / path
     if not path.is_file():
-        return None, f"image file not found: {path}"
+        return None, f"{kind} file not found: {path}", None
+    return str(path.resolve()), None, path
+
+
+def _resolve_clip(root: Path, value: str, kind: str) -> tuple[str | None, str | None]:
+    """``(resolved, problem)`` for an ``audio`` or ``video`` field value (the server reads the bytes' container)."""
+    resolved, problem, path = _resolve_media(root, value, kind)
+    if path is not None and path.suffix.lower() not in CLIP_TYPES:
+        return None, f"not an audio or video file ({', '.join(CLIP_TYPES)}): {path}"
+    return resolved, problem
+
+
+def _resolve_image(root: Path, value: str) -> tuple[str | None, str | None]:
+    """``(resolved, problem)`` for an ``image`` field value."""
+    resolved, problem, path = _resolve_media(root, value, "image")
+    if path is None:
+        return resolved, problem
     try:
         with path.open("rb") as f:
             head = f.read(32)
@@ -170,13 +198,16 @@ def _parse_item(
         bad(unknown[0], f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
     doc_id = _item_id(obj.get("_id"), bad)
     text = _item_text(obj, bad)
-    image = _item_image(root, obj.get("image"), bad)
+    image, audio, video = (_item_media(root, obj.get(kind), kind, bad) for kind in MEDIA_FIELDS)
     metadata = _item_metadata(obj.get("metadata", {}), bad)
-    if text is None and obj.get("image") is None:
-        bad(None, "has neither 'text' nor 'image'")
+    media = [m for m in MEDIA_FIELDS if obj.get(m) is not None]
+    if text is None and not media:
+        bad(None, "has neither 'text' nor 'image', 'audio' or 'video'")
+    if len(media) > 1:
+        bad(media[1], f"one medium per item: {' and '.join(media)} given")
     if len(issues) > before:
         return None
-    return EvalItem(doc_id, text=text, image=image, metadata=dict(metadata), line=lineno)
+    return EvalItem(doc_id, text=text, image=image, metadata=dict(metadata), line=lineno, audio=audio, video=video)
 
 
 def _item_id(raw_id: Any, bad: Complain) -> str:
@@ -205,16 +236,17 @@ def _item_text(obj: dict[str, Any], bad: Complain) -> str | None:
     return text if text is not None and text.strip() else None
 
 
-def _item_image(root: Path, raw_image: Any, bad: Complain) -> str | None:
-    if raw_image is None:
+def _item_media(root: Path, raw: Any, kind: str, bad: Complain) -> str | None:
+    """An ``image``, ``audio`` or ``video`` field, resolved (None, with an issue recorded, when it is not usable)."""
+    if raw is None:
         return None
-    if not isinstance(raw_image, str) or not raw_image.strip():
-        bad("image", "must be a non-empty string: a relative or absolute path, an http(s) URL or a data URI")
+    if not isinstance(raw, str) or not raw.strip():
+        bad(kind, "must be a non-empty string: a relative or absolute path, an http(s) URL or a data URI")
         return None
-    image, problem = _resolve_image(root, raw_image)
+    resolved, problem = _resolve_image(root, raw) if kind == "image" else _resolve_clip(root, raw, kind)
     if problem:
-        bad("image", problem)
-    return image
+        bad(kind, problem)
+    return resolved
 
 
 def _item_metadata(metadata: Any, bad: Complain) -> dict[str, Any]:

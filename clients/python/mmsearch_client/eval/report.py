@@ -91,6 +91,11 @@ def _header(p: Printer, report: dict[str, Any]) -> None:
         p.line(bar)
         p.line(f"!!! {report['warning']} !!!")
         p.line(bar)
+    pairs = report.get("modality_pairs") or {}
+    if pairs.get("evaluated"):
+        p.line(f"modality pairs evaluated: {', '.join(pairs['evaluated'])}")
+    for pair, why in (pairs.get("skipped") or {}).items():
+        p.line(f"modality pair skipped: {pair} ({why})")
     p.line()
 
 

@@ -19,10 +19,10 @@ from typing import Any
 from mmsearch_client._client import Client
 from mmsearch_client._progress import make_progress
 from mmsearch_client.errors import MMSearchError
-from mmsearch_client.eval.dataset import Dataset, EvalItem, modality_of
+from mmsearch_client.eval.dataset import ClipKind, Dataset, EvalItem, modality_of
 from mmsearch_client.eval.gap import construct_gap
 from mmsearch_client.eval.metrics import DEFAULT_METRICS, aggregate, first_relevant_rank, percentile, summarize
-from mmsearch_client.inputs import Document, Image
+from mmsearch_client.inputs import Document, Image, to_wire_clip
 from mmsearch_client.schemas import Item, SearchResponse
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "EvalOptions",
     "RunSpec",
     "fresh_collection",
+    "modality_pairs",
     "restrict_modalities",
     "run_eval",
     "run_specs",
@@ -109,11 +110,25 @@ def _wire_image(item: EvalItem) -> str:
     return Image.from_path(item.image).uri
 
 
+def _clip_of(item: EvalItem, kind: ClipKind) -> str | Path | None:
+    """An item's audio or video clip: a URL or data URI as given, a file by path; None for another medium."""
+    if item.clip is None or item.clip[0] != kind:
+        return None
+    value = item.clip[1]
+    return value if value.startswith(("http://", "https://", "data:")) else Path(value)
+
+
+def _wire_clip(item: EvalItem, kind: ClipKind) -> str | None:
+    clip = _clip_of(item, kind)
+    return None if clip is None else to_wire_clip(clip, kind)
+
+
 def _document(item: EvalItem) -> Document:
     image: Path | Image | None = None
     if item.image is not None:
         image = Image(item.image) if item.image_is_remote else Path(item.image)
-    return Document(item.id, text=item.text, image=image, metadata=dict(item.metadata))
+    audio, video = _clip_of(item, "audio"), _clip_of(item, "video")
+    return Document(item.id, text=item.text, image=image, metadata=dict(item.metadata), audio=audio, video=video)
 
 
 class _LazyDocs:
@@ -130,6 +145,8 @@ class _LazyDocs:
 
 
 def query_input(item: EvalItem) -> str | Item:
+    if item.clip is not None:
+        return Item(text=item.text, audio=_wire_clip(item, "audio"), video=_wire_clip(item, "video"))
     if item.image is None:
         assert item.text is not None
         return item.text
@@ -218,7 +235,7 @@ def _score_distributions(
         relevant = ds.relevant(q)
         qmod = ds.queries[q].modality
         for h in o.response.hits:
-            pair = f"{qmod}->{doc_modality(h.id) or modality_of(h.text, h.image)}"
+            pair = f"{qmod}->{doc_modality(h.id) or modality_of(h.text, h.image, h.audio, h.video)}"
             side = "relevant" if h.id in relevant else "non_relevant"
             for kind, score in (("retrieval", h.retrieval_score), ("rerank", h.rerank_score)):
                 if score is not None:
@@ -281,6 +298,7 @@ class _Plan:
     candidates: int
     embedder: dict[str, Any]
     tiny: bool
+    pairs: dict[str, Any]
 
 
 def _plan(info: dict[str, Any], ds: Dataset, opts: EvalOptions, log: Callable[[str], None]) -> _Plan:
@@ -293,23 +311,50 @@ def _plan(info: dict[str, Any], ds: Dataset, opts: EvalOptions, log: Callable[[s
         raise ValueError(f"--candidates {candidates} is over the server's limit ({max_candidates})")
     if tiny:
         log(f"!!! {TINY_WARNING} !!!")
+    runs = _runs(info, opts, log)
+    modalities = _searchable_modalities(info, embedder)
+    supported = [str(m) for m in modalities] if isinstance(modalities, list) and modalities else None
+    restricted, skipped = _restrict(ds, supported, embedder, log)
+    pairs = modality_pairs(ds, supported)
+    if pairs["skipped"]:
+        log("skipping pairs " + "; ".join(f"{p}: {why}" for p, why in pairs["skipped"].items()))
+    return _Plan(ds, restricted, skipped, runs, candidates, embedder, tiny, pairs)
+
+
+def _runs(info: dict[str, Any], opts: EvalOptions, log: Callable[[str], None]) -> list[RunSpec]:
+    """The runs asked for, less the rerank ones when the server has no reranker."""
     runs = list(opts.runs)
     reranker = info.get("reranker")
     if isinstance(reranker, dict) and reranker.get("model") is None and any(r.rerank for r in runs):
         log("the server has no reranker: the rerank runs are skipped")
         runs = [r for r in runs if not r.rerank]
-    restricted, skipped = _restrict(ds, info, embedder, log)
-    return _Plan(ds, restricted, skipped, runs, candidates, embedder, tiny)
+    return runs
+
+
+def modality_pairs(ds: Dataset, supported: Sequence[str] | None) -> dict[str, Any]:
+    """The query -> relevant-document modality pairs ``ds`` judges, split into those the server's model can be
+    evaluated on (both sides among its ``supported`` modalities; all when unknown) and those skipped, each with
+    what the model lacks: ``{"supported", "evaluated": [pair], "skipped": {pair: reason}}``."""
+    judged = {(ds.queries[q].modality, ds.corpus[d].modality) for q in ds.judged_queries for d in ds.relevant(q)}
+    ok = set(supported or ())
+    evaluated: list[str] = []
+    skipped: dict[str, str] = {}
+    for qmod, dmod in sorted(judged):
+        missing = sorted({qmod, dmod} - ok) if supported else []
+        if missing:
+            skipped[f"{qmod}->{dmod}"] = f"the model does not embed {' or '.join(missing)}"
+        else:
+            evaluated.append(f"{qmod}->{dmod}")
+    return {"supported": sorted(ok) if supported else None, "evaluated": evaluated, "skipped": skipped}
 
 
 def _restrict(
-    ds: Dataset, info: dict[str, Any], embedder: dict[str, Any], log: Callable[[str], None]
+    ds: Dataset, supported: list[str] | None, embedder: dict[str, Any], log: Callable[[str], None]
 ) -> tuple[Dataset, dict[str, Any]]:
     """``ds`` without what the server cannot index (see :func:`restrict_modalities`), saying what was skipped."""
-    modalities = _searchable_modalities(info, embedder)
-    if not isinstance(modalities, list) or not modalities:
+    if not supported:
         return ds, {}
-    restricted, skipped = restrict_modalities(ds, [str(m) for m in modalities])
+    restricted, skipped = restrict_modalities(ds, supported)
     if skipped:
         what = ", ".join(f"{n} {m} {kind}" for kind in ("documents", "queries") for m, n in skipped[kind].items())
         log(f"skipping {what}: {embedder.get('model', 'the embedder')} embeds {', '.join(skipped['supported'])}")
@@ -342,6 +387,7 @@ def _report_header(client: Client, info: dict[str, Any], plan: _Plan, opts: Eval
         },
         "warning": TINY_WARNING if plan.tiny else None,
         "skipped": plan.skipped,
+        "modality_pairs": plan.pairs,
         "params": {
             "collection": opts.collection,
             "top_k": opts.top_k,
