@@ -327,30 +327,19 @@ class MicroBatcher(Generic[T, R]):
 
     def _choose(self, now: float) -> tuple[Key, int] | float | None:
         """The lane to take a batch from now and its size limit; else how long to wait (``None``: until poked)."""
-        for key in self._queues:
-            self._prune(key, now)
-        lanes = sorted((k for k, q in self._queues.items() if q), key=lambda k: (k[0], self._queues[k][0].enqueued))
+        lanes = self._lanes(now)
         if not lanes:
             return None
-        if self._gate is None or not self._gate.busy:
-            self._hold_until = None
         busy = self._running or bool(self._ready) or bool(self._handoff)
         wait: float | None = None
         top = lanes[0][0]
         for key in lanes:
             if key[0] != top:
                 break  # lower priorities wait for a coalescing higher one (bounded by coalesce_s)
-            if key[0] > 0 and self._gate is not None and self._gate.busy:
-                # A query request is in flight but not queued yet (still parsing or fetching): hold background
-                # batches until it is queued or done, at most ``max_hold_s`` in all.
-                if self._hold_until is None:
-                    self._hold_until = now + self._gate.max_hold_s
-                    self._gate.note_hold("batch")
-                if now < self._hold_until:
-                    return self._hold_until - now
+            if key[0] > 0 and (held := self._held(now)) is not None:
+                return held
             limit = self._limit(key)
-            queued = self._lane_items[key]
-            if queued >= limit or self._cost_full(key):
+            if self._full(key, limit):
                 return key, limit
             if busy and not (key[0] == 0 and self._background_runs_next()):
                 # The model is busy: only a full batch is worth preparing ahead (or a query's), but not one of a
@@ -358,14 +347,44 @@ class MicroBatcher(Generic[T, R]):
                 # lane was prepared ahead of an older partial query lane batch after batch, and the query waited
                 # until its queue timeout.
                 break
-            if self.coalesce_s <= 0 or queued >= self._target(key, limit, now):
+            due = self._coalesce_wait(key, limit, now)
+            if due <= 0:
                 return key, limit
-            deadline = max(self._idle_since, self._queues[key][0].enqueued) + self.coalesce_s
-            if now >= deadline:
-                self.stats.coalesce_timeouts += 1
-                return key, limit
-            wait = deadline - now if wait is None else min(wait, deadline - now)
+            wait = due if wait is None else min(wait, due)
         return wait
+
+    def _lanes(self, now: float) -> list[Key]:
+        """The lanes with queued items (expired ones pruned first), by priority then by their oldest request; a
+        hold of background batches ends once no query request is in flight."""
+        for key in self._queues:
+            self._prune(key, now)
+        if self._gate is None or not self._gate.busy:
+            self._hold_until = None
+        return sorted((k for k, q in self._queues.items() if q), key=lambda k: (k[0], self._queues[k][0].enqueued))
+
+    def _coalesce_wait(self, key: Key, limit: int, now: float) -> float:
+        """How long lane ``key``'s partial batch may still wait for more items (``<= 0``: take it now): until it
+        reaches its target size, at most ``coalesce_s`` after the model went idle or its oldest request came."""
+        if self.coalesce_s <= 0 or self._lane_items[key] >= self._target(key, limit, now):
+            return 0.0
+        deadline = max(self._idle_since, self._queues[key][0].enqueued) + self.coalesce_s
+        if now >= deadline:
+            self.stats.coalesce_timeouts += 1
+        return deadline - now
+
+    def _held(self, now: float) -> float | None:
+        """How long background batches wait now, or ``None``: while a query request is in flight but not queued
+        yet (still parsing or fetching), they are held until it is queued or done, at most ``max_hold_s`` in all."""
+        if self._gate is None or not self._gate.busy:
+            return None
+        if self._hold_until is None:
+            self._hold_until = now + self._gate.max_hold_s
+            self._gate.note_hold("batch")
+        return self._hold_until - now if now < self._hold_until else None
+
+    def _full(self, key: Key, limit: int) -> bool:
+        """Lane ``key`` holds a whole batch: ``limit`` items, or items costing the whole cost budget."""
+        return self._lane_items[key] >= limit or self._cost_full(key)
 
     def _cost_full(self, key: Key) -> bool:
         """The items queued in lane ``key`` cost a whole batch's budget (checked when fewer than a batch's count
