@@ -80,6 +80,9 @@ class AVRef:
     field: str
     window: tuple[float, float] | None = None
     """``(t0, t1)`` s: only that time range of the clip (a segment)."""
+    data: bytes | None = None
+    """The clip's bytes when they came with the request (an upload, read within ``max_<kind>_bytes``): not
+    fetched."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,14 @@ async def plan_refs(
 
     fetched: dict[tuple[str, str], asyncio.Task[bytes]] = {}
 
-    async def one(ref: AVRef) -> Planned:
+    async def fetch(ref: AVRef) -> bytes:
         key = (ref.kind, ref.ref)  # a clip's segments share one fetch (one read of a stored clip)
         if key not in fetched:
             fetched[key] = asyncio.ensure_future(loader.fetch_av(ref.ref, ref.field, ref.kind))
-        data = await asyncio.shield(fetched[key])
+        return await asyncio.shield(fetched[key])
+
+    async def one(ref: AVRef) -> Planned:
+        data = ref.data if ref.data is not None else await fetch(ref)
         if ref.kind == "audio":
             fn = functools.partial(
                 plan_audio, data, settings, rate=target.audio_rate, field=ref.field, window=ref.window

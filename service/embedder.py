@@ -55,7 +55,7 @@ def encode_vectors(emb: np.ndarray, encoding_format: str) -> list[list[float]] |
 
 
 async def _upload_encode(request: Request) -> Response:
-    """``POST /upload/encode``: multipart image files (``image``, repeated), optional paired ``text`` fields."""
+    """``POST /upload/encode``: multipart ``image``, ``audio`` or ``video`` files, optional paired ``text`` fields."""
     svc: Embedder = bentoml.get_current_service()
     return await svc.encode_upload(request)
 
@@ -219,14 +219,19 @@ class Embedder:
 
     @handle_api_errors
     async def encode_upload(self, request: Request) -> Response:
-        """Multipart upload: ``image`` files (repeated), optional ``text`` fields paired with them by position."""
+        """Multipart upload: ``image``, ``audio`` or ``video`` files (repeated, one medium per request), optional
+        ``text`` fields paired with them by position; decoded as the same media by URL or data URI are."""
         form = await read_upload_form(request, self.settings)
-        uploads: dict[int, bytes] = dict(enumerate(form.images))  # decoded under the request's pixel lease
+        uploads: dict[int, bytes] = dict(enumerate(form.files))  # decoded under the request's pixel lease
         texts = form.texts
-        items: list[str | Item] = [Item(text=texts[i] if texts else None, image="upload:") for i in range(len(uploads))]
+        # the item names the medium; its reference is a placeholder that is never read (the bytes are ``uploads``)
+        ref = "upload:" if form.medium == "image" else f"data:{form.medium}/upload;base64,"
+        items: list[str | Item] = [
+            Item.model_validate({"text": texts[i] if texts else None, form.medium: ref}) for i in range(len(uploads))
+        ]
         emb, name = await self._encode(
             items,
-            field="image",
+            field=form.medium,
             input_type=form.input_type,
             normalize=form.normalize,
             dimensions=form.dimensions,

@@ -171,7 +171,8 @@ async def resolve_items(
     """Validate items (modality, text size), fetch/decode their media concurrently, and build model inputs.
 
     ``paths`` names each item in errors (``inputs[3]``, ``query``), e.g. ``inputs[3].image``. ``uploads`` maps an
-    index to the bytes of an uploaded image. ``lease``: the request's pixel lease, which holds the decoded pixels
+    index to the bytes of an uploaded file (its item names the medium: ``image``, ``audio`` or ``video``; errors
+    name it ``paths[i]``, e.g. ``video[0]``). ``lease``: the request's pixel lease, which holds the decoded pixels
     (and audio samples) until the request ends (``service.pixels``). ``background``: bulk (document) work, whose
     decoding yields to in-flight queries. ``av``: what the model takes of audio and video (``service.avload``);
     ``None`` where audio and video are not served (422).
@@ -183,11 +184,10 @@ async def resolve_items(
     for i, item in enumerate(normalized):
         path = paths[i]
         upload = uploads.get(i) if uploads is not None else None
-        modality: Modality = item.modality
-        if upload is not None:
-            modality = "text+image" if item.text is not None else "image"
-        _check_item(path, item, modality, supported, model, settings, served_av=av is not None)
-        if upload is not None:
+        _check_item(path, item, item.modality, supported, model, settings, served_av=av is not None)
+        if upload is not None and item.media in ("audio", "video"):
+            av_refs.append(AVRef(i, item.media, "upload", path, data=upload))
+        elif upload is not None:
             refs.append((upload, path))
             ref_index.append(i)
         elif item.image is not None:

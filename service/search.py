@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -315,12 +316,14 @@ class Search:
 
     @handle_api_errors
     async def encode_upload(self, request: Request) -> Response:
-        """``/upload/encode`` (multipart) through Search: the images travel to the Embedder inline."""
+        """``/upload/encode`` (multipart) through Search: the files travel to the Embedder inline (data URIs)."""
         form = await read_upload_form(request, self.settings)
-        texts = form.texts
+        texts, medium = form.texts, form.medium
         items = [
-            Item(text=texts[i] if texts else None, image=_data_uri(data, form.content_types[i]))
-            for i, data in enumerate(form.images)
+            Item.model_validate(
+                {"text": texts[i] if texts else None, medium: _data_uri(data, form.content_types[i], medium)}
+            )
+            for i, data in enumerate(form.files)
         ]
         try:
             resp: EncodeResponse = await self._call(
@@ -335,8 +338,8 @@ class Search:
                 ),
             )
         except ApiError as e:
-            # the Embedder's inputs[k] and its inputs[k].image are the upload's image[k]
-            upload = e.relocate("inputs", lambda k, rest: ("image", k, *(rest[1:] if rest[:1] == ("image",) else rest)))
+            # the Embedder's inputs[k] and its inputs[k].video are the upload's video[k]
+            upload = e.relocate("inputs", lambda k, rest: (medium, k, *(rest[1:] if rest[:1] == (medium,) else rest)))
             raise upload from None
         return JSONResponse(resp.model_dump())
 
@@ -396,8 +399,11 @@ class Search:
         }
 
 
-def _data_uri(data: bytes, content_type: str) -> str:
-    kind = content_type.lower() if content_type.lower().startswith("image/") else "image/unknown"
+def _data_uri(data: bytes, content_type: str, medium: str = "image") -> str:
+    """An uploaded file as a ``data:<medium>/<subtype>;base64,`` URI (its part's type when that names the medium,
+    without parameters; else ``<medium>/unknown``: the decoder reads the bytes, not the type)."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    kind = mime if re.fullmatch(rf"{medium}/[a-z0-9.+-]+", mime) else f"{medium}/unknown"
     return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -271,3 +271,48 @@ def test_worker_rss_returns_to_its_baseline_after_the_hostile_set(
     )
     for kind in workers:
         assert after[kind] - before[kind] < RSS_BOUND, kind
+
+
+def _upload(server: BentoServer, medium: str, clips: list[tuple[str, bytes]], **form: Any) -> httpx.Response:
+    files = [(medium, (name, data, f"{medium}/x-any")) for name, data in clips]
+    return httpx.post(f"{server.url}/upload/encode", files=files, data=form, timeout=120)
+
+
+def test_uploaded_clips_equal_their_data_uri_vectors(audio_server: BentoServer, video_server: BentoServer) -> None:
+    """``audio`` and ``video`` upload fields decode as the JSON route's data URIs of the same bytes do: the same
+    vectors (queries; the video ones paired with texts by position)."""
+    audio = [("a.wav", WAV), ("b.mp3", MP3)]
+    r = _upload(audio_server, "audio", audio, input_type="query")
+    assert r.status_code == 200, r.text
+    want = _encode(audio_server, [{"audio": uri("audio", "x-any", d)} for _, d in audio], "query")
+    assert want.status_code == 200, want.text
+    assert np.abs(np.asarray(r.json()["embeddings"]) - np.asarray(want.json()["embeddings"])).max() <= TOL
+    texts = ["a clip of colours", "another"]
+    video = [("c.mp4", MP4), ("d.webm", WEBM)]
+    r = _upload(video_server, "video", video, input_type="query", text=texts)
+    assert r.status_code == 200, r.text
+    paired = [{"text": t, "video": uri("video", "x-any", d)} for t, (_, d) in zip(texts, video, strict=True)]
+    want = _encode(video_server, paired, "query")
+    assert want.status_code == 200, want.text
+    got = np.asarray(r.json()["embeddings"])
+    assert np.abs(got - np.asarray(want.json()["embeddings"])).max() <= TOL
+    alone = _encode(video_server, [{"video": uri("video", "mp4", MP4)}], "query").json()["embeddings"][0]
+    assert np.abs(got[0] - np.asarray(alone)).max() > TOL  # the text was paired: the test can tell
+
+
+def test_upload_refusals_name_the_file(audio_server: BentoServer, video_server: BentoServer) -> None:
+    """An upload over ``max_audio_bytes`` is a 413 naming the file and the limit; a file that is not media of its
+    field is the 4xx the JSON route gives, naming ``video[0]``; a medium the model does not take, a 422."""
+    limit = Settings().max_audio_bytes
+    r = _upload(audio_server, "audio", [("a.wav", WAV), ("big.wav", np.random.default_rng(0).bytes(limit + 1))])
+    body = r.json()
+    assert (r.status_code, body["code"], body["field"]) == (413, "too_large", "audio[1]"), r.text
+    assert f"exceeds {limit} bytes" in body["error"]
+    for data in (png_bytes(make_image(2)), np.random.default_rng(1).bytes(4096), avhostile.half(MP4)):
+        r = _upload(video_server, "video", [("v.mp4", data)])
+        want = _encode(video_server, [{"video": uri("video", "mp4", data)}])
+        assert 400 <= r.status_code < 500 and r.json()["field"] == "video[0]", r.text
+        assert (r.status_code, r.json()["code"]) == (want.status_code, want.json()["code"]), (r.text, want.text)
+    r = _upload(audio_server, "video", [("c.mp4", MP4)])
+    assert r.status_code == 422 and r.json()["field"] == "video[0]", r.text
+    assert "(supported: audio)" in r.json()["error"]

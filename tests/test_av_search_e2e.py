@@ -152,6 +152,23 @@ def test_audio_documents_are_refused_naming_the_embedders_modalities(stack: Bent
     assert "video" in body["error"] and "audio" in body["error"]
 
 
+def test_uploads_through_search_reach_the_embedder_as_their_data_uris(stack: BentoServer) -> None:
+    """Search's ``/upload/encode`` hands an uploaded clip to the Embedder inline: the vector of its data URI; the
+    Embedder's refusal names the upload's field (``audio[0]``), not the JSON call's ``inputs[0].audio``."""
+    clip = make_clip(colour_at, 2.0)
+    files = [("video", ("c.mp4", clip, "video/mp4; codecs=avc1"))]
+    r = httpx.post(f"{stack.url}/upload/encode", files=files, data={"text": "colours"}, timeout=180)
+    assert r.status_code == 200, r.text
+    want = post(stack, "/encode", {"inputs": [{"text": "colours", "video": uri(clip)}]})
+    assert want.status_code == 200, want.text
+    assert np.abs(np.asarray(r.json()["embeddings"]) - np.asarray(want.json()["embeddings"])).max() <= 1e-5
+    files = [("audio", ("a.wav", b"RIFF" + b"\x00" * 40, "audio/wav"))]
+    r = httpx.post(f"{stack.url}/upload/encode", files=files, timeout=60)
+    body = r.json()
+    assert (r.status_code, body["code"], body["field"]) == (422, "unsupported_modality", "audio[0]"), r.text
+    assert "(supported: text, image, video" in body["error"]
+
+
 def clock(t: float) -> str:
     return f"{int(t) // 60}:{int(t) % 60:02d}"
 

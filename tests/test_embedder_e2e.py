@@ -67,6 +67,19 @@ def test_image_parity_url_data_uri_and_upload(
         assert np.abs(np.asarray(resp.json()["embeddings"]) - want).max() <= TOL
 
 
+def test_an_uploaded_video_where_the_model_takes_none_is_a_422_naming_its_modalities(
+    embedder_server: BentoServer,
+) -> None:
+    """The CLIP takes text and images: a ``video`` (or ``audio``) upload is refused before anything is decoded."""
+    for medium in ("video", "audio"):
+        files = [(medium, ("clip.bin", b"\x00" * 64, f"{medium}/mp4"))]
+        r = httpx.post(f"{embedder_server.url}/upload/encode", files=files, timeout=30)
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert (body["code"], body["field"]) == ("unsupported_modality", f"{medium}[0]"), body
+        assert f"{medium} inputs are not supported" in body["error"] and "(supported: text, image" in body["error"]
+
+
 def test_mixed_request_keeps_order(embedder_server: BentoServer, clip: SentenceTransformer) -> None:
     img = make_image(3)
     inputs = ["first text", {"image": data_uri(img)}, {"text": "third"}, {"image": data_uri(make_image(4))}]

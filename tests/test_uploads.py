@@ -16,7 +16,9 @@ from service.config import Settings
 from service.errors import ApiError
 from service.uploads import read_upload_form
 
-SETTINGS = Settings(max_image_bytes=100, max_inputs_per_request=3)
+SETTINGS = Settings(
+    max_image_bytes=100, max_audio_bytes=200, max_video_bytes=300, max_inputs_per_request=3, max_av_inputs_per_request=2
+)
 
 
 async def _echo(request: Request) -> Response:
@@ -24,9 +26,7 @@ async def _echo(request: Request) -> Response:
         form = await read_upload_form(request, SETTINGS)
     except ApiError as e:
         return e.to_response()
-    return JSONResponse(
-        {k: v for k, v in vars(form).items() if k != "images"} | {"sizes": [len(b) for b in form.images]}
-    )
+    return JSONResponse({k: v for k, v in vars(form).items() if k != "files"} | {"sizes": [len(b) for b in form.files]})
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def _post(client: TestClient, data: dict[str, Any] | None = None, n: int = 1, si
 def test_defaults_and_options(client: TestClient) -> None:
     got = _post(client).json()
     assert got == {
+        "medium": "image",
         "content_types": ["image/png"],
         "texts": None,
         "input_type": "document",
@@ -93,3 +94,58 @@ def test_more_files_than_inputs_per_request_are_refused_while_parsing(client: Te
 def test_no_image_is_refused(client: TestClient) -> None:
     r = client.post("/", data={"text": "a"}, files=[("other", ("x", b"x", "text/plain"))])
     assert r.status_code == 400 and r.json()["field"] == "image"
+
+
+def _media(client: TestClient, parts: list[tuple[str, int]], data: dict[str, Any] | None = None) -> Any:
+    files = [(name, (f"{i}.bin", b"x" * size, f"{name}/x-any")) for i, (name, size) in enumerate(parts)]
+    return client.post("/", files=files, data=data or {})
+
+
+def test_audio_and_video_files_are_read_within_their_own_limits() -> None:
+    client = TestClient(Starlette(routes=[Route("/", _echo, methods=["POST"])]))
+    got = _media(client, [("video", 300), ("video", 5)], {"text": ["a", "b"]}).json()
+    assert (got["medium"], got["sizes"], got["texts"]) == ("video", [300, 5], ["a", "b"])
+    assert _media(client, [("audio", 200)]).json()["sizes"] == [200]  # above max_image_bytes: audio's own limit
+
+
+@pytest.mark.parametrize(
+    ("parts", "status", "field", "words"),
+    [
+        ([("audio", 10), ("audio", 201)], 413, "audio[1]", "exceeds 200 bytes"),
+        ([("video", 301)], 413, "video[0]", "exceeds 300 bytes"),
+        ([("video", 1)] * 3, 413, "video", "at most 2 audio and video inputs"),
+        ([("image", 1), ("video", 1)], 422, "video", "one medium per upload"),
+        ([("audio", 1), ("video", 1)], 422, "video", "got audio and video files"),
+    ],
+)
+def test_audio_and_video_refusals_name_the_field(
+    client: TestClient, parts: list[tuple[str, int]], status: int, field: str, words: str
+) -> None:
+    r = _media(client, parts)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["field"] == field and body["error"].startswith(f"{field}: ") and words in body["error"], body
+
+
+def test_an_oversize_part_is_refused_while_the_body_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The part over its limit stops the parse: its bytes past the limit are never spooled (not read, then cut)."""
+    from starlette.datastructures import UploadFile
+
+    written: list[int] = []
+    real = UploadFile.write
+
+    async def counted(self: UploadFile, data: bytes) -> None:
+        written.append(len(data))
+        await real(self, data)
+
+    monkeypatch.setattr(UploadFile, "write", counted)
+    client = TestClient(Starlette(routes=[Route("/", _echo, methods=["POST"])]))
+    r = _media(client, [("audio", 50_000)])
+    assert r.status_code == 413 and r.json()["field"] == "audio[0]", r.text
+    assert sum(written) <= 200  # at most the limit was spooled
+
+
+def test_a_text_field_before_a_file_of_the_same_name_keeps_the_files_position(client: TestClient) -> None:
+    r = client.post("/", files=[("video", ("v.mp4", b"x" * 301, "video/mp4"))], data={"video": "not a file"})
+    # httpx sends the fields first: in getlist order the text field is video[0], the file video[1]
+    assert r.status_code == 413 and r.json()["field"] == "video[1]", r.text
