@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from mmsearch_client.schemas import CalibrationInfo, CalibrationPair
@@ -66,22 +66,36 @@ class PairMap:
         samples, positives = raw.get("samples"), raw.get("positives")
         if not isinstance(samples, int) or not isinstance(positives, int):
             raise CalibrationError("a pair needs integer 'samples' and 'positives'")
-        if method == "platt":
-            a, b = raw.get("a"), raw.get("b")
-            if not all(isinstance(v, int | float) and math.isfinite(v) for v in (a, b)) or a <= 0:  # type: ignore[operator]
-                raise CalibrationError("a platt pair needs finite 'a' > 0 and 'b'")
-            return cls("platt", {"a": float(a), "b": float(b)}, samples, positives)  # type: ignore[arg-type]
-        if method == "isotonic":
-            xs, ys = raw.get("x"), raw.get("y")
-            if not isinstance(xs, list) or not isinstance(ys, list) or not 1 <= len(xs) == len(ys) <= MAX_POINTS:
-                raise CalibrationError(f"an isotonic pair needs 'x' and 'y' of equal length 1..{MAX_POINTS}")
-            x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-            if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(np.diff(x) > 0)):
-                raise CalibrationError("isotonic 'x' must be finite and strictly increasing, 'y' finite")
-            if np.any(np.diff(y) < 0) or y.min() < 0 or y.max() > 1:
-                raise CalibrationError("isotonic 'y' must be non-decreasing probabilities")
-            return cls("isotonic", {"x": x.tolist(), "y": y.tolist()}, samples, positives)
-        raise CalibrationError(f"unknown calibration method {method!r} (supported: {', '.join(METHODS)})")
+        parse = _PARAMS.get(str(method))
+        if parse is None:
+            raise CalibrationError(f"unknown calibration method {method!r} (supported: {', '.join(METHODS)})")
+        return cls(cast(Method, method), parse(raw), samples, positives)
+
+
+def _platt_params(raw: Mapping[str, Any]) -> dict[str, Any]:
+    a, b = raw.get("a"), raw.get("b")
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in (a, b)) or a <= 0:  # type: ignore[operator]
+        raise CalibrationError("a platt pair needs finite 'a' > 0 and 'b'")
+    return {"a": float(a), "b": float(b)}  # type: ignore[arg-type]
+
+
+def _isotonic_params(raw: Mapping[str, Any]) -> dict[str, Any]:
+    xs, ys = raw.get("x"), raw.get("y")
+    if not isinstance(xs, list) or not isinstance(ys, list) or not 1 <= len(xs) == len(ys) <= MAX_POINTS:
+        raise CalibrationError(f"an isotonic pair needs 'x' and 'y' of equal length 1..{MAX_POINTS}")
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(np.diff(x) > 0)):
+        raise CalibrationError("isotonic 'x' must be finite and strictly increasing, 'y' finite")
+    if np.any(np.diff(y) < 0) or y.min() < 0 or y.max() > 1:
+        raise CalibrationError("isotonic 'y' must be non-decreasing probabilities")
+    return {"x": x.tolist(), "y": y.tolist()}
+
+
+_PARAMS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "platt": _platt_params,
+    "isotonic": _isotonic_params,
+}
+"""Each stored method's parameter check (``PairMap.from_json``)."""
 
 
 def fit_platt(x: np.ndarray, relevant: np.ndarray) -> dict[str, float]:

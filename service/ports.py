@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import aiohttp
 import numpy as np
 from mmsearch_client.schemas import EncodeResponse, InputType, Item, OcrResponse, RerankResponse, RerankResult
 
@@ -58,17 +59,27 @@ class RerankerPort(Protocol):
         ...
 
 
+CONNECTION_RETRIES = 2
+"""Extra attempts of a dependency call whose connection dropped before an answer (a pooled keep-alive connection the
+server closed as it was reused: aiohttp's "Can not write request body", "Server disconnected"). Every call made here
+(``info``, ``encode``, ``rerank``, ``ocr``) computes and stores nothing, so sending it again is safe."""
+
+
 async def call_dependency(
-    call: Awaitable[T], *, stage: str, breaker: CircuitBreaker | None = None, timeout: float | None = None
+    call: Callable[[], Awaitable[T]],
+    *,
+    stage: str,
+    breaker: CircuitBreaker | None = None,
+    timeout: float | None = None,
 ) -> T:
-    """Await a dependency call, under its circuit breaker when given: its 4xx errors pass through; its absence or a
-    5xx becomes a 503 ``<stage>_unavailable`` (at once while the circuit is open); no answer within ``timeout``
-    seconds raises ``TimeoutError`` (and counts as a failure)."""
+    """Await a dependency call (``call`` makes it), under its circuit breaker when given: its 4xx errors pass
+    through; its absence or a 5xx becomes a 503 ``<stage>_unavailable`` (at once while the circuit is open); no
+    answer within ``timeout`` seconds raises ``TimeoutError`` (and counts as a failure). A dropped connection is
+    retried at once, ``CONNECTION_RETRIES`` times (see there), within the same ``timeout``."""
     try:
         async with breaker.guard(is_outage) if breaker else contextlib.nullcontext():
-            return await asyncio.wait_for(call, timeout)
+            return await asyncio.wait_for(_with_reconnects(call, stage), timeout)
     except CircuitOpen as e:
-        getattr(call, "close", lambda: None)()  # never awaited: no "coroutine was never awaited" warning
         raise ApiError(
             503,
             f"{stage}_unavailable",
@@ -84,6 +95,17 @@ async def call_dependency(
             raise err from None
         log.warning("%s call failed: %r", stage, e)  # the detail (internal addresses) stays in the log
         raise ApiError(503, f"{stage}_unavailable", f"{stage} service unavailable", retry_after=1) from e
+
+
+async def _with_reconnects(call: Callable[[], Awaitable[T]], stage: str) -> T:
+    for attempt in range(CONNECTION_RETRIES + 1):
+        try:
+            return await call()
+        except aiohttp.ClientConnectionError as e:
+            if isinstance(e, TimeoutError) or attempt == CONNECTION_RETRIES:
+                raise
+            log.info("%s connection dropped before an answer (%r): sending the call again", stage, e)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def is_outage(e: BaseException) -> bool:
@@ -110,7 +132,7 @@ class _Remote:
         self._breaker = breaker
 
     async def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = await call_dependency(self._dep.to_async.info(), stage=self.stage, breaker=self._breaker)
+        info: dict[str, Any] = await call_dependency(self._dep.to_async.info, stage=self.stage, breaker=self._breaker)
         return info
 
 
@@ -124,7 +146,7 @@ class RemoteEmbedder(_Remote):
     ) -> Embeddings:
         chosen = {"model": model} if model is not None else {}
         resp: EncodeResponse = await call_dependency(
-            self._dep.to_async.encode(
+            lambda: self._dep.to_async.encode(
                 inputs=list(items), input_type=input_type, normalize=True, timeout=timeout, **chosen
             ),
             stage="embedder",
@@ -142,7 +164,7 @@ class RemoteReranker(_Remote):
         self, query: Item, documents: Sequence[Item], timeout: float | None, wait: float | None = None
     ) -> list[RerankResult]:
         resp: RerankResponse = await call_dependency(
-            self._dep.to_async.rerank(query=query, documents=list(documents), timeout=timeout),
+            lambda: self._dep.to_async.rerank(query=query, documents=list(documents), timeout=timeout),
             stage="reranker",
             breaker=self._breaker,
             timeout=wait,
@@ -167,7 +189,7 @@ class RemoteReader(_Remote):
 
     async def read(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> list[OcrPage]:
         resp: OcrResponse = await call_dependency(
-            self._dep.to_async.ocr(inputs=list(items), input_type=input_type, timeout=timeout),
+            lambda: self._dep.to_async.ocr(inputs=list(items), input_type=input_type, timeout=timeout),
             stage="reader",
             breaker=self._breaker,
         )

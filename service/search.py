@@ -12,7 +12,7 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import bentoml
@@ -285,34 +285,34 @@ class Search:
     @handle_api_errors
     async def encode(self, **kw: Any) -> EncodeResponse:
         """The Embedder's ``/encode``, reachable through Search (the only public service)."""
-        return await self._call("embedder", self.embedder.to_async.encode(**kw))
+        return await self._call("embedder", lambda: self.embedder.to_async.encode(**kw))
 
     @bentoml.api(route="/rerank", input_spec=RerankRequest)
     @handle_api_errors
     async def rerank(self, **kw: Any) -> RerankResponse:
         """The Reranker's ``/rerank``, reachable through Search."""
-        return await self._call("reranker", self.reranker.to_async.rerank(**kw))
+        return await self._call("reranker", lambda: self.reranker.to_async.rerank(**kw))
 
-    async def _call(self, stage: str, call: Awaitable[T], timeout: float | None = None) -> T:
+    async def _call(self, stage: str, call: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         return await call_dependency(call, stage=stage, breaker=self.breakers[stage], timeout=timeout)
 
     @bentoml.api(route="/v1/embeddings", input_spec=OpenAIEmbeddingsRequest)
     @handle_api_errors
     async def openai_embeddings(self, **kw: Any) -> OpenAIEmbeddingsResponse:
         """The Embedder's OpenAI-compatible ``/v1/embeddings``."""
-        return await self._call("embedder", self.embedder.to_async.openai_embeddings(**kw))
+        return await self._call("embedder", lambda: self.embedder.to_async.openai_embeddings(**kw))
 
     @bentoml.api(route="/v1/rerank", input_spec=CohereRerankRequest)
     @handle_api_errors
     async def cohere_rerank(self, **kw: Any) -> CohereRerankResponse:
         """The Reranker's Cohere v1 ``/v1/rerank``."""
-        return await self._call("reranker", self.reranker.to_async.cohere_rerank(**kw))
+        return await self._call("reranker", lambda: self.reranker.to_async.cohere_rerank(**kw))
 
     @bentoml.api(route="/v2/rerank", input_spec=CohereV2RerankRequest)
     @handle_api_errors
     async def cohere_rerank_v2(self, **kw: Any) -> CohereRerankResponse:
         """The Reranker's Cohere v2 ``/v2/rerank``."""
-        return await self._call("reranker", self.reranker.to_async.cohere_rerank_v2(**kw))
+        return await self._call("reranker", lambda: self.reranker.to_async.cohere_rerank_v2(**kw))
 
     @handle_api_errors
     async def encode_upload(self, request: Request) -> Response:
@@ -328,7 +328,7 @@ class Search:
         try:
             resp: EncodeResponse = await self._call(
                 "embedder",
-                self.embedder.to_async.encode(
+                lambda: self.embedder.to_async.encode(
                     inputs=items,
                     input_type=form.input_type,
                     normalize=form.normalize,
@@ -349,7 +349,7 @@ class Search:
         ``/info``); ``GET /v1/models/{name}``: one of them, or 404 ``model_not_found``."""
         data: list[dict[str, Any]] = []
         for stage, dep in (("embedder", self.embedder), ("reranker", self.reranker)):
-            info: dict[str, Any] = await self._call(stage, dep.to_async.info(), timeout=3)
+            info: dict[str, Any] = await self._call(stage, dep.to_async.info, timeout=3)
             data += [
                 {"id": m["name"], "object": "model", "created": self.created, "owned_by": "mmsearch"}
                 for m in info.get("models") or []
@@ -366,7 +366,7 @@ class Search:
     @handle_api_errors
     async def ocr(self, **kw: Any) -> OcrResponse:
         """The Reader's ``/ocr``, reachable through Search."""
-        return await self._call("reader", self.reader.to_async.ocr(**kw))
+        return await self._call("reader", lambda: self.reader.to_async.ocr(**kw))
 
     @bentoml.api(route="/info")
     @handle_api_errors
@@ -377,7 +377,7 @@ class Search:
         deps: dict[str, dict[str, Any]] = {}
         for stage, dep in (("embedder", self.embedder), ("reranker", self.reranker), ("reader", self.reader)):
             try:
-                meta: dict[str, Any] = dict(await self._call(stage, dep.to_async.info(), timeout=3))
+                meta: dict[str, Any] = dict(await self._call(stage, dep.to_async.info, timeout=3))
             except ApiError as e:
                 meta = {"available": False, "error": e.message}
             else:

