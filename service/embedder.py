@@ -79,11 +79,7 @@ class Embedder:
         self.host: ModelHost[Any, np.ndarray] = load_or_exit(
             lambda s: host_models("Embedder", "embedder", s, load_embedder), self.settings
         )
-        default = self.host.default
-        assert default is not None  # a repository has at least one embedder
-        # the default model's, as before several were served (Search reads /info's top level)
-        self.adapter, self.runtime, self.model_name = default.adapter, default.runtime, default.name
-        self.dimension, self.modalities = default.dimension, default.modalities
+        assert self.host.default is not None  # a repository has at least one embedder
 
     async def embed(
         self,
@@ -138,7 +134,7 @@ class Embedder:
         # a query: document work yields to this request at every stage until it answers. The pixel lease holds
         # the decoded images' budget until the model has run.
         async with (
-            self.runtime.gate.interactive() if input_type == "query" else contextlib.nullcontext(),
+            self.host.gate.interactive() if input_type == "query" else contextlib.nullcontext(),
             loader.pixels.lease() as lease,
         ):
             resolved = await resolve_items(
