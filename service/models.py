@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.adapters import CrossEncoderScorer, EmbedderAdapter, ModelAdapter, SentenceTransformerEmbedder
-from service.config import TINY_MODELS, ModelSpec, Settings
+from service.config import TINY_MODELS, ModelSpec, Settings, resolve_device
 from service.cpus import ThreadPlan, plan_threads, quiet_thread_pools
 
 if TYPE_CHECKING:
@@ -102,15 +102,6 @@ def model_factory(settings: Settings) -> Callable[[str, Settings], Any] | None:
     return fn
 
 
-def resolve_device(device: str) -> str:
-    """``auto``: ``cuda`` when torch sees a GPU, else ``cpu``; any other device as it is."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _load(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | None = None) -> tuple[Any, str]:
     """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says (on ``served``'s device, with its token
     limit, when it is a repository's model); any failure is a ``ModelLoadError``."""
@@ -131,7 +122,7 @@ def _load(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | N
     try:
         model = cls(
             path,
-            device=resolve_device(served.device) if served is not None else settings.resolved_device(),
+            device=resolve_device(served.device if served is not None else settings.device),
             trust_remote_code=settings.trust_remote_code,
             **_loading_kwargs(spec),
         )
