@@ -171,7 +171,7 @@ def load_embedder(settings: Settings, served: ServedModel | None = None) -> Embe
     def build() -> EmbedderAdapter:
         spec = served.spec if served is not None else _embedder_spec(settings)
         if served is None:
-            _check_budget(settings, spec)
+            check_memory_budget(settings, spec.kind.capitalize(), [spec])
         if spec.onnx_pooling:
             return _load_onnx(settings, spec)
         from sentence_transformers import SentenceTransformer
@@ -225,18 +225,19 @@ def load_reranker(settings: Settings, served: ServedModel | None = None) -> Mode
 
         spec = served.spec if served is not None else settings.model_spec("reranker")
         if served is None:
-            _check_budget(settings, spec)
+            check_memory_budget(settings, spec.kind.capitalize(), [spec])
         return CrossEncoderScorer(*_load(CrossEncoder, settings, spec, served))
 
     return _adapter("reranker", settings, build, served)
 
 
-def _check_budget(settings: Settings, spec: ModelSpec) -> None:
-    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB``, checked from the checkpoint's files before loading it."""
+def check_memory_budget(settings: Settings, service: str, specs: list[ModelSpec]) -> None:
+    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB``, checked from the checkpoints' files before loading ``service``'s models;
+    over it is a ``ModelLoadError``."""
     from service.model_memory import ModelMemoryError, check_budget
 
     try:
-        check_budget(settings, spec.kind.capitalize(), [spec])
+        check_budget(settings, service, specs)
     except ModelMemoryError as e:
         raise ModelLoadError(str(e)) from None
 
