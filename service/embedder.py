@@ -82,16 +82,10 @@ class Embedder:
         assert self.host.default is not None  # a repository has at least one embedder
 
     async def embed(
-        self,
-        inputs: Sequence[ModelInput],
-        input_type: InputType,
-        timeout: float | None = None,
-        model: Embedding | None = None,
+        self, inputs: Sequence[ModelInput], input_type: InputType, timeout: float | None, m: Embedding
     ) -> np.ndarray:
-        """Encode resolved inputs with ``model`` (default: the default model), each in the lane of its modality
-        (``(input_type, modality)``: one prompt per batch, and CLIP cannot mix text and images); rows come back in
-        input order."""
-        m = model or self.host.get(None)
+        """Encode resolved inputs with model ``m``, each in the lane of its modality (``(input_type, modality)``:
+        one prompt per batch, and CLIP cannot mix text and images); rows come back in input order."""
         for x in inputs:
             m.runtime.count_input(x.modality, input_type)
         priority = QUERY_PRIORITY if input_type == "query" else DOCUMENT_PRIORITY

@@ -55,15 +55,10 @@ class Reranker:
         )
 
     async def score(
-        self,
-        query: ModelInput,
-        documents: Sequence[ModelInput],
-        timeout: float | None = None,
-        model: Scoring | None = None,
+        self, query: ModelInput, documents: Sequence[ModelInput], timeout: float | None, m: Scoring
     ) -> list[float]:
-        """Score resolved documents against a resolved query with ``model`` (default: the default model); one lane
-        per (query, document) modality pair."""
-        m = model or self._model(None)
+        """Score resolved documents against a resolved query with model ``m``; one lane per (query, document)
+        modality pair."""
         for d in documents:
             m.runtime.count_input(f"{query.modality}->{d.modality}", "pair")
         q = query.to_pair_st(m.text_only)
