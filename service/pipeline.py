@@ -782,8 +782,8 @@ class SearchPipeline:
         except ApiError as e:
             raise remap_inputs(e, [0], "query", single=True) from None
         qvec: np.ndarray = out.vectors[0]
-        if self._embedder_info is not None and self._embedder_info.get("model") != out.model:
-            self._embedder_info = None  # replaced by another model: /info and the next upsert ask again
+        if self._embedder_info is not None and out.model not in _served_names(self._embedder_info):
+            self.embedder_info_stale()  # replaced by another model: /info and the next upsert ask again
         name = run.req.collection
         if (qvec.shape[0], out.model) != await self._collection(name):
             self._dimensions.pop(name, None)  # re-created elsewhere? look again, once
@@ -1191,6 +1191,12 @@ class SearchPipeline:
             else:
                 run.warn(h.id, "media_unavailable", f"not reranked: stored image {doc.image} is missing")
         return kept
+
+
+def _served_names(info: dict[str, Any]) -> set[str]:
+    """The names of the models the Embedder's ``/info`` lists (a collection bound to one of them is searched with
+    it: not a sign that the Embedder changed)."""
+    return {str(m["name"]) for m in bindings.served_models(info)}
 
 
 def _rerank_modalities(info: dict[str, Any] | None) -> list[str]:
