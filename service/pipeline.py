@@ -415,7 +415,7 @@ class SearchPipeline:
             ref = clip.source.ref
             d.source = ref if ref[:8].lower().startswith(("http://", "https://")) else None
 
-    async def _embed_windows(self, batch: Sequence[IngestDoc], model: str | None = None) -> None:
+    async def _embed_windows(self, batch: Sequence[IngestDoc], model: str) -> None:
         """One vector per window of every clip: the Embedder reads the stored clip and decodes only the window
         (``t0``/``t1`` items), in requests of at most ``max_av_inputs_per_request`` windows."""
         todo = [(d, w) for d in batch if d.clip is not None for w in d.clip.windows]
@@ -479,7 +479,7 @@ class SearchPipeline:
         return Item(text=text)
 
     async def _embed_documents(
-        self, batch: Sequence[IngestDoc], text_only: bool, model: str, dim: int, revision: str | None = None
+        self, batch: Sequence[IngestDoc], text_only: bool, model: str, dim: int, revision: str | None
     ) -> Embeddings | None:
         """Embed the documents without a vector. With the embedding cache, inputs already seen (same model and
         served revision, image bytes and text, under any id or URL) are not sent to the model, and one request's
@@ -550,7 +550,7 @@ class SearchPipeline:
             d.source = image if image[:8].lower().startswith(("http://", "https://")) else None
 
     async def _write(
-        self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str, revision: str | None = None
+        self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str, revision: str | None
     ) -> None:
         """Write the documents' rows (a clip document: one per window); rows of the former versions' segments
         beyond the new ones are deleted after the write, so a replaced document never leaves one behind.
@@ -1032,9 +1032,7 @@ class SearchPipeline:
             run.warn(None, e.code, f"{e.message}: hits are in retrieval order")
         return hits, False
 
-    def _rerank_doc(
-        self, run: SearchRun, hit: SearchHit, text_only: bool, modalities: Sequence[str] = ()
-    ) -> Item | None:
+    def _rerank_doc(self, run: SearchRun, hit: SearchHit, text_only: bool, modalities: Sequence[str]) -> Item | None:
         """What the reranker scores for a candidate, or None when it cannot be scored: no content (an
         embedding-only document), an image for a text-only reranker with no text at all, content the
         reranker's request checks would refuse (a document stored before those checks covered every path must not
