@@ -667,13 +667,15 @@ class SearchPipeline:
         while self._gc_task is not None and not self._gc_task.done():
             await asyncio.shield(self._gc_task)
 
+    async def listed_collections(self) -> list[index_base.IndexedCollection]:
+        """The index's collections less Search's own alias table."""
+        infos = await self.in_thread(self.index.list_collections)
+        return [c for c in infos if c.name != ALIASES_COLLECTION]
+
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension, embedding model and calibration."""
-        infos = await self.in_thread(self.index.list_collections)
         out = []
-        for c in infos:
-            if c.name == ALIASES_COLLECTION:
-                continue
+        for c in await self.listed_collections():
             try:
                 calib = await self.collection_calibration(c.name)
                 revision = await self.in_thread(bindings.read_revision, self.index, c.name)
