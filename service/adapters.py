@@ -39,21 +39,6 @@ class ModelAdapter(Protocol):
     def run(self, lane: Hashable, features: Any) -> Sequence[Any]: ...
 
 
-class NoModel:
-    """The adapter of a service that has no model configured (the lite profile's Reranker): nothing to run."""
-
-    name = "none"
-    modalities: list[str] = []
-    accelerated = False
-    threads: ThreadPlan | None = None
-
-    def prepare(self, lane: Hashable, inputs: list[Any]) -> Any:
-        raise RuntimeError("no model is configured")
-
-    def run(self, lane: Hashable, features: Any) -> Sequence[Any]:
-        raise RuntimeError("no model is configured")
-
-
 class EmbedderAdapter(ModelAdapter, Protocol):
     dimension: int
 

@@ -52,24 +52,25 @@ class AliasStore:
 
     def table(self) -> dict[str, str]:
         """Alias -> collection."""
-        cached = self._cached
-        if cached is not None and self.clock() - cached[0] < self.ttl_s:
-            return dict(cached[1])
-        return self._read()
+        fresh = self._fresh()
+        return dict(fresh) if fresh is not None else self._read()
 
     def resolve(self, name: str) -> str:
         """The collection ``name`` stands for (itself when it is no alias); the reserved name is refused."""
         fresh = self.cached(name)
-        return fresh if fresh is not None else self.table().get(name, name)
+        return fresh if fresh is not None else self._read().get(name, name)
 
     def cached(self, name: str) -> str | None:
         """``resolve`` from the cached table without I/O; None when the cached copy is older than ``ttl_s``."""
         if name == ALIASES_COLLECTION:
             raise reserved(name)
+        fresh = self._fresh()
+        return fresh.get(name, name) if fresh is not None else None
+
+    def _fresh(self) -> dict[str, str] | None:
+        """The cached table while it is younger than ``ttl_s``, else None."""
         cached = self._cached
-        if cached is None or self.clock() - cached[0] >= self.ttl_s:
-            return None
-        return cached[1].get(name, name)
+        return cached[1] if cached is not None and self.clock() - cached[0] < self.ttl_s else None
 
     def set(self, alias: str, collection: str) -> str | None:
         """Point ``alias`` at ``collection`` (created or replaced in one write); the previous target or None."""

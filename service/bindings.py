@@ -58,7 +58,7 @@ def binding_of(entry: Mapping[str, Any], *, new: bool) -> Binding:
     return Binding(
         name=str(entry["name"]),
         dimension=int(entry["dimension"]),
-        text_only=list(entry.get("modalities") or []) == ["text"],
+        text_only=_reads_text_only(entry),
         revision=loading.get("revision") if isinstance(loading, Mapping) else None,
         new=new,
     )
@@ -110,7 +110,12 @@ def choose(info: Mapping[str, Any], collection: str, held: tuple[int, str] | Non
 
 def text_only(info: Mapping[str, Any], model: str) -> bool:
     entry = served_entry(info, model)
-    return entry is not None and list(entry.get("modalities") or []) == ["text"]
+    return entry is not None and _reads_text_only(entry)
+
+
+def _reads_text_only(entry: Mapping[str, Any]) -> bool:
+    """Whether a served model's ``/info`` entry lists text as its only modality."""
+    return list(entry.get("modalities") or []) == ["text"]
 
 
 def model_info(info: Mapping[str, Any], model: str) -> dict[str, Any]:

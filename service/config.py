@@ -393,11 +393,7 @@ class Settings(BaseSettings):
         return [k for k in keys if k and not k.startswith("#")]
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)
 
     def coalesce_s(self, accelerated: bool) -> float:
         """``batch_coalesce_ms`` in seconds, ``auto`` resolved for a model on an accelerator or not."""
@@ -567,3 +563,12 @@ def _variable(loc: tuple[int | str, ...], former: dict[str, Any]) -> str:
 def get_settings() -> Settings:
     """The process-wide settings (validated once)."""
     return load_settings()
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: ``cuda`` when torch sees a GPU, else ``cpu``; any other device as it is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

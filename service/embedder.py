@@ -79,23 +79,13 @@ class Embedder:
         self.host: ModelHost[Any, np.ndarray] = load_or_exit(
             lambda s: host_models("Embedder", "embedder", s, load_embedder), self.settings
         )
-        default = self.host.default
-        assert default is not None  # a repository has at least one embedder
-        # the default model's, as before several were served (Search reads /info's top level)
-        self.adapter, self.runtime, self.model_name = default.adapter, default.runtime, default.name
-        self.dimension, self.modalities = default.dimension, default.modalities
+        assert self.host.default is not None  # a repository has at least one embedder
 
     async def embed(
-        self,
-        inputs: Sequence[ModelInput],
-        input_type: InputType,
-        timeout: float | None = None,
-        model: Embedding | None = None,
+        self, inputs: Sequence[ModelInput], input_type: InputType, timeout: float | None, m: Embedding
     ) -> np.ndarray:
-        """Encode resolved inputs with ``model`` (default: the default model), each in the lane of its modality
-        (``(input_type, modality)``: one prompt per batch, and CLIP cannot mix text and images); rows come back in
-        input order."""
-        m = model or self.host.get(None)
+        """Encode resolved inputs with model ``m``, each in the lane of its modality (``(input_type, modality)``:
+        one prompt per batch, and CLIP cannot mix text and images); rows come back in input order."""
         for x in inputs:
             m.runtime.count_input(x.modality, input_type)
         priority = QUERY_PRIORITY if input_type == "query" else DOCUMENT_PRIORITY
@@ -138,7 +128,7 @@ class Embedder:
         # a query: document work yields to this request at every stage until it answers. The pixel lease holds
         # the decoded images' budget until the model has run.
         async with (
-            self.runtime.gate.interactive() if input_type == "query" else contextlib.nullcontext(),
+            self.host.gate.interactive() if input_type == "query" else contextlib.nullcontext(),
             loader.pixels.lease() as lease,
         ):
             resolved = await resolve_items(

@@ -149,8 +149,7 @@ def host_models(
     """The service's models from the repository (``MMSEARCH_MODELS``, else the single-model variables), checked
     together against ``MMSEARCH_MODEL_MEMORY_BUDGET_MB`` before any loads, then loaded with ``load`` in file
     order. Any fault is one ``ModelLoadError`` line."""
-    from service.model_memory import ModelMemoryError, check_budget
-    from service.models import model_factory
+    from service.models import check_memory_budget, model_factory
 
     try:
         repo = ModelRepository.from_settings(settings)
@@ -158,10 +157,7 @@ def host_models(
         raise ModelLoadError(str(e)) from None
     served = repo.models(role)
     if model_factory(settings) is None:
-        try:
-            check_budget(settings, service, [m.spec for m in served])
-        except ModelMemoryError as e:
-            raise ModelLoadError(str(e)) from None
+        check_memory_budget(settings, service, [m.spec for m in served])
 
     def load_one(m: ServedModel) -> ModelAdapter:
         adapter = load(settings, m)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.adapters import CrossEncoderScorer, EmbedderAdapter, ModelAdapter, SentenceTransformerEmbedder
-from service.config import TINY_MODELS, ModelSpec, Settings
+from service.config import TINY_MODELS, ModelSpec, Settings, resolve_device
 from service.cpus import ThreadPlan, plan_threads, quiet_thread_pools
 
 if TYPE_CHECKING:
@@ -102,15 +102,6 @@ def model_factory(settings: Settings) -> Callable[[str, Settings], Any] | None:
     return fn
 
 
-def resolve_device(device: str) -> str:
-    """``auto``: ``cuda`` when torch sees a GPU, else ``cpu``; any other device as it is."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _load(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | None = None) -> tuple[Any, str]:
     """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says (on ``served``'s device, with its token
     limit, when it is a repository's model); any failure is a ``ModelLoadError``."""
@@ -131,7 +122,7 @@ def _load(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | N
     try:
         model = cls(
             path,
-            device=resolve_device(served.device) if served is not None else settings.resolved_device(),
+            device=resolve_device(served.device if served is not None else settings.device),
             trust_remote_code=settings.trust_remote_code,
             **_loading_kwargs(spec),
         )
@@ -180,7 +171,7 @@ def load_embedder(settings: Settings, served: ServedModel | None = None) -> Embe
     def build() -> EmbedderAdapter:
         spec = served.spec if served is not None else _embedder_spec(settings)
         if served is None:
-            _check_budget(settings, spec)
+            check_memory_budget(settings, spec.kind.capitalize(), [spec])
         if spec.onnx_pooling:
             return _load_onnx(settings, spec)
         from sentence_transformers import SentenceTransformer
@@ -234,18 +225,19 @@ def load_reranker(settings: Settings, served: ServedModel | None = None) -> Mode
 
         spec = served.spec if served is not None else settings.model_spec("reranker")
         if served is None:
-            _check_budget(settings, spec)
+            check_memory_budget(settings, spec.kind.capitalize(), [spec])
         return CrossEncoderScorer(*_load(CrossEncoder, settings, spec, served))
 
     return _adapter("reranker", settings, build, served)
 
 
-def _check_budget(settings: Settings, spec: ModelSpec) -> None:
-    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB``, checked from the checkpoint's files before loading it."""
+def check_memory_budget(settings: Settings, service: str, specs: list[ModelSpec]) -> None:
+    """``MMSEARCH_MODEL_MEMORY_BUDGET_MB``, checked from the checkpoints' files before loading ``service``'s models;
+    over it is a ``ModelLoadError``."""
     from service.model_memory import ModelMemoryError, check_budget
 
     try:
-        check_budget(settings, spec.kind.capitalize(), [spec])
+        check_budget(settings, service, specs)
     except ModelMemoryError as e:
         raise ModelLoadError(str(e)) from None
 

@@ -415,7 +415,7 @@ class SearchPipeline:
             ref = clip.source.ref
             d.source = ref if ref[:8].lower().startswith(("http://", "https://")) else None
 
-    async def _embed_windows(self, batch: Sequence[IngestDoc], model: str | None = None) -> None:
+    async def _embed_windows(self, batch: Sequence[IngestDoc], model: str) -> None:
         """One vector per window of every clip: the Embedder reads the stored clip and decodes only the window
         (``t0``/``t1`` items), in requests of at most ``max_av_inputs_per_request`` windows."""
         todo = [(d, w) for d in batch if d.clip is not None for w in d.clip.windows]
@@ -479,7 +479,7 @@ class SearchPipeline:
         return Item(text=text)
 
     async def _embed_documents(
-        self, batch: Sequence[IngestDoc], text_only: bool, model: str, dim: int, revision: str | None = None
+        self, batch: Sequence[IngestDoc], text_only: bool, model: str, dim: int, revision: str | None
     ) -> Embeddings | None:
         """Embed the documents without a vector. With the embedding cache, inputs already seen (same model and
         served revision, image bytes and text, under any id or URL) are not sent to the model, and one request's
@@ -550,7 +550,7 @@ class SearchPipeline:
             d.source = image if image[:8].lower().startswith(("http://", "https://")) else None
 
     async def _write(
-        self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str, revision: str | None = None
+        self, collection: str, batch: Sequence[IngestDoc], dim: int, model: str, revision: str | None
     ) -> None:
         """Write the documents' rows (a clip document: one per window); rows of the former versions' segments
         beyond the new ones are deleted after the write, so a replaced document never leaves one behind.
@@ -667,13 +667,15 @@ class SearchPipeline:
         while self._gc_task is not None and not self._gc_task.done():
             await asyncio.shield(self._gc_task)
 
+    async def listed_collections(self) -> list[index_base.IndexedCollection]:
+        """The index's collections less Search's own alias table."""
+        infos = await self.in_thread(self.index.list_collections)
+        return [c for c in infos if c.name != ALIASES_COLLECTION]
+
     async def collections(self) -> CollectionsResponse:
         """Every collection with its document count, dimension, embedding model and calibration."""
-        infos = await self.in_thread(self.index.list_collections)
         out = []
-        for c in infos:
-            if c.name == ALIASES_COLLECTION:
-                continue
+        for c in await self.listed_collections():
             try:
                 calib = await self.collection_calibration(c.name)
                 revision = await self.in_thread(bindings.read_revision, self.index, c.name)
@@ -782,8 +784,8 @@ class SearchPipeline:
         except ApiError as e:
             raise remap_inputs(e, [0], "query", single=True) from None
         qvec: np.ndarray = out.vectors[0]
-        if self._embedder_info is not None and self._embedder_info.get("model") != out.model:
-            self._embedder_info = None  # replaced by another model: /info and the next upsert ask again
+        if self._embedder_info is not None and out.model not in _served_names(self._embedder_info):
+            self.embedder_info_stale()  # replaced by another model: /info and the next upsert ask again
         name = run.req.collection
         if (qvec.shape[0], out.model) != await self._collection(name):
             self._dimensions.pop(name, None)  # re-created elsewhere? look again, once
@@ -1032,9 +1034,7 @@ class SearchPipeline:
             run.warn(None, e.code, f"{e.message}: hits are in retrieval order")
         return hits, False
 
-    def _rerank_doc(
-        self, run: SearchRun, hit: SearchHit, text_only: bool, modalities: Sequence[str] = ()
-    ) -> Item | None:
+    def _rerank_doc(self, run: SearchRun, hit: SearchHit, text_only: bool, modalities: Sequence[str]) -> Item | None:
         """What the reranker scores for a candidate, or None when it cannot be scored: no content (an
         embedding-only document), an image for a text-only reranker with no text at all, content the
         reranker's request checks would refuse (a document stored before those checks covered every path must not
@@ -1191,6 +1191,12 @@ class SearchPipeline:
             else:
                 run.warn(h.id, "media_unavailable", f"not reranked: stored image {doc.image} is missing")
         return kept
+
+
+def _served_names(info: dict[str, Any]) -> set[str]:
+    """The names of the models the Embedder's ``/info`` lists (a collection bound to one of them is searched with
+    it: not a sign that the Embedder changed)."""
+    return {str(m["name"]) for m in bindings.served_models(info)}
 
 
 def _rerank_modalities(info: dict[str, Any] | None) -> list[str]:

@@ -18,7 +18,6 @@ import bentoml
 from mmsearch_client.schemas import Item, RerankRequest, RerankResponse, RerankResult, as_item
 
 from service import lifecycle
-from service.adapters import ModelAdapter, NoModel
 from service.bento_options import model_service_options, validated
 from service.compat import (
     CohereDocument,
@@ -54,21 +53,12 @@ class Reranker:
         self.host: ModelHost[Any, float] = load_or_exit(
             lambda s: host_models("Reranker", "reranker", s, load_reranker), self.settings
         )
-        default = self.host.default
-        self.adapter: ModelAdapter = default.adapter if default is not None else NoModel()
-        self.model_name: str | None = default.name if default is not None else None
-        self.modalities = self.adapter.modalities
 
     async def score(
-        self,
-        query: ModelInput,
-        documents: Sequence[ModelInput],
-        timeout: float | None = None,
-        model: Scoring | None = None,
+        self, query: ModelInput, documents: Sequence[ModelInput], timeout: float | None, m: Scoring
     ) -> list[float]:
-        """Score resolved documents against a resolved query with ``model`` (default: the default model); one lane
-        per (query, document) modality pair."""
-        m = model or self._model(None)
+        """Score resolved documents against a resolved query with model ``m``; one lane per (query, document)
+        modality pair."""
         for d in documents:
             m.runtime.count_input(f"{query.modality}->{d.modality}", "pair")
         q = query.to_pair_st(m.text_only)
@@ -176,14 +166,21 @@ class Reranker:
         """The default model's name (``null``: no reranker configured), modalities and limits at the top level (as
         with one model), and every model the Reranker hosts under ``models``."""
         default = self.host.default
+        model: dict[str, Any] = (
+            {
+                "model": default.name,
+                "loading": default.served.spec.describe(),
+                "modalities": default.adapter.modalities,
+                **default.runtime.info(),
+                "max_tokens": default.max_tokens,
+            }
+            if default is not None
+            else {"model": None, "loading": None, "modalities": [], "max_tokens": 0}
+        )
         return {
             "service": "Reranker",
-            "model": self.model_name,
-            "loading": default.served.spec.describe() if default is not None else None,
-            "modalities": self.modalities,
-            **(default.runtime.info() if default is not None else {}),
+            **model,
             "max_documents_per_request": self.settings.max_documents_per_request,
-            "max_tokens": default.max_tokens if default is not None else 0,
             "max_text_chars": self.settings.max_text_chars,
             "tiny_random_weights": self.settings.profile == "tiny",
             "models": self.host.describe(),

@@ -54,7 +54,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import bindings, calibrator, lifecycle
-from service.aliases import ALIASES_COLLECTION
 from service.bento_options import search_service_options, validated
 from service.breaker import CircuitBreaker
 from service.compat import (
@@ -385,8 +384,7 @@ class Search:
             meta["circuit"] = self.breakers[stage].snapshot()
             deps[stage] = meta
         try:
-            listed = await self.pipeline.in_thread(self.index.list_collections)
-            collections = bindings.describe([c for c in listed if c.name != ALIASES_COLLECTION])
+            collections = bindings.describe(await self.pipeline.listed_collections())
         except ApiError:
             collections = None  # the storage is faulty: /info still answers
         return {

@@ -136,3 +136,21 @@ def test_the_embedding_cache_is_keyed_by_the_served_revision(tmp_path: Path, mon
     assert rig.embedder.models_asked == ["wiki", "wiki"]  # embedded again by the new revision
     rig.upsert("w", ["red square"])
     assert rig.embedder.models_asked == ["wiki", "wiki"]  # and that revision's vector is cached in turn
+
+
+def test_searches_of_a_collection_on_another_served_model_keep_the_embedder_info(tmp_path: Path) -> None:
+    """The Embedder's answer names the collection's model, not its default: that is no sign the Embedder changed,
+    so Search keeps its cached ``/info`` (it used to ask again before every such search)."""
+    rig = Rig(tmp_path)
+    rig.upsert("wiki", ["red square", "blue circle"], model="wiki")
+    asked: list[int] = []
+    info = rig.embedder.info
+
+    async def counted() -> dict[str, Any]:
+        asked.append(1)
+        return await info()
+
+    rig.embedder.info = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        assert rig.search("wiki", "red square").hits
+    assert asked == []

@@ -256,16 +256,30 @@ def test_models_without_a_token_limit_get_one() -> None:
     assert limit_tokens(clip, 512) == 77 and clip.max_seq_length == 77  # the model's own smaller limit stays
 
 
+class _IdleAdapter:
+    """A model adapter that is never run: what the batcher is built around is all the test looks at."""
+
+    name = "idle"
+    modalities: list[str] = []
+    accelerated = False
+    threads = None
+
+    def prepare(self, lane: object, inputs: list[object]) -> object:
+        raise RuntimeError("not run")
+
+    def run(self, lane: object, features: object) -> list[object]:
+        raise RuntimeError("not run")
+
+
 def test_fault_injection_is_off_unless_configured() -> None:
     """Production batches run no fault code: with both ``MMSEARCH_OOM_SIMULATE_*`` at 0 there is no check, and the
     batcher runs the adapter's own ``prepare``/``run``."""
-    from service.adapters import NoModel
     from service.config import Settings
     from service.faults import SimulatedOOM, oom_check
     from service.runtime import ModelRuntime
 
     assert oom_check(Settings()) is None
-    adapter = NoModel()
+    adapter = _IdleAdapter()
     runtime: ModelRuntime[str, float] = ModelRuntime("fault-test", Settings(), adapter)
     assert (runtime.batcher._run, runtime.batcher._prepare) == (adapter.run, adapter.prepare)
     check = oom_check(Settings(oom_simulate_batch_over=2, oom_simulate_text_chars=5))

@@ -755,23 +755,10 @@ class LanceIndex(VectorIndex):
         return self._guard(name, lambda table: self._get(table, wanted))
 
     def image_refs(self, name: str) -> set[str]:
-        def scan(table: Any) -> set[str]:
-            rows = table.count_rows()
-            if not rows:
-                return set()
-            column = table.search().select(["image"]).limit(rows).to_arrow().column("image")
-            return {v for v in column.to_pylist() if v}
-
-        return self._guard(name, scan)
+        return self._guard(name, lambda table: {v for v in _column(table, "image") if v})
 
     def ids(self, name: str) -> list[str]:
-        def scan(table: Any) -> list[str]:
-            rows = table.count_rows()
-            if not rows:
-                return []
-            return sorted(table.search().select(["id"]).limit(rows).to_arrow().column("id").to_pylist())
-
-        return self._guard(name, scan)
+        return self._guard(name, lambda table: sorted(_column(table, "id")))
 
     def _get(self, table: Any, wanted: list[str]) -> list[IndexRecord]:
         found = {
@@ -999,3 +986,9 @@ def build_ann_index(path: str, name: str) -> None:
 if __name__ == "__main__":
     os.nice(10)  # a background build yields the CPU to the service's requests
     build_ann_index(sys.argv[1], sys.argv[2])
+
+
+def _column(table: Any, field: str) -> list[Any]:
+    """Every row's ``field`` (a scan of that column alone)."""
+    rows = table.count_rows()
+    return table.search().select([field]).limit(rows).to_arrow().column(field).to_pylist() if rows else []

@@ -42,7 +42,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -543,32 +543,23 @@ class MilvusIndex(VectorIndex):
 
     def image_refs(self, name: str) -> set[str]:
         def scan(meta: _Meta) -> set[str]:
-            self._ensure_loaded(name)
-            fields = self._content_fields(meta)
-            it = self._client.query_iterator(name, batch_size=1000, filter='id != ""', output_fields=fields)
-            refs: set[str] = set()
-            try:
-                while batch := it.next():
-                    refs.update(image for _, image in (self._content(row, meta) for row in batch) if image)
-            finally:
-                it.close()
-            return refs
+            rows = self._scan(name, self._content_fields(meta))
+            return {image for _, image in (self._content(row, meta) for row in rows) if image}
 
         return self._fresh(name, scan)
 
     def ids(self, name: str) -> list[str]:
-        def scan(meta: _Meta) -> list[str]:
-            self._ensure_loaded(name)
-            it = self._client.query_iterator(name, batch_size=1000, filter='id != ""', output_fields=["id"])
-            found: list[str] = []
-            try:
-                while batch := it.next():
-                    found.extend(row["id"] for row in batch)
-            finally:
-                it.close()
-            return sorted(found)
+        return self._fresh(name, lambda _: sorted(row["id"] for row in self._scan(name, ["id"])))
 
-        return self._fresh(name, scan)
+    def _scan(self, name: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        """Every row of ``name`` with ``fields``, a thousand rows per query."""
+        self._ensure_loaded(name)
+        it = self._client.query_iterator(name, batch_size=1000, filter='id != ""', output_fields=fields)
+        try:
+            while batch := it.next():
+                yield from batch
+        finally:
+            it.close()
 
     def _get(self, name: str, wanted: list[str], meta: _Meta) -> list[IndexRecord]:
         rows = self._query_ids(name, wanted, ["id", VECTOR, *self._content_fields(meta)])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mmsearch_client._client import Client
-from mmsearch_client.errors import APIStatusError
+from mmsearch_client.errors import PayloadTooLargeError
 from mmsearch_client.schemas import UpsertDocument
 
 __all__ = ["ReindexResult", "default_target", "reindex"]
@@ -92,8 +92,8 @@ def _upsert_split(client: Client, wire: list[UpsertDocument], result: ReindexRes
         return
     try:
         client.upsert(wire, collection=result.target, model=result.model)
-    except APIStatusError as e:
-        if e.status_code != 413 or len(wire) == 1:
+    except PayloadTooLargeError:
+        if len(wire) == 1:
             raise
         half = len(wire) // 2
         _upsert_split(client, wire[:half], result)
