@@ -170,9 +170,19 @@ def _schema(dimension: int, model: str) -> pa.Schema:
 
 
 def _conflict(e: Exception) -> bool:
-    """A commit that lost a race with another writer (safe to retry: our writes are idempotent)."""
+    """A commit that lost a race with another writer (safe to retry: our writes are idempotent). Lance 13 also says
+    "Incompatible transaction" (e.g. a CreateIndex against a concurrent Overwrite of a table two processes created
+    at once on S3: seen in a clean-clone CI run of the concurrent-writers contract test)."""
     text = str(e).lower()
-    return any(m in text for m in ("concurrent writer", "commit conflict", "retryable", "conflicting", "precondition"))
+    markers = (
+        "concurrent writer",
+        "commit conflict",
+        "retryable",
+        "conflicting",
+        "precondition",
+        "incompatible transaction",
+    )
+    return any(m in text for m in markers)
 
 
 def _missing(e: Exception) -> bool:
