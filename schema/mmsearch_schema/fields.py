@@ -15,6 +15,28 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
+__all__ = [
+    "AV_MODALITIES",
+    "COLLECTION_NAME_RE",
+    "INT64",
+    "MAX_ID_CHARS",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_KEYS",
+    "MAX_METADATA_LIST",
+    "MAX_METADATA_VALUES",
+    "MAX_STORED_TEXT_BYTES",
+    "METADATA_KEY_RE",
+    "MODALITIES",
+    "MODALITY_FILTER_KEY",
+    "check_av_ref",
+    "check_collection_name",
+    "check_declared_modality",
+    "check_id",
+    "check_metadata",
+    "check_stored_text",
+    "modality_of",
+]
+
 COLLECTION_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 """Collection names (matched whole: no trailing newline slips through ``$``)."""
 METADATA_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

@@ -1,8 +1,8 @@
 """The mmsearch wire schema: request and response models shared by the services and the client.
 
-This module is the single definition of the native HTTP contract. The services import it; nothing else keeps a
-copy. The OpenAI/Cohere compatibility models are the services' own (``service/compat.py``): this client never
-speaks those dialects.
+This module is the single definition of the native HTTP contract. The services import it, and the client re-exports
+it (``mmsearch_client.schemas``); nothing else keeps a copy. The OpenAI/Cohere compatibility models are the
+services' own (``service/compat.py``): the client never speaks those dialects.
 """
 
 from __future__ import annotations
@@ -11,7 +11,68 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from mmsearch_client import fields
+from mmsearch_schema import fields
+
+__all__ = [
+    "MAX_CALIBRATION_CANDIDATES",
+    "MAX_CALIBRATION_QUERIES",
+    "MAX_CALIBRATION_RELEVANT",
+    "AliasDeleteRequest",
+    "AliasDeleteResponse",
+    "AliasInfo",
+    "AliasRequest",
+    "AliasResponse",
+    "AliasesResponse",
+    "CalibrateRequest",
+    "CalibrateResponse",
+    "CalibrationInfo",
+    "CalibrationPair",
+    "CalibrationQuery",
+    "CollectionInfo",
+    "CollectionName",
+    "CollectionsResponse",
+    "DeleteRequest",
+    "DeleteResponse",
+    "DocumentId",
+    "DropRequest",
+    "DropResponse",
+    "EncodeRequest",
+    "EncodeResponse",
+    "EncodingFormat",
+    "ErrorBody",
+    "Evidence",
+    "GetRequest",
+    "GetResponse",
+    "HybridOptions",
+    "IdsRequest",
+    "IdsResponse",
+    "InputType",
+    "Item",
+    "ItemLike",
+    "MediaKind",
+    "MetadataValue",
+    "Modality",
+    "OcrLine",
+    "OcrRequest",
+    "OcrResponse",
+    "OcrResult",
+    "RerankRequest",
+    "RerankResponse",
+    "RerankResult",
+    "SearchHit",
+    "SearchMode",
+    "SearchRequest",
+    "SearchResponse",
+    "SearchTimings",
+    "SearchWarning",
+    "StoredDocument",
+    "UncalibrateRequest",
+    "UncalibrateResponse",
+    "UpsertDocument",
+    "UpsertRequest",
+    "UpsertResponse",
+    "as_item",
+]
 
 InputType = Literal["query", "document"]
 SearchMode = Literal["vector", "keyword", "hybrid"]
@@ -191,7 +252,7 @@ MetadataValue = str | int | float | bool | list[str | int | float | bool] | None
 
 
 CollectionName = Annotated[str, AfterValidator(fields.check_collection_name)]
-"""A collection's name, checked by the one rule (:func:`mmsearch_client.fields.check_collection_name`)."""
+"""A collection's name, checked by the one rule (:func:`mmsearch_schema.fields.check_collection_name`)."""
 
 
 class UpsertDocument(BaseModel):
