@@ -647,6 +647,37 @@ def test_client_installs_and_imports_without_torch(request: pytest.FixtureReques
     assert probe.returncode != 0
 
 
+def test_client_reexports_the_whole_wire_schema() -> None:
+    """``mmsearch_client.schemas`` / ``.fields`` / ``.errors`` hand out the schema package's own objects, every public
+    name of it (one a new model adds to ``mmsearch_schema`` and not to ``__all__`` fails here)."""
+    import ast
+    import types
+
+    import mmsearch_client.errors
+    import mmsearch_client.fields
+    import mmsearch_client.schemas
+    import mmsearch_schema.errors
+    import mmsearch_schema.fields
+    import mmsearch_schema.wire
+
+    def defined(module: types.ModuleType) -> set[str]:
+        tree = ast.parse(Path(str(module.__file__)).read_text())
+        names = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+        names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        return {n for n in names if not n.startswith("_")}
+
+    pairs = [(mmsearch_client.schemas, mmsearch_schema.wire), (mmsearch_client.fields, mmsearch_schema.fields)]
+    for client, schema in pairs:
+        assert set(schema.__all__) == defined(schema)
+        assert sorted(client.__all__) == sorted(schema.__all__)
+        assert [n for n in schema.__all__ if getattr(client, n) is not getattr(schema, n)] == []
+    assert set(mmsearch_schema.errors.__all__) == defined(mmsearch_schema.errors)
+    for name in ("field_to_loc", "loc_to_field", "parse_error_body"):
+        assert name in mmsearch_client.errors.__all__
+        assert getattr(mmsearch_client.errors, name) is getattr(mmsearch_schema.errors, name)
+    assert mmsearch_client.Item is mmsearch_schema.wire.Item
+
+
 def test_drop_collection_missing_ok_and_errors() -> None:
     seen: list[Any] = []
 
