@@ -31,8 +31,8 @@ $(BIN)/python:
 install: $(BIN)/python
 	@echo "==> 1/2 torch 2.14.1 + torchvision 0.29.1 $(if $(TORCH_INDEX),from $(TORCH_INDEX),from PyPI (CUDA build; see TORCH_INDEX for CPU-only))"
 	$(BIN)/pip install --progress-bar on torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	@echo "==> 2/2 mmsearch, its client and their pinned dependencies"
-	$(BIN)/pip install --progress-bar on -e './clients/python[cli]' -e .
+	@echo "==> 2/2 mmsearch, its wire schema, its client and their pinned dependencies"
+	$(BIN)/pip install --progress-bar on -e ./schema -e './clients/python[cli]' -e .
 
 # The browser tests' Chromium and axe-core come from npm, pinned by tests/browser/package-lock.json.
 install-test: install
@@ -54,12 +54,12 @@ stop:
 	$(BIN)/python -m service.stop --port $(PORT)
 
 lint: install-test
-	$(BIN)/ruff check service clients tests bench loadtest
-	$(BIN)/ruff format --check service clients tests bench loadtest
+	$(BIN)/ruff check service clients tests bench loadtest schema
+	$(BIN)/ruff format --check service clients tests bench loadtest schema
 
 typecheck: install-test
 	$(BIN)/mypy service
-	$(BIN)/mypy --strict clients/python/mmsearch_client
+	$(BIN)/mypy --strict clients/python/mmsearch_client schema/mmsearch_schema
 
 # The suite starts ~200 Python processes (bentos, workers, CLIs): bytecode is cached (in .pytest_cache, gitignored)
 # even where the environment sets PYTHONDONTWRITEBYTECODE, so each compiles the repository's modules once, not each time.
@@ -67,9 +67,10 @@ test: install-test lint typecheck
 	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/.pytest_cache/pycache \
 	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
-# Build the bento (no Docker needed). The client package travels as a wheel; the service imports its schemas.
+# Build the bento (no Docker needed). The wire schema (schema/, which the services import) travels as a wheel; the
+# client is not in the bento.
 bento: install-test
-	rm -rf dist && $(BIN)/pip wheel -q --no-deps ./clients/python -w dist
+	rm -rf dist && $(BIN)/pip wheel -q --no-deps ./schema -w dist
 	$(BIN)/bentoml build --output tag
 
 clean:
