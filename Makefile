@@ -28,15 +28,31 @@ $(BIN)/python:
 
 # torch is installed first and pinned, so no resolver ever picks an unpinned (multi-GB) build.
 # Not -q: the first install downloads gigabytes, and pip's progress bars show it moving.
-install: $(BIN)/python
-	@echo "==> 1/2 torch 2.14.1 + torchvision 0.29.1 $(if $(TORCH_INDEX),from $(TORCH_INDEX),from PyPI (CUDA build; see TORCH_INDEX for CPU-only))"
+define install_torch
+	@echo "==> torch 2.14.1 + torchvision 0.29.1 $(if $(TORCH_INDEX),from $(TORCH_INDEX),from PyPI (CUDA build; see TORCH_INDEX for CPU-only))"
 	$(BIN)/pip install --progress-bar on torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	@echo "==> 2/2 mmsearch, its client and their pinned dependencies"
-	$(BIN)/pip install --progress-bar on -e './clients/python[cli]' -e .
+endef
+EDITABLES := -e ./schema -e './clients/python[cli]'
+PROJECTS := pyproject.toml clients/python/pyproject.toml schema/pyproject.toml
 
+# Each install step leaves a stamp in the venv and runs again only when what it installs changed (a project file,
+# the npm lock file, a new venv): `make test` and `make serve` on an installed checkout start at once.
+install: $(VENV)/.installed
+$(VENV)/.installed: $(BIN)/python $(PROJECTS)
+	$(install_torch)
+	@echo "==> mmsearch, its wire schema, its client and their pinned dependencies"
+	$(BIN)/pip install --progress-bar on $(EDITABLES) -e .
+	touch $@
+
+# One resolver pass for the package with its test extras (not install's pass, then a second one for the extras).
 # The browser tests' Chromium and axe-core come from npm, pinned by tests/browser/package-lock.json.
-install-test: install
-	$(BIN)/pip install --progress-bar on -e '.[test]'
+install-test: $(VENV)/.installed-test tests/browser/node_modules/.package-lock.json
+$(VENV)/.installed-test: $(BIN)/python $(PROJECTS)
+	$(install_torch)
+	@echo "==> mmsearch with its test extras, its wire schema, its client and their pinned dependencies"
+	$(BIN)/pip install --progress-bar on $(EDITABLES) -e '.[test]'
+	touch $(VENV)/.installed $@
+tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
 	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
 serve: install
@@ -54,12 +70,15 @@ stop:
 	$(BIN)/python -m service.stop --port $(PORT)
 
 lint: install-test
-	$(BIN)/ruff check service clients tests bench loadtest
-	$(BIN)/ruff format --check service clients tests bench loadtest
+	$(BIN)/ruff check service clients tests bench loadtest schema
+	$(BIN)/ruff format --check service clients tests bench loadtest schema
 
+# The two mypy runs go side by side (each is one single-threaded process; on a clean cache each takes ~20-30 s),
+# with a cache each, since their options differ.
 typecheck: install-test
-	$(BIN)/mypy service
-	$(BIN)/mypy --strict clients/python/mmsearch_client
+	$(BIN)/mypy service & service=$$!; \
+	$(BIN)/mypy --strict --cache-dir .mypy_cache/strict clients/python/mmsearch_client schema/mmsearch_schema; \
+	client=$$?; wait $$service && exit $$client
 
 # The suite starts ~200 Python processes (bentos, workers, CLIs): bytecode is cached (in .pytest_cache, gitignored)
 # even where the environment sets PYTHONDONTWRITEBYTECODE, so each compiles the repository's modules once, not each time.
@@ -67,9 +86,10 @@ test: install-test lint typecheck
 	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/.pytest_cache/pycache \
 	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
-# Build the bento (no Docker needed). The client package travels as a wheel; the service imports its schemas.
+# Build the bento (no Docker needed). The wire schema (schema/, which the services import) travels as a wheel; the
+# client is not in the bento.
 bento: install-test
-	rm -rf dist && $(BIN)/pip wheel -q --no-deps ./clients/python -w dist
+	rm -rf dist && $(BIN)/pip wheel -q --no-deps ./schema -w dist
 	$(BIN)/bentoml build --output tag
 
 clean:

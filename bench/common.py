@@ -288,7 +288,7 @@ def bench_env(workdir: Path, **extra: str) -> dict[str, str]:
     """
     from bench.support.servers import bento_env
 
-    env = bento_env(workdir, MMSEARCH_TINY_DIR=str(tiny_dir()))  # PYTHONPATH: this checkout and its client
+    env = bento_env(workdir, MMSEARCH_TINY_DIR=str(tiny_dir()))  # PYTHONPATH: this checkout, its schema and client
     env.update(extra)
     return env
 

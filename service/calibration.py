@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import numpy as np
-from mmsearch_client.schemas import CalibrationInfo, CalibrationPair
+from mmsearch_schema.wire import CalibrationInfo, CalibrationPair
 
 Method = Literal["platt", "isotonic"]
 METHODS: tuple[Method, ...] = ("platt", "isotonic")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
-from mmsearch_client.schemas import (
+from mmsearch_schema.wire import (
     CalibrateRequest,
     CalibrateResponse,
     Item,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from mmsearch_client.schemas import EncodingFormat, InputType, Item, ItemLike
+from mmsearch_schema.wire import EncodingFormat, InputType, Item, ItemLike
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from service.errors import ApiError

@@ -11,7 +11,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from mmsearch_client.schemas import EncodeRequest, EncodeResponse, InputType, Item
+from mmsearch_schema.wire import EncodeRequest, EncodeResponse, InputType, Item
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

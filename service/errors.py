@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ParamSpec, TypeVar
 
-from mmsearch_client.errors import field_to_loc, loc_to_field, parse_error_body
+from mmsearch_schema.errors import field_to_loc, loc_to_field, parse_error_body
 from starlette.responses import Response
 
 log = logging.getLogger("mmsearch")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from mmsearch_client.schemas import Item, Modality, as_item
+from mmsearch_schema.wire import Item, Modality, as_item
 from PIL import Image
 
 from service.avload import AVRef, AVTarget, decode_planned, plan_refs

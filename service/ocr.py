@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from mmsearch_client.schemas import OcrLine as WireLine
-from mmsearch_client.schemas import OcrResult
+from mmsearch_schema.wire import OcrLine as WireLine
+from mmsearch_schema.wire import OcrResult
 from PIL import Image
 
 log = logging.getLogger("mmsearch.ocr")

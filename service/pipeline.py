@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
 import numpy as np
-from mmsearch_client.errors import field_to_loc
-from mmsearch_client.fields import MODALITIES
-from mmsearch_client.schemas import (
+from mmsearch_schema.errors import field_to_loc
+from mmsearch_schema.fields import MODALITIES
+from mmsearch_schema.wire import (
     AliasDeleteRequest,
     AliasDeleteResponse,
     AliasesResponse,

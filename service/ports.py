@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import numpy as np
-from mmsearch_client.schemas import EncodeResponse, InputType, Item, OcrResponse, RerankResponse, RerankResult
+from mmsearch_schema.wire import EncodeResponse, InputType, Item, OcrResponse, RerankResponse, RerankResult
 
 from service.breaker import CircuitBreaker, CircuitOpen
 from service.errors import ApiError, api_error_from_remote

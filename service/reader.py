@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import bentoml
-from mmsearch_client.schemas import InputType, Item, OcrRequest, OcrResponse
+from mmsearch_schema.wire import InputType, Item, OcrRequest, OcrResponse
 
 from service.bento_options import model_service_options, validated
 from service.config import get_settings

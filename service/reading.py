@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from mmsearch_client.schemas import InputType, Item
+from mmsearch_schema.wire import InputType, Item
 
 from service.errors import ApiError
 from service.ocr import OcrPage

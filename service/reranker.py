@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import bentoml
-from mmsearch_client.schemas import Item, RerankRequest, RerankResponse, RerankResult, as_item
+from mmsearch_schema.wire import Item, RerankRequest, RerankResponse, RerankResult, as_item
 
 from service.bento_options import model_service_options, validated
 from service.compat import (

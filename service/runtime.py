@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-from mmsearch_client.schemas import InputType, Item
+from mmsearch_schema.wire import InputType, Item
 
 from service.adapters import ModelAdapter
 from service.batching import (

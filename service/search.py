@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import bentoml
-from mmsearch_client.schemas import (
+from mmsearch_schema.wire import (
     AliasDeleteRequest,
     AliasDeleteResponse,
     AliasesResponse,

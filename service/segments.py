@@ -6,7 +6,7 @@ layer knows no segments: the rows are ordinary rows.
 
 * Row ids: the first window's row has the document's own id, so ``/get`` and a query by id find the document as
   before; window ``k`` >= 1 has ``<id>\\x1f<k>``. A document id never holds a control character
-  (``mmsearch_client.fields.check_id``), so no document's id is ever another's segment. Those continuation rows
+  (``mmsearch_schema.fields.check_id``), so no document's id is ever another's segment. Those continuation rows
   carry the reserved filter term ``CONTINUATION_TERM``: collection counts leave them out.
 * The stored media reference of every row names the clip and the window:
   ``media://<sha256>.<ext>?t=<t0>,<t1>&n=<n>&d=<duration>`` (``n`` windows in all; a clip within one window is

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmsearch_client.errors import loc_to_field
-from mmsearch_client.schemas import EncodeRequest, EncodingFormat, InputType, MediaKind
+from mmsearch_schema.errors import loc_to_field
+from mmsearch_schema.wire import EncodeRequest, EncodingFormat, InputType, MediaKind
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser

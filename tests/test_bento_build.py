@@ -1,6 +1,6 @@
-"""`make bento` (client wheel into dist/, then `bentoml build`) in a throwaway BENTOML_HOME, and what the bento holds:
-the four services with their APIs, pinned packages, runtime envs, the client wheel, and a Dockerfile that hadolint
-passes (warnings allowed, no errors). No Docker engine needed.
+"""`make bento` (wire-schema wheel into dist/, then `bentoml build`) in a throwaway BENTOML_HOME, and what the bento
+holds: the four services with their APIs, pinned packages, runtime envs, the schema wheel (not the client: the services
+never import it), and a Dockerfile that hadolint passes (warnings allowed, no errors). No Docker engine needed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 from bench.support.servers import REPO
 
 BIN = Path(sys.executable).parent
-WHEEL = "mmsearch_client-0.1.0-py3-none-any.whl"
+WHEEL = "mmsearch_schema-0.1.0-py3-none-any.whl"
 EMBEDDER_ROUTES = {"/encode", "/v1/embeddings", "/info"}
 RERANKER_ROUTES = {"/rerank", "/v1/rerank", "/v2/rerank", "/info"}
 # Search serves every public route (its own and its dependencies'; /upload/encode is a mounted app, not an API)
@@ -54,13 +54,12 @@ def build_env(home: Path) -> dict[str, str]:
 
 
 def build_bento(home: Path) -> Path:
-    """What `make bento` does, into ``home``: the client wheel into ./dist, then `bentoml build`; the bento dir."""
+    """What `make bento` does, into ``home``: the schema wheel into ./dist, then `bentoml build`; the bento dir."""
     env = build_env(home)
     (REPO / "dist" / WHEEL).unlink(missing_ok=True)
     # --no-build-isolation: no index needed (setuptools is in the venv)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "./clients/python",
-         "-w", "dist"],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "./schema", "-w", "dist"],
         cwd=REPO, env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     out = subprocess.run(
@@ -110,7 +109,8 @@ def test_every_service_api_is_in_the_bento(bento: Path) -> None:
         "svc = bentoml.load(sys.argv[1])\n"
         "import service\n"
         "print(json.dumps({'module': service.__file__, 'services': {n: sorted(a.route for a in s.apis.values())"
-        " for n, s in svc.all_services().items()}}))\n"
+        " for n, s in svc.all_services().items()},"
+        " 'mmsearch': sorted(m.split('.')[0] for m in sys.modules if m.startswith('mmsearch'))}))\n"
     )
     env = build_env(bento.parents[2])
     out = subprocess.run(
@@ -120,6 +120,7 @@ def test_every_service_api_is_in_the_bento(bento: Path) -> None:
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert Path(got["module"]).is_relative_to(bento / "src"), got["module"]  # the bento's copy, not the checkout
+    assert set(got["mmsearch"]) == {"mmsearch_schema"}  # all four services load without the client package
     assert {k: set(v) for k, v in got["services"].items()} == {
         "Search": SEARCH_ROUTES,
         "Embedder": EMBEDDER_ROUTES,
@@ -157,10 +158,10 @@ def test_python_packages_pinned_and_match_the_tested_env(info: dict[str, Any], b
     for r in reqs:  # every requirement is bounded and satisfied by the versions the tests ran with
         assert r.specifier, f"{r} is unpinned"
         assert r.specifier.contains(importlib.metadata.version(r.name), prereleases=True), r
-    # the bento's list is the service package's own dependency list (minus the client, which travels as a wheel)
+    # the bento's list is the service package's own dependency list (minus the wire schema, which travels as a wheel)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {Requirement(d).name.lower(): str(Requirement(d).specifier) for d in project["dependencies"]}
-    declared.pop("mmsearch-client")
+    declared.pop("mmsearch-schema")
     assert {n: str(r.specifier) for n, r in by_name.items()} == declared
     assert py["lock_packages"] is False
     assert py["extra_index_url"] == ["https://download.pytorch.org/whl/cpu"]  # CPU torch, no CUDA wheels
@@ -171,12 +172,17 @@ def test_python_packages_pinned_and_match_the_tested_env(info: dict[str, Any], b
     ).read_text().replace("PIP_ARGS=(", "").replace(")", " ")
 
 
-def test_client_wheel_included(info: dict[str, Any], bento: Path) -> None:
+def test_schema_wheel_included(info: dict[str, Any], bento: Path) -> None:
     assert info["python"]["wheels"] == [f"./dist/{WHEEL}"]
     wheel = bento / "env" / "python" / "wheels" / WHEEL
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-    assert {"mmsearch_client/__init__.py", "mmsearch_client/schemas.py"} <= names
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    modules = {n for n in names if not n.split("/")[0].endswith(".dist-info")}
+    package = {"__init__.py", "wire.py", "fields.py", "errors.py", "py.typed"}
+    assert modules == {f"mmsearch_schema/{m}" for m in package}  # the schema alone: no client, no service code
+    requires = [Requirement(line.split(":", 1)[1]) for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert [r.name for r in requires] == ["pydantic"]
     assert "pip_install" in (bento / "env" / "python" / "install.sh").read_text()
 
 

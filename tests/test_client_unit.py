@@ -56,6 +56,7 @@ from mmsearch_client.schemas import EncodeRequest
 from PIL import Image as PILImage
 
 CLIENT_DIR = Path(__file__).resolve().parents[1] / "clients" / "python"
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schema"
 
 PNG_1x1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -613,33 +614,68 @@ def _venv_python(venv: Path) -> Path:
 
 
 def test_client_installs_and_imports_without_torch(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """``pip install clients/python`` into a bare venv; the import must not pull torch (or Pillow, rich)."""
+    """``pip install schema clients/python`` into a bare venv (the client requires the wire schema, which is not on
+    an index: the local copy meets it); the import must not pull torch (or Pillow, rich)."""
     cache = Path(request.config.cache.mkdir("mmsearch-client-venv"))
     venv = cache / "venv"
     python = _venv_python(venv)
     # Build from a clean copy: an in-tree build would leave build/ and egg-info behind in the repo.
-    src = tmp_path / "client"
-    shutil.copytree(CLIENT_DIR, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    src, schema = tmp_path / "client", tmp_path / "schema"
+    for tree, copy in ((CLIENT_DIR, src), (SCHEMA_DIR, schema)):
+        shutil.copytree(tree, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-        args = [str(src)]
+        args = [str(schema), str(src)]
     else:
-        args = ["--no-deps", "--force-reinstall", str(src)]  # deps already there: refresh our code only
+        args = ["--no-deps", "--force-reinstall", str(schema), str(src)]  # deps already there: refresh our code only
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", *args], check=True, timeout=300, capture_output=True
     )
     check = (
-        "import sys, mmsearch_client, mmsearch_client.cli; "
+        "import sys, mmsearch_client, mmsearch_client.cli, mmsearch_client.schemas, mmsearch_schema.wire; "
         "from mmsearch_client import Client, AsyncClient, Image, pair; "
+        "assert mmsearch_client.schemas.Item is mmsearch_client.Item is mmsearch_schema.wire.Item; "
         "bad = [m for m in ('torch', 'PIL', 'numpy', 'bentoml') if m in sys.modules]; "
         "assert not bad, bad; print(mmsearch_client.__version__)"
     )
-    out = subprocess.run([str(python), "-c", check], check=True, capture_output=True, text=True, timeout=60)
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv's packages, not a checkout's
+    out = subprocess.run([str(python), "-c", check], check=True, capture_output=True, text=True, timeout=60, env=bare)
     assert out.stdout.strip()
     probe = subprocess.run(
         [str(python), "-c", "import torch"], capture_output=True, text=True, timeout=60
     )  # and torch really is absent from that venv
     assert probe.returncode != 0
+
+
+def test_client_reexports_the_whole_wire_schema() -> None:
+    """``mmsearch_client.schemas`` / ``.fields`` / ``.errors`` hand out the schema package's own objects, every public
+    name of it (one a new model adds to ``mmsearch_schema`` and not to ``__all__`` fails here)."""
+    import ast
+    import types
+
+    import mmsearch_client.errors
+    import mmsearch_client.fields
+    import mmsearch_client.schemas
+    import mmsearch_schema.errors
+    import mmsearch_schema.fields
+    import mmsearch_schema.wire
+
+    def defined(module: types.ModuleType) -> set[str]:
+        tree = ast.parse(Path(str(module.__file__)).read_text())
+        names = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+        names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        return {n for n in names if not n.startswith("_")}
+
+    pairs = [(mmsearch_client.schemas, mmsearch_schema.wire), (mmsearch_client.fields, mmsearch_schema.fields)]
+    for client, schema in pairs:
+        assert set(schema.__all__) == defined(schema)
+        assert sorted(client.__all__) == sorted(schema.__all__)
+        assert [n for n in schema.__all__ if getattr(client, n) is not getattr(schema, n)] == []
+    assert set(mmsearch_schema.errors.__all__) == defined(mmsearch_schema.errors)
+    for name in ("field_to_loc", "loc_to_field", "parse_error_body"):
+        assert name in mmsearch_client.errors.__all__
+        assert getattr(mmsearch_client.errors, name) is getattr(mmsearch_schema.errors, name)
+    assert mmsearch_client.Item is mmsearch_schema.wire.Item
 
 
 def test_drop_collection_missing_ok_and_errors() -> None:

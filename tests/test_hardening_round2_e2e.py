@@ -152,16 +152,20 @@ def test_decoded_pixels_are_bounded_per_request_and_per_worker(embedder: BentoSe
 # --- 2. slow clients -----------------------------------------------------------------------------------------
 
 
+CONNECTIONS = 600
+
+
 def test_slow_clients_are_cut_off_and_searches_stay_served(lance: BentoServer, seeded: str) -> None:
-    """1,500 connections drip requests (half headers, half bodies with a valid key) and come back when closed.
+    """600 connections, over twice the cap of 256, drip requests (half headers, half bodies with a valid key) and
+    come back when closed.
 
     Mechanism asserted here: every slow connection is cut (deadlines, cap), the well-behaved client is let in past
     the cap and answered, never with the 429 of a full concurrency limit. The issue's p95 < 1 s is printed here and
     measured by ``python -m bench.attacks`` (bench/RESULTS.md)."""
-    attack = start_slow_clients(lance.port, connections=1500, seconds=20, key=KEY)
+    attack = start_slow_clients(lance.port, connections=CONNECTIONS, seconds=10, key=KEY)
     try:
-        time.sleep(4)  # the attack is established (deadlines are 2 s)
-        lat = measure(_search_call(lance.url, seeded), seconds=12)
+        time.sleep(3)  # the attack is established (deadlines are 2 s)
+        lat = measure(_search_call(lance.url, seeded), seconds=6)
     finally:
         out, _ = attack.communicate(timeout=60)
     stats = json.loads(out)
@@ -172,7 +176,7 @@ def test_slow_clients_are_cut_off_and_searches_stay_served(lance: BentoServer, s
     )
     assert 429 not in lat.statuses and 0 not in lat.statuses, lat.errors  # never refused, never reset
     assert lat.statuses.count(200) >= 0.8 * len(lat.statuses), lat.errors
-    assert stats["closed_by_server"] > 1500  # every slow connection was cut, most of them several times
+    assert stats["closed_by_server"] > CONNECTIONS  # every slow connection was cut, most of them several times
     # Cut by a read deadline, or (over the cap) evicted by a newcomer with a complete request head or closed as a
     # newcomer without one. Which of these cuts a given header-dripping connection depends on timing: when the
     # cap churns fast it is evicted before its 2 s header deadline, so only the sum is asserted.

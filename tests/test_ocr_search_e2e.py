@@ -91,7 +91,7 @@ def make_serve_env(tmp: Path) -> dict[str, str]:
             "HF_HOME": str(tmp / "hf-empty"),
             "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
             "BENTOML_HOME": str(tmp / "bentoml"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "clients" / "python")]),
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "schema"), str(REPO / "clients" / "python")]),
         }
     )
     return env
@@ -265,7 +265,10 @@ def test_cli_indexes_screenshots_with_ocr_progress_and_searches_by_mode(
     for name in ("invoice", "backup"):
         (tmp_path / f"{name}.png").write_bytes(png_bytes(render(name)[0]))
     mmsearch = [str(Path(sys.executable).with_name("mmsearch")), "--url", lite_server.url, "--timeout", "300"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "clients" / "python")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "schema"), str(REPO / "clients" / "python")]),
+    }
     out = subprocess.run(
         [*mmsearch, "index", str(tmp_path), "--collection", "cli", "--no-progress"],
         capture_output=True,

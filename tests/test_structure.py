@@ -1,20 +1,33 @@
 """Structure rules of issue #20, checked from the source (standard-library ``ast``, no server, well under a second):
-product and benchmark code never import the tests, no import cycle among the modules, and no function in
-``service/`` or the client above cyclomatic complexity 15 (radon's counting) except those listed in ``COMPLEX``."""
+product and benchmark code never import the tests, the wire schema (``mmsearch_schema``) has a neutral owner (the
+services never import the client, the schema imports neither, nor anything but the standard library and pydantic),
+no import cycle among the modules, and no function in ``service/``, the client or the schema above cyclomatic
+complexity 15 (radon's counting) except those listed in ``COMPLEX``."""
 
 from __future__ import annotations
 
 import ast
+import re
+import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {
     "service": REPO / "service",
     "mmsearch_client": REPO / "clients" / "python" / "mmsearch_client",
+    "mmsearch_schema": REPO / "schema" / "mmsearch_schema",
     "bench": REPO / "bench",
     "tests": REPO / "tests",
     "loadtest": REPO / "loadtest",
 }
+NEVER_IMPORTS = {
+    # package -> the packages it must never import (issue #20: the wire schema is neither the server's nor the client's)
+    "service": {"mmsearch_client"},
+    "mmsearch_schema": {"service", "mmsearch_client", "bench", "tests", "loadtest"},
+}
+SCHEMA_THIRD_PARTY = {"pydantic"}
+"""What ``mmsearch_schema`` may import besides the standard library and itself: schema/pyproject.toml's dependencies."""
 MAX_COMPLEXITY = 15
 COMPLEX: dict[str, int] = {
     # function -> its complexity today; each is to be split (issue #20), none may grow and no other may join
@@ -50,6 +63,28 @@ def _imports(name: str, f: Path, modules: dict[str, Path]) -> set[str]:
                 t = t.rsplit(".", 1)[0]
             if t in modules and t != name:
                 out.add(t)
+    return out
+
+
+def _forbidden_imports(modules: dict[str, Path], rules: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Module -> the modules it imports from a package ``rules`` forbids to its own package."""
+    found: dict[str, list[str]] = {}
+    for name, f in modules.items():
+        banned = rules.get(name.split(".")[0], set())
+        hits = sorted(t for t in _imports(name, f, modules) if t.split(".")[0] in banned)
+        if hits:
+            found[name] = hits
+    return found
+
+
+def _top_level_imports(f: Path) -> set[str]:
+    """The top-level package of every absolute import in ``f`` (module level or in a function)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
     return out
 
 
@@ -127,9 +162,39 @@ def test_service_and_bench_never_import_the_tests() -> None:
     bad = {
         name: sorted(t for t in _imports(name, f, modules) if t.split(".")[0] == "tests")
         for name, f in modules.items()
-        if name.split(".")[0] in ("service", "mmsearch_client", "bench", "loadtest")
+        if name.split(".")[0] in ("service", "mmsearch_client", "mmsearch_schema", "bench", "loadtest")
     }
     assert not {k: v for k, v in bad.items() if v}
+
+
+def test_wire_schema_has_a_neutral_owner(tmp_path: Path) -> None:
+    """The services import the wire schema from ``mmsearch_schema``, never from the client; the schema imports
+    neither the services nor the client (nor bench, tests, loadtest), and nothing outside the standard library but
+    pydantic, so that it installs alone (the bento's wheel) and either side can change without the other."""
+    modules = _modules()
+    assert _forbidden_imports(modules, NEVER_IMPORTS) == {}
+    schema = {name: f for name, f in modules.items() if name.split(".")[0] == "mmsearch_schema"}
+    assert {"mmsearch_schema.wire", "mmsearch_schema.fields", "mmsearch_schema.errors"} <= set(schema)  # scanned
+    allowed = set(sys.stdlib_module_names) | SCHEMA_THIRD_PARTY | {"mmsearch_schema", "__future__"}
+    outside = {name: sorted(_top_level_imports(f) - allowed) for name, f in schema.items()}
+    assert not {k: v for k, v in outside.items() if v}, outside
+    project = tomllib.loads((REPO / "schema" / "pyproject.toml").read_text())["project"]
+    assert {re.split(r"[^A-Za-z0-9_.-]", d, maxsplit=1)[0] for d in project["dependencies"]} == SCHEMA_THIRD_PARTY
+    # the checkers find a violation when there is one: each import form, at module level or in a function
+    (tmp_path / "x.py").write_text("from mmsearch_client.schemas import Item\n")
+    (tmp_path / "y.py").write_text("import mmsearch_client\n")
+    (tmp_path / "z.py").write_text("def f():\n    from service import config\n    import httpx\n")
+    (tmp_path / "empty.py").write_text("")
+    fake = {"service.x": tmp_path / "x.py", "service.y": tmp_path / "y.py", "mmsearch_schema.z": tmp_path / "z.py"}
+    fake |= {
+        m: tmp_path / "empty.py" for m in ("mmsearch_client", "mmsearch_client.schemas", "service", "service.config")
+    }
+    assert _forbidden_imports(fake, NEVER_IMPORTS) == {
+        "service.x": ["mmsearch_client.schemas"],
+        "service.y": ["mmsearch_client"],
+        "mmsearch_schema.z": ["service.config"],
+    }
+    assert _top_level_imports(tmp_path / "z.py") - allowed == {"httpx", "service"}
 
 
 def test_no_import_cycles() -> None:
@@ -142,7 +207,7 @@ def test_no_import_cycles() -> None:
 
 def test_no_function_above_complexity_15() -> None:
     found: dict[str, int] = {}
-    for package in ("service", "mmsearch_client"):
+    for package in ("service", "mmsearch_client", "mmsearch_schema"):
         for f in sorted(PACKAGES[package].rglob("*.py")):
             where = f.relative_to(REPO).as_posix()
             for name, c in function_complexities(ast.parse(f.read_text())).items():

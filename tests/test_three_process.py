@@ -85,9 +85,9 @@ def service_server(bento: Path, name: str, tmp: Path, *args: str, port: int | No
     home = tmp / f"{name.lower()}-{len(list(tmp.glob(name.lower() + '-*')))}"
     home.mkdir(parents=True)
     e = bento_env(home, PYTHONUNBUFFERED="1", **env)  # access logs are read by the tests
-    # import the bento's own src/, not the checkout's service code; the client package (shipped in the bento as a
-    # wheel built from this checkout) comes from the checkout, as it would from that wheel
-    e["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "clients" / "python")
+    # import the bento's own src/, not the checkout's service code; the wire schema package (shipped in the bento as
+    # a wheel built from this checkout) comes from the checkout, as it would from that wheel
+    e["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "schema")
     return BentoServer([*START, "--service-name", name, *args, str(bento)], e, home / "server.log", port=port)
 
 

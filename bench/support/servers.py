@@ -134,7 +134,7 @@ def bento_env(tmp: Path, **extra: str) -> dict[str, str]:
             "BENTOML_HOME": str(tmp / "bentoml"),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "clients" / "python")]),
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "schema"), str(REPO / "clients" / "python")]),
         }
     )
     env.update(extra)

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 import numpy as np
-from mmsearch_client import fields
+from mmsearch_schema import fields
 
 from service.ocr import OcrLine
 
@@ -50,7 +50,7 @@ class IndexRecord:
     """The text read from the document's image (``None``: not read, or no image)."""
     ocr_lines: list[OcrLine] = field(default_factory=list)
     modality: str = ""
-    """``text``, ``image`` or ``text+image`` (``mmsearch_client.fields.modality_of``). On upsert it matters only
+    """``text``, ``image`` or ``text+image`` (``mmsearch_schema.fields.modality_of``). On upsert it matters only
     for a document with neither text nor image (the modality its embedding was made from; ``""``: none); when read
     back it is always set from what the row holds."""
 
@@ -146,11 +146,11 @@ class UnsupportedMode(Exception):
 
 
 class InvalidCollectionName(ValueError):
-    """A collection name breaks ``mmsearch_client.fields.check_collection_name``."""
+    """A collection name breaks ``mmsearch_schema.fields.check_collection_name``."""
 
 
 def check_collection_name(name: str) -> str:
-    """The wire schema's rule (``mmsearch_client.fields``), so that every backend agrees with the API."""
+    """The wire schema's rule (``mmsearch_schema.fields``), so that every backend agrees with the API."""
     try:
         return fields.check_collection_name(name)
     except ValueError as e:
@@ -179,7 +179,7 @@ def check_collection_args(name: str, dimension: int, model: str) -> None:
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:
-    """Validate document ids (``mmsearch_client.fields.check_id``: 1-512 characters, no control characters), or
+    """Validate document ids (``mmsearch_schema.fields.check_id``: 1-512 characters, no control characters), or
     a segment row's (``<document id>\\x1f<k>``, see ``service.segments``)."""
     if isinstance(ids, str):
         raise TypeError("ids must be a sequence of strings, not a single string")

@@ -8,7 +8,7 @@ Semantics, identical on every backend:
 * ``{"k": {"$ne": v}}``: ``metadata["k"]`` is present (not null) and neither equals nor contains ``v``.
 * ``{"k": {"$gt"|"$gte"|"$lt"|"$lte": n}}``: ``metadata["k"]`` is a number (not a bool, not a list) in range.
 * Several operators under one key, and several keys, are ANDed.
-* ``{"$modality": m}`` (``$eq``, ``$in``, ``$ne`` too): the document's modality (``mmsearch_client.fields``) is
+* ``{"$modality": m}`` (``$eq``, ``$in``, ``$ne`` too): the document's modality (``mmsearch_schema.fields``) is
   ``m``. It is what the document stores (text and/or image: read from the content columns, so collections written
   before modalities existed filter right), or for an embedding-only document the modality it declared (a reserved
   filter term, ``0modality_<m>``, which no metadata key can produce: those start with a letter or ``_``).
@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mmsearch_client import fields
+from mmsearch_schema import fields
 
 from service.index.base import Filter, InvalidFilter
 

@@ -63,7 +63,7 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 from lancedb.index import FTS, Bitmap, HnswSq, LabelList
 from lancedb.query import MatchQuery
-from mmsearch_client import fields
+from mmsearch_schema import fields
 
 from service import objectstore
 from service.index import base, filters
