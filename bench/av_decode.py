@@ -55,14 +55,15 @@ def shapes(tiny: bool) -> list[Shape]:
 
 def measure(shape: Shape, data: bytes, threads: int, repeats: int) -> dict[str, Any]:
     """Decode ``data`` ``repeats`` times; throughput and what one decode returned."""
-    from service.avmedia import decode_audio, decode_video
+    from service.avmedia import AudioSpec, VideoSpec
     from service.config import Settings
 
     settings = Settings(av_decode_threads=threads)
     load = HostLoad().start()
+    spec = AudioSpec(rate=16_000) if shape.kind == "audio" else VideoSpec()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        out: Any = decode_audio(data, settings, rate=16_000) if shape.kind == "audio" else decode_video(data, settings)
+        out: Any = spec.decode(data, settings)
     elapsed = time.perf_counter() - t0
     result = {
         "shape": shape.name,

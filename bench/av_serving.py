@@ -15,7 +15,7 @@ moving content, each a different colour period), sent inline as data URIs, one c
 2. service: a real ``bentoml serve service.embedder:Embedder`` on loopback, 1/8/32 closed-loop clients; the
    service always decodes (its figures include fetching the data URI, planning, decoding and the model);
 3. paired rounds: raw at batch 32 and the service at 32 clients in alternating windows (``bench.serving``);
-4. raw, decode included: ``decode_video`` + ``encode_query`` per batch of 32, paired with the service the same way.
+4. raw, decode included: ``VideoSpec.decode`` + ``encode_query`` per batch of 32, paired with the service the same way.
 
 ``ratio`` (the issue's figure) = service clips/s at 32 clients / raw clips/s at batch 32 on the same decoded arrays
 (decode excluded: the service does strictly more work); ``ratio_decode_included`` compares equal work. A parity
@@ -51,14 +51,14 @@ def decoder(model: Any) -> Callable[[bytes], Any]:
     """Bytes to the sentence-transformers input the Embedder builds: decoded under the default media policy with
     the model's own frame sampling (``AVTarget.of``), as ``ModelInput.to_st`` gives it."""
     from service.avload import AVTarget
-    from service.avmedia import decode_video
+    from service.avmedia import VideoSpec
     from service.config import Settings
     from service.inputs import ModelInput
 
     settings, target = Settings(), AVTarget.of(model)
 
     def decode(data: bytes) -> Any:
-        video = decode_video(data, settings, fps=target.video_fps, max_frames=target.video_max_frames)
+        video = VideoSpec(fps=target.video_fps, max_frames=target.video_max_frames).decode(data, settings)
         return ModelInput(video=video).to_st()
 
     return decode

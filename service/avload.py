@@ -2,8 +2,8 @@
 
 Four steps per request, after ``service.inputs`` has validated the items: every item's bytes are fetched under
 the fetch policy or read from its data URI (``MediaLoader.fetch_av``: ``max_audio_bytes``/``max_video_bytes``);
-its headers are read for a *plan*, the most samples or pixels it may decode to (``avmedia.plan_audio`` /
-``plan_video``, with every header check: container, codec, streams, duration, rate, channels, frame size); the
+its headers are read for a *plan*, the most samples or pixels it may decode to (``avmedia.AudioSpec.plan`` /
+``VideoSpec.plan``, with every header check: container, codec, streams, duration, rate, channels, frame size); the
 plans are reserved in the request's pixel lease together with its images (``service.pixels``: 413 over
 ``max_request_pixels``, 503 when the worker's in-flight budget stays full); then each item is decoded in a thread
 under a limit equal to its plan, so the decoder can never hold more than was reserved. Nothing here hands a
@@ -21,16 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.avmedia import (
-    PLAN_SLACK_S,
-    Audio,
-    AVMediaError,
-    Video,
-    decode_audio,
-    decode_video,
-    plan_audio,
-    plan_video,
-)
+from service.avmedia import PLAN_SLACK_S, Audio, AudioSpec, AVMediaError, Video, VideoSpec
 from service.config import Settings
 from service.media import MediaError, MediaLoader, _first_failure
 
@@ -64,6 +55,12 @@ class AVTarget:
             fps = fps or _positive(getattr(video, "fps", None))
             frames = frames or _positive(getattr(video, "max_frames", None))
         return cls(int(rate or DEFAULT_AUDIO_RATE), fps, int(frames) if frames else None)
+
+    def spec(self, ref: AVRef) -> AudioSpec | VideoSpec:
+        """What ``ref`` is decoded to for this model."""
+        if ref.kind == "audio":
+            return AudioSpec(rate=self.audio_rate, field=ref.field, window=ref.window)
+        return VideoSpec(fps=self.video_fps, max_frames=self.video_max_frames, field=ref.field, window=ref.window)
 
 
 def _positive(value: Any) -> float | None:
@@ -118,20 +115,7 @@ async def plan_refs(
 
     async def one(ref: AVRef) -> Planned:
         data = ref.data if ref.data is not None else await fetch(ref)
-        if ref.kind == "audio":
-            fn = functools.partial(
-                plan_audio, data, settings, rate=target.audio_rate, field=ref.field, window=ref.window
-            )
-        else:
-            fn = functools.partial(
-                plan_video,
-                data,
-                settings,
-                fps=target.video_fps,
-                max_frames=target.video_max_frames,
-                field=ref.field,
-                window=ref.window,
-            )
+        fn = functools.partial(target.spec(ref).plan, data, settings)
         return Planned(ref, data, await _counted(loader, ref.field, loader.run_decode(background, fn)))
 
     try:
@@ -148,26 +132,11 @@ async def decode_planned(
     """Decode every planned item (reserved beforehand) under a limit equal to its plan; in order."""
 
     async def one(p: Planned) -> Audio | Video:
-        ref = p.ref
-        fn: Callable[[], Audio | Video]
-        if ref.kind == "audio":
-            held = settings.model_copy(update={"max_audio_samples": p.limit})
-            fn = functools.partial(
-                decode_audio, p.data, held, rate=target.audio_rate, field=ref.field, window=ref.window
-            )
-        else:
-            held = settings.model_copy(update={"max_video_pixels": p.limit})
-            fn = functools.partial(
-                decode_video,
-                p.data,
-                held,
-                fps=target.video_fps,
-                max_frames=target.video_max_frames,
-                field=ref.field,
-                window=ref.window,
-            )
+        spec = target.spec(p.ref)
+        held = settings.model_copy(update={spec.limit: p.limit})
+        fn: Callable[[], Audio | Video] = functools.partial(spec.decode, p.data, held)
         try:
-            return await _counted(loader, ref.field, loader.run_decode(background, fn))
+            return await _counted(loader, p.ref.field, loader.run_decode(background, fn))
         except AVMediaError as e:
             raise _past_plan(e, p, settings) from None
 

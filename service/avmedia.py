@@ -38,7 +38,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import av
 import av.error
@@ -50,13 +50,11 @@ from service.media import MediaError
 __all__ = [
     "AVMediaError",
     "Audio",
+    "AudioSpec",
     "Probe",
     "Video",
-    "decode_audio",
-    "decode_video",
+    "VideoSpec",
     "keyframes",
-    "plan_audio",
-    "plan_video",
     "probe_clip",
 ]
 
@@ -89,6 +87,8 @@ _STRICT = "crccheck+bitstream+buffer+explode"
 # A decoded stream may end this much before its declared duration (share of it, or seconds) and not be "truncated".
 _TRUNCATION_SLACK = (0.1, 0.5)
 _EPS_S = 1e-3  # timestamp rounding when matching frames to sampling times
+PLAN_SLACK_S = 0.5
+"""A stream may run this much past its declared duration within its plan (muxers round durations)."""
 T = TypeVar("T")
 
 
@@ -319,6 +319,21 @@ def _opened(data: bytes, settings: Settings, kind: str, field: str | None) -> It
         yield _Opened(container, stream, declared, deadline)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Spec:
+    """What an item is decoded to (``AudioSpec``, ``VideoSpec``): ``decode`` decodes it, ``plan`` reads from its
+    headers alone, with every header check of ``decode``, the most output ``decode`` may keep."""
+
+    field: str | None = None
+    """The request field a refusal names (``inputs[2].video``)."""
+    window: tuple[float, float] | None = None
+    """``(t0, t1)`` s: only that time range of the stream (decoded from the packet or keyframe at or before ``t0``:
+    ``_Opened._seek``)."""
+    limit: ClassVar[str]
+    """The ``Settings`` field that caps ``decode``'s output: decode under a value of it equal to the plan to hold
+    the decoder to the plan."""
+
+
 # --- audio ---------------------------------------------------------------------------------------------------
 
 
@@ -447,50 +462,48 @@ class _AudioSink:
         return (self.window[0] if self.window is not None else 0.0) + n / self.rate
 
 
-def _audio_window(
-    rate: int, channels: int, window: tuple[float, float] | None, field: str | None
-) -> tuple[float, float] | None:
-    """The arguments of ``decode_audio`` and ``plan_audio`` checked; the window as ``_check_window`` returns it."""
-    if channels not in (1, 2) or rate <= 0:
-        raise ValueError("channels must be 1 or 2 and rate positive")
-    return _check_window(window, field)
+@dataclass(frozen=True, kw_only=True)
+class AudioSpec(_Spec):
+    """The first audio stream as float32 samples at ``rate`` Hz, mono (1) or stereo (2) ``channels``."""
 
+    rate: int
+    channels: int = 1
+    limit: ClassVar[str] = "max_audio_samples"
 
-def _audio_span(
-    item: _Opened,
-    settings: Settings,
-    rate: int,
-    channels: int,
-    field: str | None,
-    window: tuple[float, float] | None,
-) -> float | None:
-    """The declared seconds to keep (the window's, when given; None: none declared), refused with
-    ``too_many_samples`` when they cannot fit ``max_audio_samples`` at ``rate`` and ``channels``."""
-    span = _located(lambda: _span(item.declared, window), field)
-    if span is not None and span * rate * channels > settings.max_audio_samples:
-        raise _samples_error(math.ceil(span * rate * channels), settings, field, planned=True)
-    return span
+    def decode(self, data: bytes, settings: Settings) -> Audio:
+        """The samples of ``data`` (of the window, when given)."""
+        with self._headers(data, settings) as (item, window, _):
+            sink = _AudioSink(item.stream, settings, self.rate, self.channels, self.field, window)
+            item.feed(settings, sink.add, window[0] if window else 0.0)
+            samples = sink.finish()
+        _check_complete(sink.end_s(samples.shape[-1]), _window_end(item.declared, window), self.field)
+        return Audio(samples, self.rate)
 
+    def plan(self, data: bytes, settings: Settings) -> int:
+        """The most samples (all channels) ``decode`` may keep: the declared duration plus ``PLAN_SLACK_S`` at
+        ``rate``, or ``max_audio_samples`` when none is declared."""
+        with self._headers(data, settings) as (_, window, declared):
+            if declared is None:
+                return settings.max_audio_samples
+            slack = PLAN_SLACK_S * (2 if window else 1)  # a window also keeps the frame that straddles its start
+            return min(math.ceil((declared + slack) * self.rate) * self.channels, settings.max_audio_samples)
 
-def decode_audio(
-    data: bytes,
-    settings: Settings,
-    *,
-    rate: int,
-    channels: int = 1,
-    field: str | None = None,
-    window: tuple[float, float] | None = None,
-) -> Audio:
-    """Decode the first audio stream of ``data`` to float32 at ``rate`` Hz, mono (1) or stereo (2) channels;
-    only the ``window`` ``(t0, t1)`` s of it when given (from the packet at or before ``t0``: see ``_seek``)."""
-    window = _audio_window(rate, channels, window, field)
-    with _opened(data, settings, "audio", field) as item:
-        _audio_span(item, settings, rate, channels, field, window)
-        sink = _AudioSink(item.stream, settings, rate, channels, field, window)
-        item.feed(settings, sink.add, window[0] if window else 0.0)
-        samples = sink.finish()
-    _check_complete(sink.end_s(samples.shape[-1]), _window_end(item.declared, window), field)
-    return Audio(samples, rate)
+    @contextlib.contextmanager
+    def _headers(
+        self, data: bytes, settings: Settings
+    ) -> Iterator[tuple[_Opened, tuple[float, float] | None, float | None]]:
+        """``data`` opened and its headers checked; the window checked (``_check_window``) and the declared seconds
+        to keep (the window's, when given; None: none declared), refused with ``too_many_samples`` when they cannot
+        fit ``max_audio_samples`` at ``rate`` and ``channels``."""
+        if self.channels not in (1, 2) or self.rate <= 0:
+            raise ValueError("channels must be 1 or 2 and rate positive")
+        window = _check_window(self.window, self.field)
+        with _opened(data, settings, "audio", self.field) as item:
+            span = _located(lambda: _span(item.declared, window), self.field)
+            n = None if span is None else span * self.rate * self.channels
+            if n is not None and n > settings.max_audio_samples:
+                raise _samples_error(math.ceil(n), settings, self.field, planned=True)
+            yield item, window, span
 
 
 def _check_window(window: tuple[float, float] | None, field: str | None) -> tuple[float, float] | None:
@@ -679,34 +692,47 @@ def _start_time(stream: Any) -> float | None:
     return float(stream.start_time * stream.time_base)
 
 
-def decode_video(
-    data: bytes,
-    settings: Settings,
-    *,
-    fps: float | None = None,
-    max_frames: int | None = None,
-    field: str | None = None,
-    window: tuple[float, float] | None = None,
-) -> Video:
-    """Decode the first video stream of ``data`` into frames sampled at ``fps`` (at most ``max_frames``); only
-    the ``window`` ``(t0, t1)`` s of it when given, sampled from ``t0`` (from the keyframe at or before ``t0``).
+@dataclass(frozen=True, kw_only=True)
+class VideoSpec(_Spec):
+    """The first video stream as frames sampled at ``fps``, at most ``max_frames`` of them (a model processor's:
+    they default to, and are capped by, ``video_fps`` and ``max_video_frames``); a window is sampled from ``t0``."""
 
-    ``fps`` and ``max_frames`` (a model processor's) default to, and are capped by, ``video_fps`` and
-    ``max_video_frames``.
-    """
-    fps, max_frames = _sampling(settings, fps, max_frames)
-    window = _check_window(window, field)
-    with _opened(data, settings, "video", field) as item:
-        declared, stream = item.declared, item.stream
-        span = _located(lambda: _span(declared, window), field)
-        plan = _plan(stream, span, settings, fps, max_frames, field)
-        sink = _FrameSink(plan, settings, _start_time(stream), field, thin=span is None, window=window)
-        item.feed(settings, sink.add, window[0] if window else 0.0)
-        size = (stream.codec_context.width, stream.codec_context.height)
-    if not sink.frames:
-        raise AVMediaError("undecodable", "no video frame could be decoded", field)
-    _check_complete(sink.end, _window_end(declared, window), field)
-    return Video(np.stack(sink.frames), np.asarray(sink.times, dtype=np.float64), sink.fps, size)
+    fps: float | None = None
+    max_frames: int | None = None
+    limit: ClassVar[str] = "max_video_pixels"
+
+    def decode(self, data: bytes, settings: Settings) -> Video:
+        """The sampled frames of ``data`` (of the window, when given)."""
+        with self._headers(data, settings) as (item, window, span, plan):
+            stream = item.stream
+            sink = _FrameSink(plan, settings, _start_time(stream), self.field, thin=span is None, window=window)
+            item.feed(settings, sink.add, window[0] if window else 0.0)
+            size = (stream.codec_context.width, stream.codec_context.height)
+        if not sink.frames:
+            raise AVMediaError("undecodable", "no video frame could be decoded", self.field)
+        _check_complete(sink.end, _window_end(item.declared, window), self.field)
+        return Video(np.stack(sink.frames), np.asarray(sink.times, dtype=np.float64), sink.fps, size)
+
+    def plan(self, data: bytes, settings: Settings) -> int:
+        """The most pixels (frames x width x height) ``decode`` may keep: the frames sampled before the declared end
+        plus one, or the frame cap when no duration is declared; at most ``max_video_pixels``."""
+        with self._headers(data, settings) as (_, _, declared, plan):
+            w, h = plan.size
+            frames = plan.max_frames if declared is None else min(plan.max_frames, plan.planned + 1)
+            return min(frames * w * h, settings.max_video_pixels)
+
+    @contextlib.contextmanager
+    def _headers(
+        self, data: bytes, settings: Settings
+    ) -> Iterator[tuple[_Opened, tuple[float, float] | None, float | None, _Plan]]:
+        """``data`` opened and its headers checked; the window checked (``_check_window``), the declared seconds to
+        sample (the window's, when given; None: none declared) and the sampling plan (``_plan``: refused when its
+        frames cannot fit ``max_video_pixels``)."""
+        fps, max_frames = _sampling(settings, self.fps, self.max_frames)
+        window = _check_window(self.window, self.field)
+        with _opened(data, settings, "video", self.field) as item:
+            span = _located(lambda: _span(item.declared, window), self.field)
+            yield item, window, span, _plan(item.stream, span, settings, fps, max_frames, self.field)
 
 
 def _sampling(settings: Settings, fps: float | None, max_frames: int | None) -> tuple[float, int]:
@@ -718,57 +744,6 @@ def _sampling(settings: Settings, fps: float | None, max_frames: int | None) -> 
     return min(fps or settings.video_fps, settings.video_fps), min(
         max_frames or settings.max_video_frames, settings.max_video_frames
     )
-
-
-# --- plans: what an item will decode to, from its headers (budget reservations) ------------------------------
-
-PLAN_SLACK_S = 0.5
-"""A stream may run this much past its declared duration within its plan (muxers round durations)."""
-
-
-def plan_audio(
-    data: bytes,
-    settings: Settings,
-    *,
-    rate: int,
-    channels: int = 1,
-    field: str | None = None,
-    window: tuple[float, float] | None = None,
-) -> int:
-    """The most samples (all channels) ``decode_audio(data, ..., rate, channels)`` may keep, read from the headers
-    with every header check of ``decode_audio``; nothing is decoded. The declared duration plus
-    ``PLAN_SLACK_S`` at ``rate``, or ``max_audio_samples`` when none is declared. Decode under a
-    ``max_audio_samples`` of this plan to hold the decoder to it."""
-    window = _audio_window(rate, channels, window, field)
-    with _opened(data, settings, "audio", field) as item:
-        declared = _audio_span(item, settings, rate, channels, field, window)
-    if declared is None:
-        return settings.max_audio_samples
-    slack = PLAN_SLACK_S * (2 if window else 1)  # a window also keeps the frame that straddles its start
-    return min(math.ceil((declared + slack) * rate) * channels, settings.max_audio_samples)
-
-
-def plan_video(
-    data: bytes,
-    settings: Settings,
-    *,
-    fps: float | None = None,
-    max_frames: int | None = None,
-    field: str | None = None,
-    window: tuple[float, float] | None = None,
-) -> int:
-    """The most pixels (frames x width x height) ``decode_video(data, ..., fps, max_frames)`` may keep, read from
-    the headers with every header check of ``decode_video``; nothing is decoded. The frames sampled before the
-    declared end plus one, or ``max_frames`` when no duration is declared; at most ``max_video_pixels``. Decode
-    under a ``max_video_pixels`` of this plan to hold the decoder to it."""
-    fps, max_frames = _sampling(settings, fps, max_frames)
-    window = _check_window(window, field)
-    with _opened(data, settings, "video", field) as item:
-        declared = _located(lambda: _span(item.declared, window), field)
-        plan = _plan(item.stream, declared, settings, fps, max_frames, field)
-    w, h = plan.size
-    frames = max_frames if declared is None else min(max_frames, plan.planned + 1)
-    return min(frames * w * h, settings.max_video_pixels)
 
 
 # --- ingest: a clip's length and its keyframes (Search, service.avingest) -------------------------------------

@@ -35,6 +35,8 @@ EMBED_CONCURRENCY = 8
 
 
 async def calibrate(pipeline: SearchPipeline, req: CalibrateRequest) -> CalibrateResponse:
+    """Fit the collection's score calibration from labelled queries and store it with the collection:
+    ``/search`` then applies it to ``min_score`` and to the fused order of a balanced search."""
     name = req.collection
     await pipeline.collection_dimension(name)  # 404 before any work
     docs = await _relevant_documents(pipeline, req)
@@ -85,7 +87,8 @@ async def calibrate(pipeline: SearchPipeline, req: CalibrateRequest) -> Calibrat
 
 
 async def uncalibrate(pipeline: SearchPipeline, req: UncalibrateRequest) -> UncalibrateResponse:
-    """Remove the collection's calibration (404 for a missing collection; ``removed`` False if it had none)."""
+    """Remove the collection's score calibration: ``/search`` scores it as an uncalibrated collection again (404 for
+    a missing collection; ``removed`` False if it had none)."""
     await pipeline.collection_dimension(req.collection)  # 404 for a collection that does not exist
     removed = await pipeline.store_calibration(req.collection, None)
     return UncalibrateResponse(collection=req.collection, removed=removed)

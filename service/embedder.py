@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import lifecycle
 from service.bento_options import model_service_options, validated
 from service.compat import (
     OpenAIEmbedding,
@@ -30,8 +29,9 @@ from service.config import get_settings
 from service.errors import bad_request, handle_api_errors
 from service.inputs import ModelInput, check_av_count, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
-from service.model_host import HostedModel, ModelHost, host_models, openai_models_app
-from service.models import load_embedder, load_or_exit
+from service.model_host import HostedModel, openai_models_app
+from service.model_service import ModelService
+from service.models import load_embedder
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY
 from service.uploads import read_upload_form
 
@@ -69,16 +69,11 @@ models_app = openai_models_app()
 @bentoml.asgi_app(models_app, path="/v1")
 @bentoml.asgi_app(upload_app, path="/upload")
 @bentoml.service(name="Embedder", **model_service_options())
-class Embedder:
+class Embedder(ModelService[np.ndarray], role="embedder", load=load_embedder):
     """Encodes inputs with the query or document prompt of a sentence-transformers model, batched adaptively."""
 
-    _arm_fatal_exit = bentoml.on_deployment(lifecycle.arm)
-
     def __init__(self) -> None:
-        self.settings = get_settings()
-        self.host: ModelHost[Any, np.ndarray] = load_or_exit(
-            lambda s: host_models("Embedder", "embedder", s, load_embedder), self.settings
-        )
+        super().__init__()
         assert self.host.default is not None  # a repository has at least one embedder
 
     async def embed(

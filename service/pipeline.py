@@ -29,6 +29,12 @@ import numpy as np
 from mmsearch_schema.errors import field_to_loc
 from mmsearch_schema.fields import MODALITIES
 from mmsearch_schema.wire import (
+    AliasDeleteRequest,
+    AliasDeleteResponse,
+    AliasesResponse,
+    AliasInfo,
+    AliasRequest,
+    AliasResponse,
     CollectionInfo,
     CollectionsResponse,
     DeleteRequest,
@@ -321,12 +327,29 @@ class SearchPipeline:
         fresh = self.aliases.cached(name)
         return fresh if fresh is not None else await self.in_thread(self.aliases.resolve, name)
 
+    async def alias_table(self) -> AliasesResponse:
+        """Every alias with the collection it points at."""
+        table = await self.in_thread(self.aliases.table)
+        return AliasesResponse(aliases=[AliasInfo(alias=a, collection=c) for a, c in sorted(table.items())])
+
+    async def set_alias(self, req: AliasRequest) -> AliasResponse:
+        """Point an alias at a collection: created, or switched in one atomic write (``previous``: its old target).
+        An alias cannot shadow a collection (409) nor point at another alias (422)."""
+        previous = await self.in_thread(self.aliases.set, req.alias, req.collection)
+        return AliasResponse(alias=req.alias, collection=req.collection, previous=previous)
+
+    async def delete_alias(self, req: AliasDeleteRequest) -> AliasDeleteResponse:
+        """Delete an alias (``deleted`` False if there was none); its collection stays."""
+        deleted = await self.in_thread(self.aliases.delete, req.alias)
+        return AliasDeleteResponse(alias=req.alias, deleted=deleted)
+
     def _lock(self, collection: str) -> asyncio.Lock:
         return self._write_locks.setdefault(collection, asyncio.Lock())
 
     # ------------------------------------------------------------------------------------------- ingest
     async def upsert(self, req: UpsertRequest) -> UpsertResponse:
-        """Embed (document prompt) and store documents; an existing id is replaced."""
+        """Embed (document prompt) and store documents; an existing id is replaced. A new collection is bound to
+        ``model`` (default: the Embedder's default model), an existing one embeds with its own."""
         self._check_upsert(req)
         req = req.model_copy(update={"collection": await self.resolve(req.collection)})
         bound = await self._binding(req.collection, req.model)
@@ -595,7 +618,7 @@ class SearchPipeline:
         return DeleteResponse(collection=req.collection, deleted=n)
 
     async def drop(self, req: DropRequest) -> DropResponse:
-        """Drop a collection (404 if it does not exist; 409 while an alias points at it)."""
+        """Drop a collection and all its documents (404 if it does not exist; 409 while an alias points at it)."""
         await self.in_thread(self.aliases.check_droppable, req.collection)
         async with self._lock(req.collection):
             self._dimensions.pop(req.collection, None)
@@ -630,7 +653,8 @@ class SearchPipeline:
         )
 
     async def ids(self, req: IdsRequest) -> IdsResponse:
-        """A page of the collection's ids in id order (each page lists the collection again: a reindex's reads)."""
+        """One page of a collection's document ids in id order (``next``: the ``after`` of the next page; each page
+        lists the collection again: a reindex's reads)."""
         name = await self.resolve(req.collection)
         every = await self.in_thread(self.index.ids, name)
         start = bisect.bisect_right(every, req.after) if req.after is not None else 0
@@ -673,7 +697,7 @@ class SearchPipeline:
         return [c for c in infos if c.name != ALIASES_COLLECTION]
 
     async def collections(self) -> CollectionsResponse:
-        """Every collection with its document count, dimension, embedding model and calibration."""
+        """Every collection with its document count, dimension, embedding model and calibration (if any)."""
         out = []
         for c in await self.listed_collections():
             try:
@@ -709,7 +733,7 @@ class SearchPipeline:
     async def search(self, req: SearchRequest) -> SearchResponse:
         """Embed the query, retrieve ``candidates``, rerank them and return the best ``top_k``.
 
-        ``req.timeout`` bounds the whole search (504); its deadline also travels to the model services.
+        The request's ``timeout`` bounds the whole search (504); its deadline also travels to the model services.
         """
         self.check_search(req)
         update: dict[str, Any] = {"collection": await self.resolve(req.collection)}  # once: one collection answers

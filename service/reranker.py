@@ -17,7 +17,6 @@ from typing import Any
 import bentoml
 from mmsearch_schema.wire import Item, RerankRequest, RerankResponse, RerankResult, as_item
 
-from service import lifecycle
 from service.bento_options import model_service_options, validated
 from service.compat import (
     CohereDocument,
@@ -30,8 +29,9 @@ from service.config import get_settings
 from service.errors import ApiError, handle_api_errors
 from service.inputs import ModelInput, check_av_count, check_count, item_paths, resolve_items
 from service.middleware import install as install_middleware
-from service.model_host import HostedModel, ModelHost, host_models, openai_models_app
-from service.models import load_or_exit, load_reranker
+from service.model_host import HostedModel, openai_models_app
+from service.model_service import ModelService
+from service.models import load_reranker
 from service.runtime import QUERY_PRIORITY
 
 Scoring = HostedModel[Any, float]
@@ -42,17 +42,9 @@ models_app = openai_models_app()
 
 @bentoml.asgi_app(models_app, path="/v1")
 @bentoml.service(name="Reranker", **model_service_options())
-class Reranker:
-    """Scores query-document pairs; pairs from concurrent requests share model batches."""
-
-    _arm_fatal_exit = bentoml.on_deployment(lifecycle.arm)
-
-    def __init__(self) -> None:
-        self.settings = get_settings()
-        # the lite profile has no reranker unless one is configured: /info says so and /rerank answers 501
-        self.host: ModelHost[Any, float] = load_or_exit(
-            lambda s: host_models("Reranker", "reranker", s, load_reranker), self.settings
-        )
+class Reranker(ModelService[float], role="reranker", load=load_reranker):
+    """Scores query-document pairs; pairs from concurrent requests share model batches. The lite profile has no
+    reranker unless one is configured: ``/info`` says so and ``/rerank`` answers 501."""
 
     async def score(
         self, query: ModelInput, documents: Sequence[ModelInput], timeout: float | None, m: Scoring

@@ -20,7 +20,6 @@ from mmsearch_schema.wire import (
     AliasDeleteRequest,
     AliasDeleteResponse,
     AliasesResponse,
-    AliasInfo,
     AliasRequest,
     AliasResponse,
     CalibrateRequest,
@@ -30,17 +29,12 @@ from mmsearch_schema.wire import (
     DeleteResponse,
     DropRequest,
     DropResponse,
-    EncodeRequest,
     EncodeResponse,
     GetRequest,
     GetResponse,
     IdsRequest,
     IdsResponse,
     Item,
-    OcrRequest,
-    OcrResponse,
-    RerankRequest,
-    RerankResponse,
     SearchRequest,
     SearchResponse,
     UncalibrateRequest,
@@ -48,6 +42,7 @@ from mmsearch_schema.wire import (
     UpsertRequest,
     UpsertResponse,
 )
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -56,13 +51,6 @@ from starlette.routing import Route
 from service import bindings, calibrator, lifecycle
 from service.bento_options import search_service_options, validated
 from service.breaker import CircuitBreaker
-from service.compat import (
-    CohereRerankRequest,
-    CohereRerankResponse,
-    CohereV2RerankRequest,
-    OpenAIEmbeddingsRequest,
-    OpenAIEmbeddingsResponse,
-)
 from service.config import get_settings
 from service.embedcache import open_embedding_cache
 from service.embedder import Embedder
@@ -116,6 +104,41 @@ async def _openai_models(request: Request) -> Response:
 
 
 models_app = Starlette(routes=[Route(p, _openai_models, methods=["GET"]) for p in ("/models", "/models/{model:path}")])
+
+
+Req = TypeVar("Req", bound=BaseModel)
+Resp = TypeVar("Resp")
+
+
+def _flow(
+    route: str, spec: type[Req], answer: type[Resp], flow: Callable[[SearchPipeline, Req], Awaitable[Resp]]
+) -> Any:
+    """A route of ``Search`` that hands its request, validated as ``spec``, to ``flow`` (a ``SearchPipeline`` step)
+    and answers what it returns (``answer``); named and described by ``flow`` (its name and docstring)."""
+
+    async def api(self: Search, **kw: Any) -> Resp:
+        return await flow(self.pipeline, validated(spec, kw))
+
+    api.__name__ = api.__qualname__ = flow.__name__
+    api.__doc__ = flow.__doc__
+    return bentoml.api(route=route, input_spec=spec, output_spec=answer)(handle_api_errors(api))
+
+
+def _proxy(dependency: bentoml.Service[Any], name: str) -> Any:
+    """The API ``name`` of a dependency (the Embedder, Reranker or Reader service), reachable through Search (the
+    only public service): the same route, request and answer, sent through the dependency's circuit breaker."""
+    target = dependency.apis[name]
+    stage = dependency.name.lower()  # the dependency's attribute of Search and its circuit breaker's name
+
+    async def api(self: Search, **kw: Any) -> Any:
+        remote = getattr(self, stage).to_async
+        return await self._call(stage, lambda: getattr(remote, name)(**kw))
+
+    api.__name__ = api.__qualname__ = name
+    api.__doc__ = f"{target.doc}\n\nThe {dependency.name}'s ``{target.route}``, reachable through Search."
+    return bentoml.api(route=target.route, input_spec=target.input_spec, output_spec=target.output_spec)(
+        handle_api_errors(api)
+    )
 
 
 @bentoml.asgi_app(models_app, path="/v1")
@@ -199,36 +222,16 @@ class Search:
         return self._deps_seen_ready
 
     # ------------------------------------------------------------------------------------------- documents
-    @bentoml.api(route="/upsert", input_spec=UpsertRequest)
-    @handle_api_errors
-    async def upsert(self, **kw: Any) -> UpsertResponse:
-        """Embed (document prompt) and store documents; an existing id is replaced. A new collection is bound to
-        ``model`` (default: the Embedder's default model), an existing one embeds with its own."""
-        return await self.pipeline.upsert(validated(UpsertRequest, kw))
-
-    @bentoml.api(route="/delete", input_spec=DeleteRequest)
-    @handle_api_errors
-    async def delete(self, **kw: Any) -> DeleteResponse:
-        """Delete documents by id; ``deleted`` counts those that existed."""
-        return await self.pipeline.delete(validated(DeleteRequest, kw))
-
-    @bentoml.api(route="/drop", input_spec=DropRequest)
-    @handle_api_errors
-    async def drop(self, **kw: Any) -> DropResponse:
-        """Drop a collection and all its documents (404 if it does not exist)."""
-        return await self.pipeline.drop(validated(DropRequest, kw))
-
-    @bentoml.api(route="/get", input_spec=GetRequest)
-    @handle_api_errors
-    async def get(self, **kw: Any) -> GetResponse:
-        """Documents by id, in the order asked (missing ids are skipped)."""
-        return await self.pipeline.get(validated(GetRequest, kw))
-
-    @bentoml.api(route="/ids", input_spec=IdsRequest)
-    @handle_api_errors
-    async def ids(self, **kw: Any) -> IdsResponse:
-        """One page of a collection's document ids in id order (``next``: the ``after`` of the next page)."""
-        return await self.pipeline.ids(validated(IdsRequest, kw))
+    upsert = _flow("/upsert", UpsertRequest, UpsertResponse, SearchPipeline.upsert)
+    delete = _flow("/delete", DeleteRequest, DeleteResponse, SearchPipeline.delete)
+    drop = _flow("/drop", DropRequest, DropResponse, SearchPipeline.drop)
+    get = _flow("/get", GetRequest, GetResponse, SearchPipeline.get)
+    ids = _flow("/ids", IdsRequest, IdsResponse, SearchPipeline.ids)
+    set_alias = _flow("/aliases/set", AliasRequest, AliasResponse, SearchPipeline.set_alias)
+    delete_alias = _flow("/aliases/delete", AliasDeleteRequest, AliasDeleteResponse, SearchPipeline.delete_alias)
+    search = _flow("/search", SearchRequest, SearchResponse, SearchPipeline.search)
+    calibrate = _flow("/calibrate", CalibrateRequest, CalibrateResponse, calibrator.calibrate)
+    uncalibrate = _flow("/uncalibrate", UncalibrateRequest, UncalibrateResponse, calibrator.uncalibrate)
 
     @bentoml.api(route="/collections")
     @handle_api_errors
@@ -240,78 +243,18 @@ class Search:
     @handle_api_errors
     async def aliases(self) -> AliasesResponse:
         """Every alias with the collection it points at."""
-        table = await self.pipeline.in_thread(self.pipeline.aliases.table)
-        return AliasesResponse(aliases=[AliasInfo(alias=a, collection=c) for a, c in sorted(table.items())])
-
-    @bentoml.api(route="/aliases/set", input_spec=AliasRequest)
-    @handle_api_errors
-    async def set_alias(self, **kw: Any) -> AliasResponse:
-        """Point an alias at a collection: created, or switched in one atomic write (``previous``: its old target).
-        An alias cannot shadow a collection (409) nor point at another alias (422)."""
-        req = validated(AliasRequest, kw)
-        previous = await self.pipeline.in_thread(self.pipeline.aliases.set, req.alias, req.collection)
-        return AliasResponse(alias=req.alias, collection=req.collection, previous=previous)
-
-    @bentoml.api(route="/aliases/delete", input_spec=AliasDeleteRequest)
-    @handle_api_errors
-    async def delete_alias(self, **kw: Any) -> AliasDeleteResponse:
-        """Delete an alias (``deleted`` False if there was none); its collection stays."""
-        req = validated(AliasDeleteRequest, kw)
-        deleted = await self.pipeline.in_thread(self.pipeline.aliases.delete, req.alias)
-        return AliasDeleteResponse(alias=req.alias, deleted=deleted)
-
-    @bentoml.api(route="/search", input_spec=SearchRequest)
-    @handle_api_errors
-    async def search(self, **kw: Any) -> SearchResponse:
-        """Embed the query, retrieve ``candidates``, rerank them and return the best ``top_k``."""
-        return await self.pipeline.search(validated(SearchRequest, kw))
-
-    @bentoml.api(route="/calibrate", input_spec=CalibrateRequest)
-    @handle_api_errors
-    async def calibrate(self, **kw: Any) -> CalibrateResponse:
-        """Fit the collection's score calibration from labelled queries and store it with the collection:
-        ``/search`` then applies it to ``min_score`` and to the fused order of a balanced search."""
-        return await calibrator.calibrate(self.pipeline, validated(CalibrateRequest, kw))
-
-    @bentoml.api(route="/uncalibrate", input_spec=UncalibrateRequest)
-    @handle_api_errors
-    async def uncalibrate(self, **kw: Any) -> UncalibrateResponse:
-        """Remove the collection's score calibration: ``/search`` scores it as an uncalibrated collection again."""
-        return await calibrator.uncalibrate(self.pipeline, validated(UncalibrateRequest, kw))
+        return await self.pipeline.alias_table()
 
     # ------------------------------------------------------------------------------------------- proxies
-    @bentoml.api(route="/encode", input_spec=EncodeRequest)
-    @handle_api_errors
-    async def encode(self, **kw: Any) -> EncodeResponse:
-        """The Embedder's ``/encode``, reachable through Search (the only public service)."""
-        return await self._call("embedder", lambda: self.embedder.to_async.encode(**kw))
-
-    @bentoml.api(route="/rerank", input_spec=RerankRequest)
-    @handle_api_errors
-    async def rerank(self, **kw: Any) -> RerankResponse:
-        """The Reranker's ``/rerank``, reachable through Search."""
-        return await self._call("reranker", lambda: self.reranker.to_async.rerank(**kw))
+    encode = _proxy(Embedder, "encode")
+    openai_embeddings = _proxy(Embedder, "openai_embeddings")
+    rerank = _proxy(Reranker, "rerank")
+    cohere_rerank = _proxy(Reranker, "cohere_rerank")
+    cohere_rerank_v2 = _proxy(Reranker, "cohere_rerank_v2")
+    ocr = _proxy(Reader, "ocr")
 
     async def _call(self, stage: str, call: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         return await call_dependency(call, stage=stage, breaker=self.breakers[stage], timeout=timeout)
-
-    @bentoml.api(route="/v1/embeddings", input_spec=OpenAIEmbeddingsRequest)
-    @handle_api_errors
-    async def openai_embeddings(self, **kw: Any) -> OpenAIEmbeddingsResponse:
-        """The Embedder's OpenAI-compatible ``/v1/embeddings``."""
-        return await self._call("embedder", lambda: self.embedder.to_async.openai_embeddings(**kw))
-
-    @bentoml.api(route="/v1/rerank", input_spec=CohereRerankRequest)
-    @handle_api_errors
-    async def cohere_rerank(self, **kw: Any) -> CohereRerankResponse:
-        """The Reranker's Cohere v1 ``/v1/rerank``."""
-        return await self._call("reranker", lambda: self.reranker.to_async.cohere_rerank(**kw))
-
-    @bentoml.api(route="/v2/rerank", input_spec=CohereV2RerankRequest)
-    @handle_api_errors
-    async def cohere_rerank_v2(self, **kw: Any) -> CohereRerankResponse:
-        """The Reranker's Cohere v2 ``/v2/rerank``."""
-        return await self._call("reranker", lambda: self.reranker.to_async.cohere_rerank_v2(**kw))
 
     @handle_api_errors
     async def encode_upload(self, request: Request) -> Response:
@@ -360,12 +303,6 @@ class Search:
             served = ", ".join(m["id"] for m in data)
             raise ApiError(404, "model_not_found", f"model: no model named {name!r}; served: {served}", field="model")
         return JSONResponse(found)
-
-    @bentoml.api(route="/ocr", input_spec=OcrRequest)
-    @handle_api_errors
-    async def ocr(self, **kw: Any) -> OcrResponse:
-        """The Reader's ``/ocr``, reachable through Search."""
-        return await self._call("reader", lambda: self.reader.to_async.ocr(**kw))
 
     @bentoml.api(route="/info")
     @handle_api_errors

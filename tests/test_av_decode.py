@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from bench.support import avclips
-from service.avmedia import AVMediaError, decode_audio, decode_video
+from service.avmedia import AudioSpec, AVMediaError, VideoSpec
 from service.config import Settings
 from service.media import MediaError
 from tests.support import avhostile
@@ -50,7 +50,7 @@ def refusal(fn: Any, *args: Any, **kwargs: Any) -> AVMediaError:
 )
 def test_video_frames_colours_and_timestamps(fmt: str, codec: str) -> None:
     """A 4 s clip whose colour changes every second, sampled at 2 fps: 8 frames at 0, 0.5, ... 3.5 s."""
-    video = decode_video(avclips.video(4.0, fmt=fmt, codec=codec), settings())
+    video = VideoSpec().decode(avclips.video(4.0, fmt=fmt, codec=codec), settings())
     assert video.frames.shape == (8, 48, 64, 3) and video.frames.dtype == np.uint8
     assert video.fps == 2.0 and video.source_size == (64, 48)
     np.testing.assert_allclose(video.timestamps, np.arange(8) * 0.5, atol=1e-3)
@@ -61,15 +61,15 @@ def test_video_frames_colours_and_timestamps(fmt: str, codec: str) -> None:
 def test_caller_fps_and_frame_cap() -> None:
     """A model's processor asks 1 fps: one frame per colour; asking more than ``video_fps`` is capped to it."""
     clip = avclips.video(4.0)
-    video = decode_video(clip, settings(), fps=1.0)
+    video = VideoSpec(fps=1.0).decode(clip, settings())
     np.testing.assert_allclose(video.timestamps, [0, 1, 2, 3], atol=1e-3)
     assert len({c for c in avclips.mean_colours(video.frames)}) == 4
-    assert decode_video(clip, settings(), fps=30.0).fps == 2.0
+    assert VideoSpec(fps=30.0).decode(clip, settings()).fps == 2.0
 
 
 def test_long_video_is_sampled_sparser_to_fit_the_frame_cap() -> None:
     """20 s at 2 fps would be 40 frames; with max_video_frames=8 the rate drops so 8 frames span the clip."""
-    video = decode_video(avclips.video(20.0, rate=2, colour_s=2.5), settings(max_video_frames=8))
+    video = VideoSpec().decode(avclips.video(20.0, rate=2, colour_s=2.5), settings(max_video_frames=8))
     assert video.fps == pytest.approx(7 / 20)
     assert 7 <= len(video.frames) <= 8
     assert video.timestamps[-1] >= 15.0  # the end of the clip is represented, not only its first seconds
@@ -81,7 +81,7 @@ def test_video_without_a_declared_duration_is_thinned_to_the_frame_cap() -> None
     """A 100 s capture written where the muxer could not seek back (no duration in the header): the frame cap is
     kept by dropping every other frame and halving the rate each time it fills, so the whole clip is spanned."""
     clip = avclips.video(100.0, fmt="matroska", rate=2, colour_s=10.0, seekable=False)
-    video = decode_video(clip, settings(max_video_frames=16))
+    video = VideoSpec().decode(clip, settings(max_video_frames=16))
     assert video.fps == pytest.approx(2.0 / 2**4)  # 2 -> 1 -> 0.5 -> 0.25 -> 0.125 fps
     assert len(video.frames) <= 16
     np.testing.assert_allclose(video.timestamps, np.arange(len(video.frames)) * 8.0, atol=1e-3)
@@ -92,25 +92,25 @@ def test_video_without_a_declared_duration_is_thinned_to_the_frame_cap() -> None
 
 def test_a_header_duration_that_lies_short_is_still_refused_not_thinned() -> None:
     clip = avhostile.mkv_duration(avclips.video(20.0, fmt="matroska", rate=2), 1.0)
-    assert refusal(decode_video, clip, settings(max_video_frames=8)).reason == "too_many_frames"
+    assert refusal(VideoSpec().decode, clip, settings(max_video_frames=8)).reason == "too_many_frames"
 
 
 def test_decode_video_refuses_nonsense_arguments() -> None:
     clip = avclips.video(1.0)
     for kwargs in ({"fps": -1.0}, {"fps": float("nan")}, {"max_frames": 0}):
         with pytest.raises(ValueError):
-            decode_video(clip, settings(), **kwargs)
+            VideoSpec(**kwargs).decode(clip, settings())
 
 
 def test_large_frames_are_scaled_down_to_the_frame_pixels() -> None:
     clip = avclips.video(1.0, size=(640, 480))
-    video = decode_video(clip, settings(video_frame_pixels=320 * 240))
+    video = VideoSpec().decode(clip, settings(video_frame_pixels=320 * 240))
     assert video.frames.shape[1:] == (240, 320, 3) and video.source_size == (640, 480)
     assert np.abs(np.subtract(avclips.mean_colours(video.frames)[0], avclips.COLOURS[0])).max() <= COLOUR_TOLERANCE
 
 
 def test_frames_over_the_source_cap_are_refused_from_the_header() -> None:
-    err = refusal(decode_video, avclips.video(1.0, size=(640, 480)), settings(max_video_source_pixels=640 * 479))
+    err = refusal(VideoSpec().decode, avclips.video(1.0, size=(640, 480)), settings(max_video_source_pixels=640 * 479))
     assert (err.reason, err.status) == ("too_many_pixels", 413)
     assert "640x480" in err.message and "max_video_source_pixels=306560" in err.message
 
@@ -118,7 +118,7 @@ def test_frames_over_the_source_cap_are_refused_from_the_header() -> None:
 @pytest.mark.parametrize("declared", [-5.0, float("nan"), 0.0])
 def test_nonsense_declared_durations_are_ignored(declared: float) -> None:
     """A negative, NaN or zero Duration is no declaration: sampling follows the decoded timestamps."""
-    video = decode_video(avhostile.mkv_duration(avclips.video(4.0, fmt="matroska"), declared), settings())
+    video = VideoSpec().decode(avhostile.mkv_duration(avclips.video(4.0, fmt="matroska"), declared), settings())
     assert video.fps == 2.0
     np.testing.assert_allclose(video.timestamps, np.arange(8) * 0.5, atol=1e-3)
 
@@ -128,13 +128,13 @@ def test_mp4_duration_boxes_that_lie_are_not_trusted() -> None:
     clip = avclips.video(4.0)
     lying = avhostile.mp4_durations(clip, 5 * 3600)
     assert len(lying) == len(clip) and lying != clip
-    video = decode_video(lying, settings())
+    video = VideoSpec().decode(lying, settings())
     np.testing.assert_allclose(video.timestamps, np.arange(8) * 0.5, atol=1e-3)
 
 
 def test_planned_pixels_are_refused_before_decoding() -> None:
     """8 frames of 64x48 = 24,576 pixels: over a budget of 20,000, refused from the header (the plan)."""
-    err = refusal(decode_video, avclips.video(4.0), settings(max_video_pixels=20_000))
+    err = refusal(VideoSpec().decode, avclips.video(4.0), settings(max_video_pixels=20_000))
     assert (err.reason, err.status) == ("too_many_pixels", 413)
     assert "8 frames of 64x48 need 24576 pixels" in err.message and "max_video_pixels=20000" in err.message
 
@@ -155,7 +155,7 @@ def test_planned_pixels_are_refused_before_decoding() -> None:
 )
 def test_audio_tone_resampled(fmt: str, codec: str, rate: int) -> None:
     """A 2 s 1 kHz tone at the source rate comes back as 16 kHz mono float32, still 1 kHz."""
-    audio = decode_audio(avclips.audio(2.0, fmt=fmt, codec=codec, rate=rate, freq=1000.0), settings(), rate=16_000)
+    audio = AudioSpec(rate=16_000).decode(avclips.audio(2.0, fmt=fmt, codec=codec, rate=rate, freq=1000.0), settings())
     assert audio.rate == 16_000 and audio.samples.dtype == np.float32 and audio.samples.ndim == 1
     assert audio.duration_s == pytest.approx(2.0, abs=0.05)  # encoders pad a few ms (AAC's priming, MP3's frames)
     assert avclips.dominant_hz(audio.samples, 16_000) == pytest.approx(1000.0, abs=1.0)
@@ -164,16 +164,16 @@ def test_audio_tone_resampled(fmt: str, codec: str, rate: int) -> None:
 
 def test_stereo_keeps_channel_order_and_mono_is_their_mean() -> None:
     clip = avclips.audio(2.0, rate=44_100, channels=2, freq=(440.0, 1000.0))
-    stereo = decode_audio(clip, settings(), rate=16_000, channels=2)
+    stereo = AudioSpec(rate=16_000, channels=2).decode(clip, settings())
     assert stereo.samples.shape == (2, 32_000)
     assert avclips.dominant_hz(stereo.samples[0], 16_000) == pytest.approx(440.0, abs=1.0)
     assert avclips.dominant_hz(stereo.samples[1], 16_000) == pytest.approx(1000.0, abs=1.0)
-    mono = decode_audio(clip, settings(), rate=16_000, channels=1)
+    mono = AudioSpec(rate=16_000, channels=1).decode(clip, settings())
     np.testing.assert_allclose(mono.samples, stereo.samples.mean(axis=0), atol=1e-4)
 
 
 def test_mono_to_stereo_repeats_the_channel() -> None:
-    audio = decode_audio(avclips.audio(1.0), settings(), rate=8_000, channels=2)
+    audio = AudioSpec(rate=8_000, channels=2).decode(avclips.audio(1.0), settings())
     assert audio.samples.shape == (2, 8_000)
     np.testing.assert_array_equal(audio.samples[0], audio.samples[1])
     assert float(np.abs(audio.samples).max()) == pytest.approx(0.5, abs=0.01)
@@ -183,12 +183,12 @@ def test_truncated_wav_and_ogg_decode_as_the_shorter_streams_they_are() -> None:
     """Their headers keep no length FFmpeg trusts (WAV's data size is clamped to the file; Ogg's is its last page):
     a cut file is a valid shorter one, decoded as such (documented, not refused)."""
     for clip in (avclips.audio(4.0), avclips.audio(4.0, fmt="ogg", codec="libopus", rate=48_000)):
-        audio = decode_audio(clip[: len(clip) // 2], settings(), rate=16_000)
+        audio = AudioSpec(rate=16_000).decode(clip[: len(clip) // 2], settings())
         assert 1.5 < audio.duration_s < 2.5
 
 
 def test_planned_samples_are_refused_before_decoding() -> None:
-    err = refusal(decode_audio, avclips.audio(10.0), settings(max_audio_samples=100_000), rate=16_000)
+    err = refusal(AudioSpec(rate=16_000).decode, avclips.audio(10.0), settings(max_audio_samples=100_000))
     assert (err.reason, err.status) == ("too_many_samples", 413)
     assert "would decode to 160000 samples" in err.message and "max_audio_samples=100000" in err.message
 
@@ -196,7 +196,7 @@ def test_planned_samples_are_refused_before_decoding() -> None:
 def test_samples_past_a_lying_header_are_refused_while_decoding() -> None:
     """The header says 1 s (16,000 samples, within budget); the stream runs 20 s and hits the budget mid-decode."""
     clip = avhostile.flac_total_samples(avclips.audio(20.0, fmt="flac", codec="flac"), 16_000)
-    err = refusal(decode_audio, clip, settings(max_audio_samples=100_000), rate=16_000)
+    err = refusal(AudioSpec(rate=16_000).decode, clip, settings(max_audio_samples=100_000))
     assert (err.reason, err.status) == ("too_many_samples", 413) and "decodes to more than" in err.message
 
 
@@ -204,14 +204,14 @@ def test_samples_past_a_lying_header_are_refused_while_decoding() -> None:
 def test_decode_wall_time_is_enforced(kind: str) -> None:
     tight = settings(av_decode_timeout_s=1e-6)
     if kind == "audio":
-        err = refusal(decode_audio, avclips.audio(1.0), tight, rate=16_000)
+        err = refusal(AudioSpec(rate=16_000).decode, avclips.audio(1.0), tight)
     else:
-        err = refusal(decode_video, avclips.video(1.0), tight)
+        err = refusal(VideoSpec().decode, avclips.video(1.0), tight)
     assert (err.reason, err.status) == ("decode_too_slow", 413) and "av_decode_timeout_s=1e-06" in err.message
 
 
 def test_refusal_is_a_media_error_with_the_field() -> None:
-    err = refusal(decode_video, b"", settings(), field="inputs[2].video")
+    err = refusal(VideoSpec(field="inputs[2].video").decode, b"", settings())
     assert isinstance(err, MediaError) and err.field == "inputs[2].video"
     assert str(err) == "inputs[2].video: video is empty (0 bytes)"
 
@@ -221,9 +221,9 @@ def test_allowlists_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("MMSEARCH_AUDIO_CONTAINERS", "wav")
     s = Settings()
     assert s.video_codecs == ("vp9", "av1") and s.audio_containers == ("wav",)
-    err = refusal(decode_video, avclips.video(1.0), s)
+    err = refusal(VideoSpec().decode, avclips.video(1.0), s)
     assert (err.reason, err.status) == ("codec_not_allowed", 415) and "h264" in err.message
-    err = refusal(decode_audio, avclips.audio(1.0, fmt="flac", codec="flac"), s, rate=16_000)
+    err = refusal(AudioSpec(rate=16_000).decode, avclips.audio(1.0, fmt="flac", codec="flac"), s)
     assert (err.reason, err.status) == ("container_not_allowed", 415)
 
 
@@ -289,7 +289,7 @@ def test_randomly_damaged_clips_decode_or_are_refused_never_anything_else() -> N
                 data = avhostile.mutate(clip, rng)
                 t0 = time.monotonic()
                 try:
-                    decode_audio(data, s, rate=16_000) if kind == "audio" else decode_video(data, s)
+                    AudioSpec(rate=16_000).decode(data, s) if kind == "audio" else VideoSpec().decode(data, s)
                     outcome = "decoded"
                 except AVMediaError as e:
                     assert 400 <= e.status < 500, e.reason
@@ -304,7 +304,7 @@ MEMORY_PROBE = textwrap.dedent(
     import json, re, sys
     from pathlib import Path
     from bench.support import avclips
-    from service.avmedia import AVMediaError, decode_video
+    from service.avmedia import AVMediaError, VideoSpec
     from service.config import Settings
     from tests.support import avhostile
 
@@ -312,7 +312,7 @@ MEMORY_PROBE = textwrap.dedent(
         return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 
     cases = avhostile.read(Path(sys.argv[1]))
-    decode_video(avclips.video(1.0), Settings())  # warm: codecs, swscale and numpy paths loaded
+    VideoSpec().decode(avclips.video(1.0), Settings())  # warm: codecs, swscale and numpy paths loaded
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS (a forked child inherits the parent's)
     base = peak_kib()
     refused = 0

@@ -22,7 +22,7 @@ from bench.support import avclips
 from bench.support.attacks import RssSampler, settled_rss
 from bench.support.images import data_uri, decode, make_image, png_bytes
 from bench.support.servers import BentoServer, StaticServer, tiny_dir
-from service.avmedia import decode_audio, decode_video
+from service.avmedia import AudioSpec, VideoSpec
 from service.config import Settings
 from service.inputs import ModelInput
 from service.tiny import TinyAVModels, ensure_tiny_av_models
@@ -114,7 +114,7 @@ def test_audio_vectors_equal_in_process_sentence_transformers(
     settings = Settings()
     lengths = set()
     for row, data in zip(got, (WAV, MP3, FLAC, OGG, WAV), strict=True):
-        audio = decode_audio(data, settings, rate=RATE)
+        audio = AudioSpec(rate=RATE).decode(data, settings)
         lengths.add(audio.samples.shape[0])
         want = _unit(_alone(model, input_type, {"audio": {"array": audio.samples, "sampling_rate": RATE}}))
         assert np.abs(row - want).max() <= TOL
@@ -200,7 +200,7 @@ def test_video_vectors_equal_in_process_sentence_transformers(
     got = np.asarray(r.json()["embeddings"], dtype=np.float32)
     model = SentenceTransformer(str(av_models.video_embedder), device="cpu")
     settings = Settings()
-    mp4, webm = decode_video(MP4, settings), decode_video(WEBM, settings)
+    mp4, webm = VideoSpec().decode(MP4, settings), VideoSpec().decode(WEBM, settings)
     assert mp4.frames.shape[0] == 6 and webm.frames.shape[0] == 3  # 2 fps
     local = [
         ModelInput(video=mp4).to_st(),

@@ -26,7 +26,7 @@ from PIL import Image as PILImage
 from bench.support import avclips
 from bench.support.servers import StaticServer
 from service.avload import AVTarget, budget_units
-from service.avmedia import Audio, Video, decode_audio, decode_video, plan_audio, plan_video
+from service.avmedia import Audio, AudioSpec, Video, VideoSpec
 from service.config import Settings
 from service.errors import ApiError
 from service.inputs import ModelInput, av_to_st, check_av_count, item_paths, resolve_items
@@ -104,7 +104,7 @@ def test_audio_items_resolve_to_the_decoders_arrays_and_reserve_their_plans(clip
     assert [x.modality for x in got] == ["audio", "text+audio", "audio"]
     for x, data in zip(got, (WAV, MP3, FLAC), strict=True):
         assert isinstance(x.audio, Audio) and x.image is None and x.video is None
-        want = decode_audio(data, s, rate=16_000)
+        want = AudioSpec(rate=16_000).decode(data, s)
         assert x.audio.rate == 16_000 and x.audio.samples.dtype == np.float32 and x.audio.samples.ndim == 1
         np.testing.assert_array_equal(x.audio.samples, want.samples)  # mono, resampled, bit for bit
     # what sentence-transformers is handed: arrays in its dict form, the text beside them; never a string medium
@@ -112,7 +112,7 @@ def test_audio_items_resolve_to_the_decoders_arrays_and_reserve_their_plans(clip
     assert isinstance(st, dict) and st["text"] == "a caption" and set(st["audio"]) == {"array", "sampling_rate"}
     assert st["audio"]["array"] is got[1].audio.samples and st["audio"]["sampling_rate"] == 16_000
     # the lease held every item's plan (declared duration + slack at 16 kHz), float32 samples at 4/3 pixel each
-    plans = [plan_audio(d, s, rate=16_000) for d in (WAV, MP3, FLAC)]
+    plans = [AudioSpec(rate=16_000).plan(d, s) for d in (WAV, MP3, FLAC)]
     assert plans[0] == math.ceil(1.5 * 16_000)
     assert held == sum(budget_units("audio", p) for p in plans) == sum(math.ceil(p * 4 / 3) for p in plans)
     assert all(x.audio is not None and x.audio.samples.size <= p for x, p in zip(got, plans, strict=True))
@@ -122,7 +122,7 @@ def test_video_items_resolve_to_sampled_frames(clips: str) -> None:
     s = _settings()
     items: list[str | Item] = [Item(video=uri("video", "mp4", MP4)), Item(video=f"{clips}/clip.mp4", text="t")]
     got, held = run(_resolve(items, s, supported=["text", "video", "text+video"]))
-    want = decode_video(MP4, s)
+    want = VideoSpec().decode(MP4, s)
     for x in got:
         assert isinstance(x.video, Video)
         np.testing.assert_array_equal(x.video.frames, want.frames)
@@ -136,7 +136,7 @@ def test_video_items_resolve_to_sampled_frames(clips: str) -> None:
         "duration": 2.0,
         "frames_indices": [0, 1, 2, 3],
     }
-    assert held == 2 * plan_video(MP4, s) == 2 * 5 * 64 * 48  # 4 sampling times before the end, plus one
+    assert held == 2 * VideoSpec().plan(MP4, s) == 2 * 5 * 64 * 48  # 4 sampling times before the end, plus one
 
 
 def test_av_not_served_or_not_supported_is_422_naming_what_is() -> None:
@@ -187,7 +187,7 @@ def test_audio_refusals_name_the_item(clips: str, ref: str, settings: dict[str, 
 
 def test_request_budget_counts_audio_with_images_and_holds_the_decoder_to_its_plan() -> None:
     wav = Item(audio=uri("audio", "wav", WAV))
-    need = budget_units("audio", plan_audio(WAV, Settings(), rate=16_000))
+    need = budget_units("audio", AudioSpec(rate=16_000).plan(WAV, Settings()))
     with pytest.raises(MediaError) as e:  # the second clip crosses the per-request budget: refused before decoding
         run(_resolve([wav, wav], _settings(max_request_pixels=need + 10)))
     assert (e.value.reason, e.value.status, e.value.field) == ("too_many_pixels", 413, "inputs[1].audio")

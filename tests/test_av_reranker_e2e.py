@@ -21,7 +21,7 @@ from sentence_transformers import CrossEncoder
 
 from bench.support import avclips
 from bench.support.servers import BentoServer, StaticServer, tiny_dir
-from service.avmedia import decode_video
+from service.avmedia import VideoSpec
 from service.config import Settings
 from service.inputs import ModelInput
 from service.mediastore import MediaStore
@@ -114,8 +114,8 @@ def test_text_against_video_scores_equal_in_process_cross_encoder(
         {"video": ref, "t0": 0.5, "t1": 1.5},  # a segment of the stored clip, as Search sends its candidates
     ]
     settings = Settings()
-    mp4, webm, other = (decode_video(x, settings) for x in (MP4, WEBM, OTHER))
-    window = decode_video(OTHER, settings, window=(0.5, 1.5))
+    mp4, webm, other = (VideoSpec().decode(x, settings) for x in (MP4, WEBM, OTHER))
+    window = VideoSpec(window=(0.5, 1.5)).decode(OTHER, settings)
     assert (mp4.frames.shape[0], webm.frames.shape[0], other.frames.shape[0], window.frames.shape[0]) == (6, 3, 4, 2)
     local_docs = [
         ModelInput(video=mp4).to_pair_st(),

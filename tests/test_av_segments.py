@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from bench.support import avclips
 from service import mediagc, segments
-from service.avmedia import AVMediaError, decode_audio, decode_video, plan_video, probe_clip
+from service.avmedia import AudioSpec, AVMediaError, VideoSpec, probe_clip
 from service.config import Settings
 from service.errors import ApiError
 from service.index.factory import open_index
@@ -110,22 +110,22 @@ def test_a_video_window_is_that_span_of_the_clip() -> None:
     """60 s, a colour per 5 s, a keyframe every 2 s: the window 20-30 s starts at 20 s, sampled at 2 fps."""
     data = avclips.video(60.0, size=(64, 48), rate=4, colour_s=5.0, options={"g": "8"})
     s = Settings()
-    part = decode_video(data, s, window=(20.0, 30.0))
+    part = VideoSpec(window=(20.0, 30.0)).decode(data, s)
     np.testing.assert_allclose(part.timestamps, 20.0 + np.arange(20) * 0.5, atol=1e-3)
     for t, got in zip(part.timestamps, avclips.mean_colours(part.frames), strict=True):
         assert np.abs(np.subtract(got, avclips.colour_at(t, 5.0))).max() <= 12, (t, got)
-    assert plan_video(data, s, window=(20.0, 30.0)) < plan_video(data, s)  # reserved for the window only
+    assert VideoSpec(window=(20.0, 30.0)).plan(data, s) < VideoSpec().plan(data, s)  # reserved for the window only
     assert probe_clip(data, s, "video").duration == pytest.approx(60.0) and probe_clip(data, s, "video").ext == "mp4"
     with pytest.raises(AVMediaError) as info:
-        decode_video(data, s, window=(70.0, 80.0), field="inputs[0].video")
+        VideoSpec(window=(70.0, 80.0), field="inputs[0].video").decode(data, s)
     assert info.value.status == 422 and info.value.reason == "bad_window" and info.value.field == "inputs[0].video"
 
 
 def test_an_audio_window_equals_the_same_span_of_the_whole_clip() -> None:
     data = avclips.audio(30.0, freq=440.0)
     s = Settings()
-    whole = decode_audio(data, s, rate=16_000)
-    part = decode_audio(data, s, rate=16_000, window=(10.0, 12.5))
+    whole = AudioSpec(rate=16_000).decode(data, s)
+    part = AudioSpec(rate=16_000, window=(10.0, 12.5)).decode(data, s)
     assert part.samples.shape == (40_000,)
     np.testing.assert_array_equal(part.samples, whole.samples[160_000:200_000])
 

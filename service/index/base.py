@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -155,6 +155,18 @@ def check_collection_name(name: str) -> str:
         return fields.check_collection_name(name)
     except ValueError as e:
         raise InvalidCollectionName(str(e)) from None
+
+
+def dropped(drop: Callable[[], object], gone: Callable[[Exception], bool]) -> bool:
+    """Run a backend's ``drop`` of one collection: True, or False when it fails because ``gone`` says the
+    collection no longer exists (another process dropped it first). Any other failure is raised."""
+    try:
+        drop()
+    except Exception as e:
+        if gone(e):
+            return False
+        raise
+    return True
 
 
 def check_collection_args(name: str, dimension: int, model: str) -> None:

@@ -498,13 +498,7 @@ class LanceIndex(VectorIndex):
                 raise base.CollectionMismatch.foreign(name) from None
             self._forget(name)
             self._maintenance.forget(name)
-            try:
-                self._db.drop_table(name)
-            except Exception as e:
-                if _missing(e):
-                    return False
-                raise
-            return True
+            return base.dropped(lambda: self._db.drop_table(name), _missing)
 
     def list_collections(self) -> list[IndexedCollection]:
         names: list[str] = []

@@ -165,9 +165,9 @@ def _stale(e: MilvusException) -> bool:
     return any(marker in text for marker in (*_GONE, "not loaded", "dimension", "dim (", "schema"))
 
 
-def _gone(e: MilvusException) -> bool:
-    text = str(e).lower()
-    return any(marker in text for marker in _GONE)
+def _gone(e: Exception) -> bool:
+    """The server's answer about a collection that does not exist (any more)."""
+    return isinstance(e, MilvusException) and any(marker in str(e).lower() for marker in _GONE)
 
 
 class MilvusIndex(VectorIndex):
@@ -392,13 +392,7 @@ class MilvusIndex(VectorIndex):
                 return False
             if self._describe(name) is None:
                 raise base.CollectionMismatch.foreign(name)
-            try:
-                self._client.drop_collection(name)
-            except MilvusException as e:
-                if _gone(e):
-                    return False
-                raise
-            return True
+            return base.dropped(lambda: self._client.drop_collection(name), _gone)
 
     # --- documents --------------------------------------------------------------------------------------------
 

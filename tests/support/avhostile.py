@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from bench.support import avclips
-from service.avmedia import Audio, Video, decode_audio, decode_video
+from service.avmedia import Audio, AudioSpec, Video, VideoSpec
 from service.config import Settings
 
 MIB = 1024 * 1024
@@ -41,8 +41,8 @@ def decode(case: Case) -> Audio | Video:
     """Hand the case's bytes to its decoder, under its settings."""
     settings = Settings(**case.settings)
     if case.kind == "audio":
-        return decode_audio(case.data, settings, rate=16_000)
-    return decode_video(case.data, settings)
+        return AudioSpec(rate=16_000).decode(case.data, settings)
+    return VideoSpec().decode(case.data, settings)
 
 
 # --- byte surgery ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ async clients only send it, retry it and sleep. ``upsert_many``'s per-batch logi
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -235,13 +236,8 @@ def convert_documents(batch: Sequence[DocumentLike]) -> tuple[list[dict[str, Any
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
         yield batch
 
 
