@@ -78,6 +78,9 @@ LITE_LOCK_WAIT_S = 5.0
 INDEX_BUILD_TIMEOUT_S = 3600.0
 LITE_FLUSH_ROWS = 1024
 
+NOT_CONTINUATION = f'not array_contains({TERMS}, "{base.CONTINUATION_TERM}")'
+"""The rows that are documents: not a segmented document's continuation rows (``service.segments``)."""
+
 _lite_registry_lock = threading.Lock()
 _lite_registry: dict[str, tuple[int, threading.RLock]] = {}
 
@@ -548,8 +551,30 @@ class MilvusIndex(VectorIndex):
 
         return self._fresh(name, scan)
 
-    def ids(self, name: str) -> list[str]:
-        return self._fresh(name, lambda _: sorted(row["id"] for row in self._scan(name, ["id"])))
+    def ids(self, name: str, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Queries ``id > after`` (less continuation rows) of at most ``MAX_TOPK`` rows each, in iterator mode:
+        Milvus then merges the segments' rows by primary key and answers the smallest (pymilvus's query iterator
+        relies on it; without it Milvus Lite answered any ``limit`` matching rows, unordered). Sorted again here."""
+        base.check_id_page(after, limit)
+
+        def page(_: _Meta) -> list[str]:
+            self._ensure_loaded(name)
+            out: list[str] = []
+            last = after
+            while limit is None or len(out) < limit:
+                n = MAX_TOPK if limit is None else min(MAX_TOPK, limit - len(out))
+                expr = NOT_CONTINUATION if last is None else f"id > {_string_literal(last)} and {NOT_CONTINUATION}"
+                rows = self._client.query(
+                    name, filter=expr, output_fields=["id"], limit=n, iterator="True", **self._read
+                )
+                got = sorted(str(row["id"]) for row in rows)
+                out += got
+                if len(got) < n:
+                    break
+                last = got[-1]
+            return out
+
+        return self._fresh(name, page)
 
     def _scan(self, name: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """Every row of ``name`` with ``fields``, a thousand rows per query."""
