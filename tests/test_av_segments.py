@@ -37,6 +37,7 @@ from service import mediagc, segments
 from service.avmedia import AVMediaError, decode_audio, decode_video, plan_video, probe_clip
 from service.config import Settings
 from service.errors import ApiError
+from service.index import base as index_base
 from service.index.factory import open_index
 from service.media import MediaLoader
 from service.mediastore import MediaStore, name_of, thumbnail_name, valid_name
@@ -77,6 +78,36 @@ def test_row_ids_and_stored_references_round_trip() -> None:
     assert name_of(stored) == "a" * 64 + ".mp4"
     assert thumbnail_name(stored) == "a" * 64 + ".t8000.thumb.jpeg" and valid_name("a" * 64 + ".t8000.thumb.jpeg")
     assert thumbnail_name("media://" + "a" * 64 + ".wav?t=0,1&n=1&d=1") is None
+
+
+def test_id_pages_list_documents_whatever_the_rows_between_them() -> None:
+    """``VectorIndex.ids`` without servers: ``base.document_page`` over a backend's sorted row query (here a list)
+    and ``base.id_page`` over rows in memory give every document once, in order, after any bound; a clip of 50
+    segments between two documents costs more queries, never a missing or repeated document."""
+    rows = sorted(["a", "é", "z", *segments.row_ids("film", 50), *segments.row_ids("b", 3), *segments.row_ids("y", 2)])
+    docs = [r for r in rows if not segments.is_continuation(r)]
+    assert docs == ["a", "b", "film", "y", "z", "é"]
+    asked: list[tuple[str | None, int]] = []
+
+    def rows_after(bound: str | None, n: int) -> list[str]:
+        asked.append((bound, n))
+        return [r for r in rows if bound is None or r > bound][:n]
+
+    for most in (1, 3, 8, 1000):
+        for after in (None, "", "a", "b", "b\x1f2", "film", "film\x1f7", "x", "é", "日"):
+            want = [d for d in docs if after is None or d > after]
+            for limit in (None, 1, 2, 5):
+                got = index_base.document_page(rows_after, after, limit, most)
+                assert got == want[:limit] == index_base.id_page(reversed(rows), after, limit), (most, after, limit)
+    asked.clear()
+    assert index_base.document_page(rows_after, "b", 1, 1000) == ["film"]
+    assert asked == [("b", 2), ("b\x1f2", 2)]  # twice what it lacks, from the last row seen
+    asked.clear()
+    assert index_base.document_page(rows_after, "film", 2, 1000) == ["y", "z"]
+    assert len(asked) == 13 and {n for _, n in asked} == {4}  # 4 rows at a time through the film's 49 others
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="limit"):
+            index_base.document_page(rows_after, None, bad, 10)  # type: ignore[arg-type]
 
 
 def test_segment_settings_are_validated() -> None:

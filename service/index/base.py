@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -99,6 +99,26 @@ def id_page(row_ids: Iterable[str], after: str | None, limit: int | None) -> lis
     check_id_page(after, limit)
     docs = (i for i in row_ids if not is_continuation(i) and (after is None or i > after))
     return sorted(docs) if limit is None else heapq.nsmallest(limit, docs)
+
+
+def document_page(
+    rows_after: Callable[[str | None, int], list[str]], after: str | None, limit: int | None, most: int
+) -> list[str]:
+    """``VectorIndex.ids``' answer from a backend query ``rows_after(bound, n)``: the first ``n`` (at most ``most``)
+    row ids after ``bound`` (None: from the first), sorted. Continuation rows are dropped here; as they sort right
+    after their document, a page over clips asks twice the ids it still lacks, again from the last row seen until
+    it has ``limit`` documents or the rows end."""
+    check_id_page(after, limit)
+    out: list[str] = []
+    last = after
+    while limit is None or len(out) < limit:
+        n = most if limit is None else min(most, 2 * (limit - len(out)))
+        rows = rows_after(last, n)
+        out += [r for r in rows if not is_continuation(r)]
+        if len(rows) < n:
+            break
+        last = rows[-1]
+    return out if limit is None else out[:limit]
 
 
 def check_id_page(after: str | None, limit: int | None) -> None:

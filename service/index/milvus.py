@@ -78,9 +78,6 @@ LITE_LOCK_WAIT_S = 5.0
 INDEX_BUILD_TIMEOUT_S = 3600.0
 LITE_FLUSH_ROWS = 1024
 
-NOT_CONTINUATION = f'not array_contains({TERMS}, "{base.CONTINUATION_TERM}")'
-"""The rows that are documents: not a segmented document's continuation rows (``service.segments``)."""
-
 _lite_registry_lock = threading.Lock()
 _lite_registry: dict[str, tuple[int, threading.RLock]] = {}
 
@@ -552,27 +549,19 @@ class MilvusIndex(VectorIndex):
         return self._fresh(name, scan)
 
     def ids(self, name: str, after: str | None = None, limit: int | None = None) -> list[str]:
-        """Queries ``id > after`` (less continuation rows) of at most ``MAX_TOPK`` rows each, in iterator mode:
-        Milvus then merges the segments' rows by primary key and answers the smallest (pymilvus's query iterator
-        relies on it; without it Milvus Lite answered any ``limit`` matching rows, unordered). Sorted again here."""
-        base.check_id_page(after, limit)
+        """Queries ``id > bound`` in iterator mode: Milvus then merges the segments' rows by primary key and answers
+        the smallest (pymilvus's query iterator relies on it; without it Milvus Lite answered any ``limit`` matching
+        rows, unordered). Continuation rows are dropped by id (``base.document_page``): a filter on the terms array
+        made a page over 100k rows take 1.4 s on Milvus Lite instead of 0.3 s."""
+
+        def rows_after(bound: str | None, n: int) -> list[str]:
+            expr = 'id != ""' if bound is None else f"id > {_string_literal(bound)}"
+            rows = self._client.query(name, filter=expr, output_fields=["id"], limit=n, iterator="True", **self._read)
+            return sorted(str(row["id"]) for row in rows)
 
         def page(_: _Meta) -> list[str]:
             self._ensure_loaded(name)
-            out: list[str] = []
-            last = after
-            while limit is None or len(out) < limit:
-                n = MAX_TOPK if limit is None else min(MAX_TOPK, limit - len(out))
-                expr = NOT_CONTINUATION if last is None else f"id > {_string_literal(last)} and {NOT_CONTINUATION}"
-                rows = self._client.query(
-                    name, filter=expr, output_fields=["id"], limit=n, iterator="True", **self._read
-                )
-                got = sorted(str(row["id"]) for row in rows)
-                out += got
-                if len(got) < n:
-                    break
-                last = got[-1]
-            return out
+            return base.document_page(rows_after, after, limit, MAX_TOPK)
 
         return self._fresh(name, page)
 
