@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import bisect
 import functools
 import logging
 import math
@@ -653,14 +652,14 @@ class SearchPipeline:
         )
 
     async def ids(self, req: IdsRequest) -> IdsResponse:
-        """One page of a collection's document ids in id order (``next``: the ``after`` of the next page; each page
-        lists the collection again: a reindex's reads)."""
+        """A page of the collection's document ids in id order: a segmented document once, by its own id (its
+        continuation rows are not documents: a reindex reads each id back with ``/get``). One ordered query of
+        ``limit + 1`` ids per page (the extra one says whether there is a next)."""
         name = await self.resolve(req.collection)
-        every = await self.in_thread(self.index.ids, name)
-        start = bisect.bisect_right(every, req.after) if req.after is not None else 0
-        page = every[start : start + req.limit]
-        more = start + req.limit < len(every)
-        return IdsResponse(collection=name, ids=page, next=page[-1] if more and page else None)
+        page = await self.in_thread(self.index.ids, name, req.after, req.limit + 1)
+        more = len(page) > req.limit
+        page = page[: req.limit]
+        return IdsResponse(collection=name, ids=page, next=page[-1] if more else None)
 
     def schedule_media_gc(self) -> None:
         """Collect unreferenced media in the background (``service.mediagc``), at most once per

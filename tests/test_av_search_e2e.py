@@ -143,6 +143,50 @@ def test_a_query_made_of_one_segment_finds_that_segment_and_delete_removes_all(s
     assert post(stack, "/get", {"collection": COLL, "ids": ["film"]}).json()["documents"] == []
 
 
+def test_reindex_copies_a_segmented_film_which_the_target_cuts_into_the_same_segments(stack: BentoServer) -> None:
+    """``mmsearch reindex`` of a collection holding a 60 s film and a text, one id per page: ``/ids`` lists the
+    two documents (not the film's seven continuation rows), ``/get`` names the film's whole stored clip, and the
+    target (same model) cuts it into the same 8 windows: ``/get``, counts and the hits of a one-window query over
+    every segment are the source's."""
+    film = make_clip(lambda t: colour_at(t + BLOCK_S), 60.0)  # not the other tests' film: no shared stored clip
+    docs = [{"id": "film", "video": uri(film), "metadata": {"k": 1}}, {"id": "note", "text": "a coloured film"}]
+    r = post(stack, "/upsert", {"collection": "reel", "documents": docs})
+    assert r.status_code == 200, r.text
+    first = post(stack, "/ids", {"collection": "reel", "limit": 1}).json()
+    assert (first["ids"], first["next"]) == (["film"], "film")
+    last = post(stack, "/ids", {"collection": "reel", "after": "film", "limit": 1}).json()
+    assert (last["ids"], last["next"]) == (["note"], None)
+    cols = {c["name"]: c for c in post(stack, "/collections", {}).json()["collections"]}
+    argv = ["reindex", "reel", "--model", cols["reel"]["model"], "--into", "reel_copy", "--batch-size", "1", "--json"]
+    res = mmsearch(*argv, url=stack.url, timeout=300)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert (json.loads(res.stdout)["copied"], json.loads(res.stdout)["skipped"]) == (2, [])
+
+    got = {c: post(stack, "/get", {"collection": c, "ids": ["film", "note"]}).json() for c in ("reel", "reel_copy")}
+    assert got["reel_copy"]["documents"] == got["reel"]["documents"]
+    stored = got["reel"]["documents"][0]
+    assert (stored["video"], stored["segments"], stored["duration"]) == (
+        f"media://{hashlib.sha256(film).hexdigest()}.mp4",
+        8,
+        60,
+    )
+    cols = {c["name"]: c for c in post(stack, "/collections", {}).json()["collections"]}
+    assert cols["reel_copy"]["count"] == cols["reel"]["count"] == 2
+
+    query = {"video": uri(make_clip(lambda t: colour_at(t + BLOCK_S + 24), 10.0))}
+    hits = {}
+    for c in ("reel", "reel_copy"):
+        body = {"collection": c, "query": query, "top_k": 20, "rerank": False, "segments": "all", "mode": "vector"}
+        r = post(stack, "/search", body)
+        assert r.status_code == 200, r.text
+        hits[c] = sorted((h["id"], h["t0"], h["t1"], h["video"], h["score"]) for h in r.json()["hits"])
+    assert [(h[1], h[2]) for h in hits["reel_copy"] if h[0] == "film"] == WINDOWS
+    assert [h[:4] for h in hits["reel_copy"]] == [h[:4] for h in hits["reel"]]
+    assert [h[4] for h in hits["reel_copy"]] == pytest.approx([h[4] for h in hits["reel"]], abs=1e-4)
+    for c in ("reel_copy", "reel"):
+        assert post(stack, "/drop", {"collection": c}).status_code == 200
+
+
 def test_audio_documents_are_refused_naming_the_embedders_modalities(stack: BentoServer) -> None:
     wav = "data:audio/wav;base64," + base64.b64encode(b"RIFF" + b"\x00" * 40).decode()
     r = post(stack, "/upsert", {"collection": COLL, "documents": [{"id": "a", "text": "x"}, {"id": "v", "audio": wav}]})

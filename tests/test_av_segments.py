@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from mmsearch_client.schemas import (
     DeleteRequest,
     GetRequest,
+    IdsRequest,
     InputType,
     Item,
     SearchRequest,
@@ -34,6 +37,7 @@ from service import mediagc, segments
 from service.avmedia import AudioSpec, AVMediaError, VideoSpec, probe_clip
 from service.config import Settings
 from service.errors import ApiError
+from service.index import base as index_base
 from service.index.factory import open_index
 from service.media import MediaLoader
 from service.mediastore import MediaStore, name_of, thumbnail_name, valid_name
@@ -74,6 +78,36 @@ def test_row_ids_and_stored_references_round_trip() -> None:
     assert name_of(stored) == "a" * 64 + ".mp4"
     assert thumbnail_name(stored) == "a" * 64 + ".t8000.thumb.jpeg" and valid_name("a" * 64 + ".t8000.thumb.jpeg")
     assert thumbnail_name("media://" + "a" * 64 + ".wav?t=0,1&n=1&d=1") is None
+
+
+def test_id_pages_list_documents_whatever_the_rows_between_them() -> None:
+    """``VectorIndex.ids`` without servers: ``base.document_page`` over a backend's sorted row query (here a list)
+    and ``base.id_page`` over rows in memory give every document once, in order, after any bound; a clip of 50
+    segments between two documents costs more queries, never a missing or repeated document."""
+    rows = sorted(["a", "é", "z", *segments.row_ids("film", 50), *segments.row_ids("b", 3), *segments.row_ids("y", 2)])
+    docs = [r for r in rows if not segments.is_continuation(r)]
+    assert docs == ["a", "b", "film", "y", "z", "é"]
+    asked: list[tuple[str | None, int]] = []
+
+    def rows_after(bound: str | None, n: int) -> list[str]:
+        asked.append((bound, n))
+        return [r for r in rows if bound is None or r > bound][:n]
+
+    for most in (1, 3, 8, 1000):
+        for after in (None, "", "a", "b", "b\x1f2", "film", "film\x1f7", "x", "é", "日"):
+            want = [d for d in docs if after is None or d > after]
+            for limit in (None, 1, 2, 5):
+                got = index_base.document_page(rows_after, after, limit, most)
+                assert got == want[:limit] == index_base.id_page(reversed(rows), after, limit), (most, after, limit)
+    asked.clear()
+    assert index_base.document_page(rows_after, "b", 1, 1000) == ["film"]
+    assert asked == [("b", 2), ("b\x1f2", 2)]  # twice what it lacks, from the last row seen
+    asked.clear()
+    assert index_base.document_page(rows_after, "film", 2, 1000) == ["y", "z"]
+    assert len(asked) == 13 and {n for _, n in asked} == {4}  # 4 rows at a time through the film's 49 others
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="limit"):
+            index_base.document_page(rows_after, None, bad, 10)  # type: ignore[arg-type]
 
 
 def test_segment_settings_are_validated() -> None:
@@ -329,3 +363,86 @@ def test_video_hits_are_reranked_at_their_segment_by_a_reranker_that_takes_video
     assert [(w.code, w.message) for w in res.warnings] == [
         ("not_reranked", "the reranker does not take video queries: hits are in retrieval order")
     ]
+
+
+def _routes(rig: Rig) -> httpx.MockTransport:
+    """The public routes a reindex uses, answered by ``rig``'s pipeline (as ``service.search`` does, without a
+    server): an ``ApiError`` becomes its status and body."""
+    pipe = rig.pipeline
+
+    async def answer(path: str, body: dict[str, Any]) -> Any:
+        if path == "/aliases":
+            table = await pipe.in_thread(pipe.aliases.table)
+            return {"aliases": [{"alias": a, "collection": c} for a, c in sorted(table.items())]}
+        if path == "/ids":
+            return await pipe.ids(IdsRequest.model_validate(body))
+        if path == "/get":
+            return await pipe.get(GetRequest.model_validate(body))
+        assert path == "/upsert", path
+        return await pipe.upsert(UpsertRequest.model_validate(body))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        try:
+            out = rig.run(answer(request.url.path, json.loads(request.content or b"{}")))
+        except ApiError as e:
+            return httpx.Response(e.status, json={"error": e.message, "code": e.code, "field": e.field})
+        return httpx.Response(200, json=out if isinstance(out, dict) else out.model_dump(mode="json"))
+
+    return httpx.MockTransport(handler)
+
+
+def test_ids_list_a_segmented_document_once_and_a_reindex_cuts_its_clip_again(tmp_path: Path, clip: bytes) -> None:
+    """``/ids`` pages the documents: the film's continuation rows (``film\\x1f1`` ...) are not listed, so pages of
+    2 hold 2 documents and ``next`` is None after the last. ``mmsearch reindex`` (the client's, against this
+    pipeline) reads the film's whole clip from ``/get`` (its first row names the clip, not the first window) and the
+    target cuts it into the same 8 windows: ``/get``, counts and every segment's hit are the source's."""
+    from mmsearch_client import Client
+    from mmsearch_client.reindex import reindex
+
+    rig = Rig(tmp_path)
+    voice = avclips.audio(4.0)
+    rig.upsert(
+        [
+            {"id": "film", "video": _uri("video", clip, "mp4"), "metadata": {"lang": "en"}},
+            {"id": "voice", "audio": _uri("audio", voice, "wav"), "text": "a note"},
+            {"id": "t", "text": "x"},
+            {"id": "g", "text": "y", "metadata": {"n": 1}},
+        ]
+    )
+
+    def pages(collection: str, limit: int) -> list[tuple[list[str], str | None]]:
+        out: list[tuple[list[str], str | None]] = []
+        after = None
+        while not out or after is not None:
+            page = rig.run(rig.pipeline.ids(IdsRequest(collection=collection, after=after, limit=limit)))
+            out.append((page.ids, page.next))
+            after = page.next
+        return out
+
+    assert pages("c", 2) == [(["film", "g"], "g"), (["t", "voice"], None)]
+    assert pages("c", 3) == [(["film", "g", "t"], "t"), (["voice"], None)]
+    assert rig.run(rig.pipeline.ids(IdsRequest(collection="c", after="film\x1f3", limit=10))).ids == ["g", "t", "voice"]
+
+    http = httpx.Client(transport=_routes(rig))
+    with Client("http://mmsearch.test", http_client=http, max_retries=0) as client:
+        res = reindex(client, "c", "fake-av", into="c2", batch_size=2)
+    assert (res.copied, res.skipped, res.target) == (4, [], "c2")
+    ids = ["film", "voice", "t", "g"]
+    got = {c: rig.run(rig.pipeline.get(GetRequest(collection=c, ids=ids))).documents for c in ("c", "c2")}
+    assert [d.model_dump() for d in got["c2"]] == [d.model_dump() for d in got["c"]]
+    assert (got["c2"][0].segments, got["c2"][0].duration, got["c2"][0].video) == (8, 60.0, got["c"][0].video)
+    assert rig.index.get_collection("c2").count == rig.index.get_collection("c").count == 4
+
+    def rows(collection: str) -> list[tuple[str, float | None, float | None, str | None, str | None, float]]:
+        hits = rig.search(
+            {"video": got["c"][0].video, "t0": 16, "t1": 26},
+            collection=collection,
+            segments="all",
+            top_k=20,
+            candidates=40,
+        )
+        return [(h.id, h.t0, h.t1, h.video, h.audio, round(h.score, 5)) for h in hits.hits]
+
+    film = [r for r in rows("c2") if r[0] == "film"]
+    assert sorted((r[1], r[2]) for r in film) == [(w.t0, w.t1) for w in segments.windows(60, 10, 2)]
+    assert rows("c2") == rows("c") and len(rows("c")) == 8 + 3

@@ -783,3 +783,41 @@ def test_reindex_pages_copies_splits_on_413_and_switches_the_alias() -> None:
     assert upserted[0]["documents"][0] == {"id": "d0", "text": "t0", "metadata": {"n": 0}}
     assert calls[-1] == ("/aliases/set", {"alias": "live", "collection": "old_wiki"})
     assert default_target("pages", "bge-small.v1.5") == "pages_bge_small_v1_5"
+
+
+def test_reindex_sends_audio_and_video_documents_as_their_stored_clips() -> None:
+    """A clip document's ``/get`` names its whole stored clip (its segments and duration beside it): the reindex
+    upserts that ``media://`` reference with the text and metadata (the target cuts it into segments again), and
+    skips only documents without text, image or clip."""
+    from mmsearch_client.reindex import reindex
+
+    film, voice = "media://" + "a" * 64 + ".mp4", "media://" + "b" * 64 + ".wav"
+    stored: dict[str, dict[str, Any]] = {
+        "film": {"id": "film", "video": film, "segments": 8, "duration": 60.0, "modality": "video"},
+        "note": {"id": "note", "text": "hi", "audio": voice, "segments": 1, "duration": 4.0, "metadata": {"k": 1}},
+        "vec": {"id": "vec", "modality": "video"},
+    }
+    upserts: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        path = request.url.path
+        if path == "/aliases":
+            return httpx.Response(200, json={"aliases": []})
+        if path == "/ids":
+            return httpx.Response(200, json={"collection": "av", "ids": sorted(stored), "next": None})
+        if path == "/get":
+            return httpx.Response(200, json={"collection": "av", "documents": [stored[i] for i in body["ids"]]})
+        assert path == "/upsert", path
+        upserts.append(body)
+        ids = [d["id"] for d in body["documents"]]
+        return httpx.Response(200, json={"collection": body["collection"], "upserted": len(ids), "ids": ids})
+
+    with _client(handler) as c:
+        res = reindex(c, "av", "vid", into="av2")
+    assert (res.copied, res.skipped, res.alias) == (2, ["vec"], None)
+    (body,) = upserts
+    assert body["documents"] == [
+        {"id": "film", "video": film},
+        {"id": "note", "text": "hi", "audio": voice, "metadata": {"k": 1}},
+    ]

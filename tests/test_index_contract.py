@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -336,13 +337,33 @@ def test_vectors_are_the_stored_ones_and_follow_a_replacement(index: VectorIndex
     assert index.vectors(coll, []) == {}
 
 
-def test_ids_lists_every_document_sorted_and_follows_deletes(index: VectorIndex, coll: str) -> None:
-    """``ids`` (``/ids``' pages, a reindex's reads): every id once, in order, none after a delete."""
-    assert index.ids(coll) == []
-    index.upsert(coll, [doc(i, [1.0] * DIM) for i in "cab"])
-    assert index.ids(coll) == ["a", "b", "c"]
-    index.delete(coll, ["b"])
-    assert index.ids(coll) == ["a", "c"]
+def test_ids_lists_documents_in_order_page_by_page_and_follows_deletes(index: VectorIndex, coll: str) -> None:
+    """``ids`` (``/ids``' pages, a reindex's reads): every document id once, in code point order, a segmented
+    document by its own id only (its continuation rows are no documents: a reindex would copy them as such), pages
+    of at most ``limit`` after ``after`` answered by the backend itself (rows written by several upserts, in
+    shuffled order), any ``after`` string bounding them as Python compares strings; none after a delete."""
+    assert index.ids(coll) == [] and index.ids(coll, "a", 3) == []
+    docs = [f"d{n:03d}" for n in range(40)] + ["a b", "a'b", 'a"b', "a\\b", "é", "日本", "~", "Z"]
+    random.Random(7).shuffle(docs)
+    clip = "media://" + "a" * 64 + ".mp4?t=0,10&n=3&d=26"
+    more = [segments.row_id("d010", 1), segments.row_id("d010", 2), segments.row_id("é", 1)]
+    rows = [doc(i, [1.0, 0, 0, 0]) for i in docs] + [doc(r, [0, 1.0, 0, 0], image=clip) for r in more]
+    random.Random(8).shuffle(rows)
+    for start in range(0, len(rows), 13):
+        index.upsert(coll, rows[start : start + 13])
+    want = sorted(docs)
+    assert index.ids(coll) == want
+    pages: list[list[str]] = []
+    after: str | None = None
+    while not pages or len(pages[-1]) == 7:
+        pages.append(index.ids(coll, after, 7))
+        after = pages[-1][-1] if pages[-1] else None
+    assert [i for p in pages for i in p] == want and [len(p) for p in pages] == [7] * 6 + [6]
+    for after in ["d010", "d010\x1f1", "a", "a\x00", "a\x7f", "it's", 'a"', "a\\", "x" * 600, ""]:
+        assert index.ids(coll, after, 5) == [i for i in want if i > after][:5], repr(after)
+    assert index.ids(coll, "d039", 100) == [i for i in want if i > "d039"]
+    index.delete(coll, ["Z", "d010", *more[:2]])
+    assert index.ids(coll) == [i for i in want if i not in ("Z", "d010")]
 
 
 def test_delete_returns_number_deleted(index: VectorIndex, coll: str) -> None:

@@ -10,9 +10,10 @@ Backends that can (``keyword_capable``) also answer keyword queries: BM25 over a
 
 from __future__ import annotations
 
+import heapq
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -91,6 +92,40 @@ out. Their ids are ``<document id>\\x1f<k>``: no document id holds a control cha
 
 def is_continuation(row_id: str) -> bool:
     return SEGMENT_SEPARATOR in row_id
+
+
+def id_page(row_ids: Iterable[str], after: str | None, limit: int | None) -> list[str]:
+    """``VectorIndex.ids``' answer from every row id of a collection (an index that holds them in memory)."""
+    check_id_page(after, limit)
+    docs = (i for i in row_ids if not is_continuation(i) and (after is None or i > after))
+    return sorted(docs) if limit is None else heapq.nsmallest(limit, docs)
+
+
+def document_page(
+    rows_after: Callable[[str | None, int], list[str]], after: str | None, limit: int | None, most: int
+) -> list[str]:
+    """``VectorIndex.ids``' answer from a backend query ``rows_after(bound, n)``: the first ``n`` (at most ``most``)
+    row ids after ``bound`` (None: from the first), sorted. Continuation rows are dropped here; as they sort right
+    after their document, a page over clips asks twice the ids it still lacks, again from the last row seen until
+    it has ``limit`` documents or the rows end."""
+    check_id_page(after, limit)
+    out: list[str] = []
+    last = after
+    while limit is None or len(out) < limit:
+        n = most if limit is None else min(most, 2 * (limit - len(out)))
+        rows = rows_after(last, n)
+        out += [r for r in rows if not is_continuation(r)]
+        if len(rows) < n:
+            break
+        last = rows[-1]
+    return out if limit is None else out[:limit]
+
+
+def check_id_page(after: str | None, limit: int | None) -> None:
+    if after is not None and not isinstance(after, str):
+        raise TypeError(f"after must be a string or None, got {type(after).__name__}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
 
 
 def extra_terms(doc: IndexRecord) -> list[str]:
@@ -248,9 +283,11 @@ class VectorIndex(ABC):
         """Every distinct stored ``image`` value of the collection (the media garbage collector's mark phase)."""
         raise NotImplementedError(f"{self.backend} cannot list image references")
 
-    def ids(self, name: str) -> list[str]:
-        """Every document id of the collection, sorted (``/ids``' pages; a reindex reads a collection through
-        them)."""
+    def ids(self, name: str, after: str | None = None, limit: int | None = None) -> list[str]:
+        """The collection's document ids in id order (code point order, which is UTF-8 byte order): those after
+        ``after`` (None: from the first), at most ``limit`` (None: all). A segmented document is listed once, by its
+        own id: its continuation rows (``CONTINUATION_TERM``) are not documents. ``/ids``' pages; a reindex reads a
+        collection through them, so a page costs one ordered, limited query, not a listing of the collection."""
         raise NotImplementedError(f"{self.backend} cannot list document ids")
 
     def wait_for_maintenance(self, timeout: float = 60.0) -> bool:

@@ -62,7 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col
 from lancedb.index import FTS, Bitmap, HnswSq, LabelList
-from lancedb.query import MatchQuery
+from lancedb.query import ColumnOrdering, MatchQuery
 from mmsearch_schema import fields
 
 from service import objectstore
@@ -134,6 +134,10 @@ BUILD_TIMEOUT_S = 6 * 3600.0
 """A background ANN build taking longer is stopped (and retried with backoff)."""
 LOCKED_AFTER_FAILURES = 3
 """Failed maintenance passes in a row after which a compaction holds the writers' lock (see ``_maintain``)."""
+
+
+NOT_CONTINUATION = f"({TERMS} IS NULL OR NOT array_has({TERMS}, '{base.CONTINUATION_TERM}'))"
+"""The rows that are documents: not a segmented document's continuation rows (``service.segments``)."""
 
 
 def _documents(table: Any) -> int:
@@ -761,8 +765,20 @@ class LanceIndex(VectorIndex):
     def image_refs(self, name: str) -> set[str]:
         return self._guard(name, lambda table: {v for v in _column(table, "image") if v})
 
-    def ids(self, name: str) -> list[str]:
-        return self._guard(name, lambda table: sorted(_column(table, "id")))
+    def ids(self, name: str, after: str | None = None, limit: int | None = None) -> list[str]:
+        """One filtered scan of the id and terms columns with a top-``limit`` sort (Lance's TopK keeps ``limit``
+        rows, not the collection); no index orders ids, so a page still reads the column once."""
+        base.check_id_page(after, limit)
+        where = NOT_CONTINUATION if after is None else f"{(col('id') > after).to_sql()} AND {NOT_CONTINUATION}"
+
+        def page(table: Any) -> list[str]:
+            n = limit if limit is not None else table.count_rows()
+            if not n:
+                return []
+            query = table.search().where(where).select(["id"]).order_by([ColumnOrdering(column_name="id")])
+            return list(query.limit(n).to_arrow().column("id").to_pylist())
+
+        return self._guard(name, page)
 
     def _get(self, table: Any, wanted: list[str]) -> list[IndexRecord]:
         found = {

@@ -542,8 +542,22 @@ class MilvusIndex(VectorIndex):
 
         return self._fresh(name, scan)
 
-    def ids(self, name: str) -> list[str]:
-        return self._fresh(name, lambda _: sorted(row["id"] for row in self._scan(name, ["id"])))
+    def ids(self, name: str, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Queries ``id > bound`` in iterator mode: Milvus then merges the segments' rows by primary key and answers
+        the smallest (pymilvus's query iterator relies on it; without it Milvus Lite answered any ``limit`` matching
+        rows, unordered). Continuation rows are dropped by id (``base.document_page``): a filter on the terms array
+        made a page over 100k rows take 1.4 s on Milvus Lite instead of 0.3 s."""
+
+        def rows_after(bound: str | None, n: int) -> list[str]:
+            expr = 'id != ""' if bound is None else f"id > {_string_literal(bound)}"
+            rows = self._client.query(name, filter=expr, output_fields=["id"], limit=n, iterator="True", **self._read)
+            return sorted(str(row["id"]) for row in rows)
+
+        def page(_: _Meta) -> list[str]:
+            self._ensure_loaded(name)
+            return base.document_page(rows_after, after, limit, MAX_TOPK)
+
+        return self._fresh(name, page)
 
     def _scan(self, name: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """Every row of ``name`` with ``fields``, a thousand rows per query."""

@@ -212,8 +212,8 @@ class MemoryIndex(base.VectorIndex):
     def get(self, name: str, ids: Sequence[str]) -> list[IndexRecord]:
         return base.order_by_ids(ids, self._get(name).docs)
 
-    def ids(self, name: str) -> list[str]:
-        return sorted(self._get(name).docs)
+    def ids(self, name: str, after: str | None = None, limit: int | None = None) -> list[str]:
+        return base.id_page(self._get(name).docs, after, limit)
 
     def image_refs(self, name: str) -> set[str]:
         return {d.image for d in self._get(name).docs.values() if d.image}

@@ -1,12 +1,13 @@
 """Re-embed a collection with another model without downtime (``mmsearch reindex``), through the public routes:
 page the ids (``/ids``), read the stored text and media (``/get``), upsert them into a new collection bound to the
-other model (``/upsert`` with ``model``; images travel as their ``media://`` references, so no bytes move), then
-switch the alias atomically (``/aliases/set``). Searches through the alias keep answering from the old collection
-until the switch, from the new one after it; the old collection stays (drop it when done).
+other model (``/upsert`` with ``model``; images and audio/video clips travel as their ``media://`` references, so
+no bytes move, and the target cuts a clip into segments again), then switch the alias atomically
+(``/aliases/set``). Searches through the alias keep answering from the old collection until the switch, from the
+new one after it; the old collection stays (drop it when done).
 
 Documents written to the old collection during the copy are not carried over: pause writers, or write through the
-alias after the switch. Documents that hold only an embedding (no text, no image) cannot be re-embedded: they are
-skipped and listed.
+alias after the switch. Documents that hold only an embedding (no text, image or clip) cannot be re-embedded: they
+are skipped and listed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from mmsearch_client._client import Client
 from mmsearch_client.errors import PayloadTooLargeError
-from mmsearch_client.schemas import UpsertDocument
+from mmsearch_client.schemas import StoredDocument, UpsertDocument
 
 __all__ = ["ReindexResult", "default_target", "reindex"]
 
@@ -66,7 +67,7 @@ def reindex(
         if after is None:
             break
     if not result.copied:
-        raise ValueError(f"reindex: {current!r} holds no document with text or an image to re-embed")
+        raise ValueError(f"reindex: {current!r} holds no document with text, an image or a clip to re-embed")
     if source in aliases:
         client.set_alias(source, result.target)
         result.alias = source
@@ -74,15 +75,22 @@ def reindex(
 
 
 def _copy_page(client: Client, ids: list[str], result: ReindexResult) -> None:
-    """Read one page of documents from ``result.source`` and upsert those with content into ``result.target``."""
+    """Read one page of documents from ``result.source`` and upsert those with content into ``result.target``.
+    An audio or video document travels as its whole stored clip (``/get`` names the clip, not a segment): the
+    target cuts it into segments again (at the server's segment length)."""
     docs = client.get(ids, collection=result.source).documents if ids else []
     wire = [
-        UpsertDocument(id=d.id, text=d.text, image=d.image, metadata=d.metadata)
+        UpsertDocument(id=d.id, text=d.text, image=d.image, audio=d.audio, video=d.video, metadata=d.metadata)
         for d in docs
-        if d.text is not None or d.image is not None
+        if _has_content(d)
     ]
-    result.skipped += [d.id for d in docs if d.text is None and d.image is None]
+    result.skipped += [d.id for d in docs if not _has_content(d)]
     _upsert_split(client, wire, result)
+
+
+def _has_content(doc: StoredDocument) -> bool:
+    """Whether there is something to embed again: text, an image, an audio or video clip."""
+    return any(v is not None for v in (doc.text, doc.image, doc.audio, doc.video))
 
 
 def _upsert_split(client: Client, wire: list[UpsertDocument], result: ReindexResult) -> None:
