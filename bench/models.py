@@ -92,10 +92,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("MMSEARCH_BENCH_CACHE") or Path.home() / ".cache" / "mmsearch" / "bench")
 
 
-def _ensure(name: str, build: Any) -> Path:
+def ensure_built(name: str, build: Any) -> Path:
     """Build once under ``cache_root()/v<service.tiny.TINY_FORMAT>`` (a builder change there rebuilds)."""
     import service.tiny
-    from service.tiny import _ensure as ensure
+    from service.tiny import ensure_built as ensure
 
     root = cache_root() / f"v{getattr(service.tiny, 'TINY_FORMAT', 1)}"
     root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def tiny_models() -> Any:
 def vitb32() -> Path:
     from service.tiny import build_clip_vit_b32
 
-    return _ensure("clip-vit-b32", build_clip_vit_b32)
+    return ensure_built("clip-vit-b32", build_clip_vit_b32)
 
 
 def embedder_path(name: str) -> Path:
@@ -120,9 +120,9 @@ def embedder_path(name: str) -> Path:
     if name == "vitb32":
         return vitb32()
     if name == "qwen3vl-2b":
-        return _ensure("qwen3vl-embedding-2b-shape", lambda out: build_qwen3vl_embedder(out, QWEN3VL_2B))
+        return ensure_built("qwen3vl-embedding-2b-shape", lambda out: build_qwen3vl_embedder(out, QWEN3VL_2B))
     if name == "qwen3vl-tiny":
-        return _ensure("qwen3vl-embedding-tiny", lambda out: build_qwen3vl_embedder(out, QWEN3VL_TINY))
+        return ensure_built("qwen3vl-embedding-tiny", lambda out: build_qwen3vl_embedder(out, QWEN3VL_TINY))
     raise ValueError(f"unknown embedder {name!r}")
 
 
@@ -130,7 +130,7 @@ def reranker_path(name: str) -> Path:
     if name == "tiny":
         return Path(tiny_models().vlm_reranker)
     if name == "small":
-        return _ensure("qwen2vl-reranker-small", build_small_vlm_reranker)
+        return ensure_built("qwen2vl-reranker-small", build_small_vlm_reranker)
     raise ValueError(f"unknown reranker {name!r}")
 
 
@@ -180,9 +180,9 @@ def qwen3vl_processor(sizes: dict[str, Any]) -> tuple[Any, dict[str, int]]:
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    from service.tiny import _EMBED_TEMPLATE, _qwen_vl_processor
+    from service.tiny import EMBED_TEMPLATE, qwen_vl_processor
 
-    base, ids = _qwen_vl_processor([], _EMBED_TEMPLATE)
+    base, ids = qwen_vl_processor([], EMBED_TEMPLATE)
     v = sizes["vision"]
     pixels = {"shortest_edge": 64 * 64, "longest_edge": sizes["max_pixels"]}
     kw = {"patch_size": v["patch_size"], "merge_size": v["spatial_merge_size"], "temporal_patch_size": 2}
@@ -190,7 +190,7 @@ def qwen3vl_processor(sizes: dict[str, Any]) -> tuple[Any, dict[str, int]]:
         image_processor=Qwen2VLImageProcessor(size=pixels, **kw),
         video_processor=Qwen3VLVideoProcessor(size=pixels, **kw),
         tokenizer=base.tokenizer,
-        chat_template=_EMBED_TEMPLATE,
+        chat_template=EMBED_TEMPLATE,
     )
     return processor, ids
 
@@ -208,7 +208,7 @@ def build_qwen3vl_embedder(out: Path, sizes: dict[str, Any], dtype: str = "bfloa
     from sentence_transformers.sentence_transformer.modules import Pooling
     from transformers import Qwen3VLModel
 
-    from service.tiny import _EMBED_PROMPTS, SEED, _warn_in_card
+    from service.tiny import EMBED_PROMPTS, SEED, warn_in_card
 
     out = Path(out)
     processor, ids = qwen3vl_processor(sizes)
@@ -223,8 +223,8 @@ def build_qwen3vl_embedder(out: Path, sizes: dict[str, Any], dtype: str = "bfloa
         del model
         transformer = Transformer(raw, model_kwargs={"dtype": getattr(torch, dtype)})
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken"), Normalize()]
-        SentenceTransformer(modules=modules, prompts=dict(_EMBED_PROMPTS), device="cpu").save(str(out))
-    _warn_in_card(out)
+        SentenceTransformer(modules=modules, prompts=dict(EMBED_PROMPTS), device="cpu").save(str(out))
+    warn_in_card(out)
     return out
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from service import segments
 from service.avmedia import AVMediaError, keyframes, probe_clip
 from service.config import Settings
-from service.media import MediaError, MediaLoader, _first_failure
+from service.media import MediaError, MediaLoader, first_failure
 from service.mediastore import THUMB_SIDE, MediaStore
 
 __all__ = ["Clip", "ClipRef", "fetch_clips", "store_clips"]
@@ -59,7 +59,7 @@ async def fetch_clips(refs: Sequence[ClipRef], loader: MediaLoader, settings: Se
         except MediaError as e:
             raise loader.refuse(e, ref.field) from None
 
-    return await _first_failure([one(r) for r in refs])
+    return await first_failure([one(r) for r in refs])
 
 
 def _check(ref: ClipRef, data: bytes, settings: Settings) -> Clip:

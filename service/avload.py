@@ -23,7 +23,7 @@ from typing import Any
 
 from service.avmedia import PLAN_SLACK_S, Audio, AudioSpec, AVMediaError, Video, VideoSpec
 from service.config import Settings
-from service.media import MediaError, MediaLoader, _first_failure
+from service.media import MediaError, MediaLoader, first_failure
 
 __all__ = ["AVRef", "AVTarget", "Planned", "budget_units", "decode_planned", "plan_refs"]
 
@@ -119,7 +119,7 @@ async def plan_refs(
         return Planned(ref, data, await _counted(loader, ref.field, loader.run_decode(background, fn)))
 
     try:
-        return await _first_failure([one(r) for r in refs])
+        return await first_failure([one(r) for r in refs])
     finally:
         # a failed fetch's task holds its error, whose traceback holds ``one``'s frame, which holds ``fetched``: a
         # reference cycle that kept the refused request's frames (its data URI included) until a gc pass
@@ -140,7 +140,7 @@ async def decode_planned(
         except AVMediaError as e:
             raise _past_plan(e, p, settings) from None
 
-    return await _first_failure([one(p) for p in planned])
+    return await first_failure([one(p) for p in planned])
 
 
 def _past_plan(e: AVMediaError, p: Planned, settings: Settings) -> AVMediaError:

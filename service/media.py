@@ -249,7 +249,7 @@ class MediaLoader:
         ``also``: ``(pixels, field)`` of the request's other media (audio, video; ``service.avload``), reserved in
         the same reservation as the images.
         """
-        probed = await _first_failure([self._guarded(field, self._obtain(ref, background)) for ref, field in refs])
+        probed = await first_failure([self._guarded(field, self._obtain(ref, background)) for ref, field in refs])
         return await self._decode_all(
             [(data, field) for (data, _), (_, field) in zip(probed, refs, strict=True)],
             [pixels for _, pixels in probed],
@@ -293,7 +293,7 @@ class MediaLoader:
             if lease is None:
                 lease = await stack.enter_async_context(self.pixels.lease())
             await self.reserve(lease, [*zip(sizes, (field for _, field in items), strict=True), *also])
-            images = await _first_failure(
+            images = await first_failure(
                 [self._guarded(field, self._in_thread(background, self._decode, data)) for data, field in items]
             )
         self._bump("ok", len(images))
@@ -333,7 +333,7 @@ class MediaLoader:
 
     async def fetch_images(self, refs: Sequence[tuple[str | bytes, str]]) -> list[tuple[bytes, str]]:
         """``fetch_image`` for ``(ref, field)`` pairs concurrently, in order; the first failure by position."""
-        return await _first_failure([self.fetch_image(ref, field) for ref, field in refs])
+        return await first_failure([self.fetch_image(ref, field) for ref, field in refs])
 
     async def fetch_av(self, ref: str, field: str, kind: str) -> bytes:
         """The bytes of one audio or video item (``kind``): fetched from an http(s) URL under the fetch policy, or
@@ -599,7 +599,7 @@ class MediaLoader:
         return e
 
 
-async def _first_failure(steps: Sequence[Awaitable[T]]) -> list[T]:
+async def first_failure(steps: Sequence[Awaitable[T]]) -> list[T]:
     """Run ``steps`` concurrently; their results in order, or the error of the first failing step by position.
 
     Once a step fails, later ones are cancelled at once; earlier ones are awaited only to learn whether they fail

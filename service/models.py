@@ -55,7 +55,7 @@ class ModelLoadError(RuntimeError):
     """A model that cannot be loaded; the message is one line naming the variable that chose it and the cause."""
 
 
-def _loading_kwargs(spec: ModelSpec) -> dict[str, Any]:
+def loading_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """``model_kwargs`` (the dtype as a torch dtype), ``processor_kwargs`` and ``revision``, as the
     sentence-transformers docs show them."""
     model_kwargs = dict(spec.model_kwargs)
@@ -102,7 +102,7 @@ def model_factory(settings: Settings) -> Callable[[str, Settings], Any] | None:
     return fn
 
 
-def _load(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | None = None) -> tuple[Any, str]:
+def load_model(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | None = None) -> tuple[Any, str]:
     """Load ``cls`` (SentenceTransformer / CrossEncoder) as ``spec`` says (on ``served``'s device, with its token
     limit, when it is a repository's model); any failure is a ``ModelLoadError``."""
     if not spec.source:  # the tiny profile, no model configured
@@ -124,7 +124,7 @@ def _load(cls: Any, settings: Settings, spec: ModelSpec, served: ServedModel | N
             path,
             device=resolve_device(served.device if served is not None else settings.device),
             trust_remote_code=settings.trust_remote_code,
-            **_loading_kwargs(spec),
+            **loading_kwargs(spec),
         )
     except Exception as e:  # every loader failure: missing files, no hub, bad kwargs, wrong architecture
         cause = " ".join(f"{type(e).__name__}: {e}".split())[:500]
@@ -176,7 +176,7 @@ def load_embedder(settings: Settings, served: ServedModel | None = None) -> Embe
             return _load_onnx(settings, spec)
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformerEmbedder(*_load(SentenceTransformer, settings, spec, served))
+        return SentenceTransformerEmbedder(*load_model(SentenceTransformer, settings, spec, served))
 
     adapter: EmbedderAdapter = _adapter("embedder", settings, build, served)
     return adapter
@@ -226,7 +226,7 @@ def load_reranker(settings: Settings, served: ServedModel | None = None) -> Mode
         spec = served.spec if served is not None else settings.model_spec("reranker")
         if served is None:
             check_memory_budget(settings, spec.kind.capitalize(), [spec])
-        return CrossEncoderScorer(*_load(CrossEncoder, settings, spec, served))
+        return CrossEncoderScorer(*load_model(CrossEncoder, settings, spec, served))
 
     return _adapter("reranker", settings, build, served)
 

@@ -67,7 +67,7 @@ _RERANK_TEMPLATE = (
 # sentence-transformers prompt (the instruction), a default instruction stands in when there is none, and the
 # sequence ends with the generation prompt, whose last token is pooled.
 _EMBED_DEFAULT_INSTRUCTION = "Represent the user's input."
-_EMBED_TEMPLATE = (
+EMBED_TEMPLATE = (
     _RENDER_MACRO + "{%- if messages[0].role != 'system' -%}"
     "<|im_start|>system\n" + _EMBED_DEFAULT_INSTRUCTION + "<|im_end|>{{ '\\n' }}"
     "{%- endif -%}"
@@ -82,9 +82,9 @@ _VIDEO_RENDER_MACRO = _RENDER_MACRO.replace(
     "{%- elif part.type == 'text' -%}",
     "{%- elif part.type == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>{%- elif part.type == 'text' -%}",
 )
-_VIDEO_EMBED_TEMPLATE = _EMBED_TEMPLATE.replace(_RENDER_MACRO, _VIDEO_RENDER_MACRO, 1)
+_VIDEO_EMBED_TEMPLATE = EMBED_TEMPLATE.replace(_RENDER_MACRO, _VIDEO_RENDER_MACRO, 1)
 _VIDEO_RERANK_TEMPLATE = _RERANK_TEMPLATE.replace(_RENDER_MACRO, _VIDEO_RENDER_MACRO, 1)
-_EMBED_PROMPTS = {
+EMBED_PROMPTS = {
     "query": "Retrieve images or text relevant to the user's query.",
     "document": _EMBED_DEFAULT_INSTRUCTION,
 }
@@ -157,7 +157,7 @@ def _save_clip(out: Path, text: dict[str, int], vision: dict[str, int], projecti
         model.save_pretrained(raw)
         CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(raw)
         SentenceTransformer(raw, device="cpu").save(str(out))
-    _warn_in_card(out)
+    warn_in_card(out)
     return out
 
 
@@ -196,7 +196,7 @@ def build_clip_vit_b32(out: Path) -> Path:
     )
 
 
-def _qwen_vl_processor(extra_tokens: list[str], chat_template: str) -> tuple[Any, dict[str, int]]:
+def qwen_vl_processor(extra_tokens: list[str], chat_template: str) -> tuple[Any, dict[str, int]]:
     """A byte-level Qwen2 tokenizer (plus ``extra_tokens`` and the Qwen-VL specials) in a tiny Qwen2VLProcessor.
 
     Returns the processor and the vocabulary (token -> id). Images: patch 4, merge 2, at most 1024 pixels.
@@ -314,7 +314,7 @@ def _build_vlm_reranker(
     from sentence_transformers.cross_encoder.modules import LogitScore
     from transformers import Qwen2VLForConditionalGeneration
 
-    processor, ids = _qwen_vl_processor(["yes", "no"], template)
+    processor, ids = qwen_vl_processor(["yes", "no"], template)
     if cap_pixels_per_frame is not None:
         processor.video_processor.cap_pixels_per_frame = cap_pixels_per_frame
     config = _qwen_vl_config(ids, tie_word_embeddings=True, sizes=sizes)
@@ -326,7 +326,7 @@ def _build_vlm_reranker(
             LogitScore(true_token_id=ids["yes"], false_token_id=ids["no"]),
         ]
         CrossEncoder(modules=modules, device="cpu").save(str(out))
-    _warn_in_card(out)
+    warn_in_card(out)
     return out
 
 
@@ -338,7 +338,7 @@ def build_tiny_vlm_embedder(out: Path) -> Path:
     sentence-transformers injects the ``query``/``document`` prompt as the system message, so ``encode_query``
     and ``encode_document`` differ.
     """
-    return _build_vlm_embedder(Path(out), _EMBED_TEMPLATE)
+    return _build_vlm_embedder(Path(out), EMBED_TEMPLATE)
 
 
 def build_tiny_video_embedder(out: Path) -> Path:
@@ -355,7 +355,7 @@ def _build_vlm_embedder(out: Path, template: str, *, cap_pixels_per_frame: bool 
     from sentence_transformers.sentence_transformer.modules import Pooling
     from transformers import Qwen2VLModel
 
-    processor, ids = _qwen_vl_processor([], template)
+    processor, ids = qwen_vl_processor([], template)
     if cap_pixels_per_frame is not None:
         processor.video_processor.cap_pixels_per_frame = cap_pixels_per_frame
     config = _qwen_vl_config(ids, tie_word_embeddings=False)  # no LM head to tie
@@ -364,8 +364,8 @@ def _build_vlm_embedder(out: Path, template: str, *, cap_pixels_per_frame: bool 
     with _raw_checkpoint(model, processor) as raw:
         transformer = Transformer(raw)  # right padding: last-token pooling reads the attention mask
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken"), Normalize()]
-        SentenceTransformer(modules=modules, prompts=dict(_EMBED_PROMPTS), device="cpu").save(str(out))
-    _warn_in_card(out)
+        SentenceTransformer(modules=modules, prompts=dict(EMBED_PROMPTS), device="cpu").save(str(out))
+    warn_in_card(out)
     return out
 
 
@@ -426,7 +426,7 @@ def build_tiny_audio_embedder(out: Path) -> Path:
         transformer = Transformer(raw)
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), "mean")]
         SentenceTransformer(modules=modules, device="cpu").save(str(out))
-    _warn_in_card(out)
+    warn_in_card(out)
     return out
 
 
@@ -451,7 +451,7 @@ def build_tiny_text_reranker(out: Path) -> Path:
         model.save_pretrained(raw)
         tokenizer.save_pretrained(raw)
         CrossEncoder(raw, device="cpu").save(str(out))
-    _warn_in_card(out)
+    warn_in_card(out)
     return out
 
 
@@ -495,7 +495,7 @@ def build_tiny_text_embedder(out: Path) -> Path:
         transformer = Transformer(raw, max_seq_length=128)
         modules = [transformer, Pooling(transformer.get_embedding_dimension(), "mean"), Normalize()]
         SentenceTransformer(modules=modules, prompts=dict(TEXT_EMBEDDER_PROMPTS), device="cpu").save(str(out))
-    _warn_in_card(out)
+    warn_in_card(out)
     return out
 
 
@@ -504,7 +504,7 @@ def _tiny_dims(hidden: int) -> dict[str, int]:
     return {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
-def _warn_in_card(out: Path) -> None:
+def warn_in_card(out: Path) -> None:
     """Prepend a random-weights warning to the saved model card."""
     card = out / "README.md"
     old = card.read_text() if card.is_file() else ""
@@ -523,7 +523,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _ensure(root: Path, name: str, build: Callable[[Path], Path]) -> Path:
+def ensure_built(root: Path, name: str, build: Callable[[Path], Path]) -> Path:
     """Return ``root/name``, building it first (into a temp dir, then an atomic rename) if not complete."""
     target = root / name
     if (target / _DONE_MARKER).is_file():
@@ -563,10 +563,10 @@ def ensure_tiny_models(root: Path) -> TinyModels:
     """
     root = _versioned(root)
     return TinyModels(
-        clip=_ensure(root, "clip", build_tiny_clip),
-        vlm_reranker=_ensure(root, "vlm_reranker", build_tiny_vlm_reranker),
-        text_reranker=_ensure(root, "text_reranker", build_tiny_text_reranker),
-        vlm_embedder=_ensure(root, "vlm_embedder", build_tiny_vlm_embedder),
+        clip=ensure_built(root, "clip", build_tiny_clip),
+        vlm_reranker=ensure_built(root, "vlm_reranker", build_tiny_vlm_reranker),
+        text_reranker=ensure_built(root, "text_reranker", build_tiny_text_reranker),
+        vlm_embedder=ensure_built(root, "vlm_embedder", build_tiny_vlm_embedder),
     )
 
 
@@ -574,7 +574,7 @@ def ensure_tiny_text_embedder(root: Path) -> Path:
     """Build the tiny text-only embedder (:func:`build_tiny_text_embedder`) under ``root`` once and return its
     path (beside :func:`ensure_tiny_models`' models)."""
     root = _versioned(root)
-    return _ensure(root, "text_embedder", build_tiny_text_embedder)
+    return ensure_built(root, "text_embedder", build_tiny_text_embedder)
 
 
 @dataclass(frozen=True)
@@ -591,7 +591,7 @@ def ensure_tiny_av_models(root: Path) -> TinyAVModels:
     :func:`ensure_tiny_models`' models (built only by what serves audio or video)."""
     root = _versioned(root)
     return TinyAVModels(
-        audio_embedder=_ensure(root, "audio_embedder", build_tiny_audio_embedder),
-        video_embedder=_ensure(root, "video_embedder", build_tiny_video_embedder),
-        video_reranker=_ensure(root, "video_reranker", build_tiny_video_reranker),
+        audio_embedder=ensure_built(root, "audio_embedder", build_tiny_audio_embedder),
+        video_embedder=ensure_built(root, "video_embedder", build_tiny_video_embedder),
+        video_reranker=ensure_built(root, "video_reranker", build_tiny_video_reranker),
     )

@@ -20,8 +20,8 @@ from service.model_repository import ModelNotFound
 from service.models import ModelLoadError, load_embedder, load_reranker
 from service.runtime import DOCUMENT_PRIORITY, QUERY_PRIORITY
 from service.tiny import ensure_tiny_text_embedder
+from tests.support.env import no_mmsearch_env  # noqa: F401 (autouse: no MMSEARCH_* of the shell)
 from tests.test_model_memory import padded
-from tests.test_model_settings import _no_mmsearch_env  # noqa: F401 (autouse: no MMSEARCH_* of the shell)
 
 
 def settings(**kw: object) -> Settings:

@@ -16,7 +16,8 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from service.config import ModelSpec, Settings
 from service.model_memory import MB, ModelMemoryError, check_budget, checkpoint_bytes, estimate
 from service.models import ModelLoadError, load_embedder, load_reranker
-from tests.test_model_settings import HUB_ID, _no_mmsearch_env, hub_cache  # noqa: F401 (autouse fixture)
+from tests.support.env import no_mmsearch_env  # noqa: F401 (autouse: no MMSEARCH_* of the shell)
+from tests.test_model_settings import HUB_ID, hub_cache
 
 TOLERANCE = 0.01
 """The estimate counts every tensor of the checkpoint: buffers saved beside the parameters may add a little."""

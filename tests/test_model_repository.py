@@ -28,7 +28,7 @@ from service.model_repository import (
     one_model_repository,
     openai_models_list,
 )
-from tests.test_model_settings import _no_mmsearch_env  # noqa: F401 (autouse: no MMSEARCH_* of the shell)
+from tests.support.env import no_mmsearch_env  # noqa: F401 (autouse: no MMSEARCH_* of the shell)
 
 TWO_EMBEDDERS = """
 embedders:

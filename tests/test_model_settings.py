@@ -17,20 +17,11 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from bench.support.images import make_image
 from service.config import TINY_NAMES, ConfigError, Settings, load_settings
-from service.models import _load, _loading_kwargs
+from service.models import load_model, loading_kwargs
+from tests.support.env import no_mmsearch_env  # noqa: F401 (autouse: no MMSEARCH_* of the shell)
 
 HUB_ID = "acme/tiny-clip"
 MAIN, PR23 = "a" * 40, "b" * 40  # commit hashes of the two snapshots
-
-
-@pytest.fixture(autouse=True)
-def _no_mmsearch_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only what a test sets: no ``MMSEARCH_*`` variable of the calling shell."""
-    import os
-
-    for key in list(os.environ):
-        if key.upper().startswith("MMSEARCH_"):
-            monkeypatch.delenv(key)
 
 
 def settings(**kw: object) -> Settings:
@@ -46,7 +37,7 @@ def test_loading_kwargs_as_the_sentence_transformers_docs_show() -> None:
         embedder_processor_kwargs={"min_pixels": 3136},
         embedder_max_pixels=200_704,
     ).model_spec("embedder")
-    assert _loading_kwargs(spec) == {
+    assert loading_kwargs(spec) == {
         "revision": "refs/pr/23",
         "model_kwargs": {"dtype": torch.bfloat16, "attn_implementation": "sdpa"},
         "processor_kwargs": {"min_pixels": 3136, "max_pixels": 200_704},
@@ -59,10 +50,10 @@ def test_loading_kwargs_as_the_sentence_transformers_docs_show() -> None:
     }
     # MMSEARCH_DTYPE is the default dtype of both models; a model's own kwargs win
     s = settings(dtype="float16", reranker_model_kwargs={"dtype": "float32"})
-    assert _loading_kwargs(s.model_spec("embedder")) == {"model_kwargs": {"dtype": torch.float16}}
-    assert _loading_kwargs(s.model_spec("reranker")) == {"model_kwargs": {"dtype": torch.float32}}
+    assert loading_kwargs(s.model_spec("embedder")) == {"model_kwargs": {"dtype": torch.float16}}
+    assert loading_kwargs(s.model_spec("reranker")) == {"model_kwargs": {"dtype": torch.float32}}
     # nothing set: no revision, no processor_kwargs (the loaders' own defaults)
-    assert _loading_kwargs(settings(reranker_model="org/r").model_spec("reranker")) == {"model_kwargs": {}}
+    assert loading_kwargs(settings(reranker_model="org/r").model_spec("reranker")) == {"model_kwargs": {}}
 
 
 def test_reranker_kwargs_reach_the_cross_encoder(tiny_models) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +62,7 @@ def test_reranker_kwargs_reach_the_cross_encoder(tiny_models) -> None:  # type: 
         reranker_model_kwargs={"dtype": "bfloat16"},
         reranker_max_pixels=256,
     )
-    model, name = _load(CrossEncoder, s, s.model_spec("reranker"))
+    model, name = load_model(CrossEncoder, s, s.model_spec("reranker"))
     assert name == Path(tiny_models.vlm_reranker).name  # a local directory: its own name, never the path
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.max_seq_length == s.max_model_tokens  # the cap on inputs (the model declares none)
@@ -111,10 +102,10 @@ def test_revision_reaches_the_hub_loader(tmp_path: Path, monkeypatch: pytest.Mon
         return np.asarray(model.encode(["a red bicycle"], convert_to_numpy=True))
 
     pinned = settings(embedder_model=HUB_ID, embedder_revision="refs/pr/23")
-    model, name = _load(SentenceTransformer, pinned, pinned.model_spec("embedder"))
+    model, name = load_model(SentenceTransformer, pinned, pinned.model_spec("embedder"))
     assert name == HUB_ID  # the default served name is the hub id
     unpinned = settings(embedder_model=HUB_ID)
-    main, _ = _load(SentenceTransformer, unpinned, unpinned.model_spec("embedder"))
+    main, _ = load_model(SentenceTransformer, unpinned, unpinned.model_spec("embedder"))
 
     want = vectors(SentenceTransformer(str(repo / "snapshots" / PR23), device="cpu"))
     assert np.abs(vectors(model) - want).max() <= 1e-6  # the PR's weights, not main's
@@ -174,7 +165,7 @@ def test_tiny_profile_without_its_builder_says_why(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "service.tiny", None)  # what importing a file the bento lacks does
     s = settings(profile="tiny")
     with pytest.raises(ModelLoadError, match=r"MMSEARCH_PROFILE=tiny: .*service/tiny.py.* the bento does not"):
-        _load(SentenceTransformer, s, s.model_spec("embedder"))
+        load_model(SentenceTransformer, s, s.model_spec("embedder"))
 
 
 def test_a_renamed_variable_is_still_read_and_named_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from mmsearch_schema import fields
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from service.index import base, filters
@@ -285,7 +286,7 @@ class MilvusIndex(VectorIndex):
 
     def _create(self, name: str, dimension: int, model: str, fmt: str = FORMAT_VERSION) -> None:
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=fields.MAX_ID_CHARS)
         schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dimension)
         nullable = fmt == "1"
         schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES, nullable=nullable)

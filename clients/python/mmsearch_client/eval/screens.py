@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmsearch_client.eval import screens_content as content
-from mmsearch_client.eval.synthetic import SyntheticSet, _require_pillow
+from mmsearch_client.eval.synthetic import SyntheticSet, require_pillow
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -66,7 +66,7 @@ class PageSpec:
 
 
 def _pil() -> Any:
-    return _require_pillow()
+    return require_pillow()
 
 
 class _Canvas:

@@ -124,7 +124,7 @@ class SyntheticSet:
     groups: dict[str, int]
 
 
-def _require_pillow() -> Any:
+def require_pillow() -> Any:
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - depends on the environment
@@ -198,7 +198,7 @@ def _describe_long(kind: str, title: str, content: dict[str, Any]) -> str:
 
 
 def _render(kind: str, title: str, content: dict[str, Any], palette_idx: int) -> PILImage:
-    pil = _require_pillow()
+    pil = require_pillow()
     from PIL import ImageDraw
 
     bg, fg, accent = _PALETTES[palette_idx % len(_PALETTES)]
@@ -275,7 +275,7 @@ def write_synthetic(directory: str | Path, seed: int = 0) -> SyntheticSet:
     """Write the synthetic set (corpus.jsonl, queries.jsonl, qrels.tsv, images/) into ``directory``."""
     import io
 
-    pil = _require_pillow()
+    pil = require_pillow()
     root = Path(directory)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "queries").mkdir(parents=True, exist_ok=True)
