@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from mmsearch_client.schemas import DropRequest, Item, SearchRequest, UpsertRequest
 
+from bench.support.images import data_uri, make_image
 from service.config import Settings
 from service.errors import ApiError
 from service.media import MediaLoader
 from service.mediastore import MediaStore
 from service.pipeline import SearchPipeline
 from service.priority import PriorityGate
-from tests.support.fakes import Clock, FakeEmbedder, FakeReranker, MemoryIndex, unit_vector
+from tests.support.fakes import Clock, FakeEmbedder, FakeReader, FakeReranker, MemoryIndex, page, unit_vector
 
 DIM = 8
 
@@ -29,9 +30,12 @@ DIM = 8
 class Rig:
     """A pipeline over fakes, plus the fakes for the assertions."""
 
-    def __init__(self, tmp: Path, **settings: Any) -> None:
+    def __init__(self, tmp: Path, reader: FakeReader | None = None, **settings: Any) -> None:
+        """``reader``: OCR on (a text-only embedder then reads a query image's text); off by default."""
         self.clock = Clock()
         self.embedder = FakeEmbedder(DIM, clock=self.clock, seconds=0.010)
+        if reader is not None:
+            self.embedder.modalities = ["text"]
         self.reranker = FakeReranker(clock=self.clock, seconds=0.030)
         self.index = MemoryIndex(self.clock, search_seconds=0.002)
         self.settings = Settings(media_dir=tmp / "media", **settings)
@@ -40,6 +44,7 @@ class Rig:
             self.settings,
             embedder=self.embedder,
             reranker=self.reranker,
+            reader=reader,
             index=self.index,
             media=MediaStore(self.settings.media_dir),
             loader=MediaLoader(self.settings),
@@ -155,6 +160,19 @@ def test_stage_timings(rig: Rig) -> None:
     assert [s for s, _ in rig.observed] == ["read", "embed", "retrieve", "rerank", "total"]
     off = rig.search(rerank=False)
     assert (off.timings_ms.rerank, off.timings_ms.total) == pytest.approx((0, 12))
+
+
+def test_reading_a_query_image_is_timed_as_read(tmp_path: Path) -> None:
+    """The Reader's OCR of a query image (5 ms on the fake clock) is the ``read`` stage, inside ``total``, and
+    none of ``embed``'s 10 ms."""
+    image = data_uri(make_image(1))
+    clock_reader = FakeReader({image: page(("quarterly revenue", (0, 0, 10, 10)))}, seconds=0.005)
+    rig = Rig(tmp_path, reader=clock_reader)
+    clock_reader.clock = rig.clock
+    rig.upsert([{"id": "a", "text": "t", "embedding": near("q", 0.1)}])
+    t = rig.search(query={"image": image}, rerank=False).timings_ms
+    assert clock_reader.calls == [("query", [image])]
+    assert (t.read, t.embed, t.retrieve, t.total) == pytest.approx((5, 10, 2, 17))
 
 
 def test_hit_conversion_is_timed_as_retrieval_not_rerank(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:

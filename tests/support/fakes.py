@@ -149,12 +149,17 @@ class FakeReader:
     pages: dict[str, OcrPage] = field(default_factory=dict)
     fail: ApiError | None = None
     calls: list[tuple[InputType, list[str]]] = field(default_factory=list)
+    clock: Clock | None = None
+    seconds: float = 0.0
+    """Clock time one call takes."""
 
     async def info(self) -> dict[str, Any]:
         return {"model": "fake-ocr"}
 
     async def read(self, items: Sequence[Item], input_type: InputType, timeout: float | None) -> list[OcrPage]:
         self.calls.append((input_type, [str(i.image) for i in items]))
+        if self.clock is not None:
+            self.clock.tick(self.seconds)
         if self.fail is not None:
             raise self.fail
         return [self.pages.get(str(i.image), OcrPage((), 100, 100)) for i in items]
