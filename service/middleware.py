@@ -38,6 +38,8 @@ PublicCheck = Callable[[str, str], bool]
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})
 JSON_TYPES = frozenset({"application/json", "application/vnd.bentoml+pickle", ""})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+UNAUTHORIZED = "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+BAD_FRAMING = "send either Content-Length or Transfer-Encoding, not both"
 
 
 class Refusal(ApiError):
@@ -107,12 +109,7 @@ class ApiKeys:
         if self.public is not None and self.public(scope.get("method", ""), scope.get("path", "")):
             return
         if not self._presented_ok(scope):
-            raise Refusal(
-                401,
-                "unauthorized",
-                "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-                [(b"www-authenticate", b'Bearer realm="mmsearch"')],
-            )
+            raise Refusal(401, "unauthorized", UNAUTHORIZED, [(b"www-authenticate", b'Bearer realm="mmsearch"')])
 
 
 def check_framing(scope: Scope) -> None:
@@ -121,12 +118,7 @@ def check_framing(scope: Scope) -> None:
     starts is as ambiguous)."""
     names = {k for k, _ in scope.get("headers", [])}
     if b"transfer-encoding" in names and b"content-length" in names:
-        raise Refusal(
-            400,
-            "bad_framing",
-            "send either Content-Length or Transfer-Encoding, not both",
-            [(b"connection", b"close")],
-        )
+        raise Refusal(400, "bad_framing", BAD_FRAMING, [(b"connection", b"close")])
 
 
 def check_content_type(scope: Scope) -> None:
