@@ -223,7 +223,8 @@ def check_ids(ids: Sequence[str]) -> list[str]:
         doc_id, sep, k = i.partition(SEGMENT_SEPARATOR) if isinstance(i, str) else (i, "", "")
         try:
             if sep and not (k.isdigit() and k.isascii() and len(i) <= fields.MAX_ID_CHARS):
-                raise ValueError("a segment row id is <document id>\\x1f<number>, at most 512 characters")
+                limit = fields.MAX_ID_CHARS
+                raise ValueError(f"a segment row id is <document id>\\x1f<number>, at most {limit} characters")
             fields.check_id(doc_id)
         except ValueError as e:
             raise ValueError(f"invalid document id {i!r}: {e}") from None
