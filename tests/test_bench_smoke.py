@@ -102,12 +102,14 @@ def test_search_latency(out: Path) -> None:
     assert "met" in body["goal"]
 
 
+@pytest.mark.usefixtures("wired")
 def test_rerank_media(out: Path) -> None:
     from bench import rerank_media
 
     rerank_media.main(["--tiny", "--out", str(out)])
     body = load(out / "rerank_media-tiny.json")
-    assert body["searches"] == 20 and body["overhead"]["n"] == 20
+    assert body["settings"]["wired"] is True
+    assert body["searches"] == 8 and body["overhead"]["n"] == 8 and body["warmup"] == 2
     assert positive(body["rerank_stage"]["p50_ms"]) and positive(body["direct_rerank"]["p50_ms"])
     assert "met" in body["goal"]
 
