@@ -114,11 +114,13 @@ def test_rerank_media(out: Path) -> None:
     assert "met" in body["goal"]
 
 
+@pytest.mark.usefixtures("wired")
 def test_reingest(out: Path) -> None:
     from bench import reingest
 
     reingest.main(["--tiny", "--out", str(out)])
     body = load(out / "reingest-tiny.json")
+    assert body["settings"]["wired"] is True
     assert body["first_pass"]["model_inputs"] == 100 and body["first_pass"]["cache_hits"] == 0
     assert body["second_pass"]["model_inputs"] == 0 and body["second_pass"]["cache_hits"] == 100
     assert positive(body["speedup"]) and "met" in body["goal"]
