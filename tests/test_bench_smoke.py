@@ -167,7 +167,8 @@ def test_image_path(out: Path) -> None:
 def test_priority(out: Path) -> None:
     from bench import priority
 
-    priority.main(["--tiny", "--out", str(out), "--configs", "query-first,fifo", "--queries", "20"])
+    args = ["--configs", "query-first,fifo", "--queries", "20", "--clients", "1", "--images", "16"]
+    priority.main(["--tiny", "--out", str(out), *args])
     body = load(out / "priority-tiny.json")
     assert set(body["configs"]) == {"query-first", "fifo"}
     for c in body["configs"].values():
