@@ -287,7 +287,7 @@ def test_page(out: Path) -> None:
 def test_attacks(out: Path) -> None:
     from bench import attacks
 
-    attacks.main(["--tiny", "--seconds", "2", "--phases", "baseline,filter-cost,huge-array", "--out", str(out)])
+    attacks.main(["--tiny", "--seconds", "1", "--phases", "baseline,filter-cost,huge-array", "--out", str(out)])
     body = load(out / "attacks-tiny.json")
     assert body["settings"]["wired"] is True
     assert set(body["phases"]) == {"baseline", "filter-cost", "huge-array"}
