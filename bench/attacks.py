@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             docs = [{"id": f"d{i}", "text": f"slide {i} about revenue and churn"} for i in range(30)]
             seed = {"collection": COLLECTION, "documents": docs}
             httpx.post(f"{url}/upsert", json=seed, headers=AUTH, timeout=120).raise_for_status()
-            Probe(url).run_for(2)  # warm up both paths
+            Probe(url).run_for(min(2.0, seconds))  # warm up both paths
             phases: list[tuple[str, Callable[[], Callable[[threading.Event], dict[str, Any]]] | None, float]] = [
                 ("baseline", None, 0),
                 ("slow-clients", lambda: _slow_attack(server.port, seconds + 6), 4),

@@ -93,7 +93,7 @@ def measure(url: str, path: Path, clips: list[bytes], args: Any) -> dict[str, An
         with_decode = _with_decode(run, decode)
         big = max(args.batches)
         out["decode_included"] = {
-            "raw": [serving.measure_raw(with_decode, clips, big, args.raw_duration)],
+            "raw": [serving.measure_raw(with_decode, clips, big, args.raw_duration, args.raw_min_calls)],
             "paired": serving.paired_rounds(with_decode, url, included, big, args) if args.rounds else None,
         }
         return out

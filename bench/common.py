@@ -298,14 +298,18 @@ WIRE_VAR = "MMSEARCH_BENCH_WIRE"
 the test suite's smoke runs set it (tests/test_bench_smoke.py); never set it for a measurement."""
 
 
+def wiring() -> dict[str, str]:
+    """The variables of ``MMSEARCH_BENCH_WIRE`` (empty when it is not set: every measurement)."""
+    return dict(json.loads(os.environ.get(WIRE_VAR) or "{}"))
+
+
 def search_env(workdir: Path, **extra: str) -> dict[str, str]:
     """:func:`bench_env` for a Search bento whose figures do not depend on its model services' own settings.
 
     Under ``MMSEARCH_BENCH_WIRE`` that Search is wired by URL to the given model services, so a smoke run starts
     Search's worker only (~5 CPU-seconds here, against ~26 for a composed bento's four workers); ``extra`` still
     overrides any variable. Results say so in ``settings.wired``."""
-    wire = json.loads(os.environ.get(WIRE_VAR) or "{}")
-    return bench_env(workdir, **{**wire, **extra})
+    return bench_env(workdir, **{**wiring(), **extra})
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """What an idle second model costs the first: /encode throughput of one model with and without an idle neighbour.
 
     .venv/bin/python -m bench.idle_model           # 16 clients, 5 rounds x 2 setups x 10 s (~3 min)
-    .venv/bin/python -m bench.idle_model --tiny    # smoke size (seconds)
+    .venv/bin/python -m bench.idle_model --tiny    # smoke size: 4 clients, 1 round x 2 setups x 1 s after 0.3 s
 
 Two Embedder bentos run side by side from ``MMSEARCH_MODELS`` files (issue #23): ``alone`` serves the tiny CLIP
 (``clip``), ``with-idle`` serves the same CLIP plus the tiny text embedder (``wiki``), which gets no request. Rounds
@@ -55,9 +55,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=10.0, help="measured window of each phase")
+    p.add_argument("--warmup", type=float, default=2.0, help="minimum warm-up of each phase, s")
     args = p.parse_args(argv)
     if args.tiny:
-        args.clients, args.rounds, args.seconds = 4, 1, 2.0
+        args.clients, args.rounds, args.seconds, args.warmup = 4, 1, 1.0, 0.3
     bodies = [
         json_bytes({"inputs": [f"where is the revenue chart {i}"], "input_type": "query", "model": "clip"})
         for i in range(64)
@@ -76,7 +77,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for k in range(args.rounds):
                 pairs = list(zip(SETUPS, servers, strict=True))
                 for setup, server in pairs if k % 2 == 0 else pairs[::-1]:  # A B, B A, ...: a trend cancels
-                    res = closed_loop(f"{server.url}/encode", bodies, concurrency=args.clients, duration_s=args.seconds)
+                    res = closed_loop(
+                        f"{server.url}/encode",
+                        bodies,
+                        concurrency=args.clients,
+                        duration_s=args.seconds,
+                        min_warmup_s=args.warmup,
+                    )
                     rounds[setup].append(res.summary())
             results["host_load"] = load.stop()
     results["setups"] = {

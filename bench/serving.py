@@ -26,6 +26,7 @@ Threads: by default (``--threads auto``) both sides run at their own defaults: t
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import tempfile
@@ -99,9 +100,16 @@ def embed_workloads(modalities: Sequence[str], image_source: str, static_url: st
     return out
 
 
+@functools.cache
+def _pngs() -> tuple[bytes, ...]:
+    """The benchmark PNGs (~80 KB photo-like images: ~1.3 CPU-s to make, so the Embedder's and the Reranker's
+    workloads share one pool)."""
+    return tuple(data.encode(data.photo_like(i)) for i in range(POOL))
+
+
 def _image_pool(image_source: str, static_url: str | None) -> tuple[list[bytes], list[str]]:
     """The benchmark PNGs and how requests refer to them (static-server URLs or inline data URIs)."""
-    pngs = [data.encode(data.photo_like(i)) for i in range(POOL)]
+    pngs = list(_pngs())
     if image_source == "url":
         return pngs, [f"{static_url}/img{i}.png" for i in range(POOL)]
     return pngs, [data.data_uri(p) for p in pngs]
@@ -193,8 +201,11 @@ def load_raw(kind: str, model_path: Path, args: Any) -> Callable[[list[Any]], An
     return run
 
 
-def measure_raw(run: Callable[[list[Any]], Any], inputs: list[Any], batch: int, duration: float) -> dict[str, Any]:
-    """Call ``run`` on consecutive batches of ``inputs`` for ``duration`` s (at least 3 calls after 1 warm-up)."""
+def measure_raw(
+    run: Callable[[list[Any]], Any], inputs: list[Any], batch: int, duration: float, min_calls: int = 3
+) -> dict[str, Any]:
+    """Call ``run`` on consecutive batches of ``inputs`` for ``duration`` s (at least ``min_calls`` calls after 1
+    warm-up)."""
     k = 0
 
     def next_batch() -> list[Any]:
@@ -207,7 +218,7 @@ def measure_raw(run: Callable[[list[Any]], Any], inputs: list[Any], batch: int, 
     lat: list[float] = []
     load = HostLoad().start()
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < duration or len(lat) < 3:
+    while time.perf_counter() - t0 < duration or len(lat) < min_calls:
         b = next_batch()
         s = time.perf_counter()
         run(b)
@@ -288,7 +299,7 @@ def paired_rounds(run: Callable[[list[Any]], Any], url: str, w: Workload, batch:
     """
     rounds = []
     for _ in range(args.rounds):
-        raw = measure_raw(run, w.model_inputs, batch, args.paired_duration)
+        raw = measure_raw(run, w.model_inputs, batch, args.paired_duration, args.raw_min_calls)
         load = HostLoad().start()
         svc = closed_loop(
             url + w.route,
@@ -378,7 +389,7 @@ def measure_workload(run: Callable[[list[Any]], Any], url: str, w: Workload, arg
     big = max(args.batches)
     res: dict[str, Any] = {"raw": []}
     for b in args.batches:
-        res["raw"].append(measure_raw(run, w.model_inputs, b, args.raw_duration))
+        res["raw"].append(measure_raw(run, w.model_inputs, b, args.raw_duration, args.raw_min_calls))
         _print_raw(w.service, w.name, res["raw"][-1])
     res["service"] = measure_service(url, w, args.concurrency, args.duration, args.min_warmup)
     if args.rounds:
@@ -477,14 +488,17 @@ def add_timing_args(p: Any) -> None:
 
 
 def timing_defaults(args: Any) -> None:
-    """Fill in ``add_timing_args``' options: full size, or the smoke size with ``args.tiny``."""
+    """Fill in ``add_timing_args``' options: full size, or the smoke size with ``args.tiny`` (its figures mean
+    nothing: the shortest windows that still measure every point once; ``bench/gpu.sh --dry-run`` runs it with a
+    model whose raw call takes seconds, hence one raw call after the warm-up instead of three)."""
     t = args.tiny
-    args.duration = args.duration or (0.5 if t else 10.0)
-    args.raw_duration = args.raw_duration or (0.3 if t else 8.0)
+    args.duration = args.duration or (0.2 if t else 10.0)
+    args.raw_duration = args.raw_duration or (0.1 if t else 8.0)
+    args.raw_min_calls = 1 if t else 3
     args.rounds = args.rounds if args.rounds is not None else (1 if t else 2)
-    args.paired_duration = args.paired_duration or (0.3 if t else 8.0)
+    args.paired_duration = args.paired_duration or (0.1 if t else 8.0)
     args.threads = args.threads if args.threads == "auto" else int(args.threads)
-    args.min_warmup = args.min_warmup if args.min_warmup is not None else (0.2 if t else 3.0)
+    args.min_warmup = args.min_warmup if args.min_warmup is not None else (0.1 if t else 3.0)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -102,21 +102,25 @@ def test_search_latency(out: Path) -> None:
     assert "met" in body["goal"]
 
 
+@pytest.mark.usefixtures("wired")
 def test_rerank_media(out: Path) -> None:
     from bench import rerank_media
 
     rerank_media.main(["--tiny", "--out", str(out)])
     body = load(out / "rerank_media-tiny.json")
-    assert body["searches"] == 20 and body["overhead"]["n"] == 20
+    assert body["settings"]["wired"] is True
+    assert body["searches"] == 8 and body["overhead"]["n"] == 8 and body["warmup"] == 2
     assert positive(body["rerank_stage"]["p50_ms"]) and positive(body["direct_rerank"]["p50_ms"])
     assert "met" in body["goal"]
 
 
+@pytest.mark.usefixtures("wired")
 def test_reingest(out: Path) -> None:
     from bench import reingest
 
     reingest.main(["--tiny", "--out", str(out)])
     body = load(out / "reingest-tiny.json")
+    assert body["settings"]["wired"] is True
     assert body["first_pass"]["model_inputs"] == 100 and body["first_pass"]["cache_hits"] == 0
     assert body["second_pass"]["model_inputs"] == 0 and body["second_pass"]["cache_hits"] == 100
     assert positive(body["speedup"]) and "met" in body["goal"]
@@ -163,7 +167,8 @@ def test_image_path(out: Path) -> None:
 def test_priority(out: Path) -> None:
     from bench import priority
 
-    priority.main(["--tiny", "--out", str(out), "--configs", "query-first,fifo", "--queries", "20"])
+    args = ["--configs", "query-first,fifo", "--queries", "20", "--clients", "1", "--images", "16"]
+    priority.main(["--tiny", "--out", str(out), *args])
     body = load(out / "priority-tiny.json")
     assert set(body["configs"]) == {"query-first", "fifo"}
     for c in body["configs"].values():
@@ -282,7 +287,7 @@ def test_page(out: Path) -> None:
 def test_attacks(out: Path) -> None:
     from bench import attacks
 
-    attacks.main(["--tiny", "--seconds", "2", "--phases", "baseline,filter-cost,huge-array", "--out", str(out)])
+    attacks.main(["--tiny", "--seconds", "1", "--phases", "baseline,filter-cost,huge-array", "--out", str(out)])
     body = load(out / "attacks-tiny.json")
     assert body["settings"]["wired"] is True
     assert set(body["phases"]) == {"baseline", "filter-cost", "huge-array"}
