@@ -44,7 +44,7 @@ from service.mediastore import MediaStore, name_of, thumbnail_name, valid_name
 from service.pipeline import SearchPipeline
 from service.ports import Embeddings
 from service.priority import PriorityGate
-from tests.support.fakes import FakeReranker, unit_vector
+from tests.support.fakes import FakeReranker, id_page, unit_vector
 
 DIM = 16
 SEGMENT_S, OVERLAP_S = 10.0, 2.0
@@ -82,7 +82,7 @@ def test_row_ids_and_stored_references_round_trip() -> None:
 
 def test_id_pages_list_documents_whatever_the_rows_between_them() -> None:
     """``VectorIndex.ids`` without servers: ``base.document_page`` over a backend's sorted row query (here a list)
-    and ``base.id_page`` over rows in memory give every document once, in order, after any bound; a clip of 50
+    and ``fakes.id_page`` over rows in memory give every document once, in order, after any bound; a clip of 50
     segments between two documents costs more queries, never a missing or repeated document."""
     rows = sorted(["a", "é", "z", *segments.row_ids("film", 50), *segments.row_ids("b", 3), *segments.row_ids("y", 2)])
     docs = [r for r in rows if not segments.is_continuation(r)]
@@ -98,7 +98,7 @@ def test_id_pages_list_documents_whatever_the_rows_between_them() -> None:
             want = [d for d in docs if after is None or d > after]
             for limit in (None, 1, 2, 5):
                 got = index_base.document_page(rows_after, after, limit, most)
-                assert got == want[:limit] == index_base.id_page(reversed(rows), after, limit), (most, after, limit)
+                assert got == want[:limit] == id_page(reversed(rows), after, limit), (most, after, limit)
     asked.clear()
     assert index_base.document_page(rows_after, "b", 1, 1000) == ["film"]
     assert asked == [("b", 2), ("b\x1f2", 2)]  # twice what it lacks, from the last row seen

@@ -10,10 +10,9 @@ Backends that can (``keyword_capable``) also answer keyword queries: BM25 over a
 
 from __future__ import annotations
 
-import heapq
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -92,13 +91,6 @@ out. Their ids are ``<document id>\\x1f<k>``: no document id holds a control cha
 
 def is_continuation(row_id: str) -> bool:
     return SEGMENT_SEPARATOR in row_id
-
-
-def id_page(row_ids: Iterable[str], after: str | None, limit: int | None) -> list[str]:
-    """``VectorIndex.ids``' answer from every row id of a collection (an index that holds them in memory)."""
-    check_id_page(after, limit)
-    docs = (i for i in row_ids if not is_continuation(i) and (after is None or i > after))
-    return sorted(docs) if limit is None else heapq.nsmallest(limit, docs)
 
 
 def document_page(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +166,14 @@ class FakeReader:
         return [self.pages.get(str(i.image), OcrPage((), 100, 100)) for i in items]
 
 
+def id_page(row_ids: Iterable[str], after: str | None, limit: int | None) -> list[str]:
+    """``VectorIndex.ids``' answer from every row id of a collection held in memory (``MemoryIndex``; the tests'
+    oracle for ``base.document_page``)."""
+    base.check_id_page(after, limit)
+    docs = (i for i in row_ids if not base.is_continuation(i) and (after is None or i > after))
+    return sorted(docs) if limit is None else heapq.nsmallest(limit, docs)
+
+
 def page(*lines: tuple[str, tuple[float, float, float, float]]) -> OcrPage:
     return OcrPage(tuple(OcrLine(t, box, 0.99) for t, box in lines), 640, 480)
 
@@ -218,7 +227,7 @@ class MemoryIndex(base.VectorIndex):
         return base.order_by_ids(ids, self._get(name).docs)
 
     def ids(self, name: str, after: str | None = None, limit: int | None = None) -> list[str]:
-        return base.id_page(self._get(name).docs, after, limit)
+        return id_page(self._get(name).docs, after, limit)
 
     def image_refs(self, name: str) -> set[str]:
         return {d.image for d in self._get(name).docs.values() if d.image}
