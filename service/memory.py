@@ -1,11 +1,14 @@
 """Give freed memory back to the OS, so a worker's RSS returns to its baseline after a burst of large requests.
 
 glibc serves big allocations with ``mmap`` (returned to the OS on ``free``) only above a threshold that it *raises*
-each time such a block is freed, up to 32 MiB; after one large image, the next ones (Pillow allocates pixels in
-16 MiB blocks) come from the heaps of the decode threads' arenas and stay mapped once freed: an Embedder that
-decoded a few tens of megapixels at once kept 600 MB it no longer used. Fixing the threshold (``mallopt``)
-makes every allocation above it an ``mmap`` of its own, and ``trim()`` (``malloc_trim``) returns what remains
-free at the top of the heaps. No-ops where the C library is not glibc.
+each time such a block is freed, up to 32 MiB; below it, freed blocks stay in the heaps of the arena that allocated
+them and are reused. That reuse is what a model thread needs: a forward pass allocates and frees megabytes of
+activations per batch, and with the threshold fixed at 1 MiB every one of them was a fresh mapping, page-faulted
+in again each batch (the Embedder spent ~10 % of its CPU in the kernel and served 0.82x the texts per second,
+bench/RESULTS.md 11.0). So the threshold stays glibc's own, and what decoded images leave in the heaps (Pillow
+allocates pixels in blocks of up to 16 MiB) is handed back by ``trim()`` (``malloc_trim``: every free page of every
+arena) once a large request is done with them (``service.pixels.TRIM_AFTER_PIXELS``). A no-op where the C library
+is not glibc.
 """
 
 from __future__ import annotations
@@ -15,12 +18,7 @@ import ctypes
 import ctypes.util
 import sys
 
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1 << 20
-"""Allocations of at least this many bytes get their own mapping (glibc's dynamic threshold is switched off)."""
-
 _libc: ctypes.CDLL | None = None
-_configured = False
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -28,24 +26,13 @@ def _glibc() -> ctypes.CDLL | None:
     if _libc is None and sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim"):
+            if hasattr(libc, "malloc_trim"):
                 _libc = libc
     return _libc
 
 
-def configure_allocator() -> bool:
-    """Fix glibc's mmap threshold (idempotent); True if it was applied."""
-    global _configured
-    libc = _glibc()
-    if libc is None:
-        return False
-    if not _configured:
-        _configured = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    return _configured
-
-
 def trim() -> None:
-    """Return the free memory at the top of every heap to the OS (blocking; a few ms)."""
+    """Return the free memory of every heap to the OS (blocking; a few ms)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -366,9 +366,9 @@ def count_refusal(reason: str, service: str | None = None) -> None:
 
 def install(service: Any, settings: Settings, public: PublicCheck | None = None) -> None:
     """Every per-process defence of a BentoML service: the request guard, the transport limits (read deadlines,
-    minimum body rate, connection cap), log hygiene, worker lifetime and the allocator setting. ``public``:
+    minimum body rate, connection cap), log hygiene and worker lifetime. ``public``:
     requests (method, path) that need no API key."""
-    from service import lifetime, logs, memory, transport
+    from service import lifetime, logs, transport
 
     on_refusal = functools.partial(count_refusal, service=service.name)
     service.add_asgi_middleware(ErrorShapeMiddleware)  # outermost: it re-renders every error below it
@@ -377,4 +377,3 @@ def install(service: Any, settings: Settings, public: PublicCheck | None = None)
     transport.install(settings, on_close=count_refusal, front=front)
     logs.install()
     lifetime.install()
-    memory.configure_allocator()

@@ -358,3 +358,18 @@ def test_idle_model(out: Path) -> None:
         (r,) = body["setups"][setup]["rounds"]
         assert positive(r["rps"]) and positive(r["p50_ms"]) and r["errors"] == 0, (setup, r)
     assert positive(body["ratio"]) and "met" in body["goal"]
+
+
+def test_allocator(out: Path) -> None:
+    from bench import allocator
+
+    allocator.main(["--tiny", "--out", str(out)])
+    body = load(out / "allocator-tiny.json")
+    for workload in ("text", "image"):
+        w = body["workloads"][workload]
+        for setup in ("shipped", "mmap-1MiB"):
+            (r,) = w[setup]["rounds"]
+            assert positive(r["items_per_s"]) and r["errors"] == 0, (workload, setup, r)
+            assert r["user_cpu_s"] > 0 and r["minor_faults_per_input"] >= 0, (workload, setup, r)
+        assert positive(w["ratio"]) and len(w["round_ratios"]) == 1
+    assert body["setups"]["mmap-1MiB"] == "glibc.malloc.mmap_threshold=1048576"
