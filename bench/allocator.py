@@ -85,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             extra = {"MMSEARCH_PROFILE": "default", "MMSEARCH_EMBEDDER_MODEL": model} if model else {}
             if tunables:
                 extra["GLIBC_TUNABLES"] = tunables
-            env = bench_env(root / setup, MMSEARCH_MAX_IMAGE_BYTES=str(20 << 20), **extra)
+            env = bench_env(
+                root / setup, MMSEARCH_TORCH_THREADS="auto", MMSEARCH_MAX_IMAGE_BYTES=str(20 << 20), **extra
+            )
             env.pop("OMP_NUM_THREADS")  # the service's defaults: MMSEARCH_TORCH_THREADS=auto sets torch's threads
             specs.append(("service.embedder:Embedder", env))
         with bentos(specs, root) as servers:

@@ -4,11 +4,11 @@ glibc serves big allocations with ``mmap`` (returned to the OS on ``free``) only
 each time such a block is freed, up to 32 MiB; below it, freed blocks stay in the heaps of the arena that allocated
 them and are reused. That reuse is what a model thread needs: a forward pass allocates and frees megabytes of
 activations per batch, and with the threshold fixed at 1 MiB every one of them was a fresh mapping, page-faulted
-in again each batch (the Embedder spent ~10 % of its CPU in the kernel and served 0.82x the texts per second,
-bench/RESULTS.md 11.0). So the threshold stays glibc's own, and what decoded images leave in the heaps (Pillow
-allocates pixels in blocks of up to 16 MiB) is handed back by ``trim()`` (``malloc_trim``: every free page of every
-arena) once a large request is done with them (``service.pixels.TRIM_AFTER_PIXELS``). A no-op where the C library
-is not glibc.
+in again each batch (the Embedder spent 10 % of its CPU in the kernel, 11k minor faults per text, and served 0.90x
+the texts per second: ``bench.allocator``, bench/RESULTS.md 11.0a). So the threshold stays glibc's own, and what
+decoded images leave in the heaps (Pillow allocates pixels in blocks of up to 16 MiB) is handed back by ``trim()``
+(``malloc_trim``: every free page of every arena) once a large request is done with them
+(``service.pixels.TRIM_AFTER_PIXELS``). A no-op where the C library is not glibc.
 """
 
 from __future__ import annotations
