@@ -6,10 +6,11 @@
 Two Embedder bentos run side by side at their defaults (``MMSEARCH_TORCH_THREADS=auto``): ``shipped`` leaves glibc's
 dynamic mmap threshold alone (``service.memory``); ``mmap-1MiB`` fixes it at 1 MiB with glibc's own tunable
 (``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576``), which is what mmsearch did with ``mallopt`` until
-bench/RESULTS.md 11.0 found the cost: every activation of 1 MiB or more is then a fresh mapping, page-faulted in
+bench/RESULTS.md 11.0a found the cost: every activation of 1 MiB or more is then a fresh mapping, page-faulted in
 again at every batch. Rounds alternate the two (A B, then B A, ...), so both see the same background noise.
 Each phase is a closed loop of ``--clients`` one-input ``/encode`` clients (texts, then images); per phase the
-worker's CPU (user and system) and minor page faults per input are read from ``/proc`` (the bento's process tree).
+worker's CPU (user and system) and minor page faults are read from ``/proc`` (the bento's process tree) before and
+after the phase, warm-up included, and divided by the requests served in the measured window.
 ``ratio`` per workload = median inputs/s shipped / median inputs/s with the threshold fixed.
 """
 
