@@ -585,3 +585,16 @@ def test_out_of_memory_on_clips_lowers_the_cost_budget_not_the_batch_size() -> N
         await b.aclose()
 
     asyncio.run(go())
+
+
+def test_coalescing_default_is_chosen_per_device() -> None:
+    """``auto`` waits 20 ms on CPU (evener batches cost less CPU per input, bench/RESULTS.md 11.0a) and 5 ms on an
+    accelerator; a number set by hand is used on both."""
+    from service.config import CPU_COALESCE_MS, GPU_COALESCE_MS, Settings
+
+    auto = Settings()
+    assert auto.batch_coalesce_ms == "auto"
+    assert auto.coalesce_s(accelerated=False) == CPU_COALESCE_MS / 1000 == 0.02
+    assert auto.coalesce_s(accelerated=True) == GPU_COALESCE_MS / 1000 == 0.005
+    fixed = Settings(batch_coalesce_ms=0)
+    assert fixed.coalesce_s(accelerated=False) == fixed.coalesce_s(accelerated=True) == 0.0
