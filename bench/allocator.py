@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench import data, models
 from bench.common import (
     HostLoad,
+    alternating,
     base_parser,
     bench_env,
     bentos,
@@ -35,26 +34,12 @@ from bench.common import (
     json_bytes,
     print_table,
     run_header,
+    tree_usage,
     write_results,
 )
 
 SETUPS = {"shipped": "", "mmap-1MiB": "glibc.malloc.mmap_threshold=1048576"}
 WORKLOADS = ("text", "image")
-
-
-def tree_usage(pid: int) -> tuple[float, float, int]:
-    """User CPU-s, system CPU-s and minor page faults of ``pid`` and its descendants so far."""
-    user = system = 0.0
-    faults = 0
-    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        try:
-            cpu = p.cpu_times()
-            stat = Path(f"/proc/{p.pid}/stat").read_text()
-        except (psutil.NoSuchProcess, FileNotFoundError):
-            continue
-        user, system = user + cpu.user, system + cpu.system
-        faults += int(stat.rsplit(")", 1)[1].split()[7])  # minflt: the 10th field, 8th after the command name
-    return user, system, faults
 
 
 def bodies(workload: str, n: int = 64) -> list[bytes]:
@@ -96,8 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for workload in WORKLOADS:
                 load_bodies = bodies(workload)
                 for k in range(args.rounds):
-                    pairs = list(zip(SETUPS, servers, strict=True))
-                    for setup, server in pairs if k % 2 == 0 else pairs[::-1]:  # A B, B A, ...: a trend cancels
+                    for setup, server in alternating(list(zip(SETUPS, servers, strict=True)), k):
                         before = tree_usage(server.proc.pid)
                         res = closed_loop(
                             f"{server.url}/encode",
@@ -111,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         rounds[workload][setup].append(
                             {
                                 **res.summary(),
-                                "user_cpu_s": round(after[0] - before[0], 2),
-                                "system_cpu_s": round(after[1] - before[1], 2),
-                                "minor_faults_per_input": round((after[2] - before[2]) / served),
+                                "user_cpu_s": round(after.user_s - before.user_s, 2),
+                                "system_cpu_s": round(after.system_s - before.system_s, 2),
+                                "minor_faults_per_input": round((after.minor_faults - before.minor_faults) / served),
                             }
                         )
             results["host_load"] = load.stop()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 PYTHON = sys.executable
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+_T = TypeVar("_T")
 
 VERSIONED = (
     "torch",
@@ -118,6 +119,39 @@ def _tree_cpu_seconds(root: psutil.Process) -> dict[int, float]:
                 t = p.cpu_times()
                 out[p.pid] = t.user + t.system
     return out
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    """CPU seconds and minor page faults of a process and its descendants so far (``tree_usage``)."""
+
+    user_s: float = 0.0
+    system_s: float = 0.0
+    minor_faults: int = 0
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+def tree_usage(pid: int) -> TreeUsage:
+    """User and system CPU-s and minor faults of ``pid`` and its descendants; zeros once the process is gone."""
+    user = system = 0.0
+    faults = 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error, OSError):
+                cpu = p.cpu_times()
+                stat = Path(f"/proc/{p.pid}/stat").read_text()
+                user, system = user + cpu.user, system + cpu.system
+                faults += int(stat.rsplit(")", 1)[1].split()[7])  # minflt: the 10th field, 8th after the name
+    return TreeUsage(user, system, faults)
+
+
+def alternating(setups: Sequence[_T], round_index: int) -> list[_T]:
+    """The order of round ``round_index`` over ``setups``: A B, then B A, ...; so a trend in the machine cancels."""
+    return list(setups) if round_index % 2 == 0 else list(setups)[::-1]
 
 
 class HostLoad:

@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.common import (
     HostLoad,
+    alternating,
     base_parser,
     bench_env,
     bentos,
@@ -75,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with bentos(specs, root) as servers:
             load = HostLoad().start()
             for k in range(args.rounds):
-                pairs = list(zip(SETUPS, servers, strict=True))
-                for setup, server in pairs if k % 2 == 0 else pairs[::-1]:  # A B, B A, ...: a trend cancels
+                for setup, server in alternating(list(zip(SETUPS, servers, strict=True)), k):
                     res = closed_loop(
                         f"{server.url}/encode",
                         bodies,

@@ -32,7 +32,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 
 from bench import data, models
 from bench.common import (
@@ -47,6 +46,7 @@ from bench.common import (
     print_table,
     run_header,
     stop_quickly,
+    tree_usage,
     write_results,
 )
 
@@ -127,17 +127,6 @@ def infinity_servers(python: Path, model_dir: Path, threads: Sequence[int | None
             stop_quickly(s.proc)
 
 
-def _tree_cpu(pid: int) -> float:
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-    return total
-
-
 def workloads(n: int) -> dict[str, tuple[list[bytes], list[bytes]]]:
     """Per workload: (Infinity bodies, mmsearch bodies), one input each, the same inputs in the same order."""
     texts = data.texts(n)
@@ -171,9 +160,9 @@ def equal_work(inf_url: str, mm_url: str, loads: dict[str, tuple[list[bytes], li
 
 def window(url: str, route: str, pid: int, bodies: list[bytes], args: Any) -> dict[str, Any]:
     load = HostLoad().start()
-    cpu0, t0 = _tree_cpu(pid), time.monotonic()
+    cpu0, t0 = tree_usage(pid).cpu_s, time.monotonic()
     res = closed_loop(url + route, bodies, concurrency=args.clients, duration_s=args.duration, min_warmup_s=args.warmup)
-    cpu, elapsed = _tree_cpu(pid) - cpu0, time.monotonic() - t0
+    cpu, elapsed = tree_usage(pid).cpu_s - cpu0, time.monotonic() - t0
     items = res.items_per_s * elapsed  # inputs served over the whole window (warm-up and drain included)
     return {
         **res.summary(),
