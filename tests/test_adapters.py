@@ -64,3 +64,30 @@ def test_reranker_matches_predict(tiny_models, model_attr: str) -> None:  # type
         want = model.predict(pairs, convert_to_numpy=True, batch_size=len(pairs))
         assert len(got) == len(pairs) and all(isinstance(s, float) for s in got)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("input_type", ["query", "document"])
+def test_a_cpu_text_batch_runs_as_length_groups_with_the_same_vectors(tiny_models, input_type: str) -> None:  # type: ignore[no-untyped-def]
+    model = SentenceTransformer(str(tiny_models.clip), device="cpu")
+    adapter = SentenceTransformerEmbedder(model, "tiny")
+    texts = [
+        "x",
+        "a red car",
+        *[f"quarterly revenue by region, table and chart, page {i} of the report" for i in range(6)],
+    ]
+    lane = (input_type, "text")
+    features = adapter.prepare(lane, [{"text": t} for t in texts])
+    parts = getattr(features, "parts", None)
+    assert parts is not None and len(parts) >= 2, "short and long texts were not split"
+    assert sorted(i for idx, _ in parts for i in idx) == list(range(len(texts)))
+    assert min(part["input_ids"].shape[1] for _, part in parts) < max(part["input_ids"].shape[1] for _, part in parts)
+    got = np.stack(adapter.run(lane, features))
+    encode = model.encode_query if input_type == "query" else model.encode_document
+    np.testing.assert_allclose(got, encode(texts, convert_to_numpy=True, batch_size=len(texts)), rtol=1e-5, atol=1e-6)
+
+
+def test_an_accelerated_text_batch_stays_one_forward_pass(tiny_models) -> None:  # type: ignore[no-untyped-def]
+    adapter = SentenceTransformerEmbedder(SentenceTransformer(str(tiny_models.clip), device="cpu"), "tiny")
+    adapter.accelerated = True  # as on a GPU, where a batch of 8 costs little more than a batch of 1
+    features = adapter.prepare(("query", "text"), [{"text": t} for t in ("x", "a red car " * 6)])
+    assert not hasattr(features, "parts") and features["input_ids"].shape[0] == 2

@@ -1,0 +1,46 @@
+"""Length buckets for a text batch on CPU: less compute spent on padding.
+
+A tokenised batch is padded to its longest input, and on a CPU a forward pass costs about what its padded tokens
+cost: 32 query texts of 31-61 tokens pad to 1,952 tokens where 1,547 are real. Run as a few groups of similar
+length (``length_groups``), the same batch costs ~15 % less CPU and gives the same vectors. On an accelerator a
+batch of 32 costs little more than a batch of 8, so groups would only cost; the adapters split on CPU only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+GROUP_COST = 0.05
+"""What one more forward pass costs, as a share of the whole batch's padded tokens: a split must save more than
+that. It keeps groups few (at most ~20) and splits only where the lengths differ enough to pay for it."""
+
+
+def length_groups(lengths: Sequence[int], group_cost: float = GROUP_COST) -> list[list[int]]:
+    """Positions of ``lengths`` in groups of similar length, shortest first, minimising padded tokens plus
+    ``group_cost * len(lengths) * max(lengths)`` per group (an exact partition of the sorted lengths)."""
+    n = len(lengths)
+    if n < 2:
+        return [list(range(n))]
+    order = sorted(range(n), key=lambda i: lengths[i])
+    distinct, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    before = np.concatenate([[0], np.cumsum(counts)])  # inputs shorter than distinct[k]: before[k]
+    overhead = group_cost * n * float(distinct[-1])
+    best = np.zeros(len(distinct) + 1)
+    cut = np.zeros(len(distinct) + 1, dtype=np.int64)
+    for j in range(1, len(distinct) + 1):  # a group ends at distinct[j - 1]: every input of that length or shorter
+        costs = best[:j] + (before[j] - before[:j]) * float(distinct[j - 1]) + overhead
+        cut[j] = int(np.argmin(costs))
+        best[j] = costs[cut[j]]
+    bounds = []
+    j = len(distinct)
+    while j > 0:
+        bounds.append((int(before[cut[j]]), int(before[j])))
+        j = int(cut[j])
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
+def padded_tokens(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
+    """Tokens a forward pass of each group computes, padding included."""
+    return sum(len(g) * max(lengths[i] for i in g) for g in groups if g)
