@@ -8,8 +8,8 @@ Servers (all started at once; idle ones cost only memory): Infinity and the Embe
 both at ``--matched-threads`` (Infinity has no thread option: ``OMP_NUM_THREADS``; mmsearch:
 ``MMSEARCH_TORCH_THREADS``). Workloads: ``--clients`` closed-loop clients each sending ONE input per request
 to the OpenAI-shaped ``/embeddings`` route of each (texts; images as inline PNG data URIs). Rounds alternate over
-the servers so they share the machine's background load. Per window: inputs/s (Little's law) and the CPU
-seconds the server's process tree used per input.
+the servers (Infinity first, then mmsearch first, ...) so they share the machine's background load. Per window:
+inputs/s (Little's law) and the CPU seconds the server's process tree used per input.
 
 Equal work: Infinity truncates CLIP text to ``config.max_length`` (20 tokens under transformers 4.x): its model
 directory gets ``"max_length": 77``, as CLIP and mmsearch use; both answer float32 vectors for the same inputs,
@@ -37,6 +37,7 @@ from bench import data, models
 from bench.common import (
     REPO,
     HostLoad,
+    alternating,
     base_parser,
     bench_env,
     bentos,
@@ -225,10 +226,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for r in range(args.rounds):
                 for name, (inf_bodies, mm_bodies) in loads.items():
                     for config, mm_s, inf_s in zip(configs, mm, inf, strict=True):
-                        for server, (url, route, pid, bodies) in (
+                        pair = [
                             ("infinity", (inf_s.url, "/embeddings", inf_s.proc.pid, inf_bodies)),
                             ("mmsearch", (mm_s.url, "/v1/embeddings", mm_s.proc.pid, mm_bodies)),
-                        ):
+                        ]
+                        for server, (url, route, pid, bodies) in alternating(pair, r):  # a trend cancels
                             w = window(url, route, pid, bodies, args)
                             runs.setdefault(name, {}).setdefault(config, {}).setdefault(server, []).append(w)
                             print(
