@@ -141,10 +141,11 @@ def tree_usage(pid: int) -> TreeUsage:
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error, OSError):
+            with contextlib.suppress(psutil.Error):
                 cpu = p.cpu_times()
-                stat = Path(f"/proc/{p.pid}/stat").read_text()
                 user, system = user + cpu.user, system + cpu.system
+            with contextlib.suppress(OSError):  # Linux only: faults stay 0 elsewhere
+                stat = Path(f"/proc/{p.pid}/stat").read_text()
                 faults += int(stat.rsplit(")", 1)[1].split()[7])  # minflt: the 10th field, 8th after the name
     return TreeUsage(user, system, faults)
 

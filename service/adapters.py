@@ -144,6 +144,8 @@ def _by_length(features: Any) -> Any:
     if bool((mask[:, 1:] > mask[:, :-1]).any()):
         return features  # left padding (or holes): trimming the right would cut real tokens
     lengths = [int(x) for x in mask.sum(dim=1)]
+    if min(lengths) < 1:
+        return features  # an input of no tokens: a group of them would run at width 0
     groups = length_groups(lengths)
     if len(groups) < 2:
         return features

@@ -22,7 +22,7 @@ def length_groups(lengths: Sequence[int], group_cost: float = GROUP_COST) -> lis
     ``group_cost * len(lengths) * max(lengths)`` per group (an exact partition of the sorted lengths)."""
     n = len(lengths)
     if n < 2:
-        return [list(range(n))]
+        return [list(range(n))] if n else []
     order = sorted(range(n), key=lambda i: lengths[i])
     distinct, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
     before = np.concatenate([[0], np.cumsum(counts)])  # inputs shorter than distinct[k]: before[k]

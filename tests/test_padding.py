@@ -48,4 +48,28 @@ def test_similar_lengths_stay_one_batch() -> None:
     assert [sorted(g) for g in length_groups([40, 41, 42, 40, 43, 41])] == [[0, 1, 2, 3, 4, 5]]
     assert length_groups([7] * 8) == [list(range(8))]
     assert length_groups([3]) == [[0]]
-    assert length_groups([]) == [[]]
+    assert length_groups([]) == []
+
+
+def _features(mask: list[list[int]]) -> dict[str, object]:
+    import torch
+
+    m = torch.tensor(mask)
+    return {"input_ids": m * 7, "attention_mask": m, "modality": "text"}
+
+
+def test_only_a_right_padded_batch_of_real_tokens_is_split() -> None:
+    from service.adapters import _by_length
+
+    short, long = [1] * 2 + [0] * 30, [1] * 32
+    right = _by_length(_features([short] * 7 + [long]))
+    assert [sorted(i) for i, _ in right.parts] == [list(range(7)), [7]]
+    assert [part["input_ids"].shape for _, part in right.parts] == [(7, 2), (1, 32)]
+    assert all(part["modality"] == "text" for _, part in right.parts)
+    for mask in (
+        [short[::-1]] * 7 + [long],  # left padding: trimming the right would cut real tokens
+        [[1, 0, 1] + [0] * 29] * 7 + [long],  # a hole in the mask
+        [[0] * 32] * 7 + [long],  # inputs of no tokens
+    ):
+        features = _features(mask)
+        assert _by_length(features) is features
