@@ -12,7 +12,7 @@ with these attributes and methods serves.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from service.avload import AVTarget
 from service.cpus import ThreadPlan
 from service.inputs import model_modalities
-from service.padding import length_groups
+from service.padding import split_by_length
 
 
 class ModelAdapter(Protocol):
@@ -98,7 +98,8 @@ class SentenceTransformerEmbedder(_SentenceTransformersBase):
                 )
         features = self.model.preprocess(inputs, prompt=prompt, task=task)
         if lane[1] == "text" and not self.accelerated:  # type: ignore[index]
-            return _by_length(features)
+            parts = split_by_length(features)
+            return _Groups(len(features["attention_mask"]), parts) if parts else features
         return features
 
     def run(self, lane: Hashable, features: Any) -> Sequence[np.ndarray]:
@@ -127,33 +128,6 @@ class _Groups:
     def __init__(self, n: int, parts: list[tuple[list[int], Any]]) -> None:
         self.n = n
         self.parts = parts
-
-
-def _by_length(features: Any) -> Any:
-    """A right-padded text batch as groups of similar length (``service.padding``), each trimmed to its longest
-    input; ``features`` as they are when they hold anything else or the split would not pay."""
-    import torch
-
-    mask = features.get("attention_mask") if isinstance(features, Mapping) else None
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] < 2:
-        return features
-    n = mask.shape[0]
-    batched = {k: v for k, v in features.items() if isinstance(v, torch.Tensor)}
-    if any(v.dim() != 2 or v.shape != mask.shape for v in batched.values()):
-        return features  # pixels, or anything else not laid out token by token
-    if bool((mask[:, 1:] > mask[:, :-1]).any()):
-        return features  # left padding (or holes): trimming the right would cut real tokens
-    lengths = [int(x) for x in mask.sum(dim=1)]
-    if min(lengths) < 1:
-        return features  # an input of no tokens: a group of them would run at width 0
-    groups = length_groups(lengths)
-    if len(groups) < 2:
-        return features
-    parts = []
-    for g in groups:
-        idx, keep = torch.tensor(g), max(lengths[i] for i in g)
-        parts.append((g, {k: (v[idx, :keep] if k in batched else v) for k, v in features.items()}))
-    return _Groups(n, parts)
 
 
 def _same_length(inputs: list[Any]) -> list[list[int]]:

@@ -8,7 +8,8 @@ batch of 32 costs little more than a batch of 8, so groups would only cost; the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,3 +45,37 @@ def length_groups(lengths: Sequence[int], group_cost: float = GROUP_COST) -> lis
 def padded_tokens(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
     """Tokens a forward pass of each group computes, padding included."""
     return sum(len(g) * max(lengths[i] for i in g) for g in groups if g)
+
+
+def split_by_length(features: Any) -> list[tuple[list[int], dict[str, Any]]] | None:
+    """A tokenised text batch (a mapping of ``(n, tokens)`` tensors) as ``(positions, features)`` groups of similar
+    length, each trimmed to its longest input; ``None`` where it stays one pass: anything but a right-padded batch
+    of token tensors with at least one token per input, or lengths too alike to pay for a split."""
+    lengths = _right_padded_lengths(features)
+    if lengths is None:
+        return None
+    groups = length_groups(lengths)
+    if len(groups) < 2:
+        return None
+    import torch
+
+    parts = []
+    for g in groups:
+        idx, keep = torch.tensor(g), max(lengths[i] for i in g)
+        parts.append((g, {k: (v[idx, :keep] if isinstance(v, torch.Tensor) else v) for k, v in features.items()}))
+    return parts
+
+
+def _right_padded_lengths(features: Any) -> list[int] | None:
+    """Tokens per input when every tensor in ``features`` is laid out like its right-padded attention mask."""
+    import torch
+
+    mask = features.get("attention_mask") if isinstance(features, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] < 2:
+        return None
+    if any(isinstance(v, torch.Tensor) and v.shape != mask.shape for v in features.values()):
+        return None  # pixels, or anything else not laid out token by token
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):
+        return None  # left padding (or holes): trimming the right would cut real tokens
+    lengths = [int(x) for x in mask.sum(dim=1)]
+    return lengths if min(lengths) >= 1 else None  # a group of empty inputs would run at width 0

@@ -1,4 +1,5 @@
-"""Length buckets for CPU text batches (``service.padding``): an exact, optimal partition of the sorted lengths."""
+"""Length buckets for CPU text batches (``service.padding``): an exact, optimal partition of the sorted lengths,
+and the split of a tokenised batch that it allows."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 
 import pytest
 
-from service.padding import GROUP_COST, length_groups, padded_tokens
+from service.padding import GROUP_COST, length_groups, padded_tokens, split_by_length
 
 
 def _cost(lengths: list[int], groups: list[list[int]]) -> float:
@@ -59,17 +60,16 @@ def _features(mask: list[list[int]]) -> dict[str, object]:
 
 
 def test_only_a_right_padded_batch_of_real_tokens_is_split() -> None:
-    from service.adapters import _by_length
-
     short, long = [1] * 2 + [0] * 30, [1] * 32
-    right = _by_length(_features([short] * 7 + [long]))
-    assert [sorted(i) for i, _ in right.parts] == [list(range(7)), [7]]
-    assert [part["input_ids"].shape for _, part in right.parts] == [(7, 2), (1, 32)]
-    assert all(part["modality"] == "text" for _, part in right.parts)
+    right = split_by_length(_features([short] * 7 + [long]))
+    assert right is not None
+    assert [sorted(i) for i, _ in right] == [list(range(7)), [7]]
+    assert [part["input_ids"].shape for _, part in right] == [(7, 2), (1, 32)]
+    assert all(part["modality"] == "text" for _, part in right)
     for mask in (
         [short[::-1]] * 7 + [long],  # left padding: trimming the right would cut real tokens
         [[1, 0, 1] + [0] * 29] * 7 + [long],  # a hole in the mask
         [[0] * 32] * 7 + [long],  # inputs of no tokens
     ):
-        features = _features(mask)
-        assert _by_length(features) is features
+        assert split_by_length(_features(mask)) is None
+    assert split_by_length(_features([long] * 8)) is None  # nothing to gain
