@@ -130,7 +130,7 @@ class GpuShapedEmbedder(_Adapter):
         return self.cost.dimension
 
     def _output(self, fingerprint: bytes) -> np.ndarray:
-        # ~10 us: seeding a numpy Generator per input took ~0.3 ms, which the lone-client goal (t(1) + 2 ms) would
+        # ~10 us: seeding a numpy Generator per input took ~0.3 ms, which the lone-client goal (fixed cost + 2 ms) would
         # have charged to the batcher; ``prepare_item_ms`` is the knob for a tokenizer's cost
         raw = hashlib.shake_256(fingerprint).digest(4 * self.cost.dimension)
         v = np.frombuffer(raw, dtype="<u4").astype(np.float32) - np.float32(2**31)

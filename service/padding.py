@@ -42,11 +42,6 @@ def length_groups(lengths: Sequence[int], group_cost: float = GROUP_COST) -> lis
     return [order[a:b] for a, b in reversed(bounds)]
 
 
-def padded_tokens(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
-    """Tokens a forward pass of each group computes, padding included."""
-    return sum(len(g) * max(lengths[i] for i in g) for g in groups if g)
-
-
 def split_by_length(features: Any) -> list[tuple[list[int], dict[str, Any]]] | None:
     """A tokenised text batch (a mapping of ``(n, tokens)`` tensors) as ``(positions, features)`` groups of similar
     length, each trimmed to its longest input; ``None`` where it stays one pass: anything but a right-padded batch
