@@ -12,8 +12,8 @@ with these attributes and methods serves.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from service.avload import AVTarget
 from service.cpus import ThreadPlan
 from service.inputs import model_modalities
 from service.padding import split_by_length
+
+_R = TypeVar("_R")
 
 
 class ModelAdapter(Protocol):
@@ -103,13 +105,9 @@ class SentenceTransformerEmbedder(_SentenceTransformersBase):
         return features
 
     def run(self, lane: Hashable, features: Any) -> Sequence[np.ndarray]:
-        if not isinstance(features, _Groups):
-            return self._run(lane, features)
-        out: list[np.ndarray] = [np.empty(0, np.float32)] * features.n
-        for idx, part in features.parts:
-            for i, row in zip(idx, self._run(lane, part), strict=True):
-                out[i] = row
-        return out
+        if isinstance(features, _Groups):
+            return features.run(lambda part: self._run(lane, part))
+        return self._run(lane, features)
 
     def _run(self, lane: Hashable, features: Any) -> list[np.ndarray]:
         from sentence_transformers.util.tensor import _tensor_to_numpy
@@ -128,6 +126,14 @@ class _Groups:
     def __init__(self, n: int, parts: list[tuple[list[int], Any]]) -> None:
         self.n = n
         self.parts = parts
+
+    def run(self, forward: Callable[[Any], Sequence[_R]]) -> list[_R]:
+        """``forward`` on each group, its results put back in the batch's input order."""
+        out: list[Any] = [None] * self.n
+        for idx, part in self.parts:
+            for i, result in zip(idx, forward(part), strict=True):
+                out[i] = result
+        return out
 
 
 def _same_length(inputs: list[Any]) -> list[list[int]]:
@@ -200,9 +206,18 @@ class CrossEncoderScorer(_SentenceTransformersBase):
         self._prompt = model._resolve_prompt(None, None)
 
     def prepare(self, lane: Hashable, pairs: list[Any]) -> Any:
-        return self.model.preprocess(pairs, prompt=self._prompt)
+        features = self.model.preprocess(pairs, prompt=self._prompt)
+        if not self.accelerated:  # text pairs on CPU: groups of similar length (service/padding.py)
+            parts = split_by_length(features)
+            return _Groups(len(pairs), parts) if parts else features
+        return features
 
     def run(self, lane: Hashable, features: Any) -> Sequence[float]:
+        if isinstance(features, _Groups):
+            return features.run(self._run)
+        return self._run(features)
+
+    def _run(self, features: Any) -> list[float]:
         import torch
 
         scores = self._forward(features)["scores"]

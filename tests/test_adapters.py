@@ -86,6 +86,31 @@ def test_a_cpu_text_batch_runs_as_length_groups_with_the_same_vectors(tiny_model
     np.testing.assert_allclose(got, encode(texts, convert_to_numpy=True, batch_size=len(texts)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("model_attr", ["vlm_reranker", "text_reranker"])
+def test_cpu_text_pairs_run_as_length_groups_with_the_same_scores(tiny_models, model_attr: str) -> None:  # type: ignore[no-untyped-def]
+    """A reranker's batch of text pairs pads to its longest pair like an embedder's texts: on CPU it runs as groups
+    of similar length where the tokenizer pads on the right (the tiny text cross-encoder), as one pass where it pads
+    on the left (the tiny Qwen2-VL reranker), and the scores are ``predict``'s either way."""
+    model = CrossEncoder(str(getattr(tiny_models, model_attr)), device="cpu")
+    adapter = CrossEncoderScorer(model, "tiny")
+    text_only = adapter.modalities == ["text"]
+    docs = ["x", "red", *[f"quarterly revenue by region, table and chart, page {i} of the report" for i in range(6)]]
+    pairs: list[Any] = [("a red car", d) if text_only else ({"text": "a red car"}, {"text": d}) for d in docs]
+    features = adapter.prepare("lane", pairs)
+    parts = getattr(features, "parts", None)
+    if model.tokenizer.padding_side == "right":
+        assert parts is not None and len(parts) >= 2, "short and long pairs were not split"
+        assert sorted(i for idx, _ in parts for i in idx) == list(range(len(pairs)))
+        assert len({part["input_ids"].shape[1] for _, part in parts}) == len(parts)
+    else:
+        assert parts is None, "a left-padded batch was split (trimming the right would cut real tokens)"
+    got = adapter.run("lane", features)
+    want = model.predict(pairs, convert_to_numpy=True, batch_size=len(pairs))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    adapter.accelerated = True  # as on a GPU: one pass
+    assert not hasattr(adapter.prepare("lane", pairs), "parts")
+
+
 def test_an_accelerated_text_batch_stays_one_forward_pass(tiny_models) -> None:  # type: ignore[no-untyped-def]
     adapter = SentenceTransformerEmbedder(SentenceTransformer(str(tiny_models.clip), device="cpu"), "tiny")
     adapter.accelerated = True  # as on a GPU, where a batch of 8 costs little more than a batch of 1
