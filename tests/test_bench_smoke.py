@@ -373,3 +373,18 @@ def test_allocator(out: Path) -> None:
             assert r["user_cpu_s"] > 0 and r["minor_faults_per_input"] >= 0, (workload, setup, r)
         assert positive(w["ratio"]) and len(w["round_ratios"]) == 1
     assert body["setups"]["mmap-1MiB"] == "glibc.malloc.mmap_threshold=1048576"
+
+
+def test_length_groups(out: Path) -> None:
+    from bench import length_groups
+
+    length_groups.main(["--tiny", "--out", str(out)])
+    body = load(out / "length_groups-tiny.json")
+    one, grouped = (body["ways"][w]["runs"] for w in length_groups.WAYS)
+    assert len(one) == len(grouped) == 2  # 2 batches x 1 round, each run both ways
+    assert all(r["passes"] == 1 for r in one) and all(r["passes"] >= 2 for r in grouped), (one, grouped)
+    assert all(positive(r["cpu_ms_per_pair"]) for r in one + grouped)
+    assert body["max_abs_diff"] < 1e-5  # the same scores as CrossEncoder.predict
+    tokens = body["tokens_per_pair"]
+    assert tokens["min"] < tokens["max"] and tokens["real"] < tokens["padded"]
+    assert len(body["cpu_saved_per_batch"]) == 2
