@@ -65,6 +65,11 @@ class _SentenceTransformersBase:
         with torch.inference_mode():
             return dict(self.model(batch_to_device(features, self.device), **kwargs))
 
+    def _in_length_groups(self, features: Any) -> Any:
+        """On CPU, a right-padded token batch as groups of similar length (``service.padding``); else as it is."""
+        parts = None if self.accelerated else split_by_length(features)
+        return _Groups(len(features["attention_mask"]), parts) if parts else features
+
 
 AUDIO_LANES = frozenset({"audio", "text+audio"})
 
@@ -99,10 +104,7 @@ class SentenceTransformerEmbedder(_SentenceTransformersBase):
                     len(inputs), [(i, prep([inputs[k] for k in i], prompt=prompt, task=task)) for i in groups]
                 )
         features = self.model.preprocess(inputs, prompt=prompt, task=task)
-        if lane[1] == "text" and not self.accelerated:  # type: ignore[index]
-            parts = split_by_length(features)
-            return _Groups(len(features["attention_mask"]), parts) if parts else features
-        return features
+        return self._in_length_groups(features) if lane[1] == "text" else features  # type: ignore[index]
 
     def run(self, lane: Hashable, features: Any) -> Sequence[np.ndarray]:
         if isinstance(features, _Groups):
@@ -206,11 +208,7 @@ class CrossEncoderScorer(_SentenceTransformersBase):
         self._prompt = model._resolve_prompt(None, None)
 
     def prepare(self, lane: Hashable, pairs: list[Any]) -> Any:
-        features = self.model.preprocess(pairs, prompt=self._prompt)
-        if not self.accelerated:  # text pairs on CPU: groups of similar length (service/padding.py)
-            parts = split_by_length(features)
-            return _Groups(len(pairs), parts) if parts else features
-        return features
+        return self._in_length_groups(self.model.preprocess(pairs, prompt=self._prompt))  # media pairs: one pass
 
     def run(self, lane: Hashable, features: Any) -> Sequence[float]:
         if isinstance(features, _Groups):
